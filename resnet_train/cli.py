@@ -1,0 +1,74 @@
+"""Hydra entry points, kept thin: compose the config, call the library, turn user errors into
+one line and exit code 2. TensorFlow is imported only inside the task, so --help and --cfg are fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+EXIT_USER_ERROR = 2
+
+
+def _quiet_tensorflow() -> None:
+    """Imports TensorFlow without its start-up chatter on stderr.
+
+    TF 2.21 prints oneDNN / CUDA-probe notices through absl before any log level applies
+    (TF_CPP_MIN_LOG_LEVEL does not reach them), so stderr is pointed at /dev/null for the import
+    only. Import errors still surface: Python raises them after stderr is restored.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("RESNET_TRAIN_VERBOSE_TF"):
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device probing prints too (cuInit on GPU-less hosts)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _fail(error) -> None:
+    """One clear line for the user. In a sweep, re-raise so Hydra records the failed member."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise error
+    print(f"resnet-train: error: {error}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="train")
+def _train(cfg) -> float:
+    _quiet_tensorflow()
+    from resnet_train.errors import UserError
+    from resnet_train.train import train_and_evaluate
+
+    workdir = HydraConfig.get().runtime.output_dir
+    try:
+        results = train_and_evaluate(cfg, workdir)
+    except UserError as error:
+        _fail(error)
+    test = results["test"]
+    print(
+        f"Test accuracy {test['accuracy']:.4f} (top-5 {test.get('top5', float('nan')):.4f}, "
+        f"loss {test['loss']:.4f}) on {test['examples']} images after {results['epochs']} epochs, "
+        f"{results['wall_time_s']:.0f} s\nRun directory: {workdir}"
+    )
+    return float(test["accuracy"])  # what sweepers optimise
+
+
+def train() -> None:
+    """Console script `resnet-train`."""
+    _train()
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,62 @@
+"""Checks on a composed config that fail in milliseconds, before data is loaded or a layer built.
+
+Every message names the setting, what was wrong and a valid choice.
+"""
+from __future__ import annotations
+
+from resnet_train import models
+from resnet_train.errors import ConfigError
+
+
+def _positive_int(cfg, key):
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer (got {value!r})")
+    return value
+
+
+def _positive_number(cfg, key, where):
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where}.{key} must be a positive number (got {value!r})")
+
+
+def validate(cfg) -> None:
+    """Raises ConfigError for a config that cannot train."""
+    _positive_int(cfg, "epochs")
+    _positive_int(cfg, "batch_size")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer (got {seed!r})")
+
+    model = cfg.model
+    variant = model.get("variant", "auto")
+    shape = cfg.data.get("image_shape")
+    if variant == "auto" and shape is None:
+        # Shape unknown until the data is read: accept a depth valid for either family now,
+        # the exact check follows once the image shape is known.
+        try:
+            models.layout("imagenet", model.depth)
+        except ConfigError:
+            models.layout("cifar", model.depth, model.get("block", "auto"))
+    else:
+        models.resolve_layout(model.depth, shape or (32, 32, 3), variant, model.get("block", "auto"))
+    if model.get("shortcut", "auto") not in ("auto", "A", "B"):
+        raise ConfigError(f"model.shortcut must be auto, A or B (got {model.get('shortcut')!r})")
+
+    _positive_number(cfg.optimizer, "lr", "optimizer")
+    wd = cfg.optimizer.get("weight_decay", 0.0)
+    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
+        raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {wd!r})")
+    steps = cfg.runtime.get("steps_per_call", 1)
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"runtime.steps_per_call must be a positive integer (got {steps!r})")
+
+
+def check_against_data(cfg, info) -> None:
+    """Checks that need the dataset's sizes."""
+    if cfg.batch_size > info.train_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the {info.train_size} training images of "
+            f"{info.name}: choose batch_size <= {info.train_size}"
+        )

@@ -1,0 +1,1 @@
+"""Hydra config groups (also reachable as the top-level configs/ folder)."""

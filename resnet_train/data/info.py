@@ -1,0 +1,37 @@
+"""What every data source hands the rest of the program."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import tensorflow as tf
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    train_size: int
+    test_size: int
+    class_names: list[str] = field(default_factory=list)
+    # Per-channel statistics of the training images (0..255 scale), for the model's normalisation.
+    mean: tuple[float, ...] = (127.5, 127.5, 127.5)
+    std: tuple[float, ...] = (64.0, 64.0, 64.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Splits:
+    """uint8 images (H, W, C) and int64 labels, one element per example."""
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    info: DatasetInfo
+
+
+def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a uint8 NHWC numpy array, on the 0..255 scale."""
+    flat = images.reshape(-1, images.shape[-1]).astype("float64")
+    return tuple(float(m) for m in flat.mean(0)), tuple(float(s) for s in flat.std(0))

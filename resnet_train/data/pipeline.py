@@ -1,0 +1,36 @@
+"""tf.data pipelines: uint8 examples -> shuffled, augmented, batched uint8 tensors.
+
+Images stay uint8 all the way to the model (which normalises them itself): a quarter of the
+bytes of float32 through the pipeline and across to an accelerator.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from resnet_train.data.augment import example_seed
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, epoch: int,
+                  augment=None, skip_batches: int = 0) -> tf.data.Dataset:
+    """One epoch of training batches. The order and augmentation depend only on (seed, epoch).
+
+    Drops the last partial batch (every step sees a full global batch). `skip_batches` starts the
+    epoch part-way, for resuming a run that stopped mid-epoch.
+    """
+    ds = ds.shuffle(size, seed=seed * 7919 + epoch, reshuffle_each_iteration=False)
+    if augment is not None:
+        ds = ds.enumerate().map(
+            lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
+            num_parallel_calls=AUTOTUNE,
+        )
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_batches(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Every example exactly once: the last batch may be smaller."""
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

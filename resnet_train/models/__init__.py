@@ -1,0 +1,55 @@
+"""ResNet models: `build(...)` is the one factory; `layout(...)` validates a depth without building.
+
+    model = build(depth=56, num_classes=10, image_shape=(32, 32, 3))
+"""
+from __future__ import annotations
+
+from resnet_train.errors import ConfigError
+from resnet_train.models.depths import Layout, layout, resolve_variant
+from resnet_train.models.layers import Builder, ZeroPadShortcut
+from resnet_train.models.resnet import FAMILIES
+
+__all__ = ["build", "layout", "resolve_layout", "Layout", "ZeroPadShortcut"]
+
+# Option A for the CIFAR ResNets (the paper's default), projections elsewhere.
+_DEFAULT_SHORTCUT = {"cifar": "A", "preact": "B", "imagenet": "B"}
+
+
+def resolve_layout(depth: int, image_shape, variant: str = "auto", block: str = "auto") -> Layout:
+    return layout(resolve_variant(variant, image_shape), depth, block)
+
+
+def build(
+    depth: int,
+    num_classes: int,
+    image_shape=(32, 32, 3),
+    variant: str = "auto",
+    block: str = "auto",
+    shortcut: str = "auto",
+    mean=(127.5, 127.5, 127.5),
+    std=(64.0, 64.0, 64.0),
+    init_mode: str = "fan_out",
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+):
+    """A Keras model mapping images (0..255) to float32 logits. Needs no data."""
+    lay = resolve_layout(depth, image_shape, variant, block)
+    if shortcut == "auto":
+        shortcut = _DEFAULT_SHORTCUT[lay.variant]
+    if shortcut not in ("A", "B"):
+        raise ConfigError(f"model.shortcut must be auto, A or B (got {shortcut!r})")
+    if init_mode not in ("fan_in", "fan_out"):
+        raise ConfigError(f"model.init_mode must be fan_in or fan_out (got {init_mode!r})")
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes (got {num_classes})")
+    channels = image_shape[-1]
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean/std need one value per channel ({channels}), got {len(mean)}/{len(std)}")
+    builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+    name = f"{lay.variant}_resnet{depth}"
+    return FAMILIES[lay.variant](lay, num_classes, image_shape, mean, std, shortcut, builder, name)
+
+
+def count_params(model) -> int:
+    """Trainable parameters, the figure the papers report (BN moving statistics excluded)."""
+    return int(sum(v.numpy().size for v in model.trainable_variables))

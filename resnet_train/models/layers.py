@@ -1,0 +1,117 @@
+"""Building blocks shared by the three ResNet families (functional Keras, channels-last)."""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="resnet_train")
+class ZeroPadShortcut(layers.Layer):
+    """Shortcut option A of He et al. 2016: subsample by `stride`, zero-pad the new channels.
+
+    Parameter-free, which is what makes the CIFAR ResNets' counts match the paper.
+    A registered layer rather than a Lambda so that saved models load in Keras' safe mode.
+    """
+
+    def __init__(self, filters: int, stride: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.stride = stride
+
+    def call(self, x):
+        if self.stride > 1:
+            x = x[:, :: self.stride, :: self.stride, :]
+        extra = self.filters - x.shape[-1]
+        if extra > 0:
+            x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+        return x
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        s = self.stride
+        return (n, None if h is None else -(-h // s), None if w is None else -(-w // s), self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride}
+
+
+class Builder:
+    """Makes conv / BN layers with the model's common settings (init, BN momentum, names)."""
+
+    def __init__(self, init_mode: str = "fan_out", bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
+        # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
+        # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
+        self.init_mode = init_mode
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+
+    def conv(self, x, filters, kernel, stride=1, name=None):
+        return layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,  # every conv is followed (or preceded) by batch norm
+            kernel_initializer=keras.initializers.VarianceScaling(
+                2.0, mode=self.init_mode, distribution="untruncated_normal"
+            ),
+            name=name,
+        )(x)
+
+    def bn(self, x, name=None):
+        return layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)(x)
+
+    def relu(self, x, name=None):
+        return layers.ReLU(name=name)(x)
+
+    def shortcut(self, x, filters, stride, option, name, with_bn=True):
+        """Identity when shapes match, else option A (zero-pad) or B (1x1 projection [+ BN])."""
+        if stride == 1 and x.shape[-1] == filters:
+            return x
+        if option == "A":
+            return ZeroPadShortcut(filters, stride, name=f"{name}_pad")(x)
+        y = self.conv(x, filters, 1, stride, name=f"{name}_proj")
+        return self.bn(y, name=f"{name}_proj_bn") if with_bn else y
+
+    # Post-activation blocks (He et al. 2016a) --------------------------------------------
+    def basic(self, x, filters, stride, shortcut, name):
+        y = self.conv(x, filters, 3, stride, name=f"{name}_conv1")
+        y = self.relu(self.bn(y, name=f"{name}_bn1"))
+        y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
+        y = self.bn(y, name=f"{name}_bn2")
+        s = self.shortcut(x, filters, stride, shortcut, name)
+        return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
+
+    def bottleneck(self, x, width, stride, shortcut, name, expansion=4):
+        # ResNet v1.5: the stride sits on the 3x3 conv, as in torchvision and TF Model Garden.
+        y = self.conv(x, width, 1, 1, name=f"{name}_conv1")
+        y = self.relu(self.bn(y, name=f"{name}_bn1"))
+        y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
+        y = self.relu(self.bn(y, name=f"{name}_bn2"))
+        y = self.conv(y, width * expansion, 1, 1, name=f"{name}_conv3")
+        y = self.bn(y, name=f"{name}_bn3")
+        s = self.shortcut(x, width * expansion, stride, shortcut, name)
+        return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
+
+    # Pre-activation blocks (He et al. 2016b) ---------------------------------------------
+    def preact_basic(self, x, filters, stride, shortcut, name):
+        pre = self.relu(self.bn(x, name=f"{name}_bn1"))
+        # A projection sees the pre-activated input; an identity shortcut carries x untouched.
+        reshaped = not (stride == 1 and x.shape[-1] == filters)
+        s = self.shortcut(pre if reshaped and shortcut == "B" else x, filters, stride, shortcut, name, with_bn=False)
+        y = self.conv(pre, filters, 3, stride, name=f"{name}_conv1")
+        y = self.relu(self.bn(y, name=f"{name}_bn2"))
+        y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
+        return layers.Add(name=f"{name}_add")([y, s])
+
+    def preact_bottleneck(self, x, width, stride, shortcut, name, expansion=4):
+        pre = self.relu(self.bn(x, name=f"{name}_bn1"))
+        out = width * expansion
+        reshaped = not (stride == 1 and x.shape[-1] == out)
+        s = self.shortcut(pre if reshaped else x, out, stride, "B", name, with_bn=False)
+        y = self.conv(pre, width, 1, 1, name=f"{name}_conv1")
+        y = self.relu(self.bn(y, name=f"{name}_bn2"))
+        y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
+        y = self.relu(self.bn(y, name=f"{name}_bn3"))
+        y = self.conv(y, out, 1, 1, name=f"{name}_conv3")
+        return layers.Add(name=f"{name}_add")([y, s])

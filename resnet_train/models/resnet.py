@@ -1,0 +1,74 @@
+"""The three ResNet families as Keras functional models.
+
+Input: images as the pipeline yields them (uint8 or float, 0..255). The model normalises them
+itself, so an exported model takes raw images. Output: float32 logits, even under a mixed
+precision policy (the softmax and the loss must not run in float16).
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from resnet_train.models.depths import Layout
+from resnet_train.models.layers import Builder
+
+
+def _inputs_and_stem_input(image_shape, mean, std):
+    inputs = keras.Input(shape=tuple(image_shape), name="images")
+    x = layers.Rescaling(1.0, name="to_float")(inputs)  # uint8 -> float in the compute dtype
+    x = layers.Normalization(
+        mean=list(mean), variance=[s * s for s in std], name="normalize"
+    )(x)
+    return inputs, x
+
+
+def _head(x, num_classes):
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    # float32 logits: numerically safe softmax / cross-entropy under mixed precision.
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def cifar_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: Builder, name):
+    """He et al. 2016a, section 4.2: 3x3 conv 16 -> 3 stages of n basic blocks (16/32/64)."""
+    inputs, x = _inputs_and_stem_input(image_shape, mean, std)
+    x = b.relu(b.bn(b.conv(x, 16, 3, name="stem_conv"), name="stem_bn"), name="stem_relu")
+    for stage, (filters, blocks) in enumerate(zip((16, 32, 64), lay.stages)):
+        for i in range(blocks):
+            stride = 2 if stage > 0 and i == 0 else 1
+            x = b.basic(x, filters, stride, shortcut, name=f"stage{stage + 1}_block{i + 1}")
+    return keras.Model(inputs, _head(x, num_classes), name=name)
+
+
+def preact_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: Builder, name):
+    """He et al. 2016b (Identity Mappings): BN-ReLU-conv blocks, a final BN-ReLU before pooling."""
+    inputs, x = _inputs_and_stem_input(image_shape, mean, std)
+    x = b.conv(x, 16, 3, name="stem_conv")
+    for stage, (width, blocks) in enumerate(zip((16, 32, 64), lay.stages)):
+        for i in range(blocks):
+            stride = 2 if stage > 0 and i == 0 else 1
+            name = f"stage{stage + 1}_block{i + 1}"
+            if lay.block == "bottleneck":
+                x = b.preact_bottleneck(x, width, stride, shortcut, name)
+            else:
+                x = b.preact_basic(x, width, stride, shortcut, name)
+    x = b.relu(b.bn(x, name="final_bn"), name="final_relu")
+    return keras.Model(inputs, _head(x, num_classes), name=name)
+
+
+def imagenet_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: Builder, name):
+    """He et al. 2016a, Table 1: 7x7/2 conv 64, 3x3/2 max-pool, 4 stages (64/128/256/512)."""
+    inputs, x = _inputs_and_stem_input(image_shape, mean, std)
+    x = b.relu(b.bn(b.conv(x, 64, 7, 2, name="stem_conv"), name="stem_bn"), name="stem_relu")
+    x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), lay.stages)):
+        for i in range(blocks):
+            stride = 2 if stage > 0 and i == 0 else 1
+            name = f"stage{stage + 1}_block{i + 1}"
+            if lay.block == "bottleneck":
+                x = b.bottleneck(x, width, stride, shortcut, name)
+            else:
+                x = b.basic(x, width, stride, shortcut, name)
+    return keras.Model(inputs, _head(x, num_classes), name=name)
+
+
+FAMILIES = {"cifar": cifar_resnet, "preact": preact_resnet, "imagenet": imagenet_resnet}

@@ -1,0 +1,51 @@
+"""Where results go: TensorBoard scalars, metrics.jsonl, results.json, progress bars."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+
+class Reporter:
+    """Writes each logged point to TensorBoard (tensorboard/<split>) and to metrics.jsonl."""
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self._writers = {}
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def _writer(self, split):
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(str(self.workdir / "tensorboard" / split))
+        return self._writers[split]
+
+    def log(self, split: str, step: int, epoch: int, metrics: dict) -> None:
+        with self._writer(split).as_default(step=step):
+            for key, value in metrics.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(key, value)
+        record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.flush()
+        self._jsonl.close()
+
+
+def progress(total: int, desc: str):
+    """A per-epoch tqdm bar; silent when stderr is not a terminal (CI, log files)."""
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
+def write_json(path, data) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)  # never a half-written results file

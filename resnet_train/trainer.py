@@ -1,0 +1,100 @@
+"""The training and evaluation steps: a tf.GradientTape loop written against tf.distribute.
+
+Written for any strategy from the start: per-example losses are averaged over the *global*
+batch, per-replica sums are reduced across replicas, and the decay term is divided by the number
+of replicas because gradients are summed across them.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from resnet_train.optim import decayed
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+class Trainer:
+    """Owns the compiled steps and the on-device running sums of the current epoch."""
+
+    def __init__(self, model, optimizer, strategy, global_batch_size: int,
+                 weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10):
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.global_batch_size = int(global_batch_size)
+        self.weight_decay = float(weight_decay)
+        self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
+        self.top_k = min(5, num_classes)
+        with strategy.scope():
+            # Running sums of the epoch, read only at log points (no host sync per step).
+            self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}")
+                          for k in ("loss", "correct", "count")}
+        self._train_steps = tf.function(self._train_steps_fn)
+        self._eval_all = tf.function(self._eval_all_fn)
+
+    # ---- training -------------------------------------------------------------------------
+    def _replica_step(self, images, labels):
+        model, variables = self.model, self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+        grads = tape.gradient(loss, variables)
+        if self.weight_decay:
+            scale = self.weight_decay / self.strategy.num_replicas_in_sync
+            grads = [g + scale * v.value if m else g for g, v, m in zip(grads, variables, self.decay_mask)]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32))
+        return (tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32))
+
+    def _train_steps_fn(self, iterator, steps):
+        for _ in tf.range(steps):
+            images, labels = next(iterator)
+            results = self.strategy.run(self._replica_step, args=(images, labels))
+            for key, value in zip(("loss", "correct", "count"), results):
+                self._sums[key].assign_add(self.strategy.reduce(SUM, value, axis=None))
+
+    def train_steps(self, iterator, steps: int) -> None:
+        """Runs `steps` optimizer steps in one compiled call."""
+        self._train_steps(iterator, tf.constant(steps, tf.int32))
+
+    def reset_train_metrics(self) -> None:
+        for v in self._sums.values():
+            v.assign(0.0)
+
+    def train_metrics(self) -> dict:
+        sums = {k: float(v.numpy()) for k, v in self._sums.items()}
+        count = max(sums["count"], 1.0)
+        return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def _replica_eval(self, images, labels):
+        logits = self.model(images, training=False)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        top1 = tf.math.in_top_k(labels, logits, 1)
+        topk = tf.math.in_top_k(labels, logits, self.top_k)
+        return (
+            tf.reduce_sum(per_example),
+            tf.reduce_sum(tf.cast(top1, tf.float32)),
+            tf.reduce_sum(tf.cast(topk, tf.float32)),
+            tf.cast(tf.shape(labels)[0], tf.float32),
+        )
+
+    def _eval_all_fn(self, dataset):
+        loss = top1 = topk = count = tf.constant(0.0)
+        for images, labels in dataset:
+            results = self.strategy.run(self._replica_eval, args=(images, labels))
+            b_loss, b_top1, b_topk, b_count = (self.strategy.reduce(SUM, r, axis=None) for r in results)
+            loss, top1, topk, count = loss + b_loss, top1 + b_top1, topk + b_topk, count + b_count
+        return loss, top1, topk, count
+
+    def evaluate(self, dist_dataset) -> dict:
+        """Loss, top-1 and top-5 accuracy over every example of the dataset, in one compiled call."""
+        loss, top1, topk, count = (float(t.numpy()) for t in self._eval_all(dist_dataset))
+        count = max(count, 1.0)
+        return {"loss": loss / count, "accuracy": top1 / count, f"top{self.top_k}": topk / count,
+                "examples": int(count)}
+
+    def learning_rate(self) -> float:
+        lr = self.optimizer.learning_rate
+        return float(lr.numpy() if hasattr(lr, "numpy") else lr)
