@@ -10,7 +10,25 @@ SOURCES = ("embedded", "tfds", "synthetic")
 
 
 def load(cfg) -> Splits:
-    """`cfg` is the `data` config group (a mapping)."""
+    """`cfg` is the `data` config group (a mapping). `limit_train` / `limit_test` keep the first
+    N examples of each split (quick trials, tests)."""
+    splits = _load_source(cfg)
+    return _limited(splits, cfg.get("limit_train"), cfg.get("limit_test"))
+
+
+def _limited(splits: Splits, limit_train, limit_test) -> Splits:
+    info = splits.info
+    for key, value in (("limit_train", limit_train), ("limit_test", limit_test)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"data.{key} must be a positive integer or null (got {value!r})")
+    if limit_train and limit_train < info.train_size:
+        splits.train, info.train_size = splits.train.take(limit_train), limit_train
+    if limit_test and limit_test < info.test_size:
+        splits.test, info.test_size = splits.test.take(limit_test), limit_test
+    return splits
+
+
+def _load_source(cfg) -> Splits:
     source = cfg.get("source")
     if source == "embedded":
         from resnet_train.data import embedded

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import sys
+
 from resnet_train.errors import ConfigError
 from resnet_train.models.depths import Layout, layout, resolve_variant
 from resnet_train.models.layers import Builder, ZeroPadShortcut
@@ -47,6 +49,9 @@ def build(
         raise ConfigError(f"mean/std need one value per channel ({channels}), got {len(mean)}/{len(std)}")
     builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
     name = f"{lay.variant}_resnet{depth}"
+    # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
+    # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * depth + 1000))
     return FAMILIES[lay.variant](lay, num_classes, image_shape, mean, std, shortcut, builder, name)
 
 

@@ -1,0 +1,67 @@
+"""The `resnet-train` command as a user runs it: a subprocess, real exit codes, real files."""
+import json
+import time
+
+from conftest import TINY, run_cli
+
+
+def test_tiny_run_end_to_end_then_rerun_resumes(tmp_path):
+    run = tmp_path / "run"
+    done = run_cli(*TINY, "epochs=2", f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Test accuracy" in done.stdout and f"Run directory: {run}" in done.stdout
+    for path in (".hydra/config.yaml", "checkpoints/checkpoint", "metrics.jsonl", "results.json",
+                 "dataset.json", "train.log"):
+        assert (run / path).exists(), path
+    for split in ("train", "eval"):
+        assert list((run / "tensorboard" / split).glob("events.out.tfevents.*")), split
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 2 and results["steps"] == 2 * (128 // 32)
+    assert results["test"]["examples"] == 64 and results["parameters"] > 0
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "accuracy", "top5"} <= set(evals[-1])
+    assert "epoch 2/2" in (run / "train.log").read_text()  # one line per epoch off a terminal
+
+    # The same command, the same run directory, more epochs: it continues, it does not restart.
+    again = run_cli(*TINY, "epochs=3", f"hydra.run.dir={run}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = (run / "train.log").read_text()
+    assert "Resumed from" in log and "epoch 3/3" in log
+    assert json.loads((run / "results.json").read_text())["steps"] == 3 * (128 // 32)
+
+
+def test_bad_depth_is_one_line_and_exit_code_2(tmp_path):
+    start = time.monotonic()
+    done = run_cli("depth=57", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("resnet-train: error: CIFAR ResNet depth must be 6n+2: 20, 32, 44, 56, 110, 1202")
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_cifar_fails_within_seconds_offline(tmp_path):
+    # The real path: no patching. This machine (and CI) has no route to the CIFAR host.
+    start = time.monotonic()
+    done = run_cli("data=cifar10", "depth=20", f"data.data_dir={tmp_path / 'tfds'}",
+                   f"data.manual_dir={tmp_path / 'manual'}", f"hydra.run.dir={tmp_path / 'run'}")
+    elapsed = time.monotonic() - start
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert "cifar-10-binary.tar.gz" in error and str(tmp_path / "manual") in error
+    assert str(tmp_path / "tfds") in error
+    assert elapsed < 10 + 8  # 10 s for the failure itself, plus TensorFlow's import
+
+
+def test_cfg_job_shows_the_groups_and_user_yaml_extends_them(tmp_path):
+    done = run_cli("--cfg", "job")
+    assert done.returncode == 0
+    for group in ("model:", "data:", "optimizer:", "schedule:", "augment:", "depth: 20", "seed: 0"):
+        assert group in done.stdout
+    mine = tmp_path / "my_configs" / "optimizer"
+    mine.mkdir(parents=True)
+    (mine / "slow_sgd.yaml").write_text("name: sgd\nlr: 0.001\nmomentum: 0.5\nweight_decay: 0.0\n")
+    done = run_cli("--config-dir", str(tmp_path / "my_configs"), "optimizer=slow_sgd", "--cfg", "job")
+    assert done.returncode == 0, done.stderr
+    assert "lr: 0.001" in done.stdout and "momentum: 0.5" in done.stdout

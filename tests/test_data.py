@@ -1,0 +1,140 @@
+"""Data sources and pipelines: the embedded set, the real tfds CIFAR builder on a fake archive,
+the fast offline failure, and the properties of the train / eval pipelines."""
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from resnet_train import data as data_lib
+from resnet_train.data import embedded, pipeline, synthetic, tfds_source
+from resnet_train.data.augment import make_augment
+from resnet_train.errors import DataError
+
+
+def arrays(ds):
+    images, labels = zip(*ds.as_numpy_iterator())
+    return np.stack(images), np.array(labels)
+
+
+def test_embedded_digits_is_real_fixed_and_stratified():
+    splits = embedded.load()
+    info = splits.info
+    assert (info.train_size, info.test_size, info.num_classes) == (1437, 360, 10)
+    x, y = arrays(splits.test)
+    assert x.shape == (360, 32, 32, 3) and x.dtype == np.uint8
+    assert np.bincount(y, minlength=10).min() >= 34  # every digit is in the test set
+    x2, _ = arrays(embedded.load().test)
+    np.testing.assert_array_equal(x, x2)  # the split does not move between runs
+    assert len(info.mean) == 3 and 0 < info.std[0] < 128
+
+
+def test_limits_keep_the_first_examples():
+    cfg = {"source": "synthetic", "image_shape": [8, 8, 3], "train_size": 50, "test_size": 20,
+           "limit_train": 16, "limit_test": 5}
+    splits = data_lib.load(cfg)
+    assert (splits.info.train_size, splits.info.test_size) == (16, 5)
+    assert len(list(splits.train)) == 16 and len(list(splits.test)) == 5
+
+
+def test_tfds_cifar10_builder_prepares_from_a_fake_archive_offline(fake_cifar10):
+    splits = tfds_source.load("cifar10", data_dir=fake_cifar10["data_dir"],
+                              manual_dir=fake_cifar10["manual_dir"])
+    info = splits.info
+    assert (info.train_size, info.test_size, info.num_classes) == (20, 4, 10)
+    assert info.image_shape == (32, 32, 3)
+    assert info.class_names == fake_cifar10["names"]
+    # The pixels and labels come through the real binary-format parser unchanged.
+    x, y = arrays(splits.test)
+    labels, images = fake_cifar10["written"]["test_batch"]
+    order = np.argsort([img.tobytes() for img in x])
+    expected = np.argsort([img.tobytes() for img in images])
+    np.testing.assert_array_equal(x[order], images[expected])
+    np.testing.assert_array_equal(y[order], labels[expected])
+    # Once prepared it loads from data_dir alone, with no archive in sight.
+    again = tfds_source.load("cifar10", data_dir=fake_cifar10["data_dir"], manual_dir="/nonexistent")
+    assert again.info.train_size == 20
+
+
+def test_wrong_checksum_is_one_clear_error(tmp_path):
+    from conftest import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path / "manual" / "cifar-10-binary.tar.gz")
+    with pytest.raises(DataError, match="expected checksum.*download it again"):
+        tfds_source.load("cifar10", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "manual")
+
+
+def test_missing_dataset_fails_fast_naming_folders_and_archive(tmp_path, monkeypatch):
+    # The download host is unreachable here, as it is offline; never wait minutes for it.
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda url, timeout=3.0: False)
+    start = time.monotonic()
+    with pytest.raises(DataError) as error:
+        tfds_source.load("cifar10", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "manual")
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert str(tmp_path / "tfds") in message
+    assert "cifar-10-binary.tar.gz" in message and str(tmp_path / "manual") in message
+    assert not list((tmp_path / "tfds").rglob("*.tmp*"))  # no half-downloads left behind
+
+
+def test_host_probe_answers_quickly_for_a_closed_port():
+    start = time.monotonic()
+    assert not tfds_source.host_reachable("http://127.0.0.1:9/x", timeout=2)
+    assert time.monotonic() - start < 3
+
+
+def test_unknown_tfds_name_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no dataset named"):
+        tfds_source.load("no_such_dataset_xyz", data_dir=tmp_path)
+
+
+def small_splits(n=40):
+    return synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=n, test_size=10)
+
+
+def batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_train_batches_drop_remainder_and_depend_only_on_seed_and_epoch():
+    s = small_splits()
+    aug = make_augment(2, True)
+    a = batches(pipeline.train_batches(s.train, 40, 16, seed=1, epoch=3, augment=aug))
+    b = batches(pipeline.train_batches(s.train, 40, 16, seed=1, epoch=3, augment=aug))
+    c = batches(pipeline.train_batches(s.train, 40, 16, seed=1, epoch=4, augment=aug))
+    assert len(a) == 2 and all(x.shape == (16, 8, 8, 3) and x.dtype == np.uint8 for x, _ in a)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(a[0][0], c[0][0])  # a new epoch, a new order and new crops
+
+
+def test_skip_batches_resumes_the_same_epoch_exactly():
+    s = small_splits(64)
+    aug = make_augment(2, True)
+    full = batches(pipeline.train_batches(s.train, 64, 16, seed=0, epoch=1, augment=aug))
+    tail = batches(pipeline.train_batches(s.train, 64, 16, seed=0, epoch=1, augment=aug, skip_batches=2))
+    assert len(tail) == 2
+    for (xf, yf), (xt, yt) in zip(full[2:], tail):
+        np.testing.assert_array_equal(xf, xt)
+        np.testing.assert_array_equal(yf, yt)
+
+
+def test_eval_batches_count_every_example_once():
+    s = small_splits()
+    seen = np.concatenate([y for _, y in batches(pipeline.eval_batches(s.test, 4))])
+    _, labels = arrays(s.test)
+    np.testing.assert_array_equal(seen, labels)  # 10 examples: 4 + 4 + 2
+
+
+def test_pad_and_crop_shifts_and_flip_mirrors():
+    image = tf.reshape(tf.range(16 * 16 * 3, dtype=tf.int32) % 251, (16, 16, 3))
+    image = tf.cast(image, tf.uint8)
+    flip_only = make_augment(0, True)
+    outs = [flip_only(image, tf.constant([0, i], tf.int64)).numpy() for i in range(20)]
+    assert any(np.array_equal(o, image.numpy()[:, ::-1]) for o in outs)
+    assert any(np.array_equal(o, image.numpy()) for o in outs)
+    crop = make_augment(4, False)
+    out = crop(image, tf.constant([0, 1], tf.int64)).numpy()
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert make_augment(0, False) is None

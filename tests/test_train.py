@@ -1,0 +1,93 @@
+"""train_and_evaluate end to end, in-process: loss falls, resume equals uninterrupted, CIFAR path."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY, compose
+from resnet_train.errors import ConfigError
+from resnet_train.train import train_and_evaluate
+
+
+def records(workdir, split):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_loss_falls_and_accuracy_beats_chance_on_embedded_data(tmp_path):
+    cfg = compose(*TINY, "epochs=5", "data.limit_train=512", "data.limit_test=128", "runtime.deterministic=true")
+    results = train_and_evaluate(cfg, tmp_path)
+    train = records(tmp_path, "train")
+    assert [r["epoch"] for r in train] == [1, 2, 3, 4, 5]
+    assert train[-1]["loss"] < 0.6 * train[0]["loss"]
+    assert results["test"]["accuracy"] > 0.5  # chance is 0.1
+    assert results["test"]["examples"] == 128
+    assert results["steps"] == 5 * (512 // 32)
+    assert (tmp_path / "checkpoints" / "checkpoint").exists()
+
+
+def variables(checkpoint):
+    reader = tf.train.load_checkpoint(checkpoint)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "model" in k or "optimizer" in k}
+
+
+def test_resumed_run_ends_exactly_like_the_uninterrupted_one(tmp_path):
+    overrides = (*TINY, "epochs=3", "runtime.deterministic=true", "checkpoint.keep=5")
+    straight = tmp_path / "straight"
+    expected = train_and_evaluate(compose(*overrides), straight)
+
+    # The same run, stopped after epoch 1: keep only that checkpoint, then run the command again.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    ckpts = resumed / "checkpoints"
+    first = tf.train.get_checkpoint_state(str(ckpts)).all_model_checkpoint_paths[0].rsplit("/", 1)[-1]
+    for f in ckpts.iterdir():
+        if f.name.startswith("ckpt-") and not f.name.startswith(first + "."):
+            f.unlink()
+    (ckpts / "checkpoint").write_text(
+        f'model_checkpoint_path: "{first}"\nall_model_checkpoint_paths: "{first}"\n')
+    (resumed / "results.json").unlink()
+    got = train_and_evaluate(compose(*overrides), resumed)
+
+    # It really resumed: the rerun trained epochs 2 and 3 only (after the copied records).
+    assert [r["epoch"] for r in records(resumed, "train")] == [1, 2, 3, 2, 3]
+    assert got["steps"] == expected["steps"]
+    assert got["test"] == expected["test"]
+    assert got["checkpoint"].startswith(str(resumed))
+    a, b = variables(expected["checkpoint"]), variables(got["checkpoint"])
+    assert a.keys() == b.keys() and len(a) > 10
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_cifar10_recipe_defaults_are_the_papers():
+    cfg = compose("depth=56", "data=cifar10")
+    assert (cfg.model.depth, cfg.batch_size, cfg.epochs) == (56, 128, 182)
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0.9 and not cfg.optimizer.nesterov
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.decay_bn) == (0.1, 1e-4, False)
+    assert cfg.schedule.name == "step" and list(cfg.schedule.milestones) == [0.5, 0.75]
+    assert cfg.schedule.factor == 0.1 and cfg.schedule.warmup_epochs == 0
+    assert (cfg.augment.random_crop_padding, cfg.augment.horizontal_flip) == (4, True)
+    assert cfg.data.source == "tfds" and cfg.data.name == "cifar10"
+    assert cfg.data.limit_test is None  # all 10,000 test images
+    assert len(cfg.data.mean) == len(cfg.data.std) == 3
+    assert cfg.model.shortcut == "auto" and cfg.model.variant == "auto"
+
+
+def test_cifar10_trains_through_the_real_tfds_builder(tmp_path, fake_cifar10):
+    cfg = compose("depth=8", "data=cifar10", "epochs=1", "batch_size=8",
+                  f"data.data_dir={fake_cifar10['data_dir']}", f"data.manual_dir={fake_cifar10['manual_dir']}")
+    results = train_and_evaluate(cfg, tmp_path / "run")
+    assert results["dataset"] == "cifar10" and results["steps"] == 20 // 8
+    assert results["test"]["examples"] == 4
+    info = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert info["class_names"][0] == "airplane"
+
+
+def test_batch_larger_than_the_data_is_refused(tmp_path):
+    cfg = compose(*TINY, "batch_size=4096")
+    with pytest.raises(ConfigError, match="batch_size=4096 is larger than the 128 training images"):
+        train_and_evaluate(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
