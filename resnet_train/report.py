@@ -32,6 +32,13 @@ class Reporter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
+    def best(self, split: str, key: str):
+        """The highest `key` logged so far for `split` (earlier sessions of a resumed run included)."""
+        self._jsonl.flush()
+        values = [r[key] for r in map(json.loads, (self.workdir / "metrics.jsonl").read_text().splitlines())
+                  if r.get("split") == split and key in r]
+        return max(values, default=None)
+
     def close(self) -> None:
         for w in self._writers.values():
             w.flush()

@@ -72,7 +72,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
     # ---- train loop -----------------------------------------------------------------------
     reporter = Reporter(workdir)
     steps_per_call = int(cfg.runtime.get("steps_per_call", 1))
-    eval_metrics, best = None, None
+    eval_metrics = None
     try:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             skip = step - epoch * steps_per_epoch
@@ -98,7 +98,6 @@ def train_and_evaluate(cfg, workdir) -> dict:
             train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
                              "images_per_sec": (steps_per_epoch - skip) * cfg.batch_size / seconds}
             eval_metrics = trainer.evaluate(eval_ds)
-            best = max(best or 0.0, eval_metrics["accuracy"])
             reporter.log("train", step, epoch + 1, train_metrics)
             reporter.log("eval", step, epoch + 1, eval_metrics)
             checkpointer.save(step, epoch + 1)
@@ -106,11 +105,12 @@ def train_and_evaluate(cfg, workdir) -> dict:
                      epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"],
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
                      train_metrics["images_per_sec"])
+        if eval_metrics is None:  # the run had already finished: report its final state again
+            eval_metrics = trainer.evaluate(eval_ds)
+        best = reporter.best("eval", "accuracy")
     finally:
         reporter.close()
 
-    if eval_metrics is None:  # the run had already finished: report its final state again
-        eval_metrics = trainer.evaluate(eval_ds)
     results = {
         "test": eval_metrics,
         "best_test_accuracy": max(best or 0.0, eval_metrics["accuracy"]),

@@ -27,7 +27,11 @@ def test_tiny_run_end_to_end_then_rerun_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     log = (run / "train.log").read_text()
     assert "Resumed from" in log and "epoch 3/3" in log
-    assert json.loads((run / "results.json").read_text())["steps"] == 3 * (128 // 32)
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 3 * (128 // 32)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    accuracies = [r["accuracy"] for r in records if r["split"] == "eval"]
+    assert len(accuracies) == 3 and results["best_test_accuracy"] == max(accuracies)
 
 
 def test_bad_depth_is_one_line_and_exit_code_2(tmp_path):
