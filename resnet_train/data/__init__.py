@@ -6,7 +6,7 @@ from resnet_train.errors import ConfigError
 
 __all__ = ["load", "DatasetInfo", "Splits", "SOURCES"]
 
-SOURCES = ("embedded", "tfds", "synthetic")
+SOURCES = ("embedded", "tfds", "folder", "synthetic")
 
 
 def load(cfg) -> Splits:
@@ -38,6 +38,8 @@ def _load_source(cfg) -> Splits:
     if source == "tfds":
         from resnet_train.data import tfds_source
 
+        if not cfg.get("name"):
+            raise ConfigError("data=tfds needs data.name=NAME, a tensorflow-datasets dataset name")
         return tfds_source.load(
             cfg["name"],
             data_dir=cfg.get("data_dir"),
@@ -45,7 +47,15 @@ def _load_source(cfg) -> Splits:
             download=bool(cfg.get("download", True)),
             mean=cfg.get("mean"),
             std=cfg.get("std"),
+            train_split=cfg.get("train_split", "train"),
+            test_split=cfg.get("test_split", "test"),
         )
+    if source == "folder":
+        from resnet_train.data import folder
+
+        return folder.load(cfg.get("path"), image_size=int(cfg.get("image_size", 32)),
+                           val_fraction=float(cfg.get("val_fraction", 0.2)),
+                           split_seed=int(cfg.get("split_seed", 0)))
     if source == "synthetic":
         from resnet_train.data import synthetic
 

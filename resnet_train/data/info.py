@@ -17,6 +17,7 @@ class DatasetInfo:
     # Per-channel statistics of the training images (0..255 scale), for the model's normalisation.
     mean: tuple[float, ...] = (127.5, 127.5, 127.5)
     std: tuple[float, ...] = (64.0, 64.0, 64.0)
+    skipped_files: int = 0  # unreadable files left out (folder source)
 
     def to_dict(self) -> dict:
         return asdict(self)
