@@ -39,7 +39,11 @@ def train_and_evaluate(cfg, workdir) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     augment = make_augment(int(cfg.augment.get("random_crop_padding", 0)),
                            bool(cfg.augment.get("horizontal_flip", False)))
-    eval_ds = strategy.experimental_distribute_dataset(pipeline.eval_batches(splits.test, cfg.batch_size))
+    # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
+    eval_split = "val" if splits.val is not None else "test"
+    distribute_eval = lambda ds: strategy.experimental_distribute_dataset(  # noqa: E731
+        pipeline.eval_batches(ds, cfg.batch_size))
+    eval_ds = distribute_eval(splits.val if splits.val is not None else splits.test)
 
     # ---- model and optimizer --------------------------------------------------------------
     m = cfg.model
@@ -55,8 +59,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
         optimizer = optim.build_optimizer(cfg.optimizer, schedule)
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     params = models.count_params(model)
-    log.info("Model %s: %s parameters; %s: %d train / %d test images, %d steps/epoch",
-             model.name, f"{params:,}", info.name, info.train_size, info.test_size, steps_per_epoch)
+    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch",
+             model.name, f"{params:,}", info.name, info.train_size,
+             f"{info.val_size} val / " if info.val_size else "", info.test_size, steps_per_epoch)
     trainer = Trainer(model, optimizer, strategy, cfg.batch_size,
                       weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes)
@@ -101,19 +106,24 @@ def train_and_evaluate(cfg, workdir) -> dict:
             reporter.log("train", step, epoch + 1, train_metrics)
             reporter.log("eval", step, epoch + 1, eval_metrics)
             checkpointer.save(step, epoch + 1)
-            log.info("epoch %d/%d  loss %.4f  acc %.4f | test loss %.4f  acc %.4f | lr %.4g  %.0f img/s",
-                     epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"],
+            log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s",
+                     epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
                      train_metrics["images_per_sec"])
         if eval_metrics is None:  # the run had already finished: report its final state again
             eval_metrics = trainer.evaluate(eval_ds)
         best = reporter.best("eval", "accuracy")
+        test_metrics = eval_metrics if eval_split == "test" else trainer.evaluate(distribute_eval(splits.test))
+        if eval_split == "val":
+            reporter.log("test", step, cfg.epochs, test_metrics)
     finally:
         reporter.close()
 
     results = {
-        "test": eval_metrics,
-        "best_test_accuracy": max(best or 0.0, eval_metrics["accuracy"]),
+        "test": test_metrics,
+        "eval_split": eval_split,
+        "eval": eval_metrics,
+        f"best_{eval_split}_accuracy": max(best or 0.0, eval_metrics["accuracy"]),
         "epochs": cfg.epochs,
         "steps": step,
         "parameters": params,

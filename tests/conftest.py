@@ -17,54 +17,73 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("resnet-train")
 
 
-def write_fake_cifar10(path: Path, per_batch: int = 4, test: int = 4, seed: int = 0):
-    """cifar-10-binary.tar.gz in the real layout: 1 label byte + 3072 bytes (R, G, B planes)."""
+CIFAR_LAYOUT = {
+    # name: (archive, folder in it, train files, test files, label files, label bytes per record, classes)
+    "cifar10": ("cifar-10-binary.tar.gz", "cifar-10-batches-bin",
+                [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], ["batches.meta.txt"], 1, [10]),
+    "cifar100": ("cifar-100-binary.tar.gz", "cifar-100-binary", ["train.bin"], ["test.bin"],
+                 ["coarse_label_names.txt", "fine_label_names.txt"], 2, [20, 100]),
+}
+
+
+def write_fake_cifar(path: Path, name: str = "cifar10", per_file: int = 4, seed: int = 0):
+    """A CIFAR binary archive in the real layout: label byte(s) + 3072 bytes (R, G, B planes).
+
+    Returns ({file: (fine labels, images)}, fine class names)."""
+    _, folder, train_files, test_files, label_files, n_labels, classes = CIFAR_LAYOUT[name]
     rng = np.random.default_rng(seed)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     written = {}
-
-    def batch(n):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
-        planes = images.transpose(0, 3, 1, 2).reshape(n, 3072)
-        return labels, images, np.concatenate([labels[:, None], planes], axis=1).tobytes()
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:
-        def add(name, data: bytes):
-            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+        def add(file, data: bytes):
+            info = tarfile.TarInfo(f"{folder}/{file}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
-        for i in range(1, 6):
-            labels, images, raw = batch(per_batch)
-            written[f"data_batch_{i}"] = (labels, images)
-            add(f"data_batch_{i}.bin", raw)
-        labels, images, raw = batch(test)
-        written["test_batch"] = (labels, images)
-        add("test_batch.bin", raw)
-        add("batches.meta.txt", ("\n".join(names) + "\n\n").encode())
-    return written, names
+        for file in train_files + test_files:
+            n = per_file * (5 if name == "cifar100" and file in train_files else 1)
+            labels = np.stack([rng.integers(0, c, n) for c in classes], axis=1).astype(np.uint8)
+            images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+            planes = images.transpose(0, 3, 1, 2).reshape(n, 3072)
+            add(file, np.concatenate([labels, planes], axis=1).tobytes())
+            written[file] = (labels[:, -1], images)
+        names = {}
+        for file, count in zip(label_files, classes):
+            names[file] = [f"{file.split('_')[0]}_class_{i}" for i in range(count)]
+            add(file, ("\n".join(names[file]) + "\n\n").encode())
+    return written, names[label_files[-1]]
 
 
-@pytest.fixture
-def fake_cifar10(tmp_path, monkeypatch):
-    """A fake CIFAR-10 archive in manual_dir, registered as the expected download.
-
-    tfds verifies the archive's checksum against the real file's; the test registers the fake
-    archive's own checksum instead, so the real builder code runs unchanged on it.
-    """
+def register_fake_archive(monkeypatch, name: str, archive: Path):
+    """Makes tfds accept the fake archive: its checksum is registered in place of the real one's,
+    so the real builder code runs unchanged on it."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download import checksums
 
-    manual = tmp_path / "manual"
-    archive = manual / "cifar-10-binary.tar.gz"
-    written, names = write_fake_cifar10(archive)
-    url = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+    builder_cls = type(tfds.builder(name))
+    (url,) = builder_cls.url_infos
     info = checksums.compute_url_info(archive)
     info = checksums.UrlInfo(size=info.size, checksum=info.checksum, filename=archive.name)
-    monkeypatch.setattr(tfds.image_classification.Cifar10, "url_infos", {url: info})
-    return {"data_dir": tmp_path / "tfds", "manual_dir": manual, "written": written, "names": names}
+    monkeypatch.setattr(builder_cls, "url_infos", {url: info})
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch):
+    """fake_cifar(name) -> dict(data_dir, manual_dir, written, names) for cifar10 / cifar100."""
+
+    def make(name="cifar10"):
+        manual = tmp_path / f"{name}_manual"
+        archive = manual / CIFAR_LAYOUT[name][0]
+        written, names = write_fake_cifar(archive, name)
+        register_fake_archive(monkeypatch, name, archive)
+        return {"data_dir": tmp_path / "tfds", "manual_dir": manual, "written": written, "names": names}
+
+    return make
+
+
+@pytest.fixture
+def fake_cifar10(fake_cifar):
+    return fake_cifar("cifar10")
 
 
 def compose(*overrides):

@@ -46,7 +46,7 @@ def test_tfds_cifar10_builder_prepares_from_a_fake_archive_offline(fake_cifar10)
     assert info.class_names == fake_cifar10["names"]
     # The pixels and labels come through the real binary-format parser unchanged.
     x, y = arrays(splits.test)
-    labels, images = fake_cifar10["written"]["test_batch"]
+    labels, images = fake_cifar10["written"]["test_batch.bin"]
     order = np.argsort([img.tobytes() for img in x])
     expected = np.argsort([img.tobytes() for img in images])
     np.testing.assert_array_equal(x[order], images[expected])
@@ -56,10 +56,19 @@ def test_tfds_cifar10_builder_prepares_from_a_fake_archive_offline(fake_cifar10)
     assert again.info.train_size == 20
 
 
-def test_wrong_checksum_is_one_clear_error(tmp_path):
-    from conftest import write_fake_cifar10
+def test_tfds_cifar100_uses_the_fine_labels(fake_cifar):
+    fake = fake_cifar("cifar100")
+    splits = tfds_source.load("cifar100", data_dir=fake["data_dir"], manual_dir=fake["manual_dir"])
+    assert (splits.info.num_classes, splits.info.train_size, splits.info.test_size) == (100, 20, 4)
+    assert splits.info.class_names == fake["names"]
+    _, y = arrays(splits.test)
+    assert sorted(y) == sorted(fake["written"]["test.bin"][0])
 
-    write_fake_cifar10(tmp_path / "manual" / "cifar-10-binary.tar.gz")
+
+def test_wrong_checksum_is_one_clear_error(tmp_path):
+    from conftest import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "manual" / "cifar-10-binary.tar.gz")
     with pytest.raises(DataError, match="expected checksum.*download it again"):
         tfds_source.load("cifar10", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "manual")
 
@@ -138,3 +147,20 @@ def test_pad_and_crop_shifts_and_flip_mirrors():
     out = crop(image, tf.constant([0, 1], tf.int64)).numpy()
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     assert make_augment(0, False) is None
+
+
+def test_validation_split_is_fixed_disjoint_and_sized():
+    def carve(split):
+        return data_lib.load({"source": "synthetic", "image_shape": [4, 4, 1], "train_size": 100,
+                              "test_size": 10, "val_split": split})
+
+    a, b = carve(0.2), carve(0.2)
+    assert (a.info.train_size, a.info.val_size, a.info.test_size) == (80, 20, 10)
+    key = lambda ds: sorted(x.tobytes() for x, _ in ds.as_numpy_iterator())  # noqa: E731
+    assert key(a.val) == key(b.val)  # the same examples every run
+    assert not set(key(a.val)) & set(key(a.train))
+    assert len(key(a.val)) + len(key(a.train)) == 100
+    assert carve(30).info.val_size == 30
+    for bad in (1.5, 100, -1, "x"):
+        with pytest.raises(Exception, match="val_split"):
+            carve(bad)

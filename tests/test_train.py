@@ -83,7 +83,7 @@ def test_cifar10_trains_through_the_real_tfds_builder(tmp_path, fake_cifar10):
     assert results["dataset"] == "cifar10" and results["steps"] == 20 // 8
     assert results["test"]["examples"] == 4
     info = json.loads((tmp_path / "run" / "dataset.json").read_text())
-    assert info["class_names"][0] == "airplane"
+    assert info["class_names"] == fake_cifar10["names"]
 
 
 def test_batch_larger_than_the_data_is_refused(tmp_path):
@@ -91,3 +91,22 @@ def test_batch_larger_than_the_data_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="batch_size=4096 is larger than the 128 training images"):
         train_and_evaluate(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_validation_split_drives_per_epoch_eval_and_test_is_reported_at_the_end(tmp_path):
+    cfg = compose(*TINY, "epochs=2", "data.val_split=32")
+    results = train_and_evaluate(cfg, tmp_path)
+    assert results["eval_split"] == "val" and results["eval"]["examples"] == 32
+    assert results["test"]["examples"] == 64
+    assert results["steps"] == 2 * ((128 - 32) // 32)
+    assert "best_val_accuracy" in results
+    assert [r["epoch"] for r in records(tmp_path, "test")] == [2]
+
+
+def test_any_tfds_dataset_by_name(tmp_path, fake_cifar):
+    fake = fake_cifar("cifar100")
+    cfg = compose("depth=8", "data=tfds", "data.name=cifar100", "epochs=1", "batch_size=8",
+                  f"data.data_dir={fake['data_dir']}", f"data.manual_dir={fake['manual_dir']}")
+    results = train_and_evaluate(cfg, tmp_path / "run")
+    assert results["dataset"] == "cifar100" and results["test"]["examples"] == 4
+    assert results["model"] == "cifar_resnet8"  # 32x32 images pick the CIFAR family

@@ -13,7 +13,37 @@ def load(cfg) -> Splits:
     """`cfg` is the `data` config group (a mapping). `limit_train` / `limit_test` keep the first
     N examples of each split (quick trials, tests)."""
     splits = _load_source(cfg)
-    return _limited(splits, cfg.get("limit_train"), cfg.get("limit_test"))
+    splits = _limited(splits, cfg.get("limit_train"), cfg.get("limit_test"))
+    return carve_validation(splits, cfg.get("val_split"))
+
+
+VAL_SEED = 1234  # fixed: the validation examples must not change with the training seed
+
+
+def carve_validation(splits: Splits, val_split) -> Splits:
+    """Holds out `val_split` training examples (a fraction in (0, 1) or a count) for validation.
+
+    The choice is a fixed-seed shuffle, so the same examples are held out in every run and every
+    epoch; both parts are cached, so the shuffle runs once.
+    """
+    if val_split is None or val_split == 0:
+        return splits
+    info = splits.info
+    if isinstance(val_split, float) and 0 < val_split < 1:
+        count = int(round(val_split * info.train_size))
+    elif isinstance(val_split, int) and not isinstance(val_split, bool) and val_split > 0:
+        count = val_split
+    else:
+        raise ConfigError(f"data.val_split must be a fraction in (0, 1) or a count of examples (got {val_split!r})")
+    if not 0 < count < info.train_size:
+        raise ConfigError(
+            f"data.val_split={val_split} leaves no training examples (of {info.train_size}): use a smaller value"
+        )
+    shuffled = splits.train.shuffle(info.train_size, seed=VAL_SEED, reshuffle_each_iteration=False)
+    splits.val = shuffled.take(count).cache()
+    splits.train = shuffled.skip(count).cache()
+    info.train_size, info.val_size = info.train_size - count, count
+    return splits
 
 
 def _limited(splits: Splits, limit_train, limit_test) -> Splits:

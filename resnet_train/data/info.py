@@ -18,6 +18,7 @@ class DatasetInfo:
     mean: tuple[float, ...] = (127.5, 127.5, 127.5)
     std: tuple[float, ...] = (64.0, 64.0, 64.0)
     skipped_files: int = 0  # unreadable files left out (folder source)
+    val_size: int = 0  # examples carved from the training split for validation (data.val_split)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -30,6 +31,7 @@ class Splits:
     train: tf.data.Dataset
     test: tf.data.Dataset
     info: DatasetInfo
+    val: tf.data.Dataset | None = None  # carved from train when data.val_split is set
 
 
 def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
