@@ -14,7 +14,7 @@ from resnet_train import data as data_lib
 from resnet_train import models, optim, runtime
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.data import pipeline
-from resnet_train.data.augment import make_augment
+from resnet_train.data.augment import make_augment, make_batch_augment
 from resnet_train.report import Reporter, progress, write_json
 from resnet_train.trainer import Trainer
 
@@ -37,8 +37,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
     write_json(workdir / "dataset.json", info.to_dict())
     steps_per_epoch = info.train_size // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    augment = make_augment(int(cfg.augment.get("random_crop_padding", 0)),
-                           bool(cfg.augment.get("horizontal_flip", False)))
+    augment = make_augment(cfg.augment, info.image_shape, info.mean)
+    batch_augment = make_batch_augment(cfg.augment, info.num_classes)
     # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
     eval_split = "val" if splits.val is not None else "test"
     distribute_eval = lambda ds: strategy.experimental_distribute_dataset(  # noqa: E731
@@ -64,7 +64,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
              f"{info.val_size} val / " if info.val_size else "", info.test_size, steps_per_epoch)
     trainer = Trainer(model, optimizer, strategy, cfg.batch_size,
                       weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
-                      decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes)
+                      decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
+                      label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0))
 
     # ---- restore: this run's own checkpoint, else from scratch ---------------------------
     checkpointer = Checkpointer(workdir / "checkpoints", model, optimizer,
@@ -82,7 +83,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             skip = step - epoch * steps_per_epoch
             ds = pipeline.train_batches(splits.train, info.train_size, cfg.batch_size, cfg.seed,
-                                        epoch, augment, skip_batches=skip)
+                                        epoch, augment, batch_augment, skip_batches=skip)
             iterator = iter(strategy.experimental_distribute_dataset(ds))
             trainer.reset_train_metrics()
             bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")

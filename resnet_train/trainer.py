@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from resnet_train.errors import ConfigError
 from resnet_train.optim import decayed
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -17,7 +18,8 @@ class Trainer:
     """Owns the compiled steps and the on-device running sums of the current epoch."""
 
     def __init__(self, model, optimizer, strategy, global_batch_size: int,
-                 weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10):
+                 weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10,
+                 label_smoothing: float = 0.0):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -25,6 +27,10 @@ class Trainer:
         self.weight_decay = float(weight_decay)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
         self.top_k = min(5, num_classes)
+        self.num_classes = num_classes
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"augment.label_smoothing must be in [0, 1) (got {label_smoothing})")
+        self.label_smoothing = float(label_smoothing)
         with strategy.scope():
             # Running sums of the epoch, read only at log points (no host sync per step).
             self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}")
@@ -33,18 +39,31 @@ class Trainer:
         self._eval_all = tf.function(self._eval_all_fn)
 
     # ---- training -------------------------------------------------------------------------
+    def _train_loss(self, labels, logits):
+        """Per-example cross-entropy. Integer labels take the sparse path; soft labels (mixup,
+        cutmix) and label smoothing (Szegedy et al. 2016: (1 - e) y + e / K) the dense one."""
+        if labels.dtype.is_integer and not self.label_smoothing:
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        if labels.dtype.is_integer:
+            labels = tf.one_hot(labels, self.num_classes, dtype=logits.dtype)
+        if self.label_smoothing:
+            labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+
     def _replica_step(self, images, labels):
         model, variables = self.model, self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            per_example = self._train_loss(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
         grads = tape.gradient(loss, variables)
         if self.weight_decay:
             scale = self.weight_decay / self.strategy.num_replicas_in_sync
             grads = [g + scale * v.value if m else g for g, v, m in zip(grads, variables, self.decay_mask)]
         self.optimizer.apply_gradients(zip(grads, variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32))
+        # With soft labels, "correct" means the top prediction is the label with the most weight.
+        hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(hard, tf.int64)), tf.float32))
         return (tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32))
 
     def _train_steps_fn(self, iterator, steps):

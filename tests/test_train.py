@@ -69,7 +69,7 @@ def test_cifar10_recipe_defaults_are_the_papers():
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.decay_bn) == (0.1, 1e-4, False)
     assert cfg.schedule.name == "step" and list(cfg.schedule.milestones) == [0.5, 0.75]
     assert cfg.schedule.factor == 0.1 and cfg.schedule.warmup_epochs == 0
-    assert (cfg.augment.random_crop_padding, cfg.augment.horizontal_flip) == (4, True)
+    assert (cfg.augment.crop, cfg.augment.padding, cfg.augment.horizontal_flip) == ("auto", 4, True)
     assert cfg.data.source == "tfds" and cfg.data.name == "cifar10"
     assert cfg.data.limit_test is None  # all 10,000 test images
     assert len(cfg.data.mean) == len(cfg.data.std) == 3
@@ -110,3 +110,12 @@ def test_any_tfds_dataset_by_name(tmp_path, fake_cifar):
     results = train_and_evaluate(cfg, tmp_path / "run")
     assert results["dataset"] == "cifar100" and results["test"]["examples"] == 4
     assert results["model"] == "cifar_resnet8"  # 32x32 images pick the CIFAR family
+
+
+def test_training_with_every_augmentation_at_once(tmp_path):
+    cfg = compose(*TINY, "epochs=1", "augment=autoaugment", "augment.cutout=8", "augment.mixup_alpha=0.2",
+                  "augment.cutmix_alpha=1.0", "augment.label_smoothing=0.1")
+    results = train_and_evaluate(cfg, tmp_path)
+    (train,) = records(tmp_path, "train")
+    assert np.isfinite(train["loss"]) and 0.0 <= train["accuracy"] <= 1.0
+    assert results["test"]["examples"] == 64

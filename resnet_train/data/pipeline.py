@@ -13,21 +13,27 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, epoch: int,
-                  augment=None, skip_batches: int = 0) -> tf.data.Dataset:
-    """One epoch of training batches. The order and augmentation depend only on (seed, epoch).
+                  augment=None, batch_augment=None, skip_batches: int = 0) -> tf.data.Dataset:
+    """One epoch of training batches. Order and augmentation depend only on (seed, epoch).
 
     Drops the last partial batch (every step sees a full global batch). `skip_batches` starts the
-    epoch part-way, for resuming a run that stopped mid-epoch.
+    epoch part-way, for resuming a run that stopped mid-epoch: the skipped examples are dropped
+    before any augmentation work, and every later example keeps its index, hence its randomness.
     """
-    ds = ds.shuffle(size, seed=seed * 7919 + epoch, reshuffle_each_iteration=False)
+    ds = ds.shuffle(size, seed=seed * 7919 + epoch, reshuffle_each_iteration=False).enumerate()
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)
     if augment is not None:
-        ds = ds.enumerate().map(
-            lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
+        ds = ds.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
+                    num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda i, xy: xy)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if batch_augment is not None:
+        ds = ds.enumerate(start=skip_batches).map(
+            lambda b, xy: batch_augment(xy[0], xy[1], example_seed(seed, epoch, b, stream=1)),
             num_parallel_calls=AUTOTUNE,
         )
-    ds = ds.batch(batch_size, drop_remainder=True)
-    if skip_batches:
-        ds = ds.skip(skip_batches)
     return ds.prefetch(AUTOTUNE)
 
 

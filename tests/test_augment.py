@@ -1,0 +1,161 @@
+"""Each augmentation does what it says: shapes, value ranges, flips flip, mixed labels sum to 1,
+the same seed gives the same result, and evaluation applies none of it."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from resnet_train.data import image_ops, pipeline, synthetic
+from resnet_train.data.augment import (autoaugment, cutmix, cutout, inception_crop, make_augment,
+                                       make_batch_augment, mixup, pad_and_crop, randaugment)
+from resnet_train.errors import ConfigError
+
+RNG = np.random.default_rng(0)
+IMAGE = tf.constant(RNG.integers(0, 256, (24, 24, 3)).astype(np.uint8))
+
+
+def seed(i):
+    return tf.constant([7, i], tf.int64)
+
+
+def test_flip_really_flips_and_sometimes_not():
+    flip = make_augment({"crop": "none", "horizontal_flip": True})
+    outs = [flip(IMAGE, seed(i)).numpy() for i in range(20)]
+    mirrored = sum(np.array_equal(o, IMAGE.numpy()[:, ::-1]) for o in outs)
+    unchanged = sum(np.array_equal(o, IMAGE.numpy()) for o in outs)
+    assert mirrored + unchanged == 20 and mirrored > 3 and unchanged > 3
+
+
+def test_pad_and_crop_is_a_shifted_window_of_the_zero_padded_image():
+    padded = np.pad(IMAGE.numpy(), [(4, 4), (4, 4), (0, 0)])
+    for i in range(5):
+        out = pad_and_crop(IMAGE, 4, seed(i)).numpy()
+        assert out.shape == (24, 24, 3)
+        assert any(np.array_equal(out, padded[dy:dy + 24, dx:dx + 24]) for dy in range(9) for dx in range(9))
+
+
+def test_inception_crop_resizes_back_and_varies():
+    outs = [inception_crop(IMAGE, seed(i)).numpy() for i in range(4)]
+    assert all(o.shape == (24, 24, 3) and o.dtype == np.uint8 for o in outs)
+    assert not all(np.array_equal(outs[0], o) for o in outs[1:])
+    big = inception_crop(tf.zeros((300, 200, 3), tf.uint8), seed(0), out_size=(224, 224))
+    assert big.shape == (224, 224, 3)
+
+
+def test_cutout_fills_one_square_with_the_mean():
+    out = cutout(IMAGE, 6, [10.0, 20.0, 30.0], seed(3)).numpy()
+    changed = np.any(out != IMAGE.numpy(), axis=-1)
+    filled = np.all(out == [10, 20, 30], axis=-1)
+    assert changed.sum() <= 36 and filled.sum() >= 9  # a 6x6 square, possibly clipped by the border
+    rows, cols = np.nonzero(filled)
+    assert rows.max() - rows.min() < 6 and cols.max() - cols.min() < 6
+    assert np.array_equal(out[~filled], IMAGE.numpy()[~filled])
+
+
+@pytest.mark.parametrize("name", sorted(image_ops.OPS))
+def test_every_op_keeps_shape_and_dtype(name):
+    out = image_ops.OPS[name](IMAGE, tf.constant(0.7), seed(1))
+    assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
+
+
+@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness",
+                                  "Color", "Contrast", "Sharpness", "Solarize", "Posterize", "Identity"])
+def test_zero_strength_changes_nothing(name):
+    out = image_ops.OPS[name](IMAGE, tf.constant(0.0), seed(2)).numpy()
+    np.testing.assert_allclose(out.astype(int), IMAGE.numpy().astype(int), atol=1)
+
+
+def test_pixel_ops_do_what_their_names_say():
+    x = IMAGE.numpy()
+    np.testing.assert_array_equal(image_ops.invert(IMAGE, 0.0, seed(0)).numpy(), 255 - x)
+    np.testing.assert_array_equal(image_ops.solarize(IMAGE, 1.0, seed(0)).numpy(), 255 - x)
+    assert np.all(image_ops.posterize(IMAGE, tf.constant(1.0), seed(0)).numpy() % 16 == 0)  # 4 bits kept
+    dull = tf.constant((x // 4 + 100).astype(np.uint8))
+    stretched = image_ops.autocontrast(dull, 0.0, seed(0)).numpy()
+    assert stretched.min() == 0 and stretched.max() == 255
+    grey = image_ops.color(IMAGE, tf.constant(1.0), tf.constant([0, 3], tf.int64)).numpy()
+    assert grey.dtype == np.uint8
+
+
+def test_equalize_matches_pil():
+    ours = image_ops.equalize(IMAGE, 0.0, seed(0)).numpy()
+    theirs = np.asarray(ImageOps.equalize(Image.fromarray(IMAGE.numpy())))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_rotate_keeps_the_centre_and_moves_the_rest():
+    square = np.zeros((25, 25, 3), np.uint8)
+    square[12, 12] = 255
+    square[12, 20] = 200
+    out = image_ops.rotate(tf.constant(square), tf.constant(1.0), seed(0)).numpy()  # 30 degrees
+    assert out[12, 12, 0] > 200 and out[12, 20, 0] < 100
+
+
+def test_randaugment_and_autoaugment_are_deterministic_per_seed_and_varied():
+    for policy in (lambda s: randaugment(IMAGE, 2, 9, s), lambda s: autoaugment(IMAGE, "cifar", s),
+                   lambda s: autoaugment(IMAGE, "imagenet", s)):
+        a = [policy(seed(i)).numpy() for i in range(8)]
+        b = [policy(seed(i)).numpy() for i in range(8)]
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        assert len({o.tobytes() for o in a}) >= 4  # different images get different ops
+
+
+def test_mixup_labels_sum_to_one_and_images_are_blends():
+    images = tf.constant(RNG.integers(0, 256, (8, 6, 6, 3)).astype(np.uint8))
+    labels = tf.one_hot([0, 1, 2, 3, 0, 1, 2, 3], 4)
+    mixed, soft = mixup(images, labels, 1.0, seed(5))
+    np.testing.assert_allclose(soft.numpy().sum(-1), 1.0, rtol=1e-6)
+    assert mixed.dtype == tf.uint8 and mixed.shape == images.shape
+    lam = soft.numpy()[np.arange(8), [0, 1, 2, 3, 0, 1, 2, 3]].min()
+    assert 0.0 <= lam <= 1.0
+
+
+def test_cutmix_label_weights_are_the_pasted_area():
+    images = tf.constant(RNG.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8))
+    labels = tf.one_hot(np.arange(8), 8)
+    for i in range(5):
+        mixed, soft = cutmix(images, labels, 1.0, seed(i))
+        np.testing.assert_allclose(soft.numpy().sum(-1), 1.0, rtol=1e-6)
+        own = np.all(mixed.numpy() == images.numpy(), axis=-1).mean(axis=(1, 2))
+        kept = soft.numpy()[np.arange(8), np.arange(8)]
+        moved = kept < 1.0
+        np.testing.assert_allclose(own[moved], kept[moved], atol=0.02)
+
+
+def test_batch_augment_gives_soft_labels_and_eval_applies_nothing():
+    splits = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=32, test_size=12)
+    cfg = {"crop": "pad", "padding": 2, "horizontal_flip": True, "cutout": 3, "mixup_alpha": 1.0,
+           "cutmix_alpha": 1.0, "autoaugment": "cifar"}
+    train = pipeline.train_batches(splits.train, 32, 8, seed=0, epoch=0, augment=make_augment(cfg, (8, 8, 3)),
+                                   batch_augment=make_batch_augment(cfg, 4))
+    images, labels = next(iter(train))
+    assert images.dtype == tf.uint8 and labels.dtype == tf.float32 and labels.shape == (8, 4)
+    np.testing.assert_allclose(labels.numpy().sum(-1), 1.0, rtol=1e-6)
+    raw = np.stack([x for x, _ in splits.test.as_numpy_iterator()])
+    evaluated = np.concatenate([x.numpy() for x, _ in pipeline.eval_batches(splits.test, 5)])
+    np.testing.assert_array_equal(evaluated, raw)
+
+
+@pytest.mark.parametrize("cfg", [{"crop": "zoom"}, {"autoaugment": "svhn"}, {"cutout": -1},
+                                 {"autoaugment": "cifar", "randaugment": {"num_ops": 2}}])
+def test_bad_augment_configs_are_config_errors(cfg):
+    with pytest.raises(ConfigError):
+        make_augment(cfg)
+
+
+def test_label_smoothing_in_the_loss():
+    import keras
+
+    from resnet_train.models import build
+    from resnet_train.trainer import Trainer
+
+    keras.backend.clear_session()
+    model = build(8, 4, (8, 8, 3), variant="cifar")
+    trainer = Trainer(model, keras.optimizers.SGD(0.1), tf.distribute.get_strategy(), 2,
+                      num_classes=4, label_smoothing=0.1)
+    logits = tf.constant([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    got = trainer._train_loss(tf.constant([0, 1], tf.int64), logits).numpy()
+    target = np.full((2, 4), 0.025) + 0.9 * np.eye(4)[[0, 1]]
+    expected = -(target * tf.nn.log_softmax(logits).numpy()).sum(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
