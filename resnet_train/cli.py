@@ -41,7 +41,7 @@ def _fail(error) -> None:
     """One clear line for the user. In a sweep, re-raise so Hydra records the failed member."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise error
-    print(f"resnet-train: error: {error}", file=sys.stderr)
+    print(f"{os.path.basename(sys.argv[0]) or 'resnet-train'}: error: {error}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -72,3 +72,29 @@ def train() -> None:
 
 if __name__ == "__main__":
     train()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="show_augment")
+def _show_augment(cfg) -> None:
+    _quiet_tensorflow()
+    from resnet_train import data as data_lib
+    from resnet_train.data.augment import make_augment, make_batch_augment
+    from resnet_train.errors import UserError
+    from resnet_train.plots import augment_gallery
+
+    try:
+        splits = data_lib.load(cfg.data)
+        info = splits.info
+        images, labels = next(iter(splits.train.batch(int(cfg.images))))
+        path = augment_gallery(
+            images, labels.numpy(), info.class_names, make_augment(cfg.augment, info.image_shape, info.mean),
+            make_batch_augment(cfg.augment, info.num_classes), int(cfg.versions), int(cfg.seed), cfg.out,
+        )
+    except UserError as error:
+        _fail(error)
+    print(f"Wrote {path.resolve()}")
+
+
+def show_augment() -> None:
+    """scripts/show_augment.py and the console script `resnet-show-augment`."""
+    _show_augment()

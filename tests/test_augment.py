@@ -159,3 +159,20 @@ def test_label_smoothing_in_the_loss():
     target = np.full((2, 4), 0.025) + 0.9 * np.eye(4)[[0, 1]]
     expected = -(target * tf.nn.log_softmax(logits).numpy()).sum(-1)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_gallery_script_writes_a_png(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "gallery.png"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "show_augment.py"), "augment=randaugment",
+                           "augment.mixup_alpha=0.5", "images=3", "versions=2", f"out={out}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = np.asarray(Image.open(out))
+    assert image.shape[0] > 300 and image.shape[1] > 300
+    assert not list(tmp_path.glob("outputs"))  # no run directory for a gallery
