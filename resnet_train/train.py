@@ -37,12 +37,14 @@ def train_and_evaluate(cfg, workdir) -> dict:
     write_json(workdir / "dataset.json", info.to_dict())
     steps_per_epoch = info.train_size // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    augment = make_augment(cfg.augment, info.image_shape, info.mean)
+    augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
     batch_augment = make_batch_augment(cfg.augment, info.num_classes)
     # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
     eval_split = "val" if splits.val is not None else "test"
     distribute_eval = lambda ds: strategy.experimental_distribute_dataset(  # noqa: E731
-        pipeline.eval_batches(ds, cfg.batch_size))
+        pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info)))
+    shuffle_buffer = cfg.data.get("shuffle_buffer") or (info.train_size if not info.encoded else 10_000)
+    log.info("Shuffle buffer: %d of %d training examples", min(shuffle_buffer, info.train_size), info.train_size)
     eval_ds = distribute_eval(splits.val if splits.val is not None else splits.test)
 
     # ---- model and optimizer --------------------------------------------------------------
@@ -83,7 +85,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             skip = step - epoch * steps_per_epoch
             ds = pipeline.train_batches(splits.train, info.train_size, cfg.batch_size, cfg.seed,
-                                        epoch, augment, batch_augment, skip_batches=skip)
+                                        epoch, augment, batch_augment, skip_batches=skip,
+                                        shuffle_buffer=shuffle_buffer)
             iterator = iter(strategy.experimental_distribute_dataset(ds))
             trainer.reset_train_metrics()
             bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")

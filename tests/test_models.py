@@ -47,6 +47,7 @@ def test_parameter_counts_match_the_papers(variant, depth, classes, side, paper,
         assert round(count / 1e6, decimals) == float(paper)
     assert model.output.shape == (None, classes)
     assert model.output.dtype == "float32"
+    assert model.name == f"{variant}_resnet{depth}"
 
 
 @pytest.mark.parametrize("variant,depth", [("cifar", 20), ("preact", 20), ("preact", 164), ("imagenet", 18)])

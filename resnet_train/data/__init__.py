@@ -29,6 +29,9 @@ def carve_validation(splits: Splits, val_split) -> Splits:
     if val_split is None or val_split == 0:
         return splits
     info = splits.info
+    if info.encoded:
+        raise ConfigError(f"data.val_split needs in-memory data; {info.name} is streamed: use its own "
+                          f"validation split (data.test_split) instead")
     if isinstance(val_split, float) and 0 < val_split < 1:
         count = int(round(val_split * info.train_size))
     elif isinstance(val_split, int) and not isinstance(val_split, bool) and val_split > 0:
@@ -79,6 +82,8 @@ def _load_source(cfg) -> Splits:
             std=cfg.get("std"),
             train_split=cfg.get("train_split", "train"),
             test_split=cfg.get("test_split", "test"),
+            in_memory=bool(cfg.get("in_memory", True)),
+            image_size=int(cfg.get("image_size") or 224),
         )
     if source == "folder":
         from resnet_train.data import folder

@@ -56,6 +56,47 @@ def inception_crop(image, seed, out_size=None):
     return tf.cast(tf.round(tf.clip_by_value(tf.image.resize(crop, target), 0, 255)), tf.uint8)
 
 
+def _resize_uint8(image, size):
+    return tf.cast(tf.round(tf.clip_by_value(tf.image.resize(image, size), 0, 255)), tf.uint8)
+
+
+def decode(encoded):
+    """Any of JPEG / PNG / BMP / GIF bytes -> uint8 RGB (H, W, 3); animations give their first frame."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_and_inception_crop(encoded, seed, out_size):
+    """The inception crop fused with decoding: for JPEGs only the crop window is decoded."""
+
+    def jpeg():
+        begin, size = inception_box(tf.image.extract_jpeg_shape(encoded), seed)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+    def other():
+        image = decode(encoded)
+        begin, size = inception_box(tf.shape(image), seed)
+        return tf.slice(image, begin, size)
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    crop.set_shape([None, None, 3])
+    return _resize_uint8(crop, out_size)
+
+
+def decode_center_crop(encoded, out_size, crop_fraction: float = 0.875):
+    """Evaluation for large images: resize the short side to out / 0.875 (256 for 224), centre crop."""
+    image = decode(encoded)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (float(out_size[0]) / crop_fraction) / tf.reduce_min(shape)
+    resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    top = (tf.shape(resized)[0] - out_size[0]) // 2
+    left = (tf.shape(resized)[1] - out_size[1]) // 2
+    crop = resized[top:top + out_size[0], left:left + out_size[1]]
+    return tf.cast(tf.round(tf.clip_by_value(crop, 0, 255)), tf.uint8)
+
+
 # ---- policies -------------------------------------------------------------------------------
 def _apply_op(name, image, strength, seed):
     return image_ops.OPS[name](image, tf.constant(strength, tf.float32), seed)
@@ -153,8 +194,11 @@ def _get(cfg, key, default):
     return default if value is None else value
 
 
-def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5)):
-    """fn(image, seed) -> image for one training example, or None when nothing is configured."""
+def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encoded: bool = False):
+    """fn(image, seed) -> image for one training example, or None when nothing is configured.
+
+    With `encoded`, examples are image bytes: the crop stage decodes them (fused with the inception
+    crop) to `image_shape`, so a function is always returned."""
     crop = _get(cfg, "crop", "auto")
     padding = int(_get(cfg, "padding", 4))
     flip = bool(_get(cfg, "horizontal_flip", False))
@@ -177,15 +221,20 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5)):
         raise ConfigError(f"augment.cutout must be >= 0 pixels (got {cut})")
     if image_shape[-1] != 3 and (rand is not None or policy is not None):
         raise ConfigError("AutoAugment / RandAugment need RGB images")
-    if crop == "none" and not flip and rand is None and policy is None and not cut:
+    if crop == "none" and not flip and rand is None and policy is None and not cut and not encoded:
         return None
     fill = [float(m) for m in mean]
+    out_size = tuple(int(s) for s in image_shape[:2])
 
     def augment(image, seed):
         crop_seed, flip_seed, policy_seed, cut_seed = _split(seed, 4)
+        if encoded and crop == "inception":
+            image = decode_and_inception_crop(image, crop_seed, out_size)
+        elif encoded:
+            image = _resize_uint8(decode(image), out_size)
         if crop == "pad":
             image = pad_and_crop(image, padding, crop_seed)
-        elif crop == "inception":
+        elif crop == "inception" and not encoded:
             image = inception_crop(image, crop_seed)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)

@@ -19,6 +19,7 @@ class DatasetInfo:
     std: tuple[float, ...] = (64.0, 64.0, 64.0)
     skipped_files: int = 0  # unreadable files left out (folder source)
     val_size: int = 0  # examples carved from the training split for validation (data.val_split)
+    encoded: bool = False  # images arrive as encoded bytes (streamed); the pipeline decodes them
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -64,14 +64,21 @@ def prepare(name: str, data_dir=None, manual_dir=None, download: bool = True):
     if builder.is_prepared():
         return builder
 
-    archives = {url: info.filename for url, info in (builder.url_infos or {}).items()}
+    archives = {url: info.filename or url.rsplit("/", 1)[-1] for url, info in (builder.url_infos or {}).items()}
+    # ImageNet and friends need registration: tfds cannot download them, so never try.
+    by_hand = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
     have_all = bool(archives) and all((manual_dir / f).is_file() for f in archives.values())
     reachable = (
-        not have_all and download and archives and all(host_reachable(url) for url in archives)
+        not have_all and not by_hand and download and archives
+        and all(host_reachable(url) for url in archives)
     )
     if not (have_all or reachable):
-        wanted = ", ".join(f"{f} (from {url})" for url, f in archives.items()) or "its source files"
-        why = "downloads are off (data.download=false)" if not download else "its download host is unreachable"
+        if by_hand:
+            wanted = f"{', '.join(archives.values()) or 'its files'} (downloaded by hand from {builder.info.homepage})"
+            why = "it cannot be downloaded automatically"
+        else:
+            wanted = ", ".join(f"{f} (from {url})" for url, f in archives.items()) or "its source files"
+            why = "downloads are off (data.download=false)" if not download else "its download host is unreachable"
         raise DataError(
             f"{name} is not prepared in {data_dir} and {why}: put {wanted} into {manual_dir} "
             f"(or set data.manual_dir to the folder that holds it), or point data.data_dir at a "
@@ -99,9 +106,12 @@ def _as_arrays(builder, split: str):
 
 
 def load(name: str, data_dir=None, manual_dir=None, download=True, mean=None, std=None,
-         train_split="train", test_split="test") -> Splits:
-    """Loads the dataset into memory as uint8 arrays (CIFAR-sized data: ~150 MB for 50k images)."""
+         train_split="train", test_split="test", in_memory=True, image_size=224) -> Splits:
+    """In memory: decoded uint8 arrays (CIFAR-sized data: ~150 MB for 50k images). Otherwise
+    (ImageNet) a stream of encoded images that the pipeline decodes and crops to `image_size`."""
     builder = prepare(name, data_dir, manual_dir, download)
+    if not in_memory:
+        return _streamed(builder, name, mean, std, train_split, test_split, image_size)
     x_train, y_train = _as_arrays(builder, train_split)
     x_test, y_test = _as_arrays(builder, test_split)
     if mean is None or std is None:
@@ -122,3 +132,28 @@ def load(name: str, data_dir=None, manual_dir=None, download=True, mean=None, st
         tf.data.Dataset.from_tensor_slices((x_test, y_test)),
         info,
     )
+
+
+def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> Splits:
+    import tensorflow_datasets as tfds
+
+    def read(split):
+        if split not in builder.info.splits:
+            raise DataError(f"{name} in {builder.data_dir} has no {split!r} split "
+                            f"(it has {', '.join(builder.info.splits)})")
+        # Encoded bytes: decoding happens in the pipeline, fused with the crop (decode_and_crop_jpeg).
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+                                decoders={builder.info.supervised_keys[0]: tfds.decode.SkipDecoding()})
+        return ds, builder.info.splits[split].num_examples
+
+    (train, train_size), (test, test_size) = read(train_split), read(test_split)
+    if mean is None or std is None:
+        log.warning("No data.mean / data.std for %s: using 127.5 / 64 (set them for better training)", name)
+        mean, std = (127.5,) * 3, (64.0,) * 3
+    label = builder.info.features[builder.info.supervised_keys[1]]
+    info = DatasetInfo(
+        name=name, num_classes=int(label.num_classes), image_shape=(image_size, image_size, 3),
+        train_size=train_size, test_size=test_size, class_names=list(label.names),
+        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std), encoded=True,
+    )
+    return Splits(train, test, info)

@@ -46,11 +46,11 @@ def preact_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b:
     for stage, (width, blocks) in enumerate(zip((16, 32, 64), lay.stages)):
         for i in range(blocks):
             stride = 2 if stage > 0 and i == 0 else 1
-            name = f"stage{stage + 1}_block{i + 1}"
+            block = f"stage{stage + 1}_block{i + 1}"
             if lay.block == "bottleneck":
-                x = b.preact_bottleneck(x, width, stride, shortcut, name)
+                x = b.preact_bottleneck(x, width, stride, shortcut, block)
             else:
-                x = b.preact_basic(x, width, stride, shortcut, name)
+                x = b.preact_basic(x, width, stride, shortcut, block)
     x = b.relu(b.bn(x, name="final_bn"), name="final_relu")
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
@@ -63,11 +63,11 @@ def imagenet_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, 
     for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), lay.stages)):
         for i in range(blocks):
             stride = 2 if stage > 0 and i == 0 else 1
-            name = f"stage{stage + 1}_block{i + 1}"
+            block = f"stage{stage + 1}_block{i + 1}"
             if lay.block == "bottleneck":
-                x = b.bottleneck(x, width, stride, shortcut, name)
+                x = b.bottleneck(x, width, stride, shortcut, block)
             else:
-                x = b.basic(x, width, stride, shortcut, name)
+                x = b.basic(x, width, stride, shortcut, block)
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
 
