@@ -1,0 +1,91 @@
+"""Throughput measurements: the input pipeline alone and our trainer alone, each on in-memory data.
+
+Used by scripts/bench.py. Figures are medians over several timed windows after a warm-up, so
+tracing and autotuning are not counted; the spread (min..max) is reported beside them.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+
+def _windows(step, items_per_step: int, warmup: int, windows: int, steps_per_window: int) -> dict:
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        rates.append(items_per_step * steps_per_window / (time.perf_counter() - start))
+    return {"images_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def smooth_images(n: int, shape, seed: int = 0) -> np.ndarray:
+    """Photo-like uint8 images (smooth gradients and blobs): random noise would make JPEGs
+    unrealistically large and slow to decode."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    ys, xs = np.mgrid[0:h, 0:w] / max(h, w)
+    out = np.empty((n, h, w, c), np.uint8)
+    for i in range(n):
+        fx, fy, phase = rng.uniform(1, 6, 3)
+        base = 0.5 + 0.5 * np.sin(fx * xs * 6.28 + phase)[..., None] * np.cos(fy * ys * 6.28)[..., None]
+        out[i] = np.clip(255 * base * rng.uniform(0.3, 1.0, c), 0, 255)
+    return out
+
+
+def jpeg_bytes(images) -> list[bytes]:
+    from PIL import Image
+
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, augment=None,
+                        batch_augment=None, shuffle_buffer=None, windows: int = 5, steps_per_window: int = 20) -> dict:
+    """images/s of pipeline.train_batches alone (no model), over repeated epochs."""
+    from resnet_train.data import pipeline
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from pipeline.train_batches(dataset, size, batch_size, 0, epoch, augment, batch_augment,
+                                              shuffle_buffer=shuffle_buffer)
+            epoch += 1
+
+    iterator = batches()
+    return _windows(lambda: next(iterator), batch_size, warmup=5, windows=windows, steps_per_window=steps_per_window)
+
+
+def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, steps_per_call: int = 1,
+                     windows: int = 5, steps_per_window: int = 10) -> dict:
+    """images/s of our Trainer on one in-memory batch repeated (the model and step alone)."""
+    import keras
+
+    from resnet_train import models
+    from resnet_train.trainer import Trainer
+
+    keras.backend.clear_session()
+    strategy = tf.distribute.get_strategy()
+    model = models.build(depth, num_classes, image_shape)
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    trainer = Trainer(model, optimizer, strategy, batch_size, weight_decay=1e-4, num_classes=num_classes)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, *image_shape)).astype(np.uint8)
+    labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    result = _windows(lambda: trainer.train_steps(iterator, steps_per_call) or trainer.train_metrics(),
+                      batch_size * steps_per_call, warmup=3, windows=windows,
+                      steps_per_window=max(1, steps_per_window // steps_per_call))
+    result["parameters"] = models.count_params(model)
+    return result
