@@ -50,6 +50,10 @@ def jpeg_bytes(images) -> list[bytes]:
     return encoded
 
 
+def iterator_throughput(iterator, batch_size: int, windows: int = 5, steps_per_window: int = 20) -> dict:
+    return _windows(lambda: next(iterator), batch_size, warmup=5, windows=windows, steps_per_window=steps_per_window)
+
+
 def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, augment=None,
                         batch_augment=None, shuffle_buffer=None, windows: int = 5, steps_per_window: int = 20) -> dict:
     """images/s of pipeline.train_batches alone (no model), over repeated epochs."""
@@ -62,8 +66,7 @@ def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, au
                                               shuffle_buffer=shuffle_buffer)
             epoch += 1
 
-    iterator = batches()
-    return _windows(lambda: next(iterator), batch_size, warmup=5, windows=windows, steps_per_window=steps_per_window)
+    return iterator_throughput(batches(), batch_size, windows, steps_per_window)
 
 
 def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, steps_per_call: int = 1,
@@ -89,3 +92,19 @@ def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int 
                       steps_per_window=max(1, steps_per_window // steps_per_call))
     result["parameters"] = models.count_params(model)
     return result
+
+
+def keras_randaugment_batches(dataset, batch_size: int, num_ops: int = 2, magnitude: float = 9):
+    """The same pipeline with keras.layers.RandAugment applied per batch, for comparison."""
+    import keras
+
+    from resnet_train.data import pipeline
+
+    layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops, factor=magnitude / 10)
+
+    def batches():
+        while True:
+            ds = pipeline.train_batches(dataset, 10_000, batch_size, 0, 0)
+            yield from ds.map(lambda x, y: (layer(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+    return batches()

@@ -26,7 +26,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from resnet_train.bench import jpeg_bytes, pipeline_throughput, smooth_images, train_throughput
+    from resnet_train.bench import (iterator_throughput, jpeg_bytes, keras_randaugment_batches,
+                                    pipeline_throughput, smooth_images, train_throughput)
     from resnet_train.data.augment import make_augment, make_batch_augment
 
     windows, per_window = (3, 10) if args.quick else (5, 20)
@@ -55,6 +56,10 @@ def main() -> None:
                                      windows=windows, steps_per_window=per_window)
         ratio = result["images_per_sec"] / train["images_per_sec"]
         row(f"pipeline CIFAR-shaped, augment={label}", result, f"{ratio:.1f}x training")
+
+    keras_rand = iterator_throughput(keras_randaugment_batches(cifar, 128), 128, windows, per_window)
+    row("pipeline CIFAR-shaped, keras.layers.RandAugment", keras_rand,
+        f"{keras_rand['images_per_sec'] / train['images_per_sec']:.1f}x training (reference for ours)")
 
     photos = jpeg_bytes(smooth_images(256, (375, 500, 3), seed=1))
     jpegs = tf.data.Dataset.from_tensor_slices((photos, tf.zeros([len(photos)], tf.int64)))

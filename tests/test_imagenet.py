@@ -118,6 +118,6 @@ def test_val_split_on_streamed_data_is_refused(fake_imagenet):
 
     with pytest.raises(Exception, match="val_split needs in-memory data"):
         data_lib.load({"source": "tfds", "name": "imagenet2012", "data_dir": str(fake_imagenet["data_dir"]),
-                       "in_memory": False, "test_split": "validation", "val_split": 0.1,
+                       "cache": False, "test_split": "validation", "val_split": 0.1,
                        "mean": [1, 1, 1], "std": [1, 1, 1]})
     assert DataError  # imported for the error type of the neighbouring tests

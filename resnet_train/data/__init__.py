@@ -82,7 +82,7 @@ def _load_source(cfg) -> Splits:
             std=cfg.get("std"),
             train_split=cfg.get("train_split", "train"),
             test_split=cfg.get("test_split", "test"),
-            in_memory=bool(cfg.get("in_memory", True)),
+            in_memory=bool(cfg.get("cache", True)),
             image_size=int(cfg.get("image_size") or 224),
         )
     if source == "folder":
