@@ -16,8 +16,11 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, directory, model, optimizer, max_to_keep: int = 3):
+    def __init__(self, directory, model, optimizer, max_to_keep: int = 3, read_from=None):
+        """Saves to `directory`; resumes from `read_from` (default the same). A non-chief worker
+        saves to a temporary directory but resumes from the chief's."""
         self.directory = Path(directory)
+        self.read_from = Path(read_from or directory)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), max_to_keep)
@@ -28,7 +31,7 @@ class Checkpointer:
 
     def restore_latest(self) -> bool:
         """Restores the newest checkpoint if there is one; True when it did."""
-        path = self.latest
+        path = tf.train.latest_checkpoint(str(self.read_from))
         if not path:
             return False
         try:

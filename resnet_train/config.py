@@ -60,3 +60,13 @@ def check_against_data(cfg, info) -> None:
             f"batch_size={cfg.batch_size} is larger than the {info.train_size} training images of "
             f"{info.name}: choose batch_size <= {info.train_size}"
         )
+
+
+def check_replicas(cfg, replicas: int) -> None:
+    """batch_size is the global batch: it must split evenly over the replicas."""
+    if cfg.batch_size % replicas:
+        lower = cfg.batch_size - cfg.batch_size % replicas
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} (the global batch) does not divide over {replicas} replicas: "
+            f"use a multiple of {replicas}, e.g. {lower or replicas} or {lower + replicas}"
+        )

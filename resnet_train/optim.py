@@ -58,16 +58,35 @@ def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
     return LinearWarmup(schedule, warmup_steps) if warmup_steps > 0 else schedule
 
 
-def build_optimizer(cfg, schedule):
-    """The `optimizer` config group. Weight decay is not the optimizer's job here (see above)."""
+def lr_reference(cfg, batch_size: int) -> int:
+    """The batch size `optimizer.lr` is given for (null: the batch in use, i.e. no scaling)."""
+    reference = cfg.get("lr_batch_reference")
+    if reference is None:
+        return batch_size
+    if not isinstance(reference, int) or isinstance(reference, bool) or reference < 1:
+        raise ConfigError(f"optimizer.lr_batch_reference must be a positive integer (got {reference!r})")
+    return reference
+
+
+def effective_lr(cfg, batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al. 2017): lr x global batch / reference batch, so that
+    changing the batch (or the number of GPUs) does not silently change the recipe."""
+    return float(cfg.lr) * batch_size / lr_reference(cfg, batch_size)
+
+
+def build_optimizer(cfg, schedule, loss_scaling: bool = False):
+    """The `optimizer` config group. Weight decay is not the optimizer's job here (see above).
+    `loss_scaling` wraps it in keras' LossScaleOptimizer (dynamic scale) for float16."""
     name = cfg.get("name")
     if name == "sgd":
-        return keras.optimizers.SGD(
+        optimizer = keras.optimizers.SGD(
             learning_rate=schedule,
             momentum=float(cfg.get("momentum", 0.9)),
             nesterov=bool(cfg.get("nesterov", False)),
         )
-    raise ConfigError(f"optimizer.name must be sgd (got {name!r}); more optimizers are planned")
+    else:
+        raise ConfigError(f"optimizer.name must be sgd (got {name!r}); more optimizers are planned")
+    return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
 
 
 def decayed(variable, decay_bn: bool = False) -> bool:

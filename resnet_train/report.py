@@ -45,10 +45,23 @@ class Reporter:
         self._jsonl.close()
 
 
-def progress(total: int, desc: str):
+class NullReporter:
+    """What non-chief workers report to: nothing."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+    def best(self, split: str, key: str):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, desc: str, disable: bool = False):
     """A per-epoch tqdm bar; silent when stderr is not a terminal (CI, log files)."""
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
+                disable=disable or not sys.stderr.isatty())
 
 
 def write_json(path, data) -> None:

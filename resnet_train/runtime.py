@@ -1,20 +1,175 @@
-"""Strategy, seeds and determinism. (Several devices and precisions come with the scale work.)"""
+"""Where and how the computation runs: devices, tf.distribute strategy, precision, seeds.
+
+    runtime=auto          MirroredStrategy over all GPUs when there are two or more, else one device
+    runtime=one_device    one device (the first GPU, else the CPU)
+    runtime=mirrored      MirroredStrategy over runtime.devices (default: all GPUs, or the
+                          runtime.cpu_replicas logical CPUs)
+    runtime=multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG (one process per host)
+"""
 from __future__ import annotations
 
+import json
 import logging
+import os
+from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
+from resnet_train.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
-def configure(seed: int, deterministic: bool = False):
-    """Seeds every RNG, optionally enables op determinism; returns the tf.distribute strategy."""
+
+@dataclass
+class Runtime:
+    strategy: tf.distribute.Strategy
+    precision: str  # the resolved policy name
+    is_chief: bool  # the process that writes checkpoints, summaries and results
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+# ---- devices ----------------------------------------------------------------------------------
+def split_cpu(replicas: int) -> None:
+    """Splits the CPU into `replicas` logical devices (for MirroredStrategy without GPUs).
+
+    Must run before TensorFlow initialises its devices; a second call with the same number is a
+    no-op, a different number after initialisation is a clear error."""
+    if replicas <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current and len(current) == replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have == replicas:
+            return
+        raise ConfigError(
+            f"runtime.cpu_replicas={replicas}, but TensorFlow already started with {have} CPU device(s) "
+            f"in this process: set it before anything else runs (a fresh process)"
+        ) from None
+
+
+def _cluster_task():
+    """(task_type, task_id, number of workers) from TF_CONFIG, or None without one."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        conf = json.loads(raw)
+        task = conf["task"]
+        workers = sum(len(conf["cluster"].get(k, [])) for k in ("chief", "worker"))
+        return task["type"], int(task["index"]), workers
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task' ({e})") from None
+
+
+def worker_suffix() -> str:
+    """'' for the chief (or without TF_CONFIG), '_worker<i>' for the others: keeps their logs apart."""
+    task = _cluster_task()
+    if task is None or _is_chief(task[0], task[1]):
+        return ""
+    return f"_{task[0]}{task[1]}"
+
+
+def _is_chief(task_type, task_id) -> bool:
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not _has_chief())
+
+
+def _has_chief() -> bool:
+    try:
+        return bool(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("chief"))
+    except ValueError:
+        return False
+
+
+def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
+    if name not in STRATEGIES:
+        raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
+    if name == "multi_worker":
+        if _cluster_task() is None:
+            raise ConfigError("runtime=multi_worker needs TF_CONFIG (see README: several hosts)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    split_cpu(cpu_replicas)
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if devices:
+        devices = list(devices)
+    elif gpus:
+        devices = gpus
+    else:
+        devices = cpus[:max(1, cpu_replicas)]
+    if name == "one_device" or (name == "auto" and len(devices) < 2):
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    if name == "auto" and not gpus and cpu_replicas <= 1:
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    if gpus and len(devices) > 1:
+        return tf.distribute.MirroredStrategy(devices)
+    # CPU replicas: NCCL is for GPUs; reduce on the host.
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+# ---- precision --------------------------------------------------------------------------------
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def auto_precision() -> tuple[str, str]:
+    """(policy, reason). float16 on GPUs with tensor cores (compute capability >= 7.0), bfloat16 on
+    CPUs with native bfloat16 arithmetic (AMX or AVX512-BF16), float32 otherwise."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        if capability and tuple(capability) >= (7, 0):
+            return "mixed_float16", f"GPU compute capability {capability[0]}.{capability[1]} >= 7.0"
+        return "float32", f"GPU compute capability {capability} < 7.0 (no tensor cores)"
+    flags = cpu_flags()
+    native = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    if native:
+        return "mixed_bfloat16", f"CPU has {' and '.join(native)}"
+    return "float32", "no GPU and no native bfloat16 on this CPU"
+
+
+def resolve_precision(precision: str) -> tuple[str, str]:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "auto":
+        return auto_precision()
+    return precision, "asked for"
+
+
+# ---- all of it --------------------------------------------------------------------------------
+def configure(seed: int, deterministic: bool = False, strategy: str = "one_device", precision: str = "float32",
+              devices=None, cpu_replicas: int = 1) -> Runtime:
+    """Devices, strategy, precision policy and seeds, logged with the reasons for each choice."""
+    if not isinstance(cpu_replicas, int) or cpu_replicas < 1:
+        raise ConfigError(f"runtime.cpu_replicas must be a positive integer (got {cpu_replicas!r})")
+    dist = make_strategy(strategy, devices, cpu_replicas)
+    policy, reason = resolve_precision(precision)
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(seed)  # Python, NumPy and TF (model initialisation)
     if deterministic:
         # Bit-identical reruns (and resumed == uninterrupted), at some cost in speed.
         tf.config.experimental.enable_op_determinism()
-    strategy = tf.distribute.get_strategy()
-    log.info("Strategy: %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
-    return strategy
+    task = _cluster_task() if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) else None
+    is_chief = task is None or _is_chief(task[0], task[1])
+    devices_used = dist.extended.worker_devices
+    log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", type(dist).__name__,
+             dist.num_replicas_in_sync, ", ".join(devices_used), policy, reason)
+    return Runtime(dist, policy, is_chief)

@@ -5,9 +5,11 @@ Reads top to bottom: set up -> data -> model and optimizer -> restore -> train l
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
+import warnings
 from pathlib import Path
-
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
@@ -15,10 +17,12 @@ from resnet_train import models, optim, runtime
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
-from resnet_train.report import Reporter, progress, write_json
+from resnet_train.report import NullReporter, Reporter, progress, write_json
 from resnet_train.trainer import Trainer
 
 log = logging.getLogger(__name__)
+# tf.data's note about reading options in graph mode, raised by distribute_datasets_from_function.
+warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 
 def train_and_evaluate(cfg, workdir) -> dict:
@@ -27,25 +31,46 @@ def train_and_evaluate(cfg, workdir) -> dict:
     workdir = Path(workdir)
     # ---- set up ---------------------------------------------------------------------------
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
+    r = cfg.runtime
+    rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
+                           r.get("precision", "float32"), r.get("devices"), int(r.get("cpu_replicas", 1)))
+    strategy = rt.strategy
+    config_lib.check_replicas(cfg, rt.replicas)
+    # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
+    own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    strategy = runtime.configure(cfg.seed, cfg.runtime.get("deterministic", False))
 
     # ---- input pipeline -------------------------------------------------------------------
     splits = data_lib.load(cfg.data)
     info = splits.info
     config_lib.check_against_data(cfg, info)
-    write_json(workdir / "dataset.json", info.to_dict())
+    if rt.is_chief:
+        write_json(workdir / "dataset.json", info.to_dict())
     steps_per_epoch = info.train_size // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
     batch_augment = make_batch_augment(cfg.augment, info.num_classes)
     # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
     eval_split = "val" if splits.val is not None else "test"
-    distribute_eval = lambda ds: strategy.experimental_distribute_dataset(  # noqa: E731
-        pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info)))
+    def distribute_eval(ds, size):
+        batches = pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
+        return strategy.experimental_distribute_dataset(batches)
+
+    eval_ds = (distribute_eval(splits.val, info.val_size) if splits.val is not None
+               else distribute_eval(splits.test, info.test_size))
     shuffle_buffer = cfg.data.get("shuffle_buffer") or (info.train_size if not info.encoded else 10_000)
-    log.info("Shuffle buffer: %d of %d training examples", min(shuffle_buffer, info.train_size), info.train_size)
-    eval_ds = distribute_eval(splits.val if splits.val is not None else splits.test)
+    log.info("Global batch %d = %d replica(s) x %d; shuffle buffer %d of %d training examples",
+             cfg.batch_size, rt.replicas, cfg.batch_size // rt.replicas,
+             min(shuffle_buffer, info.train_size), info.train_size)
+
+    def epoch_batches(epoch, skip):
+        def dataset_fn(ctx: "tf.distribute.InputContext"):
+            return pipeline.train_batches(
+                splits.train, info.train_size, cfg.batch_size, cfg.seed, epoch, augment, batch_augment,
+                skip_batches=skip, shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,
+                pipeline_id=ctx.input_pipeline_id, replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
+
+        return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
     # ---- model and optimizer --------------------------------------------------------------
     m = cfg.model
@@ -55,41 +80,42 @@ def train_and_evaluate(cfg, workdir) -> dict:
             variant=m.get("variant", "auto"), block=m.get("block", "auto"),
             shortcut=m.get("shortcut", "auto"), mean=info.mean, std=info.std,
             init_mode=m.get("init_mode", "fan_out"), bn_momentum=m.get("bn_momentum", 0.9),
-            bn_epsilon=m.get("bn_epsilon", 1e-5),
+            bn_epsilon=m.get("bn_epsilon", 1e-5), sync_bn=bool(m.get("sync_bn", False)),
         )
-        schedule = optim.lr_schedule(cfg.schedule, float(cfg.optimizer.lr), total_steps, steps_per_epoch)
-        optimizer = optim.build_optimizer(cfg.optimizer, schedule)
+        lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
+        schedule = optim.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
+        optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16")
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     params = models.count_params(model)
-    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch",
-             model.name, f"{params:,}", info.name, info.train_size,
-             f"{info.val_size} val / " if info.val_size else "", info.test_size, steps_per_epoch)
+    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g "
+             "(optimizer.lr %g per %d images x batch %d)", model.name, f"{params:,}", info.name,
+             info.train_size, f"{info.val_size} val / " if info.val_size else "", info.test_size,
+             steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)
     trainer = Trainer(model, optimizer, strategy, cfg.batch_size,
                       weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
-                      label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0))
+                      label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
+                      xla=bool(r.get("xla", False)))
 
     # ---- restore: this run's own checkpoint, else from scratch ---------------------------
-    checkpointer = Checkpointer(workdir / "checkpoints", model, optimizer,
-                                max_to_keep=int(cfg.checkpoint.get("keep", 3)))
+    checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
+                                max_to_keep=int(cfg.checkpoint.get("keep", 3)),
+                                read_from=workdir / "checkpoints")
     checkpointer.restore_latest()
     step = int(optimizer.iterations.numpy())
     if step:
         log.info("Continuing at step %d of %d", step, total_steps)
 
     # ---- train loop -----------------------------------------------------------------------
-    reporter = Reporter(workdir)
-    steps_per_call = int(cfg.runtime.get("steps_per_call", 1))
+    reporter = Reporter(workdir) if rt.is_chief else NullReporter()
+    steps_per_call = int(r.get("steps_per_call", 1))
     eval_metrics = None
     try:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             skip = step - epoch * steps_per_epoch
-            ds = pipeline.train_batches(splits.train, info.train_size, cfg.batch_size, cfg.seed,
-                                        epoch, augment, batch_augment, skip_batches=skip,
-                                        shuffle_buffer=shuffle_buffer)
-            iterator = iter(strategy.experimental_distribute_dataset(ds))
+            iterator = epoch_batches(epoch, skip)
             trainer.reset_train_metrics()
-            bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+            bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", disable=not rt.is_chief)
             bar.update(skip)
             t0 = time.perf_counter()
             while step < (epoch + 1) * steps_per_epoch:
@@ -101,7 +127,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
                     current = trainer.train_metrics()
                     bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
                                     lr=f"{trainer.learning_rate():.4g}",
-                                    img_s=f"{bar.n * cfg.batch_size / (time.perf_counter() - t0):.0f}")
+                                    img_s=f"{(bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0):.0f}")
             seconds = time.perf_counter() - t0
             bar.close()
             train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
@@ -117,11 +143,13 @@ def train_and_evaluate(cfg, workdir) -> dict:
         if eval_metrics is None:  # the run had already finished: report its final state again
             eval_metrics = trainer.evaluate(eval_ds)
         best = reporter.best("eval", "accuracy")
-        test_metrics = eval_metrics if eval_split == "test" else trainer.evaluate(distribute_eval(splits.test))
+        test_metrics = eval_metrics if eval_split == "test" else trainer.evaluate(distribute_eval(splits.test, info.test_size))
         if eval_split == "val":
             reporter.log("test", step, cfg.epochs, test_metrics)
     finally:
         reporter.close()
+        if not rt.is_chief:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
     results = {
         "test": test_metrics,
@@ -133,11 +161,14 @@ def train_and_evaluate(cfg, workdir) -> dict:
         "parameters": params,
         "model": model.name,
         "dataset": info.name,
+        "precision": rt.precision,
+        "replicas": rt.replicas,
         "wall_time_s": round(time.time() - started, 1),
         "run_dir": str(workdir),
-        "checkpoint": checkpointer.latest,
+        "checkpoint": checkpointer.latest if rt.is_chief else None,
     }
-    write_json(workdir / "results.json", results)
+    if rt.is_chief:
+        write_json(workdir / "results.json", results)
     return results
 
 
@@ -148,6 +179,3 @@ def load_config(overrides=(), config_name: str = "train"):
     config_dir = Path(__file__).parent / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides))
-
-
-__all__ = ["train_and_evaluate", "load_config"]

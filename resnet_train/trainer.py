@@ -1,8 +1,10 @@
 """The training and evaluation steps: a tf.GradientTape loop written against tf.distribute.
 
-Written for any strategy from the start: per-example losses are averaged over the *global*
-batch, per-replica sums are reduced across replicas, and the decay term is divided by the number
-of replicas because gradients are summed across them.
+Written for any strategy: per-example losses are averaged over the *global* batch, per-replica
+sums are reduced across replicas, and the weight-decay term is divided by the number of replicas
+(tf.nn.scale_regularization_loss) because gradients are summed across them. Under mixed_float16
+the optimizer is a keras LossScaleOptimizer: the loss is scaled before the gradients, and a step
+whose gradients are not finite is skipped (weights untouched) while the scale is lowered.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, strategy, global_batch_size: int,
                  weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, xla: bool = False):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -35,6 +37,9 @@ class Trainer:
             # Running sums of the epoch, read only at log points (no host sync per step).
             self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}")
                           for k in ("loss", "correct", "count")}
+        # XLA compiles the forward and backward pass; the gradient all-reduce and the optimizer
+        # update stay outside it (cross-replica merges cannot run inside a compiled cluster).
+        self._gradients = tf.function(self._gradients_fn, jit_compile=True) if xla else self._gradients_fn
         self._train_steps = tf.function(self._train_steps_fn)
         self._eval_all = tf.function(self._eval_all_fn)
 
@@ -50,16 +55,24 @@ class Trainer:
             labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
         return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
 
-    def _replica_step(self, images, labels):
+    def _gradients_fn(self, images, labels):
         model, variables = self.model, self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = self._train_loss(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
-        grads = tape.gradient(loss, variables)
-        if self.weight_decay:
-            scale = self.weight_decay / self.strategy.num_replicas_in_sync
-            grads = [g + scale * v.value if m else g for g, v, m in zip(grads, variables, self.decay_mask)]
+            if self.weight_decay:
+                # Coupled L2: d/dw (wd/2 ||w||^2) = wd * w, the paper's (and PyTorch SGD's) decay.
+                l2 = tf.add_n([tf.reduce_sum(tf.square(v.value)) for v, m in zip(variables, self.decay_mask) if m])
+                loss += tf.nn.scale_regularization_loss(0.5 * self.weight_decay * l2)
+            if hasattr(self.optimizer, "scale_loss"):  # LossScaleOptimizer (identity otherwise)
+                loss = self.optimizer.scale_loss(loss)
+        return tape.gradient(loss, variables), logits, per_example
+
+    def _replica_step(self, images, labels):
+        labels = tf.convert_to_tensor(labels)
+        variables = self.model.trainable_variables
+        grads, logits, per_example = self._gradients(images, labels)
         self.optimizer.apply_gradients(zip(grads, variables))
         # With soft labels, "correct" means the top prediction is the label with the most weight.
         hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)
@@ -87,22 +100,23 @@ class Trainer:
         return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count}
 
     # ---- evaluation -----------------------------------------------------------------------
-    def _replica_eval(self, images, labels):
+    def _replica_eval(self, images, labels, weights):
+        """Sums over the batch; padding examples (weight 0) count for nothing."""
         logits = self.model(images, training=False)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        top1 = tf.math.in_top_k(labels, logits, 1)
-        topk = tf.math.in_top_k(labels, logits, self.top_k)
+        top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
+        topk = tf.cast(tf.math.in_top_k(labels, logits, self.top_k), tf.float32)
         return (
-            tf.reduce_sum(per_example),
-            tf.reduce_sum(tf.cast(top1, tf.float32)),
-            tf.reduce_sum(tf.cast(topk, tf.float32)),
-            tf.cast(tf.shape(labels)[0], tf.float32),
+            tf.reduce_sum(per_example * weights),
+            tf.reduce_sum(top1 * weights),
+            tf.reduce_sum(topk * weights),
+            tf.reduce_sum(weights),
         )
 
     def _eval_all_fn(self, dataset):
         loss = top1 = topk = count = tf.constant(0.0)
-        for images, labels in dataset:
-            results = self.strategy.run(self._replica_eval, args=(images, labels))
+        for images, labels, weights in dataset:
+            results = self.strategy.run(self._replica_eval, args=(images, labels, weights))
             b_loss, b_top1, b_topk, b_count = (self.strategy.reduce(SUM, r, axis=None) for r in results)
             loss, top1, topk, count = loss + b_loss, top1 + b_top1, topk + b_topk, count + b_count
         return loss, top1, topk, count

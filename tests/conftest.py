@@ -13,6 +13,27 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _two_logical_cpus():
+    """Two logical CPU devices for the whole test process, set before TensorFlow starts, so that
+    MirroredStrategy tests run in-process (runtime.cpu_replicas=2). Other tests use /cpu:0."""
+    from resnet_train.runtime import split_cpu
+
+    split_cpu(2)
+
+
+_two_logical_cpus()
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """Precision is a process-wide Keras setting: every test starts from float32."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("resnet-train")
 

@@ -133,7 +133,7 @@ def test_batch_augment_gives_soft_labels_and_eval_applies_nothing():
     assert images.dtype == tf.uint8 and labels.dtype == tf.float32 and labels.shape == (8, 4)
     np.testing.assert_allclose(labels.numpy().sum(-1), 1.0, rtol=1e-6)
     raw = np.stack([x for x, _ in splits.test.as_numpy_iterator()])
-    evaluated = np.concatenate([x.numpy() for x, _ in pipeline.eval_batches(splits.test, 5)])
+    evaluated = np.concatenate([x.numpy() for x, _, _ in pipeline.eval_batches(splits.test, 5)])
     np.testing.assert_array_equal(evaluated, raw)
 
 

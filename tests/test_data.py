@@ -133,9 +133,15 @@ def test_skip_batches_resumes_the_same_epoch_exactly():
 
 def test_eval_batches_count_every_example_once():
     s = small_splits()
-    seen = np.concatenate([y for _, y in batches(pipeline.eval_batches(s.test, 4))])
+    seen = [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in pipeline.eval_batches(s.test, 4)]
     _, labels = arrays(s.test)
-    np.testing.assert_array_equal(seen, labels)  # 10 examples: 4 + 4 + 2
+    np.testing.assert_array_equal(np.concatenate([y for _, y, _ in seen]), labels)  # 10 = 4 + 4 + 2
+    padded = [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in
+              pipeline.eval_batches(s.test, 4, size=10, image_shape=(8, 8, 3))]
+    assert [len(y) for _, y, _ in padded] == [4, 4, 4]  # full batches for every replica ...
+    weights = np.concatenate([w for _, _, w in padded])
+    np.testing.assert_array_equal(weights, [1] * 10 + [0, 0])  # ... and the padding counts for nothing
+    np.testing.assert_array_equal(np.concatenate([y for _, y, _ in padded])[:10], labels)
 
 
 def test_validation_split_is_fixed_disjoint_and_sized():

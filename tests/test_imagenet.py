@@ -109,8 +109,8 @@ def test_encoded_pipeline_crops_to_the_model_size(fake_imagenet):
     images, _ = next(iter(pipeline.train_batches(splits.train, 12, 4, 0, 0, augment, shuffle_buffer=5)))
     assert images.shape == (4, 56, 56, 3) and images.dtype == tf.uint8
     evaluated = list(pipeline.eval_batches(splits.test, 4, pipeline.eval_preprocess(splits.info)))
-    assert [x.shape[0] for x, _ in evaluated] == [4, 2]
-    assert all(x.shape[1:] == (56, 56, 3) for x, _ in evaluated)
+    assert [x.shape[0] for x, _, _ in evaluated] == [4, 2]
+    assert all(x.shape[1:] == (56, 56, 3) for x, _, _ in evaluated)
 
 
 def test_val_split_on_streamed_data_is_refused(fake_imagenet):

@@ -13,39 +13,64 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, epoch: int,
-                  augment=None, batch_augment=None, skip_batches: int = 0,
-                  shuffle_buffer: int | None = None) -> tf.data.Dataset:
+                  augment=None, batch_augment=None, skip_batches: int = 0, shuffle_buffer: int | None = None,
+                  pipelines: int = 1, pipeline_id: int = 0, replica_batch: int | None = None) -> tf.data.Dataset:
     """One epoch of training batches. Order and augmentation depend only on (seed, epoch).
 
-    Drops the last partial batch (every step sees a full global batch). `skip_batches` starts the
-    epoch part-way, for resuming a run that stopped mid-epoch: the skipped examples are dropped
-    before any augmentation work, and every later example keeps its index, hence its randomness.
-    `shuffle_buffer` defaults to the whole dataset (in-memory data); streamed data uses a window.
+    `batch_size` is the global batch. Only full global batches are used (every step sees one).
+    `skip_batches` starts the epoch part-way, for resuming a run that stopped mid-epoch: the
+    skipped examples are dropped before any augmentation work, and every later example keeps its
+    index, hence its randomness. `shuffle_buffer` defaults to the whole dataset (in-memory data).
+
+    Under several workers (`pipelines`), every worker shuffles identically and keeps its own
+    slice of each global batch, so the workers together see exactly the single-process batches.
+    The yielded batches have `replica_batch` examples (default: the worker's whole slice).
     """
+    per_pipeline = batch_size // pipelines
+    replica_batch = replica_batch or per_pipeline
     buffer = min(size, shuffle_buffer or size)
     ds = ds.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False).enumerate()
+    ds = ds.take((size // batch_size) * batch_size)  # whole global batches only, on every worker
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
+    if pipelines > 1:
+        ds = ds.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
     if augment is not None:
         ds = ds.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
                     num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda i, xy: xy)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(replica_batch, drop_remainder=True)
     if batch_augment is not None:
-        ds = ds.enumerate(start=skip_batches).map(
-            lambda b, xy: batch_augment(xy[0], xy[1], example_seed(seed, epoch, b, stream=1)),
-            num_parallel_calls=AUTOTUNE,
-        )
+        per_global = per_pipeline // replica_batch  # this pipeline's batches per global batch
+
+        def mix(k, xy):
+            index = k * pipelines + pipeline_id  # unique over workers
+            return batch_augment(xy[0], xy[1], example_seed(seed, epoch, index, stream=1))
+
+        ds = ds.enumerate(start=skip_batches * per_global).map(mix, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
-def eval_batches(ds: tf.data.Dataset, batch_size: int, preprocess=None) -> tf.data.Dataset:
-    """Every example exactly once: the last batch may be smaller. `preprocess` decodes streamed
-    images (resize + centre crop); in-memory images go to the model as they are."""
+def eval_batches(ds: tf.data.Dataset, batch_size: int, preprocess=None, size: int | None = None,
+                 image_shape=None) -> tf.data.Dataset:
+    """(images, labels, weights) batches covering every example exactly once.
+
+    With `size` (and `image_shape`), the last batch is padded to a full batch with weight-0
+    examples: every replica (and every worker) then gets a full, equal share of each batch, where
+    a ragged last batch would leave some replica an empty one (which oneDNN convolutions reject)
+    or a worker with fewer batches than the others. Without `size` the last batch is smaller.
+    `preprocess` decodes streamed images (resize + centre crop).
+    """
     if preprocess is not None:
         ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    ds = ds.map(lambda x, y: (x, y, tf.constant(1.0)))
+    pad = (-size) % batch_size if size else 0
+    if pad:
+        blank = tf.zeros(tuple(image_shape), tf.uint8)
+        filler = tf.data.Dataset.from_tensors((blank, tf.constant(0, tf.int64), tf.constant(0.0))).repeat(pad)
+        ds = ds.concatenate(filler)
+    return ds.batch(batch_size, drop_remainder=bool(size)).prefetch(AUTOTUNE)
 
 
 def eval_preprocess(info):

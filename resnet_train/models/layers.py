@@ -38,12 +38,14 @@ class ZeroPadShortcut(layers.Layer):
 class Builder:
     """Makes conv / BN layers with the model's common settings (init, BN momentum, names)."""
 
-    def __init__(self, init_mode: str = "fan_out", bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
+    def __init__(self, init_mode: str = "fan_out", bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
+                 sync_bn: bool = False):
         # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
         # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
         self.init_mode = init_mode
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.sync_bn = sync_bn  # batch statistics over all replicas' examples, not each replica's
 
     def conv(self, x, filters, kernel, stride=1, name=None):
         return layers.Conv2D(
@@ -59,7 +61,8 @@ class Builder:
         )(x)
 
     def bn(self, x, name=None):
-        return layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)(x)
+        return layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                         synchronized=self.sync_bn, name=name)(x)
 
     def relu(self, x, name=None):
         return layers.ReLU(name=name)(x)

@@ -15,9 +15,11 @@ from resnet_train.models.layers import Builder
 
 def _inputs_and_stem_input(image_shape, mean, std):
     inputs = keras.Input(shape=tuple(image_shape), name="images")
-    x = layers.Rescaling(1.0, name="to_float")(inputs)  # uint8 -> float in the compute dtype
+    # Normalise in float32 whatever the policy (bfloat16 has 8 bits of mantissa); the first conv
+    # casts to the compute dtype.
+    x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     x = layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], name="normalize"
+        mean=list(mean), variance=[s * s for s in std], dtype="float32", name="normalize"
     )(x)
     return inputs, x
 

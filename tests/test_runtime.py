@@ -1,0 +1,174 @@
+"""Strategies and precisions: MirroredStrategy over 2 logical CPUs equals one device, evaluation
+counts each example once, float16 loss scaling skips non-finite steps, bfloat16 learns."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY, compose
+from resnet_train import runtime
+from resnet_train.checkpoint import Checkpointer
+from resnet_train.config import check_replicas
+from resnet_train.errors import ConfigError
+from resnet_train.models import build
+from resnet_train.optim import build_optimizer
+from resnet_train.train import train_and_evaluate
+from resnet_train.trainer import Trainer
+
+
+def weights(checkpoint):
+    reader = tf.train.load_checkpoint(checkpoint)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.endswith("VARIABLE_VALUE") and "save_counter" not in k}  # model, optimizer slots, step
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "amx_bf16", "avx512_bf16"})
+    assert runtime.auto_precision()[0] == "mixed_bfloat16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx2"})
+    assert runtime.auto_precision() == ("float32", "no GPU and no native bfloat16 on this CPU")
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"compute_capability": (8, 0)})
+    assert runtime.auto_precision()[0] == "mixed_float16"
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"compute_capability": (6, 1)})
+    assert runtime.auto_precision()[0] == "float32"
+
+
+def test_bad_runtime_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="runtime.precision must be one of"):
+        runtime.resolve_precision("float8")
+    with pytest.raises(ConfigError, match="runtime.strategy must be one of"):
+        runtime.make_strategy("tpu")
+    with pytest.raises(ConfigError, match="needs TF_CONFIG"):
+        runtime.make_strategy("multi_worker")
+    with pytest.raises(ConfigError, match="does not divide over 2 replicas: use a multiple of 2, e.g. 32 or 34"):
+        check_replicas(compose("batch_size=33"), 2)
+
+
+def _train_small_model(strategy, steps=4, global_batch=16):
+    """A conv model without batch norm, trained through our pipeline and Trainer."""
+    from resnet_train.data import pipeline, synthetic
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(4)(x))
+        optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, strategy, global_batch, weight_decay=1e-2, num_classes=4)
+    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8)
+
+    def dataset_fn(ctx):
+        return pipeline.train_batches(data.train, 64, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
+                                      pipeline_id=ctx.input_pipeline_id,
+                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
+
+    trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), steps)
+    return [v.numpy() for v in model.trainable_variables], trainer.train_metrics()
+
+
+def test_two_cpu_replicas_give_the_one_device_weights():
+    one, one_metrics = _train_small_model(runtime.make_strategy("one_device"))
+    two, two_metrics = _train_small_model(runtime.make_strategy("mirrored", cpu_replicas=2))
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert one_metrics["loss"] == pytest.approx(two_metrics["loss"], rel=1e-6)
+    # And the check can fail: a different global batch gives different weights.
+    other, _ = _train_small_model(runtime.make_strategy("one_device"), global_batch=8)
+    assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(one, other))
+
+
+def test_full_resnet_run_on_two_replicas_sees_the_same_batches(tmp_path):
+    common = (*TINY, "epochs=1", "model.sync_bn=true", "runtime.precision=float32", "runtime.deterministic=true")
+    one = train_and_evaluate(compose(*common, "runtime=one_device"), tmp_path / "one")
+    two = train_and_evaluate(compose(*common, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "two")
+    assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 4
+
+    def first_loss(run):
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    # Same global batches and synchronised BN: the same forward pass (the first epoch's mean loss).
+    assert first_loss(tmp_path / "two") == pytest.approx(first_loss(tmp_path / "one"), rel=1e-4)
+    assert two["test"]["examples"] == one["test"]["examples"] == 64
+
+
+def test_evaluation_counts_every_example_once_across_replicas():
+    strategy = runtime.make_strategy("mirrored", cpu_replicas=2)
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = build(8, 3, (8, 8, 3), variant="cifar")
+    trainer = Trainer(model, keras.optimizers.SGD(0.1), strategy, 4, num_classes=3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (13, 8, 8, 3)).astype(np.uint8)  # 13: divides by neither 4 nor 2
+    labels = rng.integers(0, 3, 13).astype(np.int64)
+    from resnet_train.data import pipeline
+
+    ds = pipeline.eval_batches(tf.data.Dataset.from_tensor_slices((images, labels)), 4, size=13, image_shape=(8, 8, 3))
+    metrics = trainer.evaluate(strategy.experimental_distribute_dataset(ds))
+    assert metrics["examples"] == 13
+    logits = model(images, training=False).numpy()
+    assert metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+    expected_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy().mean()
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_mixed_float16_scales_the_loss_and_skips_non_finite_steps(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = tf.distribute.get_strategy()
+    # No batch norm here: a non-finite forward pass must leave every variable untouched.
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(hidden))
+    optimizer = build_optimizer({"name": "sgd", "momentum": 0.9}, 0.1, loss_scaling=True)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, strategy, 2, weight_decay=1e-4, num_classes=3)
+    assert all(v.dtype == "float32" for v in model.trainable_variables)  # float32 master weights
+    assert model.layers[1].compute_dtype == "float16" and model(np.ones((1, 4))).dtype == "float32"
+
+    good = iter([(np.ones((2, 4), np.float32), np.array([0, 1]))])
+    trainer.train_steps(good, 1)
+    assert optimizer.iterations.numpy() == 1
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    scale = float(optimizer.dynamic_scale.numpy())
+    bad = np.ones((2, 4), np.float32)
+    bad[0, 0] = np.inf  # an inf in the batch: non-finite gradients
+    trainer.train_steps(iter([(bad, np.array([0, 1]))]), 1)
+    for old, new in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(old, new.numpy())  # the step was skipped
+    assert float(optimizer.dynamic_scale.numpy()) == scale / 2  # and the scale lowered
+
+    # The loss scale is checkpointed and restored with the optimizer.
+    ckpt = Checkpointer(tmp_path / "ck", model, optimizer)
+    ckpt.save(2, 1)
+    optimizer.dynamic_scale.assign(7.0)
+    assert ckpt.restore_latest() and float(optimizer.dynamic_scale.numpy()) == scale / 2
+
+
+def test_bfloat16_training_learns_and_keeps_float32_weights(tmp_path):
+    cfg = compose(*TINY, "epochs=4", "data.limit_train=512", "runtime.precision=mixed_bfloat16",
+                  "runtime.deterministic=true")
+    results = train_and_evaluate(cfg, tmp_path)
+    assert results["precision"] == "mixed_bfloat16"
+    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    reader = tf.train.load_checkpoint(results["checkpoint"])
+    dtypes = reader.get_variable_to_dtype_map()
+    floats = [k for k, d in dtypes.items() if k.startswith("model/") and d.is_floating]
+    assert len(floats) > 10 and all(dtypes[k] == tf.float32 for k in floats)  # no bfloat16 weights
+
+
+def test_lr_scales_linearly_with_the_global_batch():
+    from resnet_train.optim import effective_lr
+
+    assert effective_lr(compose("data=cifar10", "batch_size=256").optimizer, 256) == pytest.approx(0.2)
+    assert effective_lr(compose("data=cifar10").optimizer, 128) == pytest.approx(0.1)
+    assert effective_lr(compose("data=imagenet", "batch_size=1024").optimizer, 1024) == pytest.approx(0.4)
