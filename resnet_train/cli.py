@@ -9,8 +9,14 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from resnet_train.cluster import worker_suffix
 
 EXIT_USER_ERROR = 2
+
+# ${worker_suffix:} in train.yaml: non-chief workers log to train_worker<i>.log beside the chief's.
+OmegaConf.register_new_resolver("worker_suffix", worker_suffix, replace=True)
 
 
 def _quiet_tensorflow() -> None:

@@ -8,14 +8,13 @@
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
+from resnet_train import cluster
 from resnet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,44 +58,11 @@ def split_cpu(replicas: int) -> None:
         ) from None
 
 
-def _cluster_task():
-    """(task_type, task_id, number of workers) from TF_CONFIG, or None without one."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return None
-    try:
-        conf = json.loads(raw)
-        task = conf["task"]
-        workers = sum(len(conf["cluster"].get(k, [])) for k in ("chief", "worker"))
-        return task["type"], int(task["index"]), workers
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task' ({e})") from None
-
-
-def worker_suffix() -> str:
-    """'' for the chief (or without TF_CONFIG), '_worker<i>' for the others: keeps their logs apart."""
-    task = _cluster_task()
-    if task is None or _is_chief(task[0], task[1]):
-        return ""
-    return f"_{task[0]}{task[1]}"
-
-
-def _is_chief(task_type, task_id) -> bool:
-    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not _has_chief())
-
-
-def _has_chief() -> bool:
-    try:
-        return bool(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("chief"))
-    except ValueError:
-        return False
-
-
 def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     if name not in STRATEGIES:
         raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
     if name == "multi_worker":
-        if _cluster_task() is None:
+        if cluster.task() is None:
             raise ConfigError("runtime=multi_worker needs TF_CONFIG (see README: several hosts)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     split_cpu(cpu_replicas)
@@ -167,9 +133,10 @@ def configure(seed: int, deterministic: bool = False, strategy: str = "one_devic
     if deterministic:
         # Bit-identical reruns (and resumed == uninterrupted), at some cost in speed.
         tf.config.experimental.enable_op_determinism()
-    task = _cluster_task() if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) else None
-    is_chief = task is None or _is_chief(task[0], task[1])
+    is_chief = cluster.is_chief() if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) else True
     devices_used = dist.extended.worker_devices
-    log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", type(dist).__name__,
+    name = "MultiWorkerMirroredStrategy" if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) \
+        else type(dist).__name__
+    log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", name,
              dist.num_replicas_in_sync, ", ".join(devices_used), policy, reason)
     return Runtime(dist, policy, is_chief)

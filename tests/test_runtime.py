@@ -172,3 +172,23 @@ def test_lr_scales_linearly_with_the_global_batch():
     assert effective_lr(compose("data=cifar10", "batch_size=256").optimizer, 256) == pytest.approx(0.2)
     assert effective_lr(compose("data=cifar10").optimizer, 128) == pytest.approx(0.1)
     assert effective_lr(compose("data=imagenet", "batch_size=1024").optimizer, 1024) == pytest.approx(0.4)
+
+
+def test_xla_compiled_step_trains_like_the_plain_one():
+    def run(xla):
+        keras.utils.set_random_seed(0)
+        model = build(8, 4, (8, 8, 3), variant="cifar")
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+        trainer = Trainer(model, optimizer, tf.distribute.get_strategy(), 8, weight_decay=1e-4,
+                          num_classes=4, xla=xla)
+        rng = np.random.default_rng(0)
+        batch = (rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8), rng.integers(0, 4, 8).astype(np.int64))
+        trainer.train_steps(iter(tf.data.Dataset.from_tensors(batch).repeat()), 3)
+        return [v.numpy() for v in model.trainable_variables], trainer.train_metrics()["loss"]
+
+    plain, plain_loss = run(False)
+    compiled, compiled_loss = run(True)
+    assert compiled_loss == pytest.approx(plain_loss, rel=1e-3)
+    for a, b in zip(plain, compiled):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-4)
