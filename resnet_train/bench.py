@@ -70,18 +70,23 @@ def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, au
 
 
 def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, steps_per_call: int = 1,
-                     windows: int = 5, steps_per_window: int = 10) -> dict:
+                     windows: int = 5, steps_per_window: int = 10, precision: str = "float32",
+                     strategy=None, xla: bool = False) -> dict:
     """images/s of our Trainer on one in-memory batch repeated (the model and step alone)."""
     import keras
 
     from resnet_train import models
+    from resnet_train.optim import build_optimizer
     from resnet_train.trainer import Trainer
 
     keras.backend.clear_session()
-    strategy = tf.distribute.get_strategy()
-    model = models.build(depth, num_classes, image_shape)
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-    trainer = Trainer(model, optimizer, strategy, batch_size, weight_decay=1e-4, num_classes=num_classes)
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = models.build(depth, num_classes, image_shape)
+        optimizer = build_optimizer({"name": "sgd", "momentum": 0.9}, 0.1, loss_scaling=precision == "mixed_float16")
+        optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, strategy, batch_size, weight_decay=1e-4, num_classes=num_classes, xla=xla)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, *image_shape)).astype(np.uint8)
     labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
@@ -91,6 +96,7 @@ def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int 
                       batch_size * steps_per_call, warmup=3, windows=windows,
                       steps_per_window=max(1, steps_per_window // steps_per_call))
     result["parameters"] = models.count_params(model)
+    keras.mixed_precision.set_global_policy("float32")
     return result
 
 

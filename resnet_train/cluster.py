@@ -37,3 +37,18 @@ def worker_suffix() -> str:
     """'' for the chief (or without TF_CONFIG), '_worker1' etc. for the others: keeps logs apart."""
     t = task()
     return "" if t is None or is_chief() else f"_{t[0]}{t[1]}"
+
+
+def slurm_tf_config(hosts, port: int = 12345) -> str:
+    """TF_CONFIG for this SLURM task: every host a worker, this task's index from SLURM_PROCID."""
+    if not hosts:
+        raise ConfigError("no hosts given: pass the output of `scontrol show hostnames`")
+    index = int(os.environ.get("SLURM_PROCID", "0"))
+    return json.dumps({"cluster": {"worker": [f"{h}:{port}" for h in hosts]},
+                       "task": {"type": "worker", "index": index}})
+
+
+if __name__ == "__main__":  # python -m resnet_train.cluster HOST [HOST ...]  (in a SLURM task)
+    import sys
+
+    print(slurm_tf_config(sys.argv[1:]))

@@ -69,3 +69,10 @@ def test_cfg_job_shows_the_groups_and_user_yaml_extends_them(tmp_path):
     done = run_cli("--config-dir", str(tmp_path / "my_configs"), "optimizer=slow_sgd", "--cfg", "job")
     assert done.returncode == 0, done.stderr
     assert "lr: 0.001" in done.stdout and "momentum: 0.5" in done.stdout
+
+
+def test_global_batch_that_does_not_split_over_replicas_fails_before_training(tmp_path):
+    done = run_cli("runtime=mirrored", "runtime.cpu_replicas=2", "batch_size=33", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "batch_size=33 (the global batch) does not divide over 2 replicas" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "checkpoints").exists()
