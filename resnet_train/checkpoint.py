@@ -48,3 +48,29 @@ class Checkpointer:
     def save(self, step: int, epoch: int) -> str:
         self.epoch.assign(epoch)
         return self.manager.save(checkpoint_number=step)
+
+    def save_best(self, step: int, epoch: int, accuracy: float, best_so_far) -> bool:
+        """Keeps the checkpoint with the highest eval accuracy in checkpoints/best/."""
+        if best_so_far is not None and accuracy <= best_so_far:
+            return False
+        if not hasattr(self, "_best"):
+            self._best = tf.train.CheckpointManager(self.checkpoint, str(self.directory / "best"), max_to_keep=1)
+        self.epoch.assign(epoch)
+        self._best.save(checkpoint_number=step)
+        return True
+
+
+def resolve(run_dir, which: str = "best") -> str:
+    """The checkpoint path for `which`: best (falls back to last), last, or a path (a checkpoint
+    prefix or a directory holding one)."""
+    run_dir = Path(run_dir)
+    candidates = {"best": [run_dir / "checkpoints" / "best", run_dir / "checkpoints"],
+                  "last": [run_dir / "checkpoints"]}.get(which, [Path(which)])
+    for place in candidates:
+        if place.is_dir():
+            found = tf.train.latest_checkpoint(str(place))
+            if found:
+                return found
+        elif Path(str(place) + ".index").exists():
+            return str(place)
+    raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint=last|best|PATH")

@@ -104,3 +104,135 @@ def _show_augment(cfg) -> None:
 def show_augment() -> None:
     """scripts/show_augment.py and the console script `resnet-show-augment`."""
     _show_augment()
+
+
+def _run_tool(task):
+    """Runs a tool's body; user errors become one line and exit code 2."""
+    _quiet_tensorflow()
+    from resnet_train.errors import UserError
+
+    try:
+        return task()
+    except UserError as error:
+        _fail(error)
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="eval")
+def _eval(cfg) -> float:
+    def task():
+        from resnet_train.evaluate import evaluate_run
+
+        result = evaluate_run(cfg.run, cfg.checkpoint, cfg.data.split, OmegaConf.to_container(cfg.data),
+                              None if cfg.tta == "none" else cfg.tta, int(cfg.batch_size))
+        k = next(key for key in result if key.startswith("top") and key != "top1")
+        print(f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
+              f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})")
+        per_class = sorted(result["per_class_accuracy"].items(), key=lambda kv: (kv[1] is None, kv[1]))
+        shown = per_class if len(per_class) <= 20 else per_class[:10]
+        print(("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
+              ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None))
+        print("Wrote " + " and ".join(result["files"]))
+        return result["accuracy"]
+
+    return _run_tool(task)
+
+
+def evaluate() -> None:
+    """Console script `resnet-eval`."""
+    _eval()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="predict")
+def _predict(cfg) -> None:
+    def task():
+        import json
+
+        from resnet_train.errors import UserError
+        from resnet_train.predict import predict_files
+        from resnet_train.runs import load_run
+
+        if not cfg.images:
+            raise UserError("images=[PATH,...] is required: image files and/or folders")
+        if cfg.output not in ("text", "json"):
+            raise UserError(f"output must be text or json (got {cfg.output!r})")
+        run = load_run(cfg.run, cfg.checkpoint)
+        results, failed = predict_files(run, list(cfg.images), int(cfg.top_k))
+        if cfg.output == "json":
+            print(json.dumps({"predictions": results,
+                              "failed": [{"path": str(p), "error": why} for p, why in failed]}, indent=2))
+        else:
+            for r in results:
+                print(f"{r['path']}: " + ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
+        for path, why in failed:
+            print(f"resnet-predict: could not predict {path}: {why}", file=sys.stderr)
+        if failed:
+            sys.exit(1)  # the readable images were still predicted above
+
+    _run_tool(task)
+
+
+def predict() -> None:
+    """Console script `resnet-predict`."""
+    _predict()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="explain")
+def _explain(cfg) -> None:
+    def task():
+        from pathlib import Path
+
+        from resnet_train.errors import UserError
+        from resnet_train.explain import grad_cam
+        from resnet_train.plots import grad_cam_figure
+        from resnet_train.runs import load_images, load_run
+
+        if not cfg.images:
+            raise UserError("images=[PATH,...] is required: image files and/or folders")
+        run = load_run(cfg.run, cfg.checkpoint)
+        images, ok, failed = load_images(list(cfg.images), run.info)
+        if cfg.class_index is not None and not 0 <= int(cfg.class_index) < run.info.num_classes:
+            raise UserError(f"class_index must be in 0..{run.info.num_classes - 1} (got {cfg.class_index})")
+        out = Path(cfg.out) if cfg.out else run.run_dir / "explain"
+        if len(ok):
+            heat, classes, probs = grad_cam(run.model, images, cfg.class_index)
+            for path, image, h, c, p in zip(ok, images, heat, classes, probs):
+                title = f"Grad-CAM: {run.info.class_names[c]} ({p:.2f})"
+                print(f"{path}: {grad_cam_figure(image, h, title, out / (Path(path).stem + '_gradcam.png'))}")
+        for path, why in failed:
+            print(f"resnet-explain: could not read {path}: {why}", file=sys.stderr)
+        if failed:
+            sys.exit(1)
+
+    _run_tool(task)
+
+
+def explain() -> None:
+    """Console script `resnet-explain`."""
+    _explain()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="plot")
+def _plot(cfg) -> None:
+    def task():
+        from pathlib import Path
+
+        from resnet_train.errors import UserError
+        from resnet_train.plots import compare_runs
+
+        runs = [Path(str(r)).expanduser() for r in cfg.runs]
+        if not runs:
+            raise UserError("runs=[DIR,...] is required: run directories (or a sweep's members)")
+        missing = [str(r) for r in runs if not (r / "metrics.jsonl").exists()]
+        if missing:
+            raise UserError(f"no metrics.jsonl in {', '.join(missing)}: not resnet-train run directories")
+        names = list(cfg.names) if cfg.names else None
+        if names and len(names) != len(runs):
+            raise UserError(f"names has {len(names)} entries for {len(runs)} runs")
+        print(f"Wrote {compare_runs(runs, cfg.out, names).resolve()}")
+
+    _run_tool(task)
+
+
+def plot() -> None:
+    """Console script `resnet-plot`."""
+    _plot()

@@ -48,3 +48,104 @@ def augment_gallery(images, labels, class_names, augment, batch_augment, version
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(metrics_path, out_path) -> Path:
+    """curves.png: loss and accuracy (train and eval) against epochs, the lr on a second axis."""
+    from resnet_train.report import read_metrics
+
+    records = read_metrics(Path(metrics_path).parent)
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("eval", "--")):
+        points = _last_per_epoch(records, split)
+        epochs = [r["epoch"] for r in points]
+        ax_loss.plot(epochs, [r["loss"] for r in points], style, marker=".", label=f"{split} loss")
+        ax_acc.plot(epochs, [r["accuracy"] for r in points], style, marker=".", label=f"{split} accuracy")
+    train = _last_per_epoch(records, "train")
+    lr_axis = ax_loss.twinx()
+    lr_axis.plot([r["epoch"] for r in train], [r.get("lr", float("nan")) for r in train], ":", color="grey", label="lr")
+    lr_axis.set_ylabel("learning rate")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    ax_loss.legend(loc="upper center")
+    ax_acc.legend(loc="lower right")
+    return _save(fig, out_path)
+
+
+def _last_per_epoch(records, split):
+    """One point per epoch: a resumed run may have logged an epoch twice; the later one wins."""
+    by_epoch = {r["epoch"]: r for r in records if r.get("split") == split}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _save(fig, out_path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = out_path.with_name(out_path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(out_path)  # never a half-written picture
+    _pyplot().close(fig)
+    return out_path
+
+
+def compare_runs(run_dirs, out_path, names=None) -> Path:
+    """Overlays several runs (a sweep): eval accuracy and train loss against epochs."""
+    from resnet_train.report import read_metrics
+
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, run in enumerate(run_dirs):
+        records = read_metrics(run)
+        label = names[i] if names else Path(run).name
+        train, evals = _last_per_epoch(records, "train"), _last_per_epoch(records, "eval")
+        ax_loss.plot([r["epoch"] for r in train], [r["loss"] for r in train], marker=".", label=label)
+        ax_acc.plot([r["epoch"] for r in evals], [r["accuracy"] for r in evals], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss")
+    ax_acc.set(xlabel="epoch", ylabel="eval accuracy", title="eval accuracy", ylim=(0, 1))
+    ax_acc.legend(fontsize=7)
+    return _save(fig, out_path)
+
+
+def confusion_matrix(matrix, class_names, out_path, title="") -> Path:
+    """Rows: true class, columns: predicted class; cells: counts, coloured by row share."""
+    plt = _pyplot()
+    n = len(class_names)
+    size = max(4.0, min(0.45 * n + 2, 24.0))
+    fig, ax = plt.subplots(figsize=(size, size))
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), class_names, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _save(fig, out_path)
+
+
+def grad_cam_figure(image, heat, title, out_path) -> Path:
+    """The image and the Grad-CAM heatmap laid over it, side by side."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6, 3.2))
+    left.imshow(image)
+    left.set_title("input", fontsize=8)
+    right.imshow(image)
+    right.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    right.set_title(title, fontsize=8)
+    for ax in (left, right):
+        ax.axis("off")
+    return _save(fig, out_path)

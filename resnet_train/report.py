@@ -35,14 +35,23 @@ class Reporter:
     def best(self, split: str, key: str):
         """The highest `key` logged so far for `split` (earlier sessions of a resumed run included)."""
         self._jsonl.flush()
-        values = [r[key] for r in map(json.loads, (self.workdir / "metrics.jsonl").read_text().splitlines())
-                  if r.get("split") == split and key in r]
-        return max(values, default=None)
+        return best_logged(self.workdir, split, key)
 
     def close(self) -> None:
         for w in self._writers.values():
             w.flush()
         self._jsonl.close()
+
+
+def read_metrics(workdir) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def best_logged(workdir, split: str, key: str):
+    return max((r[key] for r in read_metrics(workdir) if r.get("split") == split and key in r), default=None)
 
 
 class NullReporter:
@@ -66,6 +75,7 @@ def progress(total: int, desc: str, disable: bool = False):
 
 def write_json(path, data) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)  # never a half-written results file

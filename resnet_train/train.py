@@ -13,11 +13,11 @@ from pathlib import Path
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
-from resnet_train import models, optim, runtime
+from resnet_train import models, optim, plots, runtime
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
-from resnet_train.report import NullReporter, Reporter, progress, write_json
+from resnet_train.report import NullReporter, Reporter, best_logged, progress, write_json
 from resnet_train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
     reporter = Reporter(workdir) if rt.is_chief else NullReporter()
     steps_per_call = int(r.get("steps_per_call", 1))
     eval_metrics = None
+    # Every worker takes the same decisions (saving is collective under several workers).
+    best_so_far = best_logged(workdir, "eval", "accuracy")
     try:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             skip = step - epoch * steps_per_epoch
@@ -136,6 +138,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
             reporter.log("train", step, epoch + 1, train_metrics)
             reporter.log("eval", step, epoch + 1, eval_metrics)
             checkpointer.save(step, epoch + 1)
+            if checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], best_so_far):
+                best_so_far = eval_metrics["accuracy"]
+            if rt.is_chief:
+                plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
             log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s",
                      epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],

@@ -1,0 +1,124 @@
+"""A finished (or running) run directory, loaded back: its config, dataset info and model."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnet_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: object  # the run's composed config (OmegaConf)
+    info: object  # DatasetInfo
+    model: object  # keras.Model with the checkpoint's weights
+    checkpoint: str
+
+
+def read_run(run_dir):
+    """(config, DatasetInfo) of a run directory, with one clear error if it is not one."""
+    from omegaconf import OmegaConf
+
+    from resnet_train.data.info import DatasetInfo
+
+    if not run_dir:
+        raise UserError("run=PATH is required: a run directory made by resnet-train (outputs/<date>/<time>)")
+    run_dir = Path(str(run_dir)).expanduser()
+    config, dataset = run_dir / ".hydra" / "config.yaml", run_dir / "dataset.json"
+    if not config.exists() or not dataset.exists():
+        raise UserError(f"{run_dir} is not a resnet-train run directory (no .hydra/config.yaml or dataset.json)")
+    cfg = OmegaConf.load(config)
+    raw = json.loads(dataset.read_text())
+    raw["image_shape"] = tuple(raw["image_shape"])
+    raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+    info = DatasetInfo(**{k: v for k, v in raw.items() if k in DatasetInfo.__dataclass_fields__})
+    return run_dir, cfg, info
+
+
+def build_model(cfg, info):
+    """The run's architecture, in float32 (inference and export want float32 weights and math)."""
+    import keras
+
+    from resnet_train import models
+
+    keras.mixed_precision.set_global_policy("float32")
+    m = cfg.model
+    return models.build(
+        depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape,
+        variant=m.get("variant", "auto"), block=m.get("block", "auto"), shortcut=m.get("shortcut", "auto"),
+        mean=info.mean, std=info.std, init_mode=m.get("init_mode", "fan_out"),
+        bn_momentum=m.get("bn_momentum", 0.9), bn_epsilon=m.get("bn_epsilon", 1e-5),
+    )
+
+
+def restore_model(model, path: str) -> None:
+    """Loads only the model's weights from a training checkpoint (optimizer state is ignored)."""
+    import tensorflow as tf
+
+    try:
+        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise UserError(f"cannot load {path} into {model.name} ({first})") from None
+
+
+def load_run(run_dir, checkpoint: str = "best") -> LoadedRun:
+    from resnet_train.checkpoint import resolve
+
+    run_dir, cfg, info = read_run(run_dir)
+    path = resolve(run_dir, checkpoint)
+    model = build_model(cfg, info)
+    restore_model(model, path)
+    log.info("Loaded %s from %s", model.name, path)
+    return LoadedRun(run_dir, cfg, info, model, path)
+
+
+def image_files(paths) -> list[Path]:
+    """Files as given, and the images inside folders (recursively), in a stable order."""
+    from resnet_train.data.folder import EXTENSIONS
+
+    found = []
+    for p in paths:
+        p = Path(str(p)).expanduser()
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in EXTENSIONS)
+        else:
+            found.append(p)
+    return found
+
+
+def load_images(paths, info):
+    """(uint8 images batch, paths that loaded, [(path, reason)] that did not) at the model's input
+    size, preprocessed as evaluation does: resized (small images) or resized-256 + centre-crop
+    (ImageNet-style runs)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from resnet_train.data.augment import decode_center_crop
+    from resnet_train.data.folder import decode
+
+    size = int(info.image_shape[0])
+    images, ok, failed = [], [], []
+    for path in image_files(paths):
+        if not path.is_file():
+            failed.append((path, "no such file"))
+            continue
+        if info.encoded:
+            try:
+                image = decode_center_crop(tf.constant(path.read_bytes()), (size, size)).numpy()
+            except (tf.errors.InvalidArgumentError, ValueError):
+                image = None
+        else:
+            image = decode(path, size)
+        if image is None:
+            failed.append((path, "not a readable image"))
+        else:
+            images.append(image)
+            ok.append(path)
+    batch = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return batch, ok, failed
