@@ -236,3 +236,23 @@ def _plot(cfg) -> None:
 def plot() -> None:
     """Console script `resnet-plot`."""
     _plot()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="export")
+def _export(cfg) -> None:
+    def task():
+        from resnet_train.export import export_run
+
+        r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split)
+        quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
+        print(f"Exported {r['format']}{quant}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
+        print(f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
+              f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
+              f"difference {r['max_probability_difference']:.2e}")
+
+    _run_tool(task)
+
+
+def export() -> None:
+    """Console script `resnet-export`."""
+    _export()

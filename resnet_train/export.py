@@ -1,0 +1,177 @@
+"""Export a trained run: SavedModel (serving signatures), .keras, TFLite (optionally quantised).
+
+Every exported model takes raw images (the normalisation is inside the model) and returns
+probabilities. After exporting, the artefact is loaded back and evaluated beside the original.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resnet_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("saved_model", "keras", "tflite")
+QUANTIZE = ("none", "float16", "dynamic", "int8")
+
+
+def serving_functions(model, image_shape):
+    """(images_fn, encoded_fn, their input signatures): what the SavedModel serves."""
+    h, w, c = (int(v) for v in image_shape)
+
+    def outputs(images):
+        probs = tf.nn.softmax(model(images, training=False))
+        return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
+
+    def images_fn(images):
+        """uint8 images of the training size -> probabilities and class indices."""
+        return outputs(images)
+
+    def encoded_fn(encoded):
+        """JPEG / PNG / BMP / GIF bytes of any size, resized to the training size -> outputs."""
+        def one(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image.set_shape([None, None, 3])
+            resized = tf.image.resize(image, [h, w])
+            return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+
+        return outputs(tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8)))
+
+    return images_fn, encoded_fn, [tf.TensorSpec([None, h, w, c], tf.uint8, "images")], \
+        [tf.TensorSpec([None], tf.string, "encoded")]
+
+
+def export_saved_model(model, info, path: Path) -> Path:
+    """Keras' ExportArchive (it tracks Keras 3 variables so that converters can freeze them)."""
+    images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(model, info.image_shape)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", images_fn, input_signature=images_spec)
+    archive.add_endpoint("serving_encoded", encoded_fn, input_signature=encoded_spec)
+    archive.write_out(str(path), verbose=False)
+    (path / "class_names.txt").write_text("\n".join(info.class_names) + "\n")
+    return path
+
+
+def export_keras(model, info, path: Path) -> Path:
+    model.save(str(path))
+    path.with_name(path.stem + "_class_names.txt").write_text("\n".join(info.class_names) + "\n")
+    return path
+
+
+def export_tflite(model, info, path: Path, quantize: str = "none", representative=None) -> Path:
+    import tempfile
+
+    # Through a SavedModel written by Keras' ExportArchive: the converter then freezes the Keras 3
+    # variables; from a plain concrete function they stay resource reads TFLite cannot resolve.
+    with tempfile.TemporaryDirectory() as tmp:
+        export_saved_model(model, info, Path(tmp) / "saved_model")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved_model"),
+                                                             signature_keys=["serving_default"])
+        return _convert(converter, info, path, quantize, representative)
+
+
+def _convert(converter, info, path: Path, quantize: str, representative) -> Path:
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if representative is None:
+            raise UserError("quantize=int8 needs a representative dataset (training images)")
+        # Weights and activations in int8; calibrated on training images. Input stays uint8
+        # images and the output float probabilities, as in the other formats.
+        converter.representative_dataset = lambda: ([x[None]] for x in representative)
+    path.write_bytes(converter.convert())
+    path.with_name(path.stem + "_class_names.txt").write_text("\n".join(info.class_names) + "\n")
+    return path
+
+
+# ---- loading exported models back, as predictors: uint8 batch -> probabilities ---------------
+def load_predictor(path: Path, fmt: str):
+    if fmt == "saved_model":
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
+    if fmt == "keras":
+        model = keras.saving.load_model(str(path), safe_mode=True)
+        return lambda images: tf.nn.softmax(model(images, training=False)).numpy()
+    # LiteRT's interpreter: tf.lite.Interpreter is deprecated (and announced for removal).
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def run(images):
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, images.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, images.astype(np.uint8))
+        interpreter.invoke()
+        outputs = interpreter.get_output_details()
+        probs = next(o for o in outputs if len(o["shape"]) == 2 and o["dtype"] != np.int64)
+        return interpreter.get_tensor(probs["index"]).astype(np.float32)
+
+    return run
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def export_run(run_dir, checkpoint="best", fmt="saved_model", quantize="none", out=None, split="test",
+               batch_size=64) -> dict:
+    """Exports, reloads, evaluates the exported model beside the original; returns a summary."""
+    from resnet_train.data import pipeline
+    from resnet_train.evaluate import eval_split
+    from resnet_train.runs import load_run
+
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    if quantize not in QUANTIZE:
+        raise UserError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+    if quantize != "none" and fmt != "tflite":
+        raise UserError(f"quantize={quantize} applies to format=tflite only")
+    run = load_run(run_dir, checkpoint)
+    out_dir = Path(out) if out else run.run_dir / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds, size, info = eval_split(run.cfg, run.info, None, split)
+    images, labels = _as_arrays(pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), size,
+                                                     info.image_shape))
+    if fmt == "saved_model":
+        path = export_saved_model(run.model, run.info, out_dir / "saved_model")
+    elif fmt == "keras":
+        path = export_keras(run.model, run.info, out_dir / "model.keras")
+    else:
+        representative = None
+        if quantize == "int8":
+            train, _, _ = eval_split(run.cfg, run.info, None, "train")
+            representative = _as_arrays(pipeline.eval_batches(train.take(200), batch_size,
+                                                               pipeline.eval_preprocess(info)))[0]
+        suffix = "" if quantize == "none" else f"_{quantize}"
+        path = export_tflite(run.model, run.info, out_dir / f"model{suffix}.tflite", quantize, representative)
+    predictor = load_predictor(path, fmt)
+    exported = np.concatenate([predictor(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    original = np.concatenate([tf.nn.softmax(run.model(images[i:i + batch_size], training=False)).numpy()
+                               for i in range(0, len(images), batch_size)])
+    return {
+        "format": fmt, "quantize": quantize, "path": str(path), "bytes": _size(path), "split": split,
+        "examples": int(len(labels)),
+        "accuracy": float(np.mean(exported.argmax(1) == labels)),
+        "original_accuracy": float(np.mean(original.argmax(1) == labels)),
+        "max_probability_difference": float(np.abs(exported - original).max()),
+        "top1_agreement": float(np.mean(exported.argmax(1) == original.argmax(1))),
+    }
+
+
+def _as_arrays(batches):
+    images, labels = [], []
+    for batch in batches:
+        x, y, *rest = batch
+        keep = rest[0].numpy() > 0 if rest else slice(None)
+        images.append(x.numpy()[keep])
+        labels.append(y.numpy()[keep])
+    return np.concatenate(images), np.concatenate(labels)

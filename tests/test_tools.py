@@ -1,0 +1,167 @@
+"""resnet-eval, -predict, -export, -explain, -plot through their CLIs, on a tiny run made here."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import ROOT, run_cli
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name, *args, timeout=300):
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return Image.open(path).size
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ResNet-8 trained 3 epochs on 512 digits (it learns something), with a best checkpoint."""
+    run = tmp_path_factory.mktemp("tools") / "run"
+    done = run_cli("depth=8", "batch_size=32", "epochs=3", "data.limit_train=512", "data.limit_test=100",
+                   "runtime.precision=float32", f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """Three digit scans saved as files (PNG, JPEG, in a sub-folder) and one broken file."""
+    from resnet_train.data.embedded import load_digits_arrays
+
+    folder = tmp_path_factory.mktemp("pictures")
+    x_train, _, y_train, _ = load_digits_arrays()
+    Image.fromarray(x_train[0]).save(folder / "first.png")
+    (folder / "more").mkdir()
+    Image.fromarray(x_train[1]).resize((64, 64)).save(folder / "more" / "second.jpg")
+    Image.fromarray(x_train[2]).save(folder / "more" / "third.bmp")
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder, [int(y) for y in y_train[:3]]
+
+
+def test_training_writes_curves_and_a_best_checkpoint(trained):
+    width, height = png_size(trained / "curves.png")
+    assert width >= 600 and height >= 300
+    assert tf.train.latest_checkpoint(str(trained / "checkpoints" / "best"))
+
+
+def test_eval_writes_metrics_per_class_and_a_confusion_matrix(trained):
+    done = tool("resnet-eval", f"run={trained}", "tta=flip", "checkpoint=last")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "digits test: 100 images" in done.stdout and "per-class accuracy:" in done.stdout
+    result = json.loads((trained / "eval" / "test_flip.json").read_text())
+    assert result["examples"] == 100 and {"loss", "accuracy", "top5"} <= set(result)
+    assert set(result["per_class_accuracy"]) == {str(i) for i in range(10)}
+    assert np.array(result["confusion_matrix"]).sum() == 100
+    assert png_size(trained / "eval" / "test_flip_confusion.png")[0] >= 300
+    plain = tool("resnet-eval", f"run={trained}")
+    assert plain.returncode == 0 and (trained / "eval" / "test.json").exists()
+
+
+def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    done = tool("resnet-eval", f"run={trained}", "data.source=folder", f"data.path={tmp_path}")
+    assert done.returncode == 2
+    assert "predicts 10 classes but" in done.stderr and "has 3" in done.stderr
+    missing = tool("resnet-eval", f"run={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2 and "not a resnet-train run directory" in missing.stderr
+
+
+def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures):
+    folder, labels = pictures
+    done = tool("resnet-predict", f"run={trained}", f"images=[{folder}]", "output=json", "top_k=3")
+    assert done.returncode == 1  # one file was broken ...
+    assert "broken.png" in done.stderr
+    result = json.loads(done.stdout)  # ... and the others were still predicted
+    assert len(result["predictions"]) == 3 and result["failed"][0]["path"].endswith("broken.png")
+    for item in result["predictions"]:
+        probs = [p["probability"] for p in item["predictions"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+    text = tool("resnet-predict", f"run={trained}", f"images=[{folder / 'first.png'}]")
+    assert text.returncode == 0 and text.stdout.startswith(str(folder / "first.png"))
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite"])
+def test_export_cli_reports_accuracy_and_size(trained, tmp_path, fmt):
+    done = tool("resnet-export", f"run={trained}", f"format={fmt}", f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Exported" in done.stdout and "MB)" in done.stdout and "original" in done.stdout
+
+
+def test_exported_models_predict_what_the_original_does(trained, tmp_path):
+    from resnet_train.data.embedded import load_digits_arrays
+    from resnet_train.export import export_run, load_predictor
+    from resnet_train.runs import load_run
+
+    run = load_run(trained)
+    images = load_digits_arrays()[1][:40]
+    original = tf.nn.softmax(run.model(images, training=False)).numpy()
+    # (format, quantize, largest allowed probability difference)
+    for fmt, quantize, tolerance in [("saved_model", "none", 1e-5), ("keras", "none", 1e-6),
+                                     ("tflite", "none", 1e-5), ("tflite", "float16", 5e-3),
+                                     ("tflite", "dynamic", 5e-2), ("tflite", "int8", 1e-1)]:
+        result = export_run(trained, fmt=fmt, quantize=quantize, out=tmp_path / f"{fmt}_{quantize}")
+        assert result["examples"] == 100
+        got = load_predictor(Path(result["path"]), fmt)(images)
+        assert np.abs(got - original).max() <= tolerance, (fmt, quantize)
+        assert np.mean(got.argmax(1) == original.argmax(1)) >= 0.9, (fmt, quantize)
+    sizes = {q: Path(tmp_path / f"tflite_{q}").glob("*.tflite").__next__().stat().st_size
+             for q in ("none", "float16", "dynamic", "int8")}
+    assert sizes["float16"] < sizes["none"] and sizes["int8"] < sizes["float16"]
+
+    # The SavedModel also serves encoded images, and ships its class names.
+    saved = tf.saved_model.load(str(tmp_path / "saved_model_none" / "saved_model"))
+    png = tf.io.encode_png(images[0])
+    served = saved.signatures["serving_encoded"](encoded=tf.stack([png]))
+    np.testing.assert_allclose(served["probabilities"].numpy()[0], original[0], atol=1e-5)
+    assert int(served["classes"][0]) == int(original[0].argmax())
+    names = (tmp_path / "saved_model_none" / "saved_model" / "class_names.txt").read_text().split()
+    assert names == [str(i) for i in range(10)]
+    reloaded = keras.saving.load_model(str(tmp_path / "keras_none" / "model.keras"), safe_mode=True)
+    assert reloaded.name == run.model.name
+
+
+def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):
+    folder, _ = pictures
+    done = tool("resnet-explain", f"run={trained}", f"images=[{folder / 'first.png'},{folder / 'more'}]",
+                f"out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    pngs = sorted(tmp_path.glob("*_gradcam.png"))
+    assert [p.name for p in pngs] == ["first_gradcam.png", "second_gradcam.png", "third_gradcam.png"]
+    width, height = png_size(pngs[0])
+    assert width >= 400 and height >= 200
+
+
+def test_grad_cam_heatmap_is_normalised_and_image_sized(trained):
+    from resnet_train.data.embedded import load_digits_arrays
+    from resnet_train.explain import grad_cam
+    from resnet_train.runs import load_run
+
+    run = load_run(trained)
+    heat, classes, probs = grad_cam(run.model, load_digits_arrays()[1][:4])
+    assert heat.shape == (4, 32, 32) and heat.min() >= 0 and heat.max() <= 1.0 + 1e-6
+    assert classes.shape == (4,) and np.all((probs > 0) & (probs <= 1))
+
+
+def test_plot_overlays_runs(trained, tmp_path):
+    out = tmp_path / "sweep.png"
+    done = tool("resnet-plot", f"runs=[{trained},{trained}]", "names=[a,b]", f"out={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    width, height = png_size(out)
+    assert width >= 800 and height >= 300
+    bad = tool("resnet-plot", f"runs=[{tmp_path}]")
+    assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
