@@ -13,7 +13,7 @@ from pathlib import Path
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
-from resnet_train import models, optim, plots, runtime
+from resnet_train import finetune, models, optim, plots, runtime
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
@@ -39,6 +39,12 @@ def train_and_evaluate(cfg, workdir) -> dict:
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    saved_config = workdir / ".hydra" / "config.yaml"
+    if rt.is_chief and not saved_config.exists():  # called as a library: save what Hydra would
+        from omegaconf import OmegaConf
+
+        saved_config.parent.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, saved_config)
 
     # ---- input pipeline -------------------------------------------------------------------
     splits = data_lib.load(cfg.data)
@@ -82,6 +88,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
             init_mode=m.get("init_mode", "fan_out"), bn_momentum=m.get("bn_momentum", 0.9),
             bn_epsilon=m.get("bn_epsilon", 1e-5), sync_bn=bool(m.get("sync_bn", False)),
         )
+        ft = cfg.get("finetune") or {}
+        finetune.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = optim.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16")
@@ -91,17 +99,22 @@ def train_and_evaluate(cfg, workdir) -> dict:
              "(optimizer.lr %g per %d images x batch %d)", model.name, f"{params:,}", info.name,
              info.train_size, f"{info.val_size} val / " if info.val_size else "", info.test_size,
              steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)
-    trainer = Trainer(model, optimizer, strategy, cfg.batch_size,
+    head_lr_mult = float(ft.get("head_lr_mult", 1.0))
+    trainer = Trainer(model, optimizer, strategy, cfg.batch_size, head_lr_mult=head_lr_mult,
                       weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
                       label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
                       xla=bool(r.get("xla", False)))
 
-    # ---- restore: this run's own checkpoint, else from scratch ---------------------------
+    # ---- restore: this run's own checkpoint, else init_from (fine-tune), else from scratch --
     checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
                                 max_to_keep=int(cfg.checkpoint.get("keep", 3)),
                                 read_from=workdir / "checkpoints")
-    checkpointer.restore_latest()
+    if not checkpointer.restore_latest() and cfg.get("init_from"):
+        with strategy.scope():
+            initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
+        if rt.is_chief:
+            write_json(workdir / "init_from.json", initialised)
     step = int(optimizer.iterations.numpy())
     if step:
         log.info("Continuing at step %d of %d", step, total_steps)

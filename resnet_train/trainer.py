@@ -21,13 +21,17 @@ class Trainer:
 
     def __init__(self, model, optimizer, strategy, global_batch_size: int,
                  weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10,
-                 label_smoothing: float = 0.0, xla: bool = False):
+                 label_smoothing: float = 0.0, xla: bool = False, head_lr_mult: float = 1.0):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
         self.global_batch_size = int(global_batch_size)
         self.weight_decay = float(weight_decay)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
+        # finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
+        # momentum, decay included) is exactly a larger learning rate for those variables.
+        head = {id(v) for v in model.get_layer("logits").trainable_variables} if head_lr_mult != 1.0 else set()
+        self.grad_scale = [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
         self.top_k = min(5, num_classes)
         self.num_classes = num_classes
         if not 0.0 <= label_smoothing < 1.0:
@@ -73,6 +77,7 @@ class Trainer:
         labels = tf.convert_to_tensor(labels)
         variables = self.model.trainable_variables
         grads, logits, per_example = self._gradients(images, labels)
+        grads = [g * s if s != 1.0 else g for g, s in zip(grads, self.grad_scale)]
         self.optimizer.apply_gradients(zip(grads, variables))
         # With soft labels, "correct" means the top prediction is the label with the most weight.
         hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)

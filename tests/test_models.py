@@ -106,3 +106,16 @@ def test_invalid_depth_fails_before_building(monkeypatch):
     monkeypatch.setattr(keras.layers.Conv2D, "__init__", lambda *a, **k: pytest.fail("built a layer"))
     with pytest.raises(ConfigError, match="6n"):
         build(57, 10)
+
+
+@pytest.mark.parametrize("variant,depth,block", [("cifar", 8, "auto"), ("preact", 8, "basic"),
+                                                 ("preact", 11, "bottleneck"), ("imagenet", 18, "auto"),
+                                                 ("imagenet", 50, "auto")])
+def test_every_layer_has_a_deterministic_name(variant, depth, block):
+    # Fine-tuning matches layers by name: no Keras auto-numbered names (re_lu_12) may appear.
+    keras.backend.clear_session()
+    model = build(depth, 10, (64, 64, 3), variant=variant, block=block)
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+    assert not [n for n in names if n.split("_")[-1].isdigit() and not n.startswith(("stage", "stem"))]
+    build(depth, 10, (64, 64, 3), variant=variant, block=block)  # a second build: the same names

@@ -13,8 +13,48 @@ def load(cfg) -> Splits:
     """`cfg` is the `data` config group (a mapping). `limit_train` / `limit_test` keep the first
     N examples of each split (quick trials, tests)."""
     splits = _load_source(cfg)
+    splits = select_classes(splits, cfg.get("classes"))
     splits = _limited(splits, cfg.get("limit_train"), cfg.get("limit_test"))
     return carve_validation(splits, cfg.get("val_split"))
+
+
+def count_one(total, element):
+    return total + 1
+
+
+def select_classes(splits: Splits, classes) -> Splits:
+    """Keeps the listed classes (by index), relabelled 0..k-1 in the order given."""
+    if not classes:
+        return splits
+    import tensorflow as tf
+
+    info = splits.info
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes) or not all(0 <= c < info.num_classes for c in classes) or len(classes) < 2:
+        raise ConfigError(f"data.classes must be 2 or more distinct class indices in 0..{info.num_classes - 1} "
+                          f"(got {classes})")
+    if info.encoded:
+        raise ConfigError("data.classes needs in-memory data (data.cache=true)")
+    mapping = [-1] * info.num_classes
+    for new, old in enumerate(classes):
+        mapping[old] = new
+    table = tf.constant(mapping, tf.int64)
+
+    def wanted(image, label):
+        return tf.gather(table, label) >= 0
+
+    def relabel(image, label):
+        return image, tf.gather(table, label)
+
+    def keep(ds):
+        ds = ds.filter(wanted).map(relabel).cache()
+        return ds, int(ds.reduce(0, count_one))
+
+    splits.train, info.train_size = keep(splits.train)
+    splits.test, info.test_size = keep(splits.test)
+    info.class_names = [info.class_names[c] for c in classes]
+    info.num_classes = len(classes)
+    return splits
 
 
 VAL_SEED = 1234  # fixed: the validation examples must not change with the training seed

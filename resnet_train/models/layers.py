@@ -79,7 +79,7 @@ class Builder:
     # Post-activation blocks (He et al. 2016a) --------------------------------------------
     def basic(self, x, filters, stride, shortcut, name):
         y = self.conv(x, filters, 3, stride, name=f"{name}_conv1")
-        y = self.relu(self.bn(y, name=f"{name}_bn1"))
+        y = self.relu(self.bn(y, name=f"{name}_bn1"), name=f"{name}_relu1")
         y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
         y = self.bn(y, name=f"{name}_bn2")
         s = self.shortcut(x, filters, stride, shortcut, name)
@@ -88,9 +88,9 @@ class Builder:
     def bottleneck(self, x, width, stride, shortcut, name, expansion=4):
         # ResNet v1.5: the stride sits on the 3x3 conv, as in torchvision and TF Model Garden.
         y = self.conv(x, width, 1, 1, name=f"{name}_conv1")
-        y = self.relu(self.bn(y, name=f"{name}_bn1"))
+        y = self.relu(self.bn(y, name=f"{name}_bn1"), name=f"{name}_relu1")
         y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
-        y = self.relu(self.bn(y, name=f"{name}_bn2"))
+        y = self.relu(self.bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
         y = self.conv(y, width * expansion, 1, 1, name=f"{name}_conv3")
         y = self.bn(y, name=f"{name}_bn3")
         s = self.shortcut(x, width * expansion, stride, shortcut, name)
@@ -98,23 +98,23 @@ class Builder:
 
     # Pre-activation blocks (He et al. 2016b) ---------------------------------------------
     def preact_basic(self, x, filters, stride, shortcut, name):
-        pre = self.relu(self.bn(x, name=f"{name}_bn1"))
+        pre = self.relu(self.bn(x, name=f"{name}_bn1"), name=f"{name}_relu1")
         # A projection sees the pre-activated input; an identity shortcut carries x untouched.
         reshaped = not (stride == 1 and x.shape[-1] == filters)
         s = self.shortcut(pre if reshaped and shortcut == "B" else x, filters, stride, shortcut, name, with_bn=False)
         y = self.conv(pre, filters, 3, stride, name=f"{name}_conv1")
-        y = self.relu(self.bn(y, name=f"{name}_bn2"))
+        y = self.relu(self.bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
         y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
         return layers.Add(name=f"{name}_add")([y, s])
 
     def preact_bottleneck(self, x, width, stride, shortcut, name, expansion=4):
-        pre = self.relu(self.bn(x, name=f"{name}_bn1"))
+        pre = self.relu(self.bn(x, name=f"{name}_bn1"), name=f"{name}_relu1")
         out = width * expansion
         reshaped = not (stride == 1 and x.shape[-1] == out)
         s = self.shortcut(pre if reshaped else x, out, stride, "B", name, with_bn=False)
         y = self.conv(pre, width, 1, 1, name=f"{name}_conv1")
-        y = self.relu(self.bn(y, name=f"{name}_bn2"))
+        y = self.relu(self.bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
         y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
-        y = self.relu(self.bn(y, name=f"{name}_bn3"))
+        y = self.relu(self.bn(y, name=f"{name}_bn3"), name=f"{name}_relu3")
         y = self.conv(y, out, 1, 1, name=f"{name}_conv3")
         return layers.Add(name=f"{name}_add")([y, s])

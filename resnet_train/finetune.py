@@ -1,0 +1,100 @@
+"""Fine-tuning: start from another run's weights, replace the head, freeze what is asked.
+
+Layers are matched by name (the model builders name every layer deterministically). Every layer
+with weights must match in shape except the classifier head (`logits`), which is new when the
+classes differ (in number or in names), and the input normalisation, which takes the new data's
+statistics.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from resnet_train.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+HEAD = "logits"
+OWN_STATISTICS = ("normalize",)  # the new dataset's channel statistics, not the source's
+
+
+def _run_dir_of(source: Path) -> Path:
+    """A run directory, or the run directory that holds a checkpoint path."""
+    for place in (source, *source.parents):
+        if (place / ".hydra" / "config.yaml").exists():
+            return place
+    raise UserError(f"init_from={source}: neither a run directory nor a checkpoint inside one")
+
+
+def load_source(init_from):
+    """The source run's model with its weights (best checkpoint, or the checkpoint given)."""
+    from resnet_train.checkpoint import resolve
+    from resnet_train.runs import build_model, read_run, restore_model
+
+    source = Path(str(init_from)).expanduser()
+    if not source.exists() and not Path(str(source) + ".index").exists():
+        raise UserError(f"init_from={source} does not exist")
+    run_dir = _run_dir_of(source)
+    _, cfg, info = read_run(run_dir)
+    checkpoint = resolve(run_dir, "best") if source == run_dir else resolve(run_dir, str(source))
+    model = build_model(cfg, info)
+    restore_model(model, checkpoint)
+    return model, checkpoint, list(info.class_names)
+
+
+def initialise_from(model, init_from, class_names=None) -> dict:
+    """Copies every matching layer of the source run into `model`; returns what was loaded/new."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    try:
+        source, checkpoint, source_classes = load_source(init_from)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # load_source builds in float32
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    loaded, new = [], []
+    for layer in model.layers:
+        if not layer.weights or layer.name in OWN_STATISTICS:
+            continue
+        other = theirs.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        other_shapes = [tuple(w.shape) for w in other.weights] if other is not None else None
+        same_classes = class_names is None or list(class_names) == source_classes
+        if layer.name == HEAD and not (same_classes and other_shapes == shapes):
+            new.append(layer.name)  # other classes: a fresh head
+        elif other_shapes == shapes:
+            layer.set_weights(other.get_weights())
+            loaded.append(layer.name)
+        else:
+            found = "missing" if other is None else f"{other_shapes}"
+            raise UserError(
+                f"init_from={init_from} ({source.name}) does not fit {model.name}: layer {layer.name} needs "
+                f"{shapes}, the checkpoint has {found}; fine-tune from the same architecture (depth, variant)"
+            )
+    log.info("Initialised from %s: %d layers loaded; new: %s", checkpoint, len(loaded),
+             ", ".join(new) or "none")
+    return {"checkpoint": checkpoint, "loaded": loaded, "new": new}
+
+
+def freeze(model, spec: str) -> list[str]:
+    """`none`, `backbone` (all but the head) or `stages:N` (the stem and the first N stages).
+    Frozen batch-norm layers run in inference mode (Keras does that for trainable=False)."""
+    spec = str(spec or "none")
+    if spec == "none":
+        return []
+    if spec == "backbone":
+        chosen = [layer for layer in model.layers if layer.name != HEAD]
+    else:
+        match = re.fullmatch(r"stages:(\d+)", spec)
+        if not match:
+            raise ConfigError(f"finetune.freeze must be none, backbone or stages:N (got {spec!r})")
+        n = int(match.group(1))
+        stage = re.compile(r"stage(\d+)_")
+        chosen = [layer for layer in model.layers if layer.name.startswith("stem")
+                  or ((m := stage.match(layer.name)) and int(m.group(1)) <= n)]
+    for layer in chosen:
+        layer.trainable = False
+    frozen = [layer.name for layer in chosen if layer.weights]
+    log.info("Frozen (%s): %d layers with weights", spec, len(frozen))
+    return frozen

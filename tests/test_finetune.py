@@ -1,0 +1,99 @@
+"""Fine-tuning with init_from: what is loaded, what is new, what is frozen, and that it helps."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import compose
+from resnet_train.errors import UserError
+from resnet_train.train import train_and_evaluate
+
+BASE = ("depth=8", "batch_size=32", "runtime.precision=float32", "runtime.deterministic=true")
+TARGET = (*BASE, "data.classes=[5,6,7,8,9]", "data.limit_train=160", "schedule=constant")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A ResNet-8 trained on digits 0-4 only."""
+    run = tmp_path_factory.mktemp("finetune") / "source"
+    results = train_and_evaluate(compose(*BASE, "epochs=4", "data.classes=[0,1,2,3,4]"), run)
+    assert results["test"]["accuracy"] > 0.8
+    return run
+
+
+def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_path):
+    steps = ("epochs=3",)
+    scratch = train_and_evaluate(compose(*TARGET, *steps), tmp_path / "scratch")
+    tuned = train_and_evaluate(compose(*TARGET, *steps, f"init_from={source}", "finetune.freeze=backbone",
+                                       "finetune.head_lr_mult=10"), tmp_path / "tuned")
+    assert tuned["steps"] == scratch["steps"] == 15
+    assert tuned["test"]["accuracy"] > scratch["test"]["accuracy"] + 0.15
+    init = json.loads((tmp_path / "tuned" / "init_from.json").read_text())
+    assert init["new"] == ["logits"]  # 5 new classes: a new head
+    assert "stem_conv" in init["loaded"] and "stage3_block1_conv2" in init["loaded"]
+
+
+def test_frozen_backbone_stays_put_and_the_head_learns(source, tmp_path):
+    from resnet_train.runs import load_run
+
+    train_and_evaluate(compose(*TARGET, "epochs=1", f"init_from={source}", "finetune.freeze=backbone"),
+                       tmp_path / "frozen")
+    before, after = load_run(source).model, load_run(tmp_path / "frozen", "last").model
+    changed = []
+    for layer in after.layers:
+        old = before.get_layer(layer.name).get_weights()
+        if any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(old, layer.get_weights())):
+            changed.append(layer.name)
+    # Only the head differs; frozen batch norm ran in inference mode, so even its moving
+    # statistics are unchanged.
+    assert changed == ["logits"]
+
+
+def test_stages_freeze_only_the_stem_and_the_first_stages(tmp_path):
+    from resnet_train import finetune
+    from resnet_train.models import build
+
+    model = build(14, 10, variant="cifar")
+    frozen = finetune.freeze(model, "stages:1")
+    assert "stem_conv" in frozen and "stage1_block2_conv2" in frozen
+    assert not any(name.startswith(("stage2", "stage3", "logits")) for name in frozen)
+    with pytest.raises(Exception, match="finetune.freeze must be"):
+        finetune.freeze(model, "half")
+
+
+def test_same_classes_load_everything_and_resume_comes_first(source, tmp_path):
+    cfg = compose(*BASE, "epochs=1", "data.classes=[0,1,2,3,4]", "data.limit_train=64", f"init_from={source}")
+    train_and_evaluate(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "init_from.json").read_text())["new"] == []
+    (tmp_path / "run" / "init_from.json").unlink()
+    cfg = compose(*BASE, "epochs=2", "data.classes=[0,1,2,3,4]", "data.limit_train=64", f"init_from={source}")
+    results = train_and_evaluate(cfg, tmp_path / "run")
+    assert results["steps"] == 4
+    assert not (tmp_path / "run" / "init_from.json").exists()  # resumed its own checkpoint instead
+
+
+def test_an_incompatible_architecture_fails_naming_the_layer(source, tmp_path):
+    cfg = compose("depth=14", "batch_size=32", "epochs=1", "data.limit_train=64", f"init_from={source}")
+    with pytest.raises(UserError, match=r"does not fit cifar_resnet14: layer stage1_block2_conv1 needs"):
+        train_and_evaluate(cfg, tmp_path / "run")
+    with pytest.raises(UserError, match="does not exist"):
+        train_and_evaluate(compose(*BASE, "epochs=1", f"init_from={tmp_path / 'nope'}"), tmp_path / "run2")
+
+
+def test_head_lr_mult_scales_only_the_head():
+    import keras
+
+    from resnet_train.models import build
+    from resnet_train.trainer import Trainer
+
+    model = build(8, 3, (8, 8, 3), variant="cifar")
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, tf.distribute.get_strategy(), 4, num_classes=3, head_lr_mult=0.0)
+    head = model.get_layer("logits").kernel.numpy().copy()
+    stem = model.get_layer("stem_conv").kernel.numpy().copy()
+    batch = (np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8), np.array([0, 1, 2, 0]))
+    trainer.train_steps(iter(tf.data.Dataset.from_tensors(batch)), 1)
+    np.testing.assert_array_equal(model.get_layer("logits").kernel.numpy(), head)  # x0: frozen in effect
+    assert not np.array_equal(model.get_layer("stem_conv").kernel.numpy(), stem)
