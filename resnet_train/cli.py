@@ -256,3 +256,25 @@ def _export(cfg) -> None:
 def export() -> None:
     """Console script `resnet-export`."""
     _export()
+
+
+def sweep_report() -> None:
+    """Console script `resnet-sweep-report DIR`: the summary table of a sweep directory."""
+    import argparse
+
+    from resnet_train.sweep import members, write_summary
+
+    parser = argparse.ArgumentParser(prog="resnet-sweep-report", description="Summarise a sweep directory.")
+    parser.add_argument("sweep_dir", help="the -m run's directory (outputs/multirun/<date>/<time>)")
+    args = parser.parse_args()
+    from pathlib import Path
+
+    if not Path(args.sweep_dir).is_dir() or not members(args.sweep_dir):
+        print(f"resnet-sweep-report: error: {args.sweep_dir} holds no sweep members", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    rows = write_summary(args.sweep_dir)
+    print((Path(args.sweep_dir) / "summary.md").read_text(), end="")
+    failed = [r["member"] for r in rows if r["status"] == "failed"]
+    if failed:
+        print(f"failed members: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)

@@ -74,15 +74,23 @@ def effective_lr(cfg, batch_size: int) -> float:
     return float(cfg.lr) * batch_size / lr_reference(cfg, batch_size)
 
 
-def build_optimizer(cfg, schedule, loss_scaling: bool = False):
+def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None):
     """The `optimizer` config group. Weight decay is not the optimizer's job here (see above).
-    `loss_scaling` wraps it in keras' LossScaleOptimizer (dynamic scale) for float16."""
+    `loss_scaling` wraps it in keras' LossScaleOptimizer (dynamic scale) for float16.
+    `ema_decay` keeps Keras' exponential moving average of the weights (optimizer variables, so
+    they are checkpointed with it)."""
     name = cfg.get("name")
+    ema = {}
+    if ema_decay is not None:
+        if not 0.0 < float(ema_decay) < 1.0:
+            raise ConfigError(f"ema.decay must be in (0, 1), e.g. 0.999 (got {ema_decay})")
+        ema = {"use_ema": True, "ema_momentum": float(ema_decay)}
     if name == "sgd":
         optimizer = keras.optimizers.SGD(
             learning_rate=schedule,
             momentum=float(cfg.get("momentum", 0.9)),
             nesterov=bool(cfg.get("nesterov", False)),
+            **ema,
         )
     else:
         raise ConfigError(f"optimizer.name must be sgd (got {name!r}); more optimizers are planned")

@@ -32,6 +32,13 @@ class Reporter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
+    def hparams(self, values: dict) -> None:
+        """The run's settings for TensorBoard's HParams dashboard (metrics: eval/accuracy, eval/loss)."""
+        from tensorboard.plugins.hparams import api as hp
+
+        with self._writer(".").as_default():
+            hp.hparams(values, trial_id=self.workdir.name)
+
     def best(self, split: str, key: str):
         """The highest `key` logged so far for `split` (earlier sessions of a resumed run included)."""
         self._jsonl.flush()
@@ -58,6 +65,9 @@ class NullReporter:
     """What non-chief workers report to: nothing."""
 
     def log(self, *args, **kwargs) -> None:
+        pass
+
+    def hparams(self, values: dict) -> None:
         pass
 
     def best(self, split: str, key: str):

@@ -31,6 +31,11 @@ def train_and_evaluate(cfg, workdir) -> dict:
     workdir = Path(workdir)
     # ---- set up ---------------------------------------------------------------------------
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
+    finished = _finished(workdir, cfg)
+    if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
+        log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
+                 workdir, cfg.epochs)
+        return finished
     r = cfg.runtime
     rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
                            r.get("precision", "float32"), r.get("devices"), int(r.get("cpu_replicas", 1)))
@@ -92,7 +97,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
         finetune.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = optim.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
-        optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16")
+        optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
+                                          ema_decay=(cfg.get("ema") or {}).get("decay"))
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     params = models.count_params(model)
     log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g "
@@ -121,6 +127,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
     # ---- train loop -----------------------------------------------------------------------
     reporter = Reporter(workdir) if rt.is_chief else NullReporter()
+    reporter.hparams(hparams(cfg))
     steps_per_call = int(r.get("steps_per_call", 1))
     eval_metrics = None
     # Every worker takes the same decisions (saving is collective under several workers).
@@ -150,6 +157,11 @@ def train_and_evaluate(cfg, workdir) -> dict:
             eval_metrics = trainer.evaluate(eval_ds)
             reporter.log("train", step, epoch + 1, train_metrics)
             reporter.log("eval", step, epoch + 1, eval_metrics)
+            if trainer.has_ema:
+                ema_metrics = trainer.evaluate_ema(eval_ds)
+                reporter.log("eval_ema", step, epoch + 1, ema_metrics)
+                log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, cfg.epochs, eval_split,
+                         ema_metrics["loss"], ema_metrics["accuracy"])
             checkpointer.save(step, epoch + 1)
             if checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], best_so_far):
                 best_so_far = eval_metrics["accuracy"]
@@ -165,6 +177,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
         test_metrics = eval_metrics if eval_split == "test" else trainer.evaluate(distribute_eval(splits.test, info.test_size))
         if eval_split == "val":
             reporter.log("test", step, cfg.epochs, test_metrics)
+        test_ema = trainer.evaluate_ema(distribute_eval(splits.test, info.test_size)) if trainer.has_ema else None
     finally:
         reporter.close()
         if not rt.is_chief:
@@ -185,10 +198,58 @@ def train_and_evaluate(cfg, workdir) -> dict:
         "wall_time_s": round(time.time() - started, 1),
         "run_dir": str(workdir),
         "checkpoint": checkpointer.latest if rt.is_chief else None,
+        "config_hash": config_hash(cfg),
     }
+    if test_ema is not None:
+        results["test_ema"] = test_ema
     if rt.is_chief:
         write_json(workdir / "results.json", results)
     return results
+
+
+def _finished(workdir: Path, cfg):
+    """The saved results when `workdir` holds a finished run of this many epochs, else None."""
+    import json
+
+    results = workdir / "results.json"
+    if not results.exists():
+        return None
+    saved = json.loads(results.read_text())
+    latest = tf_latest_checkpoint(workdir / "checkpoints")
+    if saved.get("config_hash") == config_hash(cfg) and latest and latest == saved.get("checkpoint"):
+        return saved
+    return None
+
+
+def config_hash(cfg) -> str:
+    """A fingerprint of the resolved config: a finished run is only skipped for the same config."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tf_latest_checkpoint(directory: Path):
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(directory)) if directory.exists() else None
+
+
+def hparams(cfg) -> dict:
+    """The settings a sweep varies, flat, for TensorBoard's HParams dashboard."""
+    from omegaconf import OmegaConf
+
+    flat = {"depth": cfg.depth, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "data": cfg.data.get("name"), "optimizer": cfg.optimizer.get("name"), "lr": cfg.optimizer.lr,
+            "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "schedule": cfg.schedule.get("name"),
+            "precision": cfg.runtime.get("precision")}
+    for section in ("augment", "model"):
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            if isinstance(value, (bool, int, float, str)):
+                flat[f"{section}.{key}"] = value
+    return {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
 
 
 def load_config(overrides=(), config_name: str = "train"):

@@ -133,6 +133,23 @@ class Trainer:
         return {"loss": loss / count, "accuracy": top1 / count, f"top{self.top_k}": topk / count,
                 "examples": int(count)}
 
+    @property
+    def has_ema(self) -> bool:
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        return bool(getattr(inner, "use_ema", False))
+
+    def evaluate_ema(self, dist_dataset) -> dict:
+        """Evaluation with the moving-average weights, then the raw weights back in place."""
+        variables = self.model.trainable_variables
+        saved = [v.numpy() for v in variables]
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        inner.finalize_variable_values(variables)  # writes the averages into the model
+        try:
+            return self.evaluate(dist_dataset)
+        finally:
+            for v, value in zip(variables, saved):
+                v.assign(value)
+
     def learning_rate(self) -> float:
         lr = self.optimizer.learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
