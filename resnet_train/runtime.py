@@ -66,6 +66,11 @@ def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
             raise ConfigError("runtime=multi_worker needs TF_CONFIG (see README: several hosts)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     split_cpu(cpu_replicas)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:  # take GPU memory as needed: parallel sweep members can share a machine's GPUs
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     if devices:
