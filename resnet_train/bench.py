@@ -114,3 +114,82 @@ def keras_randaugment_batches(dataset, batch_size: int, num_ops: int = 2, magnit
             yield from ds.map(lambda x, y: (layer(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     return batches()
+
+
+def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 20) -> float:
+    """The machine's measured dense matrix-multiply rate (FLOP/s) for `dtype`: the MFU yardstick."""
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def chain(x):
+        for _ in range(repeats):
+            x = tf.matmul(x, a) * 0.001
+        return x
+
+    chain(a).numpy()  # trace and warm up
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        chain(a).numpy()
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def keras_fit_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10,
+                         precision: str = "float32", jit_compile=False, steps_per_execution: int = 1,
+                         windows: int = 5, steps_per_window: int = 10) -> dict:
+    """images/s of keras `model.compile` + `model.fit` on the same model, optimizer and data."""
+    import keras
+
+    from resnet_train import models
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(precision)
+    model = models.build(depth, num_classes, image_shape)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, *image_shape)).astype(np.uint8)
+    labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
+
+    stamps = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            stamps.append((batch, time.perf_counter()))
+
+    warmup = 3 * steps_per_execution
+    total = warmup + windows * steps_per_window
+    total += (-total) % steps_per_execution
+    model.fit(data, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[Clock()])
+    keras.mixed_precision.set_global_policy("float32")
+    # Stamps come once per execution (every steps_per_execution steps): rate between stamps.
+    points = [(b + 1, t) for b, t in stamps if b + 1 >= warmup]
+    rates = []
+    per = max(1, len(points) // windows)
+    for i in range(0, len(points) - per, per):
+        (s0, t0), (s1, t1) = points[i], points[i + per]
+        rates.append((s1 - s0) * batch_size / (t1 - t0))
+    return {"images_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def eval_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, batches: int = 20) -> dict:
+    """images/s of our evaluation (forward only, metrics summed on the device)."""
+    import keras
+
+    from resnet_train import models
+    from resnet_train.trainer import Trainer
+
+    keras.backend.clear_session()
+    strategy = tf.distribute.get_strategy()
+    model = models.build(depth, num_classes, image_shape)
+    trainer = Trainer(model, keras.optimizers.SGD(0.1), strategy, batch_size, num_classes=num_classes)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, *image_shape)).astype(np.uint8)
+    labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
+    data = tf.data.Dataset.from_tensors((images, labels, np.ones(batch_size, np.float32))).repeat(batches)
+    dist = strategy.experimental_distribute_dataset(data)
+    return _windows(lambda: trainer.evaluate(dist), batch_size * batches, warmup=1, windows=3, steps_per_window=1)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+
+PROCESS_START = time.time()  # for the "first step after N s" start-up figure
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -59,7 +62,7 @@ def _train(cfg) -> float:
 
     workdir = HydraConfig.get().runtime.output_dir
     try:
-        results = train_and_evaluate(cfg, workdir)
+        results = train_and_evaluate(cfg, workdir, started=PROCESS_START)
     except UserError as error:
         _fail(error)
     test = results["test"]

@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 
 import keras
@@ -145,3 +147,42 @@ def configure(seed: int, deterministic: bool = False, strategy: str = "one_devic
     log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", name,
              dist.num_replicas_in_sync, ", ".join(devices_used), policy, reason)
     return Runtime(dist, policy, is_chief)
+
+
+# ---- hardware yardstick -------------------------------------------------------------------------
+def _device_key(dtype: str) -> str:
+    import platform
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+        name = f"{name} x{os.cpu_count()}"
+    return f"{name}|{dtype}"
+
+
+def peak_flops(precision: str) -> float:
+    """The measured matmul rate (FLOP/s) of this machine at the policy's compute dtype, cached in
+    $XDG_CACHE_HOME/resnet_train/peak_flops.json: the yardstick of model FLOPs utilisation."""
+    from pathlib import Path
+
+    from resnet_train.bench import matmul_flops
+
+    dtype = "bfloat16" if "bfloat16" in precision else "float16" if "float16" in precision else "float32"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "resnet_train" / "peak_flops.json"
+    key = _device_key(dtype)
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        n = 4096 if tf.config.list_physical_devices("GPU") else 1024
+        known[key] = matmul_flops(dtype, n=n, repeats=10)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(known, indent=2))
+        except OSError:
+            pass  # a read-only home: measure again next time
+    return known[key]

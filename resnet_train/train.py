@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 
-def train_and_evaluate(cfg, workdir) -> dict:
-    """Trains per `cfg` in `workdir` (resuming what is there) and returns the final metrics."""
-    started = time.time()
+def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
+    """Trains per `cfg` in `workdir` (resuming what is there) and returns the final metrics.
+    `started`: when the process began (for the start-up time in the log)."""
+    started = started or time.time()
     workdir = Path(workdir)
     # ---- set up ---------------------------------------------------------------------------
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
@@ -101,6 +102,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
                                           ema_decay=(cfg.get("ema") or {}).get("decay"))
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     params = models.count_params(model)
+    # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
+    # over the machine's measured matmul rate.
+    train_flops = 3 * models.forward_flops(model)
+    peak = runtime.peak_flops(rt.precision) * rt.replicas
     log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g "
              "(optimizer.lr %g per %d images x batch %d)", model.name, f"{params:,}", info.name,
              info.train_size, f"{info.val_size} val / " if info.val_size else "", info.test_size,
@@ -130,6 +135,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
     reporter.hparams(hparams(cfg))
     steps_per_call = int(r.get("steps_per_call", 1))
     eval_metrics = None
+    first_call = True
     # Every worker takes the same decisions (saving is collective under several workers).
     best_so_far = best_logged(workdir, "eval", "accuracy")
     try:
@@ -143,17 +149,23 @@ def train_and_evaluate(cfg, workdir) -> dict:
             while step < (epoch + 1) * steps_per_epoch:
                 n = min(steps_per_call, (epoch + 1) * steps_per_epoch - step)
                 trainer.train_steps(iterator, n)
+                if first_call:
+                    trainer.train_metrics()  # waits for the step to finish
+                    log.info("first step after %.1f s (process start to first optimizer step)", time.time() - started)
+                    first_call = False
                 step += n
                 bar.update(n)
                 if not bar.disable:
                     current = trainer.train_metrics()
                     bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
                                     lr=f"{trainer.learning_rate():.4g}",
-                                    img_s=f"{(bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0):.0f}")
+                                    img_s=f"{(bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0):.0f}",
+                                    mfu=f"{train_flops * (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0) / peak:.1%}")
             seconds = time.perf_counter() - t0
             bar.close()
+            images_per_sec = (steps_per_epoch - skip) * cfg.batch_size / seconds
             train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
-                             "images_per_sec": (steps_per_epoch - skip) * cfg.batch_size / seconds}
+                             "images_per_sec": images_per_sec, "mfu": train_flops * images_per_sec / peak}
             eval_metrics = trainer.evaluate(eval_ds)
             reporter.log("train", step, epoch + 1, train_metrics)
             reporter.log("eval", step, epoch + 1, eval_metrics)
@@ -167,10 +179,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
                 best_so_far = eval_metrics["accuracy"]
             if rt.is_chief:
                 plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
-            log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s",
+            log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
                      epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
-                     train_metrics["images_per_sec"])
+                     train_metrics["images_per_sec"], 100 * train_metrics["mfu"])
         if eval_metrics is None:  # the run had already finished: report its final state again
             eval_metrics = trainer.evaluate(eval_ds)
         best = reporter.best("eval", "accuracy")

@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Throughput on this machine, measured in one run so the ratios are comparable.
+"""Throughput on this machine, everything measured in one run so that the ratios compare.
 
-    python scripts/bench.py                 # table on stdout
+    python scripts/bench.py                      # table on stdout (about 8 minutes on 2 cores)
     python scripts/bench.py --json bench.json --quick
 
 Sections:
-- training images/s of our trainer for ResNet-20 and ResNet-56 (32x32, batch 128): float32, the
-  `auto` precision, mixed_bfloat16; one replica vs 2 logical CPU replicas (MirroredStrategy);
-- the input pipeline alone (CIFAR-shaped in-memory data with each augmentation; ImageNet-shaped
-  JPEGs with the fused decode + inception crop), as a multiple of ResNet-20 training. The pipeline
-  must deliver >= 10x what training consumes.
+- hardware: the measured matmul rate at float32 and bfloat16 (the yardstick of MFU);
+- training images/s of our trainer for ResNet-20 / ResNet-56 (32x32, batch 128) and ResNet-50
+  (224x224): float32, the `auto` precision, mixed_bfloat16, 1 vs 2 logical CPU replicas,
+  steps per call; with model FLOPs utilisation (training FLOPs per image x images/s / matmul rate);
+- peers on the same model and batch: Keras compile + fit (its fastest jit_compile /
+  steps_per_execution), and PyTorch eager (channels_last) when torch is installed;
+- the input pipeline alone and evaluation, as multiples of training; start-up time.
 """
 from __future__ import annotations
 
@@ -17,8 +19,14 @@ import argparse
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main() -> None:
@@ -32,41 +40,85 @@ def main() -> None:
     split_cpu(2)  # before TensorFlow starts: two logical CPUs for the MirroredStrategy rows
     import tensorflow as tf
 
-    from resnet_train.bench import (iterator_throughput, jpeg_bytes, keras_randaugment_batches,
-                                    pipeline_throughput, smooth_images, train_throughput)
+    from resnet_train import models
+    from resnet_train.bench import (eval_throughput, iterator_throughput, jpeg_bytes, keras_fit_throughput,
+                                    keras_randaugment_batches, matmul_flops, pipeline_throughput,
+                                    smooth_images, train_throughput)
     from resnet_train.data.augment import make_augment, make_batch_augment
     from resnet_train.runtime import auto_precision, make_strategy
 
-    windows, per_window = (3, 10) if args.quick else (5, 20)
-    rows = []
+    windows, per_window = (3, 4) if args.quick else (4, 6)
+    rows, out = [], {"tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine()}
 
     def row(name, result, note=""):
         rows.append({"name": name, **result, "note": note})
-        print(f"{name:<56} {result['images_per_sec']:>9.0f} img/s  ({result['min']:.0f}..{result['max']:.0f}) {note}",
-              flush=True)
+        spread = f"({result['min']:.0f}..{result['max']:.0f})" if "min" in result else ""
+        print(f"{name:<58} {result['images_per_sec']:>9.1f} img/s {spread:>14} {note}", flush=True)
 
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}")
     auto, why = auto_precision()
-    print(f"auto precision here: {auto} ({why})")
-    one, two = make_strategy("one_device"), make_strategy("mirrored", cpu_replicas=2)
-    measured = {}
-    for depth in (20, 56):
-        for precision in dict.fromkeys(["float32", auto, "mixed_bfloat16"]):
-            for label, strategy in (("1 replica", one), ("2 CPU replicas", two)):
-                if label != "1 replica" and precision != "float32":
-                    continue
-                result = train_throughput(depth, (32, 32, 3), 128, windows=windows,
-                                          steps_per_window=max(2, per_window // (2 if depth == 20 else 6)),
-                                          precision=precision, strategy=strategy)
-                measured[(depth, precision, label)] = result["images_per_sec"]
-                base = measured.get((depth, "float32", "1 replica"))
-                note = f"{result['images_per_sec'] / base:.2f}x float32 1 replica" if base else ""
-                tag = "auto=" + precision if precision == auto else precision
-                row(f"train ResNet-{depth} batch 128, {tag}, {label}", result, note)
-    train = {"images_per_sec": measured[(20, "float32", "1 replica")]}
+    peak = {"float32": matmul_flops("float32"), "bfloat16": matmul_flops("bfloat16")}
+    out["peak_flops"] = peak
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; auto precision: {auto} ({why})")
+    print(f"matmul rate: float32 {peak['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s")
 
-    cifar = tf.data.Dataset.from_tensor_slices(
-        (smooth_images(10_000, (32, 32, 3)), tf.zeros([10_000], tf.int64)))
+    def mfu(depth, shape, classes, rate, precision):
+        flops = 3 * models.forward_flops(models.build(depth, classes, shape))  # forward + backward
+        yardstick = peak["bfloat16" if "bfloat16" in precision else "float32"]
+        return f"MFU {flops * rate / yardstick:.1%}"
+
+    one, two = make_strategy("one_device"), make_strategy("mirrored", cpu_replicas=2)
+    ours = {}
+    for depth in (20, 56):
+        steps = max(2, per_window // (1 if depth == 20 else 2))
+        for precision in dict.fromkeys(["float32", auto, "mixed_bfloat16"]):
+            for spc in ((1, 5) if precision == "float32" else (1,)):
+                r = train_throughput(depth, (32, 32, 3), 128, windows=windows if spc == 1 else 3,
+                                     steps_per_window=max(steps, spc), precision=precision, strategy=one,
+                                     steps_per_call=spc)
+                ours[(depth, precision, spc)] = r["images_per_sec"]
+                tag = ("auto=" if precision == auto else "") + precision
+                row(f"ours ResNet-{depth} b128 {tag}, steps_per_call={spc}", r,
+                    mfu(depth, (32, 32, 3), 10, r["images_per_sec"], precision))
+        r = train_throughput(depth, (32, 32, 3), 128, windows=windows, steps_per_window=steps, strategy=two)
+        row(f"ours ResNet-{depth} b128 float32, 2 CPU replicas", r,
+            f"{r['images_per_sec'] / ours[(depth, 'float32', 1)]:.2f}x 1 replica")
+        best_ours = max(v for (d, p, _), v in ours.items() if d == depth and p == "float32")
+        configs = [(False, 1), (False, 5), (True, 5)] if depth == 20 else [best_keras_config]
+        keras_best = None
+        for jit, spe in configs:
+            r = keras_fit_throughput(depth, (32, 32, 3), 128, jit_compile=jit, steps_per_execution=spe,
+                                     windows=3, steps_per_window=max(steps, spe))
+            row(f"keras fit ResNet-{depth} b128 float32 jit={jit} spe={spe}", r,
+                f"ours {best_ours / r['images_per_sec']:.2f}x")
+            if keras_best is None or r["images_per_sec"] > keras_best[0]:
+                keras_best, best_keras_config = (r["images_per_sec"], (jit, spe)), (jit, spe)
+        out[f"ratio_ours_vs_keras_fit_resnet{depth}"] = best_ours / keras_best[0]
+
+    try:
+        from torch_reference import throughput as torch_throughput
+
+        torch_rates = {}
+        for dtype in ("float32", "bfloat16"):
+            r = torch_throughput(20, 128, dtype, windows=windows, steps_per_window=per_window)
+            torch_rates[dtype] = r["images_per_sec"]
+            row(f"pytorch {r['torch']} eager ResNet-20 b128 {dtype}", r, f"{r['threads']} threads")
+        best_torch = max(torch_rates.values())
+        best_auto = max(v for (d, p, _), v in ours.items() if d == 20 and p == auto)
+        out["ratio_ours_auto_vs_torch_best_resnet20"] = best_auto / best_torch
+        print(f"{'':58} ours ({auto}) / pytorch best: {best_auto / best_torch:.2f}x")
+    except ImportError:
+        print("pytorch not installed: no outside reference (pip install torch==2.13.0)")
+
+    r50 = train_throughput(50, (224, 224, 3), 16, num_classes=1000, windows=3, steps_per_window=2)
+    row("ours ResNet-50 224x224 b16 float32", r50, mfu(50, (224, 224, 3), 1000, r50["images_per_sec"], "float32"))
+    k50 = keras_fit_throughput(50, (224, 224, 3), 16, num_classes=1000, jit_compile=best_keras_config[0],
+                               steps_per_execution=2, windows=3, steps_per_window=2)
+    row("keras fit ResNet-50 224x224 b16 float32", k50, f"ours {r50['images_per_sec'] / k50['images_per_sec']:.2f}x")
+
+    train20 = ours[(20, "float32", 1)]
+    e = eval_throughput(20, (32, 32, 3), 256)
+    row("ours eval ResNet-20 b256 float32", e, f"{e['images_per_sec'] / train20:.1f}x training")
+    cifar = tf.data.Dataset.from_tensor_slices((smooth_images(10_000, (32, 32, 3)), tf.zeros([10_000], tf.int64)))
     for label, cfg in [
         ("standard", {"crop": "pad", "padding": 4, "horizontal_flip": True}),
         ("autoaugment", {"crop": "pad", "padding": 4, "horizontal_flip": True, "autoaugment": "cifar"}),
@@ -75,26 +127,35 @@ def main() -> None:
         ("cutout+mixup+cutmix", {"crop": "pad", "padding": 4, "horizontal_flip": True, "cutout": 16,
                                  "mixup_alpha": 1.0, "cutmix_alpha": 1.0}),
     ]:
-        result = pipeline_throughput(cifar, 10_000, 128, make_augment(cfg), make_batch_augment(cfg, 10),
-                                     windows=windows, steps_per_window=per_window)
-        ratio = result["images_per_sec"] / train["images_per_sec"]
-        row(f"pipeline CIFAR-shaped, augment={label}", result, f"{ratio:.1f}x training")
-
-    keras_rand = iterator_throughput(keras_randaugment_batches(cifar, 128), 128, windows, per_window)
-    row("pipeline CIFAR-shaped, keras.layers.RandAugment", keras_rand,
-        f"{keras_rand['images_per_sec'] / train['images_per_sec']:.1f}x training (reference for ours)")
-
+        r = pipeline_throughput(cifar, 10_000, 128, make_augment(cfg), make_batch_augment(cfg, 10),
+                                windows=windows, steps_per_window=per_window * 2)
+        row(f"pipeline CIFAR-shaped, augment={label}", r, f"{r['images_per_sec'] / train20:.1f}x training")
+    r = iterator_throughput(keras_randaugment_batches(cifar, 128), 128, windows, per_window * 2)
+    row("pipeline CIFAR-shaped, keras.layers.RandAugment", r, f"{r['images_per_sec'] / train20:.1f}x (reference)")
     photos = jpeg_bytes(smooth_images(256, (375, 500, 3), seed=1))
     jpegs = tf.data.Dataset.from_tensor_slices((photos, tf.zeros([len(photos)], tf.int64)))
     augment = make_augment({"crop": "inception", "horizontal_flip": True}, (224, 224, 3), encoded=True)
     row("pipeline ImageNet-shaped JPEG 500x375 -> 224", pipeline_throughput(
-        jpegs, len(photos), 64, augment, windows=windows, steps_per_window=max(2, per_window // 4)),
-        "decode+inception crop+flip")
+        jpegs, len(photos), 64, augment, windows=windows, steps_per_window=3), "decode+inception crop+flip")
 
+    out["startup_s"] = startup_seconds()
+    print(f"start-up: {out['startup_s']:.1f} s from command to the first training step (resnet-train, ResNet-20)")
+    out["rows"] = rows
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"tensorflow": tf.__version__, "cpus": os.cpu_count(), "rows": rows}, f, indent=2)
+        Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"Wrote {args.json}")
+
+
+def startup_seconds() -> float:
+    """Runs `resnet-train` for a moment and reads its 'first step after' log line."""
+    import tempfile
+
+    cli = Path(sys.executable).with_name("resnet-train")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([str(cli), "epochs=1", "data.limit_train=256", f"hydra.run.dir={tmp}"],
+                              capture_output=True, text=True, timeout=300)
+        found = re.search(r"first step after ([\d.]+) s", (Path(tmp) / "train.log").read_text())
+    return float(found.group(1)) if found else float("nan")
 
 
 if __name__ == "__main__":

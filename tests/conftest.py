@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The measured matmul rate (for MFU) is cached under XDG_CACHE_HOME: keep tests out of ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="resnet_train_test_cache_")
 
 
 def _two_logical_cpus():

@@ -59,3 +59,20 @@ def build(
 def count_params(model) -> int:
     """Trainable parameters, the figure the papers report (BN moving statistics excluded)."""
     return int(sum(v.numpy().size for v in model.trainable_variables))
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of one image's forward pass through the conv and dense layers (what
+    dominates a ResNet; batch norm, ReLU and adds are left out, as in the papers' FLOP counts)."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1]
+            total += 2 * h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
