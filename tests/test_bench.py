@@ -1,0 +1,26 @@
+"""The benchmark's measuring pieces on tiny sizes (the full run is scripts/bench.py, ~9 minutes)."""
+import json
+
+from conftest import TINY, compose
+from resnet_train import bench, models
+from resnet_train.train import train_and_evaluate
+
+
+def test_forward_flops_match_the_known_figures():
+    # ResNet-20: 41M multiply-adds; ResNet-50: 4.1G (He et al. 2016, Table 1: 3.8G without the head).
+    assert round(models.forward_flops(models.build(20, 10)) / 2e6) == 41
+    assert round(models.forward_flops(models.build(50, 1000, (224, 224, 3))) / 2e9, 1) == 4.1
+
+
+def test_matmul_rate_and_peer_measurements_run():
+    assert bench.matmul_flops("float32", n=256, repeats=2) > 1e8
+    keras_fit = bench.keras_fit_throughput(8, (16, 16, 3), 8, windows=2, steps_per_window=2)
+    ours = bench.train_throughput(8, (16, 16, 3), 8, windows=2, steps_per_window=2, steps_per_call=2)
+    assert keras_fit["images_per_sec"] > 0 and ours["images_per_sec"] > 0 and ours["parameters"] > 0
+    assert bench.eval_throughput(8, (16, 16, 3), 8, batches=2)["images_per_sec"] > 0
+
+
+def test_training_logs_mfu(tmp_path):
+    train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["split"] == "train" and 0 < record["mfu"] < 1
