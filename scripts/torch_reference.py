@@ -3,9 +3,6 @@ PyTorch eager mode, channels_last, SGD with momentum and weight decay. Timing on
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 
 def throughput(depth: int = 20, batch_size: int = 128, dtype: str = "float32", windows: int = 5,
                steps_per_window: int = 10) -> dict:
@@ -62,13 +59,7 @@ def throughput(depth: int = 20, batch_size: int = 128, dtype: str = "float32", w
         optimizer.step()
         return loss.item()
 
-    for _ in range(3):
-        step()
-    rates = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps_per_window):
-            step()
-        rates.append(batch_size * steps_per_window / (time.perf_counter() - start))
-    return {"images_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    from resnet_train.bench import _windows  # the same timing windows as our rows
+
+    result = _windows(step, batch_size, warmup=3, windows=windows, steps_per_window=steps_per_window)
+    return {**result, "torch": torch.__version__, "threads": torch.get_num_threads()}

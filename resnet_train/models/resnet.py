@@ -24,6 +24,14 @@ def _inputs_and_stem_input(image_shape, mean, std):
     return inputs, x
 
 
+def _stages(x, widths, lay: Layout, block):
+    """Stacks the stages: block(x, width, stride, name); the first block of stages 2+ strides by 2."""
+    for stage, (width, blocks) in enumerate(zip(widths, lay.stages)):
+        for i in range(blocks):
+            x = block(x, width, 2 if stage > 0 and i == 0 else 1, f"stage{stage + 1}_block{i + 1}")
+    return x
+
+
 def _head(x, num_classes):
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     # float32 logits: numerically safe softmax / cross-entropy under mixed precision.
@@ -34,10 +42,7 @@ def cifar_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: 
     """He et al. 2016a, section 4.2: 3x3 conv 16 -> 3 stages of n basic blocks (16/32/64)."""
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
     x = b.relu(b.bn(b.conv(x, 16, 3, name="stem_conv"), name="stem_bn"), name="stem_relu")
-    for stage, (filters, blocks) in enumerate(zip((16, 32, 64), lay.stages)):
-        for i in range(blocks):
-            stride = 2 if stage > 0 and i == 0 else 1
-            x = b.basic(x, filters, stride, shortcut, name=f"stage{stage + 1}_block{i + 1}")
+    x = _stages(x, (16, 32, 64), lay, lambda x, w, s, n: b.basic(x, w, s, shortcut, n))
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
 
@@ -45,14 +50,8 @@ def preact_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b:
     """He et al. 2016b (Identity Mappings): BN-ReLU-conv blocks, a final BN-ReLU before pooling."""
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
     x = b.conv(x, 16, 3, name="stem_conv")
-    for stage, (width, blocks) in enumerate(zip((16, 32, 64), lay.stages)):
-        for i in range(blocks):
-            stride = 2 if stage > 0 and i == 0 else 1
-            block = f"stage{stage + 1}_block{i + 1}"
-            if lay.block == "bottleneck":
-                x = b.preact_bottleneck(x, width, stride, shortcut, block)
-            else:
-                x = b.preact_basic(x, width, stride, shortcut, block)
+    block = b.preact_bottleneck if lay.block == "bottleneck" else b.preact_basic
+    x = _stages(x, (16, 32, 64), lay, lambda x, w, s, n: block(x, w, s, shortcut, n))
     x = b.relu(b.bn(x, name="final_bn"), name="final_relu")
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
@@ -62,14 +61,8 @@ def imagenet_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, 
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
     x = b.relu(b.bn(b.conv(x, 64, 7, 2, name="stem_conv"), name="stem_bn"), name="stem_relu")
     x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
-    for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), lay.stages)):
-        for i in range(blocks):
-            stride = 2 if stage > 0 and i == 0 else 1
-            block = f"stage{stage + 1}_block{i + 1}"
-            if lay.block == "bottleneck":
-                x = b.bottleneck(x, width, stride, shortcut, block)
-            else:
-                x = b.basic(x, width, stride, shortcut, block)
+    block = b.bottleneck if lay.block == "bottleneck" else b.basic
+    x = _stages(x, (64, 128, 256, 512), lay, lambda x, w, s, n: block(x, w, s, shortcut, n))
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
 
