@@ -138,15 +138,17 @@ def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 20) -> fl
 
 def keras_fit_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10,
                          precision: str = "float32", jit_compile=False, steps_per_execution: int = 1,
-                         windows: int = 5, steps_per_window: int = 10) -> dict:
-    """images/s of keras `model.compile` + `model.fit` on the same model, optimizer and data."""
+                         windows: int = 5, steps_per_window: int = 10, fused_bn: bool = False) -> dict:
+    """images/s of keras `model.compile` + `model.fit` on the same architecture, optimizer and
+    data, built from Keras' own layers (keras.layers.BatchNormalization) as a Keras user would;
+    `fused_bn=True` gives it our fused batch norm instead."""
     import keras
 
     from resnet_train import models
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(precision)
-    model = models.build(depth, num_classes, image_shape)
+    model = models.build(depth, num_classes, image_shape, fused_bn=fused_bn)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile, steps_per_execution=steps_per_execution)

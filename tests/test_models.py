@@ -119,3 +119,33 @@ def test_every_layer_has_a_deterministic_name(variant, depth, block):
     assert len(names) == len(set(names))
     assert not [n for n in names if n.split("_")[-1].isdigit() and not n.startswith(("stage", "stem"))]
     build(depth, 10, (64, 64, 3), variant=variant, block=block)  # a second build: the same names
+
+
+def test_fused_batch_norm_matches_keras_batch_norm():
+    import tensorflow as tf
+
+    from resnet_train.models.layers import FusedBatchNorm
+
+    x = tf.constant(np.random.default_rng(0).normal(2, 3, (16, 8, 8, 5)).astype(np.float32))
+    ours, theirs = FusedBatchNorm(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2, 5))
+        layer.beta.assign(np.linspace(-1, 1, 5))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ours, y_theirs = ours(x, training=True), theirs(x, training=True)
+        loss_ours, loss_theirs = (tf.reduce_sum(y * y * 0.3 + y) for y in (y_ours, y_theirs))
+    np.testing.assert_allclose(y_ours, y_theirs, atol=1e-5)
+    for a, b in zip(tape.gradient(loss_ours, [x, ours.gamma, ours.beta]),
+                    tape.gradient(loss_theirs, [x, theirs.gamma, theirs.beta])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), theirs.moving_mean.numpy(), atol=1e-6)
+    # The fused kernel tracks the unbiased batch variance: n / (n - 1) with n = 16 x 8 x 8.
+    n = 16 * 8 * 8
+    expected = 0.9 * 1.0 + 0.1 * (theirs.moving_variance.numpy() - 0.9) / 0.1 * n / (n - 1)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(ours(x, training=False), (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-5)
+                               * ours.gamma + ours.beta, atol=1e-4)
+    assert isinstance(build(8, 10).get_layer("stem_bn"), FusedBatchNorm)
+    assert not isinstance(build(8, 10, sync_bn=True).get_layer("stem_bn"), FusedBatchNorm)

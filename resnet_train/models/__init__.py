@@ -34,6 +34,7 @@ def build(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
+    fused_bn: bool = True,
 ):
     """A Keras model mapping images (0..255) to float32 logits. Needs no data."""
     lay = resolve_layout(depth, image_shape, variant, block)
@@ -48,7 +49,7 @@ def build(
     channels = image_shape[-1]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean/std need one value per channel ({channels}), got {len(mean)}/{len(std)}")
-    builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn)
+    builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn, fused_bn=fused_bn)
     name = f"{lay.variant}_resnet{depth}"
     # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
     # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.

@@ -35,17 +35,51 @@ class ZeroPadShortcut(layers.Layer):
         return {**super().get_config(), "filters": self.filters, "stride": self.stride}
 
 
+@keras.saving.register_keras_serializable(package="resnet_train")
+class FusedBatchNorm(layers.BatchNormalization):
+    """keras BatchNormalization computed by TensorFlow's fused kernel (FusedBatchNormV3).
+
+    Keras 3 builds batch norm from generic ops (mean, squared difference, mul, sub, tile): a
+    tf.profiler trace of ResNet-20 training on the CPU puts those at ~37% of the step, more than
+    the forward convolutions. The fused kernel does the same maths in one pass. Same variables and
+    names as the Keras layer, so checkpoints are interchangeable; synchronised BN and non-4-D
+    inputs fall back to Keras' own path. (The fused kernel's running variance uses the unbiased
+    batch variance, n/(n-1) times Keras' : a negligible difference at n >= batch x 64 pixels.)
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        import tensorflow as tf
+
+        if self.synchronized or len(inputs.shape) != 4 or self.axis not in (-1, 3) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        scale = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones(inputs.shape[-1], tf.float32)
+        offset = tf.convert_to_tensor(self.beta) if self.center else tf.zeros(inputs.shape[-1], tf.float32)
+        mean = tf.convert_to_tensor(self.moving_mean)
+        variance = tf.convert_to_tensor(self.moving_variance)
+        if training and self.trainable:
+            y, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset, mean=mean, variance=variance, epsilon=self.epsilon,
+                is_training=True, exponential_avg_factor=1.0 - self.momentum)
+            self.moving_mean.assign(new_mean)
+            self.moving_variance.assign(new_variance)
+            return y
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(inputs, scale, offset, mean=mean, variance=variance,
+                                                   epsilon=self.epsilon, is_training=False)
+        return y
+
+
 class Builder:
     """Makes conv / BN layers with the model's common settings (init, BN momentum, names)."""
 
     def __init__(self, init_mode: str = "fan_out", bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                 sync_bn: bool = False):
+                 sync_bn: bool = False, fused_bn: bool = True):
         # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
         # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
         self.init_mode = init_mode
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.sync_bn = sync_bn  # batch statistics over all replicas' examples, not each replica's
+        self.fused_bn = fused_bn  # TF's fused kernel (FusedBatchNorm) rather than Keras' generic ops
 
     def conv(self, x, filters, kernel, stride=1, name=None):
         return layers.Conv2D(
@@ -61,8 +95,8 @@ class Builder:
         )(x)
 
     def bn(self, x, name=None):
-        return layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                         synchronized=self.sync_bn, name=name)(x)
+        norm = FusedBatchNorm if self.fused_bn and not self.sync_bn else layers.BatchNormalization
+        return norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)(x)
 
     def relu(self, x, name=None):
         return layers.ReLU(name=name)(x)
