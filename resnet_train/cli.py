@@ -145,6 +145,13 @@ def evaluate() -> None:
     _eval()
 
 
+def _require_images(cfg) -> None:
+    from resnet_train.errors import UserError
+
+    if not cfg.images:
+        raise UserError("images=[PATH,...] is required: image files and/or folders")
+
+
 @hydra.main(version_base=None, config_path="configs", config_name="predict")
 def _predict(cfg) -> None:
     def task():
@@ -154,8 +161,7 @@ def _predict(cfg) -> None:
         from resnet_train.predict import predict_files
         from resnet_train.runs import load_run
 
-        if not cfg.images:
-            raise UserError("images=[PATH,...] is required: image files and/or folders")
+        _require_images(cfg)
         if cfg.output not in ("text", "json"):
             raise UserError(f"output must be text or json (got {cfg.output!r})")
         run = load_run(cfg.run, cfg.checkpoint)
@@ -189,8 +195,7 @@ def _explain(cfg) -> None:
         from resnet_train.plots import grad_cam_figure
         from resnet_train.runs import load_images, load_run
 
-        if not cfg.images:
-            raise UserError("images=[PATH,...] is required: image files and/or folders")
+        _require_images(cfg)
         run = load_run(cfg.run, cfg.checkpoint)
         images, ok, failed = load_images(list(cfg.images), run.info)
         if cfg.class_index is not None and not 0 <= int(cfg.class_index) < run.info.num_classes:

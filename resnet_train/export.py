@@ -46,6 +46,11 @@ def serving_functions(model, image_shape):
         [tf.TensorSpec([None], tf.string, "encoded")]
 
 
+def _write_class_names(path: Path, info) -> None:
+    """Beside every exported model: one class name per line, in output order."""
+    path.write_text("\n".join(info.class_names) + "\n")
+
+
 def export_saved_model(model, info, path: Path) -> Path:
     """Keras' ExportArchive (it tracks Keras 3 variables so that converters can freeze them)."""
     images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(model, info.image_shape)
@@ -54,13 +59,13 @@ def export_saved_model(model, info, path: Path) -> Path:
     archive.add_endpoint("serving_default", images_fn, input_signature=images_spec)
     archive.add_endpoint("serving_encoded", encoded_fn, input_signature=encoded_spec)
     archive.write_out(str(path), verbose=False)
-    (path / "class_names.txt").write_text("\n".join(info.class_names) + "\n")
+    _write_class_names(path / "class_names.txt", info)
     return path
 
 
 def export_keras(model, info, path: Path) -> Path:
     model.save(str(path))
-    path.with_name(path.stem + "_class_names.txt").write_text("\n".join(info.class_names) + "\n")
+    _write_class_names(path.with_name(path.stem + "_class_names.txt"), info)
     return path
 
 
@@ -88,7 +93,7 @@ def _convert(converter, info, path: Path, quantize: str, representative) -> Path
         # images and the output float probabilities, as in the other formats.
         converter.representative_dataset = lambda: ([x[None]] for x in representative)
     path.write_bytes(converter.convert())
-    path.with_name(path.stem + "_class_names.txt").write_text("\n".join(info.class_names) + "\n")
+    _write_class_names(path.with_name(path.stem + "_class_names.txt"), info)
     return path
 
 

@@ -14,11 +14,7 @@ def augment_gallery(images, labels, class_names, augment, batch_augment, version
 
     Soft labels (mixup / cutmix) are shown as the top two classes with their weights.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     images = tf.convert_to_tensor(images)
     rows = [[(images[i].numpy(), class_names[int(labels[i])]) for i in range(len(labels))]]
     for epoch in range(versions):
@@ -42,12 +38,7 @@ def augment_gallery(images, labels, class_names, augment, batch_augment, version
             ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
             ax.set_title(("original: " if c == 0 else "") + title, fontsize=6)
             ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _pyplot():

@@ -76,7 +76,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
              min(shuffle_buffer, info.train_size), info.train_size)
 
     def epoch_batches(epoch, skip):
-        def dataset_fn(ctx: "tf.distribute.InputContext"):
+        def dataset_fn(ctx):  # a tf.distribute.InputContext
             return pipeline.train_batches(
                 splits.train, info.train_size, cfg.batch_size, cfg.seed, epoch, augment, batch_augment,
                 skip_batches=skip, shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,

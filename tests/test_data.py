@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from resnet_train import data as data_lib
 from resnet_train.data import embedded, pipeline, synthetic, tfds_source

@@ -52,8 +52,7 @@ def inception_crop(image, seed, out_size=None):
     """Random resized crop back to the image's own size (or `out_size`)."""
     begin, size = inception_box(tf.shape(image), seed)
     crop = tf.slice(image, begin, size)
-    target = out_size if out_size is not None else tf.shape(image)[:2]
-    return tf.cast(tf.round(tf.clip_by_value(tf.image.resize(crop, target), 0, 255)), tf.uint8)
+    return _resize_uint8(crop, out_size if out_size is not None else tf.shape(image)[:2])
 
 
 def _resize_uint8(image, size):
@@ -90,11 +89,10 @@ def decode_center_crop(encoded, out_size, crop_fraction: float = 0.875):
     image = decode(encoded)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = (float(out_size[0]) / crop_fraction) / tf.reduce_min(shape)
-    resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    resized = _resize_uint8(image, tf.cast(tf.round(shape * scale), tf.int32))
     top = (tf.shape(resized)[0] - out_size[0]) // 2
     left = (tf.shape(resized)[1] - out_size[1]) // 2
-    crop = resized[top:top + out_size[0], left:left + out_size[1]]
-    return tf.cast(tf.round(tf.clip_by_value(crop, 0, 255)), tf.uint8)
+    return resized[top:top + out_size[0], left:left + out_size[1]]
 
 
 # ---- policies -------------------------------------------------------------------------------
