@@ -15,11 +15,14 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from resnet_train.cluster import worker_suffix
-
-EXIT_USER_ERROR = 2
+from resnet_train.errors import EXIT_USER_ERROR
+from resnet_train.hydra_errors import run_app
 
 # ${worker_suffix:} in train.yaml: non-chief workers log to train_worker<i>.log beside the chief's.
 OmegaConf.register_new_resolver("worker_suffix", worker_suffix, replace=True)
+# ${hydra_files_subdir:${hydra.mode}} in train.yaml: .hydra/ from Hydra for sweep members only.
+OmegaConf.register_new_resolver("hydra_files_subdir", lambda mode: ".hydra" if "MULTIRUN" in str(mode) else None,
+                                replace=True)
 
 
 def _quiet_tensorflow() -> None:
@@ -47,24 +50,29 @@ def _quiet_tensorflow() -> None:
 
 
 def _fail(error) -> None:
-    """One clear line for the user. In a sweep, re-raise so Hydra records the failed member."""
+    """One clear line for the user and the error's exit code (errors.py). In a sweep, re-raise so
+    Hydra records the failed member."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise error
     print(f"{os.path.basename(sys.argv[0]) or 'resnet-train'}: error: {error}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def _train(cfg) -> float:
     _quiet_tensorflow()
-    from resnet_train.errors import UserError
+    from resnet_train.errors import Preempted, UserError
     from resnet_train.train import train_and_evaluate
 
     workdir = HydraConfig.get().runtime.output_dir
     try:
-        results = train_and_evaluate(cfg, workdir, started=PROCESS_START)
+        results = train_and_evaluate(cfg, workdir, started=PROCESS_START,
+                                     overrides=list(HydraConfig.get().overrides.task))
     except UserError as error:
         _fail(error)
+    except Preempted as stop:  # the checkpoint is written: the same command continues the run
+        print(f"resnet-train: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     test = results["test"]
     print(
         f"Test accuracy {test['accuracy']:.4f} (top-5 {test.get('top5', float('nan')):.4f}, "
@@ -76,7 +84,7 @@ def _train(cfg) -> float:
 
 def train() -> None:
     """Console script `resnet-train`."""
-    _train()
+    run_app(_train, "train")
 
 
 if __name__ == "__main__":
@@ -106,7 +114,7 @@ def _show_augment(cfg) -> None:
 
 def show_augment() -> None:
     """scripts/show_augment.py and the console script `resnet-show-augment`."""
-    _show_augment()
+    run_app(_show_augment, "show_augment")
 
 
 def _run_tool(task):
@@ -142,7 +150,7 @@ def _eval(cfg) -> float:
 
 def evaluate() -> None:
     """Console script `resnet-eval`."""
-    _eval()
+    run_app(_eval, "eval")
 
 
 def _require_images(cfg) -> None:
@@ -175,14 +183,14 @@ def _predict(cfg) -> None:
         for path, why in failed:
             print(f"resnet-predict: could not predict {path}: {why}", file=sys.stderr)
         if failed:
-            sys.exit(1)  # the readable images were still predicted above
+            sys.exit(EXIT_USER_ERROR)  # bad input, though the readable images were predicted above
 
     _run_tool(task)
 
 
 def predict() -> None:
     """Console script `resnet-predict`."""
-    _predict()
+    run_app(_predict, "predict")
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="explain")
@@ -209,14 +217,14 @@ def _explain(cfg) -> None:
         for path, why in failed:
             print(f"resnet-explain: could not read {path}: {why}", file=sys.stderr)
         if failed:
-            sys.exit(1)
+            sys.exit(EXIT_USER_ERROR)
 
     _run_tool(task)
 
 
 def explain() -> None:
     """Console script `resnet-explain`."""
-    _explain()
+    run_app(_explain, "explain")
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="plot")
@@ -243,7 +251,7 @@ def _plot(cfg) -> None:
 
 def plot() -> None:
     """Console script `resnet-plot`."""
-    _plot()
+    run_app(_plot, "plot")
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="export")
@@ -263,7 +271,7 @@ def _export(cfg) -> None:
 
 def export() -> None:
     """Console script `resnet-export`."""
-    _export()
+    run_app(_export, "export")
 
 
 def sweep_report() -> None:

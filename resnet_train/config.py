@@ -48,9 +48,38 @@ def validate(cfg) -> None:
     wd = cfg.optimizer.get("weight_decay", 0.0)
     if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
         raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {wd!r})")
-    steps = cfg.runtime.get("steps_per_call", 1)
-    if not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"runtime.steps_per_call must be a positive integer (got {steps!r})")
+    _runtime(cfg.runtime)
+    _checkpoint(cfg.get("checkpoint") or {})
+
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _int_at_least(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _runtime(r) -> None:
+    if r.get("strategy", "auto") not in STRATEGIES:
+        raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {r.get('strategy')!r})")
+    if r.get("precision", "auto") not in PRECISIONS:
+        raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {r.get('precision')!r})")
+    for key in ("xla", "deterministic"):
+        if not isinstance(r.get(key, False), bool):
+            raise ConfigError(f"runtime.{key} must be true or false (got {r.get(key)!r})")
+    for key, minimum in (("steps_per_call", 1), ("cpu_replicas", 1), ("max_nonfinite_steps", 0)):
+        if not _int_at_least(r.get(key, minimum), minimum):
+            raise ConfigError(f"runtime.{key} must be an integer >= {minimum} (got {r.get(key)!r})")
+
+
+def _checkpoint(c) -> None:
+    if not _int_at_least(c.get("keep", 3), 2):
+        raise ConfigError(f"checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint "
+                          f"has a fallback (got {c.get('keep')!r})")
+    every = c.get("every_steps")
+    if every is not None and not _int_at_least(every, 1):
+        raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {every!r})")
 
 
 def check_against_data(cfg, info) -> None:

@@ -1,8 +1,16 @@
-"""Errors a user can fix. The CLI prints their message as one line and exits with code 2."""
+"""Errors a user can fix, and the exit codes the command-line tools use (README: "What happens
+when things go wrong")."""
+
+EXIT_USER_ERROR = 2  # bad input: the one-line message says what was wrong and how to fix it
+EXIT_DIVERGED = 3  # the loss became NaN/Inf; the last good checkpoint is kept
+EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was written at the current step; rerun to continue
+# 75 is EX_TEMPFAIL in sysexits.h ("try again later"): what a requeueing job script checks for.
 
 
 class UserError(Exception):
     """Bad input: the message says what was wrong and how to fix it."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 class ConfigError(UserError):
@@ -11,3 +19,20 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset that is missing, unreadable or incompatible."""
+
+
+class RunDirError(UserError):
+    """The run directory cannot be used: locked by another run, unwritable, or holding a run of
+    another config."""
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss: training stopped; the message names the step and the last good checkpoint."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM/SIGINT once the checkpoint at the current step is written."""
+
+    exit_code = EXIT_PREEMPTED

@@ -13,10 +13,19 @@ from tqdm.auto import tqdm
 class Reporter:
     """Writes each logged point to TensorBoard (tensorboard/<split>) and to metrics.jsonl."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, resumed_at: int = 0):
+        """`resumed_at`: the step the run continues from; records logged after it by an earlier,
+        interrupted session are dropped, so metrics.jsonl reads like one uninterrupted run."""
         self.workdir = Path(workdir)
         self._writers = {}
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.workdir / "metrics.jsonl"
+        records = read_metrics(self.workdir)
+        kept = [r for r in records if r.get("step", 0) <= resumed_at]
+        if len(kept) < len(records):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(path)
+        self._jsonl = open(path, "a", encoding="utf-8")
 
     def _writer(self, split):
         if split not in self._writers:
@@ -57,8 +66,9 @@ def read_metrics(workdir) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def best_logged(workdir, split: str, key: str):
-    return max((r[key] for r in read_metrics(workdir) if r.get("split") == split and key in r), default=None)
+def best_logged(workdir, split: str, key: str, up_to_step: int | None = None):
+    return max((r[key] for r in read_metrics(workdir) if r.get("split") == split and key in r
+                and (up_to_step is None or r.get("step", 0) <= up_to_step)), default=None)
 
 
 class NullReporter:

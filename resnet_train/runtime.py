@@ -17,12 +17,11 @@ import keras
 import tensorflow as tf
 
 from resnet_train import cluster
+from resnet_train.config import PRECISIONS, STRATEGIES
 from resnet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -125,6 +124,17 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     if precision == "auto":
         return auto_precision()
     return precision, "asked for"
+
+
+def check_xla() -> None:
+    """runtime.xla=true on a build or device without XLA: one clear error, not a failure deep
+    inside the first compiled step."""
+    try:
+        tf.function(lambda x: x * 2.0, jit_compile=True)(tf.constant(1.0))
+    except (tf.errors.OpError, ValueError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"runtime.xla=true, but XLA cannot compile on this platform ({first}): "
+                          f"use runtime.xla=false") from None
 
 
 # ---- all of it --------------------------------------------------------------------------------

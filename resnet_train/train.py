@@ -4,6 +4,7 @@ Reads top to bottom: set up -> data -> model and optimizer -> restore -> train l
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -13,8 +14,11 @@ from pathlib import Path
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
-from resnet_train import finetune, models, optim, plots, runtime
+from resnet_train import cluster, finetune, models, optim, plots, run_dir, runtime
 from resnet_train.checkpoint import Checkpointer
+from resnet_train.errors import Preempted, RunDirError, TrainingDiverged
+from resnet_train.interrupts import StopRequests
+from resnet_train.run_lock import RunLock
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
 from resnet_train.report import NullReporter, Reporter, best_logged, progress, write_json
@@ -25,38 +29,47 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 
-def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
+def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=None) -> dict:
     """Trains per `cfg` in `workdir` (resuming what is there) and returns the final metrics.
-    `started`: when the process began (for the start-up time in the log)."""
+    `started`: when the process began (for the start-up time in the log); `overrides`: the
+    command line's, saved beside the config.
+
+    Before anything is written: the config is validated, the directory locked (one run at a time)
+    and, if it holds checkpoints, checked to hold a run of this config."""
     started = started or time.time()
     workdir = Path(workdir)
-    # ---- set up ---------------------------------------------------------------------------
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
     finished = _finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
                  workdir, cfg.epochs)
         return finished
+    run_dir.check_resumable(workdir, cfg)
+    chief = cfg.runtime.get("strategy") != "multi_worker" or cluster.is_chief()
+    if chief:
+        run_dir.ensure_writable(workdir)
+    with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
+        return _train(cfg, workdir, started, overrides, stop)
+
+
+def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) -> dict:
+    # ---- set up ---------------------------------------------------------------------------
     r = cfg.runtime
     rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
                            r.get("precision", "float32"), r.get("devices"), int(r.get("cpu_replicas", 1)))
     strategy = rt.strategy
     config_lib.check_replicas(cfg, rt.replicas)
+    if r.get("xla", False):
+        runtime.check_xla()
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved_config = workdir / ".hydra" / "config.yaml"
-    if rt.is_chief and not saved_config.exists():  # called as a library: save what Hydra would
-        from omegaconf import OmegaConf
-
-        saved_config.parent.mkdir(exist_ok=True)
-        OmegaConf.save(cfg, saved_config)
 
     # ---- input pipeline -------------------------------------------------------------------
     splits = data_lib.load(cfg.data)
     info = splits.info
     config_lib.check_against_data(cfg, info)
-    if rt.is_chief:
+    if rt.is_chief:  # the data is there and fits: from here on the run directory is this run's
+        run_dir.save_config(workdir, cfg, overrides)
         write_json(workdir / "dataset.json", info.to_dict())
     steps_per_epoch = info.train_size // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -115,46 +128,56 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
                       weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
                       label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
-                      xla=bool(r.get("xla", False)))
+                      xla=bool(r.get("xla", False)),
+                      max_nonfinite_steps=int(r.get("max_nonfinite_steps", 20)) if rt.precision == "mixed_float16" else 0)
 
     # ---- restore: this run's own checkpoint, else init_from (fine-tune), else from scratch --
     checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
                                 max_to_keep=int(cfg.checkpoint.get("keep", 3)),
-                                read_from=workdir / "checkpoints")
-    if not checkpointer.restore_latest() and cfg.get("init_from"):
+                                read_from=workdir / "checkpoints", extra={"train_sums": trainer.sums})
+    restored = checkpointer.restore_latest()
+    if not restored and cfg.get("init_from"):
         with strategy.scope():
             initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
         if rt.is_chief:
             write_json(workdir / "init_from.json", initialised)
-    step = int(optimizer.iterations.numpy())
+    step = int(checkpointer.step.numpy()) if restored else 0
     if step:
         log.info("Continuing at step %d of %d", step, total_steps)
+    every_steps = cfg.checkpoint.get("every_steps") or 0
 
     # ---- train loop -----------------------------------------------------------------------
-    reporter = Reporter(workdir) if rt.is_chief else NullReporter()
+    # Every worker takes the same decisions (saving is collective under several workers): the
+    # best accuracy so far comes from the records up to the restored step only.
+    best_so_far = best_logged(workdir, "eval", "accuracy", up_to_step=step)
+    reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
     reporter.hparams(hparams(cfg))
     steps_per_call = int(r.get("steps_per_call", 1))
     eval_metrics = None
     first_call = True
-    # Every worker takes the same decisions (saving is collective under several workers).
-    best_so_far = best_logged(workdir, "eval", "accuracy")
     try:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             skip = step - epoch * steps_per_epoch
             iterator = epoch_batches(epoch, skip)
-            trainer.reset_train_metrics()
+            if not skip:  # resumed mid-epoch, the checkpoint brought the epoch's sums so far
+                trainer.reset_train_metrics()
             bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", disable=not rt.is_chief)
             bar.update(skip)
             t0 = time.perf_counter()
             while step < (epoch + 1) * steps_per_epoch:
                 n = min(steps_per_call, (epoch + 1) * steps_per_epoch - step)
-                trainer.train_steps(iterator, n)
+                done, nonfinite, stop_now = trainer.train_steps(iterator, n, stop.requested)
+                step += done
+                if trainer.diverged(nonfinite):
+                    raise _diverged(step, nonfinite, trainer, checkpointer)
                 if first_call:
-                    trainer.train_metrics()  # waits for the step to finish
                     log.info("first step after %.1f s (process start to first optimizer step)", time.time() - started)
                     first_call = False
-                step += n
-                bar.update(n)
+                if stop_now:  # SIGTERM/SIGINT here or on another worker: save this step, exit
+                    raise _preempted(stop, step, total_steps, epoch, checkpointer)
+                if every_steps and step % every_steps < done and step < (epoch + 1) * steps_per_epoch:
+                    checkpointer.save(step, epoch)
+                bar.update(done)
                 if not bar.disable:
                     current = trainer.train_metrics()
                     bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
@@ -179,6 +202,10 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
                 best_so_far = eval_metrics["accuracy"]
             if rt.is_chief:
                 plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+            if stop.requested and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stop point
+                raise Preempted(f"stopped by {stop.signal_name} after epoch {epoch + 1} (step {step} of "
+                                f"{total_steps}); checkpoint {checkpointer.latest} written: run the same "
+                                f"command again to continue")
             log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
                      epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
@@ -190,6 +217,10 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
         if eval_split == "val":
             reporter.log("test", step, cfg.epochs, test_metrics)
         test_ema = trainer.evaluate_ema(distribute_eval(splits.test, info.test_size)) if trainer.has_ema else None
+    except OSError as e:  # a full disk or a vanished directory while writing logs or results
+        raise RunDirError(f"could not write {e.filename or workdir} ({e.strerror}): free disk space or fix "
+                          f"the directory, then rerun the same command; it resumes from "
+                          f"{checkpointer.latest or 'the start'}") from None
     finally:
         reporter.close()
         if not rt.is_chief:
@@ -217,6 +248,26 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
     if rt.is_chief:
         write_json(workdir / "results.json", results)
     return results
+
+
+def _diverged(step: int, nonfinite: int, trainer, checkpointer) -> TrainingDiverged:
+    """The error for a non-finite loss: the step, the last good checkpoint (untouched), what to try."""
+    good = checkpointer.latest
+    where = f"the last good checkpoint {good} is kept" if good else "no checkpoint was written yet"
+    what = (f"{nonfinite} steps in a row (runtime.max_nonfinite_steps={trainer.max_nonfinite_steps})"
+            if trainer.max_nonfinite_steps else "")
+    return TrainingDiverged(
+        f"the loss became NaN/Inf at step {step} {what}(lr {trainer.learning_rate():.4g}): training stopped "
+        f"and {where}; lower optimizer.lr, add schedule.warmup_epochs, or check the data")
+
+
+def _preempted(stop, step: int, total_steps: int, epoch: int, checkpointer) -> Preempted:
+    """Saves the checkpoint of the current step (within one compiled call of the signal)."""
+    if checkpointer.latest is None or not checkpointer.latest.endswith(f"-{step}"):
+        checkpointer.save(step, epoch)
+    return Preempted(f"stopped by {stop.signal_name or 'a signal on another worker'} at step {step} of "
+                     f"{total_steps}; checkpoint {checkpointer.latest} written: run the same command "
+                     f"again to continue from this step")
 
 
 def _finished(workdir: Path, cfg):

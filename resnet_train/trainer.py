@@ -21,7 +21,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, strategy, global_batch_size: int,
                  weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10,
-                 label_smoothing: float = 0.0, xla: bool = False, head_lr_mult: float = 1.0):
+                 label_smoothing: float = 0.0, xla: bool = False, head_lr_mult: float = 1.0,
+                 max_nonfinite_steps: int = 0):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -41,6 +42,11 @@ class Trainer:
             # Running sums of the epoch, read only at log points (no host sync per step).
             self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}")
                           for k in ("loss", "correct", "count")}
+            # Consecutive steps with a non-finite loss or gradients. float32/bfloat16 stop at the
+            # first (max 0); under float16 the LossScaleOptimizer skips such steps and lowers the
+            # scale, and we stop only when it persists for more than runtime.max_nonfinite_steps.
+            self._nonfinite = tf.Variable(0, trainable=False, dtype=tf.int32, name="nonfinite_steps")
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
         # XLA compiles the forward and backward pass; the gradient all-reduce and the optimizer
         # update stay outside it (cross-replica merges cannot run inside a compiled cluster).
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if xla else self._gradients_fn
@@ -82,18 +88,45 @@ class Trainer:
         # With soft labels, "correct" means the top prediction is the label with the most weight.
         hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(hard, tf.int64)), tf.float32))
-        return (tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32))
+        grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+        return (tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32),
+                1.0 - tf.cast(grads_finite, tf.float32))
 
-    def _train_steps_fn(self, iterator, steps):
+    def _train_steps_fn(self, iterator, steps, stop_requested):
+        # A stop request (SIGTERM) on any worker stops every worker: the flag is summed across
+        # replicas, so all save the checkpoint at the same step (saving is collective).
+        stop = self.strategy.reduce(SUM, self.strategy.run(lambda: tf.identity(stop_requested)), axis=None) > 0
+        done = tf.constant(0, tf.int32)
         for _ in tf.range(steps):
             images, labels = next(iterator)
-            results = self.strategy.run(self._replica_step, args=(images, labels))
-            for key, value in zip(("loss", "correct", "count"), results):
-                self._sums[key].assign_add(self.strategy.reduce(SUM, value, axis=None))
+            loss, correct, count, bad_grads = (self.strategy.reduce(SUM, r, axis=None) for r in
+                                               self.strategy.run(self._replica_step, args=(images, labels)))
+            done += 1
+            if tf.math.is_finite(loss) and bad_grads == 0.0:
+                self._nonfinite.assign(0)
+                for key, value in zip(("loss", "correct", "count"), (loss, correct, count)):
+                    self._sums[key].assign_add(value)
+            else:
+                self._nonfinite.assign_add(1)
+                if self._nonfinite > self.max_nonfinite_steps:
+                    break
+        return done, self._nonfinite.value(), stop
 
-    def train_steps(self, iterator, steps: int) -> None:
-        """Runs `steps` optimizer steps in one compiled call."""
-        self._train_steps(iterator, tf.constant(steps, tf.int32))
+    def train_steps(self, iterator, steps: int, stop_requested: bool = False) -> tuple[int, int, bool]:
+        """Runs up to `steps` optimizer steps in one compiled call. Returns (steps run, consecutive
+        non-finite steps, whether any worker asked to stop); it returns early when the non-finite
+        steps exceed max_nonfinite_steps."""
+        done, nonfinite, stop = self._train_steps(iterator, tf.constant(steps, tf.int32),
+                                                  tf.constant(1.0 if stop_requested else 0.0))
+        return int(done), int(nonfinite), bool(stop)
+
+    def diverged(self, nonfinite: int) -> bool:
+        return nonfinite > self.max_nonfinite_steps
+
+    @property
+    def sums(self) -> dict:
+        """The epoch's running sums (checkpointed: a run resumed mid-epoch reports the same epoch)."""
+        return self._sums
 
     def reset_train_metrics(self) -> None:
         for v in self._sums.values():

@@ -84,7 +84,7 @@ def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path):
 def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures):
     folder, labels = pictures
     done = tool("resnet-predict", f"run={trained}", f"images=[{folder}]", "output=json", "top_k=3")
-    assert done.returncode == 1  # one file was broken ...
+    assert done.returncode == 2  # one file was broken (bad input) ...
     assert "broken.png" in done.stderr
     result = json.loads(done.stdout)  # ... and the others were still predicted
     assert len(result["predictions"]) == 3 and result["failed"][0]["path"].endswith("broken.png")

@@ -1,0 +1,44 @@
+"""SIGTERM (preemption, `scancel`, `kill`) and SIGINT (Ctrl-C) become a request to stop.
+
+The training loop checks `stop.requested` after every compiled call (one step by default), writes
+a checkpoint at that step and exits with EXIT_PREEMPTED; rerunning the command continues from
+that exact step. A second Ctrl-C interrupts at once (the checkpoint of the last epoch end or
+`checkpoint.every_steps` remains).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequests:
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signal_name = name
+        log.warning("%s received: saving a checkpoint after the current step, then exiting", name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,79 @@
+"""The run directory's own files: is it writable, which config made it, does this config fit it.
+
+Nothing here changes an existing run before the checks pass: a rerun with a bad or different
+config leaves the run's files as they were.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from resnet_train.errors import RunDirError
+
+CONFIG = Path(".hydra") / "config.yaml"
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+# What may change when a run is resumed: where and how it runs, not what it computes.
+RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from")
+
+
+def ensure_writable(workdir: Path) -> None:
+    """Creates the run directory and proves it takes a file, before any work is done."""
+    probe = workdir / f".write_test_{os.getpid()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        hint = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
+        raise RunDirError(f"cannot write to the run directory {workdir} ({e.strerror}): {hint}, "
+                          f"or choose another with hydra.run.dir=PATH") from None
+
+
+def _flat(node, prefix="") -> dict:
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved_cfg, cfg) -> list[str]:
+    """Settings that differ between a run's saved config and `cfg`, other than RESUMABLE_CHANGES."""
+    from omegaconf import OmegaConf
+
+    old = _flat(OmegaConf.to_container(saved_cfg, resolve=False))
+    new = _flat(OmegaConf.to_container(cfg, resolve=False))
+    keys = sorted(k for k in old.keys() | new.keys()
+                  if old.get(k, "<unset>") != new.get(k, "<unset>") and not k.startswith(RESUMABLE_CHANGES))
+    return [f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys]
+
+
+def check_resumable(workdir: Path, cfg) -> None:
+    """A run directory with checkpoints is continued only with the config that made them."""
+    from omegaconf import OmegaConf
+
+    saved = workdir / CONFIG
+    if not saved.exists() or not (workdir / "checkpoints" / "checkpoint").exists():
+        return
+    changes = config_changes(OmegaConf.load(saved), cfg)
+    if changes:
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise RunDirError(
+            f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
+            f"or choose a new hydra.run.dir (init_from={workdir} starts a new run from its weights)")
+
+
+def save_config(workdir: Path, cfg, overrides=None) -> None:
+    """The config (and the command-line overrides) beside the run, as Hydra would write them; the
+    tools (resnet-eval, -export, ...) and sweep reports read them back."""
+    from omegaconf import OmegaConf
+
+    (workdir / CONFIG).parent.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / (str(CONFIG) + ".tmp")
+    OmegaConf.save(cfg, tmp)
+    tmp.replace(workdir / CONFIG)
+    if overrides is not None:
+        OmegaConf.save(OmegaConf.create(list(overrides)), workdir / OVERRIDES)
