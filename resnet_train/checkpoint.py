@@ -104,10 +104,11 @@ class Checkpointer:
         for f in Path(path).parent.glob(Path(path).name + ".*"):
             f.replace(corrupt / f.name)
         remaining = [p for p in self._candidates() if p != path and Path(p + ".index").exists()]
-        remaining.sort(key=_number)
-        tf.train.update_checkpoint_state(str(self.directory), remaining[-1] if remaining else "",
-                                         all_model_checkpoint_paths=remaining)
-        if not remaining:
+        names = [Path(p).name for p in sorted(remaining, key=_number)]  # relative: the run dir can move
+        if names:
+            tf.compat.v1.train.update_checkpoint_state(str(self.directory), names[-1],
+                                                       all_model_checkpoint_paths=names)
+        else:
             (self.directory / "checkpoint").unlink(missing_ok=True)
 
     def _remove_partial_saves(self) -> None:

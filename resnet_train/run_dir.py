@@ -13,8 +13,9 @@ from resnet_train.errors import RunDirError
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
-# What may change when a run is resumed: where and how it runs, not what it computes.
-RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from")
+# What may change when a run is resumed: where and how it runs, and how long (a longer run
+# recomputes its lr schedule for the new length), not what it computes.
+RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from", "epochs")
 
 
 def ensure_writable(workdir: Path) -> None:
@@ -40,30 +41,33 @@ def _flat(node, prefix="") -> dict:
     return flat
 
 
-def config_changes(saved_cfg, cfg) -> list[str]:
-    """Settings that differ between a run's saved config and `cfg`, other than RESUMABLE_CHANGES."""
+def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
+    """(refused, allowed): the settings that differ between a run's saved config and `cfg`."""
     from omegaconf import OmegaConf
 
     old = _flat(OmegaConf.to_container(saved_cfg, resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=False))
-    keys = sorted(k for k in old.keys() | new.keys()
-                  if old.get(k, "<unset>") != new.get(k, "<unset>") and not k.startswith(RESUMABLE_CHANGES))
-    return [f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys]
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    say = {k: f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys}
+    return ([say[k] for k in keys if not k.startswith(RESUMABLE_CHANGES)],
+            [say[k] for k in keys if k.startswith(RESUMABLE_CHANGES)])
 
 
-def check_resumable(workdir: Path, cfg) -> None:
-    """A run directory with checkpoints is continued only with the config that made them."""
+def check_resumable(workdir: Path, cfg) -> list[str]:
+    """A run directory with checkpoints is continued only with the config that made them, up to
+    RESUMABLE_CHANGES (returned, for the log)."""
     from omegaconf import OmegaConf
 
     saved = workdir / CONFIG
     if not saved.exists() or not (workdir / "checkpoints" / "checkpoint").exists():
-        return
-    changes = config_changes(OmegaConf.load(saved), cfg)
+        return []
+    changes, allowed = config_changes(OmegaConf.load(saved), cfg)
     if changes:
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise RunDirError(
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
             f"or choose a new hydra.run.dir (init_from={workdir} starts a new run from its weights)")
+    return allowed
 
 
 def save_config(workdir: Path, cfg, overrides=None) -> None:

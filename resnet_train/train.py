@@ -44,7 +44,9 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
                  workdir, cfg.epochs)
         return finished
-    run_dir.check_resumable(workdir, cfg)
+    changed = run_dir.check_resumable(workdir, cfg)
+    if changed:
+        log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
     chief = cfg.runtime.get("strategy") != "multi_worker" or cluster.is_chief()
     if chief:
         run_dir.ensure_writable(workdir)
@@ -68,9 +70,6 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
     splits = data_lib.load(cfg.data)
     info = splits.info
     config_lib.check_against_data(cfg, info)
-    if rt.is_chief:  # the data is there and fits: from here on the run directory is this run's
-        run_dir.save_config(workdir, cfg, overrides)
-        write_json(workdir / "dataset.json", info.to_dict())
     steps_per_epoch = info.train_size // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
@@ -141,6 +140,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
             initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
         if rt.is_chief:
             write_json(workdir / "init_from.json", initialised)
+    if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's
+        run_dir.save_config(workdir, cfg, overrides)
+        write_json(workdir / "dataset.json", info.to_dict())
     step = int(checkpointer.step.numpy()) if restored else 0
     if step:
         log.info("Continuing at step %d of %d", step, total_steps)

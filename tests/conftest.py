@@ -123,3 +123,42 @@ def run_cli(*args, timeout=300, cwd=None):
 
 
 TINY = ("depth=8", "batch_size=32", "data.limit_train=128", "data.limit_test=64")
+
+
+def cli_in_process(monkeypatch, capsys, entry: str, *args):
+    """Runs a console script's entry point in this process (TensorFlow already imported, so a
+    case takes a fraction of a second); returns (exit code, stdout, stderr)."""
+    from resnet_train import cli
+
+    functions = {"resnet-train": cli.train, "resnet-eval": cli.evaluate, "resnet-predict": cli.predict,
+                 "resnet-export": cli.export, "resnet-explain": cli.explain, "resnet-plot": cli.plot}
+    from absl import logging as absl_logging
+
+    # absl's handler holds the stream that was sys.stderr when TF was imported (pytest's capture);
+    # Hydra's logging set-up closes every handler, and absl's closes its stream unless it is a
+    # standard one: give it the real stderr so the capture survives.
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
+    monkeypatch.setattr(sys, "argv", [entry, *args])
+    capsys.readouterr()
+    try:
+        functions[entry]()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:  # Hydra pointed the root logger at this test's captured streams and run dir: undo it
+        import logging
+
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def file_digests(root: Path) -> dict:
+    """{relative path: sha256} of every file under `root`: 'no file of the run changed'."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}

@@ -1,0 +1,259 @@
+"""Faults a long run must survive, each really done: kill -9, SIGTERM/SIGINT, a damaged newest
+checkpoint, a save killed half-way, NaN losses, a full disk, two runs in one directory."""
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import CLI, ROOT, TINY, cli_in_process, compose, file_digests, run_cli
+from resnet_train.checkpoint import readable
+from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, TrainingDiverged
+from resnet_train.train import train_and_evaluate
+
+# 2 epochs of 64 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch.
+LONG = ("depth=8", "batch_size=8", "data.limit_train=512", "data.limit_test=32", "epochs=2",
+        "runtime.deterministic=true", "checkpoint.every_steps=8")
+TOTAL_STEPS = 2 * 512 // 8
+TIMING = ("time", "images_per_sec", "mfu")
+
+
+def weights(run_dir, which="last"):
+    from resnet_train.checkpoint import resolve
+
+    reader = tf.train.load_checkpoint(resolve(run_dir, which))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(("model/", "optimizer/"))}
+
+
+def metrics_without_timing(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def assert_same_run(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 10
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+    assert metrics_without_timing(a) == metrics_without_timing(b)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra["test"] == rb["test"] and ra["steps"] == rb["steps"] == TOTAL_STEPS
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = run_cli(*LONG, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
+
+def start(run):
+    return subprocess.Popen([str(CLI), *LONG, f"hydra.run.dir={run}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(run, process, timeout=120):
+    state = run / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + timeout
+    while not state.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    process = start(run)
+    wait_for_checkpoint(run, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run / "results.json").exists()  # it really was killed before the end
+    assert (run / ".lock").exists()  # ... and left its lock behind: a stale lock
+
+    again = run_cli(*LONG, f"hydra.run.dir={run}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = (run / "train.log").read_text()
+    assert "Removing a stale lock" in log and "Resumed from" in log
+    assert not (run / ".lock").exists()
+    assert_same_run(run, uninterrupted)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, uninterrupted, sig):
+    run = tmp_path / "run"
+    process = start(run)
+    wait_for_checkpoint(run, process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED == 75, stderr[-2000:]
+    message = stderr.strip().splitlines()[-1]
+    step = int(re.search(r"at step (\d+) of", message).group(1))
+    assert f"stopped by {sig.name}" in message and 0 < step < TOTAL_STEPS
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
+    assert not (run / "results.json").exists() and not (run / ".lock").exists()
+
+    again = run_cli(*LONG, f"hydra.run.dir={run}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"Continuing at step {step} of {TOTAL_STEPS}" in (run / "train.log").read_text()
+    assert_same_run(run, uninterrupted)
+
+
+def keep_only_first_checkpoint(run):
+    """The run as if stopped after epoch 1: later checkpoints and results gone."""
+    ckpts = run / "checkpoints"
+    state = tf.train.get_checkpoint_state(str(ckpts))
+    first = state.all_model_checkpoint_paths[0].rsplit("/", 1)[-1]
+    for f in ckpts.iterdir():
+        if f.name.startswith("ckpt-") and not f.name.startswith(first + "."):
+            f.unlink()
+    (ckpts / "checkpoint").write_text(f'model_checkpoint_path: "{first}"\nall_model_checkpoint_paths: "{first}"\n')
+    (run / "results.json").unlink()
+    return first
+
+
+@pytest.mark.parametrize("damage", ["truncated data", "truncated index", "flipped bytes"])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(tmp_path, damage):
+    overrides = (*TINY, "epochs=2", "runtime.deterministic=true")
+    straight = train_and_evaluate(compose(*overrides), tmp_path / "straight")
+    run = tmp_path / "run"
+    train_and_evaluate(compose(*overrides), run)
+    (run / "results.json").unlink()
+    newest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert newest.endswith("ckpt-8")
+    data, index = next(run.glob("checkpoints/ckpt-8.data-*")), run / "checkpoints" / "ckpt-8.index"
+    if damage == "truncated data":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif damage == "truncated index":
+        index.write_bytes(index.read_bytes()[:40])
+    else:
+        raw = bytearray(data.read_bytes())
+        raw[100:164] = bytes(64)
+        data.write_bytes(bytes(raw))
+    assert readable(newest) is not None
+    # A save killed half-way leaves TF's temporary directory: it is cleaned up.
+    (run / "checkpoints" / "ckpt-12_temp").mkdir()
+
+    got = train_and_evaluate(compose(*overrides), run)
+    corrupt = run / "checkpoints" / "corrupt"
+    assert sorted(p.name for p in corrupt.iterdir()) == sorted(["ckpt-8.index", data.name])  # kept, not deleted
+    assert not (run / "checkpoints" / "ckpt-12_temp").exists()
+    assert got["steps"] == 8 and got["test"] == straight["test"]  # epoch 2 trained again from ckpt-4
+    assert readable(got["checkpoint"]) is None and got["checkpoint"].endswith("ckpt-8")
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error_not_moved(tmp_path):
+    run = tmp_path / "run"
+    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    before = file_digests(run)
+    from resnet_train.errors import RunDirError
+
+    (run / ".hydra" / "config.yaml").unlink()  # as if the directory's config were lost
+    with pytest.raises(RunDirError, match="does not fit this model"):
+        train_and_evaluate(compose(*TINY, "epochs=1", "depth=14"), run)
+    after = file_digests(run)
+    assert {k: v for k, v in before.items() if "checkpoints" in k} == {k: v for k, v in after.items() if "checkpoints" in k}
+
+
+# lr x 1e30 after the first epoch: the weights overflow and the loss becomes NaN in epoch 2.
+EXPLODING = (*TINY, "epochs=2", "schedule=step", "schedule.milestones=[0.5]", "schedule.factor=1e30")
+
+
+def test_a_nan_loss_stops_float32_at_that_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as caught:
+        train_and_evaluate(compose(*EXPLODING), run)
+    message = str(caught.value)
+    step = int(re.search(r"at step (\d+)", message).group(1))
+    assert 4 < step <= 8 and "ckpt-4 is kept" in message
+    assert caught.value.exit_code == EXIT_DIVERGED == 3
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert latest.endswith("ckpt-4") and readable(latest) is None
+    assert all(np.isfinite(v).all() for v in weights(run).values() if v.dtype.kind == "f")
+    assert not (run / "results.json").exists() and not (run / ".lock").exists()
+
+
+def test_float16_skips_non_finite_steps_and_stops_only_when_it_persists(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"4 steps in a row \(runtime.max_nonfinite_steps=3\)"):
+        train_and_evaluate(compose(*EXPLODING, "runtime.precision=mixed_float16", "runtime.max_nonfinite_steps=3",
+                                   "epochs=4", "data.limit_train=256", "schedule.milestones=[0.25]"), tmp_path / "a")
+
+
+def test_the_cli_exit_code_for_a_nan_loss_is_3(tmp_path, monkeypatch, capsys):
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *EXPLODING, f"hydra.run.dir={tmp_path}")
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "NaN/Inf at step" in err
+
+
+def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path):
+    run = tmp_path / "run"
+    overrides = (*TINY, "epochs=2", f"hydra.run.dir={run}")
+    train_and_evaluate(compose(*overrides[:-1]), run)
+    first = keep_only_first_checkpoint(run)
+    kept = {k: v for k, v in file_digests(run).items() if k.startswith("checkpoints")}
+    limit = next(run.glob(f"checkpoints/{first}.data-*")).stat().st_size // 2  # logs and plots are smaller
+
+    def small_files_only():  # the next checkpoint cannot be written: write() fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files_only)
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert "could not write the checkpoint of step 8" in line and "File too large" in line
+    assert f"resumes from {run / 'checkpoints' / first}" in line
+    assert "Traceback" not in done.stderr
+    now = {k: v for k, v in file_digests(run).items() if k.startswith("checkpoints")}
+    assert now == kept  # no partial files either
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(first)
+
+
+def test_a_second_run_in_the_same_directory_is_refused_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    args = (*TINY, "epochs=1", f"hydra.run.dir={run}")
+    owner = subprocess.Popen(["sleep", "60"])  # a live process holding the lock
+    try:
+        run.mkdir()
+        (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": owner.pid}))
+        before = file_digests(run)
+        code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args)
+        assert code == 2 and f"in use by process {owner.pid}" in err and len(err.strip().splitlines()) == 1
+        assert file_digests(run) == before
+    finally:
+        owner.kill()
+        owner.wait()
+    code, out, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args)  # the owner is gone: stale
+    assert code == 0, err
+    assert "Removing a stale lock" in (run / "train.log").read_text()
+    assert not (run / ".lock").exists() and (run / "results.json").exists()
+
+
+def test_deterministic_runs_are_bitwise_identical(tmp_path):
+    overrides = (*TINY, "epochs=2", "runtime.deterministic=true", "augment=randaugment", "augment.mixup_alpha=0.2")
+    a = train_and_evaluate(compose(*overrides), tmp_path / "a")
+    b = train_and_evaluate(compose(*overrides), tmp_path / "b")
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+    assert a["test"] == b["test"]
+
+
+def test_resuming_with_another_config_is_refused_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", f"hydra.run.dir={run}")
+    assert code == 0, err
+    before = file_digests(run)
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", "optimizer.lr=0.5",
+                                  f"hydra.run.dir={run}")
+    assert code == 2 and "holds a run with another config (optimizer.lr: 0.1 -> 0.5)" in err
+    assert file_digests(run) == before
+    assert os.environ.get("HYDRA_FULL_ERROR") is None  # the CLI wrapper restored the environment
