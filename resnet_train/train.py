@@ -99,7 +99,8 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = optim.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
-                                          ema_decay=(cfg.get("ema") or {}).get("decay"))
+                                          ema_decay=(cfg.get("ema") or {}).get("decay"),
+                                          variables=model.trainable_variables)
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     params = models.count_params(model)
     # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
@@ -112,7 +113,8 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
              steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)
     head_lr_mult = float(ft.get("head_lr_mult", 1.0))
     trainer = Trainer(model, optimizer, strategy, cfg.batch_size, head_lr_mult=head_lr_mult,
-                      weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
+                      weight_decay=optim.coupled_weight_decay(cfg.optimizer),
+                      clip_norm=optim.clip_norm(cfg.optimizer),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
                       label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
                       xla=bool(r.get("xla", False)))
