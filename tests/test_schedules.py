@@ -120,3 +120,35 @@ def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
     assert int(opt.iterations.numpy()) == 13
     assert steps(variable, opt, 17) == pytest.approx(straight[13:], rel=1e-6)
     assert len(set(np.round(straight, 8))) > 3  # the curve really moves over these steps
+
+
+def test_plot_schedule_draws_the_runs_curve(tmp_path):
+    from resnet_train.schedule_plot import plot_schedule
+    from resnet_train.train import load_config
+
+    cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640", f"out={tmp_path / 'lr.png'}"],
+                      config_name="plot_schedule")
+    path, lrs = plot_schedule(cfg)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(lrs) == 4 * 20  # 640 // 32 steps per epoch
+    peak = 0.1 * 32 / 64  # optimizer.lr per 64 images (digits' reference batch) at batch 32
+    assert lrs.max() == pytest.approx(peak) and int(lrs.argmax()) == 23  # 0.3 x 80 - 1
+    expected = schedules.curve(schedules.OneCycle(peak, 80), 80)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_values(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = [sys.executable, str(ROOT / "scripts" / "plot_schedule.py")]
+    done = subprocess.run([*script, "schedule=cosine", "epochs=2", f"out={tmp_path / 'cos.png'}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cos.png").exists() and "peak 0.1" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cos.png"]  # no log file, no run directory
+    done = subprocess.run([*script, "schedule=onecycle", "schedule.anneal=cosine", "train_size=100"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "schedule.anneal must be one of cos, linear" in done.stderr
