@@ -259,7 +259,7 @@ def hparams(cfg) -> dict:
             "data": cfg.data.get("name"), "optimizer": cfg.optimizer.get("name"), "lr": cfg.optimizer.lr,
             "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "schedule": cfg.schedule.get("name"),
             "precision": cfg.runtime.get("precision")}
-    for section in ("augment", "model"):
+    for section in ("augment", "model", "optimizer", "schedule"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             if isinstance(value, (bool, int, float, str)):
                 flat[f"{section}.{key}"] = value
