@@ -129,6 +129,15 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
 
 
+def check(cfg) -> None:
+    """Every optimizer, schedule and EMA setting of a train config, before any data is read (the
+    real sizes come later; placeholders are enough to validate)."""
+    lr_reference(cfg.optimizer, int(cfg.batch_size))
+    lr_schedule(cfg.schedule, 1.0, 1000, 10)
+    clip_norm(cfg.optimizer)
+    build_optimizer(cfg.optimizer, 0.1, ema_decay=(cfg.get("ema") or {}).get("decay"), variables=[])
+
+
 def decayed(variable, decay_bn: bool = False) -> bool:
     """Kernels (rank >= 2) are decayed; BN gamma/beta and biases (rank 1) only with decay_bn."""
     return decay_bn or len(variable.shape) >= 2

@@ -32,6 +32,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
     workdir = Path(workdir)
     # ---- set up ---------------------------------------------------------------------------
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
+    optim.check(cfg)  # likewise every optimizer, schedule and EMA setting
     finished = _finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",

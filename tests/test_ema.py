@@ -17,8 +17,7 @@ from resnet_train.train import train_and_evaluate
 def ema_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("ema") / "run"
     cfg = compose(*TINY, "epochs=2", "ema.decay=0.9", "runtime.precision=float32")
-    train_and_evaluate(cfg, run)
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as the CLI's Hydra run writes it
+    train_and_evaluate(cfg, run)  # writes .hydra/config.yaml as the CLI's Hydra run does
     return run
 
 

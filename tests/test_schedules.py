@@ -152,3 +152,18 @@ def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_v
     done = subprocess.run([*script, "schedule=onecycle", "schedule.anneal=cosine", "train_size=100"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and "schedule.anneal must be one of cos, linear" in done.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule.anneal=triangle", "schedule.anneal"),
+    ("optimizer.clip_norm=-1", "optimizer.clip_norm"),
+    ("optimizer.weight_decay_mode=sometimes", "optimizer.weight_decay_mode"),
+    ("ema.decay=1.5", "ema.decay"),
+])
+def test_bad_optimizer_and_schedule_settings_fail_before_any_data_is_read(tmp_path, monkeypatch, override, message):
+    from resnet_train import data as data_lib
+    from resnet_train.train import train_and_evaluate
+
+    monkeypatch.setattr(data_lib, "load", lambda cfg: pytest.fail("the data was read"))
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(compose("schedule=onecycle", override), tmp_path)
