@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import compose
+from conftest import compose, train_small_model
 from resnet_train import optim, runtime
 from resnet_train.errors import ConfigError
 from resnet_train.models import build
@@ -170,30 +170,14 @@ def test_lamb_decreases_a_least_squares_loss():
     assert float(loss()) < 0.7 * before
 
 
-def _clipped_step(strategy, clip_norm, global_batch=16):
-    """Weights after one SGD step (lr 1, no momentum) of a model without BN, through the Trainer."""
-    from resnet_train.data import pipeline, synthetic
+def _clipped_step(strategy, clip_norm):
+    """lr x the applied gradient of one SGD step (lr 1, no momentum) through the Trainer."""
+    def sgd():
+        return keras.optimizers.SGD(1.0)
 
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        inputs = keras.Input((8, 8, 3))
-        x = keras.layers.Rescaling(1 / 255.0)(inputs)
-        x = keras.layers.Conv2D(4, 3, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        model = keras.Model(inputs, keras.layers.Dense(4)(x))
-        optimizer = keras.optimizers.SGD(1.0)
-        optimizer.build(model.trainable_variables)
-    before = [v.numpy() for v in model.trainable_variables]
-    trainer = Trainer(model, optimizer, strategy, global_batch, num_classes=4, clip_norm=clip_norm)
-    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=16, test_size=8)
-
-    def dataset_fn(ctx):
-        return pipeline.train_batches(data.train, 16, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
-                                      pipeline_id=ctx.input_pipeline_id,
-                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
-
-    trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), 1)
-    return [b - v.numpy() for b, v in zip(before, model.trainable_variables)]  # = lr x applied gradient
+    before = train_small_model(strategy, 0, optimizer=sgd)[0]
+    after = train_small_model(strategy, 1, optimizer=sgd, clip_norm=clip_norm)[0]
+    return [b - a for b, a in zip(before, after)]
 
 
 def test_clipping_by_global_norm_is_over_the_gradient_summed_across_replicas():
