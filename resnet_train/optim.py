@@ -136,6 +136,12 @@ def check(cfg) -> None:
     lr_schedule(cfg.schedule, 1.0, 1000, 10)
     clip_norm(cfg.optimizer)
     build_optimizer(cfg.optimizer, 0.1, ema_decay=(cfg.get("ema") or {}).get("decay"), variables=[])
+    head_lr_mult = (cfg.get("finetune") or {}).get("head_lr_mult", 1.0)
+    if head_lr_mult != 1.0 and optimizer_name(cfg.optimizer) != "sgd":
+        # The trainer scales the head's gradients: a larger lr for SGD only (Adam, LAMB and LARS
+        # normalise the gradient away).
+        raise ConfigError(f"finetune.head_lr_mult={head_lr_mult} works with optimizer=sgd only "
+                          f"(got optimizer={cfg.optimizer.name}); use finetune.head_lr_mult=1.0")
 
 
 def decayed(variable, decay_bn: bool = False) -> bool:

@@ -61,3 +61,40 @@ def test_asking_for_ema_weights_of_a_run_without_them_is_a_clear_error(ema_run, 
     assert load_run(plain, "last").weights == "raw"
     with pytest.raises(UserError, match="trained without ema.decay"):
         load_run(plain, "last", ema=True)
+
+
+@pytest.mark.parametrize("name, loss_scaling", [("sgd", False), ("adamw", True), ("lars", False)])
+def test_ema_weights_come_back_for_every_optimizer_and_under_loss_scaling(tmp_path, name, loss_scaling):
+    """The averages are optimizer variables saved by position: restore_ema rebuilds the run's
+    optimizer (kind, decay policy, loss-scale wrapper) to find them."""
+    import tensorflow as tf
+
+    from resnet_train import optim
+    from resnet_train.checkpoint import Checkpointer
+    from resnet_train.models import build
+    from resnet_train.runs import restore_ema
+
+    cfg = OmegaConf.create({"optimizer": {"name": name, "weight_decay": 1e-4}, "ema": {"decay": 0.5},
+                            "finetune": {"freeze": "none"}})
+    keras.utils.set_random_seed(0)
+    model = build(8, 10, variant="cifar")
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)  # as training: a schedule
+    opt = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=loss_scaling, ema_decay=0.5,
+                                variables=model.trainable_variables)
+    opt.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        grads = [tf.constant(rng.normal(size=v.shape).astype("float32")) for v in model.trainable_variables]
+        if loss_scaling:
+            grads = [g * opt.dynamic_scale for g in grads]
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+    inner = getattr(opt, "inner_optimizer", opt)
+    averages = [a.numpy() for a in inner._model_variables_moving_average]
+    path = Checkpointer(tmp_path, model, opt).save(3, 1)
+
+    keras.utils.set_random_seed(1)
+    fresh = build(8, 10, variant="cifar")
+    restore_ema(fresh, cfg, path)
+    for got, want, raw in zip(weights(fresh), averages, weights(model)):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.allclose(a, r) for a, r in zip(averages, weights(model)))

@@ -190,3 +190,28 @@ def test_clipping_by_global_norm_is_over_the_gradient_summed_across_replicas():
     for a, b, full in zip(one_clipped, two_clipped, one):
         np.testing.assert_allclose(a, full / 4, rtol=1e-4, atol=1e-7)  # the same direction, a quarter the norm
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+
+
+def test_clipping_under_float16_loss_scaling_clips_the_unscaled_gradient():
+    strategy = runtime.make_strategy("one_device")
+    plain = _clipped_step(strategy, clip_norm=0.01)
+    before = train_small_model(strategy, 0)[0]
+    scaled = train_small_model(strategy, 1, clip_norm=0.01,
+                               optimizer=lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0)))[0]
+    for p, b, s in zip(plain, before, scaled):
+        np.testing.assert_allclose(b - s, p, rtol=1e-4, atol=1e-7)
+
+
+def test_clipping_keeps_a_non_finite_step_skipped_under_loss_scaling():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
+    optimizer = optim.build_optimizer({"name": "sgd", "momentum": 0.9}, 0.1, loss_scaling=True)
+    optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, tf.distribute.get_strategy(), 2, num_classes=3, clip_norm=1.0)
+    before, scale = [v.numpy().copy() for v in model.trainable_variables], float(optimizer.dynamic_scale.numpy())
+    bad = np.ones((2, 4), np.float32)
+    bad[0, 0] = np.inf
+    trainer.train_steps(iter([(bad, np.array([0, 1]))]), 1)
+    for old, new in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert float(optimizer.dynamic_scale.numpy()) == scale / 2

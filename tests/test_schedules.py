@@ -167,3 +167,9 @@ def test_bad_optimizer_and_schedule_settings_fail_before_any_data_is_read(tmp_pa
     monkeypatch.setattr(data_lib, "load", lambda cfg: pytest.fail("the data was read"))
     with pytest.raises(ConfigError, match=message):
         train_and_evaluate(compose("schedule=onecycle", override), tmp_path)
+
+
+def test_a_head_lr_multiplier_with_an_adaptive_optimizer_is_refused():
+    with pytest.raises(ConfigError, match="finetune.head_lr_mult=10.0 works with optimizer=sgd only"):
+        optim.check(compose("optimizer=adamw", "finetune.head_lr_mult=10.0"))
+    optim.check(compose("optimizer=sgd", "finetune.head_lr_mult=10.0"))
