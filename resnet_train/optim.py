@@ -131,7 +131,8 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
 
 def check(cfg) -> None:
     """Every optimizer, schedule and EMA setting of a train config, before any data is read (the
-    real sizes come later; placeholders are enough to validate)."""
+    real sizes come later; placeholders are enough to validate). It builds Keras objects, so it
+    runs after runtime.configure has set up TensorFlow's devices."""
     lr_reference(cfg.optimizer, int(cfg.batch_size))
     lr_schedule(cfg.schedule, 1.0, 1000, 10)
     clip_norm(cfg.optimizer)

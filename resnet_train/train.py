@@ -32,7 +32,6 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
     workdir = Path(workdir)
     # ---- set up ---------------------------------------------------------------------------
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
-    optim.check(cfg)  # likewise every optimizer, schedule and EMA setting
     finished = _finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
@@ -43,6 +42,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None) -> dict:
                            r.get("precision", "float32"), r.get("devices"), int(r.get("cpu_replicas", 1)))
     strategy = rt.strategy
     config_lib.check_replicas(cfg, rt.replicas)
+    optim.check(cfg)  # a bad optimizer, schedule or EMA setting fails here, before any data is read
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
     workdir.mkdir(parents=True, exist_ok=True)
