@@ -215,3 +215,23 @@ def test_clipping_keeps_a_non_finite_step_skipped_under_loss_scaling():
     for old, new in zip(before, model.trainable_variables):
         np.testing.assert_array_equal(old, new.numpy())
     assert float(optimizer.dynamic_scale.numpy()) == scale / 2
+
+
+@pytest.mark.parametrize("name", ["adamw", "lars"])
+def test_decay_exclusions_hold_under_a_mirrored_strategy(name):
+    """With zero gradients only the decay moves a weight: the kernel shrinks, the bias does not,
+    also when the update runs per replica on mirrored variables."""
+    strategy = runtime.make_strategy("mirrored", cpu_replicas=2)
+    with strategy.scope():
+        kernel = keras.Variable(np.ones((2, 2), "float32"))
+        bias = keras.Variable(np.ones((2,), "float32"))
+        opt = optim.build_optimizer({"name": name, "weight_decay": 0.1}, 0.5, variables=[kernel, bias])
+        opt.build([kernel, bias])
+
+    @tf.function
+    def step():
+        strategy.run(lambda: opt.apply_gradients([(tf.zeros((2, 2)), kernel), (tf.zeros((2,)), bias)]))
+
+    step()
+    np.testing.assert_allclose(kernel.numpy(), np.full((2, 2), 1 - 0.5 * 0.1), rtol=1e-6)
+    np.testing.assert_array_equal(bias.numpy(), np.ones(2))
