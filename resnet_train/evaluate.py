@@ -91,7 +91,8 @@ def evaluate_run(run_dir, checkpoint="best", split="test", data_overrides=None, 
     summary, confusion = metrics(probs, labels, run.info.class_names)
     name = split + ("_flip" if tta == "flip" else "")
     out = run.run_dir / "eval"
-    summary.update({"split": split, "dataset": info.name, "checkpoint": run.checkpoint, "tta": tta or "none",
+    summary.update({"split": split, "dataset": info.name, "checkpoint": run.checkpoint, "weights": run.weights,
+                    "tta": tta or "none",
                     "confusion_matrix": confusion.tolist(), "class_names": run.info.class_names})
     write_json(out / f"{name}.json", summary)
     plots.confusion_matrix(confusion, run.info.class_names, out / f"{name}_confusion.png",

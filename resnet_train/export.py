@@ -128,8 +128,9 @@ def _size(path: Path) -> int:
 
 
 def export_run(run_dir, checkpoint="best", fmt="saved_model", quantize="none", out=None, split="test",
-               batch_size=64) -> dict:
-    """Exports, reloads, evaluates the exported model beside the original; returns a summary."""
+               batch_size=64, ema=None) -> dict:
+    """Exports, reloads, evaluates the exported model beside the original; returns a summary.
+    A run trained with ema.decay exports its EMA weights (ema=False: the raw ones)."""
     from resnet_train.data import pipeline
     from resnet_train.evaluate import eval_split
     from resnet_train.runs import load_run
@@ -140,7 +141,9 @@ def export_run(run_dir, checkpoint="best", fmt="saved_model", quantize="none", o
         raise UserError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
     if quantize != "none" and fmt != "tflite":
         raise UserError(f"quantize={quantize} applies to format=tflite only")
-    run = load_run(run_dir, checkpoint)
+    run = load_run(run_dir, checkpoint, ema)
+    if run.weights == "ema":
+        log.info("Exporting the moving-average (EMA) weights of %s", run.checkpoint)
     out_dir = Path(out) if out else run.run_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     ds, size, info = eval_split(run.cfg, run.info, None, split)
@@ -163,7 +166,7 @@ def export_run(run_dir, checkpoint="best", fmt="saved_model", quantize="none", o
     original = np.concatenate([tf.nn.softmax(run.model(images[i:i + batch_size], training=False)).numpy()
                                for i in range(0, len(images), batch_size)])
     return {
-        "format": fmt, "quantize": quantize, "path": str(path), "bytes": _size(path), "split": split,
+        "format": fmt, "quantize": quantize, "weights": run.weights, "path": str(path), "bytes": _size(path), "split": split,
         "examples": int(len(labels)),
         "accuracy": float(np.mean(exported.argmax(1) == labels)),
         "original_accuracy": float(np.mean(original.argmax(1) == labels)),

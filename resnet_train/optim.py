@@ -1,61 +1,35 @@
-"""Optimizer, learning-rate schedule and the weight-decay policy.
+"""Optimizers, the weight-decay policy, gradient clipping and the linear lr scaling rule.
 
-Weight decay is the paper's coupled L2: the trainer adds `weight_decay * w` to the gradient of
-each decayed variable (the same as a loss term weight_decay/2 * ||w||^2, and as PyTorch's SGD
-`weight_decay`). Decayed: conv and dense kernels. Not decayed: batch-norm gamma/beta and biases,
-unless `optimizer.decay_bn=true`.
+Optimizers (`optimizer.name`): sgd (momentum, optional Nesterov), adam, adamw, lamb (Keras' own)
+and lars (ours, resnet_train/lars.py: Keras 3 has none).
+
+Weight decay (`optimizer.weight_decay_mode`), per optimizer:
+- coupled: the paper's L2. The trainer adds wd/2 ||w||^2 to the loss, so `wd * w` joins the
+  gradient (as PyTorch's SGD `weight_decay`) and passes through momentum / Adam's moments.
+  Default for sgd and adam (the original Adam paper's L2).
+- decoupled: Loshchilov & Hutter 2019, `w -= lr * wd * w` beside the gradient step (Keras'
+  `weight_decay`; lr is the scheduled lr). Default (and only choice) for adamw; default for lamb.
+- trust_ratio: lars only; the decay enters the layer-wise trust ratio (You et al. 2017).
+In every mode only kernels (rank >= 2) are decayed; BN gamma/beta and biases are not, unless
+`optimizer.decay_bn=true` (`decayed` below is the one rule all modes use).
+
+Gradient clipping by global norm (`optimizer.clip_norm`) is done by the trainer on the gradient
+summed over replicas (`clip_factor`): Keras' `global_clipnorm` clips each replica's gradient
+before the cross-replica sum, which is not the global norm under tf.distribute.
+
+Schedules live in resnet_train/schedules.py (re-exported here).
 """
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from resnet_train.errors import ConfigError
+from resnet_train.schedules import SCHEDULES, LinearWarmup, OneCycle, lr_schedule  # noqa: F401
 
-SCHEDULES = ("step", "cosine", "constant")
-
-
-@keras.saving.register_keras_serializable(package="resnet_train")
-class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear ramp from 0 to the wrapped schedule's value over `warmup_steps`, then that schedule."""
-
-    def __init__(self, after, warmup_steps: int):
-        self.after = after
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        ramp = (step + 1.0) / float(self.warmup_steps)
-        return ops.where(step < self.warmup_steps, ramp * self.after(step), self.after(step))
-
-    def get_config(self):
-        return {"after": keras.saving.serialize_keras_object(self.after), "warmup_steps": self.warmup_steps}
-
-
-def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
-    """The `schedule` config group as a per-step Keras schedule (so resuming mid-epoch is exact)."""
-    name = cfg.get("name")
-    if name == "step":
-        milestones = list(cfg.get("milestones", [0.5, 0.75]))
-        if any(not 0 < m < 1 for m in milestones) or milestones != sorted(milestones):
-            raise ConfigError(
-                f"schedule.milestones are increasing fractions of training between 0 and 1 "
-                f"(e.g. [0.5, 0.75] for 91 and 136 of 182 epochs), got {milestones}"
-            )
-        factor = float(cfg.get("factor", 0.1))
-        boundaries = [max(1, round(m * total_steps)) for m in milestones]
-        values = [base_lr * factor**i for i in range(len(milestones) + 1)]
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    elif name == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(
-            base_lr, decay_steps=max(1, total_steps), alpha=float(cfg.get("floor", 0.0))
-        )
-    elif name == "constant":
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [base_lr, base_lr])
-    else:
-        raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)} (got {name!r})")
-    warmup_steps = round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)
-    return LinearWarmup(schedule, warmup_steps) if warmup_steps > 0 else schedule
+OPTIMIZERS = ("sgd", "adam", "adamw", "lamb", "lars")
+# The weight-decay modes each optimizer accepts; the first is its default.
+DECAY_MODES = {"sgd": ("coupled", "decoupled"), "adam": ("coupled", "decoupled"), "adamw": ("decoupled",),
+               "lamb": ("decoupled", "coupled"), "lars": ("trust_ratio",)}
 
 
 def lr_reference(cfg, batch_size: int) -> int:
@@ -71,32 +45,133 @@ def lr_reference(cfg, batch_size: int) -> int:
 def effective_lr(cfg, batch_size: int) -> float:
     """The linear scaling rule (Goyal et al. 2017): lr x global batch / reference batch, so that
     changing the batch (or the number of GPUs) does not silently change the recipe."""
-    return float(cfg.lr) * batch_size / lr_reference(cfg, batch_size)
+    return float(cfg["lr"]) * batch_size / lr_reference(cfg, batch_size)
 
 
-def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None):
-    """The `optimizer` config group. Weight decay is not the optimizer's job here (see above).
+def optimizer_name(cfg) -> str:
+    name = cfg.get("name")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+    return name
+
+
+def decay_mode(cfg) -> str:
+    """`optimizer.weight_decay_mode`, defaulting per optimizer (see the module docstring)."""
+    name = optimizer_name(cfg)
+    allowed = DECAY_MODES[name]
+    mode = cfg.get("weight_decay_mode") or allowed[0]
+    if mode not in allowed:
+        raise ConfigError(f"optimizer.weight_decay_mode for {name} must be {' or '.join(allowed)} (got {mode!r})")
+    return mode
+
+
+def coupled_weight_decay(cfg) -> float:
+    """The L2 coefficient the trainer adds to the loss: weight_decay in coupled mode, else 0 (the
+    optimizer applies it)."""
+    return float(cfg.get("weight_decay", 0.0) or 0.0) if decay_mode(cfg) == "coupled" else 0.0
+
+
+def clip_norm(cfg):
+    """`optimizer.clip_norm` (global norm of the summed gradient) as a float, or None (off)."""
+    value = cfg.get("clip_norm")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"optimizer.clip_norm must be a positive number, e.g. 1.0, or null for no "
+                          f"clipping (got {value!r})")
+    return float(value)
+
+
+def _float(cfg, key: str, default: float, low: float, high: float) -> float:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"optimizer.{key} must be a number in [{low:g}, {high:g}] (got {value!r})")
+    return float(value)
+
+
+def _make(name: str, cfg, schedule, weight_decay, ema: dict):
+    if name == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=_float(cfg, "momentum", 0.9, 0.0, 1.0),
+                                    nesterov=bool(cfg.get("nesterov", False)), weight_decay=weight_decay, **ema)
+    if name == "lars":
+        from resnet_train.lars import LARS
+
+        return LARS(schedule, momentum=_float(cfg, "momentum", 0.9, 0.0, 1.0),
+                    eta=_float(cfg, "eta", 0.001, 1e-12, 1.0), weight_decay=weight_decay or 0.0, **ema)
+    adam_args = {"beta_1": _float(cfg, "beta_1", 0.9, 0.0, 0.999999),
+                 "beta_2": _float(cfg, "beta_2", 0.999, 0.0, 0.999999),
+                 "epsilon": _float(cfg, "epsilon", 1e-7 if name != "lamb" else 1e-6, 1e-12, 1.0)}
+    cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}[name]
+    if name == "adamw":
+        weight_decay = weight_decay or 0.0  # AdamW refuses None
+    return cls(schedule, weight_decay=weight_decay, **adam_args, **ema)
+
+
+def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, variables=None):
+    """The `optimizer` config group. `variables` (the model's trainable variables) tell the
+    optimizer which ones are spared from decoupled / LARS decay; needed when that decay is on.
     `loss_scaling` wraps it in keras' LossScaleOptimizer (dynamic scale) for float16.
     `ema_decay` keeps Keras' exponential moving average of the weights (optimizer variables, so
     they are checkpointed with it)."""
-    name = cfg.get("name")
+    name, mode = optimizer_name(cfg), decay_mode(cfg)
     ema = {}
     if ema_decay is not None:
-        if not 0.0 < float(ema_decay) < 1.0:
-            raise ConfigError(f"ema.decay must be in (0, 1), e.g. 0.999 (got {ema_decay})")
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"ema.decay must be in (0, 1), e.g. 0.999 (got {ema_decay!r})")
         ema = {"use_ema": True, "ema_momentum": float(ema_decay)}
-    if name == "sgd":
-        optimizer = keras.optimizers.SGD(
-            learning_rate=schedule,
-            momentum=float(cfg.get("momentum", 0.9)),
-            nesterov=bool(cfg.get("nesterov", False)),
-            **ema,
-        )
-    else:
-        raise ConfigError(f"optimizer.name must be sgd (got {name!r}); more optimizers are planned")
+    wd = float(cfg.get("weight_decay", 0.0) or 0.0)
+    optimizer = _make(name, cfg, schedule, wd if mode != "coupled" and wd else None, ema)
+    if mode != "coupled" and wd:
+        if variables is None:
+            raise ValueError(f"{mode} weight decay needs the model's variables to spare BN and biases")
+        decay_bn = bool(cfg.get("decay_bn", False))
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not decayed(v, decay_bn)])
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
+
+
+def check(cfg) -> None:
+    """Every optimizer, schedule and EMA setting of a train config, before any data is read (the
+    real sizes come later; placeholders are enough to validate). It builds Keras objects, so it
+    runs after runtime.configure has set up TensorFlow's devices."""
+    lr_reference(cfg.optimizer, int(cfg.batch_size))
+    lr_schedule(cfg.schedule, 1.0, 1000, 10)
+    clip_norm(cfg.optimizer)
+    build_optimizer(cfg.optimizer, 0.1, ema_decay=(cfg.get("ema") or {}).get("decay"), variables=[])
+    head_lr_mult = (cfg.get("finetune") or {}).get("head_lr_mult", 1.0)
+    if head_lr_mult != 1.0 and optimizer_name(cfg.optimizer) != "sgd":
+        # The trainer scales the head's gradients: a larger lr for SGD only (Adam, LAMB and LARS
+        # normalise the gradient away).
+        raise ConfigError(f"finetune.head_lr_mult={head_lr_mult} works with optimizer=sgd only "
+                          f"(got optimizer={cfg.optimizer.name}); use finetune.head_lr_mult=1.0")
 
 
 def decayed(variable, decay_bn: bool = False) -> bool:
     """Kernels (rank >= 2) are decayed; BN gamma/beta and biases (rank 1) only with decay_bn."""
     return decay_bn or len(variable.shape) >= 2
+
+
+def optimizer_decays(optimizer, variable) -> bool:
+    """Whether the optimizer itself decays `variable` (decoupled or LARS decay; coupled decay is
+    the trainer's loss term instead)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return bool(inner.weight_decay) and inner._use_weight_decay(variable)
+
+
+def clip_by_global_norm(grads, clip_norm: float, loss_scale=None):
+    """Each replica's gradients x min(1, clip_norm / ||g||), ||g|| the global norm of the gradient
+    summed over replicas (what the optimizer applies), unscaled by the float16 loss scale. The same
+    factor on every replica, so the sum the optimizer then takes is the clipped global gradient.
+    Costs one extra all-reduce of the gradients, only when clipping is on."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    summed = grads
+    if context is not None and context.num_replicas_in_sync > 1:
+        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    norm = tf.linalg.global_norm(summed)
+    if loss_scale is not None:
+        norm = norm / tf.cast(loss_scale, norm.dtype)
+    # A zero norm gives 1. A non-finite norm gives NaN gradients, so that the loss-scale optimizer
+    # skips the step (and lowers the scale) rather than applying a zeroed one.
+    factor = tf.where(tf.math.is_finite(norm), tf.minimum(1.0, clip_norm / norm), float("nan"))
+    return [g * tf.cast(factor, g.dtype) for g in grads]

@@ -73,6 +73,19 @@ def training_curves(metrics_path, out_path) -> Path:
     return _save(fig, out_path)
 
 
+def lr_curve(lrs, steps_per_epoch: int, out_path, title: str = "") -> Path:
+    """The learning rate at every optimizer step, against epochs (what a schedule will do)."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(np.arange(len(lrs)) / max(1, steps_per_epoch), lrs)
+    ax.set(xlabel="epoch", ylabel="learning rate", title=title)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    return _save(fig, out_path)
+
+
 def _last_per_epoch(records, split):
     """One point per epoch: a resumed run may have logged an epoch twice; the later one wins."""
     by_epoch = {r["epoch"]: r for r in records if r.get("split") == split}

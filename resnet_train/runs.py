@@ -18,6 +18,7 @@ class LoadedRun:
     info: object  # DatasetInfo
     model: object  # keras.Model with the checkpoint's weights
     checkpoint: str
+    weights: str = "raw"  # "ema": the moving averages of the weights (runs trained with ema.decay)
 
 
 def read_run(run_dir):
@@ -67,15 +68,58 @@ def restore_model(model, path: str) -> None:
         raise UserError(f"cannot load {path} into {model.name} ({first})") from None
 
 
-def load_run(run_dir, checkpoint: str = "best") -> LoadedRun:
+def ema_decay(cfg):
+    """The run's ema.decay (None: it kept no moving average)."""
+    return (cfg.get("ema") or {}).get("decay")
+
+
+def restore_ema(model, cfg, path: str) -> None:
+    """Puts the checkpoint's moving averages of the trainable weights into `model` (BN's moving
+    statistics stay as trained, as in training's EMA evaluation). The averages are optimizer
+    variables saved by position, so the run's own optimizer is rebuilt (same kind, same decay
+    policy, loss scaling if the checkpoint has it) over the variables it was trained on."""
+    import keras
+    import tensorflow as tf
+
+    from resnet_train import finetune, optim
+
+    loss_scaled = any(k.startswith("optimizer/inner_optimizer/")
+                      for k in tf.train.load_checkpoint(path).get_variable_to_shape_map())
+    finetune.freeze(model, (cfg.get("finetune") or {}).get("freeze", "none"))  # training's variable list
+    variables = model.trainable_variables
+    # A schedule, as in training (a float lr would add a variable and shift the saved positions).
+    constant = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.0, 0.0])
+    optimizer = optim.build_optimizer(cfg.optimizer, constant, loss_scaling=loss_scaled, ema_decay=ema_decay(cfg),
+                                      variables=variables)
+    optimizer.build(variables)
+    try:
+        tf.train.Checkpoint(model=model, optimizer=optimizer).restore(path).expect_partial() \
+            .assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise UserError(f"cannot load the EMA weights of {path} ({first}); use ema=false for the raw ones") from None
+    optimizer.finalize_variable_values(variables)
+    model.trainable = True
+
+
+def load_run(run_dir, checkpoint: str = "best", ema=None) -> LoadedRun:
+    """The run's model with a checkpoint's weights: the EMA weights when the run kept them
+    (ema.decay) unless ema=False, else the raw ones."""
     from resnet_train.checkpoint import resolve
 
     run_dir, cfg, info = read_run(run_dir)
     path = resolve(run_dir, checkpoint)
     model = build_model(cfg, info)
-    restore_model(model, path)
-    log.info("Loaded %s from %s", model.name, path)
-    return LoadedRun(run_dir, cfg, info, model, path)
+    use_ema = ema_decay(cfg) is not None if ema is None else bool(ema)
+    if use_ema and ema_decay(cfg) is None:
+        raise UserError(f"{run_dir} was trained without ema.decay: it has no EMA weights")
+    if use_ema:
+        restore_ema(model, cfg, path)
+        log.info("Loaded %s from %s: the EMA weights (ema.decay=%s)", model.name, path, ema_decay(cfg))
+    else:
+        restore_model(model, path)
+        log.info("Loaded %s from %s", model.name, path)
+    return LoadedRun(run_dir, cfg, info, model, path, "ema" if use_ema else "raw")
 
 
 def image_files(paths) -> list[Path]:

@@ -63,6 +63,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
     config_lib.check_replicas(cfg, rt.replicas)
     if r.get("xla", False):
         runtime.check_xla()
+    optim.check(cfg)  # a bad optimizer, schedule or EMA setting fails here, before any data is read
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
 
@@ -111,7 +112,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = optim.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
-                                          ema_decay=(cfg.get("ema") or {}).get("decay"))
+                                          ema_decay=(cfg.get("ema") or {}).get("decay"),
+                                          variables=model.trainable_variables)
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
     params = models.count_params(model)
     # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
@@ -124,7 +126,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
              steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)
     head_lr_mult = float(ft.get("head_lr_mult", 1.0))
     trainer = Trainer(model, optimizer, strategy, cfg.batch_size, head_lr_mult=head_lr_mult,
-                      weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
+                      weight_decay=optim.coupled_weight_decay(cfg.optimizer),
+                      clip_norm=optim.clip_norm(cfg.optimizer),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
                       label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
                       xla=bool(r.get("xla", False)),
@@ -310,7 +313,7 @@ def hparams(cfg) -> dict:
             "data": cfg.data.get("name"), "optimizer": cfg.optimizer.get("name"), "lr": cfg.optimizer.lr,
             "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "schedule": cfg.schedule.get("name"),
             "precision": cfg.runtime.get("precision")}
-    for section in ("augment", "model"):
+    for section in ("augment", "model", "optimizer", "schedule"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             if isinstance(value, (bool, int, float, str)):
                 flat[f"{section}.{key}"] = value

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from resnet_train.errors import ConfigError
-from resnet_train.optim import decayed
+from resnet_train.optim import clip_by_global_norm, decayed
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -22,12 +22,13 @@ class Trainer:
     def __init__(self, model, optimizer, strategy, global_batch_size: int,
                  weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10,
                  label_smoothing: float = 0.0, xla: bool = False, head_lr_mult: float = 1.0,
-                 max_nonfinite_steps: int = 0):
+                 max_nonfinite_steps: int = 0, clip_norm: float | None = None):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
         self.global_batch_size = int(global_batch_size)
         self.weight_decay = float(weight_decay)
+        self.clip_norm = clip_norm  # global norm of the summed, unscaled gradient (optim.clip_by_global_norm)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
         # finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
         # momentum, decay included) is exactly a larger learning rate for those variables.
@@ -83,6 +84,8 @@ class Trainer:
         labels = tf.convert_to_tensor(labels)
         variables = self.model.trainable_variables
         grads, logits, per_example = self._gradients(images, labels)
+        if self.clip_norm:
+            grads = clip_by_global_norm(grads, self.clip_norm, getattr(self.optimizer, "dynamic_scale", None))
         grads = [g * s if s != 1.0 else g for g, s in zip(grads, self.grad_scale)]
         self.optimizer.apply_gradients(zip(grads, variables))
         # With soft labels, "correct" means the top prediction is the label with the most weight.

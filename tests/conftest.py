@@ -162,3 +162,35 @@ def file_digests(root: Path) -> dict:
 
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, **trainer_args):
+    """A conv model without batch norm (so that replicas compute exactly the one-device
+    gradient), trained `steps` steps through our pipeline and Trainer on synthetic data.
+    Returns (its trainable weights, the train metrics). `optimizer`: a function making one
+    (default SGD lr 0.5, momentum 0.9); `trainer_args` go to the Trainer."""
+    import keras
+
+    from resnet_train.data import pipeline, synthetic
+    from resnet_train.trainer import Trainer
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(4)(x))
+        opt = optimizer() if optimizer else keras.optimizers.SGD(0.5, momentum=0.9)
+        opt.build(model.trainable_variables)
+    trainer = Trainer(model, opt, strategy, global_batch, num_classes=4, **trainer_args)
+    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8)
+
+    def dataset_fn(ctx):
+        return pipeline.train_batches(data.train, 64, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
+                                      pipeline_id=ctx.input_pipeline_id,
+                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
+
+    if steps:
+        trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), steps)
+    return [v.numpy() for v in model.trainable_variables], trainer.train_metrics()

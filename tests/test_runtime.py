@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, compose
+from conftest import TINY, compose, train_small_model
 from resnet_train import runtime
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.config import check_replicas
@@ -50,28 +50,7 @@ def test_bad_runtime_settings_are_config_errors():
 
 
 def _train_small_model(strategy, steps=4, global_batch=16):
-    """A conv model without batch norm, trained through our pipeline and Trainer."""
-    from resnet_train.data import pipeline, synthetic
-
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        inputs = keras.Input((8, 8, 3))
-        x = keras.layers.Rescaling(1 / 255.0)(inputs)
-        x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        model = keras.Model(inputs, keras.layers.Dense(4)(x))
-        optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-    trainer = Trainer(model, optimizer, strategy, global_batch, weight_decay=1e-2, num_classes=4)
-    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8)
-
-    def dataset_fn(ctx):
-        return pipeline.train_batches(data.train, 64, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
-                                      pipeline_id=ctx.input_pipeline_id,
-                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
-
-    trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), steps)
-    return [v.numpy() for v in model.trainable_variables], trainer.train_metrics()
+    return train_small_model(strategy, steps, global_batch, weight_decay=1e-2)
 
 
 def test_two_cpu_replicas_give_the_one_device_weights():

@@ -1,0 +1,71 @@
+"""The learning-rate curve a training config will follow, drawn before any training:
+
+    resnet-plot-schedule schedule=onecycle optimizer.lr=0.4 out=onecycle.png
+    python scripts/plot_schedule.py data=cifar10 schedule=step schedule.warmup_epochs=2
+
+It composes the real train config (any override the trainer takes) and builds the trainer's own
+schedule (optim.effective_lr, schedules.lr_schedule), so the picture is the run's curve.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+
+from resnet_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def train_size(cfg) -> int:
+    """`train_size` when given, else the dataset's training examples (read offline: a dataset that
+    is not on this machine is an error suggesting train_size=N)."""
+    if cfg.get("train_size"):
+        size = cfg.train_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise UserError(f"train_size must be a positive integer, e.g. 50000 (got {size!r})")
+        return size
+    from resnet_train import data as data_lib
+
+    try:
+        return int(data_lib.load(cfg.data).info.train_size)
+    except UserError as error:
+        raise UserError(f"{error} -- or give the training set's size: train_size=N") from None
+
+
+def schedule_curve(cfg):
+    """(lr at every step of the run, steps per epoch) for a composed train config."""
+    from resnet_train import optim, schedules
+
+    steps_per_epoch = train_size(cfg) // int(cfg.batch_size)
+    if steps_per_epoch < 1:
+        raise UserError(f"batch_size {cfg.batch_size} is larger than the training set")
+    total = steps_per_epoch * int(cfg.epochs)
+    lr = optim.effective_lr(cfg.optimizer, int(cfg.batch_size))
+    return schedules.curve(schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch), total), steps_per_epoch
+
+
+def plot_schedule(cfg):
+    """Writes cfg.out (a PNG); returns (its path, the lr per step)."""
+    from resnet_train.plots import lr_curve
+
+    lrs, steps_per_epoch = schedule_curve(cfg)
+    title = (f"{cfg.schedule.name} schedule, {cfg.optimizer.name}: peak lr {lrs.max():.4g}, "
+             f"{cfg.epochs} epochs x {steps_per_epoch} steps")
+    return lr_curve(lrs, steps_per_epoch, cfg.out, title), lrs
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="plot_schedule")
+def _main(cfg) -> None:
+    try:
+        path, lrs = plot_schedule(cfg)
+    except UserError as error:  # ConfigError included
+        print(f"resnet-plot-schedule: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; {len(lrs)} steps)")
+
+
+def main() -> None:
+    """scripts/plot_schedule.py and the console script `resnet-plot-schedule`."""
+    _main()

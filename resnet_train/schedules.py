@@ -1,0 +1,149 @@
+"""Learning-rate schedules, all per step (so a run resumed mid-epoch continues the exact curve).
+
+The `schedule` config group: step, cosine, onecycle, exponential, constant, each with an optional
+linear warm-up (`schedule.warmup_epochs`). Keras' own schedules where it has them; OneCycle and
+the warm-up wrapper are ours (Keras has neither).
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from resnet_train.errors import ConfigError
+
+SCHEDULES = ("step", "cosine", "onecycle", "exponential", "constant")
+MILESTONE_UNITS = ("fraction", "epoch", "step")
+ANNEALS = ("cos", "linear")
+
+
+@keras.saving.register_keras_serializable(package="resnet_train")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear ramp from 0 to the wrapped schedule's value over `warmup_steps`, then that schedule."""
+
+    def __init__(self, after, warmup_steps: int):
+        self.after = after
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        ramp = (step + 1.0) / float(self.warmup_steps)
+        return ops.where(step < self.warmup_steps, ramp * self.after(step), self.after(step))
+
+    def get_config(self):
+        return {"after": keras.saving.serialize_keras_object(self.after), "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"])
+
+
+@keras.saving.register_keras_serializable(package="resnet_train")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Smith & Topin 2017 one-cycle, as PyTorch's OneCycleLR: from peak / div_factor up to `peak`
+    over the first `pct_start` of the steps, then down to peak / div_factor / final_div_factor at
+    the last step; `anneal` cos or linear for both phases."""
+
+    def __init__(self, peak: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, anneal: str = "cos"):
+        self.peak, self.total_steps, self.pct_start = float(peak), int(total_steps), float(pct_start)
+        self.div_factor, self.final_div_factor, self.anneal = float(div_factor), float(final_div_factor), anneal
+
+    def _interpolate(self, start, end, pct):
+        if self.anneal == "cos":
+            return end + (start - end) / 2.0 * (1.0 + ops.cos(math.pi * pct))
+        return start + (end - start) * pct
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        initial = self.peak / self.div_factor
+        final = initial / self.final_div_factor
+        # The peak is reached at step pct_start * total - 1 and the floor at the last step (total - 1).
+        up_end = max(1.0, self.pct_start * self.total_steps - 1.0)
+        down_len = max(1.0, self.total_steps - 1.0 - up_end)
+        up = self._interpolate(initial, self.peak, ops.clip(step / up_end, 0.0, 1.0))
+        down = self._interpolate(self.peak, final, ops.clip((step - up_end) / down_len, 0.0, 1.0))
+        return ops.where(step <= up_end, up, down)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "pct_start": self.pct_start,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor, "anneal": self.anneal}
+
+
+def _number(cfg, key: str, default, low: float, high: float = math.inf, example: str = "") -> float:
+    """cfg[key] as a float in (low, high), or a ConfigError naming the key and a valid value."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        bounds = f"in ({low:g}, {high:g})" if high != math.inf else f"> {low:g}"
+        raise ConfigError(f"schedule.{key} must be a number {bounds}{example} (got {value!r})")
+    return float(value)
+
+
+def milestone_steps(cfg, total_steps: int, steps_per_epoch: int) -> list[int]:
+    """The steps at which the step schedule multiplies the lr by `factor`, from
+    `schedule.milestones` in `schedule.milestones_unit`: fraction (of training, the default),
+    epoch or step."""
+    unit = cfg.get("milestones_unit", "fraction")
+    if unit not in MILESTONE_UNITS:
+        raise ConfigError(f"schedule.milestones_unit must be one of {', '.join(MILESTONE_UNITS)} (got {unit!r})")
+    milestones = list(cfg.get("milestones", [0.5, 0.75]))
+    numeric = all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in milestones)
+    if unit == "fraction" and (not numeric or any(not 0 < m < 1 for m in milestones)
+                               or milestones != sorted(milestones)):
+        raise ConfigError(
+            f"schedule.milestones are increasing fractions of training between 0 and 1 "
+            f"(e.g. [0.5, 0.75] for 91 and 136 of 182 epochs; or set schedule.milestones_unit=epoch), "
+            f"got {milestones}"
+        )
+    if unit != "fraction" and (not numeric or any(m <= 0 for m in milestones) or milestones != sorted(milestones)):
+        raise ConfigError(f"schedule.milestones must be increasing positive {unit}s (e.g. [30, 60, 80]), "
+                          f"got {milestones}")
+    per_unit = {"fraction": total_steps, "epoch": steps_per_epoch, "step": 1}[unit]
+    return [max(1, round(m * per_unit)) for m in milestones]
+
+
+def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
+    """The `schedule` config group as a per-step Keras schedule peaking at `base_lr`."""
+    name = cfg.get("name")
+    if name == "step":
+        factor = _number(cfg, "factor", 0.1, 0.0, 1.0, " e.g. 0.1")
+        # PiecewiseConstantDecay keeps the old value at its boundary: the new lr starts at the milestone.
+        boundaries = [m - 1 for m in milestone_steps(cfg, total_steps, steps_per_epoch)]
+        values = [base_lr * factor**i for i in range(len(boundaries) + 1)]
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    elif name == "cosine":
+        floor = cfg.get("floor", 0.0)
+        if floor != 0.0:
+            floor = _number(cfg, "floor", 0.0, 0.0, 1.0, " (a fraction of the lr, e.g. 0.01)")
+        schedule = keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(1, total_steps), alpha=floor)
+    elif name == "onecycle":
+        anneal = cfg.get("anneal", "cos")
+        if anneal not in ANNEALS:
+            raise ConfigError(f"schedule.anneal must be one of {', '.join(ANNEALS)} (got {anneal!r})")
+        schedule = OneCycle(base_lr, max(1, total_steps), _number(cfg, "pct_start", 0.3, 0.0, 1.0, " e.g. 0.3"),
+                            _number(cfg, "div_factor", 25.0, 0.0, example=" e.g. 25"),
+                            _number(cfg, "final_div_factor", 1e4, 0.0, example=" e.g. 1e4"), anneal)
+    elif name == "exponential":
+        # lr x decay_rate every decay_epochs (continuously, or in steps with staircase).
+        rate = _number(cfg, "decay_rate", 0.97, 0.0, 1.0, " e.g. 0.97")
+        every = _number(cfg, "decay_epochs", 1.0, 0.0, example=" e.g. 2.4")
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            base_lr, decay_steps=max(1, round(every * steps_per_epoch)), decay_rate=rate,
+            staircase=bool(cfg.get("staircase", False)))
+    elif name == "constant":
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [base_lr, base_lr])
+    else:
+        raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)} (got {name!r})")
+    warmup_epochs = cfg.get("warmup_epochs", 0) or 0
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
+        raise ConfigError(f"schedule.warmup_epochs must be a number >= 0, e.g. 5 (got {warmup_epochs!r})")
+    warmup_steps = round(float(warmup_epochs) * steps_per_epoch)
+    return LinearWarmup(schedule, warmup_steps) if warmup_steps > 0 else schedule
+
+
+def curve(schedule, total_steps: int):
+    """The schedule's lr at every step 0 .. total_steps - 1, as a numpy array."""
+    import numpy as np
+
+    return np.asarray(schedule(np.arange(max(1, total_steps), dtype="float32")), dtype="float64")

@@ -1,0 +1,175 @@
+"""Each schedule's values at chosen steps, warm-up, bad values, and a resumed run's lr."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import compose
+from resnet_train import optim, schedules
+from resnet_train.errors import ConfigError
+
+
+def lr_at(schedule, step):
+    return float(np.asarray(schedule(step)))
+
+
+def test_step_milestones_in_epochs_and_in_steps_start_the_new_lr_at_the_milestone():
+    s = schedules.lr_schedule({"name": "step", "milestones": [2, 4], "milestones_unit": "epoch"}, 0.1, 60, 10)
+    assert [lr_at(s, k) for k in (0, 19, 20, 39, 40, 59)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    s = schedules.lr_schedule({"name": "step", "milestones": [15], "milestones_unit": "step", "factor": 0.5},
+                              0.2, 60, 10)
+    assert [lr_at(s, k) for k in (14, 15)] == pytest.approx([0.2, 0.1])
+
+
+def onecycle_reference(step, total, peak, pct, div, final_div, anneal):
+    """PyTorch's OneCycleLR (two phases) written out."""
+    initial, low = peak / div, peak / div / final_div
+    up_end = pct * total - 1
+    if step <= up_end:
+        start, end, t = initial, peak, step / up_end
+    else:
+        start, end, t = peak, low, (step - up_end) / (total - 1 - up_end)
+    if anneal == "cos":
+        return end + (start - end) / 2 * (1 + math.cos(math.pi * t))
+    return start + (end - start) * t
+
+
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_onecycle_rises_to_the_peak_then_falls_to_the_floor(anneal):
+    cfg = {"name": "onecycle", "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0, "anneal": anneal}
+    s = schedules.lr_schedule(cfg, 0.4, 100, 10)
+    assert lr_at(s, 0) == pytest.approx(0.04)
+    assert lr_at(s, 24) == pytest.approx(0.4) and max(schedules.curve(s, 100)) == pytest.approx(0.4)
+    assert lr_at(s, 99) == pytest.approx(0.4 / 10 / 100, rel=1e-4)
+    for step in (5, 12, 23, 25, 40, 77, 98):
+        assert lr_at(s, step) == pytest.approx(onecycle_reference(step, 100, 0.4, 0.25, 10, 100, anneal), rel=1e-4)
+    # Serializable, as every Keras schedule (the optimizer's config carries it).
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
+    assert lr_at(again, 40) == pytest.approx(lr_at(s, 40))
+
+
+def test_exponential_decays_per_step_or_in_stairs():
+    s = schedules.lr_schedule({"name": "exponential", "decay_rate": 0.5, "decay_epochs": 2}, 0.1, 100, 10)
+    assert [lr_at(s, k) for k in (0, 10, 20, 50)] == pytest.approx([0.1, 0.1 * 0.5**0.5, 0.05, 0.1 * 0.5**2.5])
+    s = schedules.lr_schedule({"name": "exponential", "decay_rate": 0.5, "decay_epochs": 2, "staircase": True},
+                              0.1, 100, 10)
+    assert [lr_at(s, k) for k in (19, 20, 39, 40)] == pytest.approx([0.1, 0.05, 0.05, 0.025])
+
+
+def test_constant_with_a_warm_up_of_half_an_epoch():
+    s = schedules.lr_schedule({"name": "constant", "warmup_epochs": 0.5}, 0.1, 100, 10)
+    assert [lr_at(s, k) for k in (0, 2, 4, 5, 99)] == pytest.approx([0.02, 0.06, 0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"name": "step", "milestones": [91, 136]}, "fractions of training"),
+    ({"name": "step", "milestones": [60, 30], "milestones_unit": "epoch"}, "increasing positive epochs"),
+    ({"name": "step", "milestones": [0.5], "milestones_unit": "weeks"}, "milestones_unit must be one of"),
+    ({"name": "step", "factor": 2}, "schedule.factor"),
+    ({"name": "cosine", "floor": 1.5}, "schedule.floor"),
+    ({"name": "onecycle", "anneal": "cosine"}, "schedule.anneal must be one of cos, linear"),
+    ({"name": "onecycle", "pct_start": 1.0}, "schedule.pct_start"),
+    ({"name": "exponential", "decay_rate": 0}, "schedule.decay_rate"),
+    ({"name": "constant", "warmup_epochs": -1}, "schedule.warmup_epochs"),
+    ({"name": "nope"}, "schedule.name must be one of"),
+])
+def test_bad_schedules_are_config_errors(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        schedules.lr_schedule(cfg, 0.1, 100, 10)
+
+
+@pytest.mark.parametrize("name", ["step", "cosine", "onecycle", "exponential", "constant"])
+def test_every_schedule_config_composes_and_builds(name):
+    cfg = compose(f"schedule={name}", "schedule.warmup_epochs=1")
+    s = schedules.lr_schedule(cfg.schedule, 0.1, 300, 10)
+    lrs = schedules.curve(s, 300)
+    assert lrs.shape == (300,) and np.all(lrs >= 0) and lrs.max() <= 0.1 + 1e-7
+    assert lrs[0] < lrs[10]  # the warm-up ramps (onecycle ramps anyway)
+
+
+@pytest.mark.parametrize("schedule", [
+    {"name": "onecycle", "warmup_epochs": 1},
+    {"name": "step", "milestones": [0.3, 0.6], "warmup_epochs": 0.5},
+])
+def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
+    """Stop after 13 steps (mid-epoch), checkpoint, restore into a fresh optimizer: the next
+    steps' lr are the uninterrupted run's."""
+    def fresh():
+        variable = keras.Variable(np.ones((3, 2), "float32"))
+        opt = optim.build_optimizer({"name": "sgd", "momentum": 0.9},
+                                    schedules.lr_schedule(schedule, 0.1, 40, 10))
+        opt.build([variable])
+        return variable, opt
+
+    def steps(variable, opt, n):
+        lrs = []
+        for _ in range(n):
+            lrs.append(float(opt.learning_rate.numpy()))
+            opt.apply_gradients([(tf.ones((3, 2)), variable)])
+        return lrs
+
+    variable, opt = fresh()
+    straight = steps(variable, opt, 30)
+    variable, opt = fresh()
+    steps(variable, opt, 13)
+    path = tf.train.Checkpoint(optimizer=opt, variable=variable).save(str(tmp_path / "ckpt"))
+    variable, opt = fresh()
+    tf.train.Checkpoint(optimizer=opt, variable=variable).restore(path).assert_consumed()
+    assert int(opt.iterations.numpy()) == 13
+    assert steps(variable, opt, 17) == pytest.approx(straight[13:], rel=1e-6)
+    assert len(set(np.round(straight, 8))) > 3  # the curve really moves over these steps
+
+
+def test_plot_schedule_draws_the_runs_curve(tmp_path):
+    from resnet_train.schedule_plot import plot_schedule
+    from resnet_train.train import load_config
+
+    cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640", f"out={tmp_path / 'lr.png'}"],
+                      config_name="plot_schedule")
+    path, lrs = plot_schedule(cfg)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(lrs) == 4 * 20  # 640 // 32 steps per epoch
+    peak = 0.1 * 32 / 64  # optimizer.lr per 64 images (digits' reference batch) at batch 32
+    assert lrs.max() == pytest.approx(peak) and int(lrs.argmax()) == 23  # 0.3 x 80 - 1
+    expected = schedules.curve(schedules.OneCycle(peak, 80), 80)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_values(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = [sys.executable, str(ROOT / "scripts" / "plot_schedule.py")]
+    done = subprocess.run([*script, "schedule=cosine", "epochs=2", f"out={tmp_path / 'cos.png'}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cos.png").exists() and "peak 0.1" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cos.png"]  # no log file, no run directory
+    done = subprocess.run([*script, "schedule=onecycle", "schedule.anneal=cosine", "train_size=100"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "schedule.anneal must be one of cos, linear" in done.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule.anneal=triangle", "schedule.anneal"),
+    ("optimizer.clip_norm=-1", "optimizer.clip_norm"),
+    ("optimizer.weight_decay_mode=sometimes", "optimizer.weight_decay_mode"),
+    ("ema.decay=1.5", "ema.decay"),
+])
+def test_bad_optimizer_and_schedule_settings_fail_before_any_data_is_read(tmp_path, monkeypatch, override, message):
+    from resnet_train import data as data_lib
+    from resnet_train.train import train_and_evaluate
+
+    monkeypatch.setattr(data_lib, "load", lambda cfg: pytest.fail("the data was read"))
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(compose("schedule=onecycle", override), tmp_path)
+
+
+def test_a_head_lr_multiplier_with_an_adaptive_optimizer_is_refused():
+    with pytest.raises(ConfigError, match="finetune.head_lr_mult=10.0 works with optimizer=sgd only"):
+        optim.check(compose("optimizer=adamw", "finetune.head_lr_mult=10.0"))
+    optim.check(compose("optimizer=sgd", "finetune.head_lr_mult=10.0"))
