@@ -33,7 +33,11 @@ def read_run(run_dir):
     config, dataset = run_dir / ".hydra" / "config.yaml", run_dir / "dataset.json"
     if not config.exists() or not dataset.exists():
         raise UserError(f"{run_dir} is not a resnet-train run directory (no .hydra/config.yaml or dataset.json)")
-    cfg = OmegaConf.load(config)
+    try:  # OmegaConf's YAML loader is a safe one: tags that would run code are errors
+        cfg = OmegaConf.load(config)
+    except Exception as e:  # noqa: BLE001 -- any parse failure is the file's fault
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{config} is not a readable resnet-train config ({first})") from None
     raw = json.loads(dataset.read_text())
     raw["image_shape"] = tuple(raw["image_shape"])
     raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
