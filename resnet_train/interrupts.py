@@ -32,10 +32,18 @@ class StopRequests:
         self.signal_name = name
         log.warning("%s received: saving a checkpoint after the current step, then exiting", name)
 
-    def __enter__(self):
+    def install(self) -> None:
+        """(Re)installs the handlers. Called again once the strategy exists: under
+        MultiWorkerMirroredStrategy TF's coordination service installs its own SIGTERM handler
+        (a preemption notifier read only by TF's PreemptionCheckpointHandler), which would
+        otherwise swallow the signal."""
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
+
+    def __enter__(self):
+        self.install()
         return self
 
     def __exit__(self, *exc):

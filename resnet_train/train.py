@@ -60,6 +60,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
     rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
                            r.get("precision", "float32"), r.get("devices"), int(r.get("cpu_replicas", 1)))
     strategy = rt.strategy
+    stop.install()  # after the strategy: see StopRequests.install
     config_lib.check_replicas(cfg, rt.replicas)
     if r.get("xla", False):
         runtime.check_xla()

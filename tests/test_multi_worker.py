@@ -89,3 +89,41 @@ def test_two_workers_train_together_like_one_process_and_resume(tmp_path):
     log = (run / "train.log").read_text()
     assert "Resumed from" in log and "epoch 3/3" in log
     assert json.loads((run / "results.json").read_text())["steps"] == 3 * (128 // 32)
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_rerun_continues(tmp_path):
+    import signal
+    import time
+
+    run, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    overrides = ("epochs=2", "batch_size=16", "data.limit_train=512", "checkpoint.every_steps=4")
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TMPDIR": str(tmp),
+               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen([str(CLI), "runtime=multi_worker", *COMMON, *overrides, f"hydra.run.dir={run}"],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "checkpoint").exists():
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+            time.sleep(0.01)
+        procs[1].send_signal(signal.SIGTERM)  # the non-chief only, as a preempted host would be
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [75, 75], [err[-2000:] for _, err in outputs]
+    chief_says = outputs[0][1].strip().splitlines()[-1]
+    assert "stopped by a signal on another worker" in chief_says
+    assert "stopped by SIGTERM" in outputs[1][1]
+    step = int(chief_says.split("at step ")[1].split()[0])
+    assert 0 < step < 2 * 512 // 16
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
+
+    for code, out, err in run_two_workers(run, tmp, *overrides):
+        assert code == 0, err[-3000:]
+    assert f"Continuing at step {step} of 64" in (run / "train.log").read_text()
+    assert json.loads((run / "results.json").read_text())["steps"] == 64
