@@ -3,6 +3,7 @@ one line and exit code 2. TensorFlow is imported only inside the task, so --help
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -17,6 +18,10 @@ from omegaconf import OmegaConf
 from resnet_train.cluster import worker_suffix
 from resnet_train.errors import EXIT_USER_ERROR
 from resnet_train.hydra_errors import run_app
+
+# A log line that cannot be written (a full disk) must not print logging's own traceback: the run
+# reports the failed write as one line itself.
+logging.raiseExceptions = False
 
 # ${worker_suffix:} in train.yaml: non-chief workers log to train_worker<i>.log beside the chief's.
 OmegaConf.register_new_resolver("worker_suffix", worker_suffix, replace=True)

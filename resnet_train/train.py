@@ -5,6 +5,7 @@ Reads top to bottom: set up -> data -> model and optimizer -> restore -> train l
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import tempfile
@@ -51,7 +52,16 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     if chief:
         run_dir.ensure_writable(workdir)
     with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
-        return _train(cfg, workdir, started, overrides, stop)
+        try:
+            return _train(cfg, workdir, started, overrides, stop)
+        except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
+            ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
+                e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+            if not ours:
+                raise
+            raise RunDirError(f"could not write {e.filename or 'to ' + str(workdir)} ({e.strerror}): free disk "
+                              f"space or fix the directory, then rerun the same command; it resumes from "
+                              f"{tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
 
 
 def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) -> dict:
@@ -223,10 +233,6 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
         if eval_split == "val":
             reporter.log("test", step, cfg.epochs, test_metrics)
         test_ema = trainer.evaluate_ema(distribute_eval(splits.test, info.test_size)) if trainer.has_ema else None
-    except OSError as e:  # a full disk or a vanished directory while writing logs or results
-        raise RunDirError(f"could not write {e.filename or workdir} ({e.strerror}): free disk space or fix "
-                          f"the directory, then rerun the same command; it resumes from "
-                          f"{checkpointer.latest or 'the start'}") from None
     finally:
         reporter.close()
         if not rt.is_chief:

@@ -258,3 +258,28 @@ def test_resuming_with_another_config_is_refused_and_changes_nothing(tmp_path, m
     assert code == 2 and "holds a run with another config (optimizer.lr: 0.1 -> 0.5)" in err
     assert file_digests(run) == before
     assert os.environ.get("HYDRA_FULL_ERROR") is None  # the CLI wrapper restored the environment
+
+
+def test_an_unwritable_run_directory_fails_before_any_work(tmp_path):
+    from resnet_train.errors import RunDirError
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RunDirError, match="cannot write to the run directory .*a_file/run .*Not a directory"):
+        train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path / "a_file" / "run")
+
+
+def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path):
+    run = tmp_path / "run"
+    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    (run / "results.json").unlink()
+    metrics = (run / "metrics.jsonl").read_bytes()
+
+    def fill_disk():  # metrics.jsonl can take no more bytes
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(metrics), len(metrics)))
+
+    done = subprocess.run([str(CLI), *TINY, "epochs=2", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=fill_disk)
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert "could not write" in line and "File too large" in line and "resumes from" in line
