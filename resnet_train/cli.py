@@ -259,6 +259,23 @@ def plot() -> None:
     run_app(_plot, "plot")
 
 
+@hydra.main(version_base=None, config_path="configs", config_name="plot_schedule")
+def _plot_schedule(cfg) -> None:
+    def task():
+        from resnet_train.schedule_plot import plot_schedule
+
+        path, lrs = plot_schedule(cfg)
+        print(f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; "
+              f"{len(lrs)} steps)")
+
+    _run_tool(task)
+
+
+def plot_schedule() -> None:
+    """scripts/plot_schedule.py and the console script `resnet-plot-schedule`."""
+    run_app(_plot_schedule, "plot_schedule")
+
+
 @hydra.main(version_base=None, config_path="configs", config_name="export")
 def _export(cfg) -> None:
     def task():

@@ -102,7 +102,7 @@ def run_app(app, config_name: str) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return app()
-    except Exception as error:  # noqa: BLE001 -- re-raised unless it is the user's to fix
+    except Exception as error:  # re-raised unless it is the user's to fix
         message = None if user_wants_traceback else explain(error, config_name)
         if message is None:
             raise

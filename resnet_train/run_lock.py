@@ -41,7 +41,7 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
         for _ in range(2):  # a second try after removing a stale lock
             try:

@@ -9,9 +9,6 @@ schedule (optim.effective_lr, schedules.lr_schedule), so the picture is the run'
 from __future__ import annotations
 
 import logging
-import sys
-
-import hydra
 
 from resnet_train.errors import UserError
 
@@ -54,18 +51,3 @@ def plot_schedule(cfg):
     title = (f"{cfg.schedule.name} schedule, {cfg.optimizer.name}: peak lr {lrs.max():.4g}, "
              f"{cfg.epochs} epochs x {steps_per_epoch} steps")
     return lr_curve(lrs, steps_per_epoch, cfg.out, title), lrs
-
-
-@hydra.main(version_base=None, config_path="configs", config_name="plot_schedule")
-def _main(cfg) -> None:
-    try:
-        path, lrs = plot_schedule(cfg)
-    except UserError as error:  # ConfigError included
-        print(f"resnet-plot-schedule: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; {len(lrs)} steps)")
-
-
-def main() -> None:
-    """scripts/plot_schedule.py and the console script `resnet-plot-schedule`."""
-    _main()

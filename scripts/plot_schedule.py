@@ -4,7 +4,7 @@
     python scripts/plot_schedule.py schedule=onecycle optimizer.lr=0.4 out=onecycle.png
     python scripts/plot_schedule.py data=imagenet schedule=imagenet_step batch_size=1024 train_size=1281167
 """
-from resnet_train.schedule_plot import main
+from resnet_train.cli import plot_schedule
 
 if __name__ == "__main__":
-    main()
+    plot_schedule()

@@ -232,7 +232,7 @@ def test_a_second_run_in_the_same_directory_is_refused_and_a_stale_lock_is_taken
     finally:
         owner.kill()
         owner.wait()
-    code, out, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args)  # the owner is gone: stale
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args)  # the owner is gone: stale
     assert code == 0, err
     assert "Removing a stale lock" in (run / "train.log").read_text()
     assert not (run / ".lock").exists() and (run / "results.json").exists()
