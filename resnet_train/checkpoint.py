@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -60,11 +61,17 @@ class Checkpointer:
         return self.read_from.resolve() == self.directory.resolve()
 
     def _candidates(self) -> list[str]:
-        state = tf.train.get_checkpoint_state(str(self.read_from)) if self.read_from.is_dir() else None
-        if state is None:
+        """Checkpoints newest first: those the `checkpoint` index names, and any ckpt-N on disk
+        (the index itself may be the damaged file)."""
+        if not self.read_from.is_dir():
             return []
-        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+        try:
+            state = tf.train.get_checkpoint_state(str(self.read_from))
+        except Exception:  # noqa: BLE001 -- an unparsable index: fall back to the files
+            state = None
+        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path] if state else []
         paths = [p if Path(p).is_absolute() else str(self.read_from / p) for p in paths]
+        paths += [str(f.with_suffix("")) for f in self.read_from.glob("ckpt-*.index")]
         return sorted(set(paths), key=_number, reverse=True)
 
     def restore_latest(self) -> bool:
@@ -79,7 +86,7 @@ class Checkpointer:
                             "moving it to checkpoints/corrupt/" if self.owns_directory else "skipping it")
                 if self.owns_directory:
                     self._move_aside(path)
-                    moved = True
+                moved = True  # (or skipped, on a worker that reads the chief's directory)
                 continue
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -93,16 +100,20 @@ class Checkpointer:
                 self._new_manager()  # its list of checkpoints no longer holds the moved ones
             log.info("Resumed from %s (epoch %d, step %d)", path, int(self.epoch.numpy()), int(self.step.numpy()))
             return True
-        if moved:
-            self._new_manager()
-            log.warning("No readable checkpoint left in %s: starting from scratch", self.read_from)
+        if moved:  # there was progress, and none of it can be read: do not silently start over
+            raise RunDirError(
+                f"no readable checkpoint in {self.read_from} (the damaged ones are in {self.directory / 'corrupt'}): "
+                f"start a new run directory, with init_from={self.read_from / 'best'} if that one is readable")
         return False
 
     def _move_aside(self, path: str) -> None:
         corrupt = self.directory / "corrupt"
         corrupt.mkdir(exist_ok=True)
         for f in Path(path).parent.glob(Path(path).name + ".*"):
-            f.replace(corrupt / f.name)
+            target = corrupt / f.name
+            if target.exists():  # damaged before, at the same step: keep both
+                target = corrupt / f"{f.name}.{int(time.time())}"
+            f.replace(target)
         remaining = [p for p in self._candidates() if p != path and Path(p + ".index").exists()]
         names = [Path(p).name for p in sorted(remaining, key=_number)]  # relative: the run dir can move
         if names:
@@ -113,9 +124,8 @@ class Checkpointer:
 
     def _remove_partial_saves(self) -> None:
         """A save killed half-way leaves <prefix>_temp/ (TF writes there, then renames): remove it."""
-        if self.directory.is_dir():
-            for temp in self.directory.glob("*_temp"):
-                shutil.rmtree(temp, ignore_errors=True)
+        for temp in [*self.directory.glob("*_temp"), *self.directory.glob("best/*_temp")]:
+            shutil.rmtree(temp, ignore_errors=True)
 
     def save(self, step: int, epoch: int) -> str:
         self.epoch.assign(epoch)

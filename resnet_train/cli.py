@@ -78,6 +78,10 @@ def _train(cfg) -> float:
     except Preempted as stop:  # the checkpoint is written: the same command continues the run
         print(f"resnet-train: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
+        print(f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "
+              f"{workdir}/checkpoints", file=sys.stderr)
+        sys.exit(130)
     test = results["test"]
     print(
         f"Test accuracy {test['accuracy']:.4f} (top-5 {test.get('top5', float('nan')):.4f}, "

@@ -95,7 +95,8 @@ def explain(error: BaseException, config_name: str) -> str | None:
 def run_app(app, config_name: str) -> None:
     """Runs a @hydra.main function; composition errors become one line and exit code 2 (the full
     traceback stays available with HYDRA_FULL_ERROR=1, as in any Hydra app)."""
-    user_wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"  # Hydra's own test
+    user_setting = os.environ.get("HYDRA_FULL_ERROR")
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     if multirun:  # a sweep: Hydra reports each member's failure itself
         return app()
@@ -109,5 +110,7 @@ def run_app(app, config_name: str) -> None:
         print(f"{os.path.basename(sys.argv[0]) or 'resnet-train'}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     finally:
-        if not user_wants_traceback:
+        if user_setting is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting

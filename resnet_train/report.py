@@ -60,10 +60,17 @@ class Reporter:
 
 
 def read_metrics(workdir) -> list[dict]:
+    """The records of metrics.jsonl; a line cut short (a full disk, a kill mid-write) is skipped."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict)]
 
 
 def best_logged(workdir, split: str, key: str, up_to_step: int | None = None):

@@ -13,6 +13,9 @@ from resnet_train.errors import RunDirError
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
+# The config that made the checkpoints, beside them. Hydra rewrites .hydra/ of a sweep member
+# before the member's code runs, so that copy cannot tell whether a rerun has another config.
+CHECKPOINTED_CONFIG = Path("checkpoints") / "config.yaml"
 # What may change when a run is resumed: where and how it runs, and how long (a longer run
 # recomputes its lr schedule for the new length), not what it computes.
 RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from", "epochs")
@@ -47,7 +50,8 @@ def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
 
     old = _flat(OmegaConf.to_container(saved_cfg, resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=False))
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    # A key the saved config lacks was added to the tool after that run: not a change of the run's.
+    keys = sorted(k for k in new.keys() | old.keys() if k in old and old[k] != new.get(k, "<unset>"))
     say = {k: f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys}
     return ([say[k] for k in keys if not k.startswith(RESUMABLE_CHANGES)],
             [say[k] for k in keys if k.startswith(RESUMABLE_CHANGES)])
@@ -58,11 +62,15 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
     RESUMABLE_CHANGES (returned, for the log)."""
     from omegaconf import OmegaConf
 
-    saved = workdir / CONFIG
-    if not saved.exists() or not (workdir / "checkpoints" / "checkpoint").exists():
+    saved = workdir / CHECKPOINTED_CONFIG
+    if not saved.exists():  # a run from before the copy beside the checkpoints existed
+        saved = workdir / CONFIG
+    if not saved.exists() or not any((workdir / "checkpoints").glob("ckpt-*.index")):
         return []
     changes, allowed = config_changes(OmegaConf.load(saved), cfg)
     if changes:
+        if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote it (a sweep)
+            _atomic_copy(saved, workdir / CONFIG)
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise RunDirError(
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
@@ -75,9 +83,16 @@ def save_config(workdir: Path, cfg, overrides=None) -> None:
     tools (resnet-eval, -export, ...) and sweep reports read them back."""
     from omegaconf import OmegaConf
 
-    (workdir / CONFIG).parent.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / (str(CONFIG) + ".tmp")
-    OmegaConf.save(cfg, tmp)
-    tmp.replace(workdir / CONFIG)
+    for place in (CONFIG, CHECKPOINTED_CONFIG):
+        (workdir / place).parent.mkdir(parents=True, exist_ok=True)
+        tmp = workdir / (str(place) + ".tmp")
+        OmegaConf.save(cfg, tmp)
+        tmp.replace(workdir / place)
     if overrides is not None:
         OmegaConf.save(OmegaConf.create(list(overrides)), workdir / OVERRIDES)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(source.read_bytes())
+    tmp.replace(target)

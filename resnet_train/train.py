@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -180,6 +181,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
             bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", disable=not rt.is_chief)
             bar.update(skip)
             t0 = time.perf_counter()
+            stopping = False  # a stop agreed by every worker (all-reduced in the train call)
             while step < (epoch + 1) * steps_per_epoch:
                 n = min(steps_per_call, (epoch + 1) * steps_per_epoch - step)
                 done, nonfinite, stop_now = trainer.train_steps(iterator, n, stop.requested)
@@ -189,8 +191,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
                 if first_call:
                     log.info("first step after %.1f s (process start to first optimizer step)", time.time() - started)
                     first_call = False
-                if stop_now:  # SIGTERM/SIGINT here or on another worker: save this step, exit
-                    raise _preempted(stop, step, total_steps, epoch, checkpointer)
+                if stop_now and step < (epoch + 1) * steps_per_epoch:  # SIGTERM/SIGINT here or on
+                    raise _preempted(stop, step, total_steps, epoch, checkpointer)  # another worker
+                stopping = stop_now  # at the epoch's end: finish the epoch (eval, save), then stop
                 if every_steps and step % every_steps < done and step < (epoch + 1) * steps_per_epoch:
                     checkpointer.save(step, epoch)
                 bar.update(done)
@@ -213,15 +216,18 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
                 reporter.log("eval_ema", step, epoch + 1, ema_metrics)
                 log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, cfg.epochs, eval_split,
                          ema_metrics["loss"], ema_metrics["accuracy"])
-            checkpointer.save(step, epoch + 1)
+            if not math.isfinite(eval_metrics["loss"]):  # e.g. the epoch's last update overflowed
+                raise _diverged(step, 0, trainer, checkpointer, "in evaluation after")
+            # best/ first: a kill between the two leaves the epoch to be redone, best included.
             if checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], best_so_far):
                 best_so_far = eval_metrics["accuracy"]
+            checkpointer.save(step, epoch + 1)
             if rt.is_chief:
                 plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
-            if stop.requested and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stop point
-                raise Preempted(f"stopped by {stop.signal_name} after epoch {epoch + 1} (step {step} of "
-                                f"{total_steps}); checkpoint {checkpointer.latest} written: run the same "
-                                f"command again to continue")
+            if stopping and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stop point
+                raise Preempted(f"stopped by {stop.signal_name or 'a signal on another worker'} after epoch "
+                                f"{epoch + 1} (step {step} of {total_steps}); checkpoint {checkpointer.latest} "
+                                f"written: run the same command again to continue")
             log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
                      epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
@@ -262,15 +268,15 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
     return results
 
 
-def _diverged(step: int, nonfinite: int, trainer, checkpointer) -> TrainingDiverged:
+def _diverged(step: int, nonfinite: int, trainer, checkpointer, when: str = "at") -> TrainingDiverged:
     """The error for a non-finite loss: the step, the last good checkpoint (untouched), what to try."""
     good = checkpointer.latest
     where = f"the last good checkpoint {good} is kept" if good else "no checkpoint was written yet"
-    what = (f"{nonfinite} steps in a row (runtime.max_nonfinite_steps={trainer.max_nonfinite_steps})"
+    what = (f", {nonfinite} steps in a row (more than runtime.max_nonfinite_steps={trainer.max_nonfinite_steps})"
             if trainer.max_nonfinite_steps else "")
     return TrainingDiverged(
-        f"the loss became NaN/Inf at step {step} {what}(lr {trainer.learning_rate():.4g}): training stopped "
-        f"and {where}; lower optimizer.lr, add schedule.warmup_epochs, or check the data")
+        f"the loss became NaN/Inf {when} step {step}{what}, lr {trainer.learning_rate():.4g}: training stopped "
+        f"and {where}; lower optimizer.lr, add schedule.warmup_epochs or optimizer.clip_norm, or check the data")
 
 
 def _preempted(stop, step: int, total_steps: int, epoch: int, checkpointer) -> Preempted:

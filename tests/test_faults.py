@@ -157,11 +157,12 @@ def test_a_checkpoint_of_another_model_is_a_clear_error_not_moved(tmp_path):
     before = file_digests(run)
     from resnet_train.errors import RunDirError
 
-    (run / ".hydra" / "config.yaml").unlink()  # as if the directory's config were lost
+    for config in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
+        config.unlink()  # as if the directory's config were lost
     with pytest.raises(RunDirError, match="does not fit this model"):
         train_and_evaluate(compose(*TINY, "epochs=1", "depth=14"), run)
     after = file_digests(run)
-    assert {k: v for k, v in before.items() if "checkpoints" in k} == {k: v for k, v in after.items() if "checkpoints" in k}
+    assert {k: v for k, v in before.items() if "ckpt-" in k} == {k: v for k, v in after.items() if "ckpt-" in k}
 
 
 # An absurd learning rate, a checkpoint after every step: step 1 still has a finite loss (and is
@@ -184,7 +185,7 @@ def test_a_nan_loss_stops_float32_at_that_step_and_keeps_the_last_good_checkpoin
 
 
 def test_float16_skips_non_finite_steps_and_stops_only_when_it_persists(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"4 steps in a row \(runtime.max_nonfinite_steps=3\)"):
+    with pytest.raises(TrainingDiverged, match=r"4 steps in a row \(more than runtime.max_nonfinite_steps=3\)"):
         train_and_evaluate(compose(*EXPLODING, "runtime.precision=mixed_float16", "runtime.max_nonfinite_steps=3",
                                    "data.limit_train=512"), tmp_path / "a")
 
@@ -283,3 +284,81 @@ def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
     assert "could not write" in line and "File too large" in line and "resumes from" in line
+
+
+def test_a_stop_at_an_epoch_end_finishes_that_epoch_first(tmp_path):
+    # One compiled call per epoch: the stop is always seen at an epoch's end.
+    args = (*LONG, "epochs=3", "runtime.steps_per_call=64", f"hydra.run.dir={tmp_path / 'run'}")
+    run = tmp_path / "run"
+    process = subprocess.Popen([str(CLI), *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(run, process)  # epoch 1's
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr[-2000:]
+    assert "after epoch 2 (step 128 of 192)" in stderr
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for split in ("train", "eval"):  # every epoch evaluated and logged exactly once
+        assert [r["epoch"] for r in records if r["split"] == split] == [1, 2, 3], split
+
+
+def test_when_no_checkpoint_can_be_read_the_run_refuses_instead_of_starting_over(tmp_path):
+    from resnet_train.errors import RunDirError
+
+    run = tmp_path / "run"
+    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    (run / "results.json").unlink()
+    data = next(run.glob("checkpoints/ckpt-4.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    metrics, best = (run / "metrics.jsonl").read_bytes(), file_digests(run / "checkpoints" / "best")
+    with pytest.raises(RunDirError, match="no readable checkpoint .* init_from="):
+        train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    assert (run / "metrics.jsonl").read_bytes() == metrics and file_digests(run / "checkpoints" / "best") == best
+    assert (run / "checkpoints" / "corrupt" / data.name).exists()
+
+
+def test_a_damaged_checkpoint_index_falls_back_to_the_files(tmp_path):
+    run = tmp_path / "run"
+    overrides = (*TINY, "epochs=2", "runtime.deterministic=true")
+    straight = train_and_evaluate(compose(*overrides), tmp_path / "straight")
+    train_and_evaluate(compose(*overrides), run)
+    keep_only_first_checkpoint(run)  # stopped after epoch 1 ...
+    (run / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: \x00garbage {{{")  # ... index damaged
+    got = train_and_evaluate(compose(*overrides), run)
+    assert got["steps"] == 8 and got["test"] == straight["test"]
+
+
+def test_a_line_cut_short_in_metrics_is_skipped(tmp_path):
+    from resnet_train.report import best_logged, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"split": "eval", "step": 4, "accuracy": 0.5}\n{"split": "ev')
+    assert read_metrics(tmp_path) == [{"split": "eval", "step": 4, "accuracy": 0.5}]
+    assert best_logged(tmp_path, "eval", "accuracy") == 0.5
+
+
+def test_a_sweep_member_rerun_with_another_config_is_refused_and_its_config_restored(tmp_path):
+    from omegaconf import OmegaConf
+
+    from resnet_train.errors import RunDirError
+
+    member = tmp_path / "0"
+    train_and_evaluate(compose(*TINY, "epochs=1"), member)
+    original = (member / ".hydra" / "config.yaml").read_text()
+    other = compose(*TINY, "epochs=1", "optimizer.lr=0.3")
+    OmegaConf.save(other, member / ".hydra" / "config.yaml")  # what Hydra does before the member runs
+    with pytest.raises(RunDirError, match=r"another config \(optimizer.lr: 0.1 -> 0.3\)"):
+        train_and_evaluate(other, member)
+    assert (member / ".hydra" / "config.yaml").read_text() == original
+
+
+def test_settings_added_to_the_tool_later_do_not_block_resuming_an_older_run():
+    from omegaconf import OmegaConf
+
+    from resnet_train.run_dir import config_changes
+
+    new = compose(*TINY)
+    old = OmegaConf.create(OmegaConf.to_container(new))
+    del old.optimizer["clip_norm"]  # a run saved before optimizer.clip_norm existed
+    old.epochs = 99
+    assert config_changes(old, new) == ([], [f"epochs: 99 -> {new.epochs}"])
