@@ -1,8 +1,10 @@
 """One training process per run directory: `<run>/.lock` holds the owner's host and PID.
 
-Created with O_EXCL (atomic on local and NFS v3+ file systems), removed when the run ends. A lock
-whose process is gone (same host, PID not alive) is stale: taken over with a warning. A lock from
-another host cannot be checked from here; the error says how to remove it if that run is dead.
+Created with O_EXCL (atomic on local and NFS v3+ file systems), removed when the run ends, and
+touched every HEARTBEAT_S seconds by a background thread while the run lives. A lock is stale, and
+taken over with a warning, when its process is gone (same host, PID not alive), when it names this
+very process (a restarted container often reuses the PID), or when its heartbeat stopped more than
+STALE_AFTER_S ago (any host: e.g. a SLURM job requeued onto another node).
 Only the chief locks: the workers of one multi-worker run share its directory.
 """
 from __future__ import annotations
@@ -12,12 +14,15 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
 from resnet_train.errors import RunDirError
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 30
+STALE_AFTER_S = 300
 
 
 def _alive(pid: int) -> bool:
@@ -34,6 +39,30 @@ class RunLock:
     def __init__(self, run_dir):
         self.path = Path(run_dir) / ".lock"
         self.held = False
+        self._stop = threading.Event()
+
+    def _stale(self, owner: dict, me: dict) -> str | None:
+        """Why the existing lock is stale, or None while its owner may be alive."""
+        host, pid = owner.get("host"), owner.get("pid")
+        try:
+            silent = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return "it is gone"
+        if host == me["host"] and isinstance(pid, int):
+            if pid == me["pid"]:
+                return f"it names this process ({pid}): a restart"
+            if not _alive(pid):
+                return f"process {pid} on {host} is gone"
+        if silent > STALE_AFTER_S:
+            return f"its heartbeat stopped {silent:.0f} s ago (process {pid} on {host})"
+        return None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
 
     def _owner(self) -> dict:
         try:
@@ -49,11 +78,16 @@ class RunLock:
             except FileExistsError:
                 owner = self._owner()
                 host, pid = owner.get("host"), owner.get("pid")
-                if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-                    log.warning("Removing a stale lock in %s (process %d on %s is gone)", self.path.parent, pid, host)
-                    self.path.unlink(missing_ok=True)
+                why = self._stale(owner, me)
+                if why:
+                    log.warning("Removing a stale lock in %s (%s)", self.path.parent, why)
+                    try:  # a rename, not unlink: of two runs taking over at once, one wins
+                        self.path.replace(self.path.with_name(f".lock.stale.{os.getpid()}"))
+                        self.path.with_name(f".lock.stale.{os.getpid()}").unlink()
+                    except FileNotFoundError:
+                        pass
                     continue
-                who = f"process {pid} on {host}" if pid else "another process"
+                who = f"process {pid} on {host}" if pid else "another process"  # alive, or silent < STALE_AFTER_S
                 raise RunDirError(
                     f"{self.path.parent} is in use by {who} (lock file {self.path}): wait for it to finish, "
                     f"use another hydra.run.dir, or delete the lock file if that run is dead") from None
@@ -65,10 +99,12 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
+            threading.Thread(target=self._heartbeat, name="run-lock-heartbeat", daemon=True).start()
             return self
         raise RunDirError(f"could not take the lock {self.path}: delete it if no run uses {self.path.parent}")
 
     def release(self) -> None:
+        self._stop.set()
         if self.held and self._owner().get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False

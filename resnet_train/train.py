@@ -47,14 +47,18 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
                  workdir, cfg.epochs)
         return finished
     changed = run_dir.check_resumable(workdir, cfg)
-    if changed:
-        log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
     chief = cfg.runtime.get("strategy") != "multi_worker" or cluster.is_chief()
     if chief:
         run_dir.ensure_writable(workdir)
+    held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
+    failed = True
     with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
         try:
-            return _train(cfg, workdir, started, overrides, stop)
+            if changed:
+                log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
+            results = _train(cfg, workdir, started, overrides, stop, held_log)
+            failed = False
+            return results
         except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
             ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
                 e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
@@ -63,9 +67,11 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
             raise RunDirError(f"could not write {e.filename or 'to ' + str(workdir)} ({e.strerror}): free disk "
                               f"space or fix the directory, then rerun the same command; it resumes from "
                               f"{tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
+        finally:
+            held_log.close(failed)
 
 
-def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) -> dict:
+def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log) -> dict:
     # ---- set up ---------------------------------------------------------------------------
     r = cfg.runtime
     rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
@@ -158,7 +164,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
     if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's
         run_dir.save_config(workdir, cfg, overrides)
         write_json(workdir / "dataset.json", info.to_dict())
+    held_log.release()
     step = int(checkpointer.step.numpy()) if restored else 0
+    _check_workers_agree(strategy, step, workdir)
     if step:
         log.info("Continuing at step %d of %d", step, total_steps)
     every_steps = cfg.checkpoint.get("every_steps") or 0
@@ -266,6 +274,20 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests) ->
     if rt.is_chief:
         write_json(workdir / "results.json", results)
     return results
+
+
+def _check_workers_agree(strategy, step: int, workdir: Path) -> None:
+    """Every worker must continue from the same step (else the collectives would hang): a sum over
+    the replicas equals replicas x step only if all restored the same checkpoint."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                            strategy.run(lambda: tf.constant(step, tf.int64)), axis=None)
+    if int(total) != step * strategy.num_replicas_in_sync:
+        raise RunDirError(f"the workers restored different checkpoints (this one: step {step} from {workdir}): "
+                          f"give every worker the same hydra.run.dir on a file system they share")
 
 
 def _diverged(step: int, nonfinite: int, trainer, checkpointer, when: str = "at") -> TrainingDiverged:

@@ -362,3 +362,40 @@ def test_settings_added_to_the_tool_later_do_not_block_resuming_an_older_run():
     del old.optimizer["clip_norm"]  # a run saved before optimizer.clip_norm existed
     old.epochs = 99
     assert config_changes(old, new) == ([], [f"epochs: 99 -> {new.epochs}"])
+
+
+def test_stale_locks_other_hosts_and_restarts(tmp_path, monkeypatch):
+    from resnet_train import run_lock
+    from resnet_train.errors import RunDirError
+
+    lock = tmp_path / ".lock"
+    me = socket.gethostname()
+    lock.write_text(json.dumps({"host": "node-7", "pid": 12345}))  # another host, heartbeat fresh
+    with pytest.raises(RunDirError, match="in use by process 12345 on node-7"):
+        run_lock.RunLock(tmp_path).acquire()
+    old = time.time() - run_lock.STALE_AFTER_S - 60  # ... its heartbeat stopped: requeued elsewhere
+    os.utime(lock, (old, old))
+    with run_lock.RunLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    lock.write_text(json.dumps({"host": me, "pid": os.getpid()}))  # a restarted container, same PID
+    with run_lock.RunLock(tmp_path):
+        pass
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)  # the holder keeps its lock fresh
+    with run_lock.RunLock(tmp_path):
+        os.utime(lock, (old, old))
+        time.sleep(0.3)
+        assert time.time() - lock.stat().st_mtime < 5
+
+
+def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", f"hydra.run.dir={run}")
+    assert code == 0, err
+    log = (run / "train.log").read_text()
+    # runtime.* may change on resume, but float16's optimizer (loss scaling) does not fit the
+    # checkpoint: refused at the restore, after the strategy and model lines were logged.
+    code, out, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1",
+                                    "runtime.precision=mixed_float16", f"hydra.run.dir={run}")
+    assert code == 2 and "does not fit" in err and "Strategy" in out  # the terminal saw the log lines ...
+    assert (run / "train.log").read_text() == log  # ... the run's log did not
