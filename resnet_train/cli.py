@@ -287,7 +287,8 @@ def _export(cfg) -> None:
 
         r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split)
         quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
-        print(f"Exported {r['format']}{quant}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
+        weights = " with the EMA weights" if r.get("weights") == "ema" else ""
+        print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
         print(f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
               f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
               f"difference {r['max_probability_difference']:.2e}")
