@@ -52,23 +52,23 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
         run_dir.ensure_writable(workdir)
     held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
     failed = True
-    with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
-        try:
+    try:
+        with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
             if changed:
                 log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
             results = _train(cfg, workdir, started, overrides, stop, held_log)
             failed = False
             return results
-        except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
-            ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
-                e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
-            if not ours:
-                raise
-            raise RunDirError(f"could not write {e.filename or 'to ' + str(workdir)} ({e.strerror}): free disk "
-                              f"space or fix the directory, then rerun the same command; it resumes from "
-                              f"{tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
-        finally:
-            held_log.close(failed)
+    except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
+        ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
+            e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+        if not ours:
+            raise
+        raise RunDirError(f"could not write {e.filename or 'to ' + str(workdir)} ({e.strerror}): free disk "
+                          f"space or fix the directory, then rerun the same command; it resumes from "
+                          f"{tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
+    finally:
+        held_log.close(failed)
 
 
 def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log) -> dict:

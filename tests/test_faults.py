@@ -399,3 +399,24 @@ def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeyp
                                     "runtime.precision=mixed_float16", f"hydra.run.dir={run}")
     assert code == 2 and "does not fit" in err and "Strategy" in out  # the terminal saw the log lines ...
     assert (run / "train.log").read_text() == log  # ... the run's log did not
+
+
+def test_a_refused_library_call_leaves_the_logging_set_up_as_it_was(tmp_path):
+    import logging
+
+    from resnet_train.errors import RunDirError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # alive
+    handler = logging.FileHandler(run / "train.log", delay=True)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with pytest.raises(RunDirError, match="in use by"):
+            train_and_evaluate(compose(*TINY, "epochs=1"), run)
+        assert handler in root.handlers
+        assert not any(isinstance(h, logging.handlers.MemoryHandler) for h in root.handlers)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
