@@ -403,6 +403,7 @@ def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeyp
 
 def test_a_refused_library_call_leaves_the_logging_set_up_as_it_was(tmp_path):
     import logging
+    import logging.handlers
 
     from resnet_train.errors import RunDirError
 
