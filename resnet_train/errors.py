@@ -3,6 +3,7 @@ when things go wrong")."""
 
 EXIT_USER_ERROR = 2  # bad input: the one-line message says what was wrong and how to fix it
 EXIT_DIVERGED = 3  # the loss became NaN/Inf; the last good checkpoint is kept
+EXIT_WORKER_LOST = 4  # multi-worker: another worker stopped or became unreachable; see its log
 EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was written at the current step; rerun to continue
 # 75 is EX_TEMPFAIL in sysexits.h ("try again later"): what a requeueing job script checks for.
 
@@ -30,6 +31,13 @@ class TrainingDiverged(UserError):
     """A non-finite loss: training stopped; the message names the step and the last good checkpoint."""
 
     exit_code = EXIT_DIVERGED
+
+
+class WorkerLost(UserError):
+    """Multi-worker: a collective failed because another worker stopped (its own error is in its
+    log) or became unreachable; rerunning every worker's command resumes the run."""
+
+    exit_code = EXIT_WORKER_LOST
 
 
 class Preempted(Exception):

@@ -14,11 +14,13 @@ import time
 import warnings
 from pathlib import Path
 
+from tensorflow import errors as tf_errors
+
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
 from resnet_train import cluster, finetune, models, optim, plots, run_dir, runtime
 from resnet_train.checkpoint import Checkpointer
-from resnet_train.errors import Preempted, RunDirError, TrainingDiverged
+from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost
 from resnet_train.interrupts import StopRequests
 from resnet_train.run_lock import RunLock
 from resnet_train.data import pipeline
@@ -59,6 +61,13 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
             results = _train(cfg, workdir, started, overrides, stop, held_log)
             failed = False
             return results
+    except _LOST_PEER_ERRORS as e:
+        if cfg.runtime.get("strategy") != "multi_worker":
+            raise
+        first = (e.message.strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WorkerLost(f"lost contact with another worker ({type(e).__name__}: {first}): it stopped (its "
+                         f"log in {workdir} says why) or is unreachable; rerun every worker's command to "
+                         f"resume from {tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
     except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
         ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
             e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
@@ -69,6 +78,11 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
                           f"{tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
     finally:
         held_log.close(failed)
+
+
+# What a collective raises when a peer process is gone (it exited after its own error, or died).
+_LOST_PEER_ERRORS = (tf_errors.UnavailableError, tf_errors.CancelledError, tf_errors.DeadlineExceededError,
+                     tf_errors.AbortedError)
 
 
 def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log) -> dict:

@@ -127,3 +127,33 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_rerun_continu
         assert code == 0, err[-3000:]
     assert f"Continuing at step {step} of 64" in (run / "train.log").read_text()
     assert json.loads((run / "results.json").read_text())["steps"] == 64
+
+
+def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_hanging(tmp_path):
+    import resource
+    import signal
+
+    run, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
+
+    def chief_disk_full():  # only the chief writes: its first checkpoint cannot be written
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TMPDIR": str(tmp),
+               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen([str(CLI), "runtime=multi_worker", *COMMON, "epochs=3", f"hydra.run.dir={run}"],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=chief_disk_full if index == 0 else None))
+    try:
+        outputs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 2 and "could not write the checkpoint" in outputs[0][1]
+    assert procs[1].returncode == 4, outputs[1][1][-2000:]
+    (line,) = [line for line in outputs[1][1].strip().splitlines() if line.startswith("resnet-train:")]
+    assert "lost contact with another worker" in line and "Traceback" not in outputs[1][1]
