@@ -16,20 +16,11 @@ from pathlib import Path
 from resnet_train.errors import EXIT_USER_ERROR
 
 
-def _flat_keys(node, prefix="") -> list[str]:
-    keys = []
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        keys.append(name)
-        if isinstance(value, dict):
-            keys += _flat_keys(value, name + ".")
-    return keys
-
-
 def known_keys(config_name: str) -> list[str]:
     """Every dotted key of the default config, plus the config groups' names."""
     from omegaconf import OmegaConf
 
+    from resnet_train.run_dir import flatten
     from resnet_train.train import load_config
 
     try:
@@ -37,7 +28,9 @@ def known_keys(config_name: str) -> list[str]:
     except Exception:  # noqa: BLE001 -- suggestions are a nicety; never fail while explaining
         return []
     groups = [p.name for p in (Path(__file__).parent / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"]
-    return _flat_keys(cfg) + groups
+    leaves = flatten(cfg)
+    sections = {key.rsplit(".", i)[0] for key in leaves for i in range(1, key.count(".") + 1)}
+    return sorted(leaves.keys() | sections) + groups
 
 
 def did_you_mean(key: str, config_name: str) -> str:

@@ -1,8 +1,8 @@
 """SIGTERM (preemption, `scancel`, `kill`) and SIGINT (Ctrl-C) become a request to stop.
 
-The training loop checks `stop.requested` after every compiled call (one step by default), writes
-a checkpoint at that step and exits with EXIT_PREEMPTED; rerunning the command continues from
-that exact step. A second Ctrl-C interrupts at once (the checkpoint of the last epoch end or
+The training loop passes `stop.requested` into its next compiled call (one step by default), where
+it is summed over every worker; then all of them write the checkpoint of that step and exit with
+EXIT_PREEMPTED; rerunning the command continues from that exact step. A second Ctrl-C interrupts at once (the checkpoint of the last epoch end or
 `checkpoint.every_steps` remains).
 """
 from __future__ import annotations

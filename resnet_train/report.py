@@ -22,9 +22,7 @@ class Reporter:
         records = read_metrics(self.workdir)
         kept = [r for r in records if r.get("step", 0) <= resumed_at]
         if len(kept) < len(records):
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            tmp.replace(path)
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._jsonl = open(path, "a", encoding="utf-8")
 
     def _writer(self, split):
@@ -100,9 +98,14 @@ def progress(total: int, desc: str, disable: bool = False):
                 disable=disable or not sys.stderr.isatty())
 
 
-def write_json(path, data) -> None:
+def write_atomic(path, text: str) -> None:
+    """Writes a temporary file beside `path`, then renames it: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)  # never a half-written results file
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_json(path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")

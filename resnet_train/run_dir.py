@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from resnet_train.errors import RunDirError
+from resnet_train.report import write_atomic
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -36,11 +37,12 @@ def ensure_writable(workdir: Path) -> None:
                           f"or choose another with hydra.run.dir=PATH") from None
 
 
-def _flat(node, prefix="") -> dict:
+def flatten(node, prefix="") -> dict:
+    """{"optimizer.lr": 0.1, ...}: the leaves of a nested mapping under dotted keys."""
     flat = {}
     for key, value in node.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -50,8 +52,8 @@ def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
     """(refused, allowed): the settings that differ between a run's saved config and `cfg`."""
     from omegaconf import OmegaConf
 
-    old = _flat(OmegaConf.to_container(saved_cfg, resolve=False))
-    new = _flat(OmegaConf.to_container(cfg, resolve=False))
+    old = flatten(OmegaConf.to_container(saved_cfg, resolve=False))
+    new = flatten(OmegaConf.to_container(cfg, resolve=False))
     # A key the saved config lacks was added to the tool after that run: not a change of the run's.
     keys = sorted(k for k in new.keys() | old.keys() if k in old and old[k] != new.get(k, "<unset>"))
     say = {k: f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys}
@@ -72,7 +74,7 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
     changes, allowed = config_changes(OmegaConf.load(saved), cfg)
     if changes:
         if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote it (a sweep)
-            _atomic_copy(saved, workdir / CONFIG)
+            write_atomic(workdir / CONFIG, saved.read_text(encoding="utf-8"))
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise RunDirError(
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
@@ -85,19 +87,12 @@ def save_config(workdir: Path, cfg, overrides=None) -> None:
     tools (resnet-eval, -export, ...) and sweep reports read them back."""
     from omegaconf import OmegaConf
 
+    text = OmegaConf.to_yaml(cfg)
     for place in (CONFIG, CHECKPOINTED_CONFIG):
-        (workdir / place).parent.mkdir(parents=True, exist_ok=True)
-        tmp = workdir / (str(place) + ".tmp")
-        OmegaConf.save(cfg, tmp)
-        tmp.replace(workdir / place)
+        write_atomic(workdir / place, text)
     if overrides is not None:
         OmegaConf.save(OmegaConf.create(list(overrides)), workdir / OVERRIDES)
 
-
-def _atomic_copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(source.read_bytes())
-    tmp.replace(target)
 
 
 class HeldLog:

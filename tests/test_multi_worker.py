@@ -23,14 +23,21 @@ def free_ports(n):
     return ports
 
 
-def run_two_workers(run_dir, tmp, *overrides, timeout=300):
+def start_two_workers(run_dir, tmp, *overrides, chief_preexec=None):
+    """Two `resnet-train runtime=multi_worker` processes on 127.0.0.1 (worker 0 is the chief)."""
     hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
         env = {**os.environ, "TMPDIR": str(tmp),
                "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen([str(CLI), "runtime=multi_worker", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=chief_preexec if index == 0 else None))
+    return procs
+
+
+def run_two_workers(run_dir, tmp, *overrides, timeout=300):
+    procs = start_two_workers(run_dir, tmp, *overrides)
     outputs = []
     for proc in procs:
         try:
@@ -98,13 +105,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_rerun_continu
     run, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
     overrides = ("epochs=2", "batch_size=16", "data.limit_train=512", "checkpoint.every_steps=4")
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = []
-    for index in range(2):
-        env = {**os.environ, "TMPDIR": str(tmp),
-               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen([str(CLI), "runtime=multi_worker", *COMMON, *overrides, f"hydra.run.dir={run}"],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = start_two_workers(run, tmp, *overrides)
     try:
         deadline = time.monotonic() + 240
         while not (run / "checkpoints" / "checkpoint").exists():
@@ -135,19 +136,12 @@ def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_ha
 
     run, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
 
     def chief_disk_full():  # only the chief writes: its first checkpoint cannot be written
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    procs = []
-    for index in range(2):
-        env = {**os.environ, "TMPDIR": str(tmp),
-               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen([str(CLI), "runtime=multi_worker", *COMMON, "epochs=3", f"hydra.run.dir={run}"],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      preexec_fn=chief_disk_full if index == 0 else None))
+    procs = start_two_workers(run, tmp, "epochs=3", chief_preexec=chief_disk_full)
     try:
         outputs = [p.communicate(timeout=180) for p in procs]
     finally:
