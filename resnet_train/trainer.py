@@ -48,6 +48,8 @@ class Trainer:
             # scale, and we stop only when it persists for more than runtime.max_nonfinite_steps.
             self._nonfinite = tf.Variable(0, trainable=False, dtype=tf.int32, name="nonfinite_steps")
         self.max_nonfinite_steps = int(max_nonfinite_steps)
+        # Only loss scaling skips steps, and only several replicas can disagree about one.
+        self._agree_on_skips = hasattr(optimizer, "scale_loss") and strategy.num_replicas_in_sync > 1
         # XLA compiles the forward and backward pass; the gradient all-reduce and the optimizer
         # update stay outside it (cross-replica merges cannot run inside a compiled cluster).
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if xla else self._gradients_fn
@@ -85,7 +87,10 @@ class Trainer:
         variables = self.model.trainable_variables
         grads, logits, per_example = self._gradients(images, labels)
         if self.clip_norm:
+            # Clipping all-reduces the gradients: a non-finite one anywhere makes every replica's NaN.
             grads = clip_by_global_norm(grads, self.clip_norm, getattr(self.optimizer, "dynamic_scale", None))
+        elif self._agree_on_skips:
+            grads = self._poisoned_everywhere_if_any_replica_overflowed(grads)
         grads = [g * s if s != 1.0 else g for g, s in zip(grads, self.grad_scale)]
         self.optimizer.apply_gradients(zip(grads, variables))
         # With soft labels, "correct" means the top prediction is the label with the most weight.
@@ -94,6 +99,25 @@ class Trainer:
         grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
         return (tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32),
                 1.0 - tf.cast(grads_finite, tf.float32))
+
+    def _poisoned_everywhere_if_any_replica_overflowed(self, grads):
+        """Every replica and worker takes the same skip decision under loss scaling.
+
+        Keras' LossScaleOptimizer expects gradients that are already summed: under MirroredStrategy
+        it decides "finite or not" from the first local replica only, and under
+        MultiWorkerMirroredStrategy each worker decides alone. With each replica's own gradients an
+        overflow on replica 1 would then be applied (poisoning the weights through the all-reduce),
+        or one worker would skip while another waits in the update's collectives (a hang). One
+        scalar all-reduce of "this replica overflowed" makes the decision global: if any replica's
+        gradients are not finite, every replica hands NaN gradients to the optimizer, which skips
+        the step and lowers the scale everywhere."""
+        present = [g for g in grads if g is not None]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])
+        overflowed = tf.distribute.get_replica_context().all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32))
+        present = tf.cond(overflowed > 0, lambda: [g * tf.constant(float("nan"), g.dtype) for g in present],
+                          lambda: present)
+        it = iter(present)
+        return [None if g is None else next(it) for g in grads]
 
     def _train_steps_fn(self, iterator, steps, stop_requested):
         # A stop request (SIGTERM) on any worker stops every worker: the flag is summed across
