@@ -158,3 +158,35 @@ def test_validation_split_is_fixed_disjoint_and_sized():
     for bad in (1.5, 100, -1, "x"):
         with pytest.raises(Exception, match="val_split"):
             carve(bad)
+
+
+def test_validation_examples_are_the_same_for_every_seed_and_in_the_tools():
+    """Training sets TF's global seed to `seed`; resnet-eval / -export set none. The held-out
+    examples depend on neither: only on (dataset, val_split, split_seed)."""
+    import keras
+    import tensorflow as tf
+    from omegaconf import OmegaConf
+
+    from resnet_train.data import held_out_indices
+    from resnet_train.evaluate import eval_split
+
+    cfg = {"source": "synthetic", "image_shape": [4, 4, 1], "train_size": 100, "test_size": 10, "val_split": 0.2}
+    key = lambda ds: sorted(x.tobytes() for x, _ in ds.as_numpy_iterator())  # noqa: E731
+    seen = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)  # what training does with cfg.seed
+        splits = data_lib.load(cfg)
+        seen.append(key(splits.val))
+    tf.random.set_seed(None)  # the tools: no global seed
+    val, size, _ = eval_split(OmegaConf.create({"data": cfg}), splits.info, None, "val")
+    assert size == 20
+    seen.append(key(val))
+    assert seen[0] == seen[1] == seen[2]
+
+    everything, _ = arrays(data_lib.load({**cfg, "val_split": None}).train)
+    assert seen[0] == sorted(everything[i].tobytes() for i in held_out_indices(100, 20, 0))
+    other = key(data_lib.load({**cfg, "split_seed": 1}).val)
+    assert other != seen[0]  # split_seed picks another split
+    with pytest.raises(Exception, match="split_seed"):
+        data_lib.load({**cfg, "split_seed": -1})
+

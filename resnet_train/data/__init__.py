@@ -15,7 +15,7 @@ def load(cfg) -> Splits:
     splits = _load_source(cfg)
     splits = select_classes(splits, cfg.get("classes"))
     splits = _limited(splits, cfg.get("limit_train"), cfg.get("limit_test"))
-    return carve_validation(splits, cfg.get("val_split"))
+    return carve_validation(splits, cfg.get("val_split"), cfg.get("split_seed", 0))
 
 
 def count_one(total, element):
@@ -57,17 +57,28 @@ def select_classes(splits: Splits, classes) -> Splits:
     return splits
 
 
-VAL_SEED = 1234  # fixed: the validation examples must not change with the training seed
+def held_out_indices(size: int, count: int, split_seed: int = 0):
+    """The indices of the `count` examples (of `size`) held out for validation, sorted.
+
+    A pure function of (size, count, split_seed), drawn by numpy's own generator: TensorFlow's
+    seeded ops mix in the global seed, which training sets to `seed`, so a tf.data shuffle would
+    hold out other images in every run of another seed, and others again in resnet-eval."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(int(split_seed)).permutation(size)[:count])
 
 
-def carve_validation(splits: Splits, val_split) -> Splits:
+def carve_validation(splits: Splits, val_split, split_seed: int = 0) -> Splits:
     """Holds out `val_split` training examples (a fraction in (0, 1) or a count) for validation.
 
-    The choice is a fixed-seed shuffle, so the same examples are held out in every run and every
-    epoch; both parts are cached, so the shuffle runs once.
+    The same examples in every run, epoch and seed, and in resnet-eval / resnet-export
+    (`held_out_indices`); the rest keep their order. Both parts are cached.
     """
     if val_split is None or val_split == 0:
         return splits
+    import numpy as np
+    import tensorflow as tf
+
     info = splits.info
     if info.encoded:
         raise ConfigError(f"data.val_split needs in-memory data; {info.name} is streamed: use its own "
@@ -82,9 +93,17 @@ def carve_validation(splits: Splits, val_split) -> Splits:
         raise ConfigError(
             f"data.val_split={val_split} leaves no training examples (of {info.train_size}): use a smaller value"
         )
-    shuffled = splits.train.shuffle(info.train_size, seed=VAL_SEED, reshuffle_each_iteration=False)
-    splits.val = shuffled.take(count).cache()
-    splits.train = shuffled.skip(count).cache()
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError(f"data.split_seed must be a non-negative integer (got {split_seed!r})")
+    held = np.zeros(info.train_size, bool)
+    held[held_out_indices(info.train_size, count, split_seed)] = True
+    table = tf.constant(held)
+    indexed = splits.train.enumerate()
+
+    def part(keep_held: bool):
+        return indexed.filter(lambda i, xy: tf.equal(tf.gather(table, i), keep_held)).map(lambda i, xy: xy).cache()
+
+    splits.val, splits.train = part(True), part(False)
     info.train_size, info.val_size = info.train_size - count, count
     return splits
 
