@@ -103,7 +103,8 @@ class Checkpointer:
         if moved:  # there was progress, and none of it can be read: do not silently start over
             raise RunDirError(
                 f"no readable checkpoint in {self.read_from} (the damaged ones are in {self.directory / 'corrupt'}): "
-                f"start a new run directory, with init_from={self.read_from / 'best'} if that one is readable")
+                f"start a new run directory" + (f", with init_from={self.read_from / 'best'} if that one is readable"
+                                                if (self.read_from / "best").is_dir() else ""))
         return False
 
     def _move_aside(self, path: str) -> None:
@@ -164,10 +165,22 @@ def _number(path: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def resolve(run_dir, which: str = "best") -> str:
-    """The checkpoint path for `which`: best (falls back to last), last, or a path (a checkpoint
-    prefix or a directory holding one)."""
+CHOICES = "auto | best | last | PATH"
+
+
+def resolve(run_dir, which: str = "auto", has_validation: bool = True) -> str:
+    """The checkpoint path for `which`: auto, best (falls back to last), last, or a path (a
+    checkpoint prefix or a directory holding one).
+
+    `auto` is best/ only for a run that selected it on a validation split; a run without one is
+    judged on the test set, which must not pick its own checkpoint, so `auto` is then the final one
+    (the paper's protocol: the length of training fixed beforehand, the final model tested once)."""
     run_dir = Path(run_dir)
+    if which == "auto":
+        which = "best" if has_validation else "last"
+    elif which == "best" and not has_validation and (run_dir / "checkpoints" / "best").is_dir():
+        log.warning("checkpoint=best: %s chose best/ on the test set (it had no validation split), so its test "
+                    "accuracy is optimistic; checkpoint=last is the unbiased one", run_dir)
     candidates = {"best": [run_dir / "checkpoints" / "best", run_dir / "checkpoints"],
                   "last": [run_dir / "checkpoints"]}.get(which, [Path(which)])
     for place in candidates:
@@ -177,4 +190,4 @@ def resolve(run_dir, which: str = "best") -> str:
                 return found
         elif Path(str(place) + ".index").exists():
             return str(place)
-    raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint=last|best|PATH")
+    raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint={CHOICES}")

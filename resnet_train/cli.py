@@ -70,6 +70,7 @@ def _train(cfg) -> float:
     from resnet_train.train import train_and_evaluate
 
     workdir = HydraConfig.get().runtime.output_dir
+    _check_search_has_validation(cfg)
     try:
         results = train_and_evaluate(cfg, workdir, started=PROCESS_START,
                                      overrides=list(HydraConfig.get().overrides.task))
@@ -88,7 +89,19 @@ def _train(cfg) -> float:
         f"loss {test['loss']:.4f}) on {test['examples']} images after {results['epochs']} epochs, "
         f"{results['wall_time_s']:.0f} s\nRun directory: {workdir}"
     )
-    return float(test["accuracy"])  # what sweepers optimise
+    # What sweepers optimise: the validation accuracy. The test set is reported, never searched on.
+    return float((results["eval"] if results["eval_split"] == "val" else test)["accuracy"])
+
+
+def _check_search_has_validation(cfg) -> None:
+    """A hyper-parameter search (a sweeper that optimises the returned value) needs a validation
+    split: optimising the test accuracy would tune on the test set."""
+    sweeper = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or "")
+    if "optuna" in sweeper.lower() and not cfg.data.get("val_split"):
+        # Every trial would fail alike: one line and exit 2 for the whole search, not a member's traceback.
+        print("resnet-train: error: hparams_search=optuna needs a validation split to optimise "
+              "(data.val_split=0.1 or a count): it would otherwise tune on the test set", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def train() -> None:

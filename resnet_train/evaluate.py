@@ -77,7 +77,7 @@ def eval_split(run_cfg, info, data_overrides, split: str):
     return ds, size, new
 
 
-def evaluate_run(run_dir, checkpoint="best", split="test", data_overrides=None, tta=None, batch_size=256) -> dict:
+def evaluate_run(run_dir, checkpoint="auto", split="test", data_overrides=None, tta=None, batch_size=256) -> dict:
     """Evaluates a run's checkpoint; writes eval/<split>.json and eval/<split>_confusion.png."""
     from resnet_train import plots
     from resnet_train.data import pipeline

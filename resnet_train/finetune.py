@@ -28,7 +28,7 @@ def _run_dir_of(source: Path) -> Path:
 
 
 def load_source(init_from):
-    """The source run's model with its weights (best checkpoint, or the checkpoint given)."""
+    """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
     from resnet_train.checkpoint import resolve
     from resnet_train.runs import build_model, read_run, restore_model
 
@@ -37,7 +37,7 @@ def load_source(init_from):
         raise UserError(f"init_from={source} does not exist")
     run_dir = _run_dir_of(source)
     _, cfg, info = read_run(run_dir)
-    checkpoint = resolve(run_dir, "best") if source == run_dir else resolve(run_dir, str(source))
+    checkpoint = resolve(run_dir, "auto" if source == run_dir else str(source), has_validation=bool(info.val_size))
     model = build_model(cfg, info)
     restore_model(model, checkpoint)
     return model, checkpoint, list(info.class_names)

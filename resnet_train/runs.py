@@ -106,13 +106,17 @@ def restore_ema(model, cfg, path: str) -> None:
     model.trainable = True
 
 
-def load_run(run_dir, checkpoint: str = "best", ema=None) -> LoadedRun:
+def load_run(run_dir, checkpoint: str = "auto", ema=None) -> LoadedRun:
     """The run's model with a checkpoint's weights: the EMA weights when the run kept them
-    (ema.decay) unless ema=False, else the raw ones."""
+    (ema.decay) unless ema=False, else the raw ones. checkpoint=auto: best/ when the run chose it
+    on a validation split, else the final checkpoint (checkpoint.resolve)."""
     from resnet_train.checkpoint import resolve
 
     run_dir, cfg, info = read_run(run_dir)
-    path = resolve(run_dir, checkpoint)
+    path = resolve(run_dir, checkpoint, has_validation=bool(info.val_size))
+    if checkpoint == "auto" and not info.val_size:
+        log.info("Using the final checkpoint: %s had no validation split (data.val_split), and a best "
+                 "checkpoint chosen on the test set would overstate its test accuracy", run_dir)
     model = build_model(cfg, info)
     use_ema = ema_decay(cfg) is not None if ema is None else bool(ema)
     if use_ema and ema_decay(cfg) is None:

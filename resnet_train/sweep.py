@@ -59,7 +59,8 @@ def member_row(member: Path) -> dict:
     elif results.exists():
         r = json.loads(results.read_text())
         row.update(status="finished", final_eval_accuracy=r["eval"]["accuracy"], epochs=r["epochs"],
-                   best_eval_accuracy=r.get(f"best_{r.get('eval_split', 'test')}_accuracy"),
+                   best_eval_accuracy=r.get("best_val_accuracy", r.get("best_test_accuracy_optimistic",
+                                                                            r.get("best_test_accuracy"))),
                    wall_time_s=r.get("wall_time_s"))
     return row
 

@@ -307,13 +307,15 @@ def test_when_no_checkpoint_can_be_read_the_run_refuses_instead_of_starting_over
     from resnet_train.errors import RunDirError
 
     run = tmp_path / "run"
-    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    with_val = (*TINY, "epochs=1", "data.val_split=32")  # a validation split: best/ is kept
+    train_and_evaluate(compose(*with_val), run)
     (run / "results.json").unlink()
-    data = next(run.glob("checkpoints/ckpt-4.data-*"))
+    data = next(run.glob("checkpoints/ckpt-3.data-*"))
     data.write_bytes(data.read_bytes()[:100])
     metrics, best = (run / "metrics.jsonl").read_bytes(), file_digests(run / "checkpoints" / "best")
-    with pytest.raises(RunDirError, match="no readable checkpoint .* init_from="):
-        train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    assert best  # the run's best/ is the one thing the message points to: it stays as it was
+    with pytest.raises(RunDirError, match="no readable checkpoint .* init_from=.*best"):
+        train_and_evaluate(compose(*with_val), run)
     assert (run / "metrics.jsonl").read_bytes() == metrics and file_digests(run / "checkpoints" / "best") == best
     assert (run / "checkpoints" / "corrupt" / data.name).exists()
 

@@ -58,8 +58,22 @@ def test_optuna_search_runs_two_trials_with_storage_in_the_sweep_dir(tmp_path):
     done = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", *SMALL, f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (sweep / "optuna.db").exists() and (sweep / "optimization_results.yaml").exists()
-    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
     assert len(rows(sweep)) == 2 and all("optimizer.lr=" in r["overrides"] for r in rows(sweep))
+    # Optuna optimised the validation accuracy (10% held out by the search's config), never the test set's.
+    from omegaconf import OmegaConf
+
+    members = [json.loads((sweep / m / "results.json").read_text()) for m in ("0", "1")]
+    assert all(m["eval_split"] == "val" and m["eval"]["examples"] == 6 for m in members)  # 10% of 64
+    best = OmegaConf.load(sweep / "optimization_results.yaml").best_value
+    assert best == max(m["eval"]["accuracy"] for m in members)
+
+
+def test_optuna_search_without_a_validation_split_is_refused(tmp_path):
+    done = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", *SMALL, "data.val_split=null",
+                   f"hydra.sweep.dir={tmp_path / 'search'}")
+    assert done.returncode == 2
+    assert "hparams_search=optuna needs a validation split to optimise (data.val_split=0.1" in done.stderr
+    assert not list((tmp_path / "search").glob("*/results.json"))
 
 
 def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):

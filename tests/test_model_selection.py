@@ -1,0 +1,54 @@
+"""Model selection stays off the test set: best/ is chosen on a validation split or not at all, and
+the tools' default checkpoint (auto) is then the final one."""
+import json
+import logging
+import shutil
+
+import tensorflow as tf
+
+from conftest import TINY, compose
+from resnet_train.checkpoint import resolve
+from resnet_train.evaluate import evaluate_run
+from resnet_train.runs import load_run
+from resnet_train.train import train_and_evaluate
+
+
+def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(tmp_path, caplog):
+    run = tmp_path / "run"
+    results = train_and_evaluate(compose(*TINY, "epochs=2"), run)
+    assert results["eval_split"] == "test"
+    assert not (run / "checkpoints" / "best").exists()
+    # The best-over-epochs test figure is kept only under a name that says it is optimistic.
+    assert "best_test_accuracy" not in results and "best_test_accuracy_optimistic" in results
+    assert json.loads((run / "results.json").read_text())["best_test_accuracy_optimistic"] == \
+        results["best_test_accuracy_optimistic"]
+
+    with caplog.at_level(logging.INFO):
+        loaded = load_run(run)  # checkpoint=auto, the tools' default
+    assert loaded.checkpoint == results["checkpoint"] == tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert "Using the final checkpoint" in caplog.text and "no validation split" in caplog.text
+    assert evaluate_run(run)["checkpoint"] == results["checkpoint"]
+
+    # A run of an earlier version kept best/ chosen on the test set: asked for by name, it is used
+    # with a warning that its test accuracy is optimistic.
+    best = run / "checkpoints" / "best"
+    best.mkdir()
+    for f in run.glob("checkpoints/ckpt-8.*"):
+        shutil.copy(f, best / f.name)
+    (best / "checkpoint").write_text('model_checkpoint_path: "ckpt-8"\n')
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resolve(run, "best", has_validation=False) == str(best / "ckpt-8")
+    assert "chose best/ on the test set" in caplog.text and "checkpoint=last" in caplog.text
+    assert load_run(run).checkpoint == results["checkpoint"]  # auto still takes the final one
+
+
+def test_with_a_validation_split_best_is_chosen_on_it_and_is_the_default(tmp_path):
+    run = tmp_path / "run"
+    results = train_and_evaluate(compose(*TINY, "epochs=2", "data.val_split=32"), run)
+    assert results["eval_split"] == "val" and "best_val_accuracy" in results
+    assert results["test"]["examples"] == 64 and results["eval"]["examples"] == 32
+    best = tf.train.latest_checkpoint(str(run / "checkpoints" / "best"))
+    assert best and load_run(run).checkpoint == best
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert results["best_val_accuracy"] == max(r["accuracy"] for r in records if r["split"] == "eval")
