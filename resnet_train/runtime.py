@@ -59,6 +59,28 @@ def split_cpu(replicas: int) -> None:
         ) from None
 
 
+def existing_devices(requested, available) -> list[str]:
+    """`requested` (runtime.devices) as given, after checking that each exists here: TF's soft
+    placement would otherwise run a strategy "over GPU:7" on the CPU, the log naming GPU:7."""
+    have = {}
+    for name in available:
+        spec = tf.DeviceSpec.from_string(name)
+        have[(spec.device_type.upper(), spec.device_index)] = name
+    missing = []
+    for name in requested:
+        try:
+            spec = tf.DeviceSpec.from_string(str(name))
+        except (ValueError, TypeError):
+            spec = None
+        if spec is None or spec.device_type is None or \
+                (spec.device_type.upper(), spec.device_index or 0) not in have:
+            missing.append(str(name))
+    if missing:
+        raise ConfigError(f"runtime.devices: {', '.join(missing)} is not a device of this machine, which has "
+                          f"{', '.join(sorted(have.values()))} (omit runtime.devices to use every GPU, or the CPU)")
+    return [str(d) for d in requested]
+
+
 def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     if name not in STRATEGIES:
         raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
@@ -75,7 +97,7 @@ def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     if devices:
-        devices = list(devices)
+        devices = existing_devices(devices, gpus + cpus)
     elif gpus:
         devices = gpus
     else:

@@ -49,6 +49,22 @@ def test_bad_runtime_settings_are_config_errors():
         check_replicas(compose("batch_size=33"), 2)
 
 
+def test_devices_that_do_not_exist_are_refused_naming_those_that_do():
+    """TF's soft placement would run a strategy "over GPU:7" on the CPU, the log naming GPU:7."""
+    message = ("runtime.devices: /gpu:7 is not a device of this machine, which has /device:CPU:0, /device:CPU:1 "
+               "(omit runtime.devices to use every GPU, or the CPU)")
+    for strategy in ("mirrored", "one_device", "auto"):
+        with pytest.raises(ConfigError) as refused:
+            runtime.make_strategy(strategy, ["/cpu:0", "/gpu:7"], cpu_replicas=2)
+        assert str(refused.value) == message
+    with pytest.raises(ConfigError, match="/cpu:5 is not a device"):
+        runtime.make_strategy("mirrored", ["/cpu:5"], cpu_replicas=2)
+    with pytest.raises(ConfigError, match="not a device name is not a device"):
+        runtime.make_strategy("mirrored", ["not a device name"], cpu_replicas=2)
+    strategy = runtime.make_strategy("mirrored", ["/cpu:0", "CPU:1"], cpu_replicas=2)  # any spelling TF reads
+    assert strategy.num_replicas_in_sync == 2
+
+
 def _train_small_model(strategy, steps=4, global_batch=16):
     return train_small_model(strategy, steps, global_batch, weight_decay=1e-2)
 
