@@ -125,8 +125,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
 
     def epoch_batches(epoch, skip):
         def dataset_fn(ctx):  # a tf.distribute.InputContext
+            source = splits.train_for_epoch(cfg.seed, epoch) if splits.train_for_epoch else splits.train
             return pipeline.train_batches(
-                splits.train, info.train_size, cfg.batch_size, cfg.seed, epoch, augment, batch_augment,
+                source, info.train_size, cfg.batch_size, cfg.seed, epoch, augment, batch_augment,
                 skip_batches=skip, shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,
                 pipeline_id=ctx.input_pipeline_id, replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
 

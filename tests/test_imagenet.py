@@ -121,3 +121,36 @@ def test_val_split_on_streamed_data_is_refused(fake_imagenet):
                        "cache": False, "test_split": "validation", "val_split": 0.1,
                        "mean": [1, 1, 1], "std": [1, 1, 1]})
     assert DataError  # imported for the error type of the neighbouring tests
+
+
+def test_streamed_files_are_read_in_a_new_order_each_epoch_and_the_same_on_resume(tmp_path):
+    """ImageNet-sized data is shuffled through a buffer of 10k of its 1.28M examples: only a new file
+    order per epoch, seeded by (seed, epoch), makes one epoch's sequence differ from the next. (A
+    buffer of 1 here: what changes between epochs is the file order alone.)"""
+    import hashlib
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from resnet_train.data import pipeline
+
+    manual, data_dir = tmp_path / "manual", tmp_path / "tfds"
+    write_fake_imagenet(manual, per_class=8)
+    # 6 files per split (tfds would write one for so few images), as the real 1024 train files.
+    tfds.builder("imagenet2012", data_dir=str(data_dir)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual), num_shards=6))
+    splits = tfds_source.load("imagenet2012", data_dir=data_dir, download=False, in_memory=False,
+                              test_split="validation", mean=[1, 1, 1], std=[1, 1, 1])
+    tf.random.set_seed(0)  # training sets the global seed (cfg.seed); tf.data mixes it into op seeds
+
+    def sequence(seed, epoch, skip=0):
+        ds = pipeline.train_batches(splits.train_for_epoch(seed, epoch), 24, 4, seed, epoch, shuffle_buffer=1,
+                                    skip_batches=skip)
+        return [hashlib.sha1(x).hexdigest() for images, _ in ds.as_numpy_iterator() for x in images]
+
+    epochs = [sequence(0, e) for e in range(3)]
+    assert len(epochs[0]) == 24 and sorted(epochs[0]) == sorted(epochs[1])  # every image once per epoch
+    assert epochs[0] != epochs[1] != epochs[2]  # in another order each epoch
+    assert sequence(0, 1) == epochs[1]  # the same (seed, epoch), the same order: exact resume
+    assert sequence(0, 1, skip=2) == epochs[1][8:]  # and a resumed epoch continues it
+    assert sequence(1, 1) != epochs[1]

@@ -115,6 +115,7 @@ def _limited(splits: Splits, limit_train, limit_test) -> Splits:
             raise ConfigError(f"data.{key} must be a positive integer or null (got {value!r})")
     if limit_train and limit_train < info.train_size:
         splits.train, info.train_size = splits.train.take(limit_train), limit_train
+        splits.train_for_epoch = None  # the first N in file order, the same N every epoch
     if limit_test and limit_test < info.test_size:
         splits.test, info.test_size = splits.test.take(limit_test), limit_test
     return splits

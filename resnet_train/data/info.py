@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import tensorflow as tf
 
@@ -33,6 +34,11 @@ class Splits:
     test: tf.data.Dataset
     info: DatasetInfo
     val: tf.data.Dataset | None = None  # carved from train when data.val_split is set
+    # Streamed data: train_for_epoch(seed, epoch) is the training stream with its files in an order
+    # of that (seed, epoch), so that every epoch reads the files in another order, and a resumed
+    # epoch in the same one. None: `train` is read in the same order every epoch (in-memory data is
+    # shuffled whole by the pipeline).
+    train_for_epoch: Callable[[int, int], tf.data.Dataset] | None = None
 
 
 def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:

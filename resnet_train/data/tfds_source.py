@@ -137,14 +137,23 @@ def load(name: str, data_dir=None, manual_dir=None, download=True, mean=None, st
 def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> Splits:
     import tensorflow_datasets as tfds
 
-    def read(split):
+    def read(split, file_seed=None):
         if split not in builder.info.splits:
             raise DataError(f"{name} in {builder.data_dir} has no {split!r} split "
                             f"(it has {', '.join(builder.info.splits)})")
+        # With a file_seed, the files are read in an order of that seed (tfds shuffles its file list
+        # with it; a seeded shuffle keeps the interleave deterministic, so exact resumes hold).
+        config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False)
         # Encoded bytes: decoding happens in the pipeline, fused with the crop (decode_and_crop_jpeg).
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=file_seed is not None,
+                                read_config=config,
                                 decoders={builder.info.supervised_keys[0]: tfds.decode.SkipDecoding()})
         return ds, builder.info.splits[split].num_examples
+
+    def train_for_epoch(seed: int, epoch: int):
+        # The pipeline's shuffle buffer (10k of ImageNet's 1.28M) only mixes nearby examples: without
+        # a new file order each epoch, every epoch would see nearly the same sequence.
+        return read(train_split, file_seed=int(seed) * 100_003 + int(epoch))[0]
 
     (train, train_size), (test, test_size) = read(train_split), read(test_split)
     if mean is None or std is None:
@@ -156,4 +165,4 @@ def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> 
         train_size=train_size, test_size=test_size, class_names=list(label.names),
         mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std), encoded=True,
     )
-    return Splits(train, test, info)
+    return Splits(train, test, info, train_for_epoch=train_for_epoch)
