@@ -4,7 +4,7 @@ Every message names the setting, what was wrong and a valid choice.
 """
 from __future__ import annotations
 
-from resnet_train import models
+from resnet_train import models, schedules
 from resnet_train.errors import ConfigError
 
 
@@ -24,6 +24,10 @@ def _positive_number(cfg, key, where):
 def validate(cfg) -> None:
     """Raises ConfigError for a config that cannot train."""
     _positive_int(cfg, "epochs")
+    steps = cfg.get("steps")
+    if steps is not None and not _int_at_least(steps, 1):
+        raise ConfigError(f"steps must be null or a positive integer, the run's length in optimizer steps "
+                          f"(got {steps!r})")
     _positive_int(cfg, "batch_size")
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -50,6 +54,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {wd!r})")
     _runtime(cfg.runtime)
     _checkpoint(cfg.get("checkpoint") or {})
+    # A warm-up longer than the run, where comparable before the data is read (same units).
+    schedules.check_warmup_fits(cfg)
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")

@@ -10,7 +10,9 @@ coefficient eta, momentum m and global learning rate gamma:
 
 Variables excluded from weight decay (BN gamma/beta and biases unless optimizer.decay_bn, set
 with `exclude_from_weight_decay` as for Keras' optimizers) are also excluded from the layer-wise
-adaptation, as is usual (e.g. the MLPerf ResNet reference): they take plain momentum SGD.
+adaptation, as is usual (e.g. the MLPerf ResNet reference): they take plain momentum SGD. The
+exclusions hold whatever the decay: with weight_decay=0 the excluded variables still take plain
+momentum SGD (optim.build_optimizer sets them for LARS always).
 """
 from __future__ import annotations
 

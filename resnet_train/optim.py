@@ -11,7 +11,9 @@ Weight decay (`optimizer.weight_decay_mode`), per optimizer:
   `weight_decay`; lr is the scheduled lr). Default (and only choice) for adamw; default for lamb.
 - trust_ratio: lars only; the decay enters the layer-wise trust ratio (You et al. 2017).
 In every mode only kernels (rank >= 2) are decayed; BN gamma/beta and biases are not, unless
-`optimizer.decay_bn=true` (`decayed` below is the one rule all modes use).
+`optimizer.decay_bn=true` (`decayed` below is the one rule all modes use). LARS applies its trust
+ratio to the same variables, whatever the decay (also with weight_decay=0): the others take plain
+momentum SGD.
 
 Gradient clipping by global norm (`optimizer.clip_norm`) is done by the trainer on the gradient
 summed over replicas (`clip_factor`): Keras' `global_clipnorm` clips each replica's gradient
@@ -121,7 +123,9 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
         ema = {"use_ema": True, "ema_momentum": float(ema_decay)}
     wd = float(cfg.get("weight_decay", 0.0) or 0.0)
     optimizer = _make(name, cfg, schedule, wd if mode != "coupled" and wd else None, ema)
-    if mode != "coupled" and wd:
+    # LARS spares the same variables from its trust ratio as from decay, so it needs them whatever
+    # the decay (with weight_decay=0 too).
+    if mode == "trust_ratio" or (mode != "coupled" and wd):
         if variables is None:
             raise ValueError(f"{mode} weight decay needs the model's variables to spare BN and biases")
         decay_bn = bool(cfg.get("decay_bn", False))

@@ -21,7 +21,7 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTED_CONFIG = Path("checkpoints") / "config.yaml"
 # What may change when a run is resumed: where and how it runs, and how long (a longer run
 # recomputes its lr schedule for the new length), not what it computes.
-RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from", "epochs")
+RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from", "epochs", "steps")
 
 
 def ensure_writable(workdir: Path) -> None:

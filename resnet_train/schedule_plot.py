@@ -38,7 +38,7 @@ def schedule_curve(cfg):
     steps_per_epoch = train_size(cfg) // int(cfg.batch_size)
     if steps_per_epoch < 1:
         raise UserError(f"batch_size {cfg.batch_size} is larger than the training set")
-    total = steps_per_epoch * int(cfg.epochs)
+    _, total = schedules.run_length(cfg, steps_per_epoch)
     lr = optim.effective_lr(cfg.optimizer, int(cfg.batch_size))
     return schedules.curve(schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch), total), steps_per_epoch
 
@@ -49,5 +49,5 @@ def plot_schedule(cfg):
 
     lrs, steps_per_epoch = schedule_curve(cfg)
     title = (f"{cfg.schedule.name} schedule, {cfg.optimizer.name}: peak lr {lrs.max():.4g}, "
-             f"{cfg.epochs} epochs x {steps_per_epoch} steps")
+             f"{len(lrs)} steps, {steps_per_epoch} per epoch")
     return lr_curve(lrs, steps_per_epoch, cfg.out, title), lrs

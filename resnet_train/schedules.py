@@ -1,8 +1,13 @@
 """Learning-rate schedules, all per step (so a run resumed mid-epoch continues the exact curve).
 
 The `schedule` config group: step, cosine, onecycle, exponential, constant, each with an optional
-linear warm-up (`schedule.warmup_epochs`). Keras' own schedules where it has them; OneCycle and
-the warm-up wrapper are ours (Keras has neither).
+warm-up of `schedule.warmup_epochs` epochs or `schedule.warmup_steps` steps: linear from 0
+(`warmup_mode=linear`, Goyal et al. 2017) or the lr x `warmup_factor` held constant
+(`warmup_mode=constant`, He et al. 2016's 0.01 for ~400 iterations before 0.1). Keras' own
+schedules where it has them; OneCycle and the warm-up wrappers are ours (Keras has neither).
+
+The run's length (`run_length`): `epochs` whole epochs, or exactly `steps` optimizer steps when
+that is set (epochs = the epochs they take, the last one cut short).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from resnet_train.errors import ConfigError
 SCHEDULES = ("step", "cosine", "onecycle", "exponential", "constant")
 MILESTONE_UNITS = ("fraction", "epoch", "step")
 ANNEALS = ("cos", "linear")
+WARMUP_MODES = ("linear", "constant")
 
 
 @keras.saving.register_keras_serializable(package="resnet_train")
@@ -37,6 +43,29 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     @classmethod
     def from_config(cls, config):
         return cls(keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"])
+
+
+@keras.saving.register_keras_serializable(package="resnet_train")
+class ConstantWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """`factor` x the wrapped schedule's value for the first `warmup_steps`, then that schedule
+    (He et al. 2016, sec. 4.2: lr 0.01 for ~400 iterations, "then go back to 0.1")."""
+
+    def __init__(self, after, warmup_steps: int, factor: float = 0.1):
+        self.after = after
+        self.warmup_steps, self.factor = int(warmup_steps), float(factor)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        value = self.after(step)
+        return ops.where(step < self.warmup_steps, self.factor * value, value)
+
+    def get_config(self):
+        return {"after": keras.saving.serialize_keras_object(self.after), "warmup_steps": self.warmup_steps,
+                "factor": self.factor}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"], config["factor"])
 
 
 @keras.saving.register_keras_serializable(package="resnet_train")
@@ -135,11 +164,74 @@ def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [base_lr, base_lr])
     else:
         raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)} (got {name!r})")
-    warmup_epochs = cfg.get("warmup_epochs", 0) or 0
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
-        raise ConfigError(f"schedule.warmup_epochs must be a number >= 0, e.g. 5 (got {warmup_epochs!r})")
-    warmup_steps = round(float(warmup_epochs) * steps_per_epoch)
-    return LinearWarmup(schedule, warmup_steps) if warmup_steps > 0 else schedule
+    key, length = warmup(cfg)
+    mode = cfg.get("warmup_mode", "linear")
+    if mode not in WARMUP_MODES:
+        raise ConfigError(f"schedule.warmup_mode must be one of {', '.join(WARMUP_MODES)} (got {mode!r})")
+    steps = round(length * steps_per_epoch) if key == "warmup_epochs" else int(length)
+    if mode == "constant":
+        factor = _number(cfg, "warmup_factor", 0.1, 0.0, 1.0, " (the warm-up's lr as a fraction of the lr, e.g. 0.1)")
+        return ConstantWarmup(schedule, steps, factor) if steps > 0 else schedule
+    return LinearWarmup(schedule, steps) if steps > 0 else schedule
+
+
+def warmup(cfg) -> tuple[str | None, float]:
+    """(the key that sets the warm-up, its length in that key's unit), or (None, 0) for none:
+    `schedule.warmup_epochs` (fractions allowed) or `schedule.warmup_steps`, not both."""
+    epochs = cfg.get("warmup_epochs", 0) or 0
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0:
+        raise ConfigError(f"schedule.warmup_epochs must be a number >= 0, e.g. 5 (got {epochs!r})")
+    steps = cfg.get("warmup_steps", 0) or 0
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"schedule.warmup_steps must be an integer >= 0, e.g. 400 (got {steps!r})")
+    if epochs and steps:
+        raise ConfigError(f"schedule.warmup_epochs={epochs:g} and schedule.warmup_steps={steps} both set the "
+                          f"warm-up: keep one, set the other to 0")
+    if epochs:
+        return "warmup_epochs", float(epochs)
+    return ("warmup_steps", steps) if steps else (None, 0)
+
+
+def _epochs(n) -> str:
+    return f"{n:g} epoch{'' if n == 1 else 's'}"
+
+
+def check_warmup_fits(cfg, steps_per_epoch: int | None = None) -> None:
+    """Refuses a warm-up longer than the run (a train config: `schedule`, `epochs`, `steps`). Without
+    `steps_per_epoch` (before the data is read) only what is comparable: warmup_epochs against
+    epochs, warmup_steps against steps; with it, any pair."""
+    key, length = warmup(cfg.schedule)
+    if key is None:
+        return
+    steps = cfg.get("steps")
+    run_key = "steps" if steps is not None else "epochs"
+    same_unit = (key == "warmup_steps") == (run_key == "steps")
+    if same_unit:
+        if length <= (steps if run_key == "steps" else cfg.epochs):
+            return
+        warm, run = "", (f"steps={steps}" if run_key == "steps" else _epochs(cfg.epochs))
+    else:
+        if steps_per_epoch is None:
+            return  # checked once the data's size is known
+        total = steps if run_key == "steps" else cfg.epochs * steps_per_epoch
+        warm_steps = round(length * steps_per_epoch) if key == "warmup_epochs" else length
+        if warm_steps <= total:
+            return
+        warm = f" ({warm_steps} steps)" if key == "warmup_epochs" else ""
+        run = f"steps={steps}" if run_key == "steps" else f"{_epochs(cfg.epochs)} = {total} steps"
+    raise ConfigError(f"schedule.{key}={length:g}{warm} is longer than the run ({run}): "
+                      f"lower it or raise {run_key}")
+
+
+def run_length(cfg, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, optimizer steps) of a train config's run: `steps` when set (epochs = the epochs
+    they take, the last one cut short: `epochs` is not used), else `epochs` whole epochs. Refuses
+    a warm-up longer than that."""
+    check_warmup_fits(cfg, steps_per_epoch)
+    steps = cfg.get("steps")
+    if steps is None:
+        return int(cfg.epochs), int(cfg.epochs) * steps_per_epoch
+    return math.ceil(steps / steps_per_epoch), int(steps)
 
 
 def curve(schedule, total_steps: int):

@@ -18,7 +18,7 @@ from tensorflow import errors as tf_errors
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
-from resnet_train import cluster, finetune, models, optim, plots, run_dir, runtime
+from resnet_train import cluster, finetune, models, optim, plots, run_dir, runtime, schedules
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost
 from resnet_train.interrupts import StopRequests
@@ -46,7 +46,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     finished = _finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
-                 workdir, cfg.epochs)
+                 workdir, finished["epochs"])
         return finished
     changed = run_dir.check_resumable(workdir, cfg)
     chief = cfg.runtime.get("strategy") != "multi_worker" or cluster.is_chief()
@@ -104,7 +104,12 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     info = splits.info
     config_lib.check_against_data(cfg, info)
     steps_per_epoch = info.train_size // cfg.batch_size
-    total_steps = steps_per_epoch * cfg.epochs
+    # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
+    # warm-up longer than the run is refused here when its units differ from the run's.
+    epochs, total_steps = schedules.run_length(cfg, steps_per_epoch)
+    if cfg.get("steps") is not None:
+        log.info("steps=%d: %d epochs of %d steps, the last one %d steps (epochs=%s is not used)", total_steps,
+                 epochs, steps_per_epoch, total_steps - (epochs - 1) * steps_per_epoch, cfg.epochs)
     augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
     batch_augment = make_batch_augment(cfg.augment, info.num_classes)
     # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
@@ -199,17 +204,18 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     eval_metrics = None
     first_call = True
     try:
-        for epoch in range(step // steps_per_epoch, cfg.epochs):
+        for epoch in range(step // steps_per_epoch, epochs if step < total_steps else 0):
             skip = step - epoch * steps_per_epoch
+            end = min((epoch + 1) * steps_per_epoch, total_steps)  # the last epoch of a run in steps stops early
             iterator = epoch_batches(epoch, skip)
             if not skip:  # resumed mid-epoch, the checkpoint brought the epoch's sums so far
                 trainer.reset_train_metrics()
-            bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", disable=not rt.is_chief)
+            bar = progress(end - epoch * steps_per_epoch, f"epoch {epoch + 1}/{epochs}", disable=not rt.is_chief)
             bar.update(skip)
             t0 = time.perf_counter()
             stopping = False  # a stop agreed by every worker (all-reduced in the train call)
-            while step < (epoch + 1) * steps_per_epoch:
-                n = min(steps_per_call, (epoch + 1) * steps_per_epoch - step)
+            while step < end:
+                n = min(steps_per_call, end - step)
                 done, nonfinite, stop_now = trainer.train_steps(iterator, n, stop.requested)
                 step += done
                 if trainer.diverged(nonfinite):
@@ -217,10 +223,10 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                 if first_call:
                     log.info("first step after %.1f s (process start to first optimizer step)", time.time() - started)
                     first_call = False
-                if stop_now and step < (epoch + 1) * steps_per_epoch:  # SIGTERM/SIGINT here or on
+                if stop_now and step < end:  # SIGTERM/SIGINT here or on
                     raise _preempted(stop, step, total_steps, epoch, checkpointer)  # another worker
                 stopping = stop_now  # at the epoch's end: finish the epoch (eval, save), then stop
-                if every_steps and step % every_steps < done and step < (epoch + 1) * steps_per_epoch:
+                if every_steps and step % every_steps < done and step < end:
                     checkpointer.save(step, epoch)
                 bar.update(done)
                 if not bar.disable:
@@ -231,7 +237,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                                     mfu=f"{train_flops * (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0) / peak:.1%}")
             seconds = time.perf_counter() - t0
             bar.close()
-            images_per_sec = (steps_per_epoch - skip) * cfg.batch_size / seconds
+            images_per_sec = (end - epoch * steps_per_epoch - skip) * cfg.batch_size / seconds
             train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
                              "images_per_sec": images_per_sec, "mfu": train_flops * images_per_sec / peak}
             eval_metrics = trainer.evaluate(eval_ds)
@@ -240,7 +246,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             if trainer.has_ema:
                 ema_metrics = trainer.evaluate_ema(eval_ds)
                 reporter.log("eval_ema", step, epoch + 1, ema_metrics)
-                log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, cfg.epochs, eval_split,
+                log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, epochs, eval_split,
                          ema_metrics["loss"], ema_metrics["accuracy"])
             if not math.isfinite(eval_metrics["loss"]):  # e.g. the epoch's last update overflowed
                 raise _diverged(step, 0, trainer, checkpointer, "in evaluation after")
@@ -252,12 +258,12 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             checkpointer.save(step, epoch + 1)
             if rt.is_chief:
                 plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
-            if stopping and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stop point
+            if stopping and epoch + 1 < epochs:  # the epoch's checkpoint is the stop point
                 raise Preempted(f"stopped by {stop.signal_name or 'a signal on another worker'} after epoch "
                                 f"{epoch + 1} (step {step} of {total_steps}); checkpoint {checkpointer.latest} "
                                 f"written: run the same command again to continue")
             log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
-                     epoch + 1, cfg.epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
+                     epoch + 1, epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
                      train_metrics["images_per_sec"], 100 * train_metrics["mfu"])
         if eval_metrics is None:  # the run had already finished: report its final state again
@@ -265,7 +271,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         best = reporter.best("eval", "accuracy")
         test_metrics = eval_metrics if eval_split == "test" else trainer.evaluate(distribute_eval(splits.test, info.test_size))
         if eval_split == "val":
-            reporter.log("test", step, cfg.epochs, test_metrics)
+            reporter.log("test", step, epochs, test_metrics)
         test_ema = trainer.evaluate_ema(distribute_eval(splits.test, info.test_size)) if trainer.has_ema else None
     finally:
         reporter.close()
@@ -280,7 +286,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         # only a monitoring figure, biased upwards by the choice of epoch, and named so.
         ("best_val_accuracy" if eval_split == "val" else "best_test_accuracy_optimistic"):
             max(best or 0.0, eval_metrics["accuracy"]),
-        "epochs": cfg.epochs,
+        "epochs": epochs,
         "steps": step,
         "parameters": params,
         "model": model.name,

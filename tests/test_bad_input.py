@@ -60,6 +60,8 @@ CASES = [
     ("unknown precision", "resnet-train", ["runtime.precision=fp8"], "runtime.precision must be one of", "existing", {}),
     ("unknown strategy", "resnet-train", ["runtime.strategy=tpu"], "runtime.strategy must be one of", "existing", {}),
     ("xla not a boolean", "resnet-train", ["runtime.xla=maybe"], "runtime.xla must be true or false", "existing", {}),
+    ("zero steps", "resnet-train", ["steps=0"], "steps must be null or a positive integer", "existing", {}),
+    ("warm-up longer than the run", "resnet-train", ["schedule.warmup_epochs=100", "epochs=1"], "schedule.warmup_epochs=100 is longer than the run (1 epoch): lower it or raise epochs", "existing", {}),
     ("one checkpoint kept", "resnet-train", ["checkpoint.keep=1"], "checkpoint.keep must be an integer >= 2", "existing", {}),
     ("yaml syntax error", "resnet-train", ["--config-dir", "{root}/configs", "experiment=broken"], "YAML syntax error", "existing", {}),
     ("resume with another config", "resnet-train", [*TINY, "epochs=1", "optimizer.lr=0.5"], "holds a run with another config (optimizer.lr: 0.1 -> 0.5)", "existing", {}),

@@ -72,7 +72,8 @@ def test_imagenet_recipe_trains_a_step_end_to_end(fake_imagenet, tmp_path):
     assert [round(m * 90) for m in step.milestones] == [30, 60, 80] and step.warmup_epochs == 5
 
     # The real path at a CPU-friendly size (model.variant is auto-picked only from 128 px on).
-    cfg = compose("data=imagenet", "depth=18", "model.variant=imagenet", "epochs=1", "batch_size=4",
+    cfg = compose("data=imagenet", "depth=18", "model.variant=imagenet", "epochs=1", "schedule.warmup_epochs=0",
+                  "batch_size=4",
                   "data.image_size=64", "data.image_shape=[64,64,3]",
                   f"data.data_dir={fake_imagenet['data_dir']}", f"data.manual_dir={fake_imagenet['manual_dir']}")
     results = train_and_evaluate(cfg, tmp_path / "run")

@@ -1,5 +1,7 @@
-"""Each schedule's values at chosen steps, warm-up, bad values, and a resumed run's lr."""
+"""Each schedule's values at chosen steps, warm-up, run length, the recipes' schedules, bad
+values, and a resumed run's lr."""
 import math
+import re
 
 import keras
 import numpy as np
@@ -63,6 +65,95 @@ def test_constant_with_a_warm_up_of_half_an_epoch():
     assert [lr_at(s, k) for k in (0, 2, 4, 5, 99)] == pytest.approx([0.02, 0.06, 0.1, 0.1, 0.1])
 
 
+def test_a_constant_warm_up_holds_a_tenth_of_the_lr_then_returns_to_it():
+    s = schedules.lr_schedule({"name": "cosine", "warmup_steps": 4, "warmup_mode": "constant",
+                               "warmup_factor": 0.1}, 0.1, 100, 10)
+    cosine = lambda step: 0.05 * (1 + np.cos(np.pi * step / 100))  # noqa: E731
+    assert [lr_at(s, k) for k in (0, 2, 3)] == pytest.approx([0.1 * cosine(k) for k in (0, 2, 3)], rel=1e-5)
+    assert [lr_at(s, k) for k in (4, 50)] == pytest.approx([cosine(4), cosine(50)], rel=1e-5)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
+    assert lr_at(again, 2) == pytest.approx(lr_at(s, 2)) and lr_at(again, 4) == pytest.approx(lr_at(s, 4))
+
+
+def _train_size(cfg):
+    """CIFAR-10's 50,000 training images less data.val_split (a count here; 0 / null: none)."""
+    return 50_000 - (cfg.data.val_split or 0)
+
+
+@pytest.mark.parametrize("split", [[], ["data.val_split=0"], ["data.val_split=5000"]],
+                         ids=["default split", "val_split=0", "45k/5k split"])
+def test_cifar10_paper_is_64k_steps_with_drops_at_32k_and_48k_whatever_the_split(split):
+    """He et al. 2016a sec. 4.2: batch 128, lr 0.1, /10 at 32k and 48k iterations, stop at 64k."""
+    cfg = compose("experiment=cifar10_paper", *split)
+    steps_per_epoch = _train_size(cfg) // cfg.batch_size  # 390 (50k) or 351 (45k)
+    epochs, total = schedules.run_length(cfg, steps_per_epoch)
+    assert total == 64_000 and epochs == math.ceil(64_000 / steps_per_epoch)  # 165 or 183, the last cut short
+    lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
+    s = schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch)
+    steps = (0, 31_999, 32_000, 47_999, 48_000, 63_999)
+    assert [lr_at(s, k) for k in steps] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+@pytest.mark.parametrize("overrides", [[], ["depth=1202"], ["data.val_split=5000"]])
+def test_cifar10_paper_deep_warms_up_at_a_constant_0_01_for_400_steps(overrides):
+    """Sec. 4.2, ResNet-110 (and 1202): "we use 0.01 to warm up the training until the training
+    error is below 80% (about 400 iterations), and then go back to 0.1"."""
+    cfg = compose("experiment=cifar10_paper_deep", *overrides)
+    assert cfg.depth == (1202 if overrides == ["depth=1202"] else 110) and cfg.model.shortcut == "A"
+    steps_per_epoch = _train_size(cfg) // cfg.batch_size
+    epochs, total = schedules.run_length(cfg, steps_per_epoch)
+    assert total == 64_000
+    s = schedules.lr_schedule(cfg.schedule, optim.effective_lr(cfg.optimizer, cfg.batch_size), total, steps_per_epoch)
+    steps = (0, 200, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)
+    assert [lr_at(s, k) for k in steps] == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_a_run_given_in_steps_derives_its_epochs_and_cuts_the_last_one_short():
+    cfg = compose("steps=1000", "epochs=3")  # epochs is not used when steps is set
+    assert schedules.run_length(cfg, 390) == (3, 1000)
+    assert schedules.run_length(cfg, 100) == (10, 1000)
+    assert schedules.run_length(compose("epochs=3"), 390) == (3, 1170)  # steps=null: whole epochs
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, "many", True])
+def test_steps_must_be_null_or_a_positive_integer(value):
+    from resnet_train import config
+
+    with pytest.raises(ConfigError, match=r"^steps must be null or a positive integer"):
+        config.validate(compose(f"steps={value}"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["schedule.warmup_epochs=100", "epochs=1"],
+     "schedule.warmup_epochs=100 is longer than the run (1 epoch): lower it or raise epochs"),
+    (["schedule.warmup_epochs=2.5", "epochs=2"],
+     "schedule.warmup_epochs=2.5 is longer than the run (2 epochs): lower it or raise epochs"),
+    (["schedule.warmup_steps=500", "steps=400"],
+     "schedule.warmup_steps=500 is longer than the run (steps=400): lower it or raise steps"),
+])
+def test_a_warm_up_longer_than_the_run_is_refused_before_any_data_is_read(overrides, message):
+    from resnet_train import config
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        config.validate(compose(*overrides))
+
+
+def test_a_warm_up_in_other_units_than_the_run_is_checked_once_the_epoch_size_is_known():
+    from resnet_train import config
+
+    cfg = compose("schedule.warmup_steps=400", "epochs=1")
+    config.validate(cfg)  # steps against epochs: unknown before the data is read
+    assert schedules.run_length(cfg, 400) == (1, 400)  # as long as the run: allowed
+    with pytest.raises(ConfigError, match=re.escape(
+            "schedule.warmup_steps=400 is longer than the run (1 epoch = 390 steps): lower it or raise epochs")):
+        schedules.run_length(cfg, 390)
+    cfg = compose("schedule.warmup_epochs=2", "steps=500")
+    config.validate(cfg)
+    with pytest.raises(ConfigError, match=re.escape(
+            "schedule.warmup_epochs=2 (780 steps) is longer than the run (steps=500): lower it or raise steps")):
+        schedules.run_length(cfg, 390)
+
+
 @pytest.mark.parametrize("cfg, message", [
     ({"name": "step", "milestones": [91, 136]}, "fractions of training"),
     ({"name": "step", "milestones": [60, 30], "milestones_unit": "epoch"}, "increasing positive epochs"),
@@ -73,6 +164,12 @@ def test_constant_with_a_warm_up_of_half_an_epoch():
     ({"name": "onecycle", "pct_start": 1.0}, "schedule.pct_start"),
     ({"name": "exponential", "decay_rate": 0}, "schedule.decay_rate"),
     ({"name": "constant", "warmup_epochs": -1}, "schedule.warmup_epochs"),
+    ({"name": "constant", "warmup_steps": 1.5}, "schedule.warmup_steps must be an integer >= 0"),
+    ({"name": "constant", "warmup_epochs": 1, "warmup_steps": 400},
+     "schedule.warmup_epochs=1 and schedule.warmup_steps=400 both set the warm-up"),
+    ({"name": "constant", "warmup_mode": "exp"}, "schedule.warmup_mode must be one of linear, constant"),
+    ({"name": "constant", "warmup_steps": 4, "warmup_mode": "constant", "warmup_factor": 0},
+     "schedule.warmup_factor"),
     ({"name": "nope"}, "schedule.name must be one of"),
 ])
 def test_bad_schedules_are_config_errors(cfg, message):
@@ -92,6 +189,8 @@ def test_every_schedule_config_composes_and_builds(name):
 @pytest.mark.parametrize("schedule", [
     {"name": "onecycle", "warmup_epochs": 1},
     {"name": "step", "milestones": [0.3, 0.6], "warmup_epochs": 0.5},
+    {"name": "step", "milestones": [20, 25], "milestones_unit": "step", "factor": 0.5, "warmup_steps": 15,
+     "warmup_mode": "constant", "warmup_factor": 0.1},
 ])
 def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
     """Stop after 13 steps (mid-epoch), checkpoint, restore into a fresh optimizer: the next
@@ -159,6 +258,7 @@ def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_v
     ("optimizer.clip_norm=-1", "optimizer.clip_norm"),
     ("optimizer.weight_decay_mode=sometimes", "optimizer.weight_decay_mode"),
     ("ema.decay=1.5", "ema.decay"),
+    ("schedule.warmup_epochs=100", "schedule.warmup_epochs=100 is longer than the run"),
 ])
 def test_bad_optimizer_and_schedule_settings_fail_before_any_data_is_read(tmp_path, monkeypatch, override, message):
     from resnet_train import data as data_lib
