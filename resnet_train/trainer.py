@@ -8,6 +8,7 @@ whose gradients are not finite is skipped (weights untouched) while the scale is
 """
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from resnet_train.errors import ConfigError
@@ -50,6 +51,15 @@ class Trainer:
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         # Only loss scaling skips steps, and only several replicas can disagree about one.
         self._agree_on_skips = hasattr(optimizer, "scale_loss") and strategy.num_replicas_in_sync > 1
+        # Batch norm's moving statistics: Keras 3 makes them per-replica variables (aggregation
+        # "none"), so each replica averages only its own batches and a checkpoint saves replica 0's.
+        # They are averaged across replicas after every compiled call (one batched all-reduce of a
+        # few KB to a few hundred KB), which is what tf.keras 2 gave (aggregation MEAN): the moving
+        # mean is then the one-device one, the variance the mean of the replicas' batch variances.
+        self._moving_statistics = [
+            v for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+            and not layer.synchronized for v in (layer.moving_mean, layer.moving_variance)
+        ] if strategy.num_replicas_in_sync > 1 else []
         # XLA compiles the forward and backward pass; the gradient all-reduce and the optimizer
         # update stay outside it (cross-replica merges cannot run inside a compiled cluster).
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if xla else self._gradients_fn
@@ -137,7 +147,19 @@ class Trainer:
                 self._nonfinite.assign_add(1)
                 if self._nonfinite > self.max_nonfinite_steps:
                     break
+        if self._moving_statistics:
+            self._average_moving_statistics()
         return done, self._nonfinite.value(), stop
+
+    def _average_moving_statistics(self):
+        def replica_means():
+            # read_value(): a tensor on the replica's device (MultiWorkerMirroredStrategy's
+            # all-reduce needs one; converting the Keras variable gives a device-less read).
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, [v.value.read_value() for v in self._moving_statistics])
+
+        for variable, mean in zip(self._moving_statistics, self.strategy.run(replica_means)):
+            variable.value.assign(mean)  # cross-replica: each replica's copy gets the (equal) mean
 
     def train_steps(self, iterator, steps: int, stop_requested: bool = False) -> tuple[int, int, bool]:
         """Runs up to `steps` optimizer steps in one compiled call. Returns (steps run, consecutive

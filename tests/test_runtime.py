@@ -187,3 +187,37 @@ def test_xla_compiled_step_trains_like_the_plain_one():
     assert compiled_loss == pytest.approx(plain_loss, rel=1e-3)
     for a, b in zip(plain, compiled):
         np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_batch_norm_moving_statistics_are_the_cross_replica_mean(fused):
+    """Keras 3 keeps a moving mean per replica (each averages its own batches; a checkpoint saves
+    replica 0's). The Trainer averages them across replicas after each call: the same on every
+    replica, the mean equal to one device's, the variance the mean of the replicas' batch variances."""
+    from resnet_train.models.layers import FusedBatchNorm
+    from resnet_train.optim import build_optimizer
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    norm = FusedBatchNorm if fused else keras.layers.BatchNormalization
+    with strategy.scope():
+        inputs = keras.Input((2, 2, 1))
+        bn = norm(momentum=0.0, name="bn")  # momentum 0: the moving statistics are the last batch's
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(bn(inputs))))
+        optimizer = build_optimizer({"name": "sgd", "momentum": 0.0}, 0.0)
+        optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, strategy, 8, num_classes=2)
+    rng = np.random.default_rng(0)
+    halves = [rng.normal(0.0, 1.0, (4, 2, 2, 1)), rng.normal(4.0, 3.0, (4, 2, 2, 1))]  # replica 0, replica 1
+    images = np.concatenate(halves).astype(np.float32)
+    batches = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((images, np.zeros(8, np.int64))))
+    trainer.train_steps(iter(batches), 1)
+    means = [v.numpy() for v in strategy.experimental_local_results(bn.moving_mean.value)]
+    variances = [v.numpy() for v in strategy.experimental_local_results(bn.moving_variance.value)]
+    np.testing.assert_array_equal(means[0], means[1])
+    np.testing.assert_array_equal(variances[0], variances[1])
+    np.testing.assert_allclose(means[0], [images.mean()], rtol=1e-5)
+    # Each replica's variance estimate (the fused kernel's is the unbiased one, Keras' the biased one).
+    ddof = 1 if fused else 0
+    np.testing.assert_allclose(variances[0], [np.mean([h.var(ddof=ddof) for h in halves])], rtol=1e-5)
