@@ -47,6 +47,8 @@ def validate(cfg) -> None:
         models.resolve_layout(model.depth, shape or (32, 32, 3), variant, model.get("block", "auto"))
     if model.get("shortcut", "auto") not in ("auto", "A", "B"):
         raise ConfigError(f"model.shortcut must be auto, A or B (got {model.get('shortcut')!r})")
+    if model.get("padding", "symmetric") not in models.PADDINGS:
+        raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.get('padding')!r})")
 
     _positive_number(cfg.optimizer, "lr", "optimizer")
     wd = cfg.optimizer.get("weight_decay", 0.0)

@@ -14,6 +14,8 @@ from pathlib import Path
 from resnet_train.errors import RunDirError
 from resnet_train.report import write_atomic
 
+log = logging.getLogger(__name__)
+
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # The config that made the checkpoints, beside them. Hydra rewrites .hydra/ of a sweep member
@@ -22,6 +24,11 @@ CHECKPOINTED_CONFIG = Path("checkpoints") / "config.yaml"
 # What may change when a run is resumed: where and how it runs, and how long (a longer run
 # recomputes its lr schedule for the new length), not what it computes.
 RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from", "epochs", "steps")
+# Settings a run keeps from its own saved config whatever the command says, because its
+# checkpoints only make sense with them, with the value that runs saved before the setting existed
+# had. model.padding: "same" (TF's) until the papers' symmetric padding became the default; those
+# checkpoints hold no padding layers and their weights were trained with that geometry.
+RUN_OWNED = {"model.padding": "same"}
 
 
 def ensure_writable(workdir: Path) -> None:
@@ -66,12 +73,11 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
     RESUMABLE_CHANGES (returned, for the log)."""
     from omegaconf import OmegaConf
 
-    saved = workdir / CHECKPOINTED_CONFIG
-    if not saved.exists():  # a run from before the copy beside the checkpoints existed
-        saved = workdir / CONFIG
-    if not saved.exists() or not any((workdir / "checkpoints").glob("ckpt-*.index")):
+    saved = saved_config_path(workdir)
+    if saved is None:
         return []
     changes, allowed = config_changes(OmegaConf.load(saved), cfg)
+    changes = [c for c in changes if c.split(":", 1)[0] not in RUN_OWNED]  # the run's own win (run_owned)
     if changes:
         if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote it (a sweep)
             write_atomic(workdir / CONFIG, saved.read_text(encoding="utf-8"))
@@ -80,6 +86,32 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
             f"or choose a new hydra.run.dir (init_from={workdir} starts a new run from its weights)")
     return allowed
+
+
+def saved_config_path(workdir: Path) -> Path | None:
+    """The file of the config that made the run's checkpoints (None: a directory without them)."""
+    saved = workdir / CHECKPOINTED_CONFIG
+    if not saved.exists():  # a run from before the copy beside the checkpoints existed
+        saved = workdir / CONFIG
+    if not saved.exists() or not any((workdir / "checkpoints").glob("ckpt-*.index")):
+        return None
+    return saved
+
+
+def run_owned(workdir: Path, cfg):
+    """`cfg` with the RUN_OWNED settings of the run in `workdir`, if it holds one (else `cfg`)."""
+    from omegaconf import OmegaConf
+
+    path = saved_config_path(workdir)
+    if path is None:
+        return cfg
+    saved, cfg = OmegaConf.load(path), cfg.copy()
+    for key, legacy in RUN_OWNED.items():
+        theirs = OmegaConf.select(saved, key, default=legacy)
+        if OmegaConf.select(cfg, key) != theirs:
+            log.info("Continuing %s with its own %s=%s (its checkpoints were made with it)", workdir, key, theirs)
+            OmegaConf.update(cfg, key, theirs, force_add=True)
+    return cfg
 
 
 def save_config(workdir: Path, cfg, overrides=None) -> None:

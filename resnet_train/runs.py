@@ -50,6 +50,7 @@ def build_model(cfg, info):
     import keras
 
     from resnet_train import models
+    from resnet_train.run_dir import RUN_OWNED
 
     keras.mixed_precision.set_global_policy("float32")
     m = cfg.model
@@ -58,6 +59,8 @@ def build_model(cfg, info):
         variant=m.get("variant", "auto"), block=m.get("block", "auto"), shortcut=m.get("shortcut", "auto"),
         mean=info.mean, std=info.std, init_mode=m.get("init_mode", "fan_out"),
         bn_momentum=m.get("bn_momentum", 0.9), bn_epsilon=m.get("bn_epsilon", 1e-5),
+        # A run saved before model.padding existed was trained with TF's "same" padding.
+        padding=m.get("padding", RUN_OWNED["model.padding"]),
     )
 
 

@@ -53,6 +53,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     if chief:
         run_dir.ensure_writable(workdir)
     held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
+    cfg = run_dir.run_owned(workdir, cfg)  # e.g. an older run's model.padding
     failed = True
     try:
         with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
@@ -147,6 +148,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             shortcut=m.get("shortcut", "auto"), mean=info.mean, std=info.std,
             init_mode=m.get("init_mode", "fan_out"), bn_momentum=m.get("bn_momentum", 0.9),
             bn_epsilon=m.get("bn_epsilon", 1e-5), sync_bn=bool(m.get("sync_bn", False)),
+            zero_init_residual=bool(m.get("zero_init_residual", False)), padding=m.get("padding", "symmetric"),
         )
         ft = cfg.get("finetune") or {}
         finetune.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables

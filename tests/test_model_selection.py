@@ -52,3 +52,34 @@ def test_with_a_validation_split_best_is_chosen_on_it_and_is_the_default(tmp_pat
     assert best and load_run(run).checkpoint == best
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert results["best_val_accuracy"] == max(r["accuracy"] for r in records if r["split"] == "eval")
+
+
+def test_a_run_made_with_tf_same_padding_still_resumes_and_loads(tmp_path, caplog):
+    """Runs saved before model.padding existed were trained with TF's 'same' padding and hold no
+    padding layers: they continue, and load in the tools, with that geometry (run_dir.RUN_OWNED)."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "old"
+    train_and_evaluate(compose(*TINY, "epochs=1", "model.padding=same"), run)
+    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
+        old = OmegaConf.load(saved)
+        del old.model["padding"]  # as a run of the earlier version saved it
+        OmegaConf.save(old, saved)
+    (run / "results.json").unlink()
+
+    assert load_run(run).model.get_layer("stage2_block1_conv1").padding == "same"
+    with caplog.at_level(logging.INFO):
+        results = train_and_evaluate(compose(*TINY, "epochs=2"), run)  # today's default: symmetric
+    assert "Resumed from" in caplog.text and "with its own model.padding=same" in caplog.text
+    assert results["steps"] == 8
+    assert OmegaConf.load(run / "checkpoints" / "config.yaml").model.padding == "same"
+    again = train_and_evaluate(compose(*TINY, "epochs=2"), run)  # and the next rerun too
+    assert again["steps"] == 8
+
+    # A new run keeps its own symmetric padding whatever a rerun's command says.
+    new = tmp_path / "new"
+    train_and_evaluate(compose(*TINY, "epochs=1"), new)
+    (new / "results.json").unlink()
+    train_and_evaluate(compose(*TINY, "epochs=2", "model.padding=same"), new)
+    model = load_run(new).model
+    assert model.get_layer("stage2_block1_conv1").padding == "valid" and model.get_layer("stage2_block1_conv1_pad")

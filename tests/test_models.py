@@ -118,7 +118,9 @@ def test_every_layer_has_a_deterministic_name(variant, depth, block):
     names = [layer.name for layer in model.layers]
     assert len(names) == len(set(names))
     assert not [n for n in names if n.split("_")[-1].isdigit() and not n.startswith(("stage", "stem"))]
-    build(depth, 10, (64, 64, 3), variant=variant, block=block)  # a second build: the same names
+    # A second build in the same session (Keras' name counters have moved on): the same names.
+    again = build(depth, 10, (64, 64, 3), variant=variant, block=block)
+    assert [layer.name for layer in again.layers] == names
 
 
 def test_fused_batch_norm_matches_keras_batch_norm():
@@ -149,3 +151,98 @@ def test_fused_batch_norm_matches_keras_batch_norm():
                                * ours.gamma + ours.beta, atol=1e-4)
     assert isinstance(build(8, 10).get_layer("stem_bn"), FusedBatchNorm)
     assert not isinstance(build(8, 10, sync_bn=True).get_layer("stem_bn"), FusedBatchNorm)
+
+
+def _probe(model, names, x, training=False):
+    """The outputs of the named layers for input x."""
+    outputs = keras.Model(model.input, [model.get_layer(n).output for n in names])(x, training=training)
+    return [np.asarray(o) for o in outputs]
+
+
+def _centre_tap(layer, channels):
+    """Turns a conv into 'copy the input channels at the kernel's centre' (identity on `channels`)."""
+    kh, kw, c_in, c_out = layer.kernel.shape
+    kernel = np.zeros((kh, kw, c_in, c_out), np.float32)
+    for c in range(channels):
+        kernel[kh // 2, kw // 2, c, c] = 1.0
+    layer.kernel.assign(kernel)
+
+
+@pytest.mark.parametrize("side", [32, 33])
+def test_strided_conv_is_centred_on_the_pixels_the_shortcut_keeps(side):
+    # The branch of a strided block must look at the pixels its shortcut carries: option A keeps
+    # x[::2, ::2], so a 3x3/2 conv must be centred on input 2i (symmetric padding 1). TF's "same"
+    # padding pads (0, 1) on an even-sized map and centres it on 2i + 1: the residual would add
+    # features of a pixel next to the shortcut's. (Odd sizes were already symmetric.)
+    keras.backend.clear_session()
+    model = build(8, 10, (side, side, 3), variant="cifar", shortcut="A")
+    _centre_tap(model.get_layer("stage2_block1_conv1"), 16)
+    x = np.random.default_rng(0).integers(0, 256, (2, side, side, 3)).astype("float32")
+    block_in, conv, shortcut = _probe(model, ["stage1_block1_out", "stage2_block1_conv1", "stage2_block1_pad"], x)
+    np.testing.assert_array_equal(conv[..., :16], block_in[:, ::2, ::2, :])
+    np.testing.assert_array_equal(shortcut[..., 8:24], block_in[:, ::2, ::2, :])  # channels 8..23: A's zero-padding
+
+
+@pytest.mark.parametrize("side", [64, 65])
+def test_imagenet_stem_and_projection_are_centred_like_the_papers(side):
+    # torchvision / fb.resnet.torch: 7x7/2 conv padded 3, 3x3/2 max-pool padded 1, 1x1/2 projection.
+    keras.backend.clear_session()
+    model = build(18, 10, (side, side, 3), variant="imagenet")
+    _centre_tap(model.get_layer("stem_conv"), 3)
+    _centre_tap(model.get_layer("stage2_block1_conv1"), 64)
+    _centre_tap(model.get_layer("stage2_block1_proj"), 64)
+    x = np.random.default_rng(0).integers(0, 256, (2, side, side, 3)).astype("float32")
+    normalized, stem, relu, pool, block_in, conv, proj = _probe(
+        model, ["normalize", "stem_conv", "stem_relu", "stem_pool", "stage1_block2_out", "stage2_block1_conv1",
+                "stage2_block1_proj"], x)
+    np.testing.assert_allclose(stem[..., :3], normalized[:, ::2, ::2, :], atol=1e-6)
+    # Max-pool 3x3/2 over the map padded by 1 on every side (-inf padding, as torch's; our zero
+    # padding is the same on a post-ReLU input).
+    padded = np.pad(relu, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+    n = pool.shape[1]
+    expected = np.stack([np.stack([padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2)) for j in range(n)], 1)
+                         for i in range(n)], 1)
+    np.testing.assert_array_equal(pool, expected)
+    np.testing.assert_array_equal(proj[..., :64], block_in[:, ::2, ::2, :])  # 64 -> 128: the rest are zeros
+    np.testing.assert_array_equal(conv, proj)  # the 3x3/2 branch and the 1x1/2 projection: same pixels
+
+
+@pytest.mark.parametrize("variant,depth,shortcut,last", [("cifar", 14, "A", "bn2"), ("cifar", 8, "B", "bn2"),
+                                                         ("imagenet", 18, "B", "bn2"), ("imagenet", 50, "B", "bn3")])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(variant, depth, shortcut, last):
+    keras.backend.clear_session()
+    side = 32
+    model = build(depth, 10, (side, side, 3), variant=variant, shortcut=shortcut, zero_init_residual=True)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    blocks = sorted({layer.name.rsplit("_", 1)[0] for layer in model.layers if layer.name.endswith("_add")},
+                    key=lambda b: [int(d) for d in b.replace("stage", "").split("_block")])
+    assert {bn.name for bn in bns if not np.any(bn.gamma.numpy())} == {f"{b}_{last}" for b in blocks}
+    assert all(np.all(bn.gamma.numpy() == 1) for bn in bns if bn.name not in {f"{b}_{last}" for b in blocks})
+    assert not any(np.any(bn.beta.numpy()) for bn in bns)
+    # Each block's output is relu(shortcut): its input itself (identity), or option A's / the
+    # projection's output -- in inference and in training mode (gamma = beta = 0 whatever the statistics).
+    x = np.random.default_rng(0).integers(0, 256, (2, side, side, 3)).astype("float32")
+    previous = "stem_pool" if variant == "imagenet" else "stem_relu"
+    names = [previous] + [f"{b}_out" for b in blocks]
+    for b in blocks:
+        for suffix in ("_pad", "_proj_bn"):
+            if any(layer.name == b + suffix for layer in model.layers):
+                names.append(b + suffix)
+    for training in (False, True):
+        values = dict(zip(names, _probe(model, names, x, training)))
+        for b in blocks:
+            shortcut_value = next((values[b + s] for s in ("_pad", "_proj_bn") if b + s in values), values[previous])
+            np.testing.assert_array_equal(values[f"{b}_out"], np.maximum(shortcut_value, 0))
+            previous = f"{b}_out"
+        previous = names[0]
+    # Off by default: every gamma starts at 1.
+    keras.backend.clear_session()
+    default = build(depth, 10, (side, side, 3), variant=variant, shortcut=shortcut)
+    assert all(np.all(layer.gamma.numpy() == 1) for layer in default.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_zero_init_residual_refuses_pre_activation():
+    # A pre-activation branch ends in a conv: there is no batch norm to start at zero.
+    with pytest.raises(ConfigError, match="zero_init_residual.*post-activation"):
+        build(20, 10, variant="preact", zero_init_residual=True)

@@ -81,16 +81,20 @@ def test_two_cpu_replicas_give_the_one_device_weights():
 
 
 def test_full_resnet_run_on_two_replicas_sees_the_same_batches(tmp_path):
-    common = (*TINY, "epochs=1", "model.sync_bn=true", "runtime.precision=float32", "runtime.deterministic=true")
+    # One step: the same initial weights and the same batch, so only summation order differs (the
+    # loss differed by <= 6.2e-7 relative over seeds 0-3, oneDNN on and off; after several steps
+    # sync BN's E[x^2] - E[x]^2 rounding compounds to 1e-3). A different batch moves it by ~1e-2.
+    common = (*TINY, "epochs=1", "data.limit_train=32", "model.sync_bn=true", "runtime.precision=float32",
+              "runtime.deterministic=true")
     one = train_and_evaluate(compose(*common, "runtime=one_device"), tmp_path / "one")
     two = train_and_evaluate(compose(*common, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "two")
-    assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 4
+    assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 1
 
     def first_loss(run):
         return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
 
-    # Same global batches and synchronised BN: the same forward pass (the first epoch's mean loss).
-    assert first_loss(tmp_path / "two") == pytest.approx(first_loss(tmp_path / "one"), rel=1e-4)
+    # Same global batch and synchronised BN: the same forward pass (the first step's loss).
+    assert first_loss(tmp_path / "two") == pytest.approx(first_loss(tmp_path / "one"), rel=1e-5)
     assert two["test"]["examples"] == one["test"]["examples"] == 64
 
 

@@ -15,6 +15,7 @@ __all__ = ["build", "layout", "resolve_layout", "Layout", "ZeroPadShortcut"]
 
 # Option A for the CIFAR ResNets (the paper's default), projections elsewhere.
 _DEFAULT_SHORTCUT = {"cifar": "A", "preact": "B", "imagenet": "B"}
+PADDINGS = ("symmetric", "same")
 
 
 def resolve_layout(depth: int, image_shape, variant: str = "auto", block: str = "auto") -> Layout:
@@ -35,8 +36,21 @@ def build(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     fused_bn: bool = True,
+    zero_init_residual: bool = False,
+    padding: str = "symmetric",
 ):
-    """A Keras model mapping images (0..255) to float32 logits. Needs no data."""
+    """A Keras model mapping images (0..255) to float32 logits. Needs no data.
+
+    zero_init_residual: start the last batch norm of every residual branch (bn2 of a basic block,
+    bn3 of a bottleneck) with gamma = 0, so each block starts as its shortcut (Goyal et al. 2017,
+    sec. 5.1; torchvision's `zero_init_residual`). Only the post-activation families (cifar,
+    imagenet) have such a batch norm: a pre-activation branch ends in a conv, and neither Goyal et
+    al. nor torchvision define the option there, so variant preact with it is a ConfigError.
+
+    padding: "symmetric" pads every strided conv and pool k // 2 on each side, as the papers' nets
+    and torchvision (proven equal in tests/test_reference_models.py); "same" is TF's, one pixel off
+    on even-sized maps, kept only so that runs made before it load and resume as they were trained.
+    """
     lay = resolve_layout(depth, image_shape, variant, block)
     if shortcut == "auto":
         shortcut = _DEFAULT_SHORTCUT[lay.variant]
@@ -46,10 +60,18 @@ def build(
         raise ConfigError(f"model.init_mode must be fan_in or fan_out (got {init_mode!r})")
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes (got {num_classes})")
+    if padding not in PADDINGS:
+        raise ConfigError(f"model.padding must be {' or '.join(PADDINGS)} (got {padding!r})")
+    if zero_init_residual and lay.variant == "preact":
+        raise ConfigError(
+            "model.zero_init_residual applies to post-activation ResNets (variant cifar or imagenet): "
+            "a pre-activation block's branch ends in a conv, with no batch norm to start at zero"
+        )
     channels = image_shape[-1]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean/std need one value per channel ({channels}), got {len(mean)}/{len(std)}")
-    builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn, fused_bn=fused_bn)
+    builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn,
+                      fused_bn=fused_bn, zero_init_residual=zero_init_residual, padding=padding)
     name = f"{lay.variant}_resnet{depth}"
     # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
     # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.

@@ -72,7 +72,8 @@ class Builder:
     """Makes conv / BN layers with the model's common settings (init, BN momentum, names)."""
 
     def __init__(self, init_mode: str = "fan_out", bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                 sync_bn: bool = False, fused_bn: bool = True):
+                 sync_bn: bool = False, fused_bn: bool = True, zero_init_residual: bool = False,
+                 padding: str = "symmetric"):
         # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
         # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
         self.init_mode = init_mode
@@ -80,13 +81,32 @@ class Builder:
         self.bn_epsilon = bn_epsilon
         self.sync_bn = sync_bn  # batch statistics over all replicas' examples, not each replica's
         self.fused_bn = fused_bn  # TF's fused kernel (FusedBatchNorm) rather than Keras' generic ops
+        # Goyal et al. 2017 (sec. 5.1): gamma = 0 in the BN that ends each residual branch, so every
+        # block starts as its shortcut. Post-activation blocks only: a pre-activation branch ends in
+        # a conv, not a BN (models.build refuses the combination).
+        self.zero_init_residual = zero_init_residual
+        # "symmetric": the papers' geometry. "same": TF's padding, for runs made before 0.2 (their
+        # checkpoints hold no padding layers and were trained with that geometry).
+        self.padding = padding
 
     def conv(self, x, filters, kernel, stride=1, name=None):
+        padding = "same"
+        if stride > 1 and kernel > 1 and self.padding == "symmetric":
+            # Symmetric padding, k // 2 on every side, as in the papers' Torch/Caffe nets, torchvision
+            # and TF Model Garden (its explicit "fixed padding"). TF's "same" pads (0, 1) for a 3x3/2
+            # conv on an even-sized map: the output would be centred on input 2i + 1 while the
+            # shortcut (x[::2, ::2] or the 1x1/2 projection) samples 2i. Output sizes are unchanged
+            # (ceil(n / 2) for even and odd n). Stride-1 convs keep "same", symmetric for odd kernels;
+            # a 1x1/2 conv needs no padding. The padding layer has no weights; its name is the conv's
+            # + "_pad" (ZeroPadShortcut's is "<block>_pad": no collision).
+            assert kernel % 2 == 1, "symmetric padding needs an odd kernel"
+            x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad" if name else None)(x)
+            padding = "valid"
         return layers.Conv2D(
             filters,
             kernel,
             strides=stride,
-            padding="same",
+            padding=padding,
             use_bias=False,  # every conv is followed (or preceded) by batch norm
             kernel_initializer=keras.initializers.VarianceScaling(
                 2.0, mode=self.init_mode, distribution="untruncated_normal"
@@ -94,12 +114,25 @@ class Builder:
             name=name,
         )(x)
 
-    def bn(self, x, name=None):
+    def bn(self, x, name=None, last_in_branch=False):
+        """`last_in_branch`: the BN that ends a residual branch; its gamma starts at 0 under
+        zero_init_residual (Goyal et al. 2017), at 1 otherwise."""
         norm = FusedBatchNorm if self.fused_bn and not self.sync_bn else layers.BatchNormalization
-        return norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn, name=name)(x)
+        gamma = "zeros" if last_in_branch and self.zero_init_residual else "ones"
+        return norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn,
+                    gamma_initializer=gamma, name=name)(x)
 
     def relu(self, x, name=None):
         return layers.ReLU(name=name)(x)
+
+    def max_pool(self, x, name):
+        """3x3/2 max-pool of the ImageNet stem, padded like the convs. Zero padding is exact here:
+        the pool's input is post-ReLU (>= 0) and every 3x3 window keeps at least one real value, so
+        a padded zero never exceeds the window's maximum -- the same result as padding with -inf."""
+        if self.padding == "same":
+            return layers.MaxPooling2D(3, 2, padding="same", name=name)(x)
+        x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+        return layers.MaxPooling2D(3, 2, padding="valid", name=name)(x)
 
     def shortcut(self, x, filters, stride, option, name, with_bn=True):
         """Identity when shapes match, else option A (zero-pad) or B (1x1 projection [+ BN])."""
@@ -115,7 +148,7 @@ class Builder:
         y = self.conv(x, filters, 3, stride, name=f"{name}_conv1")
         y = self.relu(self.bn(y, name=f"{name}_bn1"), name=f"{name}_relu1")
         y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
-        y = self.bn(y, name=f"{name}_bn2")
+        y = self.bn(y, name=f"{name}_bn2", last_in_branch=True)
         s = self.shortcut(x, filters, stride, shortcut, name)
         return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
 
@@ -126,7 +159,7 @@ class Builder:
         y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
         y = self.relu(self.bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
         y = self.conv(y, width * expansion, 1, 1, name=f"{name}_conv3")
-        y = self.bn(y, name=f"{name}_bn3")
+        y = self.bn(y, name=f"{name}_bn3", last_in_branch=True)
         s = self.shortcut(x, width * expansion, stride, shortcut, name)
         return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
 

@@ -60,7 +60,7 @@ def imagenet_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, 
     """He et al. 2016a, Table 1: 7x7/2 conv 64, 3x3/2 max-pool, 4 stages (64/128/256/512)."""
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
     x = b.relu(b.bn(b.conv(x, 64, 7, 2, name="stem_conv"), name="stem_bn"), name="stem_relu")
-    x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    x = b.max_pool(x, name="stem_pool")  # padded 1 on each side, as torchvision and the papers' nets
     block = b.bottleneck if lay.block == "bottleneck" else b.basic
     x = _stages(x, (64, 128, 256, 512), lay, lambda x, w, s, n: block(x, w, s, shortcut, n))
     return keras.Model(inputs, _head(x, num_classes), name=name)
