@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet_train.data.preprocess import preprocess
 from resnet_train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,10 @@ def serving_functions(model, image_shape):
         return outputs(images)
 
     def encoded_fn(encoded):
-        """JPEG / PNG / BMP / GIF bytes of any size, resized to the training size -> outputs."""
+        """JPEG / PNG / BMP / GIF bytes of any size -> outputs, preprocessed as resnet-predict and
+        evaluation do (preprocess.preprocess: resized, or resized + centre-cropped from 128 px)."""
         def one(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
-            resized = tf.image.resize(image, [h, w])
-            return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+            return preprocess(data, (h, w, c))
 
         return outputs(tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8)))
 
@@ -127,7 +126,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def export_run(run_dir, checkpoint="best", fmt="saved_model", quantize="none", out=None, split="test",
+def export_run(run_dir, checkpoint="auto", fmt="saved_model", quantize="none", out=None, split="test",
                batch_size=64, ema=None) -> dict:
     """Exports, reloads, evaluates the exported model beside the original; returns a summary.
     A run trained with ema.decay exports its EMA weights (ema=False: the raw ones)."""

@@ -149,31 +149,23 @@ def image_files(paths) -> list[Path]:
 
 def load_images(paths, info):
     """(uint8 images batch, paths that loaded, [(path, reason)] that did not) at the model's input
-    size, preprocessed as evaluation does: resized (small images) or resized-256 + centre-crop
-    (ImageNet-style runs)."""
+    size, by preprocess.preprocess: what the folder source trained on, what evaluation of
+    streamed data and the exported model's serving_encoded signature see."""
     import numpy as np
-    import tensorflow as tf
 
-    from resnet_train.data.augment import decode_center_crop
-    from resnet_train.data.folder import decode
+    from resnet_train.data.preprocess import preprocess_file
 
-    size = int(info.image_shape[0])
+    shape = tuple(int(s) for s in info.image_shape)
     images, ok, failed = [], [], []
     for path in image_files(paths):
         if not path.is_file():
             failed.append((path, "no such file"))
             continue
-        if info.encoded:
-            try:
-                image = decode_center_crop(tf.constant(path.read_bytes()), (size, size)).numpy()
-            except (tf.errors.InvalidArgumentError, ValueError):
-                image = None
-        else:
-            image = decode(path, size)
+        image = preprocess_file(path, shape)
         if image is None:
             failed.append((path, "not a readable image"))
         else:
             images.append(image)
             ok.append(path)
-    batch = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    batch = np.stack(images) if images else np.zeros((0, *shape[:2], 3), np.uint8)
     return batch, ok, failed

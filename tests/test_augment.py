@@ -3,7 +3,7 @@ the same seed gives the same result, and evaluation applies none of it."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 from resnet_train.data import image_ops, pipeline, synthetic
 from resnet_train.data.augment import (autoaugment, cutmix, cutout, inception_crop, make_augment,
@@ -58,11 +58,51 @@ def test_every_op_keeps_shape_and_dtype(name):
     assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
 
 
-@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness",
-                                  "Color", "Contrast", "Sharpness", "Solarize", "Posterize", "Identity"])
+@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Solarize",
+                                  "Posterize", "Identity"])
 def test_zero_strength_changes_nothing(name):
     out = image_ops.OPS[name](IMAGE, tf.constant(0.0), seed(2)).numpy()
     np.testing.assert_allclose(out.astype(int), IMAGE.numpy().astype(int), atol=1)
+
+
+@pytest.mark.parametrize("name", ["Brightness", "Color", "Contrast", "Sharpness"])
+def test_enhance_ops_are_unsigned_with_the_papers_factor(name):
+    """factor = 0.1 + 1.8 * strength (AutoAugment's table, TF's enhance_level_to_arg): strength 0.5
+    is factor 1 (no change), 0 is 0.1 (nearly the degenerate image); no random sign."""
+    op = image_ops.OPS[name]
+    same = op(IMAGE, tf.constant(0.5), seed(2)).numpy()
+    np.testing.assert_allclose(same.astype(int), IMAGE.numpy().astype(int), atol=1)
+    for strength in (0.0, 0.3, 0.9):
+        outs = [op(IMAGE, tf.constant(strength), seed(i)).numpy() for i in range(6)]
+        assert all(np.array_equal(outs[0], o) for o in outs[1:])  # the seed plays no part
+        assert not np.array_equal(outs[0], IMAGE.numpy())
+
+
+def pil_style_blend(degenerate, image, factor):
+    """PIL's ImageEnhance: degenerate + factor * (image - degenerate), clipped to uint8 (rounded)."""
+    x = image.astype(np.float64)
+    return np.clip(np.round(degenerate + factor * (x - degenerate)), 0, 255)
+
+
+def luma(image):
+    """ITU-R 601 grey (PIL's convert("L")), one channel."""
+    return image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+@pytest.mark.parametrize("magnitude", [0, 3, 7, 9])
+def test_color_and_contrast_follow_their_formula(magnitude):
+    x = IMAGE.numpy()
+    factor = 0.1 + 1.8 * magnitude / 10  # AutoAugment's level / RandAugment's M, of 10
+    strength = tf.constant(magnitude / 10)
+    grey = np.round(luma(x))[..., None]
+    got = image_ops.color(IMAGE, strength, seed(0)).numpy()
+    np.testing.assert_allclose(got, pil_style_blend(grey, x, factor), atol=1)
+    theirs = np.asarray(ImageEnhance.Color(Image.fromarray(x)).enhance(factor))  # PIL truncates
+    np.testing.assert_allclose(got, theirs, atol=2)
+    got = image_ops.contrast(IMAGE, strength, seed(0)).numpy()
+    np.testing.assert_allclose(got, pil_style_blend(np.round(luma(x)).mean(), x, factor), atol=1)
+    got = image_ops.brightness(IMAGE, strength, seed(0)).numpy()
+    np.testing.assert_allclose(got, pil_style_blend(0.0, x, factor), atol=1)
 
 
 def test_pixel_ops_do_what_their_names_say():
@@ -73,8 +113,23 @@ def test_pixel_ops_do_what_their_names_say():
     dull = tf.constant((x // 4 + 100).astype(np.uint8))
     stretched = image_ops.autocontrast(dull, 0.0, seed(0)).numpy()
     assert stretched.min() == 0 and stretched.max() == 255
-    grey = image_ops.color(IMAGE, tf.constant(1.0), tf.constant([0, 3], tf.int64)).numpy()
-    assert grey.dtype == np.uint8
+    faded = image_ops.color(IMAGE, tf.constant(0.0), tf.constant([0, 3], tf.int64)).numpy()
+    assert faded.dtype == np.uint8  # factor 0.1: 90% of the way to grey
+    spread = faded.astype(int).max(-1) - faded.astype(int).min(-1)
+    original = x.astype(int).max(-1) - x.astype(int).min(-1)
+    assert np.all(spread <= np.ceil(0.1 * original) + 1) and original.mean() > 50
+    grey = luma(x)[..., None]  # each pixel 90% of the way to its own grey
+    assert np.all(np.abs(faded - grey) <= 0.1 * np.abs(x - grey) + 1.5)
+
+
+def test_autoaugment_levels_are_tenths(monkeypatch):
+    """A policy step (Color, p=1, level 7) is factor 0.1 + 1.8 * 7 / 10 = 1.36, as in the authors' code."""
+    from resnet_train.data import augment
+
+    monkeypatch.setitem(augment.POLICIES, "one", [[("Color", 1.0, 7)]])
+    out = autoaugment(IMAGE, "one", seed(4)).numpy()
+    x = IMAGE.numpy()
+    np.testing.assert_allclose(out, pil_style_blend(np.round(luma(x))[..., None], x, 1.36), atol=1)
 
 
 def test_equalize_matches_pil():
@@ -103,12 +158,21 @@ def test_randaugment_and_autoaugment_are_deterministic_per_seed_and_varied():
 
 def test_mixup_labels_sum_to_one_and_images_are_blends():
     images = tf.constant(RNG.integers(0, 256, (8, 6, 6, 3)).astype(np.uint8))
-    labels = tf.one_hot([0, 1, 2, 3, 0, 1, 2, 3], 4)
+    labels = tf.one_hot(np.arange(8), 8)  # one class per image: the labels name each partner
     mixed, soft = mixup(images, labels, 1.0, seed(5))
-    np.testing.assert_allclose(soft.numpy().sum(-1), 1.0, rtol=1e-6)
+    soft, x = soft.numpy(), images.numpy().astype(np.float32)
+    np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
     assert mixed.dtype == tf.uint8 and mixed.shape == images.shape
-    lam = soft.numpy()[np.arange(8), [0, 1, 2, 3, 0, 1, 2, 3]].min()
-    assert 0.0 <= lam <= 1.0
+    lam = soft[np.arange(8), np.arange(8)].min()  # every image keeps lam of itself (1 if its own partner)
+    assert 0.1 < lam < 0.9, lam  # a real blend with this seed
+    partners = [int(np.argmax(np.where(np.arange(8) == i, 0, row))) if row[i] < 1 else i
+                for i, row in enumerate(soft)]
+    assert sorted(partners) == list(range(8)) and partners != list(range(8))  # a permutation
+    expected = np.round(lam * x + (1 - lam) * x[partners])
+    np.testing.assert_allclose(mixed.numpy(), expected, atol=1)  # float32 rounding at .5 ties
+    assert np.mean(mixed.numpy() == expected) > 0.99
+    for i, j in enumerate(partners):
+        np.testing.assert_allclose(soft[i, j] if j != i else 1.0, (1 - lam) if j != i else 1.0, rtol=1e-5)
 
 
 def test_cutmix_label_weights_are_the_pasted_area():

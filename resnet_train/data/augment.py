@@ -15,9 +15,8 @@ import tensorflow as tf
 
 from resnet_train.data import image_ops
 from resnet_train.data.autoaugment_policies import POLICIES
+from resnet_train.data.preprocess import LARGE_IMAGE, decode, preprocess
 from resnet_train.errors import ConfigError
-
-LARGE_IMAGE = 128  # from this side length on, `crop: auto` means the inception crop
 
 
 def example_seed(seed: int, epoch: int, index, stream: int = 0) -> tf.Tensor:
@@ -56,14 +55,9 @@ def inception_crop(image, seed, out_size=None):
 
 
 def _resize_uint8(image, size):
+    # Plain bilinear, as the inception crop has always been trained (the crops are mostly
+    # enlarged); evaluation, prediction and serving resize with preprocess.resize_uint8.
     return tf.cast(tf.round(tf.clip_by_value(tf.image.resize(image, size), 0, 255)), tf.uint8)
-
-
-def decode(encoded):
-    """Any of JPEG / PNG / BMP / GIF bytes -> uint8 RGB (H, W, 3); animations give their first frame."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
 
 
 def decode_and_inception_crop(encoded, seed, out_size):
@@ -84,17 +78,6 @@ def decode_and_inception_crop(encoded, seed, out_size):
     return _resize_uint8(crop, out_size)
 
 
-def decode_center_crop(encoded, out_size, crop_fraction: float = 0.875):
-    """Evaluation for large images: resize the short side to out / 0.875 (256 for 224), centre crop."""
-    image = decode(encoded)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = (float(out_size[0]) / crop_fraction) / tf.reduce_min(shape)
-    resized = _resize_uint8(image, tf.cast(tf.round(shape * scale), tf.int32))
-    top = (tf.shape(resized)[0] - out_size[0]) // 2
-    left = (tf.shape(resized)[1] - out_size[1]) // 2
-    return resized[top:top + out_size[0], left:left + out_size[1]]
-
-
 # ---- policies -------------------------------------------------------------------------------
 def _apply_op(name, image, strength, seed):
     return image_ops.OPS[name](image, tf.constant(strength, tf.float32), seed)
@@ -113,8 +96,14 @@ def randaugment(image, num_ops: int, magnitude: float, seed):
     return image
 
 
+MAX_LEVEL = 10.0  # AutoAugment's magnitude scale: strength = level / 10, as in the authors' code
+
+
 def autoaugment(image, policy: str, seed):
-    """AutoAugment: one of the policy's 25 sub-policies per image; each step with its probability."""
+    """AutoAugment: one of the policy's 25 sub-policies per image; each step with its probability.
+    A step's magnitude (0..9) is scaled as in the code that searched the policies (PARAMETER_MAX,
+    tensorflow/tpu's _MAX_LEVEL = 10): strength level / 10, so Color 9 is factor 1.72, Rotate 9
+    is 27 degrees; RandAugment's M is on the same scale of 10."""
     subpolicies = POLICIES[policy]
     pick_seed, seed = _split(seed, 2)
     index = tf.random.stateless_uniform([], pick_seed, 0, len(subpolicies), dtype=tf.int32)
@@ -124,7 +113,7 @@ def autoaugment(image, policy: str, seed):
         for (name, prob, level), step_seed in zip(steps, _split(seed, len(steps))):
             coin_seed, arg_seed = _split(step_seed, 2)
             apply = tf.random.stateless_uniform([], coin_seed) < prob
-            out = tf.cond(apply, lambda o=out, n=name, lv=level, s=arg_seed: _apply_op(n, o, lv / 9.0, s),
+            out = tf.cond(apply, lambda o=out, n=name, lv=level, s=arg_seed: _apply_op(n, o, lv / MAX_LEVEL, s),
                           lambda o=out: o)
         return out
 
@@ -228,8 +217,8 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encod
         crop_seed, flip_seed, policy_seed, cut_seed = _split(seed, 4)
         if encoded and crop == "inception":
             image = decode_and_inception_crop(image, crop_seed, out_size)
-        elif encoded:
-            image = _resize_uint8(decode(image), out_size)
+        elif encoded:  # what evaluation and prediction see (preprocess.py), then crop/flip/...
+            image = preprocess(image, image_shape)
         if crop == "pad":
             image = pad_and_crop(image, padding, crop_seed)
         elif crop == "inception" and not encoded:

@@ -4,8 +4,13 @@ Layouts:
     DIR/train/<class>/*.jpg  and  DIR/val/<class>/... (or DIR/test/<class>/...)
     DIR/<class>/*.jpg        split into train / held-out by `val_fraction` (stratified, fixed seed)
 
-Every image is decoded once (Pillow, in threads), resized to image_size x image_size RGB and kept
-in memory as uint8. An unreadable file is named in a warning and skipped; the count is reported.
+Every image is decoded once (in threads) by `preprocess.preprocess`, the function that
+resnet-predict and the exported SavedModel's `serving_encoded` also use, to image_size x
+image_size RGB, and kept in memory as uint8: below 128 px the whole image resized, from 128 px on
+the ImageNet geometry (short side to image_size / 0.875, centre crop), for the training images as
+for the held-out ones, so training, evaluation and prediction see one geometry (the inception crop
+of `augment=standard` then works inside that centre crop). An unreadable file is named in a
+warning and skipped; the count is reported.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_train.data.info import DatasetInfo, Splits, channel_stats
+from resnet_train.data.preprocess import preprocess_file
 from resnet_train.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,22 +62,13 @@ def list_files(root: Path, class_names=None):
 
 
 def decode(path: Path, size: int) -> np.ndarray | None:
-    """RGB uint8 (size, size, 3), or None when the file cannot be read as an image."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.seek(0)  # first frame of an animated GIF
-            rgb = image.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-            return np.asarray(rgb, dtype=np.uint8)
-    except Exception:  # Pillow raises many types for broken files; any of them means "skip"
-        return None
+    """RGB uint8 (size, size, 3) as `preprocess.preprocess` makes it (what prediction and the
+    exported model see), or None when the file cannot be read as an image."""
+    return preprocess_file(path, (size, size, 3))
 
 
 def decode_all(paths, labels, size: int, what: str):
-    """Decodes in threads (Pillow releases the GIL); drops and reports unreadable files."""
+    """Decodes in threads (TF's kernels release the GIL); drops and reports unreadable files."""
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

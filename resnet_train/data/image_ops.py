@@ -5,9 +5,14 @@ computes every op on the whole batch and selects with `where`, and draws from a 
 SeedGenerator. Here each image gets its own ops, only the chosen op runs (tf.switch_case), and all
 randomness comes from a stateless seed, so a resumed run augments exactly as the uninterrupted one.
 
-Every op takes (image, strength, seed) with strength in [0, 1] (0: no change, 1: the papers'
-maximum): rotate 30 deg, shear 0.3, translate 45% of the side (150 px of 331), enhance factors
-0.1..1.9, solarize threshold 256..0, posterize 8..4 bits.
+Every op takes (image, strength, seed) with strength in [0, 1] (1: the papers' maximum): rotate
+30 deg, shear 0.3, translate 45% of the side (150 px of 331) -- these with a random sign, 0: no
+change --, solarize threshold 256..0, posterize 8..4 bits. The enhance ops (Color, Contrast,
+Brightness, Sharpness) are unsigned, as in the AutoAugment paper's table and the authors' TF code
+(tensorflow/tpu efficientnet/autoaugment.py `enhance_level_to_arg`, used by AutoAugment and
+RandAugment alike): factor = 0.1 + 1.8 * strength, i.e. 0.1 + 1.8 * magnitude / 10, so 0.5
+changes nothing, below it the image fades towards the degenerate one (grey, black, flat, blurred),
+above it moves away from it. (torchvision's signed 1 +/- 0.9 * strength is another reading.)
 """
 from __future__ import annotations
 
@@ -75,24 +80,23 @@ def translate_y(image, strength, seed):
     return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0])
 
 
-def _signed_enhance(seed, strength):
-    # Factor 1 -/+ 0.9 * strength, i.e. the papers' range 0.1..1.9 with the strength as distance
-    # from "no change".
-    return 1.0 + _sign(seed) * 0.9 * strength
+def enhance_factor(strength):
+    """PIL ImageEnhance factor of the enhance ops: 0.1 + 1.8 * strength (the paper's 0.1..1.9)."""
+    return 0.1 + 1.8 * strength
 
 
 def brightness(image, strength, seed):
-    return _blend(tf.zeros_like(image, tf.float32), image, _signed_enhance(seed, strength))
+    return _blend(tf.zeros_like(image, tf.float32), image, enhance_factor(strength))
 
 
 def color(image, strength, seed):
     grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
-    return _blend(tf.cast(grey, tf.float32), image, _signed_enhance(seed, strength))
+    return _blend(tf.cast(grey, tf.float32), image, enhance_factor(strength))
 
 
 def contrast(image, strength, seed):
     mean = tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32))
-    return _blend(tf.fill(tf.shape(image), mean), image, _signed_enhance(seed, strength))
+    return _blend(tf.fill(tf.shape(image), mean), image, enhance_factor(strength))
 
 
 def sharpness(image, strength, seed):
@@ -104,7 +108,7 @@ def sharpness(image, strength, seed):
     smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
     border = tf.pad(tf.zeros_like(smooth[1:-1, 1:-1]), [[1, 1], [1, 1], [0, 0]], constant_values=1.0)
     degenerate = border * x[0] + (1.0 - border) * smooth
-    return _blend(degenerate, image, _signed_enhance(seed, strength))
+    return _blend(degenerate, image, enhance_factor(strength))
 
 
 def solarize(image, strength, seed):

@@ -74,10 +74,12 @@ def eval_batches(ds: tf.data.Dataset, batch_size: int, preprocess=None, size: in
 
 
 def eval_preprocess(info):
-    """The decode step evaluation needs for `info`'s data, or None."""
+    """The decode step evaluation needs for `info`'s data, or None (in-memory data is at size
+    already: the folder source made it with the same function). It is preprocess.preprocess,
+    which prediction and the exported model's serving_encoded signature also use."""
     if not info.encoded:
         return None
-    from resnet_train.data.augment import decode_center_crop
+    from resnet_train.data.preprocess import preprocess
 
-    size = tuple(int(s) for s in info.image_shape[:2])
-    return lambda encoded: decode_center_crop(encoded, size)
+    image_shape = tuple(int(s) for s in info.image_shape)
+    return lambda encoded: preprocess(encoded, image_shape)
