@@ -70,6 +70,14 @@ def test_shortcut_b_adds_projections_and_a_has_none():
     assert not any("proj" in layer.name for layer in a.layers)
 
 
+def test_shortcut_a_on_a_pre_activation_bottleneck_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="model.shortcut=A: pre-activation bottleneck ResNets \\(depth 164\\) use "
+                                          "projection shortcuts; use model.shortcut=B"):
+        build(164, 10, variant="preact", shortcut="A")
+    assert count_params(build(164, 10, variant="preact", shortcut="auto")) == count_params(
+        build(164, 10, variant="preact", shortcut="B"))
+
+
 def test_auto_variant_follows_image_size():
     assert models.resolve_layout(20, (32, 32, 3)).variant == "cifar"
     assert models.resolve_layout(50, (224, 224, 3)).variant == "imagenet"

@@ -56,6 +56,11 @@ def build(
         shortcut = _DEFAULT_SHORTCUT[lay.variant]
     if shortcut not in ("A", "B"):
         raise ConfigError(f"model.shortcut must be auto, A or B (got {shortcut!r})")
+    if shortcut == "A" and lay.variant == "preact" and lay.block == "bottleneck":
+        # It was silently ignored: the bottleneck's first unit widens 16 -> 64 channels, which
+        # Identity Mappings (and its code) do by projection.
+        raise ConfigError(f"model.shortcut=A: pre-activation bottleneck ResNets (depth {depth}) use projection "
+                          f"shortcuts; use model.shortcut=B (or auto)")
     if init_mode not in ("fan_in", "fan_out"):
         raise ConfigError(f"model.init_mode must be fan_in or fan_out (got {init_mode!r})")
     if num_classes < 2:
