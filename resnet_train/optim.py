@@ -127,7 +127,8 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
     # the decay (with weight_decay=0 too).
     if mode == "trust_ratio" or (mode != "coupled" and wd):
         if variables is None:
-            raise ValueError(f"{mode} weight decay needs the model's variables to spare BN and biases")
+            raise ValueError(f"{name} with weight_decay_mode={mode} needs the model's variables (variables=) to "
+                             f"spare BN and biases from its decay or trust ratio")
         decay_bn = bool(cfg.get("decay_bn", False))
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not decayed(v, decay_bn)])
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer

@@ -28,7 +28,9 @@ RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_di
 # checkpoints only make sense with them, with the value that runs saved before the setting existed
 # had. model.padding: "same" (TF's) until the papers' symmetric padding became the default; those
 # checkpoints hold no padding layers and their weights were trained with that geometry.
-RUN_OWNED = {"model.padding": "same"}
+# data.split_seed: runs made before it held out a TF shuffle mixed with the training seed ("legacy",
+# data.carve_validation): resumed, they keep validating on the examples they never trained on.
+RUN_OWNED = {"model.padding": "same", "data.split_seed": "legacy"}
 
 
 def ensure_writable(workdir: Path) -> None:
@@ -99,19 +101,20 @@ def saved_config_path(workdir: Path) -> Path | None:
 
 
 def run_owned(workdir: Path, cfg):
-    """`cfg` with the RUN_OWNED settings of the run in `workdir`, if it holds one (else `cfg`)."""
+    """(`cfg` with the RUN_OWNED settings of the run in `workdir`, if it holds one; the lines that
+    say which were kept, for the log once the run's checks pass)."""
     from omegaconf import OmegaConf
 
     path = saved_config_path(workdir)
     if path is None:
-        return cfg
-    saved, cfg = OmegaConf.load(path), cfg.copy()
+        return cfg, []
+    saved, cfg, kept = OmegaConf.load(path), cfg.copy(), []
     for key, legacy in RUN_OWNED.items():
         theirs = OmegaConf.select(saved, key, default=legacy)
         if OmegaConf.select(cfg, key) != theirs:
-            log.info("Continuing %s with its own %s=%s (its checkpoints were made with it)", workdir, key, theirs)
+            kept.append(f"Continuing {workdir} with its own {key}={theirs} (its checkpoints were made with it)")
             OmegaConf.update(cfg, key, theirs, force_add=True)
-    return cfg
+    return cfg, kept
 
 
 def save_config(workdir: Path, cfg, overrides=None) -> None:

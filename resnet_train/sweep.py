@@ -59,8 +59,9 @@ def member_row(member: Path) -> dict:
     elif results.exists():
         r = json.loads(results.read_text())
         row.update(status="finished", final_eval_accuracy=r["eval"]["accuracy"], epochs=r["epochs"],
-                   best_eval_accuracy=r.get("best_val_accuracy", r.get("best_test_accuracy_optimistic",
-                                                                            r.get("best_test_accuracy"))),
+                   # Ranked on validation only: a member without a validation split counts with its
+                   # final accuracy, never its best epoch on the test set.
+                   best_eval_accuracy=r.get("best_val_accuracy", r["eval"]["accuracy"]),
                    wall_time_s=r.get("wall_time_s"))
     return row
 

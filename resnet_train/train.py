@@ -43,6 +43,9 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     started = started or time.time()
     workdir = Path(workdir)
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
+    # An existing run keeps the settings its checkpoints were made with (e.g. an older run's
+    # model.padding); before the finished check, which compares with the config it saved.
+    cfg, kept = run_dir.run_owned(workdir, cfg)
     finished = _finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
@@ -53,12 +56,13 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     if chief:
         run_dir.ensure_writable(workdir)
     held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
-    cfg = run_dir.run_owned(workdir, cfg)  # e.g. an older run's model.padding
     failed = True
     try:
         with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
             if changed:
                 log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
+            for line in kept:
+                log.info(line)
             results = _train(cfg, workdir, started, overrides, stop, held_log)
             failed = False
             return results

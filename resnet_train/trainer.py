@@ -49,8 +49,10 @@ class Trainer:
             # scale, and we stop only when it persists for more than runtime.max_nonfinite_steps.
             self._nonfinite = tf.Variable(0, trainable=False, dtype=tf.int32, name="nonfinite_steps")
         self.max_nonfinite_steps = int(max_nonfinite_steps)
-        # Only loss scaling skips steps, and only several replicas can disagree about one.
-        self._agree_on_skips = hasattr(optimizer, "scale_loss") and strategy.num_replicas_in_sync > 1
+        # Only loss scaling skips steps, and only several replicas can disagree about one. (Every
+        # Keras 3 optimizer has scale_loss, an identity but in LossScaleOptimizer.)
+        self._agree_on_skips = (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+                                and strategy.num_replicas_in_sync > 1)
         # Batch norm's moving statistics: Keras 3 makes them per-replica variables (aggregation
         # "none"), so each replica averages only its own batches and a checkpoint saves replica 0's.
         # They are averaged across replicas after every compiled call (one batched all-reduce of a
@@ -99,16 +101,18 @@ class Trainer:
         if self.clip_norm:
             # Clipping all-reduces the gradients: a non-finite one anywhere makes every replica's NaN.
             grads = clip_by_global_norm(grads, self.clip_norm, getattr(self.optimizer, "dynamic_scale", None))
-        elif self._agree_on_skips:
-            grads = self._poisoned_everywhere_if_any_replica_overflowed(grads)
+        bad_grads = None
+        if self._agree_on_skips and not self.clip_norm:
+            grads, bad_grads = self._poisoned_everywhere_if_any_replica_overflowed(grads)
         grads = [g * s if s != 1.0 else g for g, s in zip(grads, self.grad_scale)]
         self.optimizer.apply_gradients(zip(grads, variables))
         # With soft labels, "correct" means the top prediction is the label with the most weight.
         hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(hard, tf.int64)), tf.float32))
-        grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
-        return (tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32),
-                1.0 - tf.cast(grads_finite, tf.float32))
+        if bad_grads is None:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+            bad_grads = 1.0 - tf.cast(finite, tf.float32)
+        return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32), bad_grads
 
     def _poisoned_everywhere_if_any_replica_overflowed(self, grads):
         """Every replica and worker takes the same skip decision under loss scaling.
@@ -127,7 +131,8 @@ class Trainer:
         present = tf.cond(overflowed > 0, lambda: [g * tf.constant(float("nan"), g.dtype) for g in present],
                           lambda: present)
         it = iter(present)
-        return [None if g is None else next(it) for g in grads]
+        # (gradients, 1.0 when this step is skipped: on every replica alike)
+        return [None if g is None else next(it) for g in grads], tf.cast(overflowed > 0, tf.float32)
 
     def _train_steps_fn(self, iterator, steps, stop_requested):
         # A stop request (SIGTERM) on any worker stops every worker: the flag is summed across

@@ -73,8 +73,8 @@ def test_a_run_made_with_tf_same_padding_still_resumes_and_loads(tmp_path, caplo
     assert "Resumed from" in caplog.text and "with its own model.padding=same" in caplog.text
     assert results["steps"] == 8
     assert OmegaConf.load(run / "checkpoints" / "config.yaml").model.padding == "same"
-    again = train_and_evaluate(compose(*TINY, "epochs=2"), run)  # and the next rerun too
-    assert again["steps"] == 8
+    again = train_and_evaluate(compose(*TINY, "epochs=2"), run)  # the next rerun: finished, skipped
+    assert again == json.loads((run / "results.json").read_text()) and again["wall_time_s"] == results["wall_time_s"]
 
     # A new run keeps its own symmetric padding whatever a rerun's command says.
     new = tmp_path / "new"
@@ -83,3 +83,20 @@ def test_a_run_made_with_tf_same_padding_still_resumes_and_loads(tmp_path, caplo
     train_and_evaluate(compose(*TINY, "epochs=2", "model.padding=same"), new)
     model = load_run(new).model
     assert model.get_layer("stage2_block1_conv1").padding == "valid" and model.get_layer("stage2_block1_conv1_pad")
+
+
+def test_a_run_made_before_split_seed_resumes_on_its_own_validation_split(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "old"
+    common = (*TINY, "data.val_split=32")
+    train_and_evaluate(compose(*common, "epochs=1"), run)
+    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
+        old = OmegaConf.load(saved)
+        del old.data["split_seed"]  # as a run of the earlier version saved it
+        OmegaConf.save(old, saved)
+    (run / "results.json").unlink()
+    with caplog.at_level(logging.INFO):
+        results = train_and_evaluate(compose(*common, "epochs=2"), run)
+    assert "with its own data.split_seed=legacy" in caplog.text and "Resumed from" in caplog.text
+    assert results["eval"]["examples"] == 32 and results["steps"] == 6

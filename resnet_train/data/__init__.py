@@ -57,6 +57,11 @@ def select_classes(splits: Splits, classes) -> Splits:
     return splits
 
 
+# The split of runs made before data.split_seed: a TF shuffle (seed 1234 mixed with TF's global
+# seed, which training sets to `seed`), kept only so that such a run resumes on its own split.
+LEGACY_SPLIT = "legacy"
+
+
 def held_out_indices(size: int, count: int, split_seed: int = 0):
     """The indices of the `count` examples (of `size`) held out for validation, sorted.
 
@@ -93,6 +98,11 @@ def carve_validation(splits: Splits, val_split, split_seed: int = 0) -> Splits:
         raise ConfigError(
             f"data.val_split={val_split} leaves no training examples (of {info.train_size}): use a smaller value"
         )
+    if split_seed == LEGACY_SPLIT:  # a run made before split_seed, resumed (run_dir.RUN_OWNED)
+        shuffled = splits.train.shuffle(info.train_size, seed=1234, reshuffle_each_iteration=False)
+        splits.val, splits.train = shuffled.take(count).cache(), shuffled.skip(count).cache()
+        info.train_size, info.val_size = info.train_size - count, count
+        return splits
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
         raise ConfigError(f"data.split_seed must be a non-negative integer (got {split_seed!r})")
     held = np.zeros(info.train_size, bool)

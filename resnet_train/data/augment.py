@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from resnet_train.data import image_ops
 from resnet_train.data.autoaugment_policies import POLICIES
-from resnet_train.data.preprocess import LARGE_IMAGE, decode, preprocess
+from resnet_train.data.preprocess import LARGE_IMAGE, decode, preprocess, resize_uint8
 from resnet_train.errors import ConfigError
 
 
@@ -56,8 +56,8 @@ def inception_crop(image, seed, out_size=None):
 
 def _resize_uint8(image, size):
     # Plain bilinear, as the inception crop has always been trained (the crops are mostly
-    # enlarged); evaluation, prediction and serving resize with preprocess.resize_uint8.
-    return tf.cast(tf.round(tf.clip_by_value(tf.image.resize(image, size), 0, 255)), tf.uint8)
+    # enlarged); evaluation, prediction and serving resize antialiased.
+    return resize_uint8(image, size, antialias=False)
 
 
 def decode_and_inception_crop(encoded, seed, out_size):
