@@ -54,6 +54,16 @@ def test_with_a_validation_split_best_is_chosen_on_it_and_is_the_default(tmp_pat
     assert results["best_val_accuracy"] == max(r["accuracy"] for r in records if r["split"] == "eval")
 
 
+def saved_by_the_earlier_version(run, section, key):
+    """Removes a setting the earlier version did not have from both of the run's saved configs."""
+    from omegaconf import OmegaConf
+
+    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
+        old = OmegaConf.load(saved)
+        del old[section][key]
+        OmegaConf.save(old, saved)
+
+
 def test_a_run_made_with_tf_same_padding_still_resumes_and_loads(tmp_path, caplog):
     """Runs saved before model.padding existed were trained with TF's 'same' padding and hold no
     padding layers: they continue, and load in the tools, with that geometry (run_dir.RUN_OWNED)."""
@@ -61,10 +71,7 @@ def test_a_run_made_with_tf_same_padding_still_resumes_and_loads(tmp_path, caplo
 
     run = tmp_path / "old"
     train_and_evaluate(compose(*TINY, "epochs=1", "model.padding=same"), run)
-    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
-        old = OmegaConf.load(saved)
-        del old.model["padding"]  # as a run of the earlier version saved it
-        OmegaConf.save(old, saved)
+    saved_by_the_earlier_version(run, "model", "padding")
     (run / "results.json").unlink()
 
     assert load_run(run).model.get_layer("stage2_block1_conv1").padding == "same"
@@ -86,15 +93,10 @@ def test_a_run_made_with_tf_same_padding_still_resumes_and_loads(tmp_path, caplo
 
 
 def test_a_run_made_before_split_seed_resumes_on_its_own_validation_split(tmp_path, caplog):
-    from omegaconf import OmegaConf
-
     run = tmp_path / "old"
     common = (*TINY, "data.val_split=32")
     train_and_evaluate(compose(*common, "epochs=1"), run)
-    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
-        old = OmegaConf.load(saved)
-        del old.data["split_seed"]  # as a run of the earlier version saved it
-        OmegaConf.save(old, saved)
+    saved_by_the_earlier_version(run, "data", "split_seed")
     (run / "results.json").unlink()
     with caplog.at_level(logging.INFO):
         results = train_and_evaluate(compose(*common, "epochs=2"), run)
