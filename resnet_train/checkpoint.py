@@ -6,7 +6,10 @@ run resumed mid-epoch reports the same epoch metrics as an uninterrupted one).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,20 +17,52 @@ from pathlib import Path
 import tensorflow as tf
 
 from resnet_train.errors import RunDirError, UserError
+from resnet_train.report import fsync_directory
 
 log = logging.getLogger(__name__)
 
 
 def readable(path: str) -> str | None:
     """None when every tensor of the checkpoint at `path` reads back (sizes and checksums),
-    else why not. Separates a damaged file from a checkpoint that does not fit the model."""
+    else why not. Separates a damaged file from a checkpoint that does not fit the model.
+    Raises CheckpointUnreachable when the files could not be read at all (permissions, a storage
+    or network file system error): that says nothing about the checkpoint, so nothing is moved."""
     try:
         reader = tf.train.load_checkpoint(path)
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
     except Exception as e:  # noqa: BLE001 -- TF raises OpError, IndexError, ValueError for damage
-        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if _storage_error(e):
+            raise CheckpointUnreachable(
+                f"could not read the checkpoint {path} ({type(e).__name__}: {why}): a permission or storage "
+                f"error, not damage, so nothing was moved; fix access to {Path(path).parent} (or wait for the "
+                f"file system) and rerun the same command") from None
+        return why
     return None
+
+
+class CheckpointUnreachable(RunDirError):
+    """A checkpoint's files could not be read for a reason outside them (EACCES, EIO, ESTALE...)."""
+
+
+# TF maps errno to these codes (EACCES/EPERM: PermissionDenied, ESTALE: Aborted, ENOMEM/ENOSPC:
+# ResourceExhausted, EAGAIN/ECONNRESET: Unavailable, ETIMEDOUT: DeadlineExceeded); EIO has no code
+# of its own (Unknown) and is recognised by its text. Damage shows as DataLoss, OutOfRange,
+# InvalidArgument or NotFound (a missing shard), which are not here.
+_STORAGE_OP_ERRORS = (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.UnavailableError,
+                      tf.errors.AbortedError, tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+_STORAGE_ERRNOS = (errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.ETIMEDOUT, errno.ENOMEM,
+                   errno.EBUSY, errno.EINTR, errno.ENOTCONN, errno.EREMOTEIO, errno.ENOLCK)
+
+
+def _storage_error(e: BaseException) -> bool:
+    if isinstance(e, (*_STORAGE_OP_ERRORS, MemoryError)):
+        return True
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+        return True
+    text = str(e)
+    return isinstance(e, (tf.errors.UnknownError, OSError)) and any(os.strerror(n) in text for n in _STORAGE_ERRNOS)
 
 
 class Checkpointer:
@@ -47,6 +82,9 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch,
                                               step=self.step, **(extra or {}))
         self._best = None
+        self.best_set_aside = False  # best/ described steps past the restored one (see restore_latest)
+        if self.owns_directory and self.directory.is_dir() and self._index() is _DAMAGED:
+            self._rewrite_index()  # else the manager cannot even start (an empty index raises in it)
         self._new_manager()
 
     def _new_manager(self):
@@ -60,27 +98,37 @@ class Checkpointer:
     def owns_directory(self) -> bool:
         return self.read_from.resolve() == self.directory.resolve()
 
+    def _index(self):
+        """The `checkpoint` index of read_from: its state, None when there is none, _DAMAGED when
+        it cannot be parsed (e.g. left empty by a power loss)."""
+        if not (self.read_from / "checkpoint").exists():
+            return None
+        try:
+            return tf.train.get_checkpoint_state(str(self.read_from)) or _DAMAGED
+        except Exception:  # noqa: BLE001 -- ValueError for an empty index, OpError, ParseError
+            return _DAMAGED
+
     def _candidates(self) -> list[str]:
         """Checkpoints newest first: those the `checkpoint` index names, and any ckpt-N on disk
-        (the index itself may be the damaged file)."""
+        (the index itself may be the damaged file). Only files in this run's checkpoint directory:
+        an index copied or crafted to name another directory must not make a resume touch it."""
         if not self.read_from.is_dir():
             return []
-        try:
-            state = tf.train.get_checkpoint_state(str(self.read_from))
-        except Exception:  # noqa: BLE001 -- an unparsable index: fall back to the files
-            state = None
-        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path] if state else []
-        paths = [p if Path(p).is_absolute() else str(self.read_from / p) for p in paths]
+        state = self._index()
+        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path] if state not in (None, _DAMAGED) else []
+        paths = [p for p in paths if _inside(p, self.read_from)]
         paths += [str(f.with_suffix("")) for f in self.read_from.glob("ckpt-*.index")]
-        return sorted(set(paths), key=_number, reverse=True)
+        return sorted(set(p for p in paths if _CHECKPOINT_NAME.fullmatch(Path(p).name)), key=_number, reverse=True)
 
-    def restore_latest(self) -> bool:
-        """Restores the newest readable checkpoint; True when one was restored."""
+    def restore_latest(self, expect_progress: bool = False) -> bool:
+        """Restores the newest readable checkpoint; True when one was restored. `expect_progress`:
+        the run directory shows that training happened (metrics past step 0), so finding no
+        checkpoint is refused like finding only damaged ones: never silently start over."""
         if self.owns_directory:
             self._remove_partial_saves()
         moved = False
         for path in self._candidates():
-            damage = readable(path)
+            damage = readable(path)  # raises, moving nothing, when the files cannot be reached at all
             if damage is not None:
                 log.warning("Checkpoint %s is damaged (%s): %s, trying the previous one", path, damage,
                             "moving it to checkpoints/corrupt/" if self.owns_directory else "skipping it")
@@ -96,16 +144,66 @@ class Checkpointer:
                     f"the checkpoint {path} does not fit this model/optimizer ({first}); "
                     f"resume with the run's own config, or start a new run directory"
                 ) from None
-            if moved:
-                self._new_manager()  # its list of checkpoints no longer holds the moved ones
+            if self.owns_directory:
+                self._rewrite_index()  # after a fallback or a damaged index: list what is really there
+                self._new_manager()
+                self._set_aside_later_best(_number(path))
             log.info("Resumed from %s (epoch %d, step %d)", path, int(self.epoch.numpy()), int(self.step.numpy()))
             return True
-        if moved:  # there was progress, and none of it can be read: do not silently start over
+        corrupt = self.read_from / "corrupt"
+        damaged_before = corrupt.is_dir() and any(corrupt.iterdir())
+        if moved or damaged_before or expect_progress or self._best_checkpoint() is not None:
+            # There was progress and none of it can be read. The same words on every rerun: the
+            # first one moved the damaged files aside, and the next must not take the empty
+            # directory for a new run (and overwrite its metrics and best/).
+            where = f" (the damaged ones are in {corrupt})" if moved or damaged_before else ""
+            best = self._best_checkpoint()
             raise RunDirError(
-                f"no readable checkpoint in {self.read_from} (the damaged ones are in {self.directory / 'corrupt'}): "
+                f"no readable checkpoint in {self.read_from}{where}, though this run has made progress: "
                 f"start a new run directory" + (f", with init_from={self.read_from / 'best'} if that one is readable"
-                                                if (self.read_from / "best").is_dir() else ""))
+                                                if best else ""))
         return False
+
+    def _best_checkpoint(self) -> str | None:
+        best = self.read_from / "best"
+        found = sorted((str(f.with_suffix("")) for f in best.glob("ckpt-*.index")), key=_number) if best.is_dir() else []
+        return found[-1] if found else None
+
+    def _set_aside_later_best(self, step: int) -> None:
+        """best/ saved after the restored step (a kill between save_best and save, or a fallback from
+        a damaged newest checkpoint) describes an attempt the metrics no longer hold: moved aside,
+        not deleted; the redone epochs choose best/ again."""
+        best = self._best_checkpoint()
+        if best is None or _number(best) <= step:
+            return
+        target = self.directory / "superseded" / f"best-{Path(best).name}"
+        if target.exists():
+            target = target.with_name(f"{target.name}.{int(time.time())}")
+        target.parent.mkdir(exist_ok=True)
+        (self.directory / "best").replace(target)
+        self.best_set_aside = True
+        log.warning("best/ held %s, later than the resumed step %d: moved to %s (the epochs after step %d "
+                    "are trained again and choose best/ anew)", Path(best).name, step, target, step)
+
+    def adopt_best(self, step: int) -> bool:
+        """After best/ was set aside: best/ becomes the checkpoint of `step` (the best epoch the
+        metrics hold) when that one is still on disk; True when it was."""
+        source = self.directory / f"ckpt-{step}"
+        files = list(self.directory.glob(source.name + ".*"))
+        if not files or readable(str(source)) is not None:
+            log.warning("The best epoch the metrics hold (step %d) has no checkpoint left: best/ is chosen again "
+                        "by the next better epoch", step)
+            return False
+        staging = self.directory / "best_temp"  # removed as a partial save if this is interrupted
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for f in files:
+            shutil.copy2(f, staging / f.name)
+        tf.compat.v1.train.update_checkpoint_state(str(staging), source.name, all_model_checkpoint_paths=[source.name],
+                                                   all_model_checkpoint_timestamps=[time.time()])
+        staging.replace(self.directory / "best")
+        log.info("best/ is %s again, the best epoch up to the resumed step", source.name)
+        return True
 
     def _move_aside(self, path: str) -> None:
         corrupt = self.directory / "corrupt"
@@ -115,13 +213,25 @@ class Checkpointer:
             if target.exists():  # damaged before, at the same step: keep both
                 target = corrupt / f"{f.name}.{int(time.time())}"
             f.replace(target)
-        remaining = [p for p in self._candidates() if p != path and Path(p + ".index").exists()]
-        names = [Path(p).name for p in sorted(remaining, key=_number)]  # relative: the run dir can move
-        if names:
-            tf.compat.v1.train.update_checkpoint_state(str(self.directory), names[-1],
-                                                       all_model_checkpoint_paths=names)
-        else:
+        self._rewrite_index()
+
+    def _rewrite_index(self) -> None:
+        """Makes the `checkpoint` index list exactly the ckpt-N on disk, oldest first, with their
+        times, so that the CheckpointManager deletes the old ones again as it saves (without the
+        times it keeps them forever) and `latest` names the checkpoint really resumed."""
+        on_disk = sorted((f.with_suffix("") for f in self.directory.glob("ckpt-*.index")
+                          if _CHECKPOINT_NAME.fullmatch(f.stem)), key=lambda p: _number(str(p)))
+        state = self._index()
+        if state not in (None, _DAMAGED) and state.all_model_checkpoint_timestamps and \
+                [Path(p).name for p in state.all_model_checkpoint_paths] == [p.name for p in on_disk]:
+            return  # the manager's own index, as it wrote it
+        if not on_disk:
             (self.directory / "checkpoint").unlink(missing_ok=True)
+            return
+        tf.compat.v1.train.update_checkpoint_state(
+            str(self.directory), on_disk[-1].name, all_model_checkpoint_paths=[p.name for p in on_disk],
+            all_model_checkpoint_timestamps=[(p.parent / (p.name + ".index")).stat().st_mtime for p in on_disk],
+            last_preserved_timestamp=0.0)  # relative names: the run directory can move
 
     def _remove_partial_saves(self) -> None:
         """A save killed half-way leaves <prefix>_temp/ (TF writes there, then renames): remove it."""
@@ -149,7 +259,9 @@ class Checkpointer:
         checkpoint files are complete before the `checkpoint` state file names them (TF writes
         both atomically), so the earlier checkpoints stay the ones a rerun resumes from."""
         try:
-            return manager.save(checkpoint_number=step)
+            path = manager.save(checkpoint_number=step)
+            _fsync_checkpoint(path)
+            return path
         except (tf.errors.OpError, OSError) as e:
             self._remove_partial_saves()
             reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][-200:]
@@ -159,10 +271,37 @@ class Checkpointer:
                 f"{self.manager.latest_checkpoint or 'the start'}") from None
 
 
+def _fsync_checkpoint(path: str) -> None:
+    """TF closes a checkpoint's files without flushing them to the disk: after a power loss the
+    newest one could be empty although the index names it. Flushed here, with the index and the
+    directory, so that the checkpoint a rerun resumes from is the last one saved."""
+    prefix = Path(path)
+    for f in [*prefix.parent.glob(prefix.name + ".*"), prefix.parent / "checkpoint"]:
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_directory(prefix.parent)
+
+
 def _number(path: str) -> int:
     """ckpt-1200 -> 1200."""
     tail = path.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
+
+
+_CHECKPOINT_NAME = re.compile(r"ckpt-\d+")
+_DAMAGED = object()  # an index that exists but cannot be parsed
+
+
+def _inside(path: str, directory: Path) -> bool:
+    """Whether a checkpoint the index names lies in `directory` (TF makes the index's relative
+    names absolute under it; a name from before the run directory moved is found on disk instead)."""
+    return Path(path).resolve().parent == directory.resolve()
 
 
 CHOICES = "auto | best | last | PATH"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,12 +20,16 @@ class Reporter:
         interrupted session are dropped, so metrics.jsonl reads like one uninterrupted run."""
         self.workdir = Path(workdir)
         self._writers = {}
-        path = self.workdir / "metrics.jsonl"
-        records = read_metrics(self.workdir)
-        kept = [r for r in records if r.get("step", 0) <= resumed_at]
-        if len(kept) < len(records):
-            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._jsonl = open(path, "a", encoding="utf-8")
+        self._path = self.workdir / "metrics.jsonl"
+        self._records = [r for r in read_metrics(self.workdir) if r.get("step", 0) <= resumed_at]
+        # Rewritten (atomically) unless the file is exactly its kept records: a line cut short by a
+        # full disk or a kill would otherwise be glued to the next record appended.
+        if self._path.exists() and self._path.read_bytes() != self._text().encode("utf-8"):
+            write_atomic(self._path, self._text())
+        self._jsonl = open(self._path, "a", encoding="utf-8")
+
+    def _text(self) -> str:
+        return "".join(json.dumps(r) + "\n" for r in self._records)
 
     def _writer(self, split):
         if split not in self._writers:
@@ -36,8 +42,19 @@ class Reporter:
                 if isinstance(value, float):
                     tf.summary.scalar(key, value)
         record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
+        if any(r.get("split") == split and r.get("step") == step for r in self._records):
+            # Logged again at the same step (a finished run rerun with another runtime.*, whose final
+            # test record exists): replaced, never duplicated.
+            self._records = [r for r in self._records if not (r.get("split") == split and r.get("step") == step)]
+            self._jsonl.close()
+            self._records.append(record)
+            write_atomic(self._path, self._text())
+            self._jsonl = open(self._path, "a", encoding="utf-8")
+            return
+        self._records.append(record)
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())  # once per epoch: the record survives a power loss with its checkpoint
 
     def hparams(self, values: dict) -> None:
         """The run's settings for TensorBoard's HParams dashboard (metrics: eval/accuracy, eval/loss)."""
@@ -71,9 +88,19 @@ def read_metrics(workdir) -> list[dict]:
     return [r for r in records if isinstance(r, dict)]
 
 
+def _logged(workdir, split: str, key: str, up_to_step: int | None) -> list[dict]:
+    return [r for r in read_metrics(workdir) if r.get("split") == split and key in r
+            and (up_to_step is None or r.get("step", 0) <= up_to_step)]
+
+
 def best_logged(workdir, split: str, key: str, up_to_step: int | None = None):
-    return max((r[key] for r in read_metrics(workdir) if r.get("split") == split and key in r
-                and (up_to_step is None or r.get("step", 0) <= up_to_step)), default=None)
+    return max((r[key] for r in _logged(workdir, split, key, up_to_step)), default=None)
+
+
+def best_logged_step(workdir, split: str, key: str, up_to_step: int | None = None) -> int | None:
+    """The step of the first record with the highest `key` (save_best keeps the first of equals)."""
+    logged = _logged(workdir, split, key, up_to_step)
+    return max(logged, key=lambda r: r[key])["step"] if logged else None
 
 
 class NullReporter:
@@ -99,12 +126,35 @@ def progress(total: int, desc: str, disable: bool = False):
 
 
 def write_atomic(path, text: str) -> None:
-    """Writes a temporary file beside `path`, then renames it: never a half-written file."""
+    """Writes a temporary file beside `path`, flushes it to the disk, then renames it and flushes
+    the directory: never a half-written file, and after a power loss either the old or the new
+    one. The temporary name is unique, so concurrent writers (sweep members) do not collide."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory) -> None:
+    """Makes a rename in `directory` durable (POSIX: the entry lives in the directory's data)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the rename itself is done
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path, data) -> None:

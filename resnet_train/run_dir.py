@@ -23,7 +23,15 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTED_CONFIG = Path("checkpoints") / "config.yaml"
 # What may change when a run is resumed: where and how it runs, and how long (a longer run
 # recomputes its lr schedule for the new length), not what it computes.
-RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "init_from", "epochs", "steps")
+# Where the data lives may change (data.path of a folder dataset too), provided the data found there is
+# the run's own: check_same_data compares it with the run's dataset.json.
+RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "data.path", "init_from",
+                     "epochs", "steps")
+# What `auto` settings resolved to when the run started, beside its checkpoints: a resume on other
+# hardware keeps them (runtime.precision=auto would otherwise switch float16 <-> float32 between hosts).
+RESOLVED = Path("checkpoints") / "resolved.json"
+# The dataset description a resume must find again (the folder source's data.path may move).
+DATASET = Path("dataset.json")
 # Settings a run keeps from its own saved config whatever the command says, because its
 # checkpoints only make sense with them, with the value that runs saved before the setting existed
 # had. model.padding: "same" (TF's) until the papers' symmetric padding became the default; those
@@ -75,10 +83,11 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
     RESUMABLE_CHANGES (returned, for the log)."""
     from omegaconf import OmegaConf
 
-    saved = saved_config_path(workdir)
-    if saved is None:
+    saved_cfg = load_saved_config(workdir)
+    if saved_cfg is None:
         return []
-    changes, allowed = config_changes(OmegaConf.load(saved), cfg)
+    saved = saved_config_path(workdir)
+    changes, allowed = config_changes(saved_cfg, cfg)
     changes = [c for c in changes if c.split(":", 1)[0] not in RUN_OWNED]  # the run's own win (run_owned)
     if changes:
         if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote it (a sweep)
@@ -91,13 +100,47 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
 
 
 def saved_config_path(workdir: Path) -> Path | None:
-    """The file of the config that made the run's checkpoints (None: a directory without them)."""
+    """The file of the config that made the run's checkpoints (None: a directory without progress)."""
     saved = workdir / CHECKPOINTED_CONFIG
     if not saved.exists():  # a run from before the copy beside the checkpoints existed
         saved = workdir / CONFIG
-    if not saved.exists() or not any((workdir / "checkpoints").glob("ckpt-*.index")):
+    if not saved.exists() or not has_progress(workdir):
         return None
     return saved
+
+
+def load_saved_config(workdir: Path):
+    """The config that made the run in `workdir` (None: no run there yet). An empty or unparsable
+    one (a power loss during its write) is damage, not "no constraints": refused, so that a rerun
+    with any other config cannot continue the run's checkpoints."""
+    from omegaconf import DictConfig, OmegaConf
+
+    path = saved_config_path(workdir)
+    if path is None:
+        return None
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 -- yaml's and OmegaConf's errors alike
+        saved = e
+    if not isinstance(saved, DictConfig) or not saved:
+        why = f"{type(saved).__name__}: {str(saved).splitlines()[0][:120]}" if isinstance(saved, Exception) else "empty"
+        raise RunDirError(
+            f"{path} ({why}) is damaged, so it cannot tell which config made the run's checkpoints: write "
+            f"the run's config back into it (e.g. from its .hydra/config.yaml or the command that started it) "
+            f"and rerun, or start a new hydra.run.dir with init_from={workdir}")
+    return saved
+
+
+def has_progress(workdir: Path) -> bool:
+    """Whether training happened in `workdir`: a checkpoint, damaged ones set aside, a best/, or
+    metrics past step 0. Such a directory is never taken for a new run, whatever is left of it."""
+    from resnet_train.report import read_metrics
+
+    checkpoints = workdir / "checkpoints"
+    corrupt = checkpoints / "corrupt"
+    return (any(checkpoints.glob("ckpt-*.index")) or (corrupt.is_dir() and any(corrupt.iterdir()))
+            or any(checkpoints.glob("best/ckpt-*.index"))
+            or any(r.get("step", 0) > 0 for r in read_metrics(workdir)))
 
 
 def run_owned(workdir: Path, cfg):
@@ -105,10 +148,10 @@ def run_owned(workdir: Path, cfg):
     say which were kept, for the log once the run's checks pass)."""
     from omegaconf import OmegaConf
 
-    path = saved_config_path(workdir)
-    if path is None:
+    saved = load_saved_config(workdir)
+    if saved is None:
         return cfg, []
-    saved, cfg, kept = OmegaConf.load(path), cfg.copy(), []
+    cfg, kept = cfg.copy(), []
     for key, legacy in RUN_OWNED.items():
         theirs = OmegaConf.select(saved, key, default=legacy)
         if OmegaConf.select(cfg, key) != theirs:
@@ -165,3 +208,72 @@ class HeldLog:
             root.removeHandler(memory)
             root.addHandler(handler)
         self._swaps = []
+
+
+def save_resolved(workdir: Path, precision: str) -> None:
+    import json
+
+    from resnet_train.report import write_json
+
+    path = workdir / RESOLVED
+    record = {"runtime.precision": precision}
+    if not path.exists() or json.loads(path.read_text() or "{}") != record:
+        write_json(path, record)
+
+
+def resume_precision(workdir: Path, requested: str) -> tuple[str, str | None]:
+    """(the precision to run with, a line for the log or None). A resumed run keeps the policy its
+    checkpoints were made with: `auto` resolves to it on any host. float16 keeps a loss scale in the
+    optimizer state, so another policy cannot continue a float16 run, nor float16 another's: refused
+    with the run's own policy named. float32 <-> bfloat16 fit the same checkpoints (an explicit
+    switch is allowed, like every runtime.* change)."""
+    import json
+
+    path = workdir / RESOLVED
+    if not path.exists() or not has_progress(workdir):
+        return requested, None
+    try:
+        theirs = json.loads(path.read_text())["runtime.precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunDirError(f"{path} is damaged: write {{\"runtime.precision\": \"POLICY\"}} into it with the policy "
+                          f"the run was trained with (its train.log names it), then rerun") from None
+    if requested == "auto":
+        return theirs, (None if theirs == requested else
+                        f"runtime.precision=auto: continuing with {theirs}, the policy the run started with")
+    if requested != theirs and "mixed_float16" in (requested, theirs):
+        raise RunDirError(
+            f"{workdir} was trained with runtime.precision={theirs}; {requested} cannot continue its checkpoints "
+            f"(float16 keeps a loss scale in the optimizer state): rerun with runtime.precision={theirs} or auto, "
+            f"or start a new hydra.run.dir with init_from={workdir}")
+    return requested, None
+
+
+def check_same_data(workdir: Path, info) -> None:
+    """A resumed run must find its own dataset, wherever it now lives: the same classes, image
+    shape and split sizes as its dataset.json."""
+    import json
+
+    path = workdir / DATASET
+    if not path.exists() or not has_progress(workdir):
+        return
+    try:
+        theirs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # rewritten from the data once the run's checkpoint is restored
+    ours = info.to_dict()
+    # Not the name: a folder dataset is named after its directory, which may have moved.
+    keys = ("num_classes", "image_shape", "train_size", "val_size", "test_size", "class_names")
+    differ = [k for k in keys if k in theirs and _plain(theirs[k]) != _plain(ours.get(k))]
+    if differ:
+        shown = "; ".join(f"{k}: {_short(theirs[k])} -> {_short(ours.get(k))}" for k in differ[:3])
+        raise RunDirError(f"the data found now is not the dataset {workdir} was trained on ({shown}): point the "
+                          f"data settings at the run's own data, or start a new hydra.run.dir with init_from={workdir}")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _short(value) -> str:
+    text = str(_plain(value))
+    return text if len(text) <= 60 else text[:57] + "..."

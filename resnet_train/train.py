@@ -25,7 +25,7 @@ from resnet_train.interrupts import StopRequests
 from resnet_train.run_lock import RunLock
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
-from resnet_train.report import NullReporter, Reporter, best_logged, progress, write_json
+from resnet_train.report import NullReporter, Reporter, best_logged, best_logged_step, progress, write_json
 from resnet_train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,12 @@ _LOST_PEER_ERRORS = (tf_errors.UnavailableError, tf_errors.CancelledError, tf_er
 def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log) -> dict:
     # ---- set up ---------------------------------------------------------------------------
     r = cfg.runtime
+    # A resumed run keeps the policy `auto` chose when it started, on whatever host it continues.
+    precision, precision_kept = run_dir.resume_precision(workdir, r.get("precision", "float32"))
     rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
-                           r.get("precision", "float32"), r.get("devices"), int(r.get("cpu_replicas", 1)))
+                           precision, r.get("devices"), int(r.get("cpu_replicas", 1)))
+    if precision_kept:
+        log.info(precision_kept)
     strategy = rt.strategy
     stop.install()  # after the strategy: see StopRequests.install
     config_lib.check_replicas(cfg, rt.replicas)
@@ -108,6 +112,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     splits = data_lib.load(cfg.data)
     info = splits.info
     config_lib.check_against_data(cfg, info)
+    run_dir.check_same_data(workdir, info)  # a resume finds its own dataset, wherever it now lives
     steps_per_epoch = info.train_size // cfg.batch_size
     # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
     # warm-up longer than the run is refused here when its units differ from the run's.
@@ -184,7 +189,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
                                 max_to_keep=int(cfg.checkpoint.get("keep", 3)),
                                 read_from=workdir / "checkpoints", extra={"train_sums": trainer.sums})
-    restored = checkpointer.restore_latest()
+    # A directory with progress (metrics, best/, damaged checkpoints set aside) but no readable
+    # checkpoint is refused on every rerun, never taken for a new run.
+    restored = checkpointer.restore_latest(expect_progress=run_dir.has_progress(workdir))
     if not restored and cfg.get("init_from"):
         with strategy.scope():
             initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
@@ -192,6 +199,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             write_json(workdir / "init_from.json", initialised)
     if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's
         run_dir.save_config(workdir, cfg, overrides)
+        run_dir.save_resolved(workdir, rt.precision)
         write_json(workdir / "dataset.json", info.to_dict())
     held_log.release()
     step = int(checkpointer.step.numpy()) if restored else 0
@@ -204,6 +212,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     # Every worker takes the same decisions (saving is collective under several workers): the
     # best accuracy so far comes from the records up to the restored step only.
     best_so_far = best_logged(workdir, "eval", "accuracy", up_to_step=step)
+    if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
+        checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
     reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
     reporter.hparams(hparams(cfg))
     steps_per_call = int(r.get("steps_per_call", 1))
@@ -312,17 +322,23 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
 
 
 def _check_workers_agree(strategy, step: int, workdir: Path) -> None:
-    """Every worker must continue from the same step (else the collectives would hang): a sum over
-    the replicas equals replicas x step only if all restored the same checkpoint."""
+    """Every worker must continue from the same step (else the collectives would hang)."""
     import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                            strategy.run(lambda: tf.constant(step, tf.int64)), axis=None)
-    if int(total) != step * strategy.num_replicas_in_sync:
-        raise RunDirError(f"the workers restored different checkpoints (this one: step {step} from {workdir}): "
-                          f"give every worker the same hydra.run.dir on a file system they share")
+    check_steps_agree(strategy, lambda: tf.constant([step], tf.int64), step, workdir)
+
+
+def check_steps_agree(strategy, replica_step, step: int, workdir: Path) -> None:
+    """Gathers every replica's restored step (`replica_step()`, run on each replica) and refuses
+    unless all are equal: a sum would pass a worker whose step is the others' mean."""
+    import tensorflow as tf
+
+    steps = strategy.gather(strategy.run(replica_step), axis=0).numpy().tolist()
+    if min(steps) != max(steps):
+        raise RunDirError(f"the workers restored different checkpoints (steps {steps}; this one: step {step} from "
+                          f"{workdir}): give every worker the same hydra.run.dir on a file system they share")
 
 
 def _diverged(step: int, nonfinite: int, trainer, checkpointer, when: str = "at") -> TrainingDiverged:
@@ -352,9 +368,14 @@ def _finished(workdir: Path, cfg):
     results = workdir / "results.json"
     if not results.exists():
         return None
-    saved = json.loads(results.read_text())
+    try:
+        saved = json.loads(results.read_text())
+    except ValueError:  # damaged: the run is resumed (and its results written again)
+        return None
     latest = tf_latest_checkpoint(workdir / "checkpoints")
-    if saved.get("config_hash") == config_hash(cfg) and latest and latest == saved.get("checkpoint"):
+    # By name: a run directory that was moved or copied is still recognised as finished.
+    if saved.get("config_hash") == config_hash(cfg) and latest and saved.get("checkpoint") and \
+            Path(latest).name == Path(saved["checkpoint"]).name:
         return saved
     return None
 

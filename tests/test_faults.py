@@ -395,11 +395,13 @@ def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeyp
     code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", f"hydra.run.dir={run}")
     assert code == 0, err
     log = (run / "train.log").read_text()
-    # runtime.* may change on resume, but float16's optimizer (loss scaling) does not fit the
-    # checkpoint: refused at the restore, after the strategy and model lines were logged.
+    # The data found now is not the run's (as if its folder had gained images): refused once the
+    # data is read, after the strategy line was logged.
+    dataset = json.loads((run / "dataset.json").read_text())
+    (run / "dataset.json").write_text(json.dumps({**dataset, "train_size": dataset["train_size"] + 1}))
     code, out, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1",
-                                    "runtime.precision=mixed_float16", f"hydra.run.dir={run}")
-    assert code == 2 and "does not fit" in err and "Strategy" in out  # the terminal saw the log lines ...
+                                    "runtime.steps_per_call=2", f"hydra.run.dir={run}")  # not skipped as finished
+    assert code == 2 and "the data found now is not the dataset" in err and "Strategy" in out  # the terminal saw the log lines ...
     assert (run / "train.log").read_text() == log  # ... the run's log did not
 
 
