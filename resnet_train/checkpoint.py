@@ -243,6 +243,15 @@ class Checkpointer:
         self.step.assign(step)
         return self._write(self.manager, step)
 
+    def save_aside(self, path, step: int, epoch: int) -> str:
+        """The state of `step` at `path`, outside the index and the manager's clean-up (the run
+        lock was lost: another process manages this directory's checkpoints now)."""
+        self.epoch.assign(epoch)
+        self.step.assign(step)
+        path = self.checkpoint.write(str(path))
+        _fsync_checkpoint(path)
+        return path
+
     def save_best(self, step: int, epoch: int, accuracy: float, best_so_far) -> bool:
         """Keeps the checkpoint with the highest eval accuracy in checkpoints/best/."""
         if best_so_far is not None and accuracy <= best_so_far:

@@ -66,7 +66,7 @@ def _fail(error) -> None:
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def _train(cfg) -> float:
     _quiet_tensorflow()
-    from resnet_train.errors import Preempted, UserError
+    from resnet_train.errors import Preempted, StoppedDuringSetUp, UserError
     from resnet_train.train import train_and_evaluate
 
     workdir = HydraConfig.get().runtime.output_dir
@@ -76,7 +76,7 @@ def _train(cfg) -> float:
                                      overrides=list(HydraConfig.get().overrides.task))
     except UserError as error:
         _fail(error)
-    except Preempted as stop:  # the checkpoint is written: the same command continues the run
+    except (Preempted, StoppedDuringSetUp) as stop:  # the same command continues the run
         print(f"resnet-train: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step

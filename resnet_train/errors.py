@@ -44,3 +44,11 @@ class Preempted(Exception):
     """Raised after a SIGTERM/SIGINT once the checkpoint at the current step is written."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class StoppedDuringSetUp(BaseException):
+    """SIGTERM/SIGINT before training went on (data preparation, restore): nothing to save, the
+    process stops at once. A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    on its way (e.g. the damage check of a checkpoint being read) takes it for a failure of its own."""
+
+    exit_code = EXIT_PREEMPTED

@@ -4,6 +4,12 @@ The training loop passes `stop.requested` into its next compiled call (one step 
 it is summed over every worker; then all of them write the checkpoint of that step and exit with
 EXIT_PREEMPTED; rerunning the command continues from that exact step. A second Ctrl-C interrupts at once (the checkpoint of the last epoch end or
 `checkpoint.every_steps` remains).
+Before training starts (data preparation, restore, compilation: possibly hours for a first tfds
+build) nothing would be saved, so a signal stops the process at once: waiting for the
+first training call could outlast a preemption's grace period (StoppedDuringSetUp). Not under multi-worker training,
+where every worker must stop at the same step (the first call agrees on it).
+`request(reason)` asks the same from code in any thread, e.g. the run lock's heartbeat once another
+process took the lock over.
 """
 from __future__ import annotations
 
@@ -17,20 +23,36 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequests:
-    def __init__(self):
+    def __init__(self, exit_during_set_up: bool = True):
         self.signal_name: str | None = None
+        self._exit_during_set_up = exit_during_set_up
+        self.reason: str | None = None  # set by request(), not by a signal
         self._previous = {}
 
     @property
     def requested(self) -> bool:
-        return self.signal_name is not None
+        return self.signal_name is not None or self.reason is not None
+
+    def request(self, reason: str) -> None:
+        """Stops the run as a SIGTERM would, from any thread. A later first Ctrl-C still only asks."""
+        self.reason = reason
+        log.warning("%s: saving a checkpoint after the current step, then exiting", reason)
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
-        if self.requested and signum == signal.SIGINT:
+        if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signal_name = name
+        if self._exit_during_set_up:
+            from resnet_train.errors import StoppedDuringSetUp
+
+            raise StoppedDuringSetUp(f"stopped by {name} during set-up, before training went on: no step was lost; "
+                            f"run the same command again to continue")
         log.warning("%s received: saving a checkpoint after the current step, then exiting", name)
+
+    def training_started(self) -> None:
+        """From here a signal only asks: the training loop saves the current step, then stops."""
+        self._exit_during_set_up = False
 
     def install(self) -> None:
         """(Re)installs the handlers. Called again once the strategy exists: under

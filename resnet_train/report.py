@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import tensorflow as tf
 from tqdm.auto import tqdm
 
 
@@ -32,11 +31,16 @@ class Reporter:
         return "".join(json.dumps(r) + "\n" for r in self._records)
 
     def _writer(self, split):
+        import tensorflow as tf  # here, not at the top: run_dir and the sweep callback import this
+        # module before the CLI imports TensorFlow quietly (cli._quiet_tensorflow)
+
         if split not in self._writers:
             self._writers[split] = tf.summary.create_file_writer(str(self.workdir / "tensorboard" / split))
         return self._writers[split]
 
     def log(self, split: str, step: int, epoch: int, metrics: dict) -> None:
+        import tensorflow as tf
+
         with self._writer(split).as_default(step=step):
             for key, value in metrics.items():
                 if isinstance(value, float):

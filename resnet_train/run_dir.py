@@ -90,8 +90,11 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
     changes, allowed = config_changes(saved_cfg, cfg)
     changes = [c for c in changes if c.split(":", 1)[0] not in RUN_OWNED]  # the run's own win (run_owned)
     if changes:
-        if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote it (a sweep)
-            write_atomic(workdir / CONFIG, saved.read_text(encoding="utf-8"))
+        if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote .hydra/ (a sweep)
+            for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):  # the run's record (save_config)
+                record, rewritten = saved.parent / name, workdir / CONFIG.parent / name
+                if record.exists() and (not rewritten.exists() or rewritten.read_bytes() != record.read_bytes()):
+                    write_atomic(rewritten, record.read_text(encoding="utf-8"))
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise RunDirError(
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
@@ -162,14 +165,25 @@ def run_owned(workdir: Path, cfg):
 
 def save_config(workdir: Path, cfg, overrides=None) -> None:
     """The config (and the command-line overrides) beside the run, as Hydra would write them; the
-    tools (resnet-eval, -export, ...) and sweep reports read them back."""
+    tools (resnet-eval, -export, ...) and sweep reports read them back.
+
+    The run's record, .hydra/{config,overrides,hydra}.yaml (hydra.yaml: a sweep member's, from
+    Hydra), is also kept beside the checkpoints: Hydra rewrites a sweep member's .hydra/ before its
+    code runs, and a rerun that does not take the directory (refused, or a finished member skipped)
+    puts it back from there (check_resumable, sweep.SweepCallback)."""
     from omegaconf import OmegaConf
 
-    text = OmegaConf.to_yaml(cfg)
-    for place in (CONFIG, CHECKPOINTED_CONFIG):
-        write_atomic(workdir / place, text)
+    kept = workdir / CHECKPOINTED_CONFIG.parent
     if overrides is not None:
-        OmegaConf.save(OmegaConf.create(list(overrides)), workdir / OVERRIDES)
+        text = OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
+        for place in (workdir / OVERRIDES, kept / OVERRIDES.name):
+            write_atomic(place, text)
+    hydra_record = workdir / CONFIG.parent / "hydra.yaml"
+    if hydra_record.exists():
+        write_atomic(kept / hydra_record.name, hydra_record.read_text(encoding="utf-8"))
+    text = OmegaConf.to_yaml(cfg)
+    for place in (CONFIG, CHECKPOINTED_CONFIG):  # last: checkpoints/config.yaml completes the record
+        write_atomic(workdir / place, text)
 
 
 

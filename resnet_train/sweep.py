@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -18,12 +20,47 @@ COLUMNS = ("member", "status", "overrides", "final_eval_accuracy", "best_eval_ac
            "wall_time_s", "error")
 
 
+# A member's record: Hydra's .hydra/<name>, which run_dir.save_config also keeps as checkpoints/<name>
+# when the member's run takes the directory (hydra.yaml only in sweeps; runs made before that copy
+# existed kept config.yaml only).
+RECORD = ("config.yaml", "overrides.yaml", "hydra.yaml")
+
+
 class SweepCallback(Callback):
-    """After every member (finished or failed): its status file, then the refreshed summary."""
+    """After every member (finished or failed): its status file, then the refreshed summary.
+
+    Hydra rewrites a member's .hydra/ (config, overrides, hydra.yaml) before the member's code runs.
+    A job that does not take a directory already holding a run (results.json or any progress),
+    i.e. fails or returns before run_dir.save_config writes the run's record (refused: another
+    config, a lock, a bad value; or a finished member skipped), leaves that run as it was: .hydra/
+    is put back from the record, and a failure is reported (one line, and Hydra's own report) but
+    not written as the member's failed.json. A failure of the member's own run writes failed.json."""
+
+    def __init__(self) -> None:
+        self._before = {}  # member -> (its record's stamp, whether it held a run) when its job started
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
         # The sweep directory exists before the sweeper opens its storage there (Optuna's sqlite).
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_") or "").lower():
+            try:
+                from resnet_train.optuna_sweeper import install
+            except ImportError:  # the plugin is not installed: Hydra says so when it instantiates it
+                return
+            install()  # before Hydra instantiates the sweeper: members numbered by trial (optuna_sweeper.py)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        # Once more after every member ended: under a parallel launcher the members' own writes
+        # may land in any order, each seeing the others as they were then.
+        write_summary(config.hydra.sweep.dir)
+
+    def on_job_start(self, config, **kwargs) -> None:
+        from resnet_train.run_dir import has_progress
+
+        member = Path(config.hydra.runtime.output_dir)
+        self._before[str(member)] = (_record_stamp(member), (member / "results.json").exists() or has_progress(member))
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -31,14 +68,51 @@ class SweepCallback(Callback):
 
         hydra_cfg = HydraConfig.get()
         member = Path(hydra_cfg.runtime.output_dir)
+        stamp, held = self._before.pop(str(member), (None, False))
+        untouched = held and _record_stamp(member) == stamp  # the job did not take the directory
+        if untouched:
+            restore_record(member)
         failed = member / "failed.json"
         if job_return.status.name == "FAILED":
             error = job_return._return_value
-            failed.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2) + "\n")
+            if untouched:
+                error.member_left_as_it_was = True  # left_as_it_was(): not a failure of the member's run
+                # Printed: a log line would go to the member's train.log, which is the run's.
+                print(f"resnet-train: {member}: not run, the member's run was left as it was "
+                      f"({type(error).__name__}: {error})", file=sys.stderr)
+            else:
+                failed.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2) + "\n")
         elif failed.exists():
             failed.unlink()  # a rerun that succeeded
         if hydra_cfg.mode == RunMode.MULTIRUN:
             write_summary(hydra_cfg.sweep.dir)
+
+
+def left_as_it_was(job_return) -> bool:
+    """Whether a failed job was refused by a member holding a run, which it left as it was."""
+    return bool(getattr(job_return._return_value, "member_left_as_it_was", False))
+
+
+def restore_record(member: Path) -> None:
+    """Puts the member's .hydra/ back as its run wrote it, from the record beside its checkpoints."""
+    from resnet_train.report import write_atomic
+
+    for name in RECORD:
+        record, rewritten = member / "checkpoints" / name, member / ".hydra" / name
+        if record.exists() and (not rewritten.exists() or rewritten.read_bytes() != record.read_bytes()):
+            write_atomic(rewritten, record.read_text(encoding="utf-8"))
+
+
+def _record_stamp(member: Path):
+    """Changes whenever run_dir.save_config writes the record (write_atomic: a new file each time)."""
+    stamps = []
+    for name in RECORD:
+        try:
+            st = (member / "checkpoints" / name).stat()
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 def member_row(member: Path) -> dict:
@@ -76,10 +150,14 @@ def write_summary(sweep_dir) -> list[dict]:
     sweep_dir = Path(sweep_dir)
     rows = [member_row(m) for m in members(sweep_dir)]
     rows.sort(key=lambda r: (r["status"] == "failed", -(r["best_eval_accuracy"] or -1.0)))
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    # Whole files, renamed into place: members of a parallel launcher (joblib) write at once.
+    from resnet_train.report import write_atomic
+
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(sweep_dir / "summary.csv", table.getvalue())
 
     def cell(value):
         if isinstance(value, float):
@@ -88,5 +166,5 @@ def write_summary(sweep_dir) -> list[dict]:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows

@@ -58,12 +58,14 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
     failed = True
     try:
-        with RunLock(workdir) if chief else contextlib.nullcontext(), StopRequests() as stop:
+        # The lock's heartbeat stops the run (as a SIGTERM would) once another process took it over.
+        with StopRequests(exit_during_set_up=cfg.runtime.get("strategy") != "multi_worker") as stop, RunLock(workdir, on_lost=stop.request) if chief else \
+                contextlib.nullcontext() as lock:
             if changed:
                 log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
             for line in kept:
                 log.info(line)
-            results = _train(cfg, workdir, started, overrides, stop, held_log)
+            results = _train(cfg, workdir, started, overrides, stop, held_log, lock)
             failed = False
             return results
     except _LOST_PEER_ERRORS as e:
@@ -90,7 +92,7 @@ _LOST_PEER_ERRORS = (tf_errors.UnavailableError, tf_errors.CancelledError, tf_er
                      tf_errors.AbortedError)
 
 
-def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log) -> dict:
+def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log, lock=None) -> dict:
     # ---- set up ---------------------------------------------------------------------------
     r = cfg.runtime
     # A resumed run keeps the policy `auto` chose when it started, on whatever host it continues.
@@ -219,6 +221,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     steps_per_call = int(r.get("steps_per_call", 1))
     eval_metrics = None
     first_call = True
+    stop.training_started()
     try:
         for epoch in range(step // steps_per_epoch, epochs if step < total_steps else 0):
             skip = step - epoch * steps_per_epoch
@@ -236,6 +239,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                 step += done
                 if trainer.diverged(nonfinite):
                     raise _diverged(step, nonfinite, trainer, checkpointer)
+                if stop_now and lock is not None and lock.lost:  # another process owns the directory now
+                    raise _lock_lost(lock, step, epoch, workdir, checkpointer)
                 if first_call:
                     log.info("first step after %.1f s (process start to first optimizer step)", time.time() - started)
                     first_call = False
@@ -275,7 +280,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             if rt.is_chief:
                 plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
             if stopping and epoch + 1 < epochs:  # the epoch's checkpoint is the stop point
-                raise Preempted(f"stopped by {stop.signal_name or 'a signal on another worker'} after epoch "
+                raise Preempted(f"stopped by {_stop_cause(stop)} after epoch "
                                 f"{epoch + 1} (step {step} of {total_steps}); checkpoint {checkpointer.latest} "
                                 f"written: run the same command again to continue")
             log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
@@ -352,11 +357,27 @@ def _diverged(step: int, nonfinite: int, trainer, checkpointer, when: str = "at"
         f"and {where}; lower optimizer.lr, add schedule.warmup_epochs or optimizer.clip_norm, or check the data")
 
 
+def _stop_cause(stop) -> str:
+    return stop.signal_name or stop.reason or "a signal on another worker"
+
+
+def _lock_lost(lock, step: int, epoch: int, workdir: Path, checkpointer) -> RunDirError:
+    """Another process took the run lock over: nothing more is written where it now writes (no
+    checkpoint through the index, no metrics); this run's state goes to a folder of its own."""
+    aside = workdir / "lock_lost" / f"{lock.record['host']}-{lock.record['pid']}" / f"ckpt-{step}"
+    try:
+        saved = f"this run's state at step {step} is in {checkpointer.save_aside(aside, step, epoch)}"
+    except Exception as e:  # noqa: BLE001 -- the stop matters more than the copy
+        saved = f"its state at step {step} could not be saved ({type(e).__name__}: {e})"
+    return RunDirError(f"{lock.lost} (at step {step}); nothing more was written into its checkpoints or metrics: "
+                       f"{saved} (init_from= it to go on in a new run directory)")
+
+
 def _preempted(stop, step: int, total_steps: int, epoch: int, checkpointer) -> Preempted:
     """Saves the checkpoint of the current step (within one compiled call of the signal)."""
     if checkpointer.latest is None or not checkpointer.latest.endswith(f"-{step}"):
         checkpointer.save(step, epoch)
-    return Preempted(f"stopped by {stop.signal_name or 'a signal on another worker'} at step {step} of "
+    return Preempted(f"stopped by {_stop_cause(stop)} at step {step} of "
                      f"{total_steps}; checkpoint {checkpointer.latest} written: run the same command "
                      f"again to continue from this step")
 

@@ -10,6 +10,9 @@ def test_tiny_run_end_to_end_then_rerun_resumes(tmp_path):
     done = run_cli(*TINY, "epochs=2", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Test accuracy" in done.stdout and f"Run directory: {run}" in done.stdout
+    # No TensorFlow start-up chatter (oneDNN, CUDA probes): nothing imports it before the CLI's quiet
+    # import, the sweep callback included (it runs before the task).
+    assert not [line for line in done.stderr.splitlines() if "] " in line and ".cc:" in line], done.stderr[-2000:]
     for path in (".hydra/config.yaml", "checkpoints/checkpoint", "metrics.jsonl", "results.json",
                  "dataset.json", "train.log"):
         assert (run / path).exists(), path

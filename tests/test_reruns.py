@@ -4,13 +4,19 @@ fallback, the precision a run started with is kept, workers agree exactly, the i
 outside the run, and what must survive a power loss is flushed."""
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, compose, file_digests
+from conftest import TINY, cli_in_process, compose, file_digests
 from resnet_train import checkpoint as checkpoint_lib
 from resnet_train import runtime
 from resnet_train.errors import RunDirError
@@ -181,19 +187,37 @@ def test_a_float16_run_continues_under_auto_and_refuses_another_policy_with_a_tr
     assert train_and_evaluate(compose(*TINY, "epochs=2", "runtime.precision=auto"), run)["precision"] == "mixed_float16"
 
 
+WORKERS_AGREE = """
+import tensorflow as tf
+from resnet_train.errors import RunDirError
+from resnet_train.train import check_steps_agree
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+def replica_step(values):
+    ids = tf.constant(values, tf.int64)
+    return lambda: tf.reshape(ids[tf.distribute.get_replica_context().replica_id_in_sync_group], [1])
+
+check_steps_agree(strategy, replica_step([8, 8]), 8, "run")
+print("equal steps agree")
+try:
+    check_steps_agree(strategy, replica_step([4, 8]), 6, "run")
+except RunDirError as e:
+    print(e)
+"""
+
+
 def test_workers_agree_only_when_every_step_is_equal():
-    from resnet_train.train import check_steps_agree
-
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-    def replica_step(values):
-        ids = tf.constant(values, tf.int64)
-        return lambda: tf.reshape(ids[tf.distribute.get_replica_context().replica_id_in_sync_group], [1])
-
-    check_steps_agree(strategy, replica_step([8, 8]), 8, "run")
+    # A process of its own: TF numbers collectives per process from 1 for every new strategy, so a
+    # gather here would collide with a collective an earlier test in this process ran.
+    done = subprocess.run([sys.executable, "-c", WORKERS_AGREE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    agree, refused = done.stdout.strip().splitlines()[-2:]
+    assert agree == "equal steps agree"
     # This worker's step (6) is the others' mean: a sum (6 x 2 = 4 + 8) would have passed it.
-    with pytest.raises(RunDirError, match=r"restored different checkpoints \(steps \[4, 8\]; this one: step 6"):
-        check_steps_agree(strategy, replica_step([4, 8]), 6, "run")
+    assert refused.startswith("the workers restored different checkpoints (steps [4, 8]; this one: step 6 from run)")
 
 
 def test_an_index_naming_checkpoints_outside_the_run_is_not_followed(tmp_path):
@@ -261,3 +285,63 @@ def test_a_folder_dataset_that_moved_is_resumed_and_another_one_refused(tmp_path
     with pytest.raises(RunDirError, match=r"the data found now is not the dataset .* \((train|test)_size: \d+ -> \d+"):
         train_and_evaluate(compose(*args, f"data.path={tmp_path / 'moved'}", "epochs=3"), run)
     assert np.isfinite(results["test"]["loss"])
+
+
+def test_a_run_whose_lock_is_taken_over_stops_and_writes_nothing_more_into_the_run(tmp_path, monkeypatch):
+    from resnet_train import run_lock
+    from resnet_train.interrupts import StopRequests
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
+    noticed = threading.Event()
+    request = StopRequests.request
+    monkeypatch.setattr(StopRequests, "request", lambda self, reason: (request(self, reason), noticed.set()))
+    save, kept = checkpoint_lib.Checkpointer.save, {}
+
+    def save_then_lose_the_lock(self, step, epoch):  # after epoch 1: another process takes the lock over
+        path = save(self, step, epoch)
+        if not kept:
+            (run / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 4242, "token": "theirs"}))
+            assert noticed.wait(30), "the heartbeat never noticed"
+            kept.update({k: v for k, v in file_digests(run).items() if k.startswith(("checkpoints/", "metrics"))})
+        return path
+
+    monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", save_then_lose_the_lock)
+    with pytest.raises(RunDirError, match=rf"^the lock {run / '.lock'} was taken over by process 4242 on elsewhere, "
+                                          rf"which judged this run stale: stopping so that two runs do not write into "
+                                          rf"{run} \(at step (\d+)\); nothing more was written into its checkpoints or "
+                                          rf"metrics: this run's state at step \1 is in (\S+) \(init_from= it") as lost:
+        train_and_evaluate(compose(*TINY, "epochs=3"), run)
+    assert {k: v for k, v in file_digests(run).items() if k.startswith(("checkpoints/", "metrics"))} == kept
+    assert json.loads((run / ".lock").read_text())["token"] == "theirs"  # the new owner's lock stays
+    step, aside = re.search(r"at step (\d+)\); .* is in (\S+) \(init_from", str(lost.value)).groups()
+    step = int(step)
+    assert step > 4 and aside.startswith(str(run / "lock_lost")) and aside.endswith(f"ckpt-{step}")
+    assert checkpoint_lib.readable(aside) is None
+    assert tf.train.load_checkpoint(aside).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == step
+
+
+def test_a_signal_during_set_up_stops_at_once_and_moves_nothing(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    args = (*TINY, "epochs=1", f"hydra.run.dir={run}")
+    assert cli_in_process(monkeypatch, capsys, "resnet-train", *args)[0] == 0
+    (run / "results.json").unlink()
+    before = file_digests(run)
+    load = tf.train.load_checkpoint
+
+    def terminated_while_reading(path):  # e.g. a long restore from a network file system
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+        return load(path)
+
+    monkeypatch.setattr(tf.train, "load_checkpoint", terminated_while_reading)
+    started = time.monotonic()
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args[:-2], "epochs=2", args[-1])
+    assert time.monotonic() - started < 20
+    assert code == 75 and err.strip().endswith("stopped by SIGTERM during set-up, before training went on: no step "
+                                                "was lost; run the same command again to continue"), err[-2000:]
+    # Raised inside the damage check of the checkpoint (an `except Exception`): not taken for damage.
+    assert file_digests(run) == before and not (run / "checkpoints" / "corrupt").exists()
+    monkeypatch.setattr(tf.train, "load_checkpoint", load)
+    assert cli_in_process(monkeypatch, capsys, "resnet-train", *args[:-2], "epochs=2", args[-1])[0] == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 8

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import TINY, compose, run_cli
+from conftest import TINY, compose, file_digests, run_cli
 from resnet_train.train import train_and_evaluate
 
 SMALL = (*TINY, "epochs=1", "data.limit_train=64", "data.limit_test=32")
@@ -76,6 +77,101 @@ def test_optuna_search_without_a_validation_split_is_refused(tmp_path):
     assert not list((tmp_path / "search").glob("*/results.json"))
 
 
+def test_a_finished_member_rerun_with_another_config_is_left_as_it_was(tmp_path):
+    """Hydra rewrites a member's .hydra/ before the member runs: a rerun that does not take the
+    directory (member 1: refused, another lr; member 0: finished, skipped) puts its record back,
+    and a refusal never marks a finished member failed."""
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", *SMALL, "optimizer.lr=0.05,0.2", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = {m: file_digests(sweep / m) for m in ("0", "1")}
+
+    again = run_cli("-m", *SMALL, "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep}")
+    assert again.returncode != 0  # member 1 was not run with lr 0.1: the sweep says so
+    assert "holds a run with another config (optimizer.lr: 0.2 -> 0.1)" in again.stderr
+    assert "left as it was" in again.stderr
+    assert file_digests(sweep / "1") == before["1"]  # every file, .hydra/* and train.log included
+    assert not (sweep / "1" / "failed.json").exists()
+    skipped = file_digests(sweep / "0")  # its train.log says it was skipped; nothing else changed
+    assert {k: v for k, v in skipped.items() if k != "train.log"} == \
+        {k: v for k, v in before["0"].items() if k != "train.log"}
+    table = {r["member"]: r for r in rows(sweep)}
+    assert table["1"]["status"] == "finished" and table["1"]["overrides"].split()[-1] == "optimizer.lr=0.2"
+    assert table["0"]["status"] == "finished" and table["0"]["overrides"].split()[-1] == "optimizer.lr=0.05"
+    assert "| 1 | finished |" in (sweep / "summary.md").read_text()
+
+
+def test_optuna_rerun_with_more_trials_continues_the_study(tmp_path):
+    """n_trials is the study's total and members are numbered by trial: a rerun with n_trials=4
+    after a 2-trial search runs trials 2 and 3 in members 2 and 3, and leaves 0 and 1 untouched;
+    the same command once more runs nothing."""
+    sweep = tmp_path / "search"
+    search = ("hparams_search=optuna", *SMALL, f"hydra.sweep.dir={sweep}")
+    done = run_cli(*search, "hydra.sweeper.n_trials=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = {m: file_digests(sweep / m) for m in ("0", "1")}
+
+    more = run_cli(*search, "hydra.sweeper.n_trials=4")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert more.stdout.count("Test accuracy") == 2  # only the 2 new trials ran
+    assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "2", "3"]
+    assert {m: file_digests(sweep / m) for m in ("0", "1")} == before  # results, metrics, checkpoints, .hydra/*
+    study = _optuna().load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db")
+    trials = study.get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(n, "COMPLETE") for n in range(4)]
+    assert len({t.params["optimizer.lr"] for t in trials}) == 4  # the seeded sampler drew new points
+    accuracies = {}
+    for t in trials:  # member i is trial i: its overrides are the trial's parameters
+        member = sweep / str(t.number)
+        assert f"optimizer.lr={t.params['optimizer.lr']}" in OmegaConf.load(member / ".hydra" / "overrides.yaml")
+        accuracies[t.number] = json.loads((member / "results.json").read_text())["eval"]["accuracy"]
+        assert t.value == accuracies[t.number]
+    assert OmegaConf.load(sweep / "optimization_results.yaml").best_value == max(accuracies.values())
+    assert len(rows(sweep)) == 4 and all(r["status"] == "finished" for r in rows(sweep))
+
+    same = run_cli(*search, "hydra.sweeper.n_trials=4")
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "Test accuracy" not in same.stdout and len(study.get_trials()) == 4
+
+
+def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(tmp_path):
+    """A search killed during a trial (preempted, OOM) leaves it RUNNING in the study: the rerun
+    runs it in its own member, with its own parameters, before any new trial. A failed trial stays
+    failed and does not count towards n_trials (the number of complete trials): a new one replaces it."""
+    sweep = tmp_path / "search"
+    search = ("hparams_search=optuna", *SMALL, f"hydra.sweep.dir={sweep}")
+    done = run_cli(*search, "hydra.sweeper.n_trials=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    optuna = _optuna()
+    study = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db")
+    (first,) = study.get_trials()
+    left = study.ask(first.distributions)  # what the killed search had asked: trial 1, never told
+    for key, value in first.user_attrs.items():  # the command's fixed settings, as the sweeper records them
+        left.set_user_attr(key, value)
+    study.tell(study.ask(first.distributions), state=optuna.trial.TrialState.FAIL)  # trial 2 failed
+
+    again = run_cli(*search, "hydra.sweeper.n_trials=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("Test accuracy") == 2  # trial 1, resumed, and trial 3 in place of the failed 2
+    # Loaded again: optuna's storage trusts its cache for the trials this process asked.
+    trials = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db").get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "FAIL"),
+                                                          (3, "COMPLETE")]
+    assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "3"]
+    overrides = list(OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml"))
+    assert f"optimizer.lr={left.params['optimizer.lr']}" in overrides and "depth=8" in overrides
+    assert trials[1].value == json.loads((sweep / "1" / "results.json").read_text())["eval"]["accuracy"]
+
+
+def _optuna():
+    import warnings
+
+    with warnings.catch_warnings():  # SQLAlchemy's notice about APIs optuna 2.10 uses
+        warnings.simplefilter("ignore")
+        import optuna
+    return optuna
+
+
 def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, "seed=1,2",
@@ -106,3 +202,40 @@ def test_ema_is_evaluated_beside_the_weights_and_checkpointed(tmp_path):
     shapes = tf.train.load_checkpoint(results["checkpoint"]).get_variable_to_shape_map()
     head_sized = [k for k, shape in shapes.items() if k.startswith("optimizer/_variables/") and shape == [64, 10]]
     assert len(head_sized) == 2  # the head's momentum and its moving average: EMA is checkpointed
+
+
+def test_the_summary_is_always_whole_while_members_write_it_at_once(tmp_path):
+    """Members of a parallel launcher (joblib) write summary.csv/.md as each ends: a reader (or the
+    last writer) never sees a file cut short or two writes interleaved."""
+    import io
+    import threading
+    import time
+
+    from resnet_train.sweep import write_summary
+
+    for i in range(3):
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(f"- seed={i}\n")
+    stop = threading.Event()
+
+    def member_ending():
+        while not stop.is_set():
+            write_summary(tmp_path)
+
+    writers = [threading.Thread(target=member_ending) for _ in range(2)]
+    for t in writers:
+        t.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                csv_text, md_text = (tmp_path / "summary.csv").read_text(), (tmp_path / "summary.md").read_text()
+            except FileNotFoundError:  # not written yet
+                continue
+            seen.append((len(list(csv.DictReader(io.StringIO(csv_text)))), md_text.count("| incomplete |")))
+    finally:
+        stop.set()
+        for t in writers:
+            t.join()
+    assert len(seen) > 100 and set(seen) == {(3, 3)}

@@ -1,0 +1,208 @@
+"""The run lock is never stolen from a live run (issue 14, item 2); no TensorFlow here."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet_train import run_lock
+from resnet_train.errors import RunDirError
+from resnet_train.interrupts import StopRequests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A process that takes the lock of argv[1]; between judging a lock stale and moving it aside it
+# announces `<sync>/<name>.judged` and waits for the files named after argv[4:]. It prints its
+# token (or the refusal), announces `<name>.done`, and holds the lock until its stdin closes.
+HOLDER = r"""
+import os, sys, time
+from pathlib import Path
+from resnet_train import run_lock
+from resnet_train.errors import RunDirError
+
+run, sync, name, heartbeat, *waits = sys.argv[1:]
+run_lock.HEARTBEAT_S = float(heartbeat)
+calls = []
+
+def window():
+    if calls:
+        return
+    calls.append(1)
+    Path(sync, name + ".judged").touch()
+    deadline = time.monotonic() + 30
+    while not all(Path(sync, w).exists() for w in waits):
+        assert time.monotonic() < deadline, waits
+        time.sleep(0.005)
+
+run_lock._before_takeover = window
+lock = run_lock.RunLock(run)
+try:
+    lock.acquire()
+    print("won", lock.record["token"], flush=True)
+except RunDirError as e:
+    print("refused", e, flush=True)
+Path(sync, name + ".done").touch()
+sys.stdin.read()
+lost = lock.lost
+lock.release()
+print("lost", lost, flush=True)
+"""
+
+
+def holder(run, sync, name, *waits, heartbeat=30.0):
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(run), str(sync), name, str(heartbeat), *waits],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def me(**changes) -> dict:
+    return {**run_lock._me(), **changes}
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def age(path, seconds):
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+@pytest.mark.parametrize("order", ["the second moves the first's new lock", "both move at once"])
+def test_two_processes_taking_over_one_stale_lock_at_once_leave_one_owner(tmp_path, order):
+    run, sync = tmp_path / "run", tmp_path / "sync"
+    run.mkdir()
+    sync.mkdir()
+    (run / ".lock").write_text(json.dumps(me(pid=dead_pid(), start_time=1, token="dead")))  # stale
+    both = ("a.judged", "b.judged")
+    second_waits = (*both, "a.done") if order.startswith("the second") else both
+    processes = {"a": holder(run, sync, "a", *both), "b": holder(run, sync, "b", *second_waits)}
+    try:
+        results = {name: p.stdout.readline().split(maxsplit=1) for name, p in processes.items()}
+        assert (sync / "a.judged").exists() and (sync / "b.judged").exists()  # both were in the window
+        winners = [name for name, (outcome, _) in results.items() if outcome == "won"]
+        assert len(winners) == 1, results
+        loser = ({"a", "b"} - set(winners)).pop()
+        assert "is in use by" in results[loser][1]
+        owner = json.loads((run / ".lock").read_text())
+        assert owner["token"] == results[winners[0]][1].strip() and owner["pid"] == processes[winners[0]].pid
+        assert [p.name for p in run.iterdir()] == [".lock"]  # nothing left aside
+    finally:
+        for p in processes.values():
+            p.communicate(timeout=10)
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("pid", ["dead here", "ours"])
+def test_a_fresh_lock_from_another_pid_namespace_is_not_taken_even_with_a_dead_or_equal_pid(tmp_path, pid):
+    lock = tmp_path / ".lock"
+    other = me(pid=dead_pid() if pid == "dead here" else os.getpid(), pid_ns="pid:[1]", start_time=1,
+               token="other")  # another container with the same host name and boot id
+    lock.write_text(json.dumps(other))
+    with pytest.raises(RunDirError, match=f"in use by process {other['pid']} on {socket.gethostname()}"):
+        run_lock.RunLock(tmp_path).acquire()
+    assert json.loads(lock.read_text())["token"] == "other"
+    age(lock, run_lock.STALE_AFTER_S + 60)  # its heartbeat stopped: that container is gone
+    with run_lock.RunLock(tmp_path) as taken:
+        assert json.loads(lock.read_text())["token"] == taken.record["token"]
+    assert not lock.exists()
+
+
+def test_a_stopped_process_keeps_its_lock_however_old_its_heartbeat(tmp_path):
+    lock = tmp_path / ".lock"
+    child = holder(tmp_path, tmp_path, "child", heartbeat=0.05)
+    try:
+        outcome, token = child.stdout.readline().split()
+        assert outcome == "won"
+        child.send_signal(signal.SIGSTOP)  # Ctrl-Z, `scontrol suspend`
+        time.sleep(0.1)  # the signal takes effect: no beat after the lock is aged
+        age(lock, run_lock.STALE_AFTER_S + 60)
+        with pytest.raises(RunDirError, match=f"in use by process {child.pid}"):
+            run_lock.RunLock(tmp_path).acquire()
+        child.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while time.time() - lock.stat().st_mtime > 60:  # it beats again ...
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert json.loads(lock.read_text())["token"] == token  # ... on its own lock
+        out, _ = child.communicate("", timeout=10)
+        assert out.split() == ["lost", "None"] and child.returncode == 0
+        assert not lock.exists()  # released
+    finally:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait()
+
+
+def test_the_heartbeat_notices_a_takeover_and_leaves_the_new_owners_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
+    lock = tmp_path / ".lock"
+    reasons = []
+    held = run_lock.RunLock(tmp_path, on_lost=reasons.append).acquire()
+    try:
+        taker = tmp_path / "taker"
+        taker.write_text(json.dumps({"host": "host-b", "pid": 123, "token": "theirs"}))
+        os.replace(taker, lock)  # what a takeover from host-b leaves
+        deadline = time.monotonic() + 1
+        while not reasons:
+            assert time.monotonic() < deadline, "on_lost was not called"
+            time.sleep(0.01)
+        time.sleep(0.2)  # a few more beats
+        assert reasons == [held.lost] and "taken over by process 123 on host-b" in reasons[0]
+        assert not held.held
+    finally:
+        held.release()
+    assert json.loads(lock.read_text())["token"] == "theirs"
+
+
+def test_a_deleted_lock_is_created_again_by_the_heartbeat(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
+    lock = tmp_path / ".lock"
+    lost = []
+    with run_lock.RunLock(tmp_path, on_lost=lost.append) as held:
+        lock.unlink()  # a user or a cleanup script
+        deadline = time.monotonic() + 1
+        while not lock.exists():
+            assert time.monotonic() < deadline, "the lock was not created again"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert json.loads(lock.read_text())["token"] == held.record["token"] and held.held
+    assert lost == [] and held.lost is None and not lock.exists()
+
+
+def test_a_reused_pid_is_stale_and_its_own_process_is_not(tmp_path):
+    lock = tmp_path / ".lock"
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        started = None
+        while started is None:  # /proc/<pid> of the new process
+            started = run_lock._process(alive.pid)
+        record = me(pid=alive.pid, start_time=started[1], token="sleep")
+        lock.write_text(json.dumps(record))
+        age(lock, run_lock.STALE_AFTER_S + 60)  # the heartbeat does not matter on this machine
+        with pytest.raises(RunDirError, match=f"in use by process {alive.pid}"):
+            run_lock.RunLock(tmp_path).acquire()
+        lock.write_text(json.dumps({**record, "start_time": started[1] - 1}))  # that PID, another process
+        with run_lock.RunLock(tmp_path) as taken:
+            assert json.loads(lock.read_text())["token"] == taken.record["token"]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_stop_requests_can_come_from_another_thread():
+    stop = StopRequests()
+    assert not stop.requested and stop.reason is None
+    thread = threading.Thread(target=stop.request, args=("the run lock was lost",))
+    thread.start()
+    thread.join()
+    assert stop.requested and stop.reason == "the run lock was lost" and stop.signal_name is None
