@@ -34,7 +34,6 @@ import logging
 
 import optuna
 from hydra.core.utils import JobStatus
-from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -92,7 +91,11 @@ class ContinuedStudy(_impl.OptunaSweeperImpl):
     def _reseed(self, trials: int) -> None:
         seed = OmegaConf.select(self.config, "hydra.sweeper.sampler.seed")
         if seed is not None and not isinstance(self.sampler, functools.partial):  # GridSampler: no randomness
-            self.sampler = instantiate(self.config.hydra.sweeper.sampler, seed=int(seed) + trials)
+            # The class the plugin already built from the config, with its arguments: no second
+            # config-driven import (README, Security).
+            arguments = OmegaConf.to_container(self.config.hydra.sweeper.sampler, resolve=True)
+            arguments = {k: v for k, v in arguments.items() if not k.startswith("_")}
+            self.sampler = type(self.sampler)(**{**arguments, "seed": int(seed) + trials})
             log.info(f"Sampler seeded with {int(seed) + trials} (its seed + the trials the study holds)")
 
 

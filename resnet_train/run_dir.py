@@ -91,10 +91,7 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
     changes = [c for c in changes if c.split(":", 1)[0] not in RUN_OWNED]  # the run's own win (run_owned)
     if changes:
         if saved.parent.name == "checkpoints" and (workdir / CONFIG).exists():  # Hydra rewrote .hydra/ (a sweep)
-            for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):  # the run's record (save_config)
-                record, rewritten = saved.parent / name, workdir / CONFIG.parent / name
-                if record.exists() and (not rewritten.exists() or rewritten.read_bytes() != record.read_bytes()):
-                    write_atomic(rewritten, record.read_text(encoding="utf-8"))
+            restore_record(workdir)
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise RunDirError(
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
@@ -161,6 +158,19 @@ def run_owned(workdir: Path, cfg):
             kept.append(f"Continuing {workdir} with its own {key}={theirs} (its checkpoints were made with it)")
             OmegaConf.update(cfg, key, theirs, force_add=True)
     return cfg, kept
+
+
+# A run's record: .hydra/<name>, which save_config also keeps as checkpoints/<name> (hydra.yaml only
+# in sweeps; runs made before that copy existed kept config.yaml only).
+RECORD = ("config.yaml", "overrides.yaml", "hydra.yaml")
+
+
+def restore_record(workdir: Path) -> None:
+    """Puts .hydra/ back as the run wrote it, from the copy beside its checkpoints."""
+    for name in RECORD:
+        record, rewritten = workdir / CHECKPOINTED_CONFIG.parent / name, workdir / CONFIG.parent / name
+        if record.exists() and (not rewritten.exists() or rewritten.read_bytes() != record.read_bytes()):
+            write_atomic(rewritten, record.read_text(encoding="utf-8"))
 
 
 def save_config(workdir: Path, cfg, overrides=None) -> None:

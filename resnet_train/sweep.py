@@ -20,12 +20,6 @@ COLUMNS = ("member", "status", "overrides", "final_eval_accuracy", "best_eval_ac
            "wall_time_s", "error")
 
 
-# A member's record: Hydra's .hydra/<name>, which run_dir.save_config also keeps as checkpoints/<name>
-# when the member's run takes the directory (hydra.yaml only in sweeps; runs made before that copy
-# existed kept config.yaml only).
-RECORD = ("config.yaml", "overrides.yaml", "hydra.yaml")
-
-
 class SweepCallback(Callback):
     """After every member (finished or failed): its status file, then the refreshed summary.
 
@@ -71,6 +65,8 @@ class SweepCallback(Callback):
         stamp, held = self._before.pop(str(member), (None, False))
         untouched = held and _record_stamp(member) == stamp  # the job did not take the directory
         if untouched:
+            from resnet_train.run_dir import restore_record
+
             restore_record(member)
         failed = member / "failed.json"
         if job_return.status.name == "FAILED":
@@ -93,18 +89,10 @@ def left_as_it_was(job_return) -> bool:
     return bool(getattr(job_return._return_value, "member_left_as_it_was", False))
 
 
-def restore_record(member: Path) -> None:
-    """Puts the member's .hydra/ back as its run wrote it, from the record beside its checkpoints."""
-    from resnet_train.report import write_atomic
-
-    for name in RECORD:
-        record, rewritten = member / "checkpoints" / name, member / ".hydra" / name
-        if record.exists() and (not rewritten.exists() or rewritten.read_bytes() != record.read_bytes()):
-            write_atomic(rewritten, record.read_text(encoding="utf-8"))
-
-
 def _record_stamp(member: Path):
     """Changes whenever run_dir.save_config writes the record (write_atomic: a new file each time)."""
+    from resnet_train.run_dir import RECORD
+
     stamps = []
     for name in RECORD:
         try:
