@@ -4,7 +4,7 @@ Every message names the setting, what was wrong and a valid choice.
 """
 from __future__ import annotations
 
-from resnet_train import models, schedules
+from resnet_train import data, models, schedules
 from resnet_train.errors import ConfigError
 
 
@@ -56,6 +56,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {wd!r})")
     _runtime(cfg.runtime)
     _checkpoint(cfg.get("checkpoint") or {})
+    data.download_setting(cfg.data)
     # A warm-up longer than the run, where comparable before the data is read (same units).
     schedules.check_warmup_fits(cfg)
 

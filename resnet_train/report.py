@@ -25,7 +25,7 @@ class Reporter:
         # full disk or a kill would otherwise be glued to the next record appended.
         if self._path.exists() and self._path.read_bytes() != self._text().encode("utf-8"):
             write_atomic(self._path, self._text())
-        self._jsonl = open(self._path, "a", encoding="utf-8")
+        self._jsonl = open(self._path, "ab", buffering=0)
 
     def _text(self) -> str:
         return "".join(json.dumps(r) + "\n" for r in self._records)
@@ -41,10 +41,14 @@ class Reporter:
     def log(self, split: str, step: int, epoch: int, metrics: dict) -> None:
         import tensorflow as tf
 
-        with self._writer(split).as_default(step=step):
-            for key, value in metrics.items():
-                if isinstance(value, float):
-                    tf.summary.scalar(key, value)
+        try:
+            with self._writer(split).as_default(step=step):
+                for key, value in metrics.items():
+                    if isinstance(value, float):
+                        tf.summary.scalar(key, value)
+        except tf.errors.OpError as e:  # its event file on a full disk: an OSError naming the file
+            raise OSError(None, e.message.strip().splitlines()[0][-200:], str(self.workdir / "tensorboard" / split)) \
+                from None
         record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
         if any(r.get("split") == split and r.get("step") == step for r in self._records):
             # Logged again at the same step (a finished run rerun with another runtime.*, whose final
@@ -53,12 +57,16 @@ class Reporter:
             self._jsonl.close()
             self._records.append(record)
             write_atomic(self._path, self._text())
-            self._jsonl = open(self._path, "a", encoding="utf-8")
+            self._jsonl = open(self._path, "ab", buffering=0)
             return
         self._records.append(record)
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        os.fsync(self._jsonl.fileno())  # once per epoch: the record survives a power loss with its checkpoint
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        try:  # unbuffered: a failed write is not written again (by close) and names the file
+            while data:
+                data = data[self._jsonl.write(data):]
+            os.fsync(self._jsonl.fileno())  # once per epoch: the record survives a power loss with its checkpoint
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self._path)) from None
 
     def hparams(self, values: dict) -> None:
         """The run's settings for TensorBoard's HParams dashboard (metrics: eval/accuracy, eval/loss)."""
@@ -73,9 +81,17 @@ class Reporter:
         return best_logged(self.workdir, split, key)
 
     def close(self) -> None:
-        for w in self._writers.values():
-            w.flush()
-        self._jsonl.close()
+        import tensorflow as tf
+
+        try:
+            for split, w in self._writers.items():
+                try:
+                    w.flush()
+                except tf.errors.OpError as e:
+                    raise OSError(None, e.message.strip().splitlines()[0][-200:],
+                                  str(self.workdir / "tensorboard" / split)) from None
+        finally:
+            self._jsonl.close()
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -142,6 +158,8 @@ def write_atomic(path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+    except OSError as e:  # a write through an open file names no file: name the one meant
+        raise OSError(e.errno, e.strerror, e.filename or str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)

@@ -49,6 +49,8 @@ def ensure_writable(workdir: Path) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk: the probe was created, its write failed
+            probe.unlink(missing_ok=True)
         hint = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
         raise RunDirError(f"cannot write to the run directory {workdir} ({e.strerror}): {hint}, "
                           f"or choose another with hydra.run.dir=PATH") from None

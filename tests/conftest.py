@@ -1,8 +1,16 @@
-"""Shared fixtures: tiny real-format archives, config composition, running the CLI."""
+"""Shared fixtures: tiny real-format archives, config composition, running the CLI.
+
+Also what no test may depend on: the network (a guard, in this process and in every Python
+subprocess), the user's environment (HYDRA_FULL_ERROR, TF_CONFIG, TFDS_DATA_DIR,
+TF_DETERMINISTIC_OPS), process-wide TensorFlow state left by an earlier test (op determinism,
+the Keras precision policy) and temporary folders left behind."""
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,8 +21,177 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Everything this session writes outside pytest's tmp_path lives here and is removed at exit,
+# temporary files included: TMPDIR points here for this process and every subprocess (TensorFlow's
+# autograph files, a worker's checkpoint folder, tfds's and export's temporary folders). pytest's
+# own tmp_path stays where it was, kept for a look after a failure as pytest keeps it.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="resnet_train_tests_"))
+atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
+(SESSION_DIR / "tmp").mkdir()
+os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_DIR / "tmp")
+
 # The measured matmul rate (for MFU) is cached under XDG_CACHE_HOME: keep tests out of ~/.cache.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="resnet_train_test_cache_")
+os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
+
+# The user's settings must not change outcomes (in this process and in the CLI subprocesses, which
+# inherit os.environ): no traceback mode, no cluster, no ~/tensorflow_datasets (an empty folder
+# instead, so a test never finds the user's prepared datasets), no determinism switched on from outside.
+TFDS_DATA_DIR = SESSION_DIR / "tensorflow_datasets"
+TFDS_DATA_DIR.mkdir()
+RESET_ENV = {"HYDRA_FULL_ERROR": None, "TF_CONFIG": None, "TF_DETERMINISTIC_OPS": None,
+             "TFDS_DATA_DIR": str(TFDS_DATA_DIR)}
+for _key, _value in {}.items():
+    if _value is None:
+        os.environ.pop(_key, None)
+    else:
+        os.environ[_key] = _value
+
+# ---- no network --------------------------------------------------------------------------------
+# Any connection (or name lookup) beyond the loopback raises NetworkBlocked and is appended to
+# NETWORK_LOG; a test that caused one fails, even if the code under test swallowed the error.
+# NetworkBlocked is not an OSError on purpose: "offline" handlers (tfds_source.host_reachable's
+# `except OSError`) must not turn an attempted download into a quiet "unreachable".
+# Subprocesses: the same code is their sitecustomize.py, found first on PYTHONPATH (inherited by
+# every Python child: the console scripts, joblib's workers, helper scripts), and active while
+# RESNET_TRAIN_TEST_NETWORK_LOG is set. Scope: Python's socket module, which every Python download
+# path (tfds's requests/urllib, urllib3) goes through; TensorFlow's C++ I/O is not covered (tfds
+# keeps its GCS access off, and gRPC between multi-worker processes stays on 127.0.0.1).
+NETWORK_GUARD = r'''"""Test-suite guard (written by tests/conftest.py): no network beyond the loopback."""
+import ipaddress
+import os
+import socket
+
+LOG = os.environ.get("RESNET_TRAIN_TEST_NETWORK_LOG")
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _is_ip(host):
+    try:
+        ipaddress.ip_address(str(host).split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
+def _local(host):
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host.lower() in ("localhost", "ip6-localhost", "ip6-loopback"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def refuse(what, target):
+    message = f"network access in a test: {what} {target!r} (tests may use the loopback only)"
+    if LOG:
+        with open(LOG, "a") as f:
+            f.write(f"pid {os.getpid()}: {message}\n")
+    raise NetworkBlocked(message)
+
+
+def install():
+    if getattr(socket, "_resnet_train_test_guard", False):
+        return
+    socket._resnet_train_test_guard = True
+    inet = (socket.AF_INET, socket.AF_INET6)
+    connect, connect_ex, sendto = socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto
+    getaddrinfo = socket.getaddrinfo
+    own_name = socket.gethostname()
+
+    def guarded_connect(self, address):
+        if self.family in inet and not _local(address[0]):
+            refuse("connect to", address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        if self.family in inet and not _local(address[0]):
+            refuse("connect to", address)
+        return connect_ex(self, address)
+
+    def guarded_sendto(self, data, *args):
+        if self.family in inet and args and isinstance(args[-1], tuple) and not _local(args[-1][0]):
+            refuse("send to", args[-1])
+        return sendto(self, data, *args)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        # A name lookup is already traffic (DNS); addresses and the machine's own name are local.
+        if host not in (None, "", own_name) and not _is_ip(host) and not _local(host):
+            refuse("name lookup of", host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex = guarded_connect, guarded_connect_ex
+    socket.socket.sendto, socket.getaddrinfo = guarded_sendto, guarded_getaddrinfo
+
+
+def _chain_next_sitecustomize():
+    """This file shadows any other sitecustomize (Debian's, a venv's): run that one too."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+if LOG:
+    install()
+if __name__ == "sitecustomize":
+    _chain_next_sitecustomize()
+'''
+NETWORK_LOG = SESSION_DIR / "network_attempts.log"
+NETWORK_LOG.touch()
+os.environ["RESNET_TRAIN_TEST_NETWORK_LOG"] = str(NETWORK_LOG)
+(SESSION_DIR / "network_guard").mkdir()
+(SESSION_DIR / "network_guard" / "sitecustomize.py").write_text(NETWORK_GUARD)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(SESSION_DIR / "network_guard"), *filter(None, [os.environ.get("PYTHONPATH")])])
+_spec = importlib.util.spec_from_file_location("resnet_train_test_network_guard",
+                                               SESSION_DIR / "network_guard" / "sitecustomize.py")
+network_guard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(network_guard)  # installs the guard in this process (LOG is set)
+NetworkBlocked = network_guard.NetworkBlocked
+
+
+class NetworkLog:
+    """Lines NETWORK_LOG gained since the test started; `take()` hands them to a test that
+    causes them on purpose (the guard's own test), so that they do not fail it."""
+
+    def __init__(self):
+        self.offset = NETWORK_LOG.stat().st_size
+
+    def take(self) -> list[str]:
+        with open(NETWORK_LOG, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        return data.decode(errors="replace").splitlines()
+
+
+@pytest.fixture(autouse=True)
+def _no_network():
+    log = NetworkLog()
+    yield log
+    attempts = log.take()
+    if attempts:
+        pytest.fail("this test (or a process it started) tried to reach the network:\n" + "\n".join(attempts),
+                    pytrace=False)
+
+
+@pytest.fixture
+def network_log(_no_network):
+    return _no_network
 
 
 def _two_logical_cpus():
@@ -36,6 +213,25 @@ def _float32_policy():
     keras.mixed_precision.set_global_policy("float32")
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(monkeypatch):
+    """Every test starts from the reset environment (a test that set a variable without
+    monkeypatch does not leak it) and with op determinism off: runtime.deterministic=true turns it
+    on for the whole process and TensorFlow has no public switch back, so without this a test's
+    result would depend on which tests ran before it."""
+    from tensorflow.python.framework import config as tf_config
+
+    for key, value in RESET_ENV.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    tf_config.disable_op_determinism()
+    yield
+    tf_config.disable_op_determinism()
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("resnet-train")
@@ -122,7 +318,11 @@ def run_cli(*args, timeout=300, cwd=None):
                           cwd=cwd or ROOT)
 
 
-TINY = ("depth=8", "batch_size=32", "data.limit_train=128", "data.limit_test=64")
+# What a test does not mean to vary is pinned: runtime=auto / precision=auto would pick another
+# strategy on a machine with GPUs and bfloat16 on a CPU with AMX / AVX512-BF16. A test that means
+# to vary them sets its own after TINY (Hydra: the last value, and the last group choice, wins).
+TINY = ("depth=8", "batch_size=32", "data.limit_train=128", "data.limit_test=64",
+        "runtime=one_device", "runtime.precision=float32")
 
 
 def cli_in_process(monkeypatch, capsys, entry: str, *args):

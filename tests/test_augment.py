@@ -12,6 +12,9 @@ from resnet_train.errors import ConfigError
 
 RNG = np.random.default_rng(0)
 IMAGE = tf.constant(RNG.integers(0, 256, (24, 24, 3)).astype(np.uint8))
+# Reddish: its grey (0.299 R + 0.587 G + 0.114 B) is far from its channels' plain mean, where the
+# uniform IMAGE's is not.
+TINTED = np.random.default_rng(1).integers([150, 0, 50], [256, 100, 150], (24, 24, 3)).astype(np.uint8)
 
 
 def seed(i):
@@ -122,6 +125,96 @@ def test_pixel_ops_do_what_their_names_say():
     assert np.all(np.abs(faded - grey) <= 0.1 * np.abs(x - grey) + 1.5)
 
 
+@pytest.mark.parametrize("name, enhancer", [("Brightness", ImageEnhance.Brightness), ("Color", ImageEnhance.Color),
+                                           ("Contrast", ImageEnhance.Contrast),
+                                           ("Sharpness", ImageEnhance.Sharpness)])
+@pytest.mark.parametrize("magnitude", [0, 3, 9])
+def test_enhance_ops_are_pils_image_enhance(name, enhancer, magnitude):
+    """The four enhance ops against PIL's ImageEnhance with the paper's factor 0.1 + 1.8 * M / 10
+    (degenerate images: black, grey, the mean grey, PIL's SMOOTH filter with the border kept).
+    PIL blends with 8-bit degenerate images and truncates; we blend float ones and round: the
+    rounding of the result (< 1) plus that of the degenerate image (< 1, times |1 - factor| <= 0.9)
+    keeps every pixel within 2 of PIL's."""
+    factor = 0.1 + 1.8 * magnitude / 10
+    for x in (IMAGE.numpy(), TINTED):
+        ours = image_ops.OPS[name](tf.constant(x), tf.constant(magnitude / 10), seed(0)).numpy().astype(int)
+        theirs = np.asarray(enhancer(Image.fromarray(x)).enhance(factor)).astype(int)
+        assert np.abs(ours - theirs).max() <= 2, np.abs(ours - theirs).max()
+        assert np.abs(theirs - x.astype(int)).max() > 3 * 2  # the op moves pixels well beyond that margin
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.3, 0.7, 1.0])
+def test_pixel_ops_are_pils_image_ops(strength):
+    """Solarize (threshold 256 -> 0), Posterize (8 -> 4 bits), Invert and AutoContrast against
+    PIL's ImageOps (AutoContrast: PIL truncates its lookup table, we round: within 1)."""
+    x = IMAGE.numpy()
+    pil = Image.fromarray(x)
+    s = tf.constant(strength)
+    np.testing.assert_array_equal(image_ops.solarize(IMAGE, s, seed(0)).numpy(),
+                                  np.asarray(ImageOps.solarize(pil, int(256 - 256 * strength))))
+    np.testing.assert_array_equal(image_ops.posterize(IMAGE, s, seed(0)).numpy(),
+                                  np.asarray(ImageOps.posterize(pil, 8 - round(4 * strength))))
+    np.testing.assert_array_equal(image_ops.invert(IMAGE, s, seed(0)).numpy(), np.asarray(ImageOps.invert(pil)))
+    dull = (x // 4 + 100).astype(np.uint8)  # 100..163: stretched to 0..255 per channel
+    ours = image_ops.autocontrast(tf.constant(dull), s, seed(0)).numpy().astype(int)
+    theirs = np.asarray(ImageOps.autocontrast(Image.fromarray(dull))).astype(int)
+    assert np.abs(ours - theirs).max() <= 1 and np.abs(theirs - dull).max() > 50
+
+
+def bilinear(image, to_input):
+    """The image resampled: output pixel (x, y) takes the bilinear sample at to_input(x, y) (pixel
+    centres at integers), with the grey FILL for what lies outside the image."""
+    h, w, _ = image.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    xi, yi = to_input(xs, ys)
+    x0, y0 = np.floor(xi), np.floor(yi)
+    fx, fy = (xi - x0)[..., None], (yi - y0)[..., None]
+
+    def at(y, x):
+        inside = ((y >= 0) & (y < h) & (x >= 0) & (x < w))[..., None]
+        return np.where(inside, image[np.clip(y, 0, h - 1).astype(int), np.clip(x, 0, w - 1).astype(int)],
+                        image_ops.FILL).astype(np.float64)
+
+    return ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1) + fy * (1 - fx) * at(y0 + 1, x0)
+            + fy * fx * at(y0 + 1, x0 + 1))
+
+
+def rotation(degrees, h, w):
+    """About the image's centre."""
+    cy, cx, t = (h - 1) / 2, (w - 1) / 2, np.radians(degrees)
+    return lambda x, y: (cx + np.cos(t) * (x - cx) - np.sin(t) * (y - cy),
+                         cy + np.sin(t) * (x - cx) + np.cos(t) * (y - cy))
+
+
+GEOMETRY = {  # op: (sign, strength, h, w) -> where an output pixel comes from, at the papers' maxima
+    "Rotate": lambda sign, s, h, w: rotation(sign * 30 * s, h, w),
+    "ShearX": lambda sign, s, h, w: (lambda x, y: (x + sign * 0.3 * s * y, y)),
+    "ShearY": lambda sign, s, h, w: (lambda x, y: (x, y + sign * 0.3 * s * x)),
+    "TranslateX": lambda sign, s, h, w: (lambda x, y: (x + sign * 0.45 * s * w, y)),
+    "TranslateY": lambda sign, s, h, w: (lambda x, y: (x, y + sign * 0.45 * s * h)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRY))
+def test_geometric_ops_move_pixels_as_defined(name):
+    """Rotate 30 deg about the centre, shear 0.3, translate 45% of the side, each times the strength
+    with a random sign, bilinear, grey fill: every pixel is the resampling computed here, cast to
+    uint8 as TF's kernel does (truncated: 0 to 1 below it, give or take float32's rounding of the
+    coordinates, < 1e-3), for one sign and far from it for the other; both signs occur."""
+    x = IMAGE.numpy()
+    h, w, _ = x.shape
+    signs = set()
+    for i in range(8):
+        strength = (0.4, 1.0)[i % 2]
+        ours = image_ops.OPS[name](IMAGE, tf.constant(strength), seed(i)).numpy().astype(float)
+        below = {sign: bilinear(x, GEOMETRY[name](sign, strength, h, w)) - ours for sign in (1, -1)}
+        fits = [sign for sign, d in below.items() if d.min() >= -1e-3 and d.max() <= 1 + 1e-3]
+        assert len(fits) == 1, (i, {sign: (d.min(), d.max()) for sign, d in below.items()})
+        assert np.abs(below[-fits[0]]).max() > 20
+        signs.add(fits[0])
+    assert signs == {1, -1}
+
+
 def test_autoaugment_levels_are_tenths(monkeypatch):
     """A policy step (Color, p=1, level 7) is factor 0.1 + 1.8 * 7 / 10 = 1.36, as in the authors' code."""
     from resnet_train.data import augment
@@ -163,14 +256,18 @@ def test_mixup_labels_sum_to_one_and_images_are_blends():
     soft, x = soft.numpy(), images.numpy().astype(np.float32)
     np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
     assert mixed.dtype == tf.uint8 and mixed.shape == images.shape
-    lam = soft[np.arange(8), np.arange(8)].min()  # every image keeps lam of itself (1 if its own partner)
-    assert 0.1 < lam < 0.9, lam  # a real blend with this seed
+    # Every image keeps lam of itself (1 if it is its own partner): lam * 1 + (1 - lam) * 0 is
+    # lam exactly, the float32 lambda the batch drew.
+    lam = soft[np.arange(8), np.arange(8)].min()
+    assert lam.dtype == np.float32 and 0.1 < lam < 0.9, lam  # a real blend with this seed
     partners = [int(np.argmax(np.where(np.arange(8) == i, 0, row))) if row[i] < 1 else i
                 for i, row in enumerate(soft)]
     assert sorted(partners) == list(range(8)) and partners != list(range(8))  # a permutation
-    expected = np.round(lam * x + (1 - lam) * x[partners])
-    np.testing.assert_allclose(mixed.numpy(), expected, atol=1)  # float32 rounding at .5 ties
-    assert np.mean(mixed.numpy() == expected) > 0.99
+    # lam * a + (1 - lam) * b in float32, as the code computes it, rounded half to even (tf.round,
+    # np.round) back to uint8: the same numbers, every pixel.
+    expected = np.round(lam * x + (np.float32(1) - lam) * x[partners])
+    assert expected.dtype == np.float32 and expected.min() >= 0 and expected.max() <= 255
+    np.testing.assert_array_equal(mixed.numpy(), expected.astype(np.uint8))
     for i, j in enumerate(partners):
         np.testing.assert_allclose(soft[i, j] if j != i else 1.0, (1 - lam) if j != i else 1.0, rtol=1e-5)
 

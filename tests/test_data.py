@@ -1,6 +1,7 @@
 """Data sources and pipelines: the embedded set, the real tfds CIFAR builder on a fake archive,
 the fast offline failure, and the properties of the train / eval pipelines."""
-import time
+import os
+import socket
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ import pytest
 from resnet_train import data as data_lib
 from resnet_train.data import embedded, pipeline, synthetic, tfds_source
 from resnet_train.data.augment import make_augment
+from resnet_train.errors import ConfigError, DataError
 
 CROP_FLIP = {"crop": "pad", "padding": 2, "horizontal_flip": True}
-from resnet_train.errors import DataError
 
 
 def arrays(ds):
@@ -74,23 +75,123 @@ def test_wrong_checksum_is_one_clear_error(tmp_path):
         tfds_source.load("cifar10", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "manual")
 
 
-def test_missing_dataset_fails_fast_naming_folders_and_archive(tmp_path, monkeypatch):
-    # The download host is unreachable here, as it is offline; never wait minutes for it.
-    monkeypatch.setattr(tfds_source, "host_reachable", lambda url, timeout=3.0: False)
-    start = time.monotonic()
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+
+
+@pytest.fixture
+def no_tfds_download(monkeypatch):
+    """tfds's own download (which retries an unreachable host for minutes) must never start:
+    the deterministic form of "fails within seconds"."""
+    import tensorflow_datasets as tfds
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tfds download_and_prepare was called")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+
+
+def test_missing_dataset_fails_fast_naming_folders_and_archive(tmp_path, monkeypatch, no_tfds_download):
+    # data.download=true (the default) with the download host unreachable, as it is offline:
+    # the probe answers, tfds is never asked to download.
+    probed = []
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda url, timeout=3.0: probed.append(url) or False)
     with pytest.raises(DataError) as error:
         tfds_source.load("cifar10", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "manual")
-    assert time.monotonic() - start < 10
-    message = str(error.value)
-    assert str(tmp_path / "tfds") in message
-    assert "cifar-10-binary.tar.gz" in message and str(tmp_path / "manual") in message
+    assert probed == [CIFAR10_URL]
+    assert str(error.value) == (
+        f"cifar10 is not prepared in {tmp_path / 'tfds'} and its download host is unreachable: put "
+        f"cifar-10-binary.tar.gz (from {CIFAR10_URL}) into {tmp_path / 'manual'} (or set data.manual_dir to "
+        f"the folder that holds it), or point data.data_dir at a prepared tensorflow-datasets folder")
     assert not list((tmp_path / "tfds").rglob("*.tmp*"))  # no half-downloads left behind
 
 
-def test_host_probe_answers_quickly_for_a_closed_port():
-    start = time.monotonic()
-    assert not tfds_source.host_reachable("http://127.0.0.1:9/x", timeout=2)
-    assert time.monotonic() - start < 3
+def test_download_false_fails_at_once_and_never_probes(tmp_path, monkeypatch, no_tfds_download):
+    def no_probe(url, timeout=3.0):
+        raise AssertionError(f"probed {url} with data.download=false")
+
+    monkeypatch.setattr(tfds_source, "host_reachable", no_probe)
+    with pytest.raises(DataError) as error:  # through the config, as the CLI does
+        data_lib.load({"source": "tfds", "name": "cifar10", "data_dir": str(tmp_path / "tfds"),
+                       "manual_dir": str(tmp_path / "manual"), "download": False})
+    assert str(error.value) == (
+        f"cifar10 is not prepared in {tmp_path / 'tfds'} and downloads are off (data.download=false): put "
+        f"cifar-10-binary.tar.gz (from {CIFAR10_URL}) into {tmp_path / 'manual'} (or set data.manual_dir to "
+        f"the folder that holds it), or point data.data_dir at a prepared tensorflow-datasets folder, or set "
+        f"data.download=true to let tensorflow-datasets download it")
+
+
+def test_download_false_still_prepares_from_the_manual_archive(fake_cifar10, monkeypatch):
+    # "false" means no network, not "no preparing": the archive in manual_dir is enough.
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda url, timeout=3.0: pytest.fail("probed"))
+    splits = tfds_source.load("cifar10", data_dir=fake_cifar10["data_dir"],
+                              manual_dir=fake_cifar10["manual_dir"], download=False)
+    assert (splits.info.train_size, splits.info.test_size) == (20, 4)
+
+
+@pytest.mark.parametrize("value", ["no", "false ", 0, None])
+def test_download_is_strictly_a_boolean(value):
+    # bool("no") is True: a string would quietly mean "download".
+    with pytest.raises(ConfigError) as error:
+        data_lib.load({"source": "tfds", "name": "cifar10", "download": value})
+    assert str(error.value) == (
+        f"data.download must be true or false (got {value!r}): false never touches the network, true lets "
+        f"tensorflow-datasets download a dataset that is not prepared")
+
+
+def test_host_probe_is_false_for_a_refused_port_and_bounded_by_its_timeout(monkeypatch):
+    # A port bound but not listening refuses connections (RST) for as long as we hold it: no other
+    # process can take it meanwhile, unlike a fixed "closed" port such as 9. Loopback only.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        timeouts = []
+        real = socket.create_connection
+        monkeypatch.setattr(socket, "create_connection",
+                            lambda address, timeout: timeouts.append(timeout) or real(address, timeout=timeout))
+        assert tfds_source.host_reachable(f"http://127.0.0.1:{port}/x", timeout=2) is False
+        assert tfds_source.host_reachable(f"http://127.0.0.1:{port}/x") is False
+    # The probe never waits longer than its timeout (3 s by default), whatever the host does.
+    assert timeouts == [2, 3.0]
+
+
+def test_host_probe_is_true_for_a_listening_port():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert tfds_source.host_reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=2) is True
+
+
+def test_the_network_guard_refuses_all_but_the_loopback(network_log):
+    """conftest's guard, which makes "no test touches the network" checkable on a connected machine."""
+    import subprocess
+    import sys
+
+    from conftest import NetworkBlocked
+
+    with pytest.raises(NetworkBlocked, match=r"connect to \('192\.0\.2\.1', 80\)"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(NetworkBlocked, match="send to"):
+        udp.sendto(b"x", ("192.0.2.1", 53))
+    # Not an OSError: the probe's "except OSError -> unreachable" cannot hide an attempted download.
+    with pytest.raises(NetworkBlocked, match="name lookup of 'www.cs.toronto.edu'"):
+        tfds_source.host_reachable(CIFAR10_URL)
+    # Python subprocesses (the CLI, joblib's workers) get the same guard through sitecustomize.
+    child = subprocess.Popen([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 1)"],
+                             stderr=subprocess.PIPE, text=True)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 1 and "NetworkBlocked: network access in a test: connect to ('192.0.2.1', 80)" in err
+    # Every attempt is logged, so a test fails even where the code swallowed the exception.
+    attempts = network_log.take()
+    assert [line.split(": ", 1)[0] for line in attempts] == [f"pid {os.getpid()}"] * 3 + [f"pid {child.pid}"]
+    assert "connect to ('192.0.2.1', 80)" in attempts[0] and "send to ('192.0.2.1', 53)" in attempts[1]
+
+    # The loopback stays open (multi-worker tests, the probe tests above).
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(2)
+        for host in ("127.0.0.1", "localhost"):
+            socket.create_connection((host, server.getsockname()[1]), timeout=5).close()
+    assert network_log.take() == []
 
 
 def test_unknown_tfds_name_is_a_data_error(tmp_path):

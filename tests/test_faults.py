@@ -1,12 +1,17 @@
-"""Faults a long run must survive, each really done: kill -9, SIGTERM/SIGINT, a damaged newest
-checkpoint, a save killed half-way, NaN losses, a full disk, two runs in one directory."""
+"""Faults a long run must survive, each really done: kill -9, SIGTERM/SIGINT (a second Ctrl-C), a
+damaged newest checkpoint, a save killed half-way, NaN losses (float32, bfloat16, float16), a full
+disk (a per-file limit and a really full file system), two runs in one directory, an exact resume."""
 import json
 import os
 import re
 import resource
 import signal
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -15,12 +20,13 @@ import tensorflow as tf
 
 from conftest import CLI, ROOT, TINY, cli_in_process, compose, file_digests, run_cli
 from resnet_train.checkpoint import readable
-from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, TrainingDiverged
+from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Preempted, TrainingDiverged
 from resnet_train.train import train_and_evaluate
 
-# 2 epochs of 64 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch.
+# 2 epochs of 64 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch. The
+# strategy and precision pinned as in TINY (auto would pick others on GPUs or bfloat16 CPUs).
 LONG = ("depth=8", "batch_size=8", "data.limit_train=512", "data.limit_test=32", "epochs=2",
-        "runtime.deterministic=true", "checkpoint.every_steps=8")
+        "runtime.deterministic=true", "checkpoint.every_steps=8", "runtime=one_device", "runtime.precision=float32")
 TOTAL_STEPS = 2 * 512 // 8
 TIMING = ("time", "images_per_sec", "mfu")
 
@@ -38,14 +44,15 @@ def metrics_without_timing(run_dir):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
-def assert_same_run(a, b):
+def assert_same_run(a, b, steps=TOTAL_STEPS):
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and len(wa) > 10
     for key in wa:
         np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
     assert metrics_without_timing(a) == metrics_without_timing(b)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
-    assert ra["test"] == rb["test"] and ra["steps"] == rb["steps"] == TOTAL_STEPS
+    assert ra["test"] == rb["test"] and ra.get("test_ema") == rb.get("test_ema")
+    assert ra["steps"] == rb["steps"] == steps
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,46 @@ def wait_for_checkpoint(run, process, timeout=120):
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
+
+
+# The CLI's entry point in a new process that signals itself right after the compiled call that
+# brought it to step AT (argv[1]; the signals' names in argv[2]): the signal is handled between two
+# calls, at a known step, not wherever the process was when a test's poll saw a file. (A signal
+# is only read when a compiled call starts: one landing in the wrong call changes the outcome.)
+SIGNALS_AT_STEP = textwrap.dedent("""
+    import signal, sys
+    from resnet_train import cli
+
+    at, names = int(sys.argv.pop(1)), sys.argv.pop(1).split(",")
+    sys.argv[0] = "resnet-train"
+    quiet_tensorflow = cli._quiet_tensorflow
+
+    def quiet_tensorflow_then_hook():  # TF imported quietly first, as the CLI does
+        quiet_tensorflow()
+        from resnet_train import trainer
+
+        train_steps, steps = trainer.Trainer.train_steps, [0]
+
+        def train_steps_then_signal(self, *args, **kwargs):
+            result = train_steps(self, *args, **kwargs)
+            steps[0] += result[0]
+            if steps[0] == at:
+                for name in names:
+                    signal.raise_signal(getattr(signal, name))  # handled before this returns
+            return result
+
+        trainer.Trainer.train_steps = train_steps_then_signal
+
+    cli._quiet_tensorflow = quiet_tensorflow_then_hook
+    cli.train()
+""")
+
+
+def run_signalled_at(step, signals, *args):
+    """Runs `resnet-train *args` (a new run: steps are counted from 0) that gets `signals` once
+    step `step` is done."""
+    return subprocess.run([sys.executable, "-c", SIGNALS_AT_STEP, str(step), ",".join(s.name for s in signals), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path, uninterrupted):
@@ -106,6 +153,24 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, un
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"Continuing at step {step} of {TOTAL_STEPS}" in (run / "train.log").read_text()
     assert_same_run(run, uninterrupted)
+
+
+def test_a_second_ctrl_c_exits_at_once_with_130_and_writes_no_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    # Ctrl-C twice after step 20's call: the first asks for a checkpoint of the next step (21), the
+    # second stops before that call.
+    done = run_signalled_at(20, [signal.SIGINT, signal.SIGINT], *LONG, f"hydra.run.dir={run}")
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "
+        f"{run}/checkpoints")
+    assert "Traceback" not in done.stderr
+    assert "SIGINT received: saving a checkpoint after the current step" in (run / "train.log").read_text()
+    # No step after the interrupted one trained or saved: the every-8-steps checkpoint of step 16 is the last.
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index")) == ["ckpt-16.index", "ckpt-8.index"]
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert latest.endswith("ckpt-16") and readable(latest) is None
+    assert not (run / "results.json").exists() and not (run / ".lock").exists()
 
 
 def keep_only_first_checkpoint(run):
@@ -173,10 +238,13 @@ def test_a_checkpoint_of_another_model_is_a_clear_error_not_moved(tmp_path):
 EXPLODING = (*TINY, "epochs=2", "optimizer.lr=1e30", "checkpoint.every_steps=1", "checkpoint.keep=100")
 
 
-def test_a_nan_loss_stops_float32_at_that_step_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_a_nan_loss_stops_float32_and_bfloat16_at_that_step_and_keeps_the_last_good_checkpoint(tmp_path, precision):
+    # bfloat16 has no loss scaling (float32's exponent range): the first non-finite step stops it too.
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as caught:
-        train_and_evaluate(compose(*EXPLODING), run)
+        train_and_evaluate(compose(*EXPLODING, f"runtime.precision={precision}"), run)
+    assert json.loads((run / "checkpoints" / "resolved.json").read_text()) == {"runtime.precision": precision}
     message = str(caught.value)
     step = int(re.search(r"at step (\d+)", message).group(1))
     assert step >= 2 and f"ckpt-{step - 1} is kept" in message
@@ -198,23 +266,21 @@ def test_the_cli_exit_code_for_a_nan_loss_is_3(tmp_path, monkeypatch, capsys):
     assert code == 3 and len(err.strip().splitlines()) == 1 and "NaN/Inf at step" in err
 
 
-def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path):
-    run = tmp_path / "run"
+def _run_with_the_next_checkpoint_failing(tmp_path):
+    """A TINY run stopped after epoch 1 (its first checkpoint kept): (run, overrides, that
+    checkpoint's name, {file: digest} of its checkpoints, the checkpoint's data size)."""
+    run = tmp_path / "disk" / "run"
     overrides = (*TINY, "epochs=2", f"hydra.run.dir={run}")
     train_and_evaluate(compose(*overrides[:-1]), run)
     first = keep_only_first_checkpoint(run)
     kept = {k: v for k, v in file_digests(run).items() if k.startswith("checkpoints")}
-    limit = next(run.glob(f"checkpoints/{first}.data-*")).stat().st_size // 2  # logs and plots are smaller
+    return run, overrides, first, kept, next(run.glob(f"checkpoints/{first}.data-*")).stat().st_size
 
-    def small_files_only():  # the next checkpoint cannot be written: write() fails with EFBIG
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run([str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=small_files_only)
+def assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, reason):
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
-    assert "could not write the checkpoint of step 8" in line and "File too large" in line
+    assert "could not write the checkpoint of step 8" in line and reason in line
     assert f"resumes from {run / 'checkpoints' / first}" in line
     assert "Traceback" not in done.stderr
     now = {k: v for k, v in file_digests(run).items() if k.startswith("checkpoints")}
@@ -222,6 +288,82 @@ def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_
     # No partial files either; only the record of the command (a CLI run's overrides, saved once the checks passed).
     assert set(now) - set(kept) <= {"checkpoints/overrides.yaml"}
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(first)
+
+
+def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path):
+    run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path)
+    limit = size // 2  # logs and plots are smaller
+
+    def small_files_only():  # the next checkpoint cannot be written: write() fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files_only)
+    assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, "File too large")
+
+
+# A disk that is really full (ENOSPC, not a per-file limit): `disk` is copied onto a tmpfs mounted
+# over it, in a mount namespace of the command's own (as root `unshare --mount`, else with a user
+# namespace too), so nothing is mounted on the host nor left mounted if the test dies. A filler
+# file takes all but `free` bytes. What the command left on the disk is copied back over `disk`.
+ON_A_FULL_DISK = textwrap.dedent("""
+    set -e
+    disk=$1 stash=$2 free=$3
+    shift 3
+    cp -a "$disk/." "$stash/"
+    mount -t tmpfs -o size=32m tmpfs "$disk"
+    cp -a "$stash/." "$disk/"
+    dd if=/dev/zero of="$disk/.filler" bs=64k 2>/dev/null || true
+    truncate -s "-$free" "$disk/.filler"
+    set +e
+    "$@"
+    code=$?
+    rm -rf "$disk/.filler" "$stash"
+    mkdir "$stash" && cp -a "$disk/." "$stash/"
+    exit $code
+""")
+
+
+def unshare_mount():
+    """The command prefix that gives a process a mount namespace where it may mount a tmpfs; skips
+    the test where the container allows neither."""
+    prefix = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1): cannot mount a small file system for a full disk")
+    probe = subprocess.run([*prefix, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "-", tempfile.gettempdir()],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()[-300:]}")
+    return prefix
+
+
+def run_on_a_full_disk(disk, free, *command):
+    stash = disk.parent / f"{disk.name}.after"
+    stash.mkdir()
+    done = subprocess.run([*unshare_mount(), "sh", "-c", ON_A_FULL_DISK, "-", str(disk), str(stash), str(free),
+                           *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    shutil.rmtree(disk)  # the disk as the command left it
+    stash.rename(disk)
+    return done
+
+
+def test_a_really_full_disk_at_a_checkpoint_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path):
+    run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path)
+    # Room for epoch 2's log lines and metrics, not for its checkpoint.
+    done = run_on_a_full_disk(run.parent, size // 2 // 4096 * 4096, str(CLI), *overrides)
+    assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, "No space left on device")
+
+
+def test_a_full_disk_is_found_before_training(tmp_path):
+    run = tmp_path / "disk" / "run"
+    run.mkdir(parents=True)
+    done = run_on_a_full_disk(run.parent, 0, str(CLI), *TINY, "epochs=1", f"hydra.run.dir={run}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"resnet-train: error: cannot write to the run directory {run} (No space left on device): free disk space, "
+        f"or choose another with hydra.run.dir=PATH"]
+    assert list(run.iterdir()) == []  # nothing written, not even the log
 
 
 def test_a_second_run_in_the_same_directory_is_refused_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
@@ -254,6 +396,51 @@ def test_deterministic_runs_are_bitwise_identical(tmp_path):
     assert a["test"] == b["test"]
 
 
+# Every source of per-step randomness and state at once: RandAugment (per image), mixup and cutmix
+# (per batch, one of the two), EMA weights (optimizer state). 2 epochs of 16 steps.
+AUGMENTED = ("depth=8", "batch_size=8", "data.limit_train=128", "data.limit_test=32", "epochs=2",
+             "runtime.deterministic=true", "checkpoint.every_steps=8", "runtime=one_device",
+             "runtime.precision=float32", "augment=randaugment", "augment.mixup_alpha=0.4",
+             "augment.cutmix_alpha=1.0", "ema.decay=0.9")
+
+
+def test_a_run_stopped_mid_epoch_with_every_augmentation_and_ema_resumes_exactly(tmp_path, monkeypatch):
+    from resnet_train import trainer as trainer_lib
+    from resnet_train.interrupts import StopRequests
+
+    cfg = compose(*AUGMENTED)
+    assert cfg.augment.randaugment.num_ops > 0 and cfg.augment.mixup_alpha > 0 and cfg.augment.cutmix_alpha > 0
+    straight = train_and_evaluate(cfg, tmp_path / "straight")
+    assert "test_ema" in straight  # EMA really on
+
+    # Stopped as a SIGTERM would, without a signal: after step 20's call the stop is requested, and
+    # the next call (step 21, 5 steps into epoch 2, between the every-8-steps checkpoints) stops.
+    requests, train_steps, steps, stop_after = [], trainer_lib.Trainer.train_steps, [0], [20]
+    started = StopRequests.training_started
+    monkeypatch.setattr(StopRequests, "training_started", lambda self: (requests.append(self), started(self)))
+
+    def counted(self, *args, **kwargs):  # counts the steps this session trained; stops after step 20
+        result = train_steps(self, *args, **kwargs)
+        steps[0] += result[0]
+        if steps[0] in stop_after:
+            requests[-1].request("a test's stop")
+        return result
+
+    monkeypatch.setattr(trainer_lib.Trainer, "train_steps", counted)
+    run = tmp_path / "run"
+    with pytest.raises(Preempted, match="stopped by a test's stop at step 21 of 32"):
+        train_and_evaluate(cfg, run)
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-21")
+    steps[0], stop_after[:] = 0, []
+    train_and_evaluate(compose(*AUGMENTED), run)
+    assert steps[0] == 32 - 21  # resumed at step 21, not trained again from the start (which would also match)
+    # The EMA copies are optimizer variables beside the momentum: compared by assert_same_run too.
+    saved = weights(run)
+    assert (len([k for k in saved if k.startswith("optimizer/_variables/")])
+            >= 2 * len([k for k in saved if k.startswith("optimizer/_trainable_variables/")]))
+    assert_same_run(run, tmp_path / "straight", steps=32)
+
+
 def test_resuming_with_another_config_is_refused_and_changes_nothing(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", f"hydra.run.dir={run}")
@@ -274,35 +461,73 @@ def test_an_unwritable_run_directory_fails_before_any_work(tmp_path):
         train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path / "a_file" / "run")
 
 
-def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path):
+# The CLI's entry point in a new process whose files can grow no further than argv[1] bytes from
+# its first metrics record on: the kernel refuses that write (EFBIG) and nothing before it. (A
+# limit from the start fails earlier, larger writes instead: the saved config, AutoGraph's files.)
+FULL_AT_THE_FIRST_RECORD = textwrap.dedent("""
+    import resource, signal, sys
+    from resnet_train import cli, report
+
+    limit = int(sys.argv.pop(1))
+    sys.argv[0] = "resnet-train"
+    log = report.Reporter.log
+
+    def log_on_a_full_disk(self, *args, **kwargs):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        return log(self, *args, **kwargs)
+
+    report.Reporter.log = log_on_a_full_disk
+    cli.train()
+""")
+
+
+@pytest.mark.parametrize("epochs_before, full", [
+    # metrics.jsonl of 3 epochs is larger than the session's new TensorBoard file: the metrics write fails
+    (3, "metrics.jsonl"),
+    # of 1 epoch, smaller: TensorBoard's write fails first
+    (1, "tensorboard"),
+])
+def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path, epochs_before, full):
     run = tmp_path / "run"
-    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    train_and_evaluate(compose(*TINY, f"epochs={epochs_before}"), run)
     (run / "results.json").unlink()
     metrics = (run / "metrics.jsonl").read_bytes()
+    step = 4 * epochs_before
 
-    def fill_disk():  # metrics.jsonl can take no more bytes
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (len(metrics), len(metrics)))
-
-    done = subprocess.run([str(CLI), *TINY, "epochs=2", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, preexec_fn=fill_disk)
+    # No file can grow past metrics.jsonl's size once the next epoch logs its first record.
+    done = subprocess.run([sys.executable, "-c", FULL_AT_THE_FIRST_RECORD, str(len(metrics)), *TINY,
+                           f"epochs={epochs_before + 1}", f"hydra.run.dir={run}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
-    assert "could not write" in line and "File too large" in line and "resumes from" in line
+    assert "could not write" in line and "File too large" in line
+    assert line.endswith(f": free disk space or fix the directory, then rerun the same command; it resumes from "
+                         f"{run / 'checkpoints' / f'ckpt-{step}'}")
+    # The epoch was trained; its checkpoint (saved after the records) was not; no part of a record was written.
+    assert f"Continuing at step {step} of {step + 4}" in (run / "train.log").read_text()
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
+    assert (run / "metrics.jsonl").read_bytes() == metrics
+    # The line names the file that could not take the bytes (README): Reporter attaches it, as a
+    # write through an open file (or TensorBoard's OutOfRangeError) names none.
+    named = run / "tensorboard" / "train" if full == "tensorboard" else run / "metrics.jsonl"
+    assert line.startswith(f"resnet-train: error: could not write {named} ("), line
 
 
 def test_a_stop_at_an_epoch_end_finishes_that_epoch_first(tmp_path):
-    # One compiled call per epoch: the stop is always seen at an epoch's end.
+    # One compiled call per epoch: the stop is always seen at an epoch's end. SIGTERM lands after
+    # epoch 1's call, so epoch 2's call carries it (a signal landing inside epoch 2's call would
+    # be carried by epoch 3's, the last: the run would simply finish).
     args = (*LONG, "epochs=3", "runtime.steps_per_call=64", f"hydra.run.dir={tmp_path / 'run'}")
     run = tmp_path / "run"
-    process = subprocess.Popen([str(CLI), *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(run, process)  # epoch 1's
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75, stderr[-2000:]
-    assert "after epoch 2 (step 128 of 192)" in stderr
+    done = run_signalled_at(64, [signal.SIGTERM], *args)
+    assert done.returncode == 75, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"resnet-train: stopped by SIGTERM after epoch 2 (step 128 of 192); checkpoint "
+        f"{run / 'checkpoints' / 'ckpt-128'} written: run the same command again to continue")
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "Continuing at step 128 of 192" in (run / "train.log").read_text()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for split in ("train", "eval"):  # every epoch evaluated and logged exactly once
         assert [r["epoch"] for r in records if r["split"] == split] == [1, 2, 3], split

@@ -18,6 +18,8 @@ def source(tmp_path_factory):
     """A ResNet-8 trained on digits 0-4 only."""
     run = tmp_path_factory.mktemp("finetune") / "source"
     results = train_and_evaluate(compose(*BASE, "epochs=4", "data.classes=[0,1,2,3,4]"), run)
+    # Over seeds 0-4, TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD EPYC Zen 4): 0.92-0.97 after epoch 4 (the
+    # epochs before swing: 0.34-0.94 after epoch 2), so the bound is on the last epoch only.
     assert results["test"]["accuracy"] > 0.8
     return run
 

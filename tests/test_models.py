@@ -126,9 +126,12 @@ def test_every_layer_has_a_deterministic_name(variant, depth, block):
     names = [layer.name for layer in model.layers]
     assert len(names) == len(set(names))
     assert not [n for n in names if n.split("_")[-1].isdigit() and not n.startswith(("stage", "stem"))]
-    # A second build in the same session (Keras' name counters have moved on): the same names.
+    # A second build in the same session (Keras' name counters have moved on): the same names,
+    # in the same order, and so the same weight paths (what a checkpoint's layers are matched by).
     again = build(depth, 10, (64, 64, 3), variant=variant, block=block)
     assert [layer.name for layer in again.layers] == names
+    assert [w.path for w in again.weights] == [w.path for w in model.weights]
+    assert len({w.path for w in model.weights}) == len(model.weights)
 
 
 def test_fused_batch_norm_matches_keras_batch_norm():

@@ -1,53 +1,122 @@
-"""MultiWorkerMirroredStrategy for real: two `resnet-train` processes on 127.0.0.1 with TF_CONFIG."""
+"""MultiWorkerMirroredStrategy for real: two `resnet-train` processes on 127.0.0.1 with TF_CONFIG.
+
+Each launch of two workers costs two TensorFlow start-ups: the claims are combined into as few
+launches as is honest (one chain of reruns covers a signal to either worker, a worker killed and
+the resumes)."""
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
+import sys
+import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from conftest import CLI, ROOT, TINY, compose
+from conftest import CLI, ROOT, TINY, compose, file_digests
+from resnet_train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from resnet_train.train import train_and_evaluate
 
-COMMON = (*TINY, "runtime.precision=float32", "runtime.deterministic=true")
+COMMON = (*TINY, "runtime.precision=float32", "runtime.deterministic=true")  # runtime=multi_worker after it
+
+# `resnet-train`, which sends itself a signal right after its first checkpoint save when
+# RESNET_TEST_AFTER_FIRST_SAVE names one. A signal sent from outside lands at a step that depends
+# on the machine's load (after the last step, nothing is left to stop); sent here, the step it
+# lands after is known, so the step every worker must stop at is known too.
+SELF_SIGNALLING_CLI = r"""
+import os, signal, sys
+from resnet_train import cli
+cli._quiet_tensorflow()  # as the console script: TF's start-up notices stay off stderr
+action = os.environ.pop("RESNET_TEST_AFTER_FIRST_SAVE", "")
+if action:
+    from resnet_train.checkpoint import Checkpointer
+    save = Checkpointer.save
+    def save_then_signal(self, step, epoch):
+        path = save(self, step, epoch)
+        Checkpointer.save = save  # once
+        os.kill(os.getpid(), getattr(signal, action))
+        return path
+    Checkpointer.save = save_then_signal
+sys.argv[0] = "resnet-train"
+cli.train()
+"""
+
+# What a worker prints when its gRPC server cannot bind the port it was given.
+BIND_FAILURE = re.compile(r"failed to add port|could not start grpc server|address already in use", re.I)
 
 
 def free_ports(n):
+    """n ports free on every interface (TF's gRPC server binds 0.0.0.0:port). They cannot stay
+    reserved until the workers bind them: the server does not share a port (tried: a socket held on
+    it, even with SO_REUSEPORT, makes it fail with "Failed to add port"). Another process may take
+    one in the seconds before a worker binds it: run_two_workers sees that and launches again."""
     sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    try:
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def start_two_workers(run_dir, tmp, *overrides, chief_preexec=None):
-    """Two `resnet-train runtime=multi_worker` processes on 127.0.0.1 (worker 0 is the chief)."""
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = []
-    for index in range(2):
-        env = {**os.environ, "TMPDIR": str(tmp),
-               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen([str(CLI), "runtime=multi_worker", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      preexec_fn=chief_preexec if index == 0 else None))
-    return procs
+def run_two_workers(run_dirs, tmp, *overrides, after_first_save=(None, None), preexec=(None, None),
+                    timeout=300, attempts=3):
+    """Runs worker 0 (the chief) and worker 1 of `resnet-train runtime=multi_worker` on 127.0.0.1
+    to their end: [(exit code, stdout, stderr)] per worker. `run_dirs`: one for both, or one each;
+    `after_first_save`: per worker, a signal it sends itself after its first checkpoint save.
 
-
-def run_two_workers(run_dir, tmp, *overrides, timeout=300):
-    procs = start_two_workers(run_dir, tmp, *overrides)
-    outputs = []
-    for proc in procs:
+    Should a worker fail to bind its port (another process took it since free_ports chose it),
+    both are stopped and the launch is repeated on other ports."""
+    if not isinstance(run_dirs, (list, tuple)):
+        run_dirs = (run_dirs, run_dirs)
+    for attempt in range(attempts):
+        hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+        procs, logs = [], []
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            for index in range(2):
+                env = {**os.environ, "TMPDIR": str(tmp), "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
+                command = [str(CLI)]
+                if after_first_save[index]:
+                    env["RESNET_TEST_AFTER_FIRST_SAVE"] = after_first_save[index]
+                    command = [sys.executable, "-c", SELF_SIGNALLING_CLI]
+                # Files, not pipes: nothing blocks on a full pipe while the other worker is awaited.
+                out, err = (open(tmp.parent / f"worker{index}.{name}.{attempt}", "w+") for name in ("out", "err"))
+                logs.append((out, err))
+                procs.append(subprocess.Popen(
+                    [*command, *COMMON, "runtime=multi_worker", *overrides, f"hydra.run.dir={run_dirs[index]}"],
+                    env=env, cwd=ROOT, stdout=out, stderr=err, text=True, preexec_fn=preexec[index]))
+            deadline = time.monotonic() + timeout
+            retry = False
+            while any(p.poll() is None for p in procs):
+                if any(p.returncode not in (None, 0) and BIND_FAILURE.search(_read(logs[i][1]))
+                       for i, p in enumerate(procs)):
+                    retry = True  # the other worker would wait for its peer until its own timeout
+                    break
+                assert time.monotonic() < deadline, "the workers did not end"
+                time.sleep(0.05)
+        finally:
             for p in procs:
-                p.kill()
-            raise
-        outputs.append((proc.returncode, out, err))
-    return outputs
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        outputs = [(p.returncode, _read(out), _read(err)) for p, (out, err) in zip(procs, logs)]
+        for out, err in logs:
+            out.close()
+            err.close()
+        if not retry and not any(BIND_FAILURE.search(err) for code, _, err in outputs if code):
+            return outputs
+    raise AssertionError(f"the workers could not bind their ports in {attempts} attempts: {outputs}")
+
+
+def _read(file):
+    file.flush()
+    file.seek(0)
+    return file.read()
 
 
 def model_weights(checkpoint):
@@ -56,11 +125,31 @@ def model_weights(checkpoint):
             if k.startswith("model/") and k.endswith("VARIABLE_VALUE")}
 
 
-def test_two_workers_train_together_like_one_process_and_resume(tmp_path):
+def messages(stderr):
+    """The tool's own lines on stderr (TF or Hydra may add warnings of their own)."""
+    return [line for line in stderr.splitlines() if line.startswith("resnet-train:")]
+
+
+def checkpoint_files(run):
+    """The checkpoints and their index (beside them, the chief keeps a copy of the config it runs)."""
+    return {k: v for k, v in file_digests(run / "checkpoints").items() if k.startswith(("ckpt-", "checkpoint"))}
+
+
+def latest_step(run):
+    return int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The workers' run in one process: the same global batches split the same way over 2 replicas."""
+    run = tmp_path_factory.mktemp("single") / "run"
+    return run, train_and_evaluate(compose(*COMMON, "epochs=2", "runtime=mirrored", "runtime.cpu_replicas=2"), run)
+
+
+def test_two_workers_train_together_like_one_process(tmp_path, single):
     run, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
-    outputs = run_two_workers(run, tmp, "epochs=2")
-    for code, out, err in outputs:
+    for code, out, err in run_two_workers(run, tmp, "epochs=2"):
         assert code == 0, err[-3000:]
 
     # Only the chief wrote results, metrics, summaries and checkpoints; the other worker's
@@ -75,9 +164,9 @@ def test_two_workers_train_together_like_one_process_and_resume(tmp_path):
                 if json.loads(line)["split"] == "train"]) == 2  # one writer, not two
 
     # The same global batches, split the same way over 2 replicas in one process: same weights.
-    single = train_and_evaluate(compose(*COMMON, "epochs=2", "runtime=mirrored", "runtime.cpu_replicas=2"),
-                                tmp_path / "single")
-    a, b = model_weights(results["checkpoint"]), model_weights(single["checkpoint"])
+    # (Resuming both workers is checked by the signal test's reruns.)
+    single_run, single_results = single
+    a, b = model_weights(results["checkpoint"]), model_weights(single_results["checkpoint"])
     assert a.keys() == b.keys() and len(a) > 10
     for key in a:
         if "moving_" in key:
@@ -86,48 +175,97 @@ def test_two_workers_train_together_like_one_process_and_resume(tmp_path):
             assert np.abs(a[key] - b[key]).max() <= 0.01 * np.abs(b[key]).max(), key
         else:  # every trained weight: the same global batches, split the same way
             np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
-    assert results["test"]["examples"] == single["test"]["examples"] == 64
-    assert abs(results["test"]["loss"] - single["test"]["loss"]) < 0.05 * single["test"]["loss"]
-
-    # Rerunning the same command with more epochs resumes from the chief's checkpoint.
-    outputs = run_two_workers(run, tmp, "epochs=3")
-    for code, out, err in outputs:
-        assert code == 0, err[-3000:]
-    log = (run / "train.log").read_text()
-    assert "Resumed from" in log and "epoch 3/3" in log
-    assert json.loads((run / "results.json").read_text())["steps"] == 3 * (128 // 32)
+    assert results["test"]["examples"] == single_results["test"]["examples"] == 64
+    assert abs(results["test"]["loss"] - single_results["test"]["loss"]) < 0.05 * single_results["test"]["loss"]
 
 
-def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_rerun_continues(tmp_path):
-    import signal
-    import time
+def test_workers_that_restored_different_checkpoints_each_say_so_in_one_line(tmp_path, single):
+    """No shared file system: each worker reads its own copy of the run directory, and the copies
+    hold different checkpoints (steps 8 and 4). Every worker refuses with one line listing every
+    worker's step, instead of hanging in mismatched collectives; nothing is trained."""
+    single_run, _ = single
+    behind, tmp = tmp_path / "behind", tmp_path / "tmp"
+    tmp.mkdir()
+    ahead = tmp_path / "ahead"
+    shutil.copytree(single_run, ahead)
+    shutil.copytree(single_run, behind)
+    ckpts = behind / "checkpoints"
+    state = tf.train.get_checkpoint_state(str(ckpts))
+    first = state.all_model_checkpoint_paths[0].rsplit("/", 1)[-1]
+    assert first == "ckpt-4" and latest_step(ahead) == 8
+    for f in ckpts.glob("ckpt-*"):
+        if not f.name.startswith(first + "."):
+            f.unlink()
+    tf.compat.v1.train.update_checkpoint_state(str(ckpts), first, all_model_checkpoint_paths=[first])
+    (behind / "results.json").unlink()
+    before = {d: checkpoint_files(d) for d in (ahead, behind)}
 
+    # epochs=3: neither copy is a finished run of this config (which would be skipped).
+    outputs = run_two_workers((ahead, behind), tmp, "epochs=3")
+    for (code, _, err), (run, step) in zip(outputs, [(ahead, 8), (behind, 4)]):
+        assert code == EXIT_USER_ERROR, err[-3000:]
+        assert messages(err) == [
+            f"resnet-train: error: the workers restored different checkpoints (steps [8, 4]; this one: step {step} "
+            f"from {run}): give every worker the same hydra.run.dir on a file system they share"], err[-3000:]
+        assert "Traceback" not in err
+        assert checkpoint_files(run) == before[run]  # no step was trained or saved
+
+
+def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_worker_stops_the_other(tmp_path):
+    """One run, stopped three times and resumed each time: a SIGTERM to the non-chief, then to the
+    chief (both workers stop at the same step and checkpoint it), then the non-chief killed
+    (kill -9: the chief stops with one line, exit 4); the last rerun finishes the run."""
     run, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
-    overrides = ("epochs=2", "batch_size=16", "data.limit_train=512", "checkpoint.every_steps=4")
-    procs = start_two_workers(run, tmp, *overrides)
-    try:
-        deadline = time.monotonic() + 240
-        while not (run / "checkpoints" / "checkpoint").exists():
-            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
-            time.sleep(0.01)
-        procs[1].send_signal(signal.SIGTERM)  # the non-chief only, as a preempted host would be
-        outputs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [75, 75], [err[-2000:] for _, err in outputs]
-    chief_says = outputs[0][1].strip().splitlines()[-1]
-    assert "stopped by a signal on another worker" in chief_says
-    assert "stopped by SIGTERM" in outputs[1][1]
-    step = int(chief_says.split("at step ")[1].split()[0])
-    assert 0 < step < 2 * 512 // 16
-    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
+    # 16 steps of 16 images, a checkpoint every 2 steps: each worker's first save is at an even
+    # step, its signal is seen by the next compiled call (1 step), which every worker runs.
+    overrides = ("epochs=2", "batch_size=16", "checkpoint.every_steps=2")
+    total = 2 * 128 // 16
 
-    for code, out, err in run_two_workers(run, tmp, *overrides):
+    def stopped_at(stderr, cause):
+        (line,) = messages(stderr)
+        found = re.fullmatch(rf"resnet-train: stopped by {cause} at step (\d+) of {total}; checkpoint (\S+) "
+                             r"written: run the same command again to continue from this step", line)
+        assert found, line
+        return int(found.group(1)), found.group(2)
+
+    resumed_at = 0
+    for signalled in (1, 0):  # the non-chief first, as a preempted host would be; then the chief
+        after_first_save = ("SIGTERM", None) if signalled == 0 else (None, "SIGTERM")
+        outputs = run_two_workers(run, tmp, *overrides, after_first_save=after_first_save)
+        assert [code for code, _, _ in outputs] == [EXIT_PREEMPTED] * 2, [err[-2000:] for _, _, err in outputs]
+        first_save = resumed_at + 2 - resumed_at % 2
+        steps = {}
+        for index, (_, _, err) in enumerate(outputs):
+            cause = "SIGTERM" if index == signalled else "a signal on another worker"
+            steps[index], checkpoint = stopped_at(err, cause)
+            if index == 0:  # the chief's checkpoint is the run's; the other's a temporary copy
+                assert checkpoint == str(run / "checkpoints" / f"ckpt-{steps[0]}")
+        assert steps[0] == steps[1] == first_save + 1, steps  # the same step, on both
+        assert latest_step(run) == steps[0]
+        if resumed_at:
+            assert f"Continuing at step {resumed_at} of {total}" in (run / "train.log").read_text()
+        resumed_at = steps[0]
+
+    # The non-chief killed while the chief trains: the chief stops with one line, exit 4.
+    outputs = run_two_workers(run, tmp, *overrides, after_first_save=(None, "SIGKILL"))
+    (chief_code, _, chief_err), (killed_code, _, _) = outputs
+    assert killed_code == -9
+    assert chief_code == EXIT_WORKER_LOST, chief_err[-3000:]
+    (line,) = messages(chief_err)
+    assert line.startswith("resnet-train: error: lost contact with another worker (") and "Traceback" not in chief_err
+    assert line.endswith(f"it stopped (its log in {run} says why) or is unreachable; rerun every worker's "
+                         f"command to resume from {tf.train.latest_checkpoint(str(run / 'checkpoints'))}")
+    # Killed right after its save at this step (the chief's own save of it may or may not have
+    # completed): nothing later was saved, and the run is not finished.
+    killed_after = resumed_at + 2 - resumed_at % 2
+    assert resumed_at <= latest_step(run) <= killed_after and not (run / "results.json").exists()
+
+    last = latest_step(run)
+    for code, _, err in run_two_workers(run, tmp, *overrides):
         assert code == 0, err[-3000:]
-    assert f"Continuing at step {step} of 64" in (run / "train.log").read_text()
-    assert json.loads((run / "results.json").read_text())["steps"] == 64
+    assert f"Continuing at step {last} of {total}" in (run / "train.log").read_text()
+    assert json.loads((run / "results.json").read_text())["steps"] == total
 
 
 def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_hanging(tmp_path):
@@ -141,13 +279,8 @@ def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_ha
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    procs = start_two_workers(run, tmp, "epochs=3", chief_preexec=chief_disk_full)
-    try:
-        outputs = [p.communicate(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert procs[0].returncode == 2 and "could not write the checkpoint" in outputs[0][1]
-    assert procs[1].returncode == 4, outputs[1][1][-2000:]
-    (line,) = [line for line in outputs[1][1].strip().splitlines() if line.startswith("resnet-train:")]
-    assert "lost contact with another worker" in line and "Traceback" not in outputs[1][1]
+    outputs = run_two_workers(run, tmp, "epochs=3", preexec=(chief_disk_full, None), timeout=180)
+    assert outputs[0][0] == 2 and "could not write the checkpoint" in outputs[0][2]
+    assert outputs[1][0] == EXIT_WORKER_LOST, outputs[1][2][-2000:]
+    (line,) = messages(outputs[1][2])
+    assert "lost contact with another worker" in line and "Traceback" not in outputs[1][2]

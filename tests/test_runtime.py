@@ -158,7 +158,8 @@ def test_bfloat16_training_learns_and_keeps_float32_weights(tmp_path):
     assert results["precision"] == "mixed_bfloat16"
     train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["split"] == "train"]
-    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    # Over seeds 0-4, TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD EPYC Zen 4): 0.51-0.63 (mean 0.55, sd 0.04).
+    assert train[-1]["loss"] < 0.8 * train[0]["loss"]
     reader = tf.train.load_checkpoint(results["checkpoint"])
     dtypes = reader.get_variable_to_dtype_map()
     floats = [k for k, d in dtypes.items() if k.startswith("model/") and d.is_floating]

@@ -17,12 +17,30 @@ def lr_at(schedule, step):
     return float(np.asarray(schedule(step)))
 
 
-def test_step_milestones_in_epochs_and_in_steps_start_the_new_lr_at_the_milestone():
+def test_step_milestones_in_fractions_epochs_and_steps_start_the_new_lr_at_the_milestone():
+    # The default unit, fractions of training: [0.5, 0.75] of 182 epochs of 390 steps are the
+    # paper's epochs 91 and 136.5 (steps 35,490 and 53,235).
+    steps_per_epoch = 390  # 50,000 / 128
+    s = schedules.lr_schedule({"name": "step", "milestones": [0.5, 0.75], "factor": 0.1}, 0.1, 182 * steps_per_epoch,
+                              steps_per_epoch)
+    assert [lr_at(s, k) for k in (0, 91 * steps_per_epoch - 1, 91 * steps_per_epoch, 53_234, 53_235,
+                                  182 * steps_per_epoch - 1)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert optim.lr_schedule is schedules.lr_schedule  # the name train.py builds the schedule with
     s = schedules.lr_schedule({"name": "step", "milestones": [2, 4], "milestones_unit": "epoch"}, 0.1, 60, 10)
     assert [lr_at(s, k) for k in (0, 19, 20, 39, 40, 59)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     s = schedules.lr_schedule({"name": "step", "milestones": [15], "milestones_unit": "step", "factor": 0.5},
                               0.2, 60, 10)
     assert [lr_at(s, k) for k in (14, 15)] == pytest.approx([0.2, 0.1])
+
+
+def test_cosine_with_a_linear_warm_up():
+    s = schedules.lr_schedule({"name": "cosine", "floor": 0.0, "warmup_epochs": 1}, 0.1, 100, 10)
+    assert lr_at(s, 0) == pytest.approx(0.01)  # (0 + 1) / 10 of the cosine value
+    cosine = lambda step: 0.05 * (1 + np.cos(np.pi * step / 100))  # noqa: E731
+    assert lr_at(s, 4) == pytest.approx(0.5 * cosine(4), rel=1e-4)  # half-way up the ramp
+    assert lr_at(s, 20) == pytest.approx(cosine(20), rel=1e-4)
+    assert lr_at(s, 50) == pytest.approx(0.05, rel=1e-4)
+    assert lr_at(s, 100) == pytest.approx(0.0, abs=1e-7)
 
 
 def onecycle_reference(step, total, peak, pct, div, final_div, anneal):

@@ -1,6 +1,7 @@
 """Multirun sweeps, their summary, failures, Optuna search, the joblib launcher, recipes, EMA."""
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose, file_digests, run_cli
+from conftest import CLI, ROOT, TINY, compose, file_digests, run_cli
+from resnet_train.errors import EXIT_PREEMPTED
 from resnet_train.train import train_and_evaluate
 
 SMALL = (*TINY, "epochs=1", "data.limit_train=64", "data.limit_test=32")
@@ -172,13 +174,79 @@ def _optuna():
     return optuna
 
 
+def event_file_pids(member):
+    """The PIDs of the processes that wrote the member's TensorBoard files: TF names each file
+    events.out.tfevents.<time>.<host>.<pid>.<n>.v2."""
+    names = [p.name for p in (member / "tensorboard").rglob("events.out.tfevents.*")]
+    assert names, member
+    return {int(re.search(r"\.(\d+)\.\d+\.v2$", name).group(1)) for name in names}
+
+
 def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, "seed=1,2",
-                   f"hydra.sweep.dir={sweep}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Joblib" in done.stdout + done.stderr
+    launcher = subprocess.Popen([str(CLI), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL,
+                                 "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "Joblib" in out + err
     assert [r["status"] for r in rows(sweep)] == ["finished", "finished"]
+    # Each member trained in a process of its own (one PID per member, in all of its files),
+    # neither of them the launching process: two worker processes, as n_jobs=2 asks.
+    pids = [event_file_pids(sweep / m) for m in ("0", "1")]
+    assert all(len(p) == 1 for p in pids), pids
+    assert pids[0] != pids[1] and launcher.pid not in pids[0] | pids[1], (launcher.pid, pids)
+
+
+# `resnet-train` that sends itself a SIGTERM right after member 1's first checkpoint save: a
+# preemption at a known step (a signal from outside would land wherever the machine's load puts it).
+PREEMPTED_IN_MEMBER_1 = r"""
+import os, signal, sys
+from resnet_train import cli
+cli._quiet_tensorflow()  # as the console script
+from resnet_train.checkpoint import Checkpointer
+save = Checkpointer.save
+def save_then_signal(self, step, epoch):
+    path = save(self, step, epoch)
+    if self.directory.parent.name == "1" and not getattr(Checkpointer, "signalled", False):
+        Checkpointer.signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    return path
+Checkpointer.save = save_then_signal
+sys.argv[0] = "resnet-train"
+cli.train()
+"""
+
+
+def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_members(tmp_path):
+    """Three members of 4 steps, a checkpoint every step; the sweep is preempted in member 1 after
+    its step 1 (it stops at step 2, the step its stop request reaches). The rerun skips member 0
+    (finished: nothing of it changes but its log), continues member 1 from step 2 and runs
+    member 2, which the preempted sweep never reached, from the start."""
+    sweep = tmp_path / "sweep"
+    command = ("-m", *TINY, "epochs=1", "checkpoint.every_steps=1", "seed=1,2,3", f"hydra.sweep.dir={sweep}")
+    stopped = subprocess.run([sys.executable, "-c", PREEMPTED_IN_MEMBER_1, *command], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"resnet-train: stopped by SIGTERM at step 2 of 4; checkpoint {sweep / '1' / 'checkpoints' / 'ckpt-2'} "
+        f"written: run the same command again to continue from this step")
+    assert (sweep / "0" / "results.json").exists() and not (sweep / "1" / "results.json").exists()
+    assert not (sweep / "2").exists()  # the sweep stopped: member 2 never started
+    finished = file_digests(sweep / "0")
+
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("Test accuracy") == 3  # member 0's results are reported again, not recomputed
+    assert {k: v for k, v in file_digests(sweep / "0").items() if k != "train.log"} == \
+        {k: v for k, v in finished.items() if k != "train.log"}
+    assert "already finished" in (sweep / "0" / "train.log").read_text()
+    log_1, log_2 = ((sweep / m / "train.log").read_text() for m in ("1", "2"))
+    assert "Continuing at step 2 of 4" in log_1
+    assert "Continuing at step" not in log_2 and "Resumed from" not in log_2
+    for member in ("1", "2"):
+        assert json.loads((sweep / member / "results.json").read_text())["steps"] == 4
+    assert [r["status"] for r in rows(sweep)] == ["finished"] * 3
 
 
 @pytest.mark.parametrize("name,depth,epochs,lr,schedule", [

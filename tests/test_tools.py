@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_process, run_cli
 
 BIN = Path(sys.executable).parent
 
@@ -97,6 +97,23 @@ def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path):
     assert missing.returncode == 2 and "not a resnet-train run directory" in missing.stderr
 
 
+def test_eval_refuses_a_dataset_of_another_image_size_in_one_line(trained, tmp_path, monkeypatch, capsys):
+    """The digits' 10 classes, but at 16x16 (the model takes 32x32): one line, exit 2, no eval file."""
+    data = tmp_path / "small_digits"
+    x_test, y_test = digits_test(100)
+    for label in range(10):
+        (data / str(label)).mkdir(parents=True)
+        for i in np.flatnonzero(y_test == label)[:3]:
+            Image.fromarray(x_test[i]).save(data / str(label) / f"{i}.png")
+    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-eval", f"run={trained}", "data.source=folder",
+                                  f"data.path={data}", "data.image_size=16", "data.split=train")
+    assert code == 2, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith("resnet-eval:")] == [
+        "resnet-eval: error: the model takes (32, 32, 3) images but small_digits has (16, 16, 3): set "
+        "data.image_size to match"], err[-2000:]
+    assert "Traceback" not in err and not (trained / "eval" / "train.json").exists()
+
+
 def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures):
     from resnet_train.runs import load_run
 
@@ -128,29 +145,59 @@ def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures):
     assert sum(got == label for got, label in scans.values()) >= 2, scans  # (predicted, label)
 
     text = tool("resnet-predict", f"run={trained}", f"images=[{folder / 'first.png'}]")  # top_k=5
-    assert text.returncode == 0 and text.stdout.startswith(str(folder / "first.png"))
-    assert text.stdout.count(",") == 4
+    assert text.returncode == 0
+    # path: class probability, ... for the 5 most probable classes: the JSON's, to 3 decimals
+    assert text.stdout == f"{folder / 'first.png'}: " + ", ".join(
+        f"{item['class']} {item['probability']:.3f}" for item in found["first.png"][:5]) + "\n"
+
+
+# The most an unquantised export may change a probability: the float32 maths of the same model,
+# only in another op order (TF's graph optimiser, the TFLite converter folding batch norm into the
+# convolutions): a few float32 roundings (eps 1.2e-7) of logits of order 10, through a softmax, stay
+# far below it. A .keras file is the same Keras layers op for op: no difference at all.
+FLOAT32_EXPORT_BOUND = {"saved_model": 1e-5, "tflite": 1e-5, "keras": 0.0}
+
+
+def near_ties(probs, bound):
+    """How many images an error of `bound` on each probability could move to another top-1 class:
+    those whose two largest probabilities are within 2 * bound."""
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    return int(np.sum(top2[:, 1] - top2[:, 0] <= 2 * bound))
 
 
 @pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite"])
 def test_export_cli_reports_accuracy_and_size(trained, tmp_path, fmt):
+    from resnet_train.export import load_predictor
+    from resnet_train.runs import load_run
+
     done = tool("resnet-export", f"run={trained}", f"format={fmt}", f"out={tmp_path}")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Exported" in done.stdout and "MB)" in done.stdout and "original" in done.stdout
+    (path, megabytes), = re.findall(r"^Exported \w+: (\S+) \(([\d.]+) MB\)$", done.stdout, re.M)
+    exported_file = Path(path)
+    assert exported_file.parent == tmp_path and exported_file.exists()
+    size = sum(f.stat().st_size for f in exported_file.rglob("*") if f.is_file()) if exported_file.is_dir() \
+        else exported_file.stat().st_size
+    assert float(megabytes) == pytest.approx(size / 1e6, abs=0.005)  # printed with 2 decimals
     line = re.search(r"Accuracy on (\d+) test images: exported ([\d.]+), original ([\d.]+); top-1 agreement "
                      r"([\d.]+), largest probability difference ([\d.e+-]+)", done.stdout)
     assert line, done.stdout
     examples, exported, original, agreement, difference = (float(g) for g in line.groups())
     assert examples == 100
-    # "original" is the run's model on the test split: recomputed here from the arrays.
-    from resnet_train.runs import load_run
 
+    # Both accuracies recomputed here: the run's model, and the exported file loaded back, on the
+    # same 100 test images (a multiple of 0.01: the 4 printed decimals are exact).
     x_test, y_test = digits_test(100)
     direct = tf.nn.softmax(load_run(trained).model(x_test, training=False)).numpy()
-    assert abs(original - np.mean(direct.argmax(1) == y_test)) < 1e-6 and original >= 0.6
-    # Unquantised exports compute what the original does: at most one image of 100 may differ
-    # (a near tie), the probabilities to float rounding.
-    assert abs(exported - original) <= 0.01 and agreement >= 0.99 and difference <= 1e-4, done.stdout
+    assert original == np.mean(direct.argmax(1) == y_test) and original >= 0.6
+    bound = FLOAT32_EXPORT_BOUND[fmt]
+    ties = near_ties(direct, bound)  # the only images whose top-1 the export may change
+    reloaded = load_predictor(exported_file, fmt)(x_test)
+    assert np.abs(reloaded - direct).max() <= bound
+    assert abs(exported - np.mean(reloaded.argmax(1) == y_test)) <= ties / 100
+    # Printed: the probabilities within the bound, so the accuracies and the top-1 classes differ
+    # by no more than the near ties (none, unless two classes are within 2e-5 of each other).
+    assert difference <= bound and abs(exported - original) <= ties / 100 and agreement >= 1 - ties / 100, \
+        (done.stdout, ties)
 
 
 def test_exported_models_predict_what_the_original_does(trained, tmp_path):
@@ -161,9 +208,13 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path):
     run = load_run(trained)
     images = load_digits_arrays()[1][:40]
     original = tf.nn.softmax(run.model(images, training=False)).numpy()
-    # (format, quantize, largest allowed probability difference)
-    for fmt, quantize, tolerance in [("saved_model", "none", 1e-5), ("keras", "none", 1e-6),
-                                     ("tflite", "none", 1e-5), ("tflite", "float16", 5e-3),
+    # (format, quantize, largest allowed probability difference). Unquantised: FLOAT32_EXPORT_BOUND.
+    # Quantised, the differences measured on these 40 images with fixtures of seeds 0-4, under
+    # TF_ENABLE_ONEDNN_OPTS=0 and 1 (10 fixtures): float16 <= 2.0e-3, dynamic <= 3.4e-2, int8
+    # <= 3.8e-2, top-1 agreement >= 0.975 (and the unquantised ones <= 8e-7, the .keras one 0).
+    for fmt, quantize, tolerance in [("saved_model", "none", FLOAT32_EXPORT_BOUND["saved_model"]),
+                                     ("keras", "none", FLOAT32_EXPORT_BOUND["keras"]),
+                                     ("tflite", "none", FLOAT32_EXPORT_BOUND["tflite"]), ("tflite", "float16", 5e-3),
                                      ("tflite", "dynamic", 5e-2), ("tflite", "int8", 1e-1)]:
         result = export_run(trained, fmt=fmt, quantize=quantize, out=tmp_path / f"{fmt}_{quantize}")
         assert result["examples"] == 100
@@ -203,9 +254,34 @@ def test_grad_cam_heatmap_is_normalised_and_image_sized(trained):
     from resnet_train.runs import load_run
 
     run = load_run(trained)
-    heat, classes, probs = grad_cam(run.model, load_digits_arrays()[1][:4])
-    assert heat.shape == (4, 32, 32) and heat.min() >= 0 and heat.max() <= 1.0 + 1e-6
+    images = load_digits_arrays()[1][:4]
+    heat, classes, probs = grad_cam(run.model, images)
+    assert heat.shape == (4, 32, 32) and np.all(np.isfinite(heat)) and heat.min() >= 0 and heat.max() <= 1.0 + 1e-6
     assert classes.shape == (4,) and np.all((probs > 0) & (probs <= 1))
+    predicted = tf.nn.softmax(run.model(images, training=False)).numpy()
+    np.testing.assert_array_equal(classes, predicted.argmax(1))  # the predicted class is explained
+    np.testing.assert_allclose(probs, predicted.max(1), rtol=1e-5)
+    # Not blank, not flat: the 8x8 map of the last stage peaks at 1 (normalised); upsampled x4
+    # bilinearly, the pixel nearest the peak lies 1/8 of a cell off it in each axis, so it keeps at
+    # least (7/8)^2 of it (the neighbours add >= 0). Each map varies over the image.
+    assert np.all(heat.max(axis=(1, 2)) >= (7 / 8) ** 2), heat.max(axis=(1, 2))
+    assert np.all(heat.min(axis=(1, 2)) < heat.max(axis=(1, 2)))
+
+    # The map is Selvaraju et al.'s: ReLU(sum_k a_k A_k) over the last stage's feature maps A_k,
+    # a_k the spatial mean of d(class logit)/dA_k, scaled to a peak of 1 and resized bilinearly;
+    # and it depends on the class it explains.
+    probe = keras.Model(run.model.inputs, [run.model.get_layer("pool").input, run.model.output])
+    other = int((classes[0] + 1) % 10)
+    for explained, maps in ((classes, heat), (np.full(4, other), grad_cam(run.model, images, other)[0])):
+        with tf.GradientTape() as tape:
+            a, logits = probe(images, training=False)
+            tape.watch(a)
+            score = tf.reduce_sum(tf.gather(logits, explained, batch_dims=1))
+        grads = tape.gradient(score, a).numpy()
+        cam = np.maximum((grads.mean(axis=(1, 2), keepdims=True) * a.numpy()).sum(-1), 0)
+        cam = cam / (cam.max(axis=(1, 2), keepdims=True) + 1e-8)
+        np.testing.assert_allclose(maps, tf.image.resize(cam[..., None], (32, 32))[..., 0].numpy(), atol=1e-5)
+    assert not np.allclose(maps[0], heat[0], atol=0.05)  # another class, another map
 
 
 def test_plot_overlays_runs(trained, tmp_path):

@@ -131,6 +131,15 @@ def _limited(splits: Splits, limit_train, limit_test) -> Splits:
     return splits
 
 
+def download_setting(cfg) -> bool:
+    """data.download, strictly a boolean: `data.download=no` is a string, and bool("no") is True."""
+    download = cfg.get("download", True)
+    if not isinstance(download, bool):
+        raise ConfigError(f"data.download must be true or false (got {download!r}): false never touches the "
+                          f"network, true lets tensorflow-datasets download a dataset that is not prepared")
+    return download
+
+
 def _load_source(cfg) -> Splits:
     source = cfg.get("source")
     if source == "embedded":
@@ -147,7 +156,7 @@ def _load_source(cfg) -> Splits:
             cfg["name"],
             data_dir=cfg.get("data_dir"),
             manual_dir=cfg.get("manual_dir"),
-            download=bool(cfg.get("download", True)),
+            download=download_setting(cfg),
             mean=cfg.get("mean"),
             std=cfg.get("std"),
             train_split=cfg.get("train_split", "train"),

@@ -4,7 +4,8 @@ Order of attempts, each answering in seconds:
 1. `data_dir` already holds the prepared dataset -> load it.
 2. The archive(s) the builder downloads lie in `manual_dir` -> tfds prepares from them
    (it verifies their checksums itself).
-3. The download host answers -> tfds downloads and prepares as usual.
+3. data.download=true (the default) and the download host answers -> tfds downloads and prepares
+   as usual. With data.download=false nothing touches the network.
 4. Otherwise fail at once, naming the folder looked in and the exact files that would make it work.
    (Left to itself, tfds retries an unreachable host for minutes before giving up.)
 """
@@ -79,10 +80,13 @@ def prepare(name: str, data_dir=None, manual_dir=None, download: bool = True):
         else:
             wanted = ", ".join(f"{f} (from {url})" for url, f in archives.items()) or "its source files"
             why = "downloads are off (data.download=false)" if not download else "its download host is unreachable"
+        # The third way out, where there is one: let tfds download it.
+        or_download = ", or set data.download=true to let tensorflow-datasets download it" \
+            if not download and not by_hand else ""
         raise DataError(
             f"{name} is not prepared in {data_dir} and {why}: put {wanted} into {manual_dir} "
             f"(or set data.manual_dir to the folder that holds it), or point data.data_dir at a "
-            f"prepared tensorflow-datasets folder"
+            f"prepared tensorflow-datasets folder{or_download}"
         )
     source = f"the archive in {manual_dir}" if have_all else "a download"
     log.info("Preparing %s in %s from %s (once; later runs load it directly)", name, data_dir, source)
