@@ -36,7 +36,7 @@ class StopRequests:
     def request(self, reason: str) -> None:
         """Stops the run as a SIGTERM would, from any thread. A later first Ctrl-C still only asks."""
         self.reason = reason
-        log.warning("%s: saving a checkpoint after the current step, then exiting", reason)
+        log.warning("%s: stopping after the current step", reason)  # the caller says what is saved
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name

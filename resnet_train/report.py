@@ -46,9 +46,8 @@ class Reporter:
                 for key, value in metrics.items():
                     if isinstance(value, float):
                         tf.summary.scalar(key, value)
-        except tf.errors.OpError as e:  # its event file on a full disk: an OSError naming the file
-            raise OSError(None, e.message.strip().splitlines()[0][-200:], str(self.workdir / "tensorboard" / split)) \
-                from None
+        except tf.errors.OpError as e:  # its event file on a full disk
+            raise self._event_file_error(e, split) from None
         record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
         if any(r.get("split") == split and r.get("step") == step for r in self._records):
             # Logged again at the same step (a finished run rerun with another runtime.*, whose final
@@ -80,6 +79,11 @@ class Reporter:
         self._jsonl.flush()
         return best_logged(self.workdir, split, key)
 
+    def _event_file_error(self, e, split: str) -> OSError:
+        """TensorBoard's OpError as an OSError naming the split's event folder (train.py makes it
+        the one-line "could not write <file>")."""
+        return OSError(None, e.message.strip().splitlines()[0][-200:], str(self.workdir / "tensorboard" / split))
+
     def close(self) -> None:
         import tensorflow as tf
 
@@ -88,8 +92,7 @@ class Reporter:
                 try:
                     w.flush()
                 except tf.errors.OpError as e:
-                    raise OSError(None, e.message.strip().splitlines()[0][-200:],
-                                  str(self.workdir / "tensorboard" / split)) from None
+                    raise self._event_file_error(e, split) from None
         finally:
             self._jsonl.close()
 

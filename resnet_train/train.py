@@ -59,8 +59,9 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     failed = True
     try:
         # The lock's heartbeat stops the run (as a SIGTERM would) once another process took it over.
-        with StopRequests(exit_during_set_up=cfg.runtime.get("strategy") != "multi_worker") as stop, RunLock(workdir, on_lost=stop.request) if chief else \
-                contextlib.nullcontext() as lock:
+        multi_worker = cfg.runtime.get("strategy") == "multi_worker"
+        with StopRequests(exit_during_set_up=not multi_worker) as stop, \
+                RunLock(workdir, on_lost=stop.request) if chief else contextlib.nullcontext() as lock:
             if changed:
                 log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
             for line in kept:
