@@ -42,7 +42,7 @@ TFDS_DATA_DIR = SESSION_DIR / "tensorflow_datasets"
 TFDS_DATA_DIR.mkdir()
 RESET_ENV = {"HYDRA_FULL_ERROR": None, "TF_CONFIG": None, "TF_DETERMINISTIC_OPS": None,
              "TFDS_DATA_DIR": str(TFDS_DATA_DIR)}
-for _key, _value in {}.items():
+for _key, _value in RESET_ENV.items():  # at import too: module fixtures run before _clean_state
     if _value is None:
         os.environ.pop(_key, None)
     else:
@@ -327,11 +327,15 @@ TINY = ("depth=8", "batch_size=32", "data.limit_train=128", "data.limit_test=64"
 
 def cli_in_process(monkeypatch, capsys, entry: str, *args):
     """Runs a console script's entry point in this process (TensorFlow already imported, so a
-    case takes a fraction of a second); returns (exit code, stdout, stderr)."""
+    case takes a fraction of a second); returns (exit code, stdout, stderr). `entry` may also be
+    the path of a script (scripts/*.py): the file itself runs, as `python script` would run it."""
+    import runpy
+
     from resnet_train import cli
 
     functions = {"resnet-train": cli.train, "resnet-eval": cli.evaluate, "resnet-predict": cli.predict,
                  "resnet-export": cli.export, "resnet-explain": cli.explain, "resnet-plot": cli.plot}
+    function = functions.get(entry) or (lambda: runpy.run_path(str(entry), run_name="__main__"))
     from absl import logging as absl_logging
 
     # absl's handler holds the stream that was sys.stderr when TF was imported (pytest's capture);
@@ -341,7 +345,7 @@ def cli_in_process(monkeypatch, capsys, entry: str, *args):
     monkeypatch.setattr(sys, "argv", [entry, *args])
     capsys.readouterr()
     try:
-        functions[entry]()
+        function()
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -356,6 +360,20 @@ def cli_in_process(monkeypatch, capsys, entry: str, *args):
     return code, out, err
 
 
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*args, entry="resnet-train") -> CompletedProcess: a console script run in this process
+    (cli_in_process), read like run_cli's result. For everything a test does not mean to be about
+    a process of its own (signals, kill -9, resource limits, the console script's own exit): no
+    TensorFlow start-up per call."""
+
+    def run(*args, entry="resnet-train"):
+        code, out, err = cli_in_process(monkeypatch, capsys, str(entry), *args)
+        return subprocess.CompletedProcess([entry, *args], code, out, err)
+
+    return run
+
+
 def file_digests(root: Path) -> dict:
     """{relative path: sha256} of every file under `root`: 'no file of the run changed'."""
     import hashlib
@@ -364,7 +382,7 @@ def file_digests(root: Path) -> dict:
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
-def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, **trainer_args):
+def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0, **trainer_args):
     """A conv model without batch norm (so that replicas compute exactly the one-device
     gradient), trained `steps` steps through our pipeline and Trainer on synthetic data.
     Returns (its trainable weights, the train metrics). `optimizer`: a function making one
@@ -374,7 +392,7 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, **trai
     from resnet_train.data import pipeline, synthetic
     from resnet_train.trainer import Trainer
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     with strategy.scope():
         inputs = keras.Input((8, 8, 3))
         x = keras.layers.Rescaling(1 / 255.0)(inputs)
@@ -384,7 +402,7 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, **trai
         opt = optimizer() if optimizer else keras.optimizers.SGD(0.5, momentum=0.9)
         opt.build(model.trainable_variables)
     trainer = Trainer(model, opt, strategy, global_batch, num_classes=4, **trainer_args)
-    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8)
+    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8, seed=seed)
 
     def dataset_fn(ctx):
         return pipeline.train_batches(data.train, 64, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,

@@ -1,11 +1,14 @@
-"""The `resnet-train` command as a user runs it: a subprocess, real exit codes, real files."""
+"""The `resnet-train` command as a user runs it: real exit codes, real files. One run is the real
+console script in a subprocess; the others call its entry point in process (conftest's `cli`), the
+same code without TensorFlow's start-up."""
 import json
 
 from conftest import TINY, run_cli
 
 
-def test_tiny_run_end_to_end_then_rerun_resumes(tmp_path):
+def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
     run = tmp_path / "run"
+    # The real console script, once in the suite: its exit code, and its stderr from a fresh start.
     done = run_cli(*TINY, "epochs=2", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Test accuracy" in done.stdout and f"Run directory: {run}" in done.stdout
@@ -25,7 +28,7 @@ def test_tiny_run_end_to_end_then_rerun_resumes(tmp_path):
     assert "epoch 2/2" in (run / "train.log").read_text()  # one line per epoch off a terminal
 
     # The same command, the same run directory, more epochs: it continues, it does not restart.
-    again = run_cli(*TINY, "epochs=3", f"hydra.run.dir={run}")
+    again = cli(*TINY, "epochs=3", f"hydra.run.dir={run}")
     assert again.returncode == 0, again.stderr[-2000:]
     log = (run / "train.log").read_text()
     assert "Resumed from" in log and "epoch 3/3" in log
@@ -36,8 +39,8 @@ def test_tiny_run_end_to_end_then_rerun_resumes(tmp_path):
     assert len(accuracies) == 3 and results["best_test_accuracy_optimistic"] == max(accuracies)
 
 
-def test_bad_depth_is_one_line_and_exit_code_2(tmp_path):
-    done = run_cli("depth=57", f"hydra.run.dir={tmp_path / 'run'}")
+def test_bad_depth_is_one_line_and_exit_code_2(cli, tmp_path):
+    done = cli("depth=57", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1] == ("resnet-train: error: CIFAR ResNet depth must be 6n+2: 20, 32, 44, 56, 110, 1202, ... "
@@ -46,11 +49,11 @@ def test_bad_depth_is_one_line_and_exit_code_2(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
-def test_missing_cifar_with_download_off_fails_at_once(tmp_path):
+def test_missing_cifar_with_download_off_fails_at_once(cli, tmp_path):
     # The real path, no patching: data.download=false, so nothing is probed or downloaded on any
     # machine (conftest's guard fails this test if the process tries). "At once": no download started.
-    done = run_cli("data=cifar10", "depth=20", "data.download=false", f"data.data_dir={tmp_path / 'tfds'}",
-                   f"data.manual_dir={tmp_path / 'manual'}", f"hydra.run.dir={tmp_path / 'run'}")
+    done = cli("data=cifar10", "depth=20", "data.download=false", f"data.data_dir={tmp_path / 'tfds'}",
+               f"data.manual_dir={tmp_path / 'manual'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"resnet-train: error: cifar10 is not prepared in {tmp_path / 'tfds'} and downloads are off "
@@ -62,21 +65,21 @@ def test_missing_cifar_with_download_off_fails_at_once(tmp_path):
     assert not (tmp_path / "tfds" / "downloads").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_cfg_job_shows_the_groups_and_user_yaml_extends_them(tmp_path):
-    done = run_cli("--cfg", "job")
+def test_cfg_job_shows_the_groups_and_user_yaml_extends_them(cli, tmp_path):
+    done = cli("--cfg", "job")
     assert done.returncode == 0
     for group in ("model:", "data:", "optimizer:", "schedule:", "augment:", "depth: 20", "seed: 0"):
         assert group in done.stdout
     mine = tmp_path / "my_configs" / "optimizer"
     mine.mkdir(parents=True)
     (mine / "slow_sgd.yaml").write_text("name: sgd\nlr: 0.001\nmomentum: 0.5\nweight_decay: 0.0\n")
-    done = run_cli("--config-dir", str(tmp_path / "my_configs"), "optimizer=slow_sgd", "--cfg", "job")
+    done = cli("--config-dir", str(tmp_path / "my_configs"), "optimizer=slow_sgd", "--cfg", "job")
     assert done.returncode == 0, done.stderr
     assert "lr: 0.001" in done.stdout and "momentum: 0.5" in done.stdout
 
 
-def test_global_batch_that_does_not_split_over_replicas_fails_before_training(tmp_path):
-    done = run_cli("runtime=mirrored", "runtime.cpu_replicas=2", "batch_size=33", f"hydra.run.dir={tmp_path / 'run'}")
+def test_global_batch_that_does_not_split_over_replicas_fails_before_training(cli, tmp_path):
+    done = cli("runtime=mirrored", "runtime.cpu_replicas=2", "batch_size=33", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2
     assert "batch_size=33 (the global batch) does not divide over 2 replicas" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,6 +1,8 @@
 """Faults a long run must survive, each really done: kill -9, SIGTERM/SIGINT (a second Ctrl-C), a
 damaged newest checkpoint, a save killed half-way, NaN losses (float32, bfloat16, float16), a full
 disk (a per-file limit and a really full file system), two runs in one directory, an exact resume."""
+import contextlib
+import copy
 import json
 import os
 import re
@@ -13,21 +15,24 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CLI, ROOT, TINY, cli_in_process, compose, file_digests, run_cli
+from conftest import CLI, ROOT, TINY, cli_in_process, compose, file_digests
 from resnet_train.checkpoint import readable
 from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Preempted, TrainingDiverged
 from resnet_train.train import train_and_evaluate
 
-# 2 epochs of 64 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch. The
+# 2 epochs of 32 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch (the stops
+# come at the first checkpoint, step 8, or after step 20, with most of the run still ahead). The
 # strategy and precision pinned as in TINY (auto would pick others on GPUs or bfloat16 CPUs).
-LONG = ("depth=8", "batch_size=8", "data.limit_train=512", "data.limit_test=32", "epochs=2",
+LONG = ("depth=8", "batch_size=8", "data.limit_train=256", "data.limit_test=32", "epochs=2",
         "runtime.deterministic=true", "checkpoint.every_steps=8", "runtime=one_device", "runtime.precision=float32")
-TOTAL_STEPS = 2 * 512 // 8
+STEPS_PER_EPOCH = 256 // 8
+TOTAL_STEPS = 2 * STEPS_PER_EPOCH
 TIMING = ("time", "images_per_sec", "mfu")
 
 
@@ -57,10 +62,31 @@ def assert_same_run(a, b, steps=TOTAL_STEPS):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """LONG trained straight through, once per module and in this process (what assert_same_run
+    compares, the weights, metrics.jsonl and results.json, is what the CLI writes too)."""
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    done = run_cli(*LONG, f"hydra.run.dir={run}")
-    assert done.returncode == 0, done.stderr[-2000:]
+    train_and_evaluate(compose(*LONG), run)
     return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """trained(run, *overrides) -> results: `run` becomes a copy of a run of `overrides` trained (in
+    this process) once per module. Each test damages or stops its own copy, as if it had trained
+    the run itself: a moved run directory is the same run to the project."""
+    runs = {}
+
+    def copy_to(run, *overrides):
+        if overrides not in runs:
+            source = tmp_path_factory.mktemp("trained") / "run"
+            runs[overrides] = source, train_and_evaluate(compose(*overrides), source)
+        source, results = runs[overrides]
+        shutil.copytree(source, run)
+        # The index names its checkpoints relative to it: the copy resumes from its own files.
+        assert Path(tf.train.latest_checkpoint(str(run / "checkpoints"))).parent == run / "checkpoints"
+        return copy.deepcopy(results)
+
+    return copy_to
 
 
 def start(run):
@@ -117,7 +143,7 @@ def run_signalled_at(step, signals, *args):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path, uninterrupted):
+def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path, uninterrupted, cli):
     run = tmp_path / "run"
     process = start(run)
     wait_for_checkpoint(run, process)
@@ -127,7 +153,7 @@ def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_
     assert not (run / "results.json").exists()  # it really was killed before the end
     assert (run / ".lock").exists()  # ... and left its lock behind: a stale lock
 
-    again = run_cli(*LONG, f"hydra.run.dir={run}")
+    again = cli(*LONG, f"hydra.run.dir={run}")  # in this process: its start-up is not what is tested
     assert again.returncode == 0, again.stderr[-2000:]
     log = (run / "train.log").read_text()
     assert "Removing a stale lock" in log and "Resumed from" in log
@@ -136,7 +162,7 @@ def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, uninterrupted, sig):
+def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, uninterrupted, cli, sig):
     run = tmp_path / "run"
     process = start(run)
     wait_for_checkpoint(run, process)
@@ -149,7 +175,7 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, un
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
     assert not (run / "results.json").exists() and not (run / ".lock").exists()
 
-    again = run_cli(*LONG, f"hydra.run.dir={run}")
+    again = cli(*LONG, f"hydra.run.dir={run}")  # in this process: its start-up is not what is tested
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"Continuing at step {step} of {TOTAL_STEPS}" in (run / "train.log").read_text()
     assert_same_run(run, uninterrupted)
@@ -189,12 +215,15 @@ def keep_only_first_checkpoint(run):
     return first
 
 
+# The run the damaged-checkpoint and full-disk tests start from (each from its own copy, `trained`).
+TWO_EPOCHS = (*TINY, "epochs=2", "runtime.deterministic=true")
+
+
 @pytest.mark.parametrize("damage", ["truncated data", "truncated index", "flipped bytes"])
-def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(tmp_path, damage):
-    overrides = (*TINY, "epochs=2", "runtime.deterministic=true")
-    straight = train_and_evaluate(compose(*overrides), tmp_path / "straight")
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(tmp_path, trained, damage):
+    overrides = TWO_EPOCHS
     run = tmp_path / "run"
-    train_and_evaluate(compose(*overrides), run)
+    straight = trained(run, *overrides)
     (run / "results.json").unlink()
     newest = tf.train.latest_checkpoint(str(run / "checkpoints"))
     assert newest.endswith("ckpt-8")
@@ -219,9 +248,9 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(tm
     assert readable(got["checkpoint"]) is None and got["checkpoint"].endswith("ckpt-8")
 
 
-def test_a_checkpoint_of_another_model_is_a_clear_error_not_moved(tmp_path):
+def test_a_checkpoint_of_another_model_is_a_clear_error_not_moved(tmp_path, trained):
     run = tmp_path / "run"
-    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+    trained(run, *TINY, "epochs=1")
     before = file_digests(run)
     from resnet_train.errors import RunDirError
 
@@ -266,12 +295,12 @@ def test_the_cli_exit_code_for_a_nan_loss_is_3(tmp_path, monkeypatch, capsys):
     assert code == 3 and len(err.strip().splitlines()) == 1 and "NaN/Inf at step" in err
 
 
-def _run_with_the_next_checkpoint_failing(tmp_path):
+def _run_with_the_next_checkpoint_failing(tmp_path, trained):
     """A TINY run stopped after epoch 1 (its first checkpoint kept): (run, overrides, that
     checkpoint's name, {file: digest} of its checkpoints, the checkpoint's data size)."""
     run = tmp_path / "disk" / "run"
-    overrides = (*TINY, "epochs=2", f"hydra.run.dir={run}")
-    train_and_evaluate(compose(*overrides[:-1]), run)
+    overrides = (*TWO_EPOCHS, f"hydra.run.dir={run}")
+    trained(run, *overrides[:-1])
     first = keep_only_first_checkpoint(run)
     kept = {k: v for k, v in file_digests(run).items() if k.startswith("checkpoints")}
     return run, overrides, first, kept, next(run.glob(f"checkpoints/{first}.data-*")).stat().st_size
@@ -290,8 +319,8 @@ def assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, reason):
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(first)
 
 
-def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path):
-    run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path)
+def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path, trained):
+    run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path, trained)
     limit = size // 2  # logs and plots are smaller
 
     def small_files_only():  # the next checkpoint cannot be written: write() fails with EFBIG
@@ -348,8 +377,8 @@ def run_on_a_full_disk(disk, free, *command):
     return done
 
 
-def test_a_really_full_disk_at_a_checkpoint_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path):
-    run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path)
+def test_a_really_full_disk_at_a_checkpoint_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_path, trained):
+    run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path, trained)
     # Room for epoch 2's log lines and metrics, not for its checkpoint.
     done = run_on_a_full_disk(run.parent, size // 2 // 4096 * 4096, str(CLI), *overrides)
     assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, "No space left on device")
@@ -461,25 +490,29 @@ def test_an_unwritable_run_directory_fails_before_any_work(tmp_path):
         train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path / "a_file" / "run")
 
 
-# The CLI's entry point in a new process whose files can grow no further than argv[1] bytes from
-# its first metrics record on: the kernel refuses that write (EFBIG) and nothing before it. (A
-# limit from the start fails earlier, larger writes instead: the saved config, AutoGraph's files.)
-FULL_AT_THE_FIRST_RECORD = textwrap.dedent("""
-    import resource, signal, sys
-    from resnet_train import cli, report
+@contextlib.contextmanager
+def full_from_the_first_record(limit):
+    """Within: from the run's first metrics record on, no file of this process can grow past
+    `limit` bytes: the kernel refuses that write (EFBIG) and nothing before it. (A limit from the
+    start fails earlier, larger writes instead: the saved config, AutoGraph's files.) The limit is
+    lifted on the way out, before pytest writes its own files and reports."""
+    from resnet_train import report
 
-    limit = int(sys.argv.pop(1))
-    sys.argv[0] = "resnet-train"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    sigxfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
     log = report.Reporter.log
 
     def log_on_a_full_disk(self, *args, **kwargs):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
         return log(self, *args, **kwargs)
 
-    report.Reporter.log = log_on_a_full_disk
-    cli.train()
-""")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(report.Reporter, "log", log_on_a_full_disk)
+            yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, sigxfsz)
 
 
 @pytest.mark.parametrize("epochs_before, full", [
@@ -488,17 +521,16 @@ FULL_AT_THE_FIRST_RECORD = textwrap.dedent("""
     # of 1 epoch, smaller: TensorBoard's write fails first
     (1, "tensorboard"),
 ])
-def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path, epochs_before, full):
+def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path, trained, cli, epochs_before, full):
     run = tmp_path / "run"
-    train_and_evaluate(compose(*TINY, f"epochs={epochs_before}"), run)
+    trained(run, *TINY, f"epochs={epochs_before}")
     (run / "results.json").unlink()
     metrics = (run / "metrics.jsonl").read_bytes()
     step = 4 * epochs_before
 
     # No file can grow past metrics.jsonl's size once the next epoch logs its first record.
-    done = subprocess.run([sys.executable, "-c", FULL_AT_THE_FIRST_RECORD, str(len(metrics)), *TINY,
-                           f"epochs={epochs_before + 1}", f"hydra.run.dir={run}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    with full_from_the_first_record(len(metrics)):
+        done = cli(*TINY, f"epochs={epochs_before + 1}", f"hydra.run.dir={run}")
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
     assert "could not write" in line and "File too large" in line
@@ -514,20 +546,21 @@ def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path, epochs_
     assert line.startswith(f"resnet-train: error: could not write {named} ("), line
 
 
-def test_a_stop_at_an_epoch_end_finishes_that_epoch_first(tmp_path):
+def test_a_stop_at_an_epoch_end_finishes_that_epoch_first(tmp_path, cli):
     # One compiled call per epoch: the stop is always seen at an epoch's end. SIGTERM lands after
     # epoch 1's call, so epoch 2's call carries it (a signal landing inside epoch 2's call would
     # be carried by epoch 3's, the last: the run would simply finish).
-    args = (*LONG, "epochs=3", "runtime.steps_per_call=64", f"hydra.run.dir={tmp_path / 'run'}")
+    epoch = STEPS_PER_EPOCH
+    args = (*LONG, "epochs=3", f"runtime.steps_per_call={epoch}", f"hydra.run.dir={tmp_path / 'run'}")
     run = tmp_path / "run"
-    done = run_signalled_at(64, [signal.SIGTERM], *args)
+    done = run_signalled_at(epoch, [signal.SIGTERM], *args)
     assert done.returncode == 75, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        f"resnet-train: stopped by SIGTERM after epoch 2 (step 128 of 192); checkpoint "
-        f"{run / 'checkpoints' / 'ckpt-128'} written: run the same command again to continue")
-    again = run_cli(*args)
+        f"resnet-train: stopped by SIGTERM after epoch 2 (step {2 * epoch} of {3 * epoch}); checkpoint "
+        f"{run / 'checkpoints' / f'ckpt-{2 * epoch}'} written: run the same command again to continue")
+    again = cli(*args)  # in this process: its start-up is not what is tested
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "Continuing at step 128 of 192" in (run / "train.log").read_text()
+    assert f"Continuing at step {2 * epoch} of {3 * epoch}" in (run / "train.log").read_text()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for split in ("train", "eval"):  # every epoch evaluated and logged exactly once
         assert [r["epoch"] for r in records if r["split"] == split] == [1, 2, 3], split
@@ -550,11 +583,10 @@ def test_when_no_checkpoint_can_be_read_the_run_refuses_instead_of_starting_over
     assert (run / "checkpoints" / "corrupt" / data.name).exists()
 
 
-def test_a_damaged_checkpoint_index_falls_back_to_the_files(tmp_path):
+def test_a_damaged_checkpoint_index_falls_back_to_the_files(tmp_path, trained):
     run = tmp_path / "run"
-    overrides = (*TINY, "epochs=2", "runtime.deterministic=true")
-    straight = train_and_evaluate(compose(*overrides), tmp_path / "straight")
-    train_and_evaluate(compose(*overrides), run)
+    overrides = TWO_EPOCHS
+    straight = trained(run, *overrides)
     keep_only_first_checkpoint(run)  # stopped after epoch 1 ...
     (run / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: \x00garbage {{{")  # ... index damaged
     got = train_and_evaluate(compose(*overrides), run)
@@ -569,13 +601,13 @@ def test_a_line_cut_short_in_metrics_is_skipped(tmp_path):
     assert best_logged(tmp_path, "eval", "accuracy") == 0.5
 
 
-def test_a_sweep_member_rerun_with_another_config_is_refused_and_its_config_restored(tmp_path):
+def test_a_sweep_member_rerun_with_another_config_is_refused_and_its_config_restored(tmp_path, trained):
     from omegaconf import OmegaConf
 
     from resnet_train.errors import RunDirError
 
     member = tmp_path / "0"
-    train_and_evaluate(compose(*TINY, "epochs=1"), member)
+    trained(member, *TINY, "epochs=1")
     original = (member / ".hydra" / "config.yaml").read_text()
     other = compose(*TINY, "epochs=1", "optimizer.lr=0.3")
     OmegaConf.save(other, member / ".hydra" / "config.yaml")  # what Hydra does before the member runs

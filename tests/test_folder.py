@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from resnet_train.data import folder
 from resnet_train.errors import DataError
 
@@ -86,13 +85,13 @@ def test_bad_folders_fail_with_one_clear_line(tmp_path, make, message):
         folder.load(root, image_size=8)
 
 
-def test_folder_end_to_end_through_the_cli(photo_tree, tmp_path):
+def test_folder_end_to_end_through_the_cli(cli, photo_tree, tmp_path):
     run = tmp_path / "run"
-    done = run_cli("data=folder", f"data.path={photo_tree}", "depth=8", "epochs=2", "batch_size=4",
-                   "data.image_size=16", f"hydra.run.dir={run}")
+    done = cli("data=folder", f"data.path={photo_tree}", "depth=8", "epochs=2", "batch_size=4",
+               "data.image_size=16", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((run / "dataset.json").read_text())
     assert info["class_names"] == ["cat", "dog", "fox"] and info["image_shape"] == [16, 16, 3]
     assert "2 unreadable skipped" in (run / "train.log").read_text()
-    missing = run_cli("data=folder", f"hydra.run.dir={tmp_path / 'run2'}")
+    missing = cli("data=folder", f"hydra.run.dir={tmp_path / 'run2'}")
     assert missing.returncode == 2 and "data=folder needs data.path=DIR" in missing.stderr

@@ -72,8 +72,10 @@ def _train_small_model(strategy, steps=4, global_batch=16):
 def test_two_cpu_replicas_give_the_one_device_weights():
     one, one_metrics = _train_small_model(runtime.make_strategy("one_device"))
     two, two_metrics = _train_small_model(runtime.make_strategy("mirrored", cpu_replicas=2))
+    # Only the order of summation differs. Over seeds 0-4 with TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD
+    # EPYC Zen 4) the weights differed by at most 7.9e-7 and the loss by 8.5e-8 relative.
     for a, b in zip(one, two):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
     assert one_metrics["loss"] == pytest.approx(two_metrics["loss"], rel=1e-6)
     # And the check can fail: a different global batch gives different weights.
     other, _ = _train_small_model(runtime.make_strategy("one_device"), global_batch=8)
@@ -162,8 +164,11 @@ def test_bfloat16_training_learns_and_keeps_float32_weights(tmp_path):
     assert train[-1]["loss"] < 0.8 * train[0]["loss"]
     reader = tf.train.load_checkpoint(results["checkpoint"])
     dtypes = reader.get_variable_to_dtype_map()
-    floats = [k for k, d in dtypes.items() if k.startswith("model/") and d.is_floating]
-    assert len(floats) > 10 and all(dtypes[k] == tf.float32 for k in floats)  # no bfloat16 weights
+    # A trained weight is stored under the first path reaching it, optimizer/_trainable_variables/<i>;
+    # model/ holds the BN moving statistics; optimizer/_variables/ the momentum slots.
+    floats = [k for k, d in dtypes.items() if k.startswith(("model/", "optimizer/")) and d.is_floating]
+    assert sum(k.startswith("optimizer/_trainable_variables/") for k in floats) == len(build(8, 10).trainable_variables)
+    assert all(dtypes[k] == tf.float32 for k in floats)  # no bfloat16 weights, slots or statistics
 
 
 def test_lr_scales_linearly_with_the_global_batch():
@@ -189,9 +194,11 @@ def test_xla_compiled_step_trains_like_the_plain_one():
 
     plain, plain_loss = run(False)
     compiled, compiled_loss = run(True)
-    assert compiled_loss == pytest.approx(plain_loss, rel=1e-3)
+    # XLA fuses and reorders the same maths: over seeds 0-4 with TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD
+    # EPYC Zen 4) the loss differed by at most 3.6e-7 relative and the weights by 2.0e-7.
+    assert compiled_loss == pytest.approx(plain_loss, rel=2e-6)
     for a, b in zip(plain, compiled):
-        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-4)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -254,20 +254,16 @@ def test_plot_schedule_draws_the_runs_curve(tmp_path):
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
 
 
-def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_values(tmp_path):
-    import subprocess
-    import sys
-
+def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_values(tmp_path, monkeypatch, cli):
     from conftest import ROOT
 
-    script = [sys.executable, str(ROOT / "scripts" / "plot_schedule.py")]
-    done = subprocess.run([*script, "schedule=cosine", "epochs=2", f"out={tmp_path / 'cos.png'}"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    script = ROOT / "scripts" / "plot_schedule.py"  # the file itself runs, in this process
+    monkeypatch.chdir(tmp_path)
+    done = cli("schedule=cosine", "epochs=2", f"out={tmp_path / 'cos.png'}", entry=script)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cos.png").exists() and "peak 0.1" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cos.png"]  # no log file, no run directory
-    done = subprocess.run([*script, "schedule=onecycle", "schedule.anneal=cosine", "train_size=100"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = cli("schedule=onecycle", "schedule.anneal=cosine", "train_size=100", entry=script)
     assert done.returncode == 2 and "schedule.anneal must be one of cos, linear" in done.stderr
 
 

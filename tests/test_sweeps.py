@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,18 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CLI, ROOT, TINY, compose, file_digests, run_cli
+from conftest import CLI, ROOT, TINY, compose, file_digests
 from resnet_train.errors import EXIT_PREEMPTED
 from resnet_train.train import train_and_evaluate
 
+# The searches run in process import optuna here: SQLAlchemy's notice about APIs optuna 2.10 uses
+# (as in _optuna) would otherwise land in the warnings summary.
+pytestmark = pytest.mark.filterwarnings("ignore:Deprecated API features detected")
+
 SMALL = (*TINY, "epochs=1", "data.limit_train=64", "data.limit_test=32")
+# The sweeps that two tests each start from (sweep_made_by).
+TWO_MEMBERS = ("-m", *SMALL, "optimizer.lr=0.05,0.2")
+TWO_TRIALS = ("hparams_search=optuna", *SMALL, "hydra.sweeper.n_trials=2")
 
 
 def rows(sweep):
@@ -21,9 +29,34 @@ def rows(sweep):
         return list(csv.DictReader(f))
 
 
-def test_two_member_sweep_summary_and_rerun_skips_finished(tmp_path):
-    sweep = tmp_path / "sweep"
-    done = run_cli("-m", *SMALL, "optimizer.lr=0.05,0.2", f"hydra.sweep.dir={sweep}")
+@pytest.fixture(scope="module")
+def _sweeps_made():
+    """{command: (its sweep dir, its result)}: each shared sweep is made once per module."""
+    return {}
+
+
+@pytest.fixture
+def sweep_made_by(cli, tmp_path_factory, tmp_path, _sweeps_made):
+    """sweep_made_by(*command) -> (sweep dir, result): this test's own copy of the sweep that the
+    command made (in process, by whichever test asked first), so that tests sharing a start stay
+    independent and order-free. A copy reruns as the original would: finished members are
+    recognised by their checkpoint's name, not their path (train._finished); Optuna's storage is
+    sqlite:///${hydra.sweep.dir}/optuna.db, the copy's; Hydra's record of the original's paths
+    (.hydra/hydra.yaml) is what a rerun that skips or refuses a member puts back anyway."""
+
+    def made(*command):
+        if command not in _sweeps_made:
+            sweep = tmp_path_factory.mktemp("shared_sweep")
+            _sweeps_made[command] = sweep, cli(*command, f"hydra.sweep.dir={sweep}")
+        original, done = _sweeps_made[command]
+        shutil.copytree(original, tmp_path / "sweep")
+        return tmp_path / "sweep", done
+
+    return made
+
+
+def test_two_member_sweep_summary_and_rerun_skips_finished(cli, sweep_made_by):
+    sweep, done = sweep_made_by(*TWO_MEMBERS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (sweep / "0" / "results.json").exists() and (sweep / "1" / "results.json").exists()
     table = rows(sweep)
@@ -34,31 +67,31 @@ def test_two_member_sweep_summary_and_rerun_skips_finished(tmp_path):
     assert "| member | status | overrides |" in (sweep / "summary.md").read_text()
     assert list((sweep / "0" / "tensorboard").glob("events.out.tfevents.*"))  # the HParams record
 
-    again = run_cli("-m", *SMALL, "optimizer.lr=0.05,0.2", f"hydra.sweep.dir={sweep}")
+    again = cli(*TWO_MEMBERS, f"hydra.sweep.dir={sweep}")
     assert again.returncode == 0
     assert again.stdout.count("Test accuracy") == 2
     for member in ("0", "1"):
         assert "already finished" in (sweep / member / "train.log").read_text()
 
 
-def test_a_failed_member_is_reported_and_the_others_finish(tmp_path):
+def test_a_failed_member_is_reported_and_the_others_finish(cli, tmp_path):
     sweep = tmp_path / "sweep"
     others = [o for o in SMALL if not o.startswith("depth=")]
-    done = run_cli("-m", *others, "depth=9,8", f"hydra.sweep.dir={sweep}")
+    done = cli("-m", *others, "depth=9,8", f"hydra.sweep.dir={sweep}")
     assert done.returncode != 0
     assert "depth=9" in done.stderr  # Hydra names the failed member's overrides
     table = {r["overrides"].split()[-1]: r for r in rows(sweep)}
     assert table["depth=8"]["status"] == "finished" and (sweep / "1" / "results.json").exists()
     assert table["depth=9"]["status"] == "failed" and "6n+2" in table["depth=9"]["error"]
+    # The suite's one run of the real `resnet-sweep-report` console script (its exit code).
     report = subprocess.run([str(Path(sys.executable).with_name("resnet-sweep-report")), str(sweep)],
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 1 and "failed members: 0" in report.stderr
     assert "| 1 | finished |" in report.stdout
 
 
-def test_optuna_search_runs_two_trials_with_storage_in_the_sweep_dir(tmp_path):
-    sweep = tmp_path / "search"
-    done = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", *SMALL, f"hydra.sweep.dir={sweep}")
+def test_optuna_search_runs_two_trials_with_storage_in_the_sweep_dir(sweep_made_by):
+    sweep, done = sweep_made_by(*TWO_TRIALS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (sweep / "optuna.db").exists() and (sweep / "optimization_results.yaml").exists()
     assert len(rows(sweep)) == 2 and all("optimizer.lr=" in r["overrides"] for r in rows(sweep))
@@ -71,24 +104,23 @@ def test_optuna_search_runs_two_trials_with_storage_in_the_sweep_dir(tmp_path):
     assert best == max(m["eval"]["accuracy"] for m in members)
 
 
-def test_optuna_search_without_a_validation_split_is_refused(tmp_path):
-    done = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", *SMALL, "data.val_split=null",
-                   f"hydra.sweep.dir={tmp_path / 'search'}")
+def test_optuna_search_without_a_validation_split_is_refused(cli, tmp_path):
+    done = cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", *SMALL, "data.val_split=null",
+               f"hydra.sweep.dir={tmp_path / 'search'}")
     assert done.returncode == 2
     assert "hparams_search=optuna needs a validation split to optimise (data.val_split=0.1" in done.stderr
     assert not list((tmp_path / "search").glob("*/results.json"))
 
 
-def test_a_finished_member_rerun_with_another_config_is_left_as_it_was(tmp_path):
+def test_a_finished_member_rerun_with_another_config_is_left_as_it_was(cli, sweep_made_by):
     """Hydra rewrites a member's .hydra/ before the member runs: a rerun that does not take the
     directory (member 1: refused, another lr; member 0: finished, skipped) puts its record back,
     and a refusal never marks a finished member failed."""
-    sweep = tmp_path / "sweep"
-    done = run_cli("-m", *SMALL, "optimizer.lr=0.05,0.2", f"hydra.sweep.dir={sweep}")
+    sweep, done = sweep_made_by(*TWO_MEMBERS)
     assert done.returncode == 0, done.stderr[-3000:]
     before = {m: file_digests(sweep / m) for m in ("0", "1")}
 
-    again = run_cli("-m", *SMALL, "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep}")
+    again = cli("-m", *SMALL, "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep}")
     assert again.returncode != 0  # member 1 was not run with lr 0.1: the sweep says so
     assert "holds a run with another config (optimizer.lr: 0.2 -> 0.1)" in again.stderr
     assert "left as it was" in again.stderr
@@ -103,17 +135,16 @@ def test_a_finished_member_rerun_with_another_config_is_left_as_it_was(tmp_path)
     assert "| 1 | finished |" in (sweep / "summary.md").read_text()
 
 
-def test_optuna_rerun_with_more_trials_continues_the_study(tmp_path):
+def test_optuna_rerun_with_more_trials_continues_the_study(cli, sweep_made_by):
     """n_trials is the study's total and members are numbered by trial: a rerun with n_trials=4
     after a 2-trial search runs trials 2 and 3 in members 2 and 3, and leaves 0 and 1 untouched;
     the same command once more runs nothing."""
-    sweep = tmp_path / "search"
+    sweep, done = sweep_made_by(*TWO_TRIALS)
     search = ("hparams_search=optuna", *SMALL, f"hydra.sweep.dir={sweep}")
-    done = run_cli(*search, "hydra.sweeper.n_trials=2")
     assert done.returncode == 0, done.stderr[-3000:]
     before = {m: file_digests(sweep / m) for m in ("0", "1")}
 
-    more = run_cli(*search, "hydra.sweeper.n_trials=4")
+    more = cli(*search, "hydra.sweeper.n_trials=4")
     assert more.returncode == 0, more.stderr[-3000:]
     assert more.stdout.count("Test accuracy") == 2  # only the 2 new trials ran
     assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "2", "3"]
@@ -131,18 +162,18 @@ def test_optuna_rerun_with_more_trials_continues_the_study(tmp_path):
     assert OmegaConf.load(sweep / "optimization_results.yaml").best_value == max(accuracies.values())
     assert len(rows(sweep)) == 4 and all(r["status"] == "finished" for r in rows(sweep))
 
-    same = run_cli(*search, "hydra.sweeper.n_trials=4")
+    same = cli(*search, "hydra.sweeper.n_trials=4")
     assert same.returncode == 0, same.stderr[-3000:]
     assert "Test accuracy" not in same.stdout and len(study.get_trials()) == 4
 
 
-def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(tmp_path):
+def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli, tmp_path):
     """A search killed during a trial (preempted, OOM) leaves it RUNNING in the study: the rerun
     runs it in its own member, with its own parameters, before any new trial. A failed trial stays
     failed and does not count towards n_trials (the number of complete trials): a new one replaces it."""
     sweep = tmp_path / "search"
     search = ("hparams_search=optuna", *SMALL, f"hydra.sweep.dir={sweep}")
-    done = run_cli(*search, "hydra.sweeper.n_trials=1")
+    done = cli(*search, "hydra.sweeper.n_trials=1")
     assert done.returncode == 0, done.stderr[-3000:]
     optuna = _optuna()
     study = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db")
@@ -152,7 +183,7 @@ def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(tmp
         left.set_user_attr(key, value)
     study.tell(study.ask(first.distributions), state=optuna.trial.TrialState.FAIL)  # trial 2 failed
 
-    again = run_cli(*search, "hydra.sweeper.n_trials=3")
+    again = cli(*search, "hydra.sweeper.n_trials=3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("Test accuracy") == 2  # trial 1, resumed, and trial 3 in place of the failed 2
     # Loaded again: optuna's storage trusts its cache for the trials this process asked.
@@ -183,6 +214,7 @@ def event_file_pids(member):
 
 
 def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
+    # A subprocess: the launching process's PID is part of what is checked.
     sweep = tmp_path / "sweep"
     launcher = subprocess.Popen([str(CLI), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL,
                                  "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -218,7 +250,7 @@ cli.train()
 """
 
 
-def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_members(tmp_path):
+def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_members(cli, tmp_path):
     """Three members of 4 steps, a checkpoint every step; the sweep is preempted in member 1 after
     its step 1 (it stops at step 2, the step its stop request reaches). The rerun skips member 0
     (finished: nothing of it changes but its log), continues member 1 from step 2 and runs
@@ -235,7 +267,7 @@ def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_membe
     assert not (sweep / "2").exists()  # the sweep stopped: member 2 never started
     finished = file_digests(sweep / "0")
 
-    again = run_cli(*command)
+    again = cli(*command)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("Test accuracy") == 3  # member 0's results are reported again, not recomputed
     assert {k: v for k, v in file_digests(sweep / "0").items() if k != "train.log"} == \
