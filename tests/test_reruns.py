@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -20,7 +18,7 @@ from resnet_train import checkpoint as checkpoint_lib
 from resnet_train import runtime
 from resnet_train.errors import RunDirError
 from resnet_train.report import Reporter, read_metrics, write_atomic
-from resnet_train.train import train_and_evaluate
+from resnet_train.train import check_steps_agree, train_and_evaluate
 
 WITH_VAL = (*TINY, "epochs=1", "data.val_split=32")  # a validation split: best/ is kept
 NO_READABLE = r"no readable checkpoint in .* though this run has made progress: start a new run directory"
@@ -30,9 +28,37 @@ def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_after_no_readable_checkpoint_every_rerun_is_refused_alike_and_nothing_is_lost(tmp_path):
-    run = tmp_path / "run"
-    train_and_evaluate(compose(*WITH_VAL), run)
+@pytest.fixture(scope="module")
+def _trained_runs(tmp_path_factory):
+    """train(*overrides) -> (run, results): each distinct run the tests below damage, trained once
+    per module, by the first test that asks for it; never handed out itself (trained_copy)."""
+    made = {}
+
+    def train(*overrides):
+        if overrides not in made:
+            run = tmp_path_factory.mktemp("trained") / "run"
+            made[overrides] = run, train_and_evaluate(compose(*overrides), run)
+        return made[overrides]
+
+    return train
+
+
+@pytest.fixture
+def trained_copy(_trained_runs, tmp_path):
+    """trained_copy(*overrides, name="run") -> (this test's own copy of the run, at tmp_path / name;
+    the results of training it). A copy resumes as the original would: the checkpoint indexes name
+    their checkpoints relative to their own folder (CheckpointManager, Checkpointer._rewrite_index),
+    and copytree keeps the files' modification times."""
+
+    def copy(*overrides, name="run"):
+        original, results = _trained_runs(*overrides)
+        return shutil.copytree(original, tmp_path / name), results
+
+    return copy
+
+
+def test_after_no_readable_checkpoint_every_rerun_is_refused_alike_and_nothing_is_lost(trained_copy):
+    run, _ = trained_copy(*WITH_VAL)
     (run / "results.json").unlink()
     data = next(run.glob("checkpoints/ckpt-3.data-*"))
     data.write_bytes(data.read_bytes()[:100])
@@ -62,9 +88,8 @@ def test_after_no_readable_checkpoint_every_rerun_is_refused_alike_and_nothing_i
     tf.errors.AbortedError(None, None, "/run/checkpoints/ckpt-3.index; Stale file handle"),
     tf.errors.ResourceExhaustedError(None, None, "out of memory"),
     OSError(5, "Input/output error")], ids=["EACCES", "EIO", "ESTALE", "ResourceExhausted", "OSError-EIO"])
-def test_a_storage_error_while_reading_a_checkpoint_refuses_and_moves_nothing(tmp_path, monkeypatch, error):
-    run = tmp_path / "run"
-    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+def test_a_storage_error_while_reading_a_checkpoint_refuses_and_moves_nothing(trained_copy, monkeypatch, error):
+    run, _ = trained_copy(*TINY, "epochs=1")
     (run / "results.json").unlink()
     before = file_digests(run)
 
@@ -89,16 +114,15 @@ def test_a_line_cut_short_is_dropped_before_the_next_record_is_appended(tmp_path
     assert [json.loads(line)["step"] for line in lines] == [4, 4, 8]  # every line parses; the new record kept
 
 
-def test_a_finished_run_rerun_with_another_runtime_setting_logs_its_test_record_once(tmp_path):
-    run = tmp_path / "run"
-    first = train_and_evaluate(compose(*WITH_VAL), run)
+def test_a_finished_run_rerun_with_another_runtime_setting_logs_its_test_record_once(trained_copy):
+    run, first = trained_copy(*WITH_VAL)
     again = train_and_evaluate(compose(*WITH_VAL, "runtime.steps_per_call=2"), run)  # allowed; not skipped
     assert [r["split"] for r in records(run)] == ["train", "eval", "test"]
     assert again["test"] == first["test"] and again["steps"] == first["steps"]
 
 
-def test_a_moved_run_directory_is_still_recognised_as_finished(tmp_path):
-    train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path / "before")
+def test_a_moved_run_directory_is_still_recognised_as_finished(trained_copy, tmp_path):
+    trained_copy(*TINY, "epochs=1", name="before")
     shutil.move(tmp_path / "before", tmp_path / "after")
     run = tmp_path / "after"
     kept = file_digests(run)
@@ -186,42 +210,29 @@ def test_a_float16_run_continues_under_auto_and_refuses_another_policy_with_a_tr
     assert train_and_evaluate(compose(*TINY, "epochs=2", "runtime.precision=auto"), run)["precision"] == "mixed_float16"
 
 
-WORKERS_AGREE = """
-import tensorflow as tf
-from resnet_train.errors import RunDirError
-from resnet_train.train import check_steps_agree
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-def replica_step(values):
-    ids = tf.constant(values, tf.int64)
-    return lambda: tf.reshape(ids[tf.distribute.get_replica_context().replica_id_in_sync_group], [1])
-
-check_steps_agree(strategy, replica_step([8, 8]), 8, "run")
-print("equal steps agree")
-try:
-    check_steps_agree(strategy, replica_step([4, 8]), 6, "run")
-except RunDirError as e:
-    print(e)
-"""
-
-
 def test_workers_agree_only_when_every_step_is_equal():
-    # A process of its own: TF numbers collectives per process from 1 for every new strategy, so a
-    # gather here would collide with a collective an earlier test in this process ran.
-    done = subprocess.run([sys.executable, "-c", WORKERS_AGREE], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    agree, refused = done.stdout.strip().splitlines()[-2:]
-    assert agree == "equal steps agree"
+    # The two logical CPUs (conftest), reduced on the host as runtime.cpu_replicas does: a gather
+    # without collectives. A collective gather (MirroredStrategy's default) would need a process of
+    # its own: TF numbers collectives per process from 1 for every new strategy, so it would collide
+    # with a collective an earlier test in this process ran.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+    def replica_step(values):
+        ids = tf.constant(values, tf.int64)
+        return lambda: tf.reshape(ids[tf.distribute.get_replica_context().replica_id_in_sync_group], [1])
+
+    check_steps_agree(strategy, replica_step([8, 8]), 8, "run")  # equal steps agree
+    with pytest.raises(RunDirError) as refused:
+        check_steps_agree(strategy, replica_step([4, 8]), 6, "run")
     # This worker's step (6) is the others' mean: a sum (6 x 2 = 4 + 8) would have passed it.
-    assert refused.startswith("the workers restored different checkpoints (steps [4, 8]; this one: step 6 from run)")
+    assert str(refused.value).startswith(
+        "the workers restored different checkpoints (steps [4, 8]; this one: step 6 from run)")
 
 
-def test_an_index_naming_checkpoints_outside_the_run_is_not_followed(tmp_path):
-    run, other = tmp_path / "run", tmp_path / "other"
-    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+def test_an_index_naming_checkpoints_outside_the_run_is_not_followed(trained_copy, tmp_path):
+    run, _ = trained_copy(*TINY, "epochs=1")
+    other = tmp_path / "other"
     train_and_evaluate(compose(*TINY, "epochs=1", "seed=1"), other)
     (run / "results.json").unlink()
     for f in other.glob("checkpoints/ckpt-4.*"):  # another run's checkpoint, damaged, at a later step
@@ -256,9 +267,8 @@ def test_what_must_survive_a_power_loss_is_flushed(tmp_path, monkeypatch):
     assert {path + ".index", str(tmp_path / "ck" / "checkpoint"), str(tmp_path / "ck")} <= set(flushed)
 
 
-def test_an_empty_saved_config_is_damage_not_no_constraints(tmp_path):
-    run = tmp_path / "run"
-    train_and_evaluate(compose(*TINY, "epochs=1"), run)
+def test_an_empty_saved_config_is_damage_not_no_constraints(trained_copy):
+    run, _ = trained_copy(*TINY, "epochs=1")
     (run / "checkpoints" / "config.yaml").write_bytes(b"")  # a power loss while it was written
     before = file_digests(run)
     with pytest.raises(RunDirError, match=r"config.yaml \(empty\) is damaged, so it cannot tell which config made "

@@ -1,4 +1,8 @@
-"""resnet-eval, -predict, -export, -explain, -plot through their CLIs, on a tiny run made here."""
+"""resnet-eval, -predict, -export, -explain, -plot through their CLIs, on a tiny run made here.
+
+Each console script runs once as a process of its own, where the suite checks its exit code (the
+cheapest such case per tool); every other call runs its entry point in this process (conftest's
+`cli`), without TensorFlow's start-up of several seconds per call."""
 import json
 import re
 import subprocess
@@ -11,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import ROOT, cli_in_process, run_cli
+from conftest import ROOT, compose
 
 BIN = Path(sys.executable).parent
 
@@ -38,10 +42,14 @@ def png_size(path):
 def trained(tmp_path_factory):
     """A ResNet-8 trained 8 epochs on 512 digits (~85% test accuracy: predictions can be checked
     against labels), without a validation split."""
+    from resnet_train.train import train_and_evaluate
+
+    # In this process: the tools read .hydra/config.yaml, dataset.json, metrics.jsonl and the
+    # checkpoints, which train_and_evaluate writes as the resnet-train CLI does (the CLI adds only
+    # its overrides.yaml and train.log, which no tool reads).
     run = tmp_path_factory.mktemp("tools") / "run"
-    done = run_cli("depth=8", "batch_size=32", "epochs=8", "data.limit_train=512", "data.limit_test=100",
-                   "runtime.precision=float32", f"hydra.run.dir={run}")
-    assert done.returncode == 0, done.stderr[-2000:]
+    train_and_evaluate(compose("depth=8", "batch_size=32", "epochs=8", "data.limit_train=512", "data.limit_test=100",
+                               "runtime.precision=float32"), run)
     return run
 
 
@@ -72,8 +80,8 @@ def test_training_writes_curves_and_no_best_checkpoint_chosen_on_the_test_set(tr
     assert not (trained / "checkpoints" / "best").exists()  # no validation split: nothing to choose it by
 
 
-def test_eval_writes_metrics_per_class_and_a_confusion_matrix(trained):
-    done = tool("resnet-eval", f"run={trained}", "tta=flip", "checkpoint=last")
+def test_eval_writes_metrics_per_class_and_a_confusion_matrix(trained, cli):
+    done = cli(f"run={trained}", "tta=flip", "checkpoint=last", entry="resnet-eval")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "digits test: 100 images" in done.stdout and "per-class accuracy:" in done.stdout
     result = json.loads((trained / "eval" / "test_flip.json").read_text())
@@ -81,23 +89,23 @@ def test_eval_writes_metrics_per_class_and_a_confusion_matrix(trained):
     assert set(result["per_class_accuracy"]) == {str(i) for i in range(10)}
     assert np.array(result["confusion_matrix"]).sum() == 100
     assert png_size(trained / "eval" / "test_flip_confusion.png")[0] >= 300
-    plain = tool("resnet-eval", f"run={trained}")
+    plain = cli(f"run={trained}", entry="resnet-eval")
     assert plain.returncode == 0 and (trained / "eval" / "test.json").exists()
 
 
-def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path):
+def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path, cli):
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         for i in range(3):
             Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
-    done = tool("resnet-eval", f"run={trained}", "data.source=folder", f"data.path={tmp_path}")
+    done = cli(f"run={trained}", "data.source=folder", f"data.path={tmp_path}", entry="resnet-eval")
     assert done.returncode == 2
     assert "predicts 10 classes but" in done.stderr and "has 3" in done.stderr
-    missing = tool("resnet-eval", f"run={tmp_path / 'nowhere'}")
+    missing = tool("resnet-eval", f"run={tmp_path / 'nowhere'}")  # resnet-eval's process of its own
     assert missing.returncode == 2 and "not a resnet-train run directory" in missing.stderr
 
 
-def test_eval_refuses_a_dataset_of_another_image_size_in_one_line(trained, tmp_path, monkeypatch, capsys):
+def test_eval_refuses_a_dataset_of_another_image_size_in_one_line(trained, tmp_path, cli):
     """The digits' 10 classes, but at 16x16 (the model takes 32x32): one line, exit 2, no eval file."""
     data = tmp_path / "small_digits"
     x_test, y_test = digits_test(100)
@@ -105,20 +113,21 @@ def test_eval_refuses_a_dataset_of_another_image_size_in_one_line(trained, tmp_p
         (data / str(label)).mkdir(parents=True)
         for i in np.flatnonzero(y_test == label)[:3]:
             Image.fromarray(x_test[i]).save(data / str(label) / f"{i}.png")
-    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-eval", f"run={trained}", "data.source=folder",
-                                  f"data.path={data}", "data.image_size=16", "data.split=train")
-    assert code == 2, err[-2000:]
+    done = cli(f"run={trained}", "data.source=folder", f"data.path={data}", "data.image_size=16", "data.split=train",
+               entry="resnet-eval")
+    err = done.stderr
+    assert done.returncode == 2, err[-2000:]
     assert [line for line in err.splitlines() if line.startswith("resnet-eval:")] == [
         "resnet-eval: error: the model takes (32, 32, 3) images but small_digits has (16, 16, 3): set "
         "data.image_size to match"], err[-2000:]
     assert "Traceback" not in err and not (trained / "eval" / "train.json").exists()
 
 
-def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures):
+def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures, cli):
     from resnet_train.runs import load_run
 
     folder, labels = pictures
-    done = tool("resnet-predict", f"run={trained}", f"images=[{folder}]", "output=json", "top_k=10")
+    done = cli(f"run={trained}", f"images=[{folder}]", "output=json", "top_k=10", entry="resnet-predict")
     assert done.returncode == 2  # one file was broken (bad input) ...
     assert "broken.png" in done.stderr
     result = json.loads(done.stdout)  # ... and the others were still predicted
@@ -144,6 +153,7 @@ def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures):
     scans = {n: (int(probs[n].argmax()), labels[n]) for n in ("first.png", "second.jpg", "third.bmp")}
     assert sum(got == label for got, label in scans.values()) >= 2, scans  # (predicted, label)
 
+    # resnet-predict's process of its own: nothing but the predictions on its stdout
     text = tool("resnet-predict", f"run={trained}", f"images=[{folder / 'first.png'}]")  # top_k=5
     assert text.returncode == 0
     # path: class probability, ... for the 5 most probable classes: the JSON's, to 3 decimals
@@ -165,23 +175,51 @@ def near_ties(probs, bound):
     return int(np.sum(top2[:, 1] - top2[:, 0] <= 2 * bound))
 
 
-@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite"])
-def test_export_cli_reports_accuracy_and_size(trained, tmp_path, fmt):
-    from resnet_train.export import load_predictor
-    from resnet_train.runs import load_run
+# The format whose export runs as resnet-export's process of its own (the cheapest); the others
+# run the same entry point in this process.
+EXPORT_IN_A_PROCESS = "keras"
 
-    done = tool("resnet-export", f"run={trained}", f"format={fmt}", f"out={tmp_path}")
+
+@pytest.fixture(scope="module")
+def cli_exports(trained, tmp_path_factory):
+    """export(fmt, cli) -> (CompletedProcess, its out folder): the unquantised export of `fmt` by
+    resnet-export, made once per module whichever test asks first: the CLI test and the comparison
+    with the quantised exports read the same files."""
+    root, made = tmp_path_factory.mktemp("exports"), {}
+
+    def export(fmt, cli):
+        if fmt not in made:
+            out = root / f"{fmt}_none"
+            args = (f"run={trained}", f"format={fmt}", f"out={out}")
+            made[fmt] = (tool("resnet-export", *args) if fmt == EXPORT_IN_A_PROCESS
+                         else cli(*args, entry="resnet-export")), out
+        return made[fmt]
+
+    return export
+
+
+def printed_export(done):
+    """What resnet-export printed: (exported path, MB, examples, exported accuracy, original
+    accuracy, top-1 agreement, largest probability difference)."""
     assert done.returncode == 0, done.stderr[-2000:]
     (path, megabytes), = re.findall(r"^Exported \w+: (\S+) \(([\d.]+) MB\)$", done.stdout, re.M)
-    exported_file = Path(path)
-    assert exported_file.parent == tmp_path and exported_file.exists()
-    size = sum(f.stat().st_size for f in exported_file.rglob("*") if f.is_file()) if exported_file.is_dir() \
-        else exported_file.stat().st_size
-    assert float(megabytes) == pytest.approx(size / 1e6, abs=0.005)  # printed with 2 decimals
     line = re.search(r"Accuracy on (\d+) test images: exported ([\d.]+), original ([\d.]+); top-1 agreement "
                      r"([\d.]+), largest probability difference ([\d.e+-]+)", done.stdout)
     assert line, done.stdout
-    examples, exported, original, agreement, difference = (float(g) for g in line.groups())
+    return (Path(path), float(megabytes), *(float(g) for g in line.groups()))
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite"])
+def test_export_cli_reports_accuracy_and_size(trained, cli_exports, cli, fmt):
+    from resnet_train.export import load_predictor
+    from resnet_train.runs import load_run
+
+    done, out = cli_exports(fmt, cli)
+    exported_file, megabytes, examples, exported, original, agreement, difference = printed_export(done)
+    assert exported_file.parent == out and exported_file.exists()
+    size = sum(f.stat().st_size for f in exported_file.rglob("*") if f.is_file()) if exported_file.is_dir() \
+        else exported_file.stat().st_size
+    assert megabytes == pytest.approx(size / 1e6, abs=0.005)  # printed with 2 decimals
     assert examples == 100
 
     # Both accuracies recomputed here: the run's model, and the exported file loaded back, on the
@@ -200,7 +238,7 @@ def test_export_cli_reports_accuracy_and_size(trained, tmp_path, fmt):
         (done.stdout, ties)
 
 
-def test_exported_models_predict_what_the_original_does(trained, tmp_path):
+def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_exports, cli):
     from resnet_train.data.embedded import load_digits_arrays
     from resnet_train.export import export_run, load_predictor
     from resnet_train.runs import load_run
@@ -212,28 +250,36 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path):
     # Quantised, the differences measured on these 40 images with fixtures of seeds 0-4, under
     # TF_ENABLE_ONEDNN_OPTS=0 and 1 (10 fixtures): float16 <= 2.0e-3, dynamic <= 3.4e-2, int8
     # <= 3.8e-2, top-1 agreement >= 0.975 (and the unquantised ones <= 8e-7, the .keras one 0).
+    # The unquantised files are the CLI test's (cli_exports), not exported a second time.
+    folders = {}
     for fmt, quantize, tolerance in [("saved_model", "none", FLOAT32_EXPORT_BOUND["saved_model"]),
                                      ("keras", "none", FLOAT32_EXPORT_BOUND["keras"]),
                                      ("tflite", "none", FLOAT32_EXPORT_BOUND["tflite"]), ("tflite", "float16", 5e-3),
                                      ("tflite", "dynamic", 5e-2), ("tflite", "int8", 1e-1)]:
-        result = export_run(trained, fmt=fmt, quantize=quantize, out=tmp_path / f"{fmt}_{quantize}")
-        assert result["examples"] == 100
-        got = load_predictor(Path(result["path"]), fmt)(images)
+        if quantize == "none":
+            done, folders[fmt, quantize] = cli_exports(fmt, cli)
+            path, _, examples, *_ = printed_export(done)
+        else:
+            folders[fmt, quantize] = tmp_path / f"{fmt}_{quantize}"
+            result = export_run(trained, fmt=fmt, quantize=quantize, out=folders[fmt, quantize])
+            path, examples = Path(result["path"]), result["examples"]
+        assert examples == 100
+        got = load_predictor(path, fmt)(images)
         assert np.abs(got - original).max() <= tolerance, (fmt, quantize)
         assert np.mean(got.argmax(1) == original.argmax(1)) >= 0.9, (fmt, quantize)
-    sizes = {q: Path(tmp_path / f"tflite_{q}").glob("*.tflite").__next__().stat().st_size
+    sizes = {q: folders["tflite", q].glob("*.tflite").__next__().stat().st_size
              for q in ("none", "float16", "dynamic", "int8")}
     assert sizes["float16"] < sizes["none"] and sizes["int8"] < sizes["float16"]
 
     # The SavedModel also serves encoded images, and ships its class names.
-    saved = tf.saved_model.load(str(tmp_path / "saved_model_none" / "saved_model"))
+    saved = tf.saved_model.load(str(folders["saved_model", "none"] / "saved_model"))
     png = tf.io.encode_png(images[0])
     served = saved.signatures["serving_encoded"](encoded=tf.stack([png]))
     np.testing.assert_allclose(served["probabilities"].numpy()[0], original[0], atol=1e-5)
     assert int(served["classes"][0]) == int(original[0].argmax())
-    names = (tmp_path / "saved_model_none" / "saved_model" / "class_names.txt").read_text().split()
+    names = (folders["saved_model", "none"] / "saved_model" / "class_names.txt").read_text().split()
     assert names == [str(i) for i in range(10)]
-    reloaded = keras.saving.load_model(str(tmp_path / "keras_none" / "model.keras"), safe_mode=True)
+    reloaded = keras.saving.load_model(str(folders["keras", "none"] / "model.keras"), safe_mode=True)
     assert reloaded.name == run.model.name
 
 
@@ -284,11 +330,11 @@ def test_grad_cam_heatmap_is_normalised_and_image_sized(trained):
     assert not np.allclose(maps[0], heat[0], atol=0.05)  # another class, another map
 
 
-def test_plot_overlays_runs(trained, tmp_path):
+def test_plot_overlays_runs(trained, tmp_path, cli):
     out = tmp_path / "sweep.png"
-    done = tool("resnet-plot", f"runs=[{trained},{trained}]", "names=[a,b]", f"out={out}")
+    done = cli(f"runs=[{trained},{trained}]", "names=[a,b]", f"out={out}", entry="resnet-plot")
     assert done.returncode == 0, done.stderr[-2000:]
     width, height = png_size(out)
     assert width >= 800 and height >= 300
-    bad = tool("resnet-plot", f"runs=[{tmp_path}]")
+    bad = tool("resnet-plot", f"runs=[{tmp_path}]")  # resnet-plot's process of its own
     assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
