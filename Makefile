@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/resnet-train $(ARGS)
 
+# Two test processes (pytest-xdist), each taking a whole test file at a time so that a file's
+# shared runs are made once: one process's TensorFlow start-ups, tracing and file work overlap the
+# other's training. TEST_JOBS=0 runs the suite in this one process.
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -99,12 +99,14 @@ def refuse(what, target):
 
 
 def install():
-    if getattr(socket, "_resnet_train_test_guard", False):
-        return
-    socket._resnet_train_test_guard = True
+    """Wraps the socket functions with this module's guard (its NetworkBlocked, its LOG). Another
+    guard already installed (a pytest-xdist worker starts with its controller's sitecustomize) is
+    replaced: the wrappers always go round the original functions."""
+    if not hasattr(socket, "_resnet_train_test_originals"):
+        socket._resnet_train_test_originals = (socket.socket.connect, socket.socket.connect_ex,
+                                               socket.socket.sendto, socket.getaddrinfo)
+    connect, connect_ex, sendto, getaddrinfo = socket._resnet_train_test_originals
     inet = (socket.AF_INET, socket.AF_INET6)
-    connect, connect_ex, sendto = socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto
-    getaddrinfo = socket.getaddrinfo
     own_name = socket.gethostname()
 
     def guarded_connect(self, address):
@@ -155,8 +157,12 @@ NETWORK_LOG.touch()
 os.environ["RESNET_TRAIN_TEST_NETWORK_LOG"] = str(NETWORK_LOG)
 (SESSION_DIR / "network_guard").mkdir()
 (SESSION_DIR / "network_guard" / "sitecustomize.py").write_text(NETWORK_GUARD)
+# A guard another test session put there is dropped: a pytest-xdist worker inherits the
+# controller's, and two guards would each run the other as "the next sitecustomize", endlessly.
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(SESSION_DIR / "network_guard"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    [str(SESSION_DIR / "network_guard"),
+     *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+       if p and not (Path(p).name == "network_guard" and Path(p).parent.name.startswith("resnet_train_tests_")))])
 _spec = importlib.util.spec_from_file_location("resnet_train_test_network_guard",
                                                SESSION_DIR / "network_guard" / "sitecustomize.py")
 network_guard = importlib.util.module_from_spec(_spec)
@@ -203,6 +209,19 @@ def _two_logical_cpus():
 
 
 _two_logical_cpus()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_the_modules_models():
+    """A module's models, traced functions and datasets are let go before the next module: the
+    process lives through the whole suite, and Keras' session keeps what cycles still reach."""
+    yield
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
