@@ -214,13 +214,20 @@ _two_logical_cpus()
 @pytest.fixture(autouse=True, scope="module")
 def _free_the_modules_models():
     """A module's models, traced functions and datasets are let go before the next module: the
-    process lives through the whole suite, and Keras' session keeps what cycles still reach."""
+    process lives through the whole suite, and Keras' session keeps what cycles still reach.
+
+    AutoGraph also puts every module it generates into sys.modules (a TODO in TF's
+    autograph/pyct/loader.py), and inspect.getmodule walks all of sys.modules on each lookup it
+    has not cached: over a whole suite in one process every conversion got slower (a RandAugment
+    run: 14 s alone, 60-110 s late in the suite). A finished module's generated code is dropped."""
     yield
     import gc
 
     import keras
 
     keras.backend.clear_session()
+    for name in [name for name in sys.modules if name.startswith("__autograph_generated_file")]:
+        del sys.modules[name]
     gc.collect()
 
 
