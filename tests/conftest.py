@@ -400,6 +400,34 @@ def cli(monkeypatch, capsys):
     return run
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """trained(run, *overrides) -> results: `run` becomes a copy of a run of `overrides` trained (in
+    this process) once per module, by the first test that asks. Each test damages or stops its own
+    copy, as if it had trained the run itself: a moved run directory is the same run to the project
+    (the checkpoint indexes name their checkpoints relative to their folder; copytree keeps the
+    files' modification times)."""
+    import copy
+    import shutil
+
+    import tensorflow as tf
+
+    from resnet_train.train import train_and_evaluate
+
+    runs = {}
+
+    def copy_to(run, *overrides):
+        if overrides not in runs:
+            source = tmp_path_factory.mktemp("trained") / "run"
+            runs[overrides] = source, train_and_evaluate(compose(*overrides), source)
+        source, results = runs[overrides]
+        shutil.copytree(source, run)
+        assert Path(tf.train.latest_checkpoint(str(run / "checkpoints"))).parent == run / "checkpoints"
+        return copy.deepcopy(results)
+
+    return copy_to
+
+
 def file_digests(root: Path) -> dict:
     """{relative path: sha256} of every file under `root`: 'no file of the run changed'."""
     import hashlib

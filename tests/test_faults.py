@@ -2,7 +2,6 @@
 damaged newest checkpoint, a save killed half-way, NaN losses (float32, bfloat16, float16), a full
 disk (a per-file limit and a really full file system), two runs in one directory, an exact resume."""
 import contextlib
-import copy
 import json
 import os
 import re
@@ -15,7 +14,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,26 +65,6 @@ def uninterrupted(tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
     train_and_evaluate(compose(*LONG), run)
     return run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """trained(run, *overrides) -> results: `run` becomes a copy of a run of `overrides` trained (in
-    this process) once per module. Each test damages or stops its own copy, as if it had trained
-    the run itself: a moved run directory is the same run to the project."""
-    runs = {}
-
-    def copy_to(run, *overrides):
-        if overrides not in runs:
-            source = tmp_path_factory.mktemp("trained") / "run"
-            runs[overrides] = source, train_and_evaluate(compose(*overrides), source)
-        source, results = runs[overrides]
-        shutil.copytree(source, run)
-        # The index names its checkpoints relative to it: the copy resumes from its own files.
-        assert Path(tf.train.latest_checkpoint(str(run / "checkpoints"))).parent == run / "checkpoints"
-        return copy.deepcopy(results)
-
-    return copy_to
 
 
 def start(run):

@@ -28,31 +28,13 @@ def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def _trained_runs(tmp_path_factory):
-    """train(*overrides) -> (run, results): each distinct run the tests below damage, trained once
-    per module, by the first test that asks for it; never handed out itself (trained_copy)."""
-    made = {}
-
-    def train(*overrides):
-        if overrides not in made:
-            run = tmp_path_factory.mktemp("trained") / "run"
-            made[overrides] = run, train_and_evaluate(compose(*overrides), run)
-        return made[overrides]
-
-    return train
-
-
 @pytest.fixture
-def trained_copy(_trained_runs, tmp_path):
+def trained_copy(trained, tmp_path):
     """trained_copy(*overrides, name="run") -> (this test's own copy of the run, at tmp_path / name;
-    the results of training it). A copy resumes as the original would: the checkpoint indexes name
-    their checkpoints relative to their own folder (CheckpointManager, Checkpointer._rewrite_index),
-    and copytree keeps the files' modification times."""
+    the results of training it): conftest's `trained`, each distinct run trained once per module."""
 
     def copy(*overrides, name="run"):
-        original, results = _trained_runs(*overrides)
-        return shutil.copytree(original, tmp_path / name), results
+        return tmp_path / name, trained(tmp_path / name, *overrides)
 
     return copy
 
