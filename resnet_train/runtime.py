@@ -81,6 +81,36 @@ def existing_devices(requested, available) -> list[str]:
     return [str(d) for d in requested]
 
 
+def one_device(device: str) -> tf.distribute.Strategy:
+    """The strategy for one device: OneDeviceStrategy on a GPU; on the CPU, TensorFlow's default
+    strategy (no placement of its own: TF's default placement is that CPU). Why: with oneDNN off,
+    a ResNet-20 step under OneDeviceStrategy("/cpu:0") took 1.85x as long as the same step under
+    the default strategy (AMD EPYC Zen 5, 2 cores, batch 128: 0.58 vs 0.31 s; 12.9M vs 1.2M page
+    faults over 45 steps, the step's buffers freshly mapped each time), which made `resnet-train`
+    0.55x its own trainer measured alone; with oneDNN on the two are within 4%. Same kernels, same
+    maths: only where buffers come from differs (tests/test_runtime.py compares the weights). The
+    first CPU only: TF's default placement; runtime.devices=["/cpu:1"] keeps OneDeviceStrategy."""
+    spec = tf.DeviceSpec.from_string(device)
+    if (spec.device_type or "").upper() == "CPU" and not spec.device_index and not tf.distribute.has_strategy():
+        return tf.distribute.get_strategy()
+    return tf.distribute.OneDeviceStrategy(device)
+
+
+def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
+    """The devices a strategy computes on (the default strategy's: this process's CPU)."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return [tf.config.list_logical_devices("CPU")[0].name]
+    return list(strategy.extended.worker_devices)
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return "default (one device)"
+    return type(strategy).__name__
+
+
 def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     if name not in STRATEGIES:
         raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
@@ -103,9 +133,9 @@ def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     else:
         devices = cpus[:max(1, cpu_replicas)]
     if name == "one_device" or (name == "auto" and len(devices) < 2):
-        return tf.distribute.OneDeviceStrategy(devices[0])
+        return one_device(devices[0])
     if name == "auto" and not gpus and cpu_replicas <= 1:
-        return tf.distribute.OneDeviceStrategy(devices[0])
+        return one_device(devices[0])
     if gpus and len(devices) > 1:
         return tf.distribute.MirroredStrategy(devices)
     # CPU replicas: NCCL is for GPUs; reduce on the host.
@@ -173,11 +203,8 @@ def configure(seed: int, deterministic: bool = False, strategy: str = "one_devic
         # Bit-identical reruns (and resumed == uninterrupted), at some cost in speed.
         tf.config.experimental.enable_op_determinism()
     is_chief = cluster.is_chief() if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) else True
-    devices_used = dist.extended.worker_devices
-    name = "MultiWorkerMirroredStrategy" if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) \
-        else type(dist).__name__
-    log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", name,
-             dist.num_replicas_in_sync, ", ".join(devices_used), policy, reason)
+    log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", strategy_name(dist),
+             dist.num_replicas_in_sync, ", ".join(strategy_devices(dist)), policy, reason)
     return Runtime(dist, policy, is_chief)
 
 
