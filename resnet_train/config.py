@@ -4,7 +4,7 @@ Every message names the setting, what was wrong and a valid choice.
 """
 from __future__ import annotations
 
-from resnet_train import data, models, schedules
+from resnet_train import data, models, onednn, schedules
 from resnet_train.errors import ConfigError
 
 
@@ -74,6 +74,7 @@ def _runtime(r) -> None:
         raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {r.get('strategy')!r})")
     if r.get("precision", "auto") not in PRECISIONS:
         raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {r.get('precision')!r})")
+    onednn.normalise(r.get("onednn", "auto"))
     for key in ("xla", "deterministic"):
         if not isinstance(r.get(key, False), bool):
             raise ConfigError(f"runtime.{key} must be true or false (got {r.get(key)!r})")

@@ -18,7 +18,7 @@ from tensorflow import errors as tf_errors
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
-from resnet_train import cluster, finetune, models, optim, plots, run_dir, runtime, schedules
+from resnet_train import cluster, finetune, models, onednn, optim, plots, run_dir, runtime, schedules
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost
 from resnet_train.interrupts import StopRequests
@@ -102,6 +102,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                            precision, r.get("devices"), int(r.get("cpu_replicas", 1)))
     if precision_kept:
         log.info(precision_kept)
+    log.info("oneDNN kernels %s (%s)", "on" if onednn.enabled() else "off", onednn.apply(r.get("onednn", "auto")))
     strategy = rt.strategy
     stop.install()  # after the strategy: see StopRequests.install
     config_lib.check_replicas(cfg, rt.replicas)

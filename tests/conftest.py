@@ -48,6 +48,17 @@ for _key, _value in RESET_ENV.items():  # at import too: module fixtures run bef
     else:
         os.environ[_key] = _value
 
+# runtime.onednn=auto turns oneDNN on where TensorFlow alone would not (x86 CPUs with AVX2 only):
+# every subprocess gets this process's choice (TF_ENABLE_ONEDNN_OPTS as given, else TensorFlow's own
+# default here), so that a CLI run computes what the in-process runs compute. The suite runs with
+# TF_ENABLE_ONEDNN_OPTS=0 and =1; tests that mean to vary it say runtime.onednn explicitly.
+if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+    import tensorflow  # noqa: F401  (its import decides)
+
+    from resnet_train import onednn
+
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn.enabled() else "0"
+
 # ---- no network --------------------------------------------------------------------------------
 # Any connection (or name lookup) beyond the loopback raises NetworkBlocked and is appended to
 # NETWORK_LOG; a test that caused one fails, even if the code under test swallowed the error.

@@ -82,6 +82,9 @@ CASES = [
      T + "runtime.precision must be one of auto, float32, mixed_float16, mixed_bfloat16 (got 'fp8')", "existing", {}),
     ("unknown strategy", "resnet-train", ["runtime.strategy=tpu"],
      T + "runtime.strategy must be one of auto, one_device, mirrored, multi_worker (got 'tpu')", "existing", {}),
+    ("unknown onednn setting", "resnet-train", ["runtime.onednn=maybe"],
+     T + "runtime.onednn must be one of auto, true, false (got 'maybe'): auto turns oneDNN on on x86 CPUs with "
+         "AVX2, where it is faster", "existing", {}),
     ("xla not a boolean", "resnet-train", ["runtime.xla=maybe"],
      T + "runtime.xla must be true or false (got 'maybe')", "existing", {}),
     ("download not a boolean", "resnet-train", ["data=cifar10", "data.download=maybe"],

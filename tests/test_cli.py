@@ -4,13 +4,18 @@ same code without TensorFlow's start-up."""
 import json
 
 from conftest import TINY, run_cli
+from resnet_train import onednn
 
 
 def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
     run = tmp_path / "run"
     # The real console script, once in the suite: its exit code, and its stderr from a fresh start.
-    done = run_cli(*TINY, "epochs=2", f"hydra.run.dir={run}")
+    # runtime.onednn flips this process's oneDNN setting: the CLI applies it before TensorFlow's import.
+    flipped = "false" if onednn.enabled() else "true"
+    done = run_cli(*TINY, "epochs=2", f"runtime.onednn={flipped}", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"oneDNN kernels {'on' if flipped == 'true' else 'off'} (runtime.onednn={flipped})"
+            in (run / "train.log").read_text())
     assert "Test accuracy" in done.stdout and f"Run directory: {run}" in done.stdout
     # No TensorFlow start-up chatter (oneDNN, CUDA probes): nothing imports it before the CLI's quiet
     # import, the sweep callback included (it runs before the task).

@@ -30,7 +30,12 @@ def weights(checkpoint):
 def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "amx_bf16", "avx512_bf16"})
-    assert runtime.auto_precision()[0] == "mixed_bfloat16"
+    monkeypatch.setattr(runtime.onednn, "enabled", lambda: True)
+    assert runtime.auto_precision() == ("mixed_bfloat16", "CPU has amx_bf16 and avx512_bf16")
+    # Only oneDNN's kernels use bfloat16 instructions: without them bfloat16 is emulated (8x slower).
+    monkeypatch.setattr(runtime.onednn, "enabled", lambda: False)
+    assert runtime.auto_precision() == (
+        "float32", "CPU has amx_bf16 and avx512_bf16, but oneDNN's kernels are off (runtime.onednn)")
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx2"})
     assert runtime.auto_precision() == ("float32", "no GPU and no native bfloat16 on this CPU")
     gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
