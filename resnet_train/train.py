@@ -228,23 +228,28 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         for epoch in range(step // steps_per_epoch, epochs if step < total_steps else 0):
             skip = step - epoch * steps_per_epoch
             end = min((epoch + 1) * steps_per_epoch, total_steps)  # the last epoch of a run in steps stops early
+            t0 = time.perf_counter()  # the epoch's input pipeline is part of its images/s
             iterator = epoch_batches(epoch, skip)
+            made = time.perf_counter() - t0
             if not skip:  # resumed mid-epoch, the checkpoint brought the epoch's sums so far
                 trainer.reset_train_metrics()
             bar = progress(end - epoch * steps_per_epoch, f"epoch {epoch + 1}/{epochs}", disable=not rt.is_chief)
             bar.update(skip)
-            t0 = time.perf_counter()
+            in_steps = 0.0  # seconds inside compiled train calls: the rest of the epoch is overhead
             stopping = False  # a stop agreed by every worker (all-reduced in the train call)
             while step < end:
                 n = min(steps_per_call, end - step)
+                called = time.perf_counter()
                 done, nonfinite, stop_now = trainer.train_steps(iterator, n, stop.requested)
+                in_steps += time.perf_counter() - called
                 step += done
                 if trainer.diverged(nonfinite):
                     raise _diverged(step, nonfinite, trainer, checkpointer)
                 if stop_now and lock is not None and lock.lost:  # another process owns the directory now
                     raise _lock_lost(lock, step, epoch, workdir, checkpointer)
                 if first_call:
-                    log.info("first step after %.1f s (process start to first optimizer step)", time.time() - started)
+                    log.info("first step after %.1f s (process start to first optimizer step; the first call, "
+                             "tracing the step included, took %.1f s)", time.time() - started, in_steps)
                     first_call = False
                 if stop_now and step < end:  # SIGTERM/SIGINT here or on
                     raise _preempted(stop, step, total_steps, epoch, checkpointer)  # another worker
@@ -259,11 +264,14 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                                     img_s=f"{(bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0):.0f}",
                                     mfu=f"{train_flops * (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0) / peak:.1%}")
             seconds = time.perf_counter() - t0
+            overhead = {"new input pipeline": made, "loop": seconds - in_steps - made}
             bar.close()
             images_per_sec = (end - epoch * steps_per_epoch - skip) * cfg.batch_size / seconds
             train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
                              "images_per_sec": images_per_sec, "mfu": train_flops * images_per_sec / peak}
+            timed = time.perf_counter()
             eval_metrics = trainer.evaluate(eval_ds)
+            overhead["evaluation"] = time.perf_counter() - timed
             reporter.log("train", step, epoch + 1, train_metrics)
             reporter.log("eval", step, epoch + 1, eval_metrics)
             if trainer.has_ema:
@@ -278,9 +286,13 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             # the test accuracy the tools report an optimistic one.
             if eval_split == "val" and checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], best_so_far):
                 best_so_far = eval_metrics["accuracy"]
+            timed = time.perf_counter()
             checkpointer.save(step, epoch + 1)
+            overhead["checkpoint"] = time.perf_counter() - timed
             if rt.is_chief:
+                timed = time.perf_counter()
                 plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+                overhead["curves"] = time.perf_counter() - timed
             if stopping and epoch + 1 < epochs:  # the epoch's checkpoint is the stop point
                 raise Preempted(f"stopped by {_stop_cause(stop)} after epoch "
                                 f"{epoch + 1} (step {step} of {total_steps}); checkpoint {checkpointer.latest} "
@@ -289,6 +301,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                      epoch + 1, epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
                      eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
                      train_metrics["images_per_sec"], 100 * train_metrics["mfu"])
+            _log_overhead(epoch + 1, epochs, in_steps, overhead)
         if eval_metrics is None:  # the run had already finished: report its final state again
             eval_metrics = trainer.evaluate(eval_ds)
         best = reporter.best("eval", "accuracy")
@@ -326,6 +339,15 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     if rt.is_chief:
         write_json(workdir / "results.json", results)
     return results
+
+
+def _log_overhead(epoch: int, epochs: int, in_steps: float, overhead: dict) -> None:
+    """An epoch's seconds outside its training steps, by part, when they exceed a second: what the
+    img/s figure (training steps only) does not show. The first epoch's "input and loop" includes
+    tracing the step."""
+    if sum(overhead.values()) > 1.0:
+        log.info("epoch %d/%d  %.1f s outside the %.1f s of training steps: %s", epoch, epochs,
+                 sum(overhead.values()), in_steps, ", ".join(f"{k} {v:.1f} s" for k, v in overhead.items()))
 
 
 def _check_workers_agree(strategy, step: int, workdir: Path) -> None:

@@ -183,3 +183,16 @@ def test_training_with_every_augmentation_at_once_puts_the_soft_labels_in_the_lo
             mixed += 1                    # well outside the tolerance (the check tells them apart)
             assert abs(cross_entropy(hard) - got) > 10 * tolerance, (step, got, cross_entropy(hard))
     assert mixed >= 1  # the seed mixes at least one of these batches (mixup's lambda can be ~1)
+
+
+def test_an_epochs_time_outside_its_steps_is_logged_by_part_when_over_a_second(caplog):
+    import logging
+
+    from resnet_train.train import _log_overhead
+
+    caplog.set_level(logging.INFO, logger="resnet_train.train")
+    _log_overhead(2, 5, 40.0, {"new input pipeline": 0.2, "loop": 0.1, "evaluation": 0.5, "checkpoint": 0.1})
+    assert caplog.text == ""  # 0.9 s: not worth a line
+    _log_overhead(3, 5, 40.0, {"new input pipeline": 0.2, "loop": 0.1, "evaluation": 1.5, "checkpoint": 0.1})
+    assert caplog.messages == ["epoch 3/5  1.9 s outside the 40.0 s of training steps: new input pipeline 0.2 s, "
+                               "loop 0.1 s, evaluation 1.5 s, checkpoint 0.1 s"]
