@@ -1,4 +1,5 @@
-"""Throughput measurements: the input pipeline alone and our trainer alone, each on in-memory data.
+"""Throughput measurements: the input pipeline alone and our trainer alone, each on in-memory data,
+and the `resnet-train` command itself, end to end.
 
 Used by scripts/bench.py. Figures are medians over several timed windows after a warm-up, so
 tracing and autotuning are not counted; the spread (min..max) is reported beside them.
@@ -6,8 +7,14 @@ tracing and autotuning are not counted; the spread (min..max) is reported beside
 from __future__ import annotations
 
 import io
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -195,3 +202,49 @@ def eval_throughput(depth: int, image_shape, batch_size: int, num_classes: int =
     data = tf.data.Dataset.from_tensors((images, labels, np.ones(batch_size, np.float32))).repeat(batches)
     dist = strategy.experimental_distribute_dataset(data)
     return _windows(lambda: trainer.evaluate(dist), batch_size * batches, warmup=1, windows=3, steps_per_window=1)
+
+
+def cpu_description() -> dict:
+    """The CPU a measurement was made on: model name and the flags that decide TF's kernels."""
+    from resnet_train.onednn import cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 "unknown") if os.path.exists("/proc/cpuinfo") else "unknown"
+    family = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("cpu family")),
+                  None) if os.path.exists("/proc/cpuinfo") else None
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+    return {"model": model, "family": family, "cores": os.cpu_count(),
+            "flags": [f for f in wanted if f in cpu_flags()]}
+
+
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .* ([\d.]+) img/s")
+OVERHEAD_LINE = re.compile(r"epoch (\d+)/\d+  ([\d.]+) s outside")
+FIRST_LINE = re.compile(r"first step after ([\d.]+) s .* took ([\d.]+) s")
+
+
+def cli_throughput(depth: int, batch_size: int, steps_per_epoch: int, epochs: int = 3, *overrides: str,
+                   timeout: int = 1800) -> dict:
+    """images/s of `resnet-train` as a user runs it: a fresh process, data=synthetic through the real
+    input pipeline (shuffle, augment=standard, batching, distribute_datasets_from_function), the
+    real loop with its per-epoch evaluation, checkpoint and curves. The rate is the median of the
+    log's per-epoch img/s after the first epoch (which traces the step: reported apart, with the
+    epochs' time outside their steps)."""
+    cli = Path(sys.executable).with_name("resnet-train")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [str(cli), "data=synthetic", f"depth={depth}", f"batch_size={batch_size}", f"epochs={epochs}",
+                   f"data.train_size={batch_size * steps_per_epoch}", "data.test_size=256",
+                   *overrides, f"hydra.run.dir={tmp}/run"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+        log = (Path(tmp) / "run" / "train.log").read_text()
+    rates = {int(e): float(r) for e, r in EPOCH_LINE.findall(log)}
+    overhead = {int(e): float(s) for e, s in OVERHEAD_LINE.findall(log)}
+    later = [rates[e] for e in sorted(rates) if e > 1] or list(rates.values())
+    first = FIRST_LINE.search(log)
+    onednn = re.search(r"oneDNN kernels (on|off) \((.*)\)", log)
+    return {"images_per_sec": statistics.median(later), "min": min(later), "max": max(later),
+            "first_epoch_images_per_sec": rates.get(1), "first_step_s": float(first.group(1)) if first else None,
+            "first_call_s": float(first.group(2)) if first else None,
+            "overhead_s_per_epoch": {e: overhead.get(e, 0.0) for e in sorted(rates)},
+            "onednn": onednn.group(1) if onednn else None}

@@ -9,6 +9,9 @@ Sections:
 - training images/s of our trainer for ResNet-20 / ResNet-56 (32x32, batch 128) and ResNet-50
   (224x224): float32, the `auto` precision, mixed_bfloat16, 1 vs 2 logical CPU replicas,
   steps per call; with model FLOPs utilisation (training FLOPs per image x images/s / matmul rate);
+- the command itself: `resnet-train data=synthetic depth=20 batch_size=128` in a fresh process, the
+  real input pipeline, augmentation and loop, epochs of 60 steps (30 with --quick), its log's img/s
+  after the first epoch, the first call's cost and each epoch's time outside its steps;
 - peers on the same model and batch: Keras compile + fit (its fastest jit_compile /
   steps_per_execution), and PyTorch eager (channels_last) when torch is installed;
 - the input pipeline alone and evaluation, as multiples of training; start-up time.
@@ -34,20 +37,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows (noisier)")
     args = parser.parse_args()
 
+    from resnet_train import onednn
+
+    onednn_why = onednn.apply("auto")  # as the command decides: every row runs the same kernels
     from resnet_train.runtime import split_cpu
 
     split_cpu(2)  # before TensorFlow starts: two logical CPUs for the MirroredStrategy rows
     import tensorflow as tf
 
     from resnet_train import models
-    from resnet_train.bench import (eval_throughput, iterator_throughput, jpeg_bytes, keras_fit_throughput,
-                                    keras_randaugment_batches, matmul_flops, pipeline_throughput,
-                                    smooth_images, train_throughput)
+    from resnet_train.bench import (cli_throughput, cpu_description, eval_throughput, iterator_throughput,
+                                    jpeg_bytes, keras_fit_throughput, keras_randaugment_batches, matmul_flops,
+                                    pipeline_throughput, smooth_images, train_throughput)
     from resnet_train.data.augment import make_augment, make_batch_augment
     from resnet_train.runtime import auto_precision, make_strategy
 
     windows, per_window = (3, 4) if args.quick else (4, 6)
-    rows, out = [], {"tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine()}
+    rows, out = [], {"tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
+                     "cpu": cpu_description(), "onednn": {"on": onednn.enabled(), "why": onednn_why}}
 
     def row(name, result, note=""):
         rows.append({"name": name, **result, "note": note})
@@ -57,7 +64,9 @@ def main() -> None:
     auto, why = auto_precision()
     peak = {"float32": matmul_flops("float32"), "bfloat16": matmul_flops("bfloat16")}
     out["peak_flops"] = peak
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; auto precision: {auto} ({why})")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores of {out['cpu']['model']} "
+          f"(family {out['cpu']['family']}; {', '.join(out['cpu']['flags'])})")
+    print(f"oneDNN {'on' if onednn.enabled() else 'off'} ({onednn_why}); auto precision: {auto} ({why})")
     print(f"matmul rate: float32 {peak['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s")
 
     def mfu(depth, shape, classes, rate, precision):
@@ -93,6 +102,16 @@ def main() -> None:
             if keras_best is None or r["images_per_sec"] > keras_best[0]:
                 keras_best, best_keras_config = (r["images_per_sec"], (jit, spe)), (jit, spe)
         out[f"ratio_ours_vs_keras_fit_resnet{depth}"] = best_ours / keras_best[0]
+        if depth == 20:  # the command as users type it, beside the trainer alone and Keras fit
+            cli = cli_throughput(20, 128, 30 if args.quick else 60, 3, "runtime.precision=float32")
+            cli_rate, trainer_rate = cli["images_per_sec"], ours[(20, "float32", 1)]
+            row("resnet-train ResNet-20 b128 float32 (the command, real pipeline)", cli,
+                f"{cli_rate / trainer_rate:.2f}x trainer, {cli_rate / keras_best[0]:.2f}x keras fit; "
+                f"{mfu(20, (32, 32, 3), 10, cli_rate, 'float32')}; first call {cli['first_call_s']} s")
+            out["cli_resnet20"] = cli
+            out["ratio_cli_vs_trainer_resnet20"] = cli_rate / trainer_rate
+            out["ratio_cli_vs_keras_fit_resnet20"] = cli_rate / keras_best[0]
+            out["mfu_cli_resnet20"] = 3 * models.forward_flops(models.build(20, 10, (32, 32, 3))) * cli_rate / peak["float32"]
         if depth == 20:  # the same comparison with our fused batch norm inside Keras' model too
             r = keras_fit_throughput(depth, (32, 32, 3), 128, jit_compile=best_keras_config[0],
                                      steps_per_execution=best_keras_config[1], windows=3,
@@ -111,6 +130,7 @@ def main() -> None:
         best_torch = max(torch_rates.values())
         best_auto = max(v for (d, p, _), v in ours.items() if d == 20 and p == auto)
         out["ratio_ours_auto_vs_torch_best_resnet20"] = best_auto / best_torch
+        out["ratio_cli_vs_torch_best_resnet20"] = cli_rate / best_torch
         print(f"{'':58} ours ({auto}) / pytorch best: {best_auto / best_torch:.2f}x")
     except ImportError:
         print("pytorch not installed: no outside reference (pip install torch==2.13.0)")

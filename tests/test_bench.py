@@ -24,3 +24,22 @@ def test_training_logs_mfu(tmp_path):
     train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert record["split"] == "train" and 0 < record["mfu"] < 1
+
+
+def test_the_command_row_reads_the_real_commands_log():
+    """scripts/bench.py's row for `resnet-train` itself: a fresh process, its per-epoch img/s after
+    the first epoch, the first call's cost, the oneDNN choice it logged."""
+    from resnet_train import onednn
+
+    result = bench.cli_throughput(8, 16, 4, 3, "runtime=one_device", "runtime.precision=float32")
+    assert result["min"] <= result["images_per_sec"] <= result["max"] and result["images_per_sec"] > 0
+    assert result["first_call_s"] > 0 and result["first_step_s"] > result["first_call_s"]
+    assert set(result["overhead_s_per_epoch"]) == {1, 2, 3} and result["first_epoch_images_per_sec"] > 0
+    assert result["onednn"] == ("on" if onednn.enabled() else "off")  # the suite pins its subprocesses to its own
+
+
+def test_the_cpu_is_named_with_the_flags_that_decide_the_kernels():
+    cpu = bench.cpu_description()
+    assert cpu["model"] and cpu["cores"] >= 1
+    assert set(cpu["flags"]) <= {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
+                                 "amx_int8"}
