@@ -112,6 +112,13 @@ def main() -> None:
             out["ratio_cli_vs_trainer_resnet20"] = cli_rate / trainer_rate
             out["ratio_cli_vs_keras_fit_resnet20"] = cli_rate / keras_best[0]
             out["mfu_cli_resnet20"] = 3 * models.forward_flops(models.build(20, 10, (32, 32, 3))) * cli_rate / peak["float32"]
+            cli_best = cli_rate
+            if auto != "float32":  # the command as typed, with the precision `auto` picks here
+                cli_auto = cli_throughput(20, 128, 30 if args.quick else 60, 3, "runtime.precision=auto")
+                row(f"resnet-train ResNet-20 b128 auto={auto} (the command)", cli_auto,
+                    f"{cli_auto['images_per_sec'] / cli_rate:.2f}x its float32")
+                out["cli_auto_resnet20"] = cli_auto
+                cli_best = max(cli_best, cli_auto["images_per_sec"])
         if depth == 20:  # the same comparison with our fused batch norm inside Keras' model too
             r = keras_fit_throughput(depth, (32, 32, 3), 128, jit_compile=best_keras_config[0],
                                      steps_per_execution=best_keras_config[1], windows=3,
@@ -130,7 +137,8 @@ def main() -> None:
         best_torch = max(torch_rates.values())
         best_auto = max(v for (d, p, _), v in ours.items() if d == 20 and p == auto)
         out["ratio_ours_auto_vs_torch_best_resnet20"] = best_auto / best_torch
-        out["ratio_cli_vs_torch_best_resnet20"] = cli_rate / best_torch
+        out["ratio_cli_vs_torch_best_resnet20"] = cli_best / best_torch  # each at its best precision
+        print(f"{'':58} the command (best precision) / pytorch best: {cli_best / best_torch:.2f}x")
         print(f"{'':58} ours ({auto}) / pytorch best: {best_auto / best_torch:.2f}x")
     except ImportError:
         print("pytorch not installed: no outside reference (pip install torch==2.13.0)")
