@@ -65,11 +65,13 @@ def _fail(error) -> None:
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def _train(cfg) -> float:
-    from resnet_train import onednn
+    from resnet_train import onednn, tuning
     from resnet_train.errors import UserError
 
-    try:
-        onednn.apply(OmegaConf.select(cfg, "runtime.onednn", default="auto"))  # before TensorFlow's import
+    try:  # before TensorFlow's import: oneDNN is fixed by it
+        setting = onednn.normalise(OmegaConf.select(cfg, "runtime.onednn", default="auto"))
+        measured = tuning.tune(log=logging.getLogger("resnet_train.tuning").info) if tuning.wanted(cfg.runtime) else None
+        onednn.apply(setting, measured=(measured or {}).get("choices", {}).get("onednn"))
     except UserError as error:
         _fail(error)
     _quiet_tensorflow()
@@ -148,9 +150,10 @@ def show_augment() -> None:
 
 def _run_tool(task):
     """Runs a tool's body; user errors become one line and exit code 2."""
-    from resnet_train import onednn
+    from resnet_train import onednn, tuning
 
-    onednn.apply("auto")  # the tools have no runtime group: oneDNN where it is faster
+    # The tools have no runtime group: oneDNN as runtime=auto measured it here, else the CPU's rule.
+    onednn.apply("auto", measured=((tuning.cached() or {}).get("choices") or {}).get("onednn"))
     _quiet_tensorflow()
     from resnet_train.errors import UserError
 

@@ -75,10 +75,16 @@ def _runtime(r) -> None:
     if r.get("precision", "auto") not in PRECISIONS:
         raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {r.get('precision')!r})")
     onednn.normalise(r.get("onednn", "auto"))
-    for key in ("xla", "deterministic"):
-        if not isinstance(r.get(key, False), bool):
-            raise ConfigError(f"runtime.{key} must be true or false (got {r.get(key)!r})")
-    for key, minimum in (("steps_per_call", 1), ("cpu_replicas", 1), ("max_nonfinite_steps", 0)):
+    if not isinstance(r.get("deterministic", False), bool):
+        raise ConfigError(f"runtime.deterministic must be true or false (got {r.get('deterministic')!r})")
+    if not isinstance(r.get("xla", False), bool) and r.get("xla") != "auto":
+        raise ConfigError(f"runtime.xla must be true, false or auto (got {r.get('xla')!r}); auto: what "
+                          f"runtime=auto measured on this machine")
+    spc = r.get("steps_per_call", 1)
+    if not _int_at_least(spc, 1) and spc != "auto":
+        raise ConfigError(f"runtime.steps_per_call must be an integer >= 1 or auto (got {spc!r}); auto: what "
+                          f"runtime=auto measured on this machine")
+    for key, minimum in (("cpu_replicas", 1), ("max_nonfinite_steps", 0)):
         if not _int_at_least(r.get(key, minimum), minimum):
             raise ConfigError(f"runtime.{key} must be an integer >= {minimum} (got {r.get(key)!r})")
 

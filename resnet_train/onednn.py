@@ -44,8 +44,9 @@ def normalise(setting) -> str:
     return text
 
 
-def decide(setting, environ=None, flags=None, machine=None) -> tuple[bool | None, str]:
-    """(on, off or None for TensorFlow's own default; why)."""
+def decide(setting, environ=None, flags=None, machine=None, measured=None) -> tuple[bool | None, str]:
+    """(on, off or None for TensorFlow's own default; why). `measured`: runtime=auto's
+    measurement on this machine ([on/off/None, why], tuning.py), used by `auto` before the CPU's rule."""
     setting = normalise(setting)
     environ = os.environ if environ is None else environ
     if setting != "auto":
@@ -53,6 +54,8 @@ def decide(setting, environ=None, flags=None, machine=None) -> tuple[bool | None
     value = environ.get(ENV)
     if value is not None and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE, f"{ENV}={value} in the environment"
+    if measured and measured[0] is not None:
+        return bool(measured[0]), f"runtime=auto measured this machine: {measured[1]}"
     flags = cpu_flags() if flags is None else flags
     machine = (platform.machine() if machine is None else machine).lower()
     if machine in ("x86_64", "amd64") and {"avx2", "fma"} <= flags:
@@ -60,13 +63,13 @@ def decide(setting, environ=None, flags=None, machine=None) -> tuple[bool | None
     return None, "runtime.onednn=auto: TensorFlow's own default on this CPU (not an x86 CPU with AVX2)"
 
 
-def apply(setting) -> str:
+def apply(setting, measured=None) -> str:
     """Sets TF_ENABLE_ONEDNN_OPTS for this process and its children when TensorFlow is not imported
     yet, and returns why oneDNN is on or off. Once TensorFlow is imported its choice is fixed: a
     later call reports the decision made before the import, or says that it came too late."""
     setting = normalise(setting)
     if "tensorflow" not in sys.modules:
-        on, why = _decided[setting] = decide(setting)
+        on, why = _decided[setting] = decide(setting, measured=measured)
         if on is not None:
             os.environ[ENV] = "1" if on else "0"
     elif setting in _decided:

@@ -18,7 +18,7 @@ from tensorflow import errors as tf_errors
 
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
-from resnet_train import cluster, finetune, models, onednn, optim, plots, run_dir, runtime, schedules
+from resnet_train import cluster, finetune, models, onednn, optim, plots, run_dir, runtime, schedules, tuning
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost
 from resnet_train.interrupts import StopRequests
@@ -102,11 +102,16 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                            precision, r.get("devices"), int(r.get("cpu_replicas", 1)))
     if precision_kept:
         log.info(precision_kept)
-    log.info("oneDNN kernels %s (%s)", "on" if onednn.enabled() else "off", onednn.apply(r.get("onednn", "auto")))
+    levers = tuning.resolve(r)
+    log.info("oneDNN kernels %s (%s); XLA %s (%s); %d step(s) per call (%s)",
+             "on" if onednn.enabled() else "off", onednn.apply(r.get("onednn", "auto")),
+             "on" if levers["xla"][0] else "off", levers["xla"][1], levers["steps_per_call"][0],
+             levers["steps_per_call"][1])
+    xla = bool(levers["xla"][0])
     strategy = rt.strategy
     stop.install()  # after the strategy: see StopRequests.install
     config_lib.check_replicas(cfg, rt.replicas)
-    if r.get("xla", False):
+    if xla:
         runtime.check_xla()
     optim.check(cfg)  # a bad optimizer, schedule or EMA setting fails here, before any data is read
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
@@ -186,7 +191,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                       clip_norm=optim.clip_norm(cfg.optimizer),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
                       label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
-                      xla=bool(r.get("xla", False)),
+                      xla=xla,
                       max_nonfinite_steps=int(r.get("max_nonfinite_steps", 20)) if rt.precision == "mixed_float16" else 0)
 
     # ---- restore: this run's own checkpoint, else init_from (fine-tune), else from scratch --
@@ -220,7 +225,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
     reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
     reporter.hparams(hparams(cfg))
-    steps_per_call = int(r.get("steps_per_call", 1))
+    steps_per_call = int(levers["steps_per_call"][0])
     eval_metrics = None
     first_call = True
     stop.training_started()

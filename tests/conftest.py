@@ -59,6 +59,23 @@ if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
 
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn.enabled() else "0"
 
+# runtime=auto measures this machine once (~30 s, tuning.py) and caches the result: the suite's cache
+# holds a measurement made up here (oneDNN as above, XLA off, 1 step per call), so that no test
+# measures and every test runs the same kernels. tests/test_tuning.py measures for real.
+def _pinned_tuning() -> None:
+    import json
+
+    from resnet_train import tuning
+
+    pinned = "pinned by tests/conftest.py"
+    choices = {"onednn": [os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1", pinned], "xla": [False, pinned],
+               "steps_per_call": [1, pinned]}
+    tuning.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    tuning.cache_path().write_text(json.dumps({tuning.machine_key(): {"choices": choices, "date": "the test session"}}))
+
+
+_pinned_tuning()
+
 # ---- no network --------------------------------------------------------------------------------
 # Any connection (or name lookup) beyond the loopback raises NetworkBlocked and is appended to
 # NETWORK_LOG; a test that caused one fails, even if the code under test swallowed the error.

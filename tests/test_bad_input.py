@@ -86,7 +86,11 @@ CASES = [
      T + "runtime.onednn must be one of auto, true, false (got 'maybe'): auto turns oneDNN on on x86 CPUs with "
          "AVX2, where it is faster", "existing", {}),
     ("xla not a boolean", "resnet-train", ["runtime.xla=maybe"],
-     T + "runtime.xla must be true or false (got 'maybe')", "existing", {}),
+     T + "runtime.xla must be true, false or auto (got 'maybe'); auto: what runtime=auto measured on this machine",
+     "existing", {}),
+    ("steps per call not a count", "resnet-train", ["runtime.steps_per_call=0"],
+     T + "runtime.steps_per_call must be an integer >= 1 or auto (got 0); auto: what runtime=auto measured on this "
+         "machine", "existing", {}),
     ("download not a boolean", "resnet-train", ["data=cifar10", "data.download=maybe"],
      T + "data.download must be true or false (got 'maybe'): false never touches the network, true lets "
          "tensorflow-datasets download a dataset that is not prepared", "existing", {}),

@@ -1,0 +1,182 @@
+"""runtime=auto tunes itself: of the levers that change speed but not the maths -- oneDNN's
+kernels, XLA, optimizer steps per compiled call --, it takes what a short measurement found
+fastest on this machine.
+
+The measurement runs once per machine and TensorFlow version, on first use, before TensorFlow is
+imported (oneDNN is fixed at import, so each oneDNN setting is timed in a process of its own:
+`python -m resnet_train.tuning 0|1`): ResNet-20, batch 64, our trainer on an in-memory batch, for
+XLA off / on and steps_per_call 1 / 4. It is cached in $XDG_CACHE_HOME/resnet_train/tuning.json
+(a file lock lets parallel sweep members measure once). A lever leaves its default only when the
+measurement finds it at least MIN_GAIN faster: a few steps on a shared machine vary by ~5-10%.
+Explicit settings (runtime.onednn=true, runtime.xla=false, runtime.steps_per_call=5) always win;
+other runtimes (one_device, mirrored, multi_worker) and GPU machines use the defaults.
+No TensorFlow import at module level: the CLI calls tune() before TensorFlow's import.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LEVERS = ("onednn", "xla", "steps_per_call")
+MIN_GAIN = 1.08  # a lever leaves its default only when measured at least this much faster
+PROBE = {"depth": 20, "batch_size": 64, "spc": 4}
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "resnet_train" / "tuning.json"
+
+
+def machine_key() -> str:
+    """CPU model, family, cores and the flags that decide TF's kernels, and TensorFlow's version."""
+    from importlib.metadata import version
+
+    from resnet_train.onednn import cpu_flags
+
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "cpu family") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+    flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
+    return (f"{fields.get('model name', 'unknown')} family {fields.get('cpu family', '?')} x{os.cpu_count()} "
+            f"[{' '.join(flags)}] tensorflow {version('tensorflow')}")
+
+
+def wanted(r) -> bool:
+    """Tuning applies to runtime=auto on a machine without GPUs, for levers left at auto."""
+    return (str(r.get("strategy", "auto")) == "auto" and not _has_gpu()
+            and any(str(r.get(lever, "auto")).lower() == "auto" for lever in LEVERS))
+
+
+def _has_gpu() -> bool:
+    with contextlib.suppress(OSError):
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
+    return False
+
+
+def cached() -> dict | None:
+    """This machine's measurement, if one was made."""
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(cache_path().read_text()).get(machine_key())
+    return None
+
+
+def tune(log=None) -> dict:
+    """This machine's measurement: from the cache, else measured now (tens of seconds, once)."""
+    found = cached()
+    if found:
+        return found
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process measuring: wait for its result
+        found = cached()
+        if found:
+            return found
+        if log:
+            log(f"runtime=auto: measuring which kernels are fastest on this machine, once "
+                f"(~30 s; cached in {path}; runtime.onednn/xla/steps_per_call set explicitly skip it)")
+        entry = measure()
+        known = {}
+        with contextlib.suppress(OSError, ValueError):
+            known = json.loads(path.read_text())
+        known[machine_key()] = entry
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=2))
+        tmp.replace(path)
+    return entry
+
+
+def measure(probe=None) -> dict:
+    """Times every lever setting and chooses. `probe`: overrides of PROBE (tests use a tiny model)."""
+    probe = {**PROBE, **(probe or {})}
+    started = time.perf_counter()
+
+    def run(onednn: str, what: list[str]) -> dict:
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-m", "resnet_train.tuning", json.dumps({**probe, "what": what})],
+                              env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode:  # a probe that cannot run (memory, a broken build): the defaults stay
+            return {}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    # XLA and steps per call are timed only under the oneDNN setting that will run: one process
+    # fewer in the usual case, where oneDNN on is not slower.
+    rates = {"1": run("1", ["plain", "xla", "spc"]), "0": run("0", ["plain"])}
+    if rates["1"].get("plain") and rates["0"].get("plain") and rates["0"]["plain"] >= rates["1"]["plain"] * MIN_GAIN:
+        rates["0"].update(run("0", ["xla", "spc"]))
+    return {"choices": choose(rates, probe["spc"]), "images_per_sec": rates, "probe": probe,
+            "seconds": round(time.perf_counter() - started, 1), "date": datetime.date.today().isoformat()}
+
+
+def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
+    """{lever: [choice, why]} from {"1"|"0" (oneDNN): {"plain"|"xla"|"spc": images/s}}."""
+    on, off = rates.get("1", {}).get("plain"), rates.get("0", {}).get("plain")
+    if on and off:
+        gain = on / off
+        decided = True if gain >= MIN_GAIN else False if 1 / gain >= MIN_GAIN else None
+        choice = [decided, f"oneDNN {gain:.2f}x without" +
+                  ("" if decided is not None else f": under {MIN_GAIN}x either way, the CPU's rule decides")]
+    else:
+        choice = [None, "not measured (a probe failed): the CPU's rule decides"]
+    best = rates.get("1" if choice[0] is not False else "0", {})
+    plain = best.get("plain")
+    levers = {"onednn": choice}
+    if plain and best.get("xla"):
+        gain = best["xla"] / plain
+        levers["xla"] = [gain >= MIN_GAIN, f"XLA {gain:.2f}x without"]
+    else:
+        levers["xla"] = [False, "XLA not measured"]
+    if plain and best.get("spc"):
+        gain = best["spc"] / plain
+        levers["steps_per_call"] = [spc if gain >= MIN_GAIN else 1, f"{spc} steps per call {gain:.2f}x one"]
+    else:
+        levers["steps_per_call"] = [1, "steps per call not measured"]
+    return levers
+
+
+def resolve(r) -> dict:
+    """{lever: (value, why)} for this run: explicit settings as given; levers at auto from this
+    machine's measurement under runtime=auto, else the defaults (oneDNN: None, the CPU's rule)."""
+    entry = cached() if wanted(r) else None
+    choices = (entry or {}).get("choices", {})
+    defaults = {"onednn": None, "xla": False, "steps_per_call": 1}
+    out = {}
+    for lever in LEVERS:
+        value = r.get(lever, "auto")
+        if str(value).lower() != "auto":
+            out[lever] = (value, f"runtime.{lever}={str(value).lower()}")
+        elif lever in choices:
+            out[lever] = (choices[lever][0], f"measured {entry['date']}: {choices[lever][1]}")
+        else:
+            why = "not runtime=auto" if not wanted(r) else "not measured on this machine"
+            out[lever] = (defaults[lever], f"default ({why})")
+    return out
+
+
+def _probe(settings: dict) -> dict:
+    """In a fresh process (oneDNN fixed by its environment): images/s of each setting asked for."""
+    from resnet_train.bench import train_throughput
+
+    shape, batch, depth, spc = (32, 32, 3), settings["batch_size"], settings["depth"], settings["spc"]
+    runs = {"plain": dict(windows=2, steps_per_window=2), "xla": dict(windows=2, steps_per_window=2, xla=True),
+            "spc": dict(windows=2, steps_per_window=2 * spc, steps_per_call=spc)}
+    out = {}
+    for name in settings.get("what", list(runs)):
+        try:
+            out[name] = train_throughput(depth, shape, batch, **runs[name])["images_per_sec"]
+        except Exception:  # e.g. XLA cannot compile here: absent, so never chosen
+            pass
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(_probe(json.loads(sys.argv[1]))))
