@@ -206,15 +206,10 @@ def eval_throughput(depth: int, image_shape, batch_size: int, num_classes: int =
 
 def cpu_description() -> dict:
     """The CPU a measurement was made on: model name and the flags that decide TF's kernels."""
-    from resnet_train.onednn import cpu_flags
+    from resnet_train.onednn import cpu_flags, cpu_identity
 
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 "unknown") if os.path.exists("/proc/cpuinfo") else "unknown"
-    family = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("cpu family")),
-                  None) if os.path.exists("/proc/cpuinfo") else None
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-    return {"model": model, "family": family, "cores": os.cpu_count(),
-            "flags": [f for f in wanted if f in cpu_flags()]}
+    return {**cpu_identity(), "cores": os.cpu_count(), "flags": [f for f in wanted if f in cpu_flags()]}
 
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .* ([\d.]+) img/s")

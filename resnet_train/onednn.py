@@ -35,6 +35,19 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_identity() -> dict:
+    """The CPU's model name and family from /proc/cpuinfo ("unknown" where there is none)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return {"model": fields.get("model name", platform.processor() or "unknown"), "family": fields.get("cpu family")}
+
+
 def normalise(setting) -> str:
     """`true`/`false` from YAML arrive as booleans; `auto` as a string."""
     text = str(setting).lower() if isinstance(setting, (bool, str)) else repr(setting)

@@ -37,17 +37,11 @@ def machine_key() -> str:
     """CPU model, family, cores and the flags that decide TF's kernels, and TensorFlow's version."""
     from importlib.metadata import version
 
-    from resnet_train.onednn import cpu_flags
+    from resnet_train.onednn import cpu_flags, cpu_identity
 
-    fields = {}
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "cpu family") and key.strip() not in fields:
-                fields[key.strip()] = value.strip()
+    cpu = cpu_identity()
     flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    return (f"{fields.get('model name', 'unknown')} family {fields.get('cpu family', '?')} x{os.cpu_count()} "
-            f"[{' '.join(flags)}] tensorflow {version('tensorflow')}")
+    return f"{cpu['model']} family {cpu['family']} x{os.cpu_count()} [{' '.join(flags)}] tensorflow {version('tensorflow')}"
 
 
 def wanted(r) -> bool:
