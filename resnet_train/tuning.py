@@ -64,13 +64,22 @@ def cached() -> dict | None:
 
 
 def tune(log=None) -> dict:
-    """This machine's measurement: from the cache, else measured now (tens of seconds, once)."""
+    """This machine's measurement: from the cache, else measured now (tens of seconds, once).
+    Where the cache cannot be written, nothing is measured (it would be, on every run): the
+    levers keep their defaults, and the log says why."""
     found = cached()
     if found:
         return found
     path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "w")
+    except OSError as e:
+        if log:
+            log(f"runtime=auto: not measuring this machine: cannot write its cache {path} ({e.strerror}); the "
+                f"levers keep their defaults (set XDG_CACHE_HOME to a writable folder)")
+        return {}
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process measuring: wait for its result
         found = cached()
         if found:

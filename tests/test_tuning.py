@@ -67,3 +67,16 @@ def test_the_measurement_runs_once_per_machine_and_is_cached(tmp_path, monkeypat
     monkeypatch.setattr(tuning, "machine_key", lambda: "another CPU")
     with pytest.raises(pytest.fail.Exception, match="measured again"):
         tuning.tune()
+
+
+def test_an_unwritable_cache_measures_nothing_and_keeps_the_defaults(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))
+    monkeypatch.setattr(tuning, "measure", lambda probe=None: pytest.fail("measured without a cache"))
+    said = []
+    assert tuning.tune(log=said.append) == {}
+    assert said == [f"runtime=auto: not measuring this machine: cannot write its cache "
+                    f"{tmp_path / 'a_file' / 'resnet_train' / 'tuning.json'} (Not a directory); the levers keep "
+                    f"their defaults (set XDG_CACHE_HOME to a writable folder)"]
+    monkeypatch.setattr(tuning, "_has_gpu", lambda: False)
+    assert tuning.resolve(compose("runtime=auto").runtime)["xla"] == (False, "default (not measured on this machine)")
