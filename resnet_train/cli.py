@@ -71,7 +71,7 @@ def _train(cfg) -> float:
     try:  # before TensorFlow's import: oneDNN is fixed by it
         setting = onednn.normalise(OmegaConf.select(cfg, "runtime.onednn", default="auto"))
         measured = tuning.tune(log=logging.getLogger("resnet_train.tuning").info) if tuning.wanted(cfg.runtime) else None
-        onednn.apply(setting, measured=(measured or {}).get("choices", {}).get("onednn"))
+        onednn.apply(setting, measured=tuning.choice(measured, "onednn"))
     except UserError as error:
         _fail(error)
     _quiet_tensorflow()
@@ -153,7 +153,7 @@ def _run_tool(task):
     from resnet_train import onednn, tuning
 
     # The tools have no runtime group: oneDNN as runtime=auto measured it here, else the CPU's rule.
-    onednn.apply("auto", measured=((tuning.cached() or {}).get("choices") or {}).get("onednn"))
+    onednn.apply("auto", measured=tuning.choice(tuning.cached(), "onednn"))
     _quiet_tensorflow()
     from resnet_train.errors import UserError
 

@@ -97,9 +97,13 @@ def one_device(device: str) -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy(device)
 
 
+def _is_default(strategy: tf.distribute.Strategy) -> bool:
+    return strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
+
+
 def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
     """The devices a strategy computes on (the default strategy's: this process's CPU)."""
-    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+    if _is_default(strategy):
         return [tf.config.list_logical_devices("CPU")[0].name]
     return list(strategy.extended.worker_devices)
 
@@ -107,7 +111,7 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "MultiWorkerMirroredStrategy"
-    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+    if _is_default(strategy):
         return "default (one device)"
     return type(strategy).__name__
 
@@ -204,15 +208,11 @@ def configure(seed: int, deterministic: bool = False, strategy: str = "one_devic
 
 # ---- hardware yardstick -------------------------------------------------------------------------
 def _device_key(dtype: str) -> str:
-    import platform
-
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
     else:
-        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-        name = f"{name} x{os.cpu_count()}"
+        name = f"{onednn.cpu_identity()['model']} x{os.cpu_count()}"
     return f"{name}|{dtype}"
 
 

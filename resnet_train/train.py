@@ -347,9 +347,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
 
 
 def _log_overhead(epoch: int, epochs: int, in_steps: float, overhead: dict) -> None:
-    """An epoch's seconds outside its training steps, by part, when they exceed a second: what the
-    img/s figure (training steps only) does not show. The first epoch's "input and loop" includes
-    tracing the step."""
+    """An epoch's seconds outside its compiled training calls, by part, when they exceed a second:
+    building its input pipeline and the loop's own work (both inside the epoch's img/s), then
+    evaluation, checkpoint and curves (after it). Tracing the step falls inside the first call."""
     if sum(overhead.values()) > 1.0:
         log.info("epoch %d/%d  %.1f s outside the %.1f s of training steps: %s", epoch, epochs,
                  sum(overhead.values()), in_steps, ", ".join(f"{k} {v:.1f} s" for k, v in overhead.items()))

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_train.report import write_atomic
+
 LEVERS = ("onednn", "xla", "steps_per_call")
 MIN_GAIN = 1.08  # a lever leaves its default only when measured at least this much faster
 PROBE = {"depth": 20, "batch_size": 64, "spc": 4}
@@ -92,9 +94,7 @@ def tune(log=None) -> dict:
         with contextlib.suppress(OSError, ValueError):
             known = json.loads(path.read_text())
         known[machine_key()] = entry
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=2))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(known, indent=2))
     return entry
 
 
@@ -146,21 +146,26 @@ def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
     return levers
 
 
+def choice(entry: dict | None, lever: str):
+    """[value, why] that a measurement (tune()'s or cached()'s result) chose for `lever`, or None."""
+    return ((entry or {}).get("choices") or {}).get(lever)
+
+
 def resolve(r) -> dict:
     """{lever: (value, why)} for this run: explicit settings as given; levers at auto from this
     machine's measurement under runtime=auto, else the defaults (oneDNN: None, the CPU's rule)."""
-    entry = cached() if wanted(r) else None
-    choices = (entry or {}).get("choices", {})
+    tuned = wanted(r)
+    entry = cached() if tuned else None
     defaults = {"onednn": None, "xla": False, "steps_per_call": 1}
     out = {}
     for lever in LEVERS:
         value = r.get(lever, "auto")
         if str(value).lower() != "auto":
             out[lever] = (value, f"runtime.{lever}={str(value).lower()}")
-        elif lever in choices:
-            out[lever] = (choices[lever][0], f"measured {entry['date']}: {choices[lever][1]}")
+        elif choice(entry, lever):
+            out[lever] = (choice(entry, lever)[0], f"measured {entry['date']}: {choice(entry, lever)[1]}")
         else:
-            why = "not runtime=auto" if not wanted(r) else "not measured on this machine"
+            why = "not runtime=auto" if not tuned else "not measured on this machine"
             out[lever] = (defaults[lever], f"default ({why})")
     return out
 
