@@ -147,15 +147,26 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
              cfg.batch_size, rt.replicas, cfg.batch_size // rt.replicas,
              min(shuffle_buffer, info.train_size), info.train_size)
 
-    def epoch_batches(epoch, skip):
-        def dataset_fn(ctx):  # a tf.distribute.InputContext
-            source = splits.train_for_epoch(cfg.seed, epoch) if splits.train_for_epoch else splits.train
-            return pipeline.train_batches(
-                source, info.train_size, cfg.batch_size, cfg.seed, epoch, augment, batch_augment,
-                skip_batches=skip, shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,
-                pipeline_id=ctx.input_pipeline_id, replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
+    stream = []  # in-memory data: one iterator over every epoch left, made at the first epoch
 
-        return iter(strategy.distribute_datasets_from_function(dataset_fn))
+    def epoch_batches(epoch, skip):
+        """An iterator whose next batches are `epoch`'s, from batch `skip` on."""
+        if stream:
+            return stream[0]
+
+        def dataset_fn(ctx):  # a tf.distribute.InputContext
+            shards = dict(shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,
+                          pipeline_id=ctx.input_pipeline_id, replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
+            if splits.train_for_epoch:  # streamed files, ordered per epoch in Python: a pipeline per epoch
+                return pipeline.train_batches(splits.train_for_epoch(cfg.seed, epoch), info.train_size, cfg.batch_size,
+                                              cfg.seed, epoch, augment, batch_augment, skip_batches=skip, **shards)
+            return pipeline.training_stream(splits.train, info.train_size, cfg.batch_size, cfg.seed, epoch, epochs,
+                                            augment, batch_augment, skip_batches=skip, **shards)
+
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        if not splits.train_for_epoch:
+            stream.append(iterator)
+        return iterator
 
     # ---- model and optimizer --------------------------------------------------------------
     m = cfg.model

@@ -231,6 +231,29 @@ def test_skip_batches_resumes_the_same_epoch_exactly():
         np.testing.assert_array_equal(yf, yt)
 
 
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_training_stream_is_the_per_epoch_pipelines_one_after_another(pipelines):
+    """The command's one pipeline for all epochs yields, bit for bit, the batches of a pipeline per
+    epoch (the first resumed 2 batches in), with per-example and per-batch augmentation and under
+    several workers' sharding: order and randomness still depend only on (seed, epoch)."""
+    from resnet_train.data.augment import make_batch_augment
+
+    s = small_splits(64)
+    aug = make_augment(CROP_FLIP)
+    mix = make_batch_augment({"mixup_alpha": 0.2, "cutmix_alpha": 1.0}, 4)
+    shards = dict(pipelines=pipelines, pipeline_id=pipelines - 1, replica_batch=4)
+    expected = []
+    for epoch in (3, 4, 5):
+        expected += batches(pipeline.train_batches(s.train, 64, 16, 7, epoch, aug, mix, skip_batches=2 if epoch == 3 else 0,
+                                                   **shards))
+    stream = batches(pipeline.training_stream(s.train, 64, 16, 7, 3, 6, aug, mix, skip_batches=2, **shards))
+    assert len(stream) == len(expected) == (2 + 4 + 4) * 4 // pipelines
+    for (xe, ye), (xs, ys) in zip(expected, stream):
+        np.testing.assert_array_equal(xe, xs)
+        np.testing.assert_array_equal(ye, ys)
+    assert not np.array_equal(expected[0][0], expected[len(expected) // 2][0])  # epochs differ
+
+
 def test_eval_batches_count_every_example_once():
     s = small_splits()
     seen = [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in pipeline.eval_batches(s.test, 4)]

@@ -141,14 +141,14 @@ def test_training_with_every_augmentation_at_once_puts_the_soft_labels_in_the_lo
     from resnet_train.data import pipeline
     from resnet_train.runs import build_model, read_run, restore_model
 
-    drawn = []  # the epoch's dataset as training made it (stateless seeds: the same batches when iterated again)
-    train_batches = pipeline.train_batches
+    drawn = []  # the training batches as training made them (stateless seeds: the same batches when iterated again)
+    training_stream = pipeline.training_stream
 
     def recording(*args, **kwargs):
-        drawn.append(train_batches(*args, **kwargs))
+        drawn.append(training_stream(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(pipeline, "train_batches", recording)
+    monkeypatch.setattr(pipeline, "training_stream", recording)
     cfg = compose(*TINY, "epochs=1", "augment=autoaugment", "augment.cutout=8", "augment.mixup_alpha=0.2",
                   "augment.cutmix_alpha=1.0", "augment.label_smoothing=0.1", "checkpoint.every_steps=1",
                   "checkpoint.keep=5")

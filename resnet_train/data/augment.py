@@ -20,9 +20,10 @@ from resnet_train.errors import ConfigError
 
 
 def example_seed(seed: int, epoch: int, index, stream: int = 0) -> tf.Tensor:
-    """A [2] int64 stateless seed for one example (stream 0) or one batch (stream 1) of one epoch."""
-    first = (seed * 1_000_003 + epoch) * 2 + stream
-    return tf.stack([tf.constant(first, tf.int64), tf.cast(index, tf.int64)])
+    """A [2] int64 stateless seed for one example (stream 0) or one batch (stream 1) of one epoch
+    (`epoch` a Python int or an int64 tensor: the same seed)."""
+    first = (seed * 1_000_003 + tf.cast(epoch, tf.int64)) * 2 + stream
+    return tf.stack([first, tf.cast(index, tf.int64)])
 
 
 def _split(seed, n):

@@ -5,6 +5,8 @@ bytes of float32 through the pipeline and across to an accelerator.
 """
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 from resnet_train.data.augment import example_seed
@@ -13,8 +15,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, epoch: int,
-                  augment=None, batch_augment=None, skip_batches: int = 0, shuffle_buffer: int | None = None,
-                  pipelines: int = 1, pipeline_id: int = 0, replica_batch: int | None = None) -> tf.data.Dataset:
+                  augment=None, batch_augment=None, skip_batches: int = 0, **kwargs) -> tf.data.Dataset:
     """One epoch of training batches. Order and augmentation depend only on (seed, epoch).
 
     `batch_size` is the global batch. Only full global batches are used (every step sees one).
@@ -26,30 +27,64 @@ def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, ep
     slice of each global batch, so the workers together see exactly the single-process batches.
     The yielded batches have `replica_batch` examples (default: the worker's whole slice).
     """
+    return training_stream(ds, size, batch_size, seed, epoch, epoch + 1, augment, batch_augment, skip_batches,
+                           **kwargs)
+
+
+def training_stream(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, first_epoch: int, epochs: int,
+                    augment=None, batch_augment=None, skip_batches: int = 0, shuffle_buffer: int | None = None,
+                    pipelines: int = 1, pipeline_id: int = 0, replica_batch: int | None = None) -> tf.data.Dataset:
+    """Epochs `first_epoch`..`epochs - 1` in one pipeline: each epoch's batches as train_batches
+    makes them for that epoch alone (the first one starting `skip_batches` in), one after another.
+
+    Why one pipeline and not one per epoch: building and tracing an epoch's pipeline (shuffle,
+    augmentation functions) cost 0.05-0.8 s of every epoch on a 2-core machine, and its first
+    batches were made while the step waited; one pipeline is traced once, and its prefetch makes
+    the next epoch's first batches while the last epoch is being evaluated. The epoch is a tensor
+    inside it (tests/test_data.py: the same batches as a pipeline per epoch).
+    """
     per_pipeline = batch_size // pipelines
     replica_batch = replica_batch or per_pipeline
     buffer = min(size, shuffle_buffer or size)
-    ds = ds.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False).enumerate()
-    ds = ds.take((size // batch_size) * batch_size)  # whole global batches only, on every worker
-    if skip_batches:
-        ds = ds.skip(skip_batches * batch_size)
-    if pipelines > 1:
-        ds = ds.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
-    if augment is not None:
-        ds = ds.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
-                    num_parallel_calls=AUTOTUNE)
-    else:
-        ds = ds.map(lambda i, xy: xy)
-    ds = ds.batch(replica_batch, drop_remainder=True)
-    if batch_augment is not None:
-        per_global = per_pipeline // replica_batch  # this pipeline's batches per global batch
 
-        def mix(k, xy):
-            index = k * pipelines + pipeline_id  # unique over workers
-            return batch_augment(xy[0], xy[1], example_seed(seed, epoch, index, stream=1))
+    def one_epoch(epoch):
+        skip = tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
+        with _seeded_by_op_only():
+            d = ds.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False).enumerate()
+        d = d.take((size // batch_size) * batch_size)  # whole global batches only, on every worker
+        d = d.skip(skip * batch_size)
+        if pipelines > 1:
+            d = d.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
+        if augment is not None:
+            d = d.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
+                      num_parallel_calls=AUTOTUNE)
+        else:
+            d = d.map(lambda i, xy: xy)
+        d = d.batch(replica_batch, drop_remainder=True)
+        if batch_augment is not None:
+            per_global = per_pipeline // replica_batch  # this pipeline's batches per global batch
 
-        ds = ds.enumerate(start=skip_batches * per_global).map(mix, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+            def mix(k, xy):
+                index = k * pipelines + pipeline_id  # unique over workers
+                return batch_augment(xy[0], xy[1], example_seed(seed, epoch, index, stream=1))
+
+            d = d.enumerate(start=skip * per_global).map(mix, num_parallel_calls=AUTOTUNE)
+        return d
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+@contextlib.contextmanager
+def _seeded_by_op_only():
+    """The shuffle's seed pair from its own (seed, epoch) seed alone, not TF's global seed: with a
+    tensor seed and a global seed of 0 (the default `seed: 0`), TF's random_seed.get_seed compares
+    its seed pair to (0, 0) with `==` and fails on the tensor. Inside our dataset function only."""
+    graph = tf.compat.v1.get_default_graph()
+    saved, graph.seed = graph.seed, None
+    try:
+        yield
+    finally:
+        graph.seed = saved
 
 
 def eval_batches(ds: tf.data.Dataset, batch_size: int, preprocess=None, size: int | None = None,
