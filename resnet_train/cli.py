@@ -72,6 +72,8 @@ def _train(cfg) -> float:
         setting = onednn.normalise(OmegaConf.select(cfg, "runtime.onednn", default="auto"))
         measured = tuning.tune(log=logging.getLogger("resnet_train.tuning").info) if tuning.wanted(cfg.runtime) else None
         onednn.apply(setting, measured=tuning.choice(measured, "onednn"))
+        tuning.apply_threads(OmegaConf.select(cfg, "runtime.threads", default="auto"),
+                             measured=tuning.choice(measured, "threads"))
     except UserError as error:
         _fail(error)
     _quiet_tensorflow()
@@ -152,8 +154,10 @@ def _run_tool(task):
     """Runs a tool's body; user errors become one line and exit code 2."""
     from resnet_train import onednn, tuning
 
-    # The tools have no runtime group: oneDNN as runtime=auto measured it here, else the CPU's rule.
+    # The tools have no runtime group: oneDNN and threads as runtime=auto measured them here, else
+    # the CPU's rule and TensorFlow's default.
     onednn.apply("auto", measured=tuning.choice(tuning.cached(), "onednn"))
+    tuning.apply_threads("auto", measured=tuning.choice(tuning.cached(), "threads"))
     _quiet_tensorflow()
     from resnet_train.errors import UserError
 

@@ -4,7 +4,7 @@ Every message names the setting, what was wrong and a valid choice.
 """
 from __future__ import annotations
 
-from resnet_train import data, models, onednn, schedules
+from resnet_train import data, models, onednn, schedules, tuning
 from resnet_train.errors import ConfigError
 
 
@@ -84,6 +84,7 @@ def _runtime(r) -> None:
     if not _int_at_least(spc, 1) and spc != "auto":
         raise ConfigError(f"runtime.steps_per_call must be an integer >= 1 or auto (got {spc!r}); auto: what "
                           f"runtime=auto measured on this machine")
+    tuning.normalise_threads(r.get("threads", "auto"))
     for key, minimum in (("cpu_replicas", 1), ("max_nonfinite_steps", 0)):
         if not _int_at_least(r.get(key, minimum), minimum):
             raise ConfigError(f"runtime.{key} must be an integer >= {minimum} (got {r.get(key)!r})")

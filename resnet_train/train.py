@@ -103,10 +103,10 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     if precision_kept:
         log.info(precision_kept)
     levers = tuning.resolve(r)
-    log.info("oneDNN kernels %s (%s); XLA %s (%s); %d step(s) per call (%s)",
+    log.info("oneDNN kernels %s (%s); XLA %s (%s); %d step(s) per call (%s); threads: %s",
              "on" if onednn.enabled() else "off", onednn.apply(r.get("onednn", "auto")),
              "on" if levers["xla"][0] else "off", levers["xla"][1], levers["steps_per_call"][0],
-             levers["steps_per_call"][1])
+             levers["steps_per_call"][1], tuning.threads_in_effect())
     xla = bool(levers["xla"][0])
     strategy = rt.strategy
     stop.install()  # after the strategy: see StopRequests.install

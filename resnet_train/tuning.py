@@ -1,14 +1,17 @@
 """runtime=auto tunes itself: of the levers that change speed but not the maths -- oneDNN's
-kernels, XLA, optimizer steps per compiled call --, it takes what a short measurement found
-fastest on this machine.
+kernels, XLA, optimizer steps per compiled call, TensorFlow's thread pools --, it takes what a
+short measurement found fastest on this machine.
 
 The measurement runs once per machine and TensorFlow version, on first use, before TensorFlow is
-imported (oneDNN is fixed at import, so each oneDNN setting is timed in a process of its own:
-`python -m resnet_train.tuning 0|1`): ResNet-20, batch 64, our trainer on an in-memory batch, for
-XLA off / on and steps_per_call 1 / 4. It is cached in $XDG_CACHE_HOME/resnet_train/tuning.json
+imported (oneDNN and the thread pools are fixed when TensorFlow starts, so each of their settings
+is timed in a process of its own: `python -m resnet_train.tuning`): ResNet-20, batch 64, our
+trainer on an in-memory batch, for oneDNN on / off, then under the faster one XLA off / on,
+steps_per_call 1 / 4 and one inter-op thread (ops one at a time, each on every core) against
+TensorFlow's default (one per core). It is cached in $XDG_CACHE_HOME/resnet_train/tuning.json
 (a file lock lets parallel sweep members measure once). A lever leaves its default only when the
 measurement finds it at least MIN_GAIN faster: a few steps on a shared machine vary by ~5-10%.
-Explicit settings (runtime.onednn=true, runtime.xla=false, runtime.steps_per_call=5) always win;
+Explicit settings (runtime.onednn=true, runtime.xla=false, runtime.steps_per_call=5,
+runtime.threads=[1,2]) always win, as do an exported TF_ENABLE_ONEDNN_OPTS or TF_NUM_*_THREADS;
 other runtimes (one_device, mirrored, multi_worker) and GPU machines use the defaults.
 No TensorFlow import at module level: the CLI calls tune() before TensorFlow's import.
 """
@@ -24,9 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_train.errors import ConfigError
 from resnet_train.report import write_atomic
 
-LEVERS = ("onednn", "xla", "steps_per_call")
+LEVERS = ("onednn", "xla", "steps_per_call", "threads")
+THREADS_ENV = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")  # read by TensorFlow when it starts
+ONE_INTER_OP = [1, 0]  # the thread setting the measurement tries: [inter-op, intra-op]; 0 = TF's default
 MIN_GAIN = 1.08  # a lever leaves its default only when measured at least this much faster
 PROBE = {"depth": 20, "batch_size": 64, "spc": 4}
 
@@ -70,7 +76,7 @@ def tune(log=None) -> dict:
     Where the cache cannot be written, nothing is measured (it would be, on every run): the
     levers keep their defaults, and the log says why."""
     found = cached()
-    if found:
+    if _complete(found):
         return found
     path = cache_path()
     try:
@@ -84,11 +90,11 @@ def tune(log=None) -> dict:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process measuring: wait for its result
         found = cached()
-        if found:
+        if _complete(found):
             return found
         if log:
             log(f"runtime=auto: measuring which kernels are fastest on this machine, once "
-                f"(~30 s; cached in {path}; runtime.onednn/xla/steps_per_call set explicitly skip it)")
+                f"(~45 s; cached in {path}; runtime.onednn/xla/steps_per_call/threads set explicitly skip it)")
         entry = measure()
         known = {}
         with contextlib.suppress(OSError, ValueError):
@@ -98,13 +104,19 @@ def tune(log=None) -> dict:
     return entry
 
 
+def _complete(entry: dict | None) -> bool:
+    """An entry that chose every lever: one from before a lever was added is measured again."""
+    return bool(entry) and all(lever in (entry.get("choices") or {}) for lever in LEVERS)
+
+
 def measure(probe=None) -> dict:
     """Times every lever setting and chooses. `probe`: overrides of PROBE (tests use a tiny model)."""
     probe = {**PROBE, **(probe or {})}
     started = time.perf_counter()
 
-    def run(onednn: str, what: list[str]) -> dict:
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    def run(onednn: str, what: list[str], threads=(0, 0)) -> dict:
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3",
+               **{name: str(n) for name, n in zip(THREADS_ENV, threads)}}
         done = subprocess.run([sys.executable, "-m", "resnet_train.tuning", json.dumps({**probe, "what": what})],
                               env=env, capture_output=True, text=True, timeout=600)
         if done.returncode:  # a probe that cannot run (memory, a broken build): the defaults stay
@@ -114,8 +126,14 @@ def measure(probe=None) -> dict:
     # XLA and steps per call are timed only under the oneDNN setting that will run: one process
     # fewer in the usual case, where oneDNN on is not slower.
     rates = {"1": run("1", ["plain", "xla", "spc"]), "0": run("0", ["plain"])}
-    if rates["1"].get("plain") and rates["0"].get("plain") and rates["0"]["plain"] >= rates["1"]["plain"] * MIN_GAIN:
+    faster = "0" if rates["1"].get("plain") and rates["0"].get("plain") and \
+        rates["0"]["plain"] >= rates["1"]["plain"] * MIN_GAIN else "1"
+    if faster == "0":
         rates["0"].update(run("0", ["xla", "spc"]))
+    if rates[faster].get("plain"):
+        threads = run(faster, ["plain"], ONE_INTER_OP).get("plain")
+        if threads:
+            rates[faster]["inter_op_1"] = threads
     return {"choices": choose(rates, probe["spc"]), "images_per_sec": rates, "probe": probe,
             "seconds": round(time.perf_counter() - started, 1), "date": datetime.date.today().isoformat()}
 
@@ -143,6 +161,12 @@ def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
         levers["steps_per_call"] = [spc if gain >= MIN_GAIN else 1, f"{spc} steps per call {gain:.2f}x one"]
     else:
         levers["steps_per_call"] = [1, "steps per call not measured"]
+    if plain and best.get("inter_op_1"):
+        gain = best["inter_op_1"] / plain
+        levers["threads"] = [ONE_INTER_OP if gain >= MIN_GAIN else "default",
+                             f"1 inter-op thread {gain:.2f}x TensorFlow's default"]
+    else:
+        levers["threads"] = ["default", "threads not measured"]
     return levers
 
 
@@ -156,18 +180,81 @@ def resolve(r) -> dict:
     machine's measurement under runtime=auto, else the defaults (oneDNN: None, the CPU's rule)."""
     tuned = wanted(r)
     entry = cached() if tuned else None
-    defaults = {"onednn": None, "xla": False, "steps_per_call": 1}
+    defaults = {"onednn": None, "xla": False, "steps_per_call": 1, "threads": "default"}
     out = {}
     for lever in LEVERS:
         value = r.get(lever, "auto")
         if str(value).lower() != "auto":
-            out[lever] = (value, f"runtime.{lever}={str(value).lower()}")
+            out[lever] = (value, f"runtime.{lever}={_shown(value)}")
         elif choice(entry, lever):
             out[lever] = (choice(entry, lever)[0], f"measured {entry['date']}: {choice(entry, lever)[1]}")
         else:
             why = "not runtime=auto" if not tuned else "not measured on this machine"
             out[lever] = (defaults[lever], f"default ({why})")
     return out
+
+
+def _shown(value) -> str:
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return str(value).lower()
+    return "[" + ",".join(str(v) for v in value) + "]"  # threads: a list (or Hydra's ListConfig)
+
+
+def normalise_threads(setting):
+    """runtime.threads as "auto", "default" or [inter_op, intra_op]; anything else is refused."""
+    if isinstance(setting, str) and setting.lower() in ("auto", "default"):
+        return setting.lower()
+    pools = None if isinstance(setting, (str, bytes, int, float)) or setting is None else list(setting)
+    if not pools or len(pools) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                               for n in pools):
+        raise ConfigError(f"runtime.threads must be auto, default or [inter_op, intra_op] thread counts, 0 for "
+                          f"TensorFlow's default (got {_shown(setting)}); e.g. runtime.threads=[1,2]")
+    return pools
+
+
+def apply_threads(setting, measured=None, environ=None) -> str:
+    """Sizes TensorFlow's thread pools for this process before TensorFlow starts, through the
+    variables it reads then (TF_NUM_INTEROP_THREADS, TF_NUM_INTRAOP_THREADS); returns why.
+    `setting`: runtime.threads (auto | default | [inter_op, intra_op], 0 = TensorFlow's default for
+    that pool); `measured`: runtime=auto's [choice, why]. Exported variables win over auto."""
+    environ = os.environ if environ is None else environ
+    setting = normalise_threads(setting)
+    why = f"runtime.threads={_shown(setting)}"
+    if setting == "auto":
+        exported = [f"{name}={environ[name]}" for name in THREADS_ENV if name in environ]
+        if exported:
+            return _said(f"{' '.join(exported)} exported")
+        setting, why = (measured[0], f"measured: {measured[1]}") if measured else ("default", "not tuned")
+    pools = [0, 0] if setting == "default" else [int(n) for n in setting]
+    for name, n in zip(THREADS_ENV, pools):
+        if n:
+            environ[name] = str(n)
+        else:
+            environ.pop(name, None)
+    return _said(f"{why}: {_pools(pools)}")
+
+
+def threads_in_effect() -> str:
+    """The thread pools TensorFlow started with in this process, and why (for the run's log)."""
+    if _applied:
+        return _applied
+    exported = [f"{name}={os.environ[name]}" for name in THREADS_ENV if name in os.environ]
+    return f"{' '.join(exported)} exported" if exported else _pools([0, 0])
+
+
+_applied = None  # apply_threads' answer in this process
+
+
+def _said(why: str) -> str:
+    global _applied
+    _applied = why
+    return why
+
+
+def _pools(pools) -> str:
+    if not any(pools):
+        return "TensorFlow's default, one per core in each pool"
+    return f"{pools[0] or 'default'} inter-op, {pools[1] or 'default'} intra-op"
 
 
 def _probe(settings: dict) -> dict:

@@ -69,7 +69,7 @@ def _pinned_tuning() -> None:
 
     pinned = "pinned by tests/conftest.py"
     choices = {"onednn": [os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1", pinned], "xla": [False, pinned],
-               "steps_per_call": [1, pinned]}
+               "steps_per_call": [1, pinned], "threads": ["default", pinned]}
     tuning.cache_path().parent.mkdir(parents=True, exist_ok=True)
     tuning.cache_path().write_text(json.dumps({tuning.machine_key(): {"choices": choices, "date": "the test session"}}))
 

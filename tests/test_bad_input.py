@@ -88,6 +88,9 @@ CASES = [
     ("xla not a boolean", "resnet-train", ["runtime.xla=maybe"],
      T + "runtime.xla must be true, false or auto (got 'maybe'); auto: what runtime=auto measured on this machine",
      "existing", {}),
+    ("threads not two counts", "resnet-train", ["runtime.threads=[1]"],
+     T + "runtime.threads must be auto, default or [inter_op, intra_op] thread counts, 0 for TensorFlow's default "
+         "(got [1]); e.g. runtime.threads=[1,2]", "existing", {}),
     ("steps per call not a count", "resnet-train", ["runtime.steps_per_call=0"],
      T + "runtime.steps_per_call must be an integer >= 1 or auto (got 0); auto: what runtime=auto measured on this "
          "machine", "existing", {}),

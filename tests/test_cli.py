@@ -12,10 +12,12 @@ def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
     # The real console script, once in the suite: its exit code, and its stderr from a fresh start.
     # runtime.onednn flips this process's oneDNN setting: the CLI applies it before TensorFlow's import.
     flipped = "false" if onednn.enabled() else "true"
-    done = run_cli(*TINY, "epochs=2", f"runtime.onednn={flipped}", f"hydra.run.dir={run}")
+    # So does runtime.threads TensorFlow's thread pools (TF_NUM_INTEROP_THREADS, TF_NUM_INTRAOP_THREADS).
+    done = run_cli(*TINY, "epochs=2", f"runtime.onednn={flipped}", "runtime.threads=[1,2]", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (f"oneDNN kernels {'on' if flipped == 'true' else 'off'} (runtime.onednn={flipped})"
             in (run / "train.log").read_text())
+    assert "threads: runtime.threads=[1,2]: 1 inter-op, 2 intra-op" in (run / "train.log").read_text()
     assert "Test accuracy" in done.stdout and f"Run directory: {run}" in done.stdout
     # No TensorFlow start-up chatter (oneDNN, CUDA probes): nothing imports it before the CLI's quiet
     # import, the sweep callback included (it runs before the task).

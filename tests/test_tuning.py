@@ -1,5 +1,5 @@
-"""runtime=auto tunes itself: which levers (oneDNN, XLA, steps per call) a measurement chose, how
-explicit settings win, and one real measurement (two fresh processes) on a tiny probe."""
+"""runtime=auto tunes itself: which levers (oneDNN, XLA, steps per call, threads) a measurement
+chose, how explicit settings win, and one real measurement (fresh processes) on a tiny probe."""
 import json
 
 import pytest
@@ -7,16 +7,18 @@ import pytest
 from conftest import compose
 from resnet_train import onednn, tuning
 
-RATES = {"1": {"plain": 1000.0, "xla": 550.0, "spc": 1010.0}, "0": {"plain": 360.0}}
+RATES = {"1": {"plain": 1000.0, "xla": 550.0, "spc": 1010.0, "inter_op_1": 900.0}, "0": {"plain": 360.0}}
 
 
 def test_a_lever_leaves_its_default_only_when_measured_clearly_faster():
     assert tuning.choose(RATES) == {"onednn": [True, "oneDNN 2.78x without"], "xla": [False, "XLA 0.55x without"],
-                                    "steps_per_call": [1, "4 steps per call 1.01x one"]}
-    # oneDNN slower by more than the noise margin: off, and XLA / steps per call from that process.
-    slower = {"1": {"plain": 300.0}, "0": {"plain": 400.0, "xla": 480.0, "spc": 440.0}}
+                                    "steps_per_call": [1, "4 steps per call 1.01x one"],
+                                    "threads": ["default", "1 inter-op thread 0.90x TensorFlow's default"]}
+    # oneDNN slower by more than the noise margin: off, and XLA / steps per call / threads from that process.
+    slower = {"1": {"plain": 300.0}, "0": {"plain": 400.0, "xla": 480.0, "spc": 440.0, "inter_op_1": 440.0}}
     assert tuning.choose(slower) == {"onednn": [False, "oneDNN 0.75x without"], "xla": [True, "XLA 1.20x without"],
-                                     "steps_per_call": [4, "4 steps per call 1.10x one"]}
+                                     "steps_per_call": [4, "4 steps per call 1.10x one"],
+                                     "threads": [[1, 0], "1 inter-op thread 1.10x TensorFlow's default"]}
     # Within MIN_GAIN either way: no measured choice, the CPU's rule decides.
     close = {"1": {"plain": 1000.0}, "0": {"plain": 960.0}}
     assert tuning.choose(close)["onednn"] == [None, "oneDNN 1.04x without: under 1.08x either way, the CPU's rule "
@@ -24,20 +26,24 @@ def test_a_lever_leaves_its_default_only_when_measured_clearly_faster():
     # A probe that failed (an empty result) chooses nothing.
     assert tuning.choose({"1": {}, "0": {}}) == {
         "onednn": [None, "not measured (a probe failed): the CPU's rule decides"], "xla": [False, "XLA not measured"],
-        "steps_per_call": [1, "steps per call not measured"]}
+        "steps_per_call": [1, "steps per call not measured"], "threads": ["default", "threads not measured"]}
 
 
 def test_explicit_settings_win_and_only_runtime_auto_uses_the_measurement(monkeypatch):
-    entry = {"choices": tuning.choose({"1": {"plain": 300.0, "xla": 400.0, "spc": 400.0}, "0": {"plain": 100.0}}),
+    entry = {"choices": tuning.choose({"1": {"plain": 300.0, "xla": 400.0, "spc": 400.0, "inter_op_1": 330.0},
+                                       "0": {"plain": 100.0}}),
              "date": "2026-12-02"}
     monkeypatch.setattr(tuning, "cached", lambda: entry)
     monkeypatch.setattr(tuning, "_has_gpu", lambda: False)
     auto = tuning.resolve(compose("runtime=auto").runtime)
     assert auto == {"onednn": (True, "measured 2026-12-02: oneDNN 3.00x without"),
                     "xla": (True, "measured 2026-12-02: XLA 1.33x without"),
-                    "steps_per_call": (4, "measured 2026-12-02: 4 steps per call 1.33x one")}
-    mine = tuning.resolve(compose("runtime=auto", "runtime.xla=false", "runtime.steps_per_call=2").runtime)
+                    "steps_per_call": (4, "measured 2026-12-02: 4 steps per call 1.33x one"),
+                    "threads": ([1, 0], "measured 2026-12-02: 1 inter-op thread 1.10x TensorFlow's default")}
+    mine = tuning.resolve(compose("runtime=auto", "runtime.xla=false", "runtime.steps_per_call=2",
+                                  "runtime.threads=[2,1]").runtime)
     assert mine["xla"] == (False, "runtime.xla=false") and mine["steps_per_call"] == (2, "runtime.steps_per_call=2")
+    assert list(mine["threads"][0]) == [2, 1] and mine["threads"][1] == "runtime.threads=[2,1]"
     # Another runtime keeps the defaults, as does a machine with GPUs.
     assert tuning.resolve(compose("runtime=one_device").runtime)["xla"] == (False, "default (not runtime=auto)")
     monkeypatch.setattr(tuning, "_has_gpu", lambda: True)
@@ -49,15 +55,18 @@ def test_explicit_settings_win_and_only_runtime_auto_uses_the_measurement(monkey
 
 
 def test_the_measurement_runs_once_per_machine_and_is_cached(tmp_path, monkeypatch):
-    """For real: two fresh processes (oneDNN on, then off) time a tiny probe; the second call
-    reads the cache; another TensorFlow version or CPU is another entry."""
+    """For real: fresh processes (oneDNN on, then off, then one inter-op thread under the faster)
+    time a tiny probe; the second call reads the cache; another TensorFlow version or CPU, or an
+    entry from before a lever existed, is measured again."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tuning, "PROBE", {"depth": 8, "batch_size": 8, "spc": 2})
     entry = tuning.tune()
     rates = entry["images_per_sec"]
     assert set(rates) == {"1", "0"} and rates["1"]["plain"] > 0 and rates["0"]["plain"] > 0
-    assert set(rates["1"]) == {"plain", "xla", "spc"}  # XLA and steps per call under oneDNN on (unless off won)
-    assert set(entry["choices"]) == {"onednn", "xla", "steps_per_call"}
+    faster = "0" if entry["choices"]["onednn"][0] is False else "1"  # XLA, steps per call, threads under it
+    assert set(rates[faster]) == {"plain", "xla", "spc", "inter_op_1"} and rates[faster]["inter_op_1"] > 0
+    assert set(entry["choices"]) == {"onednn", "xla", "steps_per_call", "threads"}
+    assert entry["choices"]["threads"][0] in ("default", [1, 0])
     assert entry["choices"]["steps_per_call"][0] in (1, 2) and entry["probe"]["depth"] == 8
     saved = json.loads((tmp_path / "resnet_train" / "tuning.json").read_text())
     assert saved == {tuning.machine_key(): entry}
@@ -67,6 +76,33 @@ def test_the_measurement_runs_once_per_machine_and_is_cached(tmp_path, monkeypat
     monkeypatch.setattr(tuning, "machine_key", lambda: "another CPU")
     with pytest.raises(pytest.fail.Exception, match="measured again"):
         tuning.tune()
+    older = {**entry, "choices": {k: v for k, v in entry["choices"].items() if k != "threads"}}
+    monkeypatch.setattr(tuning, "cached", lambda: older)
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        tuning.tune()
+
+
+def test_thread_pools_are_set_before_tensorflow_starts_explicit_then_exported_then_measured(monkeypatch):
+    monkeypatch.setattr(tuning, "_applied", None)
+    env = {"TF_NUM_INTRAOP_THREADS": "3"}
+    assert tuning.apply_threads([1, 2], environ=env) == "runtime.threads=[1,2]: 1 inter-op, 2 intra-op"
+    assert env == {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}
+    assert tuning.threads_in_effect() == "runtime.threads=[1,2]: 1 inter-op, 2 intra-op"  # the run's log line
+    # 0 is TensorFlow's default for that pool: the variable goes (explicit settings win over exports).
+    assert tuning.apply_threads([1, 0], environ=env) == "runtime.threads=[1,0]: 1 inter-op, default intra-op"
+    assert env == {"TF_NUM_INTEROP_THREADS": "1"}
+    assert tuning.apply_threads("default", environ=env).endswith("TensorFlow's default, one per core in each pool")
+    assert env == {}
+    # auto: an exported variable wins over the measurement, which wins over the default.
+    measured = [[1, 0], "1 inter-op thread 1.12x TensorFlow's default"]
+    exported = {"TF_NUM_INTEROP_THREADS": "4"}
+    assert tuning.apply_threads("auto", measured, environ=exported) == "TF_NUM_INTEROP_THREADS=4 exported"
+    assert exported == {"TF_NUM_INTEROP_THREADS": "4"}
+    assert tuning.apply_threads("auto", measured, environ=env) == (
+        "measured: 1 inter-op thread 1.12x TensorFlow's default: 1 inter-op, default intra-op")
+    assert env == {"TF_NUM_INTEROP_THREADS": "1"}
+    assert tuning.apply_threads("auto", None, environ={}) == (
+        "not tuned: TensorFlow's default, one per core in each pool")
 
 
 def test_an_unwritable_cache_measures_nothing_and_keeps_the_defaults(tmp_path, monkeypatch):
