@@ -7,6 +7,7 @@ tracing and autotuning are not counted; the spread (min..max) is reported beside
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import statistics
@@ -243,3 +244,25 @@ def cli_throughput(depth: int, batch_size: int, steps_per_epoch: int, epochs: in
             "first_call_s": float(first.group(2)) if first else None,
             "overhead_s_per_epoch": {e: overhead.get(e, 0.0) for e in sorted(rates)},
             "onednn": onednn.group(1) if onednn else None}
+
+
+def with_onednn(enabled: bool, name: str, **kwargs) -> dict:
+    """One of this module's measurements in a fresh process with oneDNN on or off (TensorFlow fixes
+    it at import): how scripts/bench.py times a peer at the oneDNN setting this process lacks."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if enabled else "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "resnet_train.bench", json.dumps({"name": name, **kwargs})],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"{name} with oneDNN {'on' if enabled else 'off'} failed: {done.stderr.strip()[-500:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["onednn"] != enabled:  # a figure labelled with the wrong kernels would mislead
+        raise RuntimeError(f"{name}: asked for oneDNN {'on' if enabled else 'off'}, the child ran it "
+                           f"{'on' if result['onednn'] else 'off'}")
+    return result
+
+
+if __name__ == "__main__":  # with_onednn's child: python -m resnet_train.bench '{"name": ..., kwargs}'
+    from resnet_train import onednn
+
+    asked = json.loads(sys.argv[1])
+    print(json.dumps({**globals()[asked.pop("name")](**asked), "onednn": onednn.enabled()}))

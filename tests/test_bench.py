@@ -20,6 +20,15 @@ def test_matmul_rate_and_peer_measurements_run():
     assert bench.eval_throughput(8, (16, 16, 3), 8, batches=2)["images_per_sec"] > 0
 
 
+def test_a_peer_is_timed_with_onednns_other_setting_in_a_process_of_its_own():
+    """Keras fit at its best includes oneDNN's other setting, which TensorFlow fixes at import."""
+    from resnet_train import onednn
+
+    other = bench.with_onednn(not onednn.enabled(), "keras_fit_throughput", depth=8, image_shape=[16, 16, 3],
+                              batch_size=8, windows=2, steps_per_window=2)
+    assert other["onednn"] is (not onednn.enabled()) and other["images_per_sec"] > 0
+
+
 def test_training_logs_mfu(tmp_path):
     train_and_evaluate(compose(*TINY, "epochs=1"), tmp_path)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
