@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from resnet_train.errors import RunDirError, UserError
+from resnet_train.errors import RunDirError, UserError, first_line
 from resnet_train.report import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def readable(path: str) -> str | None:
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
     except Exception as e:  # noqa: BLE001 -- TF raises OpError, IndexError, ValueError for damage
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = first_line(e, 200)
         if _storage_error(e):
             raise CheckpointUnreachable(
                 f"could not read the checkpoint {path} ({type(e).__name__}: {why}): a permission or storage "
@@ -139,7 +139,7 @@ class Checkpointer:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (ValueError, AssertionError, tf.errors.OpError) as e:
-                first = str(e).strip().splitlines()[0][:300]
+                first = first_line(e, 300)
                 raise RunDirError(
                     f"the checkpoint {path} does not fit this model/optimizer ({first}); "
                     f"resume with the run's own config, or start a new run directory"
@@ -273,7 +273,7 @@ class Checkpointer:
             return path
         except (tf.errors.OpError, OSError) as e:
             self._remove_partial_saves()
-            reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][-200:]
+            reason = first_line(e, 200, tail=True)
             raise RunDirError(
                 f"could not write the checkpoint of step {step} to {manager.directory} ({reason}): free disk "
                 f"space or fix the directory, then rerun the same command; it resumes from "

@@ -127,7 +127,10 @@ if __name__ == "__main__":
 @hydra.main(version_base=None, config_path="configs", config_name="show_augment")
 def _show_augment(cfg) -> None:
     _quiet_tensorflow()
+    import tensorflow as tf
+
     from resnet_train import data as data_lib
+    from resnet_train.data import pipeline
     from resnet_train.data.augment import make_augment, make_batch_augment
     from resnet_train.errors import UserError
     from resnet_train.plots import augment_gallery
@@ -136,9 +139,12 @@ def _show_augment(cfg) -> None:
         splits = data_lib.load(cfg.data)
         info = splits.info
         images, labels = next(iter(splits.train.batch(int(cfg.images))))
+        decode = pipeline.eval_preprocess(info)  # streamed JPEGs: the originals as evaluation sees them
         path = augment_gallery(
-            images, labels.numpy(), info.class_names, make_augment(cfg.augment, info.image_shape, info.mean),
+            images, labels.numpy(), info.class_names,
+            make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded),
             make_batch_augment(cfg.augment, info.num_classes), int(cfg.versions), int(cfg.seed), cfg.out,
+            originals=tf.stack([decode(x) for x in images]) if decode else None,
         )
     except UserError as error:
         _fail(error)

@@ -8,6 +8,17 @@ EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was written at the current s
 # 75 is EX_TEMPFAIL in sysexits.h ("try again later"): what a requeueing job script checks for.
 
 
+def first_line(error: BaseException, limit: int | None = 200, tail: bool = False) -> str:
+    """The first line of an exception's message (TensorFlow's OpError: its `message`), cut to
+    `limit` characters from the start, or from the end with `tail` (where a path ends the line);
+    the exception's type name when the message is empty."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    if limit is None or len(line) <= limit:
+        return line
+    return line[-limit:] if tail else line[:limit]
+
+
 class UserError(Exception):
     """Bad input: the message says what was wrong and how to fix it."""
 

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from resnet_train.errors import EXIT_USER_ERROR
+from resnet_train.errors import EXIT_USER_ERROR, first_line
 
 
 def known_keys(config_name: str) -> list[str]:
@@ -61,25 +61,24 @@ def explain(error: BaseException, config_name: str) -> str | None:
                     + f": choose one of {', '.join(options)}" if options else f"no config '{missing}'")
         return f"no config '{missing}': check the name (configs/ lists them)"
     if isinstance(error, OverrideParseException):
-        first = text.splitlines()[0]
-        return f"{first}: overrides are key=value, e.g. optimizer.lr=0.05 (quote values with spaces)"
+        return f"{first_line(error, None)}: overrides are key=value, e.g. optimizer.lr=0.05 (quote values with spaces)"
     if isinstance(error, ConfigCompositionException):
         match = re.search(r"Could not override '([^']+)'", text)
         if match:
             key = match.group(1)
             cause = error.__cause__
             if cause is not None and "not in struct" not in str(cause):  # a known key, a bad value
-                return f"cannot set {key}: {str(cause).splitlines()[0]}"
+                return f"cannot set {key}: {first_line(cause, None)}"
             return (f"unknown setting '{key}'{did_you_mean(key, config_name)}; "
                     f"`resnet-train --cfg job` lists the settings (+{key}=... adds a new one)")
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(error, yaml.YAMLError):
         mark = getattr(error, "problem_mark", None)
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
-        problem = getattr(error, "problem", None) or text.splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error, None)
         return f"YAML syntax error in {where}: {problem}; fix the file"
     if isinstance(error, OmegaConfBaseException):
-        return " ".join(text.split("\n")[0].split()) + " (check the override or config file)"
+        return " ".join(first_line(error, None).split()) + " (check the override or config file)"
     if isinstance(error, OSError) and error.filename:  # e.g. Hydra creating hydra.run.dir
         return f"{error.strerror}: {error.filename} (check the path, e.g. hydra.run.dir=...)"
     return None

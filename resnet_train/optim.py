@@ -16,17 +16,17 @@ ratio to the same variables, whatever the decay (also with weight_decay=0): the 
 momentum SGD.
 
 Gradient clipping by global norm (`optimizer.clip_norm`) is done by the trainer on the gradient
-summed over replicas (`clip_factor`): Keras' `global_clipnorm` clips each replica's gradient
+summed over replicas (`clip_by_global_norm`): Keras' `global_clipnorm` clips each replica's gradient
 before the cross-replica sum, which is not the global norm under tf.distribute.
 
-Schedules live in resnet_train/schedules.py (re-exported here).
+Schedules live in resnet_train/schedules.py.
 """
 from __future__ import annotations
 
 import keras
 
 from resnet_train.errors import ConfigError
-from resnet_train.schedules import SCHEDULES, LinearWarmup, OneCycle, lr_schedule  # noqa: F401
+from resnet_train.schedules import lr_schedule
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb", "lars")
 # The weight-decay modes each optimizer accepts; the first is its default.
@@ -153,13 +153,6 @@ def check(cfg) -> None:
 def decayed(variable, decay_bn: bool = False) -> bool:
     """Kernels (rank >= 2) are decayed; BN gamma/beta and biases (rank 1) only with decay_bn."""
     return decay_bn or len(variable.shape) >= 2
-
-
-def optimizer_decays(optimizer, variable) -> bool:
-    """Whether the optimizer itself decays `variable` (decoupled or LARS decay; coupled decay is
-    the trainer's loss term instead)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return bool(inner.weight_decay) and inner._use_weight_decay(variable)
 
 
 def clip_by_global_norm(grads, clip_norm: float, loss_scale=None):

@@ -1,4 +1,6 @@
-"""Pictures for people: the augmentation gallery (more plots join here)."""
+"""Pictures for people, each a PNG written atomically: the augmentation gallery, a run's training
+curves (written after every epoch), the learning-rate schedule, runs compared, the confusion
+matrix and Grad-CAM heat maps (resnet-evaluate / resnet-explain)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +11,17 @@ import tensorflow as tf
 from resnet_train.data.augment import example_seed
 
 
-def augment_gallery(images, labels, class_names, augment, batch_augment, versions: int, seed: int, path) -> Path:
+def augment_gallery(images, labels, class_names, augment, batch_augment, versions: int, seed: int, path,
+                    originals=None) -> Path:
     """A grid: one row per image, the original first, then `versions` augmented draws (epochs 0..).
 
-    Soft labels (mixup / cutmix) are shown as the top two classes with their weights.
+    Soft labels (mixup / cutmix) are shown as the top two classes with their weights. `images`
+    are what `augment` takes (encoded bytes for streamed data, with `originals` decoded to show).
     """
     plt = _pyplot()
     images = tf.convert_to_tensor(images)
-    rows = [[(images[i].numpy(), class_names[int(labels[i])]) for i in range(len(labels))]]
+    shown = images if originals is None else tf.convert_to_tensor(originals)
+    rows = [[(shown[i].numpy(), class_names[int(labels[i])]) for i in range(len(labels))]]
     for epoch in range(versions):
         batch = images
         if augment is not None:

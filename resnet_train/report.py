@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from resnet_train.errors import first_line
+
 
 class Reporter:
     """Writes each logged point to TensorBoard (tensorboard/<split>) and to metrics.jsonl."""
@@ -82,7 +84,7 @@ class Reporter:
     def _event_file_error(self, e, split: str) -> OSError:
         """TensorBoard's OpError as an OSError naming the split's event folder (train.py makes it
         the one-line "could not write <file>")."""
-        return OSError(None, e.message.strip().splitlines()[0][-200:], str(self.workdir / "tensorboard" / split))
+        return OSError(None, first_line(e, 200, tail=True), str(self.workdir / "tensorboard" / split))
 
     def close(self) -> None:
         import tensorflow as tf

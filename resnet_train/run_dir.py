@@ -11,7 +11,7 @@ import logging.handlers
 import os
 from pathlib import Path
 
-from resnet_train.errors import RunDirError
+from resnet_train.errors import RunDirError, first_line
 from resnet_train.report import write_atomic
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def load_saved_config(workdir: Path):
     except Exception as e:  # noqa: BLE001 -- yaml's and OmegaConf's errors alike
         saved = e
     if not isinstance(saved, DictConfig) or not saved:
-        why = f"{type(saved).__name__}: {str(saved).splitlines()[0][:120]}" if isinstance(saved, Exception) else "empty"
+        why = f"{type(saved).__name__}: {first_line(saved, 120)}" if isinstance(saved, Exception) else "empty"
         raise RunDirError(
             f"{path} ({why}) is damaged, so it cannot tell which config made the run's checkpoints: write "
             f"the run's config back into it (e.g. from its .hydra/config.yaml or the command that started it) "

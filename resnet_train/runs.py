@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnet_train.errors import UserError
+from resnet_train.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def read_run(run_dir):
     try:  # OmegaConf's YAML loader is a safe one: tags that would run code are errors
         cfg = OmegaConf.load(config)
     except Exception as e:  # noqa: BLE001 -- any parse failure is the file's fault
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e, None)
         raise UserError(f"{config} is not a readable resnet-train config ({first})") from None
     raw = json.loads(dataset.read_text())
     raw["image_shape"] = tuple(raw["image_shape"])
@@ -71,7 +71,7 @@ def restore_model(model, path: str) -> None:
     try:
         tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0][:300]
+        first = first_line(e, 300)
         raise UserError(f"cannot load {path} into {model.name} ({first})") from None
 
 
@@ -103,7 +103,7 @@ def restore_ema(model, cfg, path: str) -> None:
         tf.train.Checkpoint(model=model, optimizer=optimizer).restore(path).expect_partial() \
             .assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0][:300]
+        first = first_line(e, 300)
         raise UserError(f"cannot load the EMA weights of {path} ({first}); use ema=false for the raw ones") from None
     optimizer.finalize_variable_values(variables)
     model.trainable = True

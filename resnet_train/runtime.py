@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from resnet_train import cluster, onednn
 from resnet_train.config import PRECISIONS, STRATEGIES
-from resnet_train.errors import ConfigError
+from resnet_train.errors import ConfigError, first_line
 from resnet_train.onednn import cpu_flags  # runtime.cpu_flags: patched by tests
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def check_xla() -> None:
     try:
         tf.function(lambda x: x * 2.0, jit_compile=True)(tf.constant(1.0))
     except (tf.errors.OpError, ValueError, NotImplementedError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = first_line(e, 200)
         raise ConfigError(f"runtime.xla=true, but XLA cannot compile on this platform ({first}): "
                           f"use runtime.xla=false") from None
 

@@ -20,7 +20,7 @@ from resnet_train import config as config_lib
 from resnet_train import data as data_lib
 from resnet_train import cluster, finetune, models, onednn, optim, plots, run_dir, runtime, schedules, tuning
 from resnet_train.checkpoint import Checkpointer
-from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost
+from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost, first_line
 from resnet_train.interrupts import StopRequests
 from resnet_train.run_lock import RunLock
 from resnet_train.data import pipeline
@@ -72,7 +72,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     except _LOST_PEER_ERRORS as e:
         if cfg.runtime.get("strategy") != "multi_worker":
             raise
-        first = (e.message.strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         raise WorkerLost(f"lost contact with another worker ({type(e).__name__}: {first}): it stopped (its "
                          f"log in {workdir} says why) or is unreachable; rerun every worker's command to "
                          f"resume from {tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
@@ -182,7 +182,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         ft = cfg.get("finetune") or {}
         finetune.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
-        schedule = optim.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
+        schedule = schedules.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
                                           ema_decay=(cfg.get("ema") or {}).get("decay"),
                                           variables=model.trainable_variables)

@@ -388,7 +388,8 @@ def cli_in_process(monkeypatch, capsys, entry: str, *args):
     from resnet_train import cli
 
     functions = {"resnet-train": cli.train, "resnet-eval": cli.evaluate, "resnet-predict": cli.predict,
-                 "resnet-export": cli.export, "resnet-explain": cli.explain, "resnet-plot": cli.plot}
+                 "resnet-export": cli.export, "resnet-explain": cli.explain, "resnet-plot": cli.plot,
+                 "resnet-show-augment": cli.show_augment}
     function = functions.get(entry) or (lambda: runpy.run_path(str(entry), run_name="__main__"))
     from absl import logging as absl_logging
 

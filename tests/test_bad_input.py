@@ -211,3 +211,16 @@ def test_the_existing_run_is_finished_and_its_dataset_json_real(places):
     dataset = json.loads((existing / "dataset.json").read_text())
     assert (dataset["name"], dataset["num_classes"], dataset["train_size"], dataset["test_size"]) == ("digits", 10, 128, 64)
     assert (places["root"] / "evil_run" / "dataset.json").read_text() == (existing / "dataset.json").read_text()
+
+
+def test_the_first_line_of_an_exception_never_fails_on_an_empty_message():
+    """errors.first_line is what every one-line message quotes of an underlying error."""
+    from resnet_train.errors import first_line
+
+    assert first_line(ValueError("")) == "ValueError"  # no IndexError inside an `except`
+    assert first_line(OSError("bad header\nsecond line")) == "bad header"
+    assert first_line(ValueError("x" * 50 + "/the/path"), 9, tail=True) == "/the/path"
+    assert first_line(ValueError("abcdef"), 3) == "abc"
+    import tensorflow as tf
+
+    assert first_line(tf.errors.DataLossError(None, None, "  truncated record\nmore")) == "truncated record"

@@ -80,6 +80,18 @@ def test_imagenet_recipe_trains_a_step_end_to_end(fake_imagenet, tmp_path):
     assert results["steps"] == 12 // 4 and results["test"]["examples"] == 6
 
 
+def test_the_augmentation_gallery_decodes_streamed_jpegs(fake_imagenet, tmp_path, monkeypatch, cli):
+    """resnet-show-augment data=imagenet: the originals decoded as evaluation sees them, the
+    augmented columns through the encoded (decode + inception crop) path."""
+    out = tmp_path / "gallery.png"
+    monkeypatch.chdir(tmp_path)
+    done = cli("data=imagenet", "data.image_size=64", "data.image_shape=[64,64,3]", "images=2", "versions=2",
+               f"data.data_dir={fake_imagenet['data_dir']}", f"data.manual_dir={fake_imagenet['manual_dir']}",
+               f"out={out}", entry="resnet-show-augment")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_imagenet_sized_input_picks_the_imagenet_family():
     from resnet_train import models
 
