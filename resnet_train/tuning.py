@@ -4,10 +4,13 @@ short measurement found fastest on this machine.
 
 The measurement runs once per machine and TensorFlow version, on first use, before TensorFlow is
 imported (oneDNN and the thread pools are fixed when TensorFlow starts, so each of their settings
-is timed in a process of its own: `python -m resnet_train.tuning`): ResNet-20, batch 64, our
-trainer on an in-memory batch, for oneDNN on / off, then under the faster one XLA off / on,
-steps_per_call 1 / 4 and one inter-op thread (ops one at a time, each on every core) against
-TensorFlow's default (one per core). It is cached in $XDG_CACHE_HOME/resnet_train/tuning.json
+is timed in a process of its own: `python -m resnet_train.tuning`): ResNet-8 (ResNet-20's layer
+shapes, a third of its layers: each process traces faster; the same choices and ratios within a
+few % as ResNet-20 on the Intel AMX machine, docs/performance.md), batch 64, our
+trainer on an in-memory batch, for oneDNN on / off, then under the faster one XLA off / on (not
+tried where oneDNN is 2x faster than without: XLA cannot win there), steps_per_call 1 / 4 and one
+inter-op thread (ops one at a time, each on every core) against TensorFlow's default (one per
+core). About 25-30 s on 2 cores. It is cached in $XDG_CACHE_HOME/resnet_train/tuning.json
 (a file lock lets parallel sweep members measure once). A lever leaves its default only when the
 measurement finds it at least MIN_GAIN faster: a few steps on a shared machine vary by ~5-10%.
 Explicit settings (runtime.onednn=true, runtime.xla=false, runtime.steps_per_call=5,
@@ -32,9 +35,10 @@ from resnet_train.report import write_atomic
 
 LEVERS = ("onednn", "xla", "steps_per_call", "threads")
 THREADS_ENV = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")  # read by TensorFlow when it starts
+XLA_BEYOND = 2.0  # XLA gained 1.19-1.6x over oneDNN off (Zen 3, Zen 5, Intel AMX), never more
 ONE_INTER_OP = [1, 0]  # the thread setting the measurement tries: [inter-op, intra-op]; 0 = TF's default
 MIN_GAIN = 1.08  # a lever leaves its default only when measured at least this much faster
-PROBE = {"depth": 20, "batch_size": 64, "spc": 4}
+PROBE = {"depth": 8, "batch_size": 64, "spc": 4}
 
 
 def cache_path() -> Path:
@@ -94,7 +98,7 @@ def tune(log=None) -> dict:
             return found
         if log:
             log(f"runtime=auto: measuring which kernels are fastest on this machine, once "
-                f"(~45 s; cached in {path}; runtime.onednn/xla/steps_per_call/threads set explicitly skip it)")
+                f"(~30 s; cached in {path}; runtime.onednn/xla/steps_per_call/threads set explicitly skip it)")
         entry = measure()
         known = {}
         with contextlib.suppress(OSError, ValueError):
@@ -114,18 +118,22 @@ def measure(probe=None) -> dict:
     probe = {**PROBE, **(probe or {})}
     started = time.perf_counter()
 
-    def run(onednn: str, what: list[str], threads=(0, 0)) -> dict:
+    def run(onednn: str, what: list[str], threads=(0, 0), **extra) -> dict:
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3",
                **{name: str(n) for name, n in zip(THREADS_ENV, threads)}}
-        done = subprocess.run([sys.executable, "-m", "resnet_train.tuning", json.dumps({**probe, "what": what})],
+        done = subprocess.run([sys.executable, "-m", "resnet_train.tuning",
+                               json.dumps({**probe, "what": what, **extra})],
                               env=env, capture_output=True, text=True, timeout=600)
         if done.returncode:  # a probe that cannot run (memory, a broken build): the defaults stay
             return {}
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     # XLA and steps per call are timed only under the oneDNN setting that will run: one process
-    # fewer in the usual case, where oneDNN on is not slower.
-    rates = {"1": run("1", ["plain", "xla", "spc"]), "0": run("0", ["plain"])}
+    # fewer in the usual case, where oneDNN on is not slower. XLA is not tried where oneDNN is
+    # XLA_BEYOND faster than without (XLA's own CPU kernels are not oneDNN's; see choose()).
+    off = run("0", ["plain"])
+    rates = {"1": run("1", ["plain", "xla", "spc"], xla_unless_above=(off.get("plain") or 0) * XLA_BEYOND or None),
+             "0": off}
     faster = "0" if rates["1"].get("plain") and rates["0"].get("plain") and \
         rates["0"]["plain"] >= rates["1"]["plain"] * MIN_GAIN else "1"
     if faster == "0":
@@ -154,6 +162,9 @@ def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
     if plain and best.get("xla"):
         gain = best["xla"] / plain
         levers["xla"] = [gain >= MIN_GAIN, f"XLA {gain:.2f}x without"]
+    elif on and off and on >= off * XLA_BEYOND and choice[0] is not False:
+        levers["xla"] = [False, f"XLA not tried: oneDNN {on / off:.2f}x without it, and XLA (its own CPU kernels, "
+                                f"not oneDNN's) gained at most 1.6x over oneDNN off on the CPUs measured"]
     else:
         levers["xla"] = [False, "XLA not measured"]
     if plain and best.get("spc"):
@@ -266,6 +277,8 @@ def _probe(settings: dict) -> dict:
             "spc": dict(windows=2, steps_per_window=2 * spc, steps_per_call=spc)}
     out = {}
     for name in settings.get("what", list(runs)):
+        if name == "xla" and settings.get("xla_unless_above") and out.get("plain", 0) >= settings["xla_unless_above"]:
+            continue  # see measure(): XLA cannot win here
         try:
             out[name] = train_throughput(depth, shape, batch, **runs[name])["images_per_sec"]
         except Exception:  # e.g. XLA cannot compile here: absent, so never chosen
