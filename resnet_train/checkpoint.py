@@ -115,7 +115,8 @@ class Checkpointer:
         if not self.read_from.is_dir():
             return []
         state = self._index()
-        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path] if state not in (None, _DAMAGED) else []
+        paths = ((list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])
+                 if state not in (None, _DAMAGED) else [])
         paths = [p for p in paths if _inside(p, self.read_from)]
         paths += [str(f.with_suffix("")) for f in self.read_from.glob("ckpt-*.index")]
         return sorted(set(p for p in paths if _CHECKPOINT_NAME.fullmatch(Path(p).name)), key=_number, reverse=True)
@@ -166,7 +167,8 @@ class Checkpointer:
 
     def _best_checkpoint(self) -> str | None:
         best = self.read_from / "best"
-        found = sorted((str(f.with_suffix("")) for f in best.glob("ckpt-*.index")), key=_number) if best.is_dir() else []
+        found = (sorted((str(f.with_suffix("")) for f in best.glob("ckpt-*.index")), key=_number)
+                 if best.is_dir() else [])
         return found[-1] if found else None
 
     def _set_aside_later_best(self, step: int) -> None:

@@ -70,7 +70,8 @@ def _train(cfg) -> float:
 
     try:  # before TensorFlow's import: oneDNN is fixed by it
         setting = onednn.normalise(OmegaConf.select(cfg, "runtime.onednn", default="auto"))
-        measured = tuning.tune(log=logging.getLogger("resnet_train.tuning").info) if tuning.wanted(cfg.runtime) else None
+        wanted = tuning.wanted(cfg.runtime)
+        measured = tuning.tune(log=logging.getLogger("resnet_train.tuning").info) if wanted else None
         onednn.apply(setting, measured=tuning.choice(measured, "onednn"))
         tuning.apply_threads(OmegaConf.select(cfg, "runtime.threads", default="auto"),
                              measured=tuning.choice(measured, "threads"))
@@ -94,9 +95,9 @@ def _train(cfg) -> float:
         print(f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "
               f"{workdir}/checkpoints", file=sys.stderr)
         sys.exit(130)
-    test = results["test"]
+    test, k = results["test"], results["top_k"]
     print(
-        f"Test accuracy {test['accuracy']:.4f} (top-5 {test.get('top5', float('nan')):.4f}, "
+        f"Test accuracy {test['accuracy']:.4f} (top-{k} {test[f'top{k}']:.4f}, "
         f"loss {test['loss']:.4f}) on {test['examples']} images after {results['epochs']} epochs, "
         f"{results['wall_time_s']:.0f} s\nRun directory: {workdir}"
     )
@@ -118,10 +119,6 @@ def _check_search_has_validation(cfg) -> None:
 def train() -> None:
     """Console script `resnet-train`."""
     run_app(_train, "train")
-
-
-if __name__ == "__main__":
-    train()
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="show_augment")
@@ -152,7 +149,7 @@ def _show_augment(cfg) -> None:
 
 
 def show_augment() -> None:
-    """scripts/show_augment.py and the console script `resnet-show-augment`."""
+    """The console script `resnet-show-augment`."""
     run_app(_show_augment, "show_augment")
 
 
@@ -279,13 +276,14 @@ def _plot(cfg) -> None:
 
         from resnet_train.errors import UserError
         from resnet_train.plots import compare_runs
+        from resnet_train.run_dir import METRICS
 
         runs = [Path(str(r)).expanduser() for r in cfg.runs]
         if not runs:
             raise UserError("runs=[DIR,...] is required: run directories (or a sweep's members)")
-        missing = [str(r) for r in runs if not (r / "metrics.jsonl").exists()]
+        missing = [str(r) for r in runs if not (r / METRICS).exists()]
         if missing:
-            raise UserError(f"no metrics.jsonl in {', '.join(missing)}: not resnet-train run directories")
+            raise UserError(f"no {METRICS} in {', '.join(missing)}: not resnet-train run directories")
         names = list(cfg.names) if cfg.names else None
         if names and len(names) != len(runs):
             raise UserError(f"names has {len(names)} entries for {len(runs)} runs")
@@ -312,7 +310,7 @@ def _plot_schedule(cfg) -> None:
 
 
 def plot_schedule() -> None:
-    """scripts/plot_schedule.py and the console script `resnet-plot-schedule`."""
+    """The console script `resnet-plot-schedule`."""
     run_app(_plot_schedule, "plot_schedule")
 
 
@@ -357,3 +355,7 @@ def sweep_report() -> None:
     if failed:
         print(f"failed members: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":  # python -m resnet_train.cli ...: the same as resnet-train
+    train()

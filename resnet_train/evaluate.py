@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_train.errors import DataError
+from resnet_train.trainer import top_k
 
 
 def predict_probabilities(model, batches, tta: str | None = None):
@@ -33,7 +34,7 @@ def metrics(probs, labels, class_names) -> tuple[dict, np.ndarray]:
     n = len(class_names)
     picked = probs[np.arange(len(labels)), labels]
     top = np.argsort(-probs, axis=1)
-    k = min(5, n)
+    k = top_k(n)
     confusion = np.zeros((n, n), np.int64)
     np.add.at(confusion, (labels, top[:, 0]), 1)
     per_class = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)

@@ -165,7 +165,8 @@ def export_run(run_dir, checkpoint="auto", fmt="saved_model", quantize="none", o
     original = np.concatenate([tf.nn.softmax(run.model(images[i:i + batch_size], training=False)).numpy()
                                for i in range(0, len(images), batch_size)])
     return {
-        "format": fmt, "quantize": quantize, "weights": run.weights, "path": str(path), "bytes": _size(path), "split": split,
+        "format": fmt, "quantize": quantize, "weights": run.weights, "path": str(path), "bytes": _size(path),
+        "split": split,
         "examples": int(len(labels)),
         "accuracy": float(np.mean(exported.argmax(1) == labels)),
         "original_accuracy": float(np.mean(original.argmax(1) == labels)),

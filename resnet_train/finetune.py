@@ -11,6 +11,7 @@ import logging
 import re
 from pathlib import Path
 
+from resnet_train import run_dir
 from resnet_train.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ OWN_STATISTICS = ("normalize",)  # the new dataset's channel statistics, not the
 def _run_dir_of(source: Path) -> Path:
     """A run directory, or the run directory that holds a checkpoint path."""
     for place in (source, *source.parents):
-        if (place / ".hydra" / "config.yaml").exists():
+        if (place / run_dir.CONFIG).exists():
             return place
     raise UserError(f"init_from={source}: neither a run directory nor a checkpoint inside one")
 

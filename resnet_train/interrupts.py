@@ -2,8 +2,8 @@
 
 The training loop passes `stop.requested` into its next compiled call (one step by default), where
 it is summed over every worker; then all of them write the checkpoint of that step and exit with
-EXIT_PREEMPTED; rerunning the command continues from that exact step. A second Ctrl-C interrupts at once (the checkpoint of the last epoch end or
-`checkpoint.every_steps` remains).
+EXIT_PREEMPTED; rerunning the command continues from that exact step. A second Ctrl-C interrupts
+at once (the checkpoint of the last epoch end or `checkpoint.every_steps` remains).
 Before training starts (data preparation, restore, compilation: possibly hours for a first tfds
 build) nothing would be saved, so a signal stops the process at once: waiting for the
 first training call could outlast a preemption's grace period (StoppedDuringSetUp). Not under multi-worker training,

@@ -21,7 +21,7 @@ class Reporter:
         interrupted session are dropped, so metrics.jsonl reads like one uninterrupted run."""
         self.workdir = Path(workdir)
         self._writers = {}
-        self._path = self.workdir / "metrics.jsonl"
+        self._path = self.workdir / _metrics_file()
         self._records = [r for r in read_metrics(self.workdir) if r.get("step", 0) <= resumed_at]
         # Rewritten (atomically) unless the file is exactly its kept records: a line cut short by a
         # full disk or a kill would otherwise be glued to the next record appended.
@@ -101,7 +101,7 @@ class Reporter:
 
 def read_metrics(workdir) -> list[dict]:
     """The records of metrics.jsonl; a line cut short (a full disk, a kill mid-write) is skipped."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = Path(workdir) / _metrics_file()
     if not path.exists():
         return []
     records = []
@@ -186,3 +186,9 @@ def fsync_directory(directory) -> None:
 
 def write_json(path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _metrics_file() -> Path:
+    from resnet_train.run_dir import METRICS  # not at the top: run_dir imports this module
+
+    return METRICS

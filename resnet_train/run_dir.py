@@ -32,6 +32,9 @@ RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_di
 RESOLVED = Path("checkpoints") / "resolved.json"
 # The dataset description a resume must find again (the folder source's data.path may move).
 DATASET = Path("dataset.json")
+METRICS = Path("metrics.jsonl")  # every logged record (report.Reporter); TensorBoard has the same
+RESULTS = Path("results.json")  # written when the run finishes: its final metrics
+CURVES = Path("curves.png")  # the training curves, redrawn after every epoch
 # Settings a run keeps from its own saved config whatever the command says, because its
 # checkpoints only make sense with them, with the value that runs saved before the setting existed
 # had. model.padding: "same" (TF's) until the papers' symmetric padding became the default; those
@@ -83,7 +86,6 @@ def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
 def check_resumable(workdir: Path, cfg) -> list[str]:
     """A run directory with checkpoints is continued only with the config that made them, up to
     RESUMABLE_CHANGES (returned, for the log)."""
-    from omegaconf import OmegaConf
 
     saved_cfg = load_saved_config(workdir)
     if saved_cfg is None:

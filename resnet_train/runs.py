@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_train.errors import UserError, first_line
+from resnet_train.run_dir import CONFIG, DATASET
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def read_run(run_dir):
     if not run_dir:
         raise UserError("run=PATH is required: a run directory made by resnet-train (outputs/<date>/<time>)")
     run_dir = Path(str(run_dir)).expanduser()
-    config, dataset = run_dir / ".hydra" / "config.yaml", run_dir / "dataset.json"
+    config, dataset = run_dir / CONFIG, run_dir / DATASET
     if not config.exists() or not dataset.exists():
-        raise UserError(f"{run_dir} is not a resnet-train run directory (no .hydra/config.yaml or dataset.json)")
+        raise UserError(f"{run_dir} is not a resnet-train run directory (no {CONFIG} or {DATASET})")
     try:  # OmegaConf's YAML loader is a safe one: tags that would run code are errors
         cfg = OmegaConf.load(config)
     except Exception as e:  # noqa: BLE001 -- any parse failure is the file's fault

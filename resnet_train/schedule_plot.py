@@ -1,7 +1,7 @@
 """The learning-rate curve a training config will follow, drawn before any training:
 
     resnet-plot-schedule schedule=onecycle optimizer.lr=0.4 out=onecycle.png
-    python scripts/plot_schedule.py data=cifar10 schedule=step schedule.warmup_epochs=2
+    resnet-plot-schedule data=cifar10 schedule=step schedule.warmup_epochs=2
 
 It composes the real train config (any override the trainer takes) and builds the trainer's own
 schedule (optim.effective_lr, schedules.lr_schedule), so the picture is the run's curve.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from resnet_train.run_dir import OVERRIDES, RESULTS
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("member", "status", "overrides", "final_eval_accuracy", "best_eval_accuracy", "epochs",
@@ -54,7 +56,7 @@ class SweepCallback(Callback):
         from resnet_train.run_dir import has_progress
 
         member = Path(config.hydra.runtime.output_dir)
-        self._before[str(member)] = (_record_stamp(member), (member / "results.json").exists() or has_progress(member))
+        self._before[str(member)] = (_record_stamp(member), (member / RESULTS).exists() or has_progress(member))
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -108,14 +110,14 @@ def member_row(member: Path) -> dict:
 
     from resnet_train.report import read_metrics
 
-    overrides_file = member / ".hydra" / "overrides.yaml"
+    overrides_file = member / OVERRIDES
     overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else ""
     evals = [r for r in read_metrics(member) if r.get("split") == "eval"]
     row = {"member": member.name, "overrides": overrides, "status": "incomplete", "error": "",
            "final_eval_accuracy": evals[-1]["accuracy"] if evals else None,
            "best_eval_accuracy": max((r["accuracy"] for r in evals), default=None),
            "epochs": evals[-1]["epoch"] if evals else 0, "wall_time_s": None}
-    results, failed = member / "results.json", member / "failed.json"
+    results, failed = member / RESULTS, member / "failed.json"
     if failed.exists():
         row.update(status="failed", error=json.loads(failed.read_text())["error"][:300])
     elif results.exists():
@@ -129,7 +131,7 @@ def member_row(member: Path) -> dict:
 
 
 def members(sweep_dir) -> list[Path]:
-    return sorted((p for p in Path(sweep_dir).iterdir() if (p / ".hydra" / "overrides.yaml").exists()),
+    return sorted((p for p in Path(sweep_dir).iterdir() if (p / OVERRIDES).exists()),
                   key=lambda p: p.name)
 
 

@@ -156,7 +156,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
 
         def dataset_fn(ctx):  # a tf.distribute.InputContext
             shards = dict(shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,
-                          pipeline_id=ctx.input_pipeline_id, replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
+                          pipeline_id=ctx.input_pipeline_id,
+                          replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
             if splits.train_for_epoch:  # streamed files, ordered per epoch in Python: a pipeline per epoch
                 return pipeline.train_batches(splits.train_for_epoch(cfg.seed, epoch), info.train_size, cfg.batch_size,
                                               cfg.seed, epoch, augment, batch_augment, skip_batches=skip, **shards)
@@ -203,7 +204,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
                       label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
                       xla=xla,
-                      max_nonfinite_steps=int(r.get("max_nonfinite_steps", 20)) if rt.precision == "mixed_float16" else 0)
+                      max_nonfinite_steps=(int(r.get("max_nonfinite_steps", 20))
+                                           if rt.precision == "mixed_float16" else 0))
 
     # ---- restore: this run's own checkpoint, else init_from (fine-tune), else from scratch --
     checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
@@ -220,7 +222,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's
         run_dir.save_config(workdir, cfg, overrides)
         run_dir.save_resolved(workdir, rt.precision)
-        write_json(workdir / "dataset.json", info.to_dict())
+        write_json(workdir / run_dir.DATASET, info.to_dict())
     held_log.release()
     step = int(checkpointer.step.numpy()) if restored else 0
     _check_workers_agree(strategy, step, workdir)
@@ -275,10 +277,10 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
                 bar.update(done)
                 if not bar.disable:
                     current = trainer.train_metrics()
+                    rate = (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
-                                    lr=f"{trainer.learning_rate():.4g}",
-                                    img_s=f"{(bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0):.0f}",
-                                    mfu=f"{train_flops * (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0) / peak:.1%}")
+                                    lr=f"{trainer.learning_rate():.4g}", img_s=f"{rate:.0f}",
+                                    mfu=f"{train_flops * rate / peak:.1%}")
             seconds = time.perf_counter() - t0
             overhead = {"new input pipeline": made, "loop": seconds - in_steps - made}
             bar.close()
@@ -307,7 +309,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             overhead["checkpoint"] = time.perf_counter() - timed
             if rt.is_chief:
                 timed = time.perf_counter()
-                plots.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+                plots.training_curves(workdir / run_dir.METRICS, workdir / run_dir.CURVES)
                 overhead["curves"] = time.perf_counter() - timed
             if stopping and epoch + 1 < epochs:  # the epoch's checkpoint is the stop point
                 raise Preempted(f"stopped by {_stop_cause(stop)} after epoch "
@@ -321,7 +323,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         if eval_metrics is None:  # the run had already finished: report its final state again
             eval_metrics = trainer.evaluate(eval_ds)
         best = reporter.best("eval", "accuracy")
-        test_metrics = eval_metrics if eval_split == "test" else trainer.evaluate(distribute_eval(splits.test, info.test_size))
+        test_metrics = (eval_metrics if eval_split == "test"
+                        else trainer.evaluate(distribute_eval(splits.test, info.test_size)))
         if eval_split == "val":
             reporter.log("test", step, epochs, test_metrics)
         test_ema = trainer.evaluate_ema(distribute_eval(splits.test, info.test_size)) if trainer.has_ema else None
@@ -341,6 +344,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         "epochs": epochs,
         "steps": step,
         "parameters": params,
+        "top_k": trainer.top_k,  # the test metrics' f"top{k}" key
         "model": model.name,
         "dataset": info.name,
         "precision": rt.precision,
@@ -353,7 +357,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     if test_ema is not None:
         results["test_ema"] = test_ema
     if rt.is_chief:
-        write_json(workdir / "results.json", results)
+        write_json(workdir / run_dir.RESULTS, results)
     return results
 
 
@@ -378,7 +382,6 @@ def _check_workers_agree(strategy, step: int, workdir: Path) -> None:
 def check_steps_agree(strategy, replica_step, step: int, workdir: Path) -> None:
     """Gathers every replica's restored step (`replica_step()`, run on each replica) and refuses
     unless all are equal: a sum would pass a worker whose step is the others' mean."""
-    import tensorflow as tf
 
     steps = strategy.gather(strategy.run(replica_step), axis=0).numpy().tolist()
     if min(steps) != max(steps):
@@ -426,7 +429,7 @@ def _finished(workdir: Path, cfg):
     """The saved results when `workdir` holds a finished run of this many epochs, else None."""
     import json
 
-    results = workdir / "results.json"
+    results = workdir / run_dir.RESULTS
     if not results.exists():
         return None
     try:

@@ -17,6 +17,12 @@ from resnet_train.optim import clip_by_global_norm, decayed
 SUM = tf.distribute.ReduceOp.SUM
 
 
+def top_k(num_classes: int) -> int:
+    """The k of the top-k accuracy every report gives (metric f"top{k}"): 5, or every class when
+    there are fewer (top-5 of 4 classes would always be 1)."""
+    return min(5, num_classes)
+
+
 class Trainer:
     """Owns the compiled steps and the on-device running sums of the current epoch."""
 
@@ -35,7 +41,7 @@ class Trainer:
         # momentum, decay included) is exactly a larger learning rate for those variables.
         head = {id(v) for v in model.get_layer("logits").trainable_variables} if head_lr_mult != 1.0 else set()
         self.grad_scale = [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
-        self.top_k = min(5, num_classes)
+        self.top_k = top_k(num_classes)
         self.num_classes = num_classes
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"augment.label_smoothing must be in [0, 1) (got {label_smoothing})")

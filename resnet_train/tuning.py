@@ -53,7 +53,8 @@ def machine_key() -> str:
 
     cpu = cpu_identity()
     flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    return f"{cpu['model']} family {cpu['family']} x{os.cpu_count()} [{' '.join(flags)}] tensorflow {version('tensorflow')}"
+    return (f"{cpu['model']} family {cpu['family']} x{os.cpu_count()} [{' '.join(flags)}] "
+            f"tensorflow {version('tensorflow')}")
 
 
 def wanted(r) -> bool:
@@ -281,7 +282,7 @@ def _probe(settings: dict) -> dict:
             continue  # see measure(): XLA cannot win here
         try:
             out[name] = train_throughput(depth, shape, batch, **runs[name])["images_per_sec"]
-        except Exception:  # e.g. XLA cannot compile here: absent, so never chosen
+        except Exception:  # noqa: BLE001 -- e.g. XLA cannot compile here: absent, so never chosen
             pass
     return out
 

@@ -126,7 +126,8 @@ def main() -> None:
             out["cli_resnet20"] = cli
             out["ratio_cli_vs_trainer_resnet20"] = cli_rate / trainer_rate
             out["ratio_cli_vs_keras_fit_resnet20"] = cli_rate / keras_best[0]
-            out["mfu_cli_resnet20"] = 3 * models.forward_flops(models.build(20, 10, (32, 32, 3))) * cli_rate / peak["float32"]
+            flops = 3 * models.forward_flops(models.build(20, 10, (32, 32, 3)))
+            out["mfu_cli_resnet20"] = flops * cli_rate / peak["float32"]
             cli_best = cli_rate
             if auto != "float32":  # the command as typed, with the precision `auto` picks here
                 cli_auto = cli_throughput(20, 128, 30 if args.quick else 60, 3, "runtime.precision=auto")

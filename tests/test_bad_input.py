@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import TINY, cli_in_process, file_digests
+from helpers import TINY, cli_in_process, file_digests
 from resnet_train.train import load_config, train_and_evaluate
 
 
@@ -71,12 +71,15 @@ CASES = [
     ("unknown experiment", "resnet-train", ["experiment=cifar10_papr"],
      T + "unknown experiment 'cifar10_papr' (did you mean cifar10_paper?): choose one of cifar10_fast, "
          "cifar10_paper, cifar10_paper_deep, cifar10_preact, imagenet_90ep", "existing", {}),
-    ("zero lr", "resnet-train", ["optimizer.lr=0"], T + "optimizer.lr must be a positive number (got 0)", "existing", {}),
+    ("zero lr", "resnet-train", ["optimizer.lr=0"], T + "optimizer.lr must be a positive number (got 0)",
+     "existing", {}),
     ("negative lr", "resnet-train", ["optimizer.lr=-0.1"],
      T + "optimizer.lr must be a positive number (got -0.1)", "existing", {}),
     ("zero epochs", "resnet-train", ["epochs=0"], T + "epochs must be a positive integer (got 0)", "existing", {}),
-    ("negative epochs", "resnet-train", ["epochs=-3"], T + "epochs must be a positive integer (got -3)", "existing", {}),
-    ("zero batch", "resnet-train", ["batch_size=0"], T + "batch_size must be a positive integer (got 0)", "existing", {}),
+    ("negative epochs", "resnet-train", ["epochs=-3"], T + "epochs must be a positive integer (got -3)",
+     "existing", {}),
+    ("zero batch", "resnet-train", ["batch_size=0"], T + "batch_size must be a positive integer (got 0)",
+     "existing", {}),
     ("negative seed", "resnet-train", ["seed=-1"], T + "seed must be a non-negative integer (got -1)", "existing", {}),
     ("unknown precision", "resnet-train", ["runtime.precision=fp8"],
      T + "runtime.precision must be one of auto, float32, mixed_float16, mixed_bfloat16 (got 'fp8')", "existing", {}),
@@ -209,7 +212,8 @@ def test_the_existing_run_is_finished_and_its_dataset_json_real(places):
     # ... its dataset.json describes the data it was trained on, and the YAML-exploit run carries the
     # same one, so that case gets past "not a run directory" to the parsing of its config.
     dataset = json.loads((existing / "dataset.json").read_text())
-    assert (dataset["name"], dataset["num_classes"], dataset["train_size"], dataset["test_size"]) == ("digits", 10, 128, 64)
+    assert (dataset["name"], dataset["num_classes"], dataset["train_size"], dataset["test_size"]) == (
+        "digits", 10, 128, 64)
     assert (places["root"] / "evil_run" / "dataset.json").read_text() == (existing / "dataset.json").read_text()
 
 

@@ -1,7 +1,7 @@
 """The benchmark's measuring pieces on tiny sizes (the full run is scripts/bench.py, ~9 minutes)."""
 import json
 
-from conftest import TINY, compose
+from helpers import TINY, compose
 from resnet_train import bench, models
 from resnet_train.train import train_and_evaluate
 

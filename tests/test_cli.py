@@ -3,7 +3,7 @@ console script in a subprocess; the others call its entry point in process (conf
 same code without TensorFlow's start-up."""
 import json
 
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 from resnet_train import onednn
 
 
@@ -44,6 +44,14 @@ def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     accuracies = [r["accuracy"] for r in records if r["split"] == "eval"]
     assert len(accuracies) == 3 and results["best_test_accuracy_optimistic"] == max(accuracies)
+
+
+def test_the_closing_line_names_the_top_k_the_run_measured(cli, tmp_path):
+    """3 classes: top-3 (top-5 of 3 classes would always be 1), read from the metrics, not NaN."""
+    done = cli(*TINY, "data=synthetic", "data.num_classes=3", "data.image_shape=[8,8,3]", "epochs=1",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(top-3 1.0000, loss" in done.stdout
 
 
 def test_bad_depth_is_one_line_and_exit_code_2(cli, tmp_path):

@@ -68,7 +68,7 @@ def test_tfds_cifar100_uses_the_fine_labels(fake_cifar):
 
 
 def test_wrong_checksum_is_one_clear_error(tmp_path):
-    from conftest import write_fake_cifar
+    from helpers import write_fake_cifar
 
     write_fake_cifar(tmp_path / "manual" / "cifar-10-binary.tar.gz")
     with pytest.raises(DataError, match="expected checksum.*download it again"):
@@ -161,13 +161,12 @@ def test_host_probe_is_true_for_a_listening_port():
         assert tfds_source.host_reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=2) is True
 
 
-def test_the_network_guard_refuses_all_but_the_loopback(network_log):
+def test_the_network_guard_refuses_all_but_the_loopback(network_log, network_blocked):
     """conftest's guard, which makes "no test touches the network" checkable on a connected machine."""
     import subprocess
     import sys
 
-    from conftest import NetworkBlocked
-
+    NetworkBlocked = network_blocked  # the guard's exception class (a fixture: conftest defines it)
     with pytest.raises(NetworkBlocked, match=r"connect to \('192\.0\.2\.1', 80\)"):
         socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(NetworkBlocked, match="send to"):
@@ -244,8 +243,8 @@ def test_training_stream_is_the_per_epoch_pipelines_one_after_another(pipelines)
     shards = dict(pipelines=pipelines, pipeline_id=pipelines - 1, replica_batch=4)
     expected = []
     for epoch in (3, 4, 5):
-        expected += batches(pipeline.train_batches(s.train, 64, 16, 7, epoch, aug, mix, skip_batches=2 if epoch == 3 else 0,
-                                                   **shards))
+        skip = 2 if epoch == 3 else 0
+        expected += batches(pipeline.train_batches(s.train, 64, 16, 7, epoch, aug, mix, skip_batches=skip, **shards))
     stream = batches(pipeline.training_stream(s.train, 64, 16, 7, 3, 6, aug, mix, skip_batches=2, **shards))
     assert len(stream) == len(expected) == (2 + 4 + 4) * 4 // pipelines
     for (xe, ye), (xs, ys) in zip(expected, stream):

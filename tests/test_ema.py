@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose
+from helpers import TINY, compose
 from resnet_train.errors import UserError
 from resnet_train.runs import load_run
 from resnet_train.train import train_and_evaluate

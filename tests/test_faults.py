@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CLI, ROOT, TINY, cli_in_process, compose, file_digests
+from helpers import CLI, ROOT, TINY, cli_in_process, compose, file_digests
 from resnet_train.checkpoint import readable
 from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Preempted, TrainingDiverged
 from resnet_train.train import train_and_evaluate
@@ -641,7 +641,8 @@ def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeyp
     (run / "dataset.json").write_text(json.dumps({**dataset, "train_size": dataset["train_size"] + 1}))
     code, out, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1",
                                     "runtime.steps_per_call=2", f"hydra.run.dir={run}")  # not skipped as finished
-    assert code == 2 and "the data found now is not the dataset" in err and "Strategy" in out  # the terminal saw the log lines ...
+    # The terminal saw the log lines ...
+    assert code == 2 and "the data found now is not the dataset" in err and "Strategy" in out
     assert (run / "train.log").read_text() == log  # ... the run's log did not
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import compose
+from helpers import compose
 from resnet_train.errors import UserError
 from resnet_train.train import train_and_evaluate
 

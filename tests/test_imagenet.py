@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_in_process, compose
+from helpers import cli_in_process, compose
 from resnet_train.data import tfds_source
 from resnet_train.errors import ConfigError
 from resnet_train.train import train_and_evaluate

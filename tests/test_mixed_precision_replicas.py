@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from conftest import ROOT
+from helpers import ROOT
 from replica_overflow import one_step
 from test_multi_worker import free_ports
 

@@ -6,7 +6,7 @@ import shutil
 
 import tensorflow as tf
 
-from conftest import TINY, compose
+from helpers import TINY, compose
 from resnet_train.checkpoint import resolve
 from resnet_train.evaluate import evaluate_run
 from resnet_train.runs import load_run

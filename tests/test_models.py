@@ -189,7 +189,8 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     from resnet_train.models.layers import FusedBatchNorm
 
     x = tf.constant(np.random.default_rng(0).normal(2, 3, (16, 8, 8, 5)).astype(np.float32))
-    ours, theirs = FusedBatchNorm(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    ours = FusedBatchNorm(momentum=0.9, epsilon=1e-5)
+    theirs = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
     for layer in (ours, theirs):
         layer.build(x.shape)
         layer.gamma.assign(np.linspace(0.5, 2, 5))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CLI, ROOT, TINY, compose, file_digests
+from helpers import CLI, ROOT, TINY, compose, file_digests
 from resnet_train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from resnet_train.train import train_and_evaluate
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import compose, train_small_model
+from helpers import compose, train_small_model
 from resnet_train import optim, runtime
 from resnet_train.errors import ConfigError
 from resnet_train.models import build

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import compose
+from helpers import compose
 from resnet_train.data import folder
 from resnet_train.data.preprocess import geometry, preprocess, preprocess_file
 from resnet_train.export import export_saved_model

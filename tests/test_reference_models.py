@@ -53,7 +53,7 @@ def torchvision_resnet():
         import torchvision.models.resnet as resnet
 
         return resnet
-    except Exception:  # RuntimeError from the operator registration, ImportError, OSError
+    except Exception:  # noqa: BLE001 -- RuntimeError from the operator registration, ImportError, OSError
         pass
     spec = importlib.util.find_spec("torchvision")
     assert spec is not None and spec.submodule_search_locations, \

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, cli_in_process, compose, file_digests
+from helpers import TINY, cli_in_process, compose, file_digests
 from resnet_train import checkpoint as checkpoint_lib
 from resnet_train import runtime
 from resnet_train.errors import RunDirError
-from resnet_train.report import Reporter, read_metrics, write_atomic
+from resnet_train.report import Reporter, write_atomic
 from resnet_train.train import check_steps_agree, train_and_evaluate
 
 WITH_VAL = (*TINY, "epochs=1", "data.val_split=32")  # a validation split: best/ is kept
@@ -86,7 +86,8 @@ def test_a_storage_error_while_reading_a_checkpoint_refuses_and_moves_nothing(tr
 
 
 def test_a_line_cut_short_is_dropped_before_the_next_record_is_appended(tmp_path):
-    whole = [{"split": "train", "step": 4, "epoch": 1, "loss": 1.0}, {"split": "eval", "step": 4, "epoch": 1, "accuracy": 0.5}]
+    whole = [{"split": "train", "step": 4, "epoch": 1, "loss": 1.0},
+             {"split": "eval", "step": 4, "epoch": 1, "accuracy": 0.5}]
     text = "".join(json.dumps(r) + "\n" for r in whole)
     (tmp_path / "metrics.jsonl").write_text(text + '{"split": "train", "step": 8, "ep')  # the disk was full
     reporter = Reporter(tmp_path, resumed_at=100)
@@ -124,7 +125,8 @@ def test_a_best_checkpoint_later_than_the_resumed_step_is_set_aside(tmp_path):
     for f in ckpts.glob("ckpt-6.*"):  # 96 training images, batch 32: 3 steps an epoch
         shutil.copy(f, ckpts / "best" / f.name)
         f.unlink()
-    (ckpts / "best" / "checkpoint").write_text('model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: "ckpt-6"\n')
+    (ckpts / "best" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: "ckpt-6"\n')
     (ckpts / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
     (run / "results.json").unlink()
     aside = file_digests(ckpts / "best")
@@ -173,9 +175,11 @@ def auto_chooses(monkeypatch):
 def test_precision_auto_keeps_the_policy_the_run_started_with(tmp_path, auto_chooses):
     run = tmp_path / "run"
     auto_chooses("mixed_bfloat16")  # an AMX Xeon started the run ...
-    assert train_and_evaluate(compose(*TINY, "epochs=1", "runtime.precision=auto"), run)["precision"] == "mixed_bfloat16"
+    first = train_and_evaluate(compose(*TINY, "epochs=1", "runtime.precision=auto"), run)
+    assert first["precision"] == "mixed_bfloat16"
     auto_chooses("float32")  # ... an AVX2-only host continues it
-    assert train_and_evaluate(compose(*TINY, "epochs=2", "runtime.precision=auto"), run)["precision"] == "mixed_bfloat16"
+    resumed = train_and_evaluate(compose(*TINY, "epochs=2", "runtime.precision=auto"), run)
+    assert resumed["precision"] == "mixed_bfloat16"
 
 
 def test_a_float16_run_continues_under_auto_and_refuses_another_policy_with_a_true_line(tmp_path, auto_chooses):

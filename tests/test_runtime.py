@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, compose, train_small_model
+from helpers import TINY, compose, train_small_model
 from resnet_train import runtime
 from resnet_train.checkpoint import Checkpointer
 from resnet_train.config import check_replicas

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import compose
+from helpers import compose
 from resnet_train import optim, schedules
 from resnet_train.errors import ConfigError
 
@@ -242,8 +242,8 @@ def test_plot_schedule_draws_the_runs_curve(tmp_path):
     from resnet_train.schedule_plot import plot_schedule
     from resnet_train.train import load_config
 
-    cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640", f"out={tmp_path / 'lr.png'}"],
-                      config_name="plot_schedule")
+    cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640",
+                       f"out={tmp_path / 'lr.png'}"], config_name="plot_schedule")
     path, lrs = plot_schedule(cfg)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(lrs) == 4 * 20  # 640 // 32 steps per epoch
@@ -254,9 +254,7 @@ def test_plot_schedule_draws_the_runs_curve(tmp_path):
 
 
 def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_values(tmp_path, monkeypatch, cli):
-    from conftest import ROOT
-
-    script = ROOT / "scripts" / "plot_schedule.py"  # the file itself runs, in this process
+    script = "resnet-plot-schedule"
     monkeypatch.chdir(tmp_path)
     done = cli("schedule=cosine", "epochs=2", f"out={tmp_path / 'cos.png'}", entry=script)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CLI, ROOT, TINY, compose, file_digests
+from helpers import CLI, ROOT, TINY, compose, file_digests
 from resnet_train.errors import EXIT_PREEMPTED
 from resnet_train.train import train_and_evaluate
 

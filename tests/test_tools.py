@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import ROOT, compose
+from helpers import ROOT, compose
 
 BIN = Path(sys.executable).parent
 

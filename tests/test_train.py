@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, compose
+from helpers import TINY, compose
 from resnet_train.errors import ConfigError
 from resnet_train.train import train_and_evaluate
 

@@ -61,18 +61,14 @@ def list_files(root: Path, class_names=None):
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
-def decode(path: Path, size: int) -> np.ndarray | None:
-    """RGB uint8 (size, size, 3) as `preprocess.preprocess` makes it (what prediction and the
-    exported model see), or None when the file cannot be read as an image."""
-    return preprocess_file(path, (size, size, 3))
-
-
 def decode_all(paths, labels, size: int, what: str):
-    """Decodes in threads (TF's kernels release the GIL); drops and reports unreadable files."""
+    """Each file as `preprocess.preprocess` makes it, RGB uint8 (size, size, 3): what prediction
+    and the exported model see. In threads (TF's kernels release the GIL); drops and reports
+    unreadable files."""
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = list(tqdm(pool.map(lambda p: decode(p, size), paths), total=len(paths),
+        images = list(tqdm(pool.map(lambda p: preprocess_file(p, (size, size, 3)), paths), total=len(paths),
                            desc=f"decoding {what}", unit="img", leave=False,
                            disable=len(paths) < 2000 or None))
     bad = [p for p, im in zip(paths, images) if im is None]

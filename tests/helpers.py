@@ -1,0 +1,157 @@
+"""Helpers the tests import (`from helpers import ...`): configs, the CLI run in or out of this
+process, fake archives in the real formats, a small model trained through our Trainer. Fixtures
+live in conftest.py, which pytest loads first (its guards are in place before these run)."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).with_name("resnet-train")
+
+
+CIFAR_LAYOUT = {
+    # name: (archive, folder in it, train files, test files, label files, label bytes per record, classes)
+    "cifar10": ("cifar-10-binary.tar.gz", "cifar-10-batches-bin",
+                [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], ["batches.meta.txt"], 1, [10]),
+    "cifar100": ("cifar-100-binary.tar.gz", "cifar-100-binary", ["train.bin"], ["test.bin"],
+                 ["coarse_label_names.txt", "fine_label_names.txt"], 2, [20, 100]),
+}
+
+
+def write_fake_cifar(path: Path, name: str = "cifar10", per_file: int = 4, seed: int = 0):
+    """A CIFAR binary archive in the real layout: label byte(s) + 3072 bytes (R, G, B planes).
+
+    Returns ({file: (fine labels, images)}, fine class names)."""
+    _, folder, train_files, test_files, label_files, n_labels, classes = CIFAR_LAYOUT[name]
+    rng = np.random.default_rng(seed)
+    written = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        def add(file, data: bytes):
+            info = tarfile.TarInfo(f"{folder}/{file}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for file in train_files + test_files:
+            n = per_file * (5 if name == "cifar100" and file in train_files else 1)
+            labels = np.stack([rng.integers(0, c, n) for c in classes], axis=1).astype(np.uint8)
+            images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+            planes = images.transpose(0, 3, 1, 2).reshape(n, 3072)
+            add(file, np.concatenate([labels, planes], axis=1).tobytes())
+            written[file] = (labels[:, -1], images)
+        names = {}
+        for file, count in zip(label_files, classes):
+            names[file] = [f"{file.split('_')[0]}_class_{i}" for i in range(count)]
+            add(file, ("\n".join(names[file]) + "\n\n").encode())
+    return written, names[label_files[-1]]
+
+
+def register_fake_archive(monkeypatch, name: str, archive: Path):
+    """Makes tfds accept the fake archive: its checksum is registered in place of the real one's,
+    so the real builder code runs unchanged on it."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import checksums
+
+    builder_cls = type(tfds.builder(name))
+    (url,) = builder_cls.url_infos
+    info = checksums.compute_url_info(archive)
+    info = checksums.UrlInfo(size=info.size, checksum=info.checksum, filename=archive.name)
+    monkeypatch.setattr(builder_cls, "url_infos", {url: info})
+
+
+def compose(*overrides):
+    from resnet_train.train import load_config
+
+    return load_config(overrides)
+
+
+def run_cli(*args, timeout=300, cwd=None):
+    """Runs the installed `resnet-train` with overrides; returns the CompletedProcess."""
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or ROOT)
+
+
+# What a test does not mean to vary is pinned: runtime=auto / precision=auto would pick another
+# strategy on a machine with GPUs and bfloat16 on a CPU with AMX / AVX512-BF16. A test that means
+# to vary them sets its own after TINY (Hydra: the last value, and the last group choice, wins).
+TINY = ("depth=8", "batch_size=32", "data.limit_train=128", "data.limit_test=64",
+        "runtime=one_device", "runtime.precision=float32")
+
+
+def cli_in_process(monkeypatch, capsys, entry: str, *args):
+    """Runs a console script's entry point in this process (TensorFlow already imported, so a
+    case takes a fraction of a second); returns (exit code, stdout, stderr)."""
+    from resnet_train import cli
+
+    functions = {"resnet-train": cli.train, "resnet-eval": cli.evaluate, "resnet-predict": cli.predict,
+                 "resnet-export": cli.export, "resnet-explain": cli.explain, "resnet-plot": cli.plot,
+                 "resnet-show-augment": cli.show_augment, "resnet-plot-schedule": cli.plot_schedule}
+    function = functions[entry]
+    from absl import logging as absl_logging
+
+    # absl's handler holds the stream that was sys.stderr when TF was imported (pytest's capture);
+    # Hydra's logging set-up closes every handler, and absl's closes its stream unless it is a
+    # standard one: give it the real stderr so the capture survives.
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
+    monkeypatch.setattr(sys, "argv", [entry, *args])
+    capsys.readouterr()
+    try:
+        function()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:  # Hydra pointed the root logger at this test's captured streams and run dir: undo it
+        import logging
+
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def file_digests(root: Path) -> dict:
+    """{relative path: sha256} of every file under `root`: 'no file of the run changed'."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0, **trainer_args):
+    """A conv model without batch norm (so that replicas compute exactly the one-device
+    gradient), trained `steps` steps through our pipeline and Trainer on synthetic data.
+    Returns (its trainable weights, the train metrics). `optimizer`: a function making one
+    (default SGD lr 0.5, momentum 0.9); `trainer_args` go to the Trainer."""
+    import keras
+
+    from resnet_train.data import pipeline, synthetic
+    from resnet_train.trainer import Trainer
+
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(4)(x))
+        opt = optimizer() if optimizer else keras.optimizers.SGD(0.5, momentum=0.9)
+        opt.build(model.trainable_variables)
+    trainer = Trainer(model, opt, strategy, global_batch, num_classes=4, **trainer_args)
+    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8, seed=seed)
+
+    def dataset_fn(ctx):
+        return pipeline.train_batches(data.train, 64, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
+                                      pipeline_id=ctx.input_pipeline_id,
+                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
+
+    if steps:
+        trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), steps)
+    return [v.numpy() for v in model.trainable_variables], trainer.train_metrics()
