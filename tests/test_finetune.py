@@ -25,15 +25,23 @@ def source(tmp_path_factory):
 
 
 def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_path):
-    """Margins measured over seeds 0-4 with oneDNN on and off (Xeon, AVX-512): tuned - scratch
-    accuracy 0.17-0.46 (mean 0.29); the tuned training loss fell from ~2.1 to ~1.2 every time.
+    """Measured over seeds 0-4 with oneDNN on and off (Intel Xeon with AMX, 2026-12-02): the eval
+    accuracy averaged over the 5 epochs, tuned - scratch, 0.10-0.23 (mean 0.15); the tuned run's
+    final accuracy 0.48-0.63; its training loss fell to 0.37-0.73x the first epoch's. The final
+    accuracies are not compared: from scratch it swings 0.20-0.73 (one lucky last epoch).
     (A head lr 10x the base rose the loss on an AMD EPYC: 3x learns stably.)"""
     steps = ("epochs=5",)
     scratch = train_and_evaluate(compose(*TARGET, *steps), tmp_path / "scratch")
     tuned = train_and_evaluate(compose(*TARGET, *steps, f"init_from={source}", "finetune.freeze=backbone",
                                        "finetune.head_lr_mult=3"), tmp_path / "tuned")
     assert tuned["steps"] == scratch["steps"] == 25
-    assert tuned["test"]["accuracy"] > scratch["test"]["accuracy"] + 0.05
+
+    def mean_eval_accuracy(run):
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return np.mean([r["accuracy"] for r in records if r["split"] == "eval"])
+
+    assert mean_eval_accuracy("tuned") > mean_eval_accuracy("scratch") + 0.03
+    assert tuned["test"]["accuracy"] > 0.4  # 5 classes: chance is 0.2
     losses = [json.loads(line)["loss"] for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["split"] == "train"]
     assert losses[-1] < 0.8 * losses[0]  # the head learns stably
@@ -59,15 +67,14 @@ def test_frozen_backbone_stays_put_and_the_head_learns(source, tmp_path):
 
 
 def test_stages_freeze_only_the_stem_and_the_first_stages(tmp_path):
-    from resnet_train import finetune
-    from resnet_train.models import build
+    from resnet_train.models import build, freeze
 
     model = build(14, 10, variant="cifar")
-    frozen = finetune.freeze(model, "stages:1")
+    frozen = freeze(model, "stages:1")
     assert "stem_conv" in frozen and "stage1_block2_conv2" in frozen
     assert not any(name.startswith(("stage2", "stage3", "logits")) for name in frozen)
     with pytest.raises(Exception, match="finetune.freeze must be"):
-        finetune.freeze(model, "half")
+        freeze(model, "half")
 
 
 def test_same_classes_load_everything_and_resume_comes_first(source, tmp_path):
