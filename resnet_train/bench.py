@@ -124,26 +124,6 @@ def keras_randaugment_batches(dataset, batch_size: int, num_ops: int = 2, magnit
     return batches()
 
 
-def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 20) -> float:
-    """The machine's measured dense matrix-multiply rate (FLOP/s) for `dtype`: the MFU yardstick."""
-    a = tf.random.uniform((n, n), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-
-    @tf.function
-    def chain(x):
-        for _ in range(repeats):
-            x = tf.matmul(x, a) * 0.001
-        return x
-
-    chain(a).numpy()  # trace and warm up
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        chain(a).numpy()
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
-    return best
-
-
 def keras_fit_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10,
                          precision: str = "float32", jit_compile=False, steps_per_execution: int = 1,
                          windows: int = 5, steps_per_window: int = 10, fused_bn: bool = False) -> dict:

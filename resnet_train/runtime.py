@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import keras
@@ -207,6 +208,26 @@ def configure(seed: int, deterministic: bool = False, strategy: str = "one_devic
 
 
 # ---- hardware yardstick -------------------------------------------------------------------------
+def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 20) -> float:
+    """The machine's measured dense matrix-multiply rate (FLOP/s) for `dtype`: the MFU yardstick."""
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def chain(x):
+        for _ in range(repeats):
+            x = tf.matmul(x, a) * 0.001
+        return x
+
+    chain(a).numpy()  # trace and warm up
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        chain(a).numpy()
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
 def _device_key(dtype: str) -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -220,8 +241,6 @@ def peak_flops(precision: str) -> float:
     """The measured matmul rate (FLOP/s) of this machine at the policy's compute dtype, cached in
     $XDG_CACHE_HOME/resnet_train/peak_flops.json: the yardstick of model FLOPs utilisation."""
     from pathlib import Path
-
-    from resnet_train.bench import matmul_flops
 
     dtype = "bfloat16" if "bfloat16" in precision else "float16" if "float16" in precision else "float32"
     cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "resnet_train" / "peak_flops.json"

@@ -48,10 +48,10 @@ def main() -> None:
 
     from resnet_train import models
     from resnet_train.bench import (cli_throughput, cpu_description, eval_throughput, iterator_throughput,
-                                    jpeg_bytes, keras_fit_throughput, keras_randaugment_batches, matmul_flops,
+                                    jpeg_bytes, keras_fit_throughput, keras_randaugment_batches,
                                     pipeline_throughput, smooth_images, train_throughput, with_onednn)
     from resnet_train.data.augment import make_augment, make_batch_augment
-    from resnet_train.runtime import auto_precision, make_strategy
+    from resnet_train.runtime import auto_precision, make_strategy, matmul_flops
 
     windows, per_window = (3, 4) if args.quick else (4, 6)
     rows, out = [], {"tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),

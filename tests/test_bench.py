@@ -2,7 +2,7 @@
 import json
 
 from helpers import TINY, compose
-from resnet_train import bench, models
+from resnet_train import bench, models, runtime
 from resnet_train.train import train_and_evaluate
 
 
@@ -13,7 +13,7 @@ def test_forward_flops_match_the_known_figures():
 
 
 def test_matmul_rate_and_peer_measurements_run():
-    assert bench.matmul_flops("float32", n=256, repeats=2) > 1e8
+    assert runtime.matmul_flops("float32", n=256, repeats=2) > 1e8
     keras_fit = bench.keras_fit_throughput(8, (16, 16, 3), 8, windows=2, steps_per_window=2)
     ours = bench.train_throughput(8, (16, 16, 3), 8, windows=2, steps_per_window=2, steps_per_call=2)
     assert keras_fit["images_per_sec"] > 0 and ours["images_per_sec"] > 0 and ours["parameters"] > 0
