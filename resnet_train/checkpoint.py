@@ -341,3 +341,8 @@ def resolve(run_dir, which: str = "auto", has_validation: bool = True) -> str:
         elif Path(str(place) + ".index").exists():
             return str(place)
     raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint={CHOICES}")
+
+
+def latest_in(directory: Path):
+    """The newest checkpoint TensorFlow's index in `directory` names, or None (no folder, no index)."""
+    return tf.train.latest_checkpoint(str(directory)) if directory.exists() else None

@@ -1,11 +1,23 @@
-"""Checks on a composed config that fail in milliseconds, before data is loaded or a layer built.
-
-Every message names the setting, what was wrong and a valid choice.
+"""Composing the packaged configs, and checks on a composed config that fail in milliseconds,
+before data is loaded or a layer built. Every message names the setting, what was wrong and a
+valid choice. No TensorFlow import at module level: the CLI's error messages (hydra_errors) and
+runtime=auto's tuning read configs before TensorFlow starts.
 """
 from __future__ import annotations
 
-from resnet_train import data, models, onednn, schedules, tuning
+from pathlib import Path
+
+from resnet_train import onednn, tuning
 from resnet_train.errors import ConfigError
+
+
+def load_config(overrides=(), config_name: str = "train"):
+    """Composes the packaged configs with overrides, for notebooks and tests (no Hydra app run)."""
+    from hydra import compose, initialize_config_dir
+
+    config_dir = Path(__file__).parent / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def _positive_int(cfg, key):
@@ -23,6 +35,8 @@ def _positive_number(cfg, key, where):
 
 def validate(cfg) -> None:
     """Raises ConfigError for a config that cannot train."""
+    from resnet_train import data, models, schedules  # TensorFlow's modules: imported when checking
+
     _positive_int(cfg, "epochs")
     steps = cfg.get("steps")
     if steps is not None and not _int_at_least(steps, 1):

@@ -4,10 +4,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from resnet_train.models import names
+
 
 def last_conv_features(model):
     """The feature map that feeds the global pooling: the last stage's output."""
-    return model.get_layer("pool").input
+    return model.get_layer(names.POOL).input
 
 
 def grad_cam(model, images, class_index=None):

@@ -8,16 +8,16 @@ statistics.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from resnet_train import run_dir
-from resnet_train.errors import ConfigError, UserError
+from resnet_train.errors import UserError
+from resnet_train.models import names
 
 log = logging.getLogger(__name__)
 
-HEAD = "logits"
-OWN_STATISTICS = ("normalize",)  # the new dataset's channel statistics, not the source's
+HEAD = names.HEAD
+OWN_STATISTICS = (names.NORMALIZE,)  # the new dataset's channel statistics, not the source's
 
 
 def _run_dir_of(source: Path) -> Path:
@@ -76,26 +76,3 @@ def initialise_from(model, init_from, class_names=None) -> dict:
     log.info("Initialised from %s: %d layers loaded; new: %s", checkpoint, len(loaded),
              ", ".join(new) or "none")
     return {"checkpoint": checkpoint, "loaded": loaded, "new": new}
-
-
-def freeze(model, spec: str) -> list[str]:
-    """`none`, `backbone` (all but the head) or `stages:N` (the stem and the first N stages).
-    Frozen batch-norm layers run in inference mode (Keras does that for trainable=False)."""
-    spec = str(spec or "none")
-    if spec == "none":
-        return []
-    if spec == "backbone":
-        chosen = [layer for layer in model.layers if layer.name != HEAD]
-    else:
-        match = re.fullmatch(r"stages:(\d+)", spec)
-        if not match:
-            raise ConfigError(f"finetune.freeze must be none, backbone or stages:N (got {spec!r})")
-        n = int(match.group(1))
-        stage = re.compile(r"stage(\d+)_")
-        chosen = [layer for layer in model.layers if layer.name.startswith("stem")
-                  or ((m := stage.match(layer.name)) and int(m.group(1)) <= n)]
-    for layer in chosen:
-        layer.trainable = False
-    frozen = [layer.name for layer in chosen if layer.weights]
-    log.info("Frozen (%s): %d layers with weights", spec, len(frozen))
-    return frozen

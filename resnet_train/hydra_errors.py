@@ -20,8 +20,8 @@ def known_keys(config_name: str) -> list[str]:
     """Every dotted key of the default config, plus the config groups' names."""
     from omegaconf import OmegaConf
 
+    from resnet_train.config import load_config
     from resnet_train.run_dir import flatten
-    from resnet_train.train import load_config
 
     try:
         cfg = OmegaConf.to_container(load_config((), config_name), resolve=False)

@@ -188,6 +188,21 @@ def write_json(path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def hparams_of(cfg) -> dict:
+    """The settings a sweep varies, flat, for TensorBoard's HParams dashboard."""
+    from omegaconf import OmegaConf
+
+    flat = {"depth": cfg.depth, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "data": cfg.data.get("name"), "optimizer": cfg.optimizer.get("name"), "lr": cfg.optimizer.lr,
+            "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "schedule": cfg.schedule.get("name"),
+            "precision": cfg.runtime.get("precision")}
+    for section in ("augment", "model", "optimizer", "schedule"):
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            if isinstance(value, (bool, int, float, str)):
+                flat[f"{section}.{key}"] = value
+    return {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
+
+
 def _metrics_file() -> Path:
     from resnet_train.run_dir import METRICS  # not at the top: run_dir imports this module
 

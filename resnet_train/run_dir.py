@@ -305,3 +305,34 @@ def _plain(value):
 def _short(value) -> str:
     text = str(_plain(value))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def finished(workdir: Path, cfg):
+    """The saved results when `workdir` holds a finished run of this many epochs, else None."""
+    import json
+
+    from resnet_train.checkpoint import latest_in
+
+    results = workdir / RESULTS
+    if not results.exists():
+        return None
+    try:
+        saved = json.loads(results.read_text())
+    except ValueError:  # damaged: the run is resumed (and its results written again)
+        return None
+    latest = latest_in(workdir / "checkpoints")
+    # By name: a run directory that was moved or copied is still recognised as finished.
+    if saved.get("config_hash") == config_hash(cfg) and latest and saved.get("checkpoint") and \
+            Path(latest).name == Path(saved["checkpoint"]).name:
+        return saved
+    return None
+
+
+def config_hash(cfg) -> str:
+    """A fingerprint of the resolved config: a finished run is only skipped for the same config."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

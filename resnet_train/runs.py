@@ -55,14 +55,9 @@ def build_model(cfg, info):
 
     keras.mixed_precision.set_global_policy("float32")
     m = cfg.model
-    return models.build(
-        depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape,
-        variant=m.get("variant", "auto"), block=m.get("block", "auto"), shortcut=m.get("shortcut", "auto"),
-        mean=info.mean, std=info.std, init_mode=m.get("init_mode", "fan_out"),
-        bn_momentum=m.get("bn_momentum", 0.9), bn_epsilon=m.get("bn_epsilon", 1e-5),
-        # A run saved before model.padding existed was trained with TF's "same" padding.
-        padding=m.get("padding", RUN_OWNED["model.padding"]),
-    )
+    # Inference: no sync_bn or zero-init; a run saved before model.padding existed used TF's "same".
+    return models.from_config(m, info, sync_bn=False, zero_init_residual=False,
+                              padding=m.get("padding", RUN_OWNED["model.padding"]))
 
 
 def restore_model(model, path: str) -> None:
@@ -89,11 +84,12 @@ def restore_ema(model, cfg, path: str) -> None:
     import keras
     import tensorflow as tf
 
-    from resnet_train import finetune, optim
+    from resnet_train import optim
+    from resnet_train.models import freeze
 
     loss_scaled = any(k.startswith("optimizer/inner_optimizer/")
                       for k in tf.train.load_checkpoint(path).get_variable_to_shape_map())
-    finetune.freeze(model, (cfg.get("finetune") or {}).get("freeze", "none"))  # training's variable list
+    freeze(model, (cfg.get("finetune") or {}).get("freeze", "none"))  # training's variable list
     variables = model.trainable_variables
     # A schedule, as in training (a float lr would add a variable and shift the saved positions).
     constant = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.0, 0.0])

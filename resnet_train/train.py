@@ -12,20 +12,24 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorflow import errors as tf_errors
 
 from resnet_train import config as config_lib
+from resnet_train.config import load_config  # noqa: F401 -- documented for notebooks: train.load_config
 from resnet_train import data as data_lib
 from resnet_train import cluster, finetune, models, onednn, optim, plots, run_dir, runtime, schedules, tuning
-from resnet_train.checkpoint import Checkpointer
+from resnet_train.checkpoint import Checkpointer, latest_in
 from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost, first_line
 from resnet_train.interrupts import StopRequests
 from resnet_train.run_lock import RunLock
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
-from resnet_train.report import NullReporter, Reporter, best_logged, best_logged_step, progress, write_json
+from resnet_train.report import (NullReporter, Reporter, best_logged, best_logged_step, hparams_of, progress,
+                                 write_json)
 from resnet_train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     # An existing run keeps the settings its checkpoints were made with (e.g. an older run's
     # model.padding); before the finished check, which compares with the config it saved.
     cfg, kept = run_dir.run_owned(workdir, cfg)
-    finished = _finished(workdir, cfg)
+    finished = run_dir.finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
         log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
                  workdir, finished["epochs"])
@@ -75,7 +79,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
         first = first_line(e, 160)
         raise WorkerLost(f"lost contact with another worker ({type(e).__name__}: {first}): it stopped (its "
                          f"log in {workdir} says why) or is unreachable; rerun every worker's command to "
-                         f"resume from {tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
+                         f"resume from {latest_in(workdir / 'checkpoints') or 'the start'}") from None
     except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
         ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
             e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
@@ -83,7 +87,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
             raise
         raise RunDirError(f"could not write {e.filename or 'to ' + str(workdir)} ({e.strerror}): free disk "
                           f"space or fix the directory, then rerun the same command; it resumes from "
-                          f"{tf_latest_checkpoint(workdir / 'checkpoints') or 'the start'}") from None
+                          f"{latest_in(workdir / 'checkpoints') or 'the start'}") from None
     finally:
         held_log.close(failed)
 
@@ -94,7 +98,63 @@ _LOST_PEER_ERRORS = (tf_errors.UnavailableError, tf_errors.CancelledError, tf_er
 
 
 def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log, lock=None) -> dict:
-    # ---- set up ---------------------------------------------------------------------------
+    """Set up, the epochs (each: run_epoch, then end_epoch), the final evaluation, the results."""
+    run, state = _set_up(cfg, workdir, overrides, stop, held_log)
+    stop.training_started()
+    try:
+        for epoch in range(state.step // run.steps_per_epoch, run.epochs if state.step < run.total_steps else 0):
+            timing = _run_epoch(run, state, epoch, stop, lock, started)
+            _end_epoch(run, state, epoch, stop, timing)
+        final = _final_evaluation(run, state)
+    finally:
+        run.reporter.close()
+        if not run.rt.is_chief:
+            shutil.rmtree(run.own_dir, ignore_errors=True)
+    results = _results(run, state, final, started)
+    if run.rt.is_chief:
+        write_json(workdir / run_dir.RESULTS, results)
+    return results
+
+
+@dataclass
+class _Run:
+    """What the loop needs, made once by _set_up."""
+    cfg: object
+    workdir: Path
+    own_dir: Path  # the chief's is the run directory; other workers' a temporary folder
+    rt: runtime.Runtime
+    splits: object
+    info: object
+    model: object
+    trainer: Trainer
+    checkpointer: Checkpointer
+    reporter: object
+    epoch_batches: Callable  # (epoch, skip) -> an iterator of that epoch's batches from `skip` on
+    distribute_eval: Callable  # (dataset, size) -> the distributed evaluation batches
+    eval_ds: object  # the per-epoch evaluation's batches (validation split, else test set)
+    eval_split: str  # "val" or "test"
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    steps_per_call: int
+    every_steps: int
+    train_flops: float  # per image, forward + backward
+    peak: float  # the measured matmul rate over all replicas: MFU's denominator
+    params: int
+
+
+@dataclass
+class _State:
+    """What changes as the loop goes."""
+    step: int
+    best_so_far: float | None  # the best evaluation accuracy logged up to `step`
+    eval_metrics: dict | None = None  # the last epoch's
+    first_call: bool = True
+
+
+def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple[_Run, _State]:
+    """Runtime, data, model, optimizer, trainer, restore; the run directory becomes this run's."""
+    # ---- runtime ---------------------------------------------------------------------------
     r = cfg.runtime
     # A resumed run keeps the policy `auto` chose when it started, on whatever host it continues.
     precision, precision_kept = run_dir.resume_precision(workdir, r.get("precision", "float32"))
@@ -170,18 +230,10 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         return iterator
 
     # ---- model and optimizer --------------------------------------------------------------
-    m = cfg.model
     with strategy.scope():
-        model = models.build(
-            depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape,
-            variant=m.get("variant", "auto"), block=m.get("block", "auto"),
-            shortcut=m.get("shortcut", "auto"), mean=info.mean, std=info.std,
-            init_mode=m.get("init_mode", "fan_out"), bn_momentum=m.get("bn_momentum", 0.9),
-            bn_epsilon=m.get("bn_epsilon", 1e-5), sync_bn=bool(m.get("sync_bn", False)),
-            zero_init_residual=bool(m.get("zero_init_residual", False)), padding=m.get("padding", "symmetric"),
-        )
+        model = models.from_config(cfg.model, info)
         ft = cfg.get("finetune") or {}
-        finetune.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
+        models.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = schedules.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
@@ -230,134 +282,155 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         log.info("Continuing at step %d of %d", step, total_steps)
     every_steps = cfg.checkpoint.get("every_steps") or 0
 
-    # ---- train loop -----------------------------------------------------------------------
     # Every worker takes the same decisions (saving is collective under several workers): the
     # best accuracy so far comes from the records up to the restored step only.
     best_so_far = best_logged(workdir, "eval", "accuracy", up_to_step=step)
     if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
         checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
     reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
-    reporter.hparams(hparams(cfg))
-    steps_per_call = int(levers["steps_per_call"][0])
-    eval_metrics = None
-    first_call = True
-    stop.training_started()
-    try:
-        for epoch in range(step // steps_per_epoch, epochs if step < total_steps else 0):
-            skip = step - epoch * steps_per_epoch
-            end = min((epoch + 1) * steps_per_epoch, total_steps)  # the last epoch of a run in steps stops early
-            t0 = time.perf_counter()  # the epoch's input pipeline is part of its images/s
-            iterator = epoch_batches(epoch, skip)
-            made = time.perf_counter() - t0
-            if not skip:  # resumed mid-epoch, the checkpoint brought the epoch's sums so far
-                trainer.reset_train_metrics()
-            bar = progress(end - epoch * steps_per_epoch, f"epoch {epoch + 1}/{epochs}", disable=not rt.is_chief)
-            bar.update(skip)
-            in_steps = 0.0  # seconds inside compiled train calls: the rest of the epoch is overhead
-            stopping = False  # a stop agreed by every worker (all-reduced in the train call)
-            while step < end:
-                n = min(steps_per_call, end - step)
-                called = time.perf_counter()
-                done, nonfinite, stop_now = trainer.train_steps(iterator, n, stop.requested)
-                in_steps += time.perf_counter() - called
-                step += done
-                if trainer.diverged(nonfinite):
-                    raise _diverged(step, nonfinite, trainer, checkpointer)
-                if stop_now and lock is not None and lock.lost:  # another process owns the directory now
-                    raise _lock_lost(lock, step, epoch, workdir, checkpointer)
-                if first_call:
-                    log.info("first step after %.1f s (process start to first optimizer step; the first call, "
-                             "tracing the step included, took %.1f s)", time.time() - started, in_steps)
-                    first_call = False
-                if stop_now and step < end:  # SIGTERM/SIGINT here or on
-                    raise _preempted(stop, step, total_steps, epoch, checkpointer)  # another worker
-                stopping = stop_now  # at the epoch's end: finish the epoch (eval, save), then stop
-                if every_steps and step % every_steps < done and step < end:
-                    checkpointer.save(step, epoch)
-                bar.update(done)
-                if not bar.disable:
-                    current = trainer.train_metrics()
-                    rate = (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
-                                    lr=f"{trainer.learning_rate():.4g}", img_s=f"{rate:.0f}",
-                                    mfu=f"{train_flops * rate / peak:.1%}")
-            seconds = time.perf_counter() - t0
-            overhead = {"new input pipeline": made, "loop": seconds - in_steps - made}
-            bar.close()
-            images_per_sec = (end - epoch * steps_per_epoch - skip) * cfg.batch_size / seconds
-            train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
-                             "images_per_sec": images_per_sec, "mfu": train_flops * images_per_sec / peak}
-            timed = time.perf_counter()
-            eval_metrics = trainer.evaluate(eval_ds)
-            overhead["evaluation"] = time.perf_counter() - timed
-            reporter.log("train", step, epoch + 1, train_metrics)
-            reporter.log("eval", step, epoch + 1, eval_metrics)
-            if trainer.has_ema:
-                ema_metrics = trainer.evaluate_ema(eval_ds)
-                reporter.log("eval_ema", step, epoch + 1, ema_metrics)
-                log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, epochs, eval_split,
-                         ema_metrics["loss"], ema_metrics["accuracy"])
-            if not math.isfinite(eval_metrics["loss"]):  # e.g. the epoch's last update overflowed
-                raise _diverged(step, 0, trainer, checkpointer, "in evaluation after")
-            # best/ first: a kill between the two leaves the epoch to be redone, best included.
-            # Only a validation split may choose it: a checkpoint picked on the test set would make
-            # the test accuracy the tools report an optimistic one.
-            if eval_split == "val" and checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], best_so_far):
-                best_so_far = eval_metrics["accuracy"]
-            timed = time.perf_counter()
-            checkpointer.save(step, epoch + 1)
-            overhead["checkpoint"] = time.perf_counter() - timed
-            if rt.is_chief:
-                timed = time.perf_counter()
-                plots.training_curves(workdir / run_dir.METRICS, workdir / run_dir.CURVES)
-                overhead["curves"] = time.perf_counter() - timed
-            if stopping and epoch + 1 < epochs:  # the epoch's checkpoint is the stop point
-                raise Preempted(f"stopped by {_stop_cause(stop)} after epoch "
-                                f"{epoch + 1} (step {step} of {total_steps}); checkpoint {checkpointer.latest} "
-                                f"written: run the same command again to continue")
-            log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
-                     epoch + 1, epochs, train_metrics["loss"], train_metrics["accuracy"], eval_split,
-                     eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
-                     train_metrics["images_per_sec"], 100 * train_metrics["mfu"])
-            _log_overhead(epoch + 1, epochs, in_steps, overhead)
-        if eval_metrics is None:  # the run had already finished: report its final state again
-            eval_metrics = trainer.evaluate(eval_ds)
-        best = reporter.best("eval", "accuracy")
-        test_metrics = (eval_metrics if eval_split == "test"
-                        else trainer.evaluate(distribute_eval(splits.test, info.test_size)))
-        if eval_split == "val":
-            reporter.log("test", step, epochs, test_metrics)
-        test_ema = trainer.evaluate_ema(distribute_eval(splits.test, info.test_size)) if trainer.has_ema else None
-    finally:
-        reporter.close()
-        if not rt.is_chief:
-            shutil.rmtree(own_dir, ignore_errors=True)
+    reporter.hparams(hparams_of(cfg))
+    run = _Run(cfg=cfg, workdir=workdir, own_dir=own_dir, rt=rt, splits=splits, info=info, model=model, trainer=trainer,
+               checkpointer=checkpointer, reporter=reporter, epoch_batches=epoch_batches,
+               distribute_eval=distribute_eval, eval_ds=eval_ds, eval_split=eval_split,
+               steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
+               steps_per_call=int(levers["steps_per_call"][0]), every_steps=every_steps, train_flops=train_flops,
+               peak=peak, params=params)
+    return run, _State(step=step, best_so_far=best_so_far)
 
+
+def _run_epoch(run: _Run, state: _State, epoch: int, stop: StopRequests, lock, started: float) -> dict:
+    """The epoch's training steps, from where the run stands; returns its timing and whether every
+    worker agreed to stop at its end. Divergence, a lost lock or a stop mid-epoch raise here."""
+    cfg, trainer, checkpointer = run.cfg, run.trainer, run.checkpointer
+    skip = state.step - epoch * run.steps_per_epoch
+    end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)  # the last epoch of a run in steps stops early
+    t0 = time.perf_counter()  # the epoch's input pipeline is part of its images/s
+    iterator = run.epoch_batches(epoch, skip)
+    made = time.perf_counter() - t0
+    if not skip:  # resumed mid-epoch, the checkpoint brought the epoch's sums so far
+        trainer.reset_train_metrics()
+    bar = progress(end - epoch * run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", disable=not run.rt.is_chief)
+    bar.update(skip)
+    in_steps = 0.0  # seconds inside compiled train calls: the rest of the epoch is overhead
+    stopping = False  # a stop agreed by every worker (all-reduced in the train call)
+    while state.step < end:
+        n = min(run.steps_per_call, end - state.step)
+        called = time.perf_counter()
+        done, nonfinite, stop_now = trainer.train_steps(iterator, n, stop.requested)
+        in_steps += time.perf_counter() - called
+        state.step += done
+        step = state.step
+        if trainer.diverged(nonfinite):
+            raise _diverged(step, nonfinite, trainer, checkpointer)
+        if stop_now and lock is not None and lock.lost:  # another process owns the directory now
+            raise _lock_lost(lock, step, epoch, run.workdir, checkpointer)
+        if state.first_call:
+            log.info("first step after %.1f s (process start to first optimizer step; the first call, "
+                     "tracing the step included, took %.1f s)", time.time() - started, in_steps)
+            state.first_call = False
+        if stop_now and step < end:  # SIGTERM/SIGINT here or on
+            raise _preempted(stop, step, run.total_steps, epoch, checkpointer)  # another worker
+        stopping = stop_now  # at the epoch's end: finish the epoch (eval, save), then stop
+        if run.every_steps and step % run.every_steps < done and step < end:
+            checkpointer.save(step, epoch)
+        bar.update(done)
+        if not bar.disable:
+            current = trainer.train_metrics()
+            rate = (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
+                            lr=f"{trainer.learning_rate():.4g}", img_s=f"{rate:.0f}",
+                            mfu=f"{run.train_flops * rate / run.peak:.1%}")
+    seconds = time.perf_counter() - t0
+    bar.close()
+    return {"images": (end - epoch * run.steps_per_epoch - skip) * cfg.batch_size, "seconds": seconds,
+            "in_steps": in_steps, "made": made, "stopping": stopping}
+
+
+def _end_epoch(run: _Run, state: _State, epoch: int, stop: StopRequests, timing: dict) -> None:
+    """Evaluation (and the EMA weights'), the records, best/ then the checkpoint, the curves, and
+    the stop agreed during the epoch; in that order on every worker."""
+    trainer, checkpointer, reporter, step = run.trainer, run.checkpointer, run.reporter, state.step
+    overhead = {"new input pipeline": timing["made"], "loop": timing["seconds"] - timing["in_steps"] - timing["made"]}
+    images_per_sec = timing["images"] / timing["seconds"]
+    train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
+                     "images_per_sec": images_per_sec, "mfu": run.train_flops * images_per_sec / run.peak}
+    timed = time.perf_counter()
+    eval_metrics = state.eval_metrics = trainer.evaluate(run.eval_ds)
+    overhead["evaluation"] = time.perf_counter() - timed
+    reporter.log("train", step, epoch + 1, train_metrics)
+    reporter.log("eval", step, epoch + 1, eval_metrics)
+    if trainer.has_ema:
+        ema_metrics = trainer.evaluate_ema(run.eval_ds)
+        reporter.log("eval_ema", step, epoch + 1, ema_metrics)
+        log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, run.epochs, run.eval_split,
+                 ema_metrics["loss"], ema_metrics["accuracy"])
+    if not math.isfinite(eval_metrics["loss"]):  # e.g. the epoch's last update overflowed
+        raise _diverged(step, 0, trainer, checkpointer, "in evaluation after")
+    # best/ first: a kill between the two leaves the epoch to be redone, best included.
+    # Only a validation split may choose it: a checkpoint picked on the test set would make
+    # the test accuracy the tools report an optimistic one.
+    if run.eval_split == "val" and checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"],
+                                                          state.best_so_far):
+        state.best_so_far = eval_metrics["accuracy"]
+    timed = time.perf_counter()
+    checkpointer.save(step, epoch + 1)
+    overhead["checkpoint"] = time.perf_counter() - timed
+    if run.rt.is_chief:
+        timed = time.perf_counter()
+        plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
+        overhead["curves"] = time.perf_counter() - timed
+    if timing["stopping"] and epoch + 1 < run.epochs:  # the epoch's checkpoint is the stop point
+        raise Preempted(f"stopped by {_stop_cause(stop)} after epoch "
+                        f"{epoch + 1} (step {step} of {run.total_steps}); checkpoint {checkpointer.latest} "
+                        f"written: run the same command again to continue")
+    log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
+             epoch + 1, run.epochs, train_metrics["loss"], train_metrics["accuracy"], run.eval_split,
+             eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
+             train_metrics["images_per_sec"], 100 * train_metrics["mfu"])
+    _log_overhead(epoch + 1, run.epochs, timing["in_steps"], overhead)
+
+
+def _final_evaluation(run: _Run, state: _State) -> dict:
+    """The test set (and the EMA weights' on it), and the best evaluation accuracy logged."""
+    trainer, info = run.trainer, run.info
+    if state.eval_metrics is None:  # the run had already finished: report its final state again
+        state.eval_metrics = trainer.evaluate(run.eval_ds)
+    best = run.reporter.best("eval", "accuracy")
+    test_metrics = (state.eval_metrics if run.eval_split == "test"
+                    else trainer.evaluate(run.distribute_eval(run.splits.test, info.test_size)))
+    if run.eval_split == "val":
+        run.reporter.log("test", state.step, run.epochs, test_metrics)
+    test_ema = (trainer.evaluate_ema(run.distribute_eval(run.splits.test, info.test_size)) if trainer.has_ema
+                else None)
+    return {"test": test_metrics, "test_ema": test_ema, "best": best}
+
+
+def _results(run: _Run, state: _State, final: dict, started: float) -> dict:
+    """results.json: what the run reached, and what it was."""
+    eval_metrics = state.eval_metrics
     results = {
-        "test": test_metrics,
-        "eval_split": eval_split,
+        "test": final["test"],
+        "eval_split": run.eval_split,
         "eval": eval_metrics,
         # Over the epochs: with a validation split the figure best/ was chosen by; on the test set
         # only a monitoring figure, biased upwards by the choice of epoch, and named so.
-        ("best_val_accuracy" if eval_split == "val" else "best_test_accuracy_optimistic"):
-            max(best or 0.0, eval_metrics["accuracy"]),
-        "epochs": epochs,
-        "steps": step,
-        "parameters": params,
-        "top_k": trainer.top_k,  # the test metrics' f"top{k}" key
-        "model": model.name,
-        "dataset": info.name,
-        "precision": rt.precision,
-        "replicas": rt.replicas,
+        ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"):
+            max(final["best"] or 0.0, eval_metrics["accuracy"]),
+        "epochs": run.epochs,
+        "steps": state.step,
+        "parameters": run.params,
+        "top_k": run.trainer.top_k,  # the test metrics' f"top{k}" key
+        "model": run.model.name,
+        "dataset": run.info.name,
+        "precision": run.rt.precision,
+        "replicas": run.rt.replicas,
         "wall_time_s": round(time.time() - started, 1),
-        "run_dir": str(workdir),
-        "checkpoint": checkpointer.latest if rt.is_chief else None,
-        "config_hash": config_hash(cfg),
+        "run_dir": str(run.workdir),
+        "checkpoint": run.checkpointer.latest if run.rt.is_chief else None,
+        "config_hash": run_dir.config_hash(run.cfg),
     }
-    if test_ema is not None:
-        results["test_ema"] = test_ema
-    if rt.is_chief:
-        write_json(workdir / run_dir.RESULTS, results)
+    if final["test_ema"] is not None:
+        results["test_ema"] = final["test_ema"]
     return results
 
 
@@ -423,62 +496,3 @@ def _preempted(stop, step: int, total_steps: int, epoch: int, checkpointer) -> P
     return Preempted(f"stopped by {_stop_cause(stop)} at step {step} of "
                      f"{total_steps}; checkpoint {checkpointer.latest} written: run the same command "
                      f"again to continue from this step")
-
-
-def _finished(workdir: Path, cfg):
-    """The saved results when `workdir` holds a finished run of this many epochs, else None."""
-    import json
-
-    results = workdir / run_dir.RESULTS
-    if not results.exists():
-        return None
-    try:
-        saved = json.loads(results.read_text())
-    except ValueError:  # damaged: the run is resumed (and its results written again)
-        return None
-    latest = tf_latest_checkpoint(workdir / "checkpoints")
-    # By name: a run directory that was moved or copied is still recognised as finished.
-    if saved.get("config_hash") == config_hash(cfg) and latest and saved.get("checkpoint") and \
-            Path(latest).name == Path(saved["checkpoint"]).name:
-        return saved
-    return None
-
-
-def config_hash(cfg) -> str:
-    """A fingerprint of the resolved config: a finished run is only skipped for the same config."""
-    import hashlib
-
-    from omegaconf import OmegaConf
-
-    text = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def tf_latest_checkpoint(directory: Path):
-    import tensorflow as tf
-
-    return tf.train.latest_checkpoint(str(directory)) if directory.exists() else None
-
-
-def hparams(cfg) -> dict:
-    """The settings a sweep varies, flat, for TensorBoard's HParams dashboard."""
-    from omegaconf import OmegaConf
-
-    flat = {"depth": cfg.depth, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "data": cfg.data.get("name"), "optimizer": cfg.optimizer.get("name"), "lr": cfg.optimizer.lr,
-            "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "schedule": cfg.schedule.get("name"),
-            "precision": cfg.runtime.get("precision")}
-    for section in ("augment", "model", "optimizer", "schedule"):
-        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
-            if isinstance(value, (bool, int, float, str)):
-                flat[f"{section}.{key}"] = value
-    return {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
-
-
-def load_config(overrides=(), config_name: str = "train"):
-    """Composes the packaged configs with overrides, for notebooks and tests (no Hydra app run)."""
-    from hydra import compose, initialize_config_dir
-
-    config_dir = Path(__file__).parent / "configs"
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        return compose(config_name=config_name, overrides=list(overrides))

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from resnet_train.errors import ConfigError
+from resnet_train.models import names
 from resnet_train.optim import clip_by_global_norm, decayed
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -39,7 +40,7 @@ class Trainer:
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
         # finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
         # momentum, decay included) is exactly a larger learning rate for those variables.
-        head = {id(v) for v in model.get_layer("logits").trainable_variables} if head_lr_mult != 1.0 else set()
+        head = {id(v) for v in model.get_layer(names.HEAD).trainable_variables} if head_lr_mult != 1.0 else set()
         self.grad_scale = [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes

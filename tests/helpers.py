@@ -66,7 +66,7 @@ def register_fake_archive(monkeypatch, name: str, archive: Path):
 
 
 def compose(*overrides):
-    from resnet_train.train import load_config
+    from resnet_train.config import load_config
 
     return load_config(overrides)
 

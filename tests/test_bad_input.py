@@ -11,7 +11,8 @@ import json
 import pytest
 
 from helpers import TINY, cli_in_process, file_digests
-from resnet_train.train import load_config, train_and_evaluate
+from resnet_train.config import load_config
+from resnet_train.train import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,17 @@ def test_the_first_line_of_an_exception_never_fails_on_an_empty_message():
     import tensorflow as tf
 
     assert first_line(tf.errors.DataLossError(None, None, "  truncated record\nmore")) == "truncated record"
+
+
+def test_the_cli_explains_a_bad_override_without_starting_tensorflow():
+    """hydra_errors' did-you-mean composes the config through config.load_config: TensorFlow-free,
+    so a typo's message comes back without a TensorFlow start-up (~4 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from resnet_train.hydra_errors import did_you_mean; "
+            "print(did_you_mean('optimizer.momentun', 'train')); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "did you mean optimizer.momentum?" in done.stdout

@@ -313,3 +313,20 @@ def test_zero_init_residual_refuses_pre_activation():
     # A pre-activation branch ends in a conv: there is no batch norm to start at zero.
     with pytest.raises(ConfigError, match="zero_init_residual.*post-activation"):
         build(20, 10, variant="preact", zero_init_residual=True)
+
+
+def test_one_factory_turns_a_config_and_the_datas_description_into_the_model():
+    """models.from_config: training's and the tools' model from cfg.model and a DatasetInfo; the
+    tools override what is training-only (zero-init of the residual branches' last BN)."""
+    from helpers import compose
+    from resnet_train.data import synthetic
+
+    info = synthetic.load(image_shape=(16, 16, 3), num_classes=7, train_size=8, test_size=8).info
+    cfg = compose("depth=14", "model.zero_init_residual=true")
+    model = models.from_config(cfg.model, info)
+    assert model.name == "cifar_resnet14" and model.output_shape == (None, 7)
+    assert count_params(model) == count_params(build(14, 7, (16, 16, 3)))
+    last_bn = model.get_layer(f"{models.names.block(1, 1)}_bn2")
+    assert not np.any(last_bn.gamma.numpy())  # zero-init from the config
+    inference = models.from_config(cfg.model, info, zero_init_residual=False)
+    assert np.all(inference.get_layer(f"{models.names.block(1, 1)}_bn2").gamma.numpy() == 1.0)

@@ -240,7 +240,7 @@ def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
 
 def test_plot_schedule_draws_the_runs_curve(tmp_path):
     from resnet_train.schedule_plot import plot_schedule
-    from resnet_train.train import load_config
+    from resnet_train.config import load_config
 
     cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640",
                        f"out={tmp_path / 'lr.png'}"], config_name="plot_schedule")

@@ -40,7 +40,7 @@ def sweep_made_by(cli, tmp_path_factory, tmp_path, _sweeps_made):
     """sweep_made_by(*command) -> (sweep dir, result): this test's own copy of the sweep that the
     command made (in process, by whichever test asked first), so that tests sharing a start stay
     independent and order-free. A copy reruns as the original would: finished members are
-    recognised by their checkpoint's name, not their path (train._finished); Optuna's storage is
+    recognised by their checkpoint's name, not their path (run_dir.finished); Optuna's storage is
     sqlite:///${hydra.sweep.dir}/optuna.db, the copy's; Hydra's record of the original's paths
     (.hydra/hydra.yaml) is what a rerun that skips or refuses a member puts back anyway."""
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import sys
 
 from resnet_train.errors import ConfigError
+from resnet_train.models import names
 from resnet_train.models.depths import Layout, layout, resolve_variant
+from resnet_train.models.freeze import freeze
 from resnet_train.models.layers import Builder, ZeroPadShortcut
 from resnet_train.models.resnet import FAMILIES
 
-__all__ = ["build", "layout", "resolve_layout", "Layout", "ZeroPadShortcut"]
+__all__ = ["Layout", "ZeroPadShortcut", "build", "freeze", "from_config", "layout", "names", "resolve_layout"]
 
 # Option A for the CIFAR ResNets (the paper's default), projections elsewhere.
 _DEFAULT_SHORTCUT = {"cifar": "A", "preact": "B", "imagenet": "B"}
@@ -82,6 +84,20 @@ def build(
     # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * depth + 1000))
     return FAMILIES[lay.variant](lay, num_classes, image_shape, mean, std, shortcut, builder, name)
+
+
+def from_config(m, info, **override):
+    """`build` for a config's `model` group and the data's DatasetInfo (input shape, classes,
+    channel statistics): the one place training and the tools turn a config into a model.
+    `override`: the arguments that differ (the tools build for inference: no sync_bn, no
+    zero-init; a run saved before model.padding existed keeps TF's "same")."""
+    args = dict(depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape,
+                variant=m.get("variant", "auto"), block=m.get("block", "auto"), shortcut=m.get("shortcut", "auto"),
+                mean=info.mean, std=info.std, init_mode=m.get("init_mode", "fan_out"),
+                bn_momentum=m.get("bn_momentum", 0.9), bn_epsilon=m.get("bn_epsilon", 1e-5),
+                sync_bn=bool(m.get("sync_bn", False)), zero_init_residual=bool(m.get("zero_init_residual", False)),
+                padding=m.get("padding", "symmetric"))
+    return build(**{**args, **override})
 
 
 def count_params(model) -> int:

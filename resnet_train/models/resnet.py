@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from resnet_train.models import names
 from resnet_train.models.depths import Layout
 from resnet_train.models.layers import Builder
 
@@ -19,7 +20,7 @@ def _inputs_and_stem_input(image_shape, mean, std):
     # casts to the compute dtype.
     x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     x = layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], dtype="float32", name="normalize"
+        mean=list(mean), variance=[s * s for s in std], dtype="float32", name=names.NORMALIZE
     )(x)
     return inputs, x
 
@@ -28,14 +29,14 @@ def _stages(x, widths, lay: Layout, block):
     """Stacks the stages: block(x, width, stride, name); the first block of stages 2+ strides by 2."""
     for stage, (width, blocks) in enumerate(zip(widths, lay.stages)):
         for i in range(blocks):
-            x = block(x, width, 2 if stage > 0 and i == 0 else 1, f"stage{stage + 1}_block{i + 1}")
+            x = block(x, width, 2 if stage > 0 and i == 0 else 1, names.block(stage + 1, i + 1))
     return x
 
 
 def _head(x, num_classes):
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.GlobalAveragePooling2D(name=names.POOL)(x)
     # float32 logits: numerically safe softmax / cross-entropy under mixed precision.
-    return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name=names.HEAD)(x)
 
 
 def cifar_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: Builder, name):
