@@ -64,17 +64,13 @@ def iterator_throughput(iterator, batch_size: int, windows: int = 5, steps_per_w
 
 def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, augment=None,
                         batch_augment=None, shuffle_buffer=None, windows: int = 5, steps_per_window: int = 20) -> dict:
-    """images/s of pipeline.train_batches alone (no model), over repeated epochs."""
+    """images/s of the training input pipeline alone (no model) as the command builds it: one
+    pipeline over many epochs (pipeline.training_stream)."""
     from resnet_train.data import pipeline
 
-    def batches():
-        epoch = 0
-        while True:
-            yield from pipeline.train_batches(dataset, size, batch_size, 0, epoch, augment, batch_augment,
-                                              shuffle_buffer=shuffle_buffer)
-            epoch += 1
-
-    return iterator_throughput(batches(), batch_size, windows, steps_per_window)
+    batches = pipeline.training_stream(dataset, size, batch_size, 0, 0, 10**6, augment, batch_augment,
+                                       shuffle_buffer=shuffle_buffer)
+    return iterator_throughput(iter(batches), batch_size, windows, steps_per_window)
 
 
 def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, steps_per_call: int = 1,

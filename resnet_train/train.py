@@ -153,10 +153,48 @@ class _State:
 
 
 def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple[_Run, _State]:
-    """Runtime, data, model, optimizer, trainer, restore; the run directory becomes this run's."""
-    # ---- runtime ---------------------------------------------------------------------------
+    """Runtime, data, model, optimizer, trainer, restore -- each checked before the next costs
+    anything; then the run directory becomes this run's."""
+    rt, levers = _runtime(cfg, workdir, stop)
+    # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
+    own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
+    data = _input(cfg, workdir, rt)
+    model, optimizer, trainer = _model_and_trainer(cfg, rt, data, xla=bool(levers["xla"][0]))
+    params = models.count_params(model)
+    # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
+    # over the machine's measured matmul rate.
+    train_flops = 3 * models.forward_flops(model)
+    peak = runtime.peak_flops(rt.precision) * rt.replicas
+    info, lr = data.info, optim.effective_lr(cfg.optimizer, cfg.batch_size)
+    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g "
+             "(optimizer.lr %g per %d images x batch %d)", model.name, f"{params:,}", info.name,
+             info.train_size, f"{info.val_size} val / " if info.val_size else "", info.test_size,
+             data.steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size),
+             cfg.batch_size)
+    checkpointer, step = _restore(cfg, workdir, own_dir, rt, model, optimizer, trainer, info, overrides, held_log)
+    if step:
+        log.info("Continuing at step %d of %d", step, data.total_steps)
+
+    # Every worker takes the same decisions (saving is collective under several workers): the
+    # best accuracy so far comes from the records up to the restored step only.
+    best_so_far = best_logged(workdir, "eval", "accuracy", up_to_step=step)
+    if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
+        checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
+    reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
+    reporter.hparams(hparams_of(cfg))
+    run = _Run(cfg=cfg, workdir=workdir, own_dir=own_dir, rt=rt, splits=data.splits, info=info, model=model,
+               trainer=trainer, checkpointer=checkpointer, reporter=reporter, epoch_batches=data.epoch_batches,
+               distribute_eval=data.distribute_eval, eval_ds=data.eval_ds, eval_split=data.eval_split,
+               steps_per_epoch=data.steps_per_epoch, epochs=data.epochs, total_steps=data.total_steps,
+               steps_per_call=int(levers["steps_per_call"][0]),
+               every_steps=cfg.checkpoint.get("every_steps") or 0, train_flops=train_flops, peak=peak, params=params)
+    return run, _State(step=step, best_so_far=best_so_far)
+
+
+def _runtime(cfg, workdir: Path, stop: StopRequests):
+    """Strategy, precision (a resumed run keeps what `auto` chose when it started), the measured
+    levers; the checks that need the replica count. Returns (runtime.Runtime, levers)."""
     r = cfg.runtime
-    # A resumed run keeps the policy `auto` chose when it started, on whatever host it continues.
     precision, precision_kept = run_dir.resume_precision(workdir, r.get("precision", "float32"))
     rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
                            precision, r.get("devices"), int(r.get("cpu_replicas", 1)))
@@ -167,17 +205,31 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
              "on" if onednn.enabled() else "off", onednn.apply(r.get("onednn", "auto")),
              "on" if levers["xla"][0] else "off", levers["xla"][1], levers["steps_per_call"][0],
              levers["steps_per_call"][1], tuning.threads_in_effect())
-    xla = bool(levers["xla"][0])
-    strategy = rt.strategy
     stop.install()  # after the strategy: see StopRequests.install
     config_lib.check_replicas(cfg, rt.replicas)
-    if xla:
+    if levers["xla"][0]:
         runtime.check_xla()
     optim.check(cfg)  # a bad optimizer, schedule or EMA setting fails here, before any data is read
-    # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
-    own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
+    return rt, levers
 
-    # ---- input pipeline -------------------------------------------------------------------
+
+@dataclass
+class _Input:
+    """The data side of a run: what _input made."""
+    splits: object
+    info: object
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    eval_split: str
+    eval_ds: object
+    distribute_eval: Callable
+    epoch_batches: Callable
+
+
+def _input(cfg, workdir: Path, rt) -> _Input:
+    """The dataset, the run's length, the evaluation batches and the training batches' source."""
+    strategy = rt.strategy
     splits = data_lib.load(cfg.data)
     info = splits.info
     config_lib.check_against_data(cfg, info)
@@ -189,13 +241,12 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
     if cfg.get("steps") is not None:
         log.info("steps=%d: %d epochs of %d steps, the last one %d steps (epochs=%s is not used)", total_steps,
                  epochs, steps_per_epoch, total_steps - (epochs - 1) * steps_per_epoch, cfg.epochs)
-    augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
-    batch_augment = make_batch_augment(cfg.augment, info.num_classes)
     # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
     eval_split = "val" if splits.val is not None else "test"
     if eval_split == "test":
         log.info("No validation split (data.val_split): the per-epoch test figures are for watching only; no "
                  "best checkpoint is chosen on them, and the tools use the final checkpoint")
+
     def distribute_eval(ds, size):
         batches = pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
         return strategy.experimental_distribute_dataset(batches)
@@ -206,11 +257,22 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
     log.info("Global batch %d = %d replica(s) x %d; shuffle buffer %d of %d training examples",
              cfg.batch_size, rt.replicas, cfg.batch_size // rt.replicas,
              min(shuffle_buffer, info.train_size), info.train_size)
+    epoch_batches = _training_batches(cfg, splits, strategy, epochs, shuffle_buffer)
+    return _Input(splits=splits, info=info, steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
+                  eval_split=eval_split, eval_ds=eval_ds, distribute_eval=distribute_eval,
+                  epoch_batches=epoch_batches)
 
-    stream = []  # in-memory data: one iterator over every epoch left, made at the first epoch
+
+def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -> Callable:
+    """epoch_batches(epoch, skip): an iterator whose next batches are `epoch`'s, from batch `skip`
+    on. In-memory data: one iterator over every epoch left, made at the first call and returned
+    again after; streamed files: a new one per epoch."""
+    info = splits.info
+    augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
+    batch_augment = make_batch_augment(cfg.augment, info.num_classes)
+    stream = []
 
     def epoch_batches(epoch, skip):
-        """An iterator whose next batches are `epoch`'s, from batch `skip` on."""
         if stream:
             return stream[0]
 
@@ -229,28 +291,23 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
             stream.append(iterator)
         return iterator
 
-    # ---- model and optimizer --------------------------------------------------------------
-    with strategy.scope():
+    return epoch_batches
+
+
+def _model_and_trainer(cfg, rt, data: _Input, xla: bool):
+    """The model (fine-tuning's frozen layers marked), the optimizer with its schedule, the Trainer."""
+    info, r = data.info, cfg.runtime
+    ft = cfg.get("finetune") or {}
+    with rt.strategy.scope():
         model = models.from_config(cfg.model, info)
-        ft = cfg.get("finetune") or {}
         models.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
-        schedule = schedules.lr_schedule(cfg.schedule, lr, total_steps, steps_per_epoch)
+        schedule = schedules.lr_schedule(cfg.schedule, lr, data.total_steps, data.steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
                                           ema_decay=(cfg.get("ema") or {}).get("decay"),
                                           variables=model.trainable_variables)
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
-    params = models.count_params(model)
-    # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
-    # over the machine's measured matmul rate.
-    train_flops = 3 * models.forward_flops(model)
-    peak = runtime.peak_flops(rt.precision) * rt.replicas
-    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g "
-             "(optimizer.lr %g per %d images x batch %d)", model.name, f"{params:,}", info.name,
-             info.train_size, f"{info.val_size} val / " if info.val_size else "", info.test_size,
-             steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)
-    head_lr_mult = float(ft.get("head_lr_mult", 1.0))
-    trainer = Trainer(model, optimizer, strategy, cfg.batch_size, head_lr_mult=head_lr_mult,
+    trainer = Trainer(model, optimizer, rt.strategy, cfg.batch_size, head_lr_mult=float(ft.get("head_lr_mult", 1.0)),
                       weight_decay=optim.coupled_weight_decay(cfg.optimizer),
                       clip_norm=optim.clip_norm(cfg.optimizer),
                       decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
@@ -258,8 +315,13 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
                       xla=xla,
                       max_nonfinite_steps=(int(r.get("max_nonfinite_steps", 20))
                                            if rt.precision == "mixed_float16" else 0))
+    return model, optimizer, trainer
 
-    # ---- restore: this run's own checkpoint, else init_from (fine-tune), else from scratch --
+
+def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, info, overrides, held_log):
+    """This run's own checkpoint, else init_from (fine-tuning), else from scratch; then the
+    directory becomes this run's (config, resolved settings, dataset saved). Returns
+    (Checkpointer, the step the run continues from, the same on every worker)."""
     checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
                                 max_to_keep=int(cfg.checkpoint.get("keep", 3)),
                                 read_from=workdir / "checkpoints", extra={"train_sums": trainer.sums})
@@ -267,7 +329,7 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
     # checkpoint is refused on every rerun, never taken for a new run.
     restored = checkpointer.restore_latest(expect_progress=run_dir.has_progress(workdir))
     if not restored and cfg.get("init_from"):
-        with strategy.scope():
+        with rt.strategy.scope():
             initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
         if rt.is_chief:
             write_json(workdir / "init_from.json", initialised)
@@ -277,25 +339,8 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
         write_json(workdir / run_dir.DATASET, info.to_dict())
     held_log.release()
     step = int(checkpointer.step.numpy()) if restored else 0
-    _check_workers_agree(strategy, step, workdir)
-    if step:
-        log.info("Continuing at step %d of %d", step, total_steps)
-    every_steps = cfg.checkpoint.get("every_steps") or 0
-
-    # Every worker takes the same decisions (saving is collective under several workers): the
-    # best accuracy so far comes from the records up to the restored step only.
-    best_so_far = best_logged(workdir, "eval", "accuracy", up_to_step=step)
-    if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
-        checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
-    reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
-    reporter.hparams(hparams_of(cfg))
-    run = _Run(cfg=cfg, workdir=workdir, own_dir=own_dir, rt=rt, splits=splits, info=info, model=model, trainer=trainer,
-               checkpointer=checkpointer, reporter=reporter, epoch_batches=epoch_batches,
-               distribute_eval=distribute_eval, eval_ds=eval_ds, eval_split=eval_split,
-               steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
-               steps_per_call=int(levers["steps_per_call"][0]), every_steps=every_steps, train_flops=train_flops,
-               peak=peak, params=params)
-    return run, _State(step=step, best_so_far=best_so_far)
+    _check_workers_agree(rt.strategy, step, workdir)
+    return checkpointer, step
 
 
 def _run_epoch(run: _Run, state: _State, epoch: int, stop: StopRequests, lock, started: float) -> dict:

@@ -18,6 +18,11 @@ def test_matmul_rate_and_peer_measurements_run():
     ours = bench.train_throughput(8, (16, 16, 3), 8, windows=2, steps_per_window=2, steps_per_call=2)
     assert keras_fit["images_per_sec"] > 0 and ours["images_per_sec"] > 0 and ours["parameters"] > 0
     assert bench.eval_throughput(8, (16, 16, 3), 8, batches=2)["images_per_sec"] > 0
+    # The input pipeline alone, as the command builds it: one pipeline running on past an epoch's end.
+    from resnet_train.data import synthetic
+
+    data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=32, test_size=8)
+    assert bench.pipeline_throughput(data.train, 32, 8, windows=2, steps_per_window=6)["images_per_sec"] > 0
 
 
 def test_a_peer_is_timed_with_onednns_other_setting_in_a_process_of_its_own():
