@@ -159,8 +159,9 @@ def _run_tool(task):
 
     # The tools have no runtime group: oneDNN and threads as runtime=auto measured them here, else
     # the CPU's rule and TensorFlow's default.
-    onednn.apply("auto", measured=tuning.choice(tuning.cached(), "onednn"))
-    tuning.apply_threads("auto", measured=tuning.choice(tuning.cached(), "threads"))
+    measured = tuning.cached()  # read once
+    onednn.apply("auto", measured=tuning.choice(measured, "onednn"))
+    tuning.apply_threads("auto", measured=tuning.choice(measured, "threads"))
     _quiet_tensorflow()
     from resnet_train.errors import UserError
 
