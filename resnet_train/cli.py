@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from resnet_train import schema
 from resnet_train.cluster import worker_suffix
 from resnet_train.errors import EXIT_USER_ERROR
 from resnet_train.hydra_errors import run_app
@@ -23,6 +24,7 @@ from resnet_train.hydra_errors import run_app
 # reports the failed write as one line itself.
 logging.raiseExceptions = False
 
+schema.register()  # the configs' YAML files name their schemas (schema.py)
 # ${worker_suffix:} in train.yaml: non-chief workers log to train_worker<i>.log beside the chief's.
 OmegaConf.register_new_resolver("worker_suffix", worker_suffix, replace=True)
 # ${hydra_files_subdir:${hydra.mode}} in train.yaml: .hydra/ from Hydra for sweep members only.
@@ -109,7 +111,7 @@ def _check_search_has_validation(cfg) -> None:
     """A hyper-parameter search (a sweeper that optimises the returned value) needs a validation
     split: optimising the test accuracy would tune on the test set."""
     sweeper = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or "")
-    if "optuna" in sweeper.lower() and not cfg.data.get("val_split"):
+    if "optuna" in sweeper.lower() and not cfg.data.val_split:
         # Every trial would fail alike: one line and exit 2 for the whole search, not a member's traceback.
         print("resnet-train: error: hparams_search=optuna needs a validation split to optimise "
               "(data.val_split=0.1 or a count): it would otherwise tune on the test set", file=sys.stderr)

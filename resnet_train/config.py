@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_train import onednn, tuning
+from resnet_train import onednn, schema, tuning
 from resnet_train.errors import ConfigError
 
 
@@ -15,62 +15,66 @@ def load_config(overrides=(), config_name: str = "train"):
     """Composes the packaged configs with overrides, for notebooks and tests (no Hydra app run)."""
     from hydra import compose, initialize_config_dir
 
+    schema.register()
     config_dir = Path(__file__).parent / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def _positive_int(cfg, key):
-    value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer (got {value!r})")
-    return value
+# Types are the schema's (schema.py, enforced by Hydra at composition); these are the ranges and choices.
+def _at_least(key: str, value, minimum: int) -> None:
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{key} must be {what} (got {value!r})")
 
 
-def _positive_number(cfg, key, where):
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{where}.{key} must be a positive number (got {value!r})")
+def _known_image_shape(d):
+    """The images' shape where the config alone tells it (None: known once the data is read)."""
+    if d.source == "synthetic":
+        return tuple(d.image_shape)
+    if d.source in ("embedded", "folder") or (d.source == "tfds" and not d.cache):
+        return (d.image_size, d.image_size, 3)
+    return None
 
 
 def validate(cfg) -> None:
     """Raises ConfigError for a config that cannot train."""
-    from resnet_train import data, models, schedules  # TensorFlow's modules: imported when checking
+    from resnet_train import models, schedules  # TensorFlow's modules: imported when checking
 
-    _positive_int(cfg, "epochs")
-    steps = cfg.get("steps")
-    if steps is not None and not _int_at_least(steps, 1):
+    _at_least("epochs", cfg.epochs, 1)
+    if cfg.steps is not None and cfg.steps < 1:
         raise ConfigError(f"steps must be null or a positive integer, the run's length in optimizer steps "
-                          f"(got {steps!r})")
-    _positive_int(cfg, "batch_size")
-    seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer (got {seed!r})")
+                          f"(got {cfg.steps!r})")
+    _at_least("batch_size", cfg.batch_size, 1)
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer (got {cfg.seed!r})")
 
     model = cfg.model
-    variant = model.get("variant", "auto")
-    shape = cfg.data.get("image_shape")
-    if variant == "auto" and shape is None:
+    shape = _known_image_shape(cfg.data)
+    if model.variant == "auto" and shape is None:
         # Shape unknown until the data is read: accept a depth valid for either family now,
         # the exact check follows once the image shape is known.
         try:
             models.layout("imagenet", model.depth)
         except ConfigError:
-            models.layout("cifar", model.depth, model.get("block", "auto"))
+            models.layout("cifar", model.depth, model.block)
     else:
-        models.resolve_layout(model.depth, shape or (32, 32, 3), variant, model.get("block", "auto"))
-    if model.get("shortcut", "auto") not in ("auto", "A", "B"):
-        raise ConfigError(f"model.shortcut must be auto, A or B (got {model.get('shortcut')!r})")
-    if model.get("padding", "symmetric") not in models.PADDINGS:
-        raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.get('padding')!r})")
+        models.resolve_layout(model.depth, shape or (32, 32, 3), model.variant, model.block)
+    if model.shortcut not in ("auto", "A", "B"):
+        raise ConfigError(f"model.shortcut must be auto, A or B (got {model.shortcut!r})")
+    if model.padding not in models.PADDINGS:
+        raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.padding!r})")
 
-    _positive_number(cfg.optimizer, "lr", "optimizer")
-    wd = cfg.optimizer.get("weight_decay", 0.0)
-    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
-        raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {wd!r})")
+    if cfg.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr must be a positive number (got {cfg.optimizer.lr:g})")
+    if cfg.optimizer.weight_decay < 0:
+        raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {cfg.optimizer.weight_decay:g})")
+    if not 0.0 <= cfg.augment.label_smoothing < 1.0:
+        raise ConfigError(f"augment.label_smoothing must be in [0, 1) (got {cfg.augment.label_smoothing:g})")
+    if cfg.ema.decay is not None and not 0.0 < cfg.ema.decay < 1.0:
+        raise ConfigError(f"ema.decay must be in (0, 1), e.g. 0.999 (got {cfg.ema.decay:g})")
     _runtime(cfg.runtime)
-    _checkpoint(cfg.get("checkpoint") or {})
-    data.download_setting(cfg.data)
+    _checkpoint(cfg.checkpoint)
     # A warm-up longer than the run, where comparable before the data is read (same units).
     schedules.check_warmup_fits(cfg)
 
@@ -84,33 +88,31 @@ def _int_at_least(value, minimum: int) -> bool:
 
 
 def _runtime(r) -> None:
-    if r.get("strategy", "auto") not in STRATEGIES:
-        raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {r.get('strategy')!r})")
-    if r.get("precision", "auto") not in PRECISIONS:
-        raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {r.get('precision')!r})")
-    onednn.normalise(r.get("onednn", "auto"))
-    if not isinstance(r.get("deterministic", False), bool):
-        raise ConfigError(f"runtime.deterministic must be true or false (got {r.get('deterministic')!r})")
-    if not isinstance(r.get("xla", False), bool) and r.get("xla") != "auto":
-        raise ConfigError(f"runtime.xla must be true, false or auto (got {r.get('xla')!r}); auto: what "
+    if r.strategy not in STRATEGIES:
+        raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {r.strategy!r})")
+    if r.precision not in PRECISIONS:
+        raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {r.precision!r})")
+    onednn.normalise(r.onednn)
+    if not isinstance(r.xla, bool) and r.xla != "auto":
+        raise ConfigError(f"runtime.xla must be true, false or auto (got {r.xla!r}); auto: what "
                           f"runtime=auto measured on this machine")
-    spc = r.get("steps_per_call", 1)
-    if not _int_at_least(spc, 1) and spc != "auto":
-        raise ConfigError(f"runtime.steps_per_call must be an integer >= 1 or auto (got {spc!r}); auto: what "
-                          f"runtime=auto measured on this machine")
-    tuning.normalise_threads(r.get("threads", "auto"))
-    for key, minimum in (("cpu_replicas", 1), ("max_nonfinite_steps", 0)):
-        if not _int_at_least(r.get(key, minimum), minimum):
-            raise ConfigError(f"runtime.{key} must be an integer >= {minimum} (got {r.get(key)!r})")
+    if not _int_at_least(r.steps_per_call, 1) and r.steps_per_call != "auto":
+        raise ConfigError(f"runtime.steps_per_call must be an integer >= 1 or auto (got {r.steps_per_call!r}); "
+                          f"auto: what runtime=auto measured on this machine")
+    tuning.normalise_threads(r.threads)
+    _at_least("runtime.cpu_replicas", r.cpu_replicas, 1)
+    _at_least("runtime.max_nonfinite_steps", r.max_nonfinite_steps, 0)
+    if r.strategy == "multi_worker" and r.devices is not None:
+        raise ConfigError("runtime.devices is not used under runtime=multi_worker (each worker uses its own "
+                          "GPUs, or its CPU): remove it")
 
 
 def _checkpoint(c) -> None:
-    if not _int_at_least(c.get("keep", 3), 2):
+    if c.keep < 2:
         raise ConfigError(f"checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint "
-                          f"has a fallback (got {c.get('keep')!r})")
-    every = c.get("every_steps")
-    if every is not None and not _int_at_least(every, 1):
-        raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {every!r})")
+                          f"has a fallback (got {c.keep!r})")
+    if c.every_steps is not None and c.every_steps < 1:
+        raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {c.every_steps!r})")
 
 
 def check_against_data(cfg, info) -> None:

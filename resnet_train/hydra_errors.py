@@ -47,7 +47,7 @@ def explain(error: BaseException, config_name: str) -> str | None:
     """One line for a user-caused Hydra/OmegaConf/YAML/OS error, or None for anything else."""
     import yaml
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     text = str(error)
     if isinstance(error, MissingConfigException):
@@ -63,14 +63,25 @@ def explain(error: BaseException, config_name: str) -> str | None:
     if isinstance(error, OverrideParseException):
         return f"{first_line(error, None)}: overrides are key=value, e.g. optimizer.lr=0.05 (quote values with spaces)"
     if isinstance(error, ConfigCompositionException):
+        if isinstance(error.__cause__, ValidationError):  # the schema refused the value's type
+            from resnet_train import schema
+
+            return schema.wrong_type(error.__cause__)
+        outside = re.search(r"In '([^']+)': ConfigKeyError.*?full_key: (\S+)", text, re.S)
+        if outside:  # a preset sets a key the chosen option's schema lacks
+            where, key = outside.groups()
+            return (f"{where} sets {key}, which the chosen {key.split('.')[0]} does not have: choose a matching "
+                    f"{key.split('.')[0]}=... or drop the setting")
         match = re.search(r"Could not override '([^']+)'", text)
         if match:
             key = match.group(1)
             cause = error.__cause__
-            if cause is not None and "not in struct" not in str(cause):  # a known key, a bad value
+            # The schema has no such key (ConfigKeyError / ConfigAttributeError), or a known key got a bad value.
+            unknown = cause is None or isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+            if not unknown:  # a known key, a bad value
                 return f"cannot set {key}: {first_line(cause, None)}"
             return (f"unknown setting '{key}'{did_you_mean(key, config_name)}; "
-                    f"`resnet-train --cfg job` lists the settings (+{key}=... adds a new one)")
+                    f"`resnet-train --cfg job` lists the settings")
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(error, yaml.YAMLError):
         mark = getattr(error, "problem_mark", None)

@@ -25,21 +25,28 @@ from __future__ import annotations
 
 import keras
 
+from resnet_train import schema
 from resnet_train.errors import ConfigError
 from resnet_train.schedules import lr_schedule
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "lamb", "lars")
+OPTIMIZERS = tuple(schema.GROUPS["optimizer"])
 # The weight-decay modes each optimizer accepts; the first is its default.
 DECAY_MODES = {"sgd": ("coupled", "decoupled"), "adam": ("coupled", "decoupled"), "adamw": ("decoupled",),
                "lamb": ("decoupled", "coupled"), "lars": ("trust_ratio",)}
 
 
+def _typed(cfg):
+    """The optimizer settings (a mapping, e.g. from a notebook) typed by the schema of their name."""
+    return schema.group_config("optimizer", cfg)
+
+
 def lr_reference(cfg, batch_size: int) -> int:
     """The batch size `optimizer.lr` is given for (null: the batch in use, i.e. no scaling)."""
-    reference = cfg.get("lr_batch_reference")
+    cfg = _typed(cfg)
+    reference = cfg.lr_batch_reference
     if reference is None:
         return batch_size
-    if not isinstance(reference, int) or isinstance(reference, bool) or reference < 1:
+    if reference < 1:
         raise ConfigError(f"optimizer.lr_batch_reference must be a positive integer (got {reference!r})")
     return reference
 
@@ -47,21 +54,19 @@ def lr_reference(cfg, batch_size: int) -> int:
 def effective_lr(cfg, batch_size: int) -> float:
     """The linear scaling rule (Goyal et al. 2017): lr x global batch / reference batch, so that
     changing the batch (or the number of GPUs) does not silently change the recipe."""
-    return float(cfg["lr"]) * batch_size / lr_reference(cfg, batch_size)
+    return float(cfg.lr) * batch_size / lr_reference(cfg, batch_size)
 
 
 def optimizer_name(cfg) -> str:
-    name = cfg.get("name")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
-    return name
+    return _typed(cfg).name
 
 
 def decay_mode(cfg) -> str:
-    """`optimizer.weight_decay_mode`, defaulting per optimizer (see the module docstring)."""
-    name = optimizer_name(cfg)
+    """`optimizer.weight_decay_mode`, checked against what the optimizer supports."""
+    cfg = _typed(cfg)
+    name = cfg.name
     allowed = DECAY_MODES[name]
-    mode = cfg.get("weight_decay_mode") or allowed[0]
+    mode = cfg.weight_decay_mode
     if mode not in allowed:
         raise ConfigError(f"optimizer.weight_decay_mode for {name} must be {' or '.join(allowed)} (got {mode!r})")
     return mode
@@ -70,39 +75,40 @@ def decay_mode(cfg) -> str:
 def coupled_weight_decay(cfg) -> float:
     """The L2 coefficient the trainer adds to the loss: weight_decay in coupled mode, else 0 (the
     optimizer applies it)."""
-    return float(cfg.get("weight_decay", 0.0) or 0.0) if decay_mode(cfg) == "coupled" else 0.0
+    cfg = _typed(cfg)
+    return float(cfg.weight_decay) if decay_mode(cfg) == "coupled" else 0.0
 
 
 def clip_norm(cfg):
     """`optimizer.clip_norm` (global norm of the summed gradient) as a float, or None (off)."""
-    value = cfg.get("clip_norm")
+    cfg = _typed(cfg)
+    value = cfg.clip_norm
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if value <= 0:
         raise ConfigError(f"optimizer.clip_norm must be a positive number, e.g. 1.0, or null for no "
                           f"clipping (got {value!r})")
     return float(value)
 
 
-def _float(cfg, key: str, default: float, low: float, high: float) -> float:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+def _float(cfg, key: str, low: float, high: float) -> float:
+    value = cfg[key]
+    if not low <= value <= high:
         raise ConfigError(f"optimizer.{key} must be a number in [{low:g}, {high:g}] (got {value!r})")
     return float(value)
 
 
 def _make(name: str, cfg, schedule, weight_decay, ema: dict):
     if name == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=_float(cfg, "momentum", 0.9, 0.0, 1.0),
-                                    nesterov=bool(cfg.get("nesterov", False)), weight_decay=weight_decay, **ema)
+        return keras.optimizers.SGD(schedule, momentum=_float(cfg, "momentum", 0.0, 1.0),
+                                    nesterov=cfg.nesterov, weight_decay=weight_decay, **ema)
     if name == "lars":
         from resnet_train.lars import LARS
 
-        return LARS(schedule, momentum=_float(cfg, "momentum", 0.9, 0.0, 1.0),
-                    eta=_float(cfg, "eta", 0.001, 1e-12, 1.0), weight_decay=weight_decay or 0.0, **ema)
-    adam_args = {"beta_1": _float(cfg, "beta_1", 0.9, 0.0, 0.999999),
-                 "beta_2": _float(cfg, "beta_2", 0.999, 0.0, 0.999999),
-                 "epsilon": _float(cfg, "epsilon", 1e-7 if name != "lamb" else 1e-6, 1e-12, 1.0)}
+        return LARS(schedule, momentum=_float(cfg, "momentum", 0.0, 1.0),
+                    eta=_float(cfg, "eta", 1e-12, 1.0), weight_decay=weight_decay or 0.0, **ema)
+    adam_args = {"beta_1": _float(cfg, "beta_1", 0.0, 0.999999), "beta_2": _float(cfg, "beta_2", 0.0, 0.999999),
+                 "epsilon": _float(cfg, "epsilon", 1e-12, 1.0)}
     cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}[name]
     if name == "adamw":
         weight_decay = weight_decay or 0.0  # AdamW refuses None
@@ -115,13 +121,12 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
     `loss_scaling` wraps it in keras' LossScaleOptimizer (dynamic scale) for float16.
     `ema_decay` keeps Keras' exponential moving average of the weights (optimizer variables, so
     they are checkpointed with it)."""
+    cfg = _typed(cfg)
     name, mode = optimizer_name(cfg), decay_mode(cfg)
     ema = {}
     if ema_decay is not None:
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 < ema_decay < 1.0:
-            raise ConfigError(f"ema.decay must be in (0, 1), e.g. 0.999 (got {ema_decay!r})")
         ema = {"use_ema": True, "ema_momentum": float(ema_decay)}
-    wd = float(cfg.get("weight_decay", 0.0) or 0.0)
+    wd = float(cfg.weight_decay)
     optimizer = _make(name, cfg, schedule, wd if mode != "coupled" and wd else None, ema)
     # LARS spares the same variables from its trust ratio as from decay, so it needs them whatever
     # the decay (with weight_decay=0 too).
@@ -129,7 +134,7 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
         if variables is None:
             raise ValueError(f"{name} with weight_decay_mode={mode} needs the model's variables (variables=) to "
                              f"spare BN and biases from its decay or trust ratio")
-        decay_bn = bool(cfg.get("decay_bn", False))
+        decay_bn = cfg.decay_bn
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not decayed(v, decay_bn)])
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
 
@@ -141,8 +146,8 @@ def check(cfg) -> None:
     lr_reference(cfg.optimizer, int(cfg.batch_size))
     lr_schedule(cfg.schedule, 1.0, 1000, 10)
     clip_norm(cfg.optimizer)
-    build_optimizer(cfg.optimizer, 0.1, ema_decay=(cfg.get("ema") or {}).get("decay"), variables=[])
-    head_lr_mult = (cfg.get("finetune") or {}).get("head_lr_mult", 1.0)
+    build_optimizer(cfg.optimizer, 0.1, ema_decay=cfg.ema.decay, variables=[])
+    head_lr_mult = cfg.finetune.head_lr_mult
     if head_lr_mult != 1.0 and optimizer_name(cfg.optimizer) != "sgd":
         # The trainer scales the head's gradients: a larger lr for SGD only (Adam, LAMB and LARS
         # normalise the gradient away).

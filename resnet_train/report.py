@@ -188,14 +188,14 @@ def write_json(path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def hparams_of(cfg) -> dict:
-    """The settings a sweep varies, flat, for TensorBoard's HParams dashboard."""
+def hparams_of(cfg, dataset: str) -> dict:
+    """The settings a sweep varies, flat, for TensorBoard's HParams dashboard (`dataset`: its name)."""
     from omegaconf import OmegaConf
 
     flat = {"depth": cfg.depth, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "data": cfg.data.get("name"), "optimizer": cfg.optimizer.get("name"), "lr": cfg.optimizer.lr,
-            "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "schedule": cfg.schedule.get("name"),
-            "precision": cfg.runtime.get("precision")}
+            "data": dataset, "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr,
+            "weight_decay": cfg.optimizer.weight_decay, "schedule": cfg.schedule.name,
+            "precision": cfg.runtime.precision}
     for section in ("augment", "model", "optimizer", "schedule"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             if isinstance(value, (bool, int, float, str)):

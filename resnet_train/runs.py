@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnet_train import schema
 from resnet_train.errors import UserError, first_line
 from resnet_train.run_dir import CONFIG, DATASET
 
@@ -35,7 +36,7 @@ def read_run(run_dir):
     if not config.exists() or not dataset.exists():
         raise UserError(f"{run_dir} is not a resnet-train run directory (no {CONFIG} or {DATASET})")
     try:  # OmegaConf's YAML loader is a safe one: tags that would run code are errors
-        cfg = OmegaConf.load(config)
+        cfg = schema.saved_run_config(OmegaConf.load(config))  # typed; keys the run predates filled in
     except Exception as e:  # noqa: BLE001 -- any parse failure is the file's fault
         first = first_line(e, None)
         raise UserError(f"{config} is not a readable resnet-train config ({first})") from None
@@ -51,13 +52,10 @@ def build_model(cfg, info):
     import keras
 
     from resnet_train import models
-    from resnet_train.run_dir import RUN_OWNED
 
     keras.mixed_precision.set_global_policy("float32")
-    m = cfg.model
-    # Inference: no sync_bn or zero-init; a run saved before model.padding existed used TF's "same".
-    return models.from_config(m, info, sync_bn=False, zero_init_residual=False,
-                              padding=m.get("padding", RUN_OWNED["model.padding"]))
+    # Inference: no sync_bn or zero-init.
+    return models.from_config(cfg.model, info, sync_bn=False, zero_init_residual=False)
 
 
 def restore_model(model, path: str) -> None:
@@ -73,7 +71,7 @@ def restore_model(model, path: str) -> None:
 
 def ema_decay(cfg):
     """The run's ema.decay (None: it kept no moving average)."""
-    return (cfg.get("ema") or {}).get("decay")
+    return cfg.ema.decay
 
 
 def restore_ema(model, cfg, path: str) -> None:
@@ -89,7 +87,7 @@ def restore_ema(model, cfg, path: str) -> None:
 
     loss_scaled = any(k.startswith("optimizer/inner_optimizer/")
                       for k in tf.train.load_checkpoint(path).get_variable_to_shape_map())
-    freeze(model, (cfg.get("finetune") or {}).get("freeze", "none"))  # training's variable list
+    freeze(model, cfg.finetune.freeze)  # training's variable list
     variables = model.trainable_variables
     # A schedule, as in training (a float lr would add a variable and shift the saved positions).
     constant = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.0, 0.0])

@@ -18,7 +18,6 @@ import keras
 import tensorflow as tf
 
 from resnet_train import cluster, onednn
-from resnet_train.config import PRECISIONS, STRATEGIES
 from resnet_train.errors import ConfigError, first_line
 from resnet_train.onednn import cpu_flags  # runtime.cpu_flags: patched by tests
 
@@ -118,8 +117,7 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 
 def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
-    if name not in STRATEGIES:
-        raise ConfigError(f"runtime.strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
+    """`name`, `devices`, `cpu_replicas`: runtime.strategy, .devices, .cpu_replicas, checked by config.validate."""
     if name == "multi_worker":
         if cluster.task() is None:
             raise ConfigError("runtime=multi_worker needs TF_CONFIG (see README: several hosts)")
@@ -170,8 +168,7 @@ def auto_precision() -> tuple[str, str]:
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    """(policy, reason) for runtime.precision (one of config.PRECISIONS, checked by config.validate)."""
     if precision == "auto":
         return auto_precision()
     return precision, "asked for"
@@ -192,8 +189,6 @@ def check_xla() -> None:
 def configure(seed: int, deterministic: bool = False, strategy: str = "one_device", precision: str = "float32",
               devices=None, cpu_replicas: int = 1) -> Runtime:
     """Devices, strategy, precision policy and seeds, logged with the reasons for each choice."""
-    if not isinstance(cpu_replicas, int) or cpu_replicas < 1:
-        raise ConfigError(f"runtime.cpu_replicas must be a positive integer (got {cpu_replicas!r})")
     dist = make_strategy(strategy, devices, cpu_replicas)
     policy, reason = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)

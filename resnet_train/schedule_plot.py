@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 def train_size(cfg) -> int:
     """`train_size` when given, else the dataset's training examples (read offline: a dataset that
     is not on this machine is an error suggesting train_size=N)."""
-    if cfg.get("train_size"):
+    if cfg.train_size is not None:
         size = cfg.train_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if size < 1:
             raise UserError(f"train_size must be a positive integer, e.g. 50000 (got {size!r})")
         return size
     from resnet_train import data as data_lib

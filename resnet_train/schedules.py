@@ -16,6 +16,7 @@ import math
 import keras
 from keras import ops
 
+from resnet_train import schema
 from resnet_train.errors import ConfigError
 
 SCHEDULES = ("step", "cosine", "onecycle", "exponential", "constant")
@@ -100,10 +101,10 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 "div_factor": self.div_factor, "final_div_factor": self.final_div_factor, "anneal": self.anneal}
 
 
-def _number(cfg, key: str, default, low: float, high: float = math.inf, example: str = "") -> float:
+def _number(cfg, key: str, low: float, high: float = math.inf, example: str = "") -> float:
     """cfg[key] as a float in (low, high), or a ConfigError naming the key and a valid value."""
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+    value = cfg[key]
+    if not low < value < high:
         bounds = f"in ({low:g}, {high:g})" if high != math.inf else f"> {low:g}"
         raise ConfigError(f"schedule.{key} must be a number {bounds}{example} (got {value!r})")
     return float(value)
@@ -113,19 +114,18 @@ def milestone_steps(cfg, total_steps: int, steps_per_epoch: int) -> list[int]:
     """The steps at which the step schedule multiplies the lr by `factor`, from
     `schedule.milestones` in `schedule.milestones_unit`: fraction (of training, the default),
     epoch or step."""
-    unit = cfg.get("milestones_unit", "fraction")
+    unit = cfg.milestones_unit
     if unit not in MILESTONE_UNITS:
         raise ConfigError(f"schedule.milestones_unit must be one of {', '.join(MILESTONE_UNITS)} (got {unit!r})")
-    milestones = list(cfg.get("milestones", [0.5, 0.75]))
-    numeric = all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in milestones)
-    if unit == "fraction" and (not numeric or any(not 0 < m < 1 for m in milestones)
+    milestones = list(cfg.milestones)
+    if unit == "fraction" and (any(not 0 < m < 1 for m in milestones)
                                or milestones != sorted(milestones)):
         raise ConfigError(
             f"schedule.milestones are increasing fractions of training between 0 and 1 "
             f"(e.g. [0.5, 0.75] for 91 and 136 of 182 epochs; or set schedule.milestones_unit=epoch), "
             f"got {milestones}"
         )
-    if unit != "fraction" and (not numeric or any(m <= 0 for m in milestones) or milestones != sorted(milestones)):
+    if unit != "fraction" and (any(m <= 0 for m in milestones) or milestones != sorted(milestones)):
         raise ConfigError(f"schedule.milestones must be increasing positive {unit}s (e.g. [30, 60, 80]), "
                           f"got {milestones}")
     per_unit = {"fraction": total_steps, "epoch": steps_per_epoch, "step": 1}[unit]
@@ -134,43 +134,42 @@ def milestone_steps(cfg, total_steps: int, steps_per_epoch: int) -> list[int]:
 
 def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
     """The `schedule` config group as a per-step Keras schedule peaking at `base_lr`."""
-    name = cfg.get("name")
+    cfg = schema.group_config("schedule", cfg)  # a mapping (a notebook's) typed by its name's schema
+    name = cfg.name
     if name == "step":
-        factor = _number(cfg, "factor", 0.1, 0.0, 1.0, " e.g. 0.1")
+        factor = _number(cfg, "factor", 0.0, 1.0, " e.g. 0.1")
         # PiecewiseConstantDecay keeps the old value at its boundary: the new lr starts at the milestone.
         boundaries = [m - 1 for m in milestone_steps(cfg, total_steps, steps_per_epoch)]
         values = [base_lr * factor**i for i in range(len(boundaries) + 1)]
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     elif name == "cosine":
-        floor = cfg.get("floor", 0.0)
+        floor = cfg.floor
         if floor != 0.0:
-            floor = _number(cfg, "floor", 0.0, 0.0, 1.0, " (a fraction of the lr, e.g. 0.01)")
+            floor = _number(cfg, "floor", 0.0, 1.0, " (a fraction of the lr, e.g. 0.01)")
         schedule = keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(1, total_steps), alpha=floor)
     elif name == "onecycle":
-        anneal = cfg.get("anneal", "cos")
+        anneal = cfg.anneal
         if anneal not in ANNEALS:
             raise ConfigError(f"schedule.anneal must be one of {', '.join(ANNEALS)} (got {anneal!r})")
-        schedule = OneCycle(base_lr, max(1, total_steps), _number(cfg, "pct_start", 0.3, 0.0, 1.0, " e.g. 0.3"),
-                            _number(cfg, "div_factor", 25.0, 0.0, example=" e.g. 25"),
-                            _number(cfg, "final_div_factor", 1e4, 0.0, example=" e.g. 1e4"), anneal)
+        schedule = OneCycle(base_lr, max(1, total_steps), _number(cfg, "pct_start", 0.0, 1.0, " e.g. 0.3"),
+                            _number(cfg, "div_factor", 0.0, example=" e.g. 25"),
+                            _number(cfg, "final_div_factor", 0.0, example=" e.g. 1e4"), anneal)
     elif name == "exponential":
         # lr x decay_rate every decay_epochs (continuously, or in steps with staircase).
-        rate = _number(cfg, "decay_rate", 0.97, 0.0, 1.0, " e.g. 0.97")
-        every = _number(cfg, "decay_epochs", 1.0, 0.0, example=" e.g. 2.4")
+        rate = _number(cfg, "decay_rate", 0.0, 1.0, " e.g. 0.97")
+        every = _number(cfg, "decay_epochs", 0.0, example=" e.g. 2.4")
         schedule = keras.optimizers.schedules.ExponentialDecay(
             base_lr, decay_steps=max(1, round(every * steps_per_epoch)), decay_rate=rate,
-            staircase=bool(cfg.get("staircase", False)))
-    elif name == "constant":
+            staircase=cfg.staircase)
+    else:  # constant
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [base_lr, base_lr])
-    else:
-        raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)} (got {name!r})")
     key, length = warmup(cfg)
-    mode = cfg.get("warmup_mode", "linear")
+    mode = cfg.warmup_mode
     if mode not in WARMUP_MODES:
         raise ConfigError(f"schedule.warmup_mode must be one of {', '.join(WARMUP_MODES)} (got {mode!r})")
     steps = round(length * steps_per_epoch) if key == "warmup_epochs" else int(length)
     if mode == "constant":
-        factor = _number(cfg, "warmup_factor", 0.1, 0.0, 1.0, " (the warm-up's lr as a fraction of the lr, e.g. 0.1)")
+        factor = _number(cfg, "warmup_factor", 0.0, 1.0, " (the warm-up's lr as a fraction of the lr, e.g. 0.1)")
         return ConstantWarmup(schedule, steps, factor) if steps > 0 else schedule
     return LinearWarmup(schedule, steps) if steps > 0 else schedule
 
@@ -178,11 +177,10 @@ def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
 def warmup(cfg) -> tuple[str | None, float]:
     """(the key that sets the warm-up, its length in that key's unit), or (None, 0) for none:
     `schedule.warmup_epochs` (fractions allowed) or `schedule.warmup_steps`, not both."""
-    epochs = cfg.get("warmup_epochs", 0) or 0
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0:
+    epochs, steps = cfg.warmup_epochs, cfg.warmup_steps
+    if epochs < 0:
         raise ConfigError(f"schedule.warmup_epochs must be a number >= 0, e.g. 5 (got {epochs!r})")
-    steps = cfg.get("warmup_steps", 0) or 0
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if steps < 0:
         raise ConfigError(f"schedule.warmup_steps must be an integer >= 0, e.g. 400 (got {steps!r})")
     if epochs and steps:
         raise ConfigError(f"schedule.warmup_epochs={epochs:g} and schedule.warmup_steps={steps} both set the "
@@ -203,7 +201,7 @@ def check_warmup_fits(cfg, steps_per_epoch: int | None = None) -> None:
     key, length = warmup(cfg.schedule)
     if key is None:
         return
-    steps = cfg.get("steps")
+    steps = cfg.steps
     run_key = "steps" if steps is not None else "epochs"
     same_unit = (key == "warmup_steps") == (run_key == "steps")
     if same_unit:
@@ -228,7 +226,7 @@ def run_length(cfg, steps_per_epoch: int) -> tuple[int, int]:
     they take, the last one cut short: `epochs` is not used), else `epochs` whole epochs. Refuses
     a warm-up longer than that."""
     check_warmup_fits(cfg, steps_per_epoch)
-    steps = cfg.get("steps")
+    steps = cfg.steps
     if steps is None:
         return int(cfg.epochs), int(cfg.epochs) * steps_per_epoch
     return math.ceil(steps / steps_per_epoch), int(steps)

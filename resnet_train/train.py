@@ -56,14 +56,14 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
                  workdir, finished["epochs"])
         return finished
     changed = run_dir.check_resumable(workdir, cfg)
-    chief = cfg.runtime.get("strategy") != "multi_worker" or cluster.is_chief()
+    chief = cfg.runtime.strategy != "multi_worker" or cluster.is_chief()
     if chief:
         run_dir.ensure_writable(workdir)
     held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
     failed = True
     try:
         # The lock's heartbeat stops the run (as a SIGTERM would) once another process took it over.
-        multi_worker = cfg.runtime.get("strategy") == "multi_worker"
+        multi_worker = cfg.runtime.strategy == "multi_worker"
         with StopRequests(exit_during_set_up=not multi_worker) as stop, \
                 RunLock(workdir, on_lost=stop.request) if chief else contextlib.nullcontext() as lock:
             if changed:
@@ -74,7 +74,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
             failed = False
             return results
     except _LOST_PEER_ERRORS as e:
-        if cfg.runtime.get("strategy") != "multi_worker":
+        if cfg.runtime.strategy != "multi_worker":
             raise
         first = first_line(e, 160)
         raise WorkerLost(f"lost contact with another worker ({type(e).__name__}: {first}): it stopped (its "
@@ -181,13 +181,13 @@ def _set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tupl
     if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
         checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
     reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
-    reporter.hparams(hparams_of(cfg))
+    reporter.hparams(hparams_of(cfg, info.name))
     run = _Run(cfg=cfg, workdir=workdir, own_dir=own_dir, rt=rt, splits=data.splits, info=info, model=model,
                trainer=trainer, checkpointer=checkpointer, reporter=reporter, epoch_batches=data.epoch_batches,
                distribute_eval=data.distribute_eval, eval_ds=data.eval_ds, eval_split=data.eval_split,
                steps_per_epoch=data.steps_per_epoch, epochs=data.epochs, total_steps=data.total_steps,
                steps_per_call=int(levers["steps_per_call"][0]),
-               every_steps=cfg.checkpoint.get("every_steps") or 0, train_flops=train_flops, peak=peak, params=params)
+               every_steps=cfg.checkpoint.every_steps or 0, train_flops=train_flops, peak=peak, params=params)
     return run, _State(step=step, best_so_far=best_so_far)
 
 
@@ -195,14 +195,13 @@ def _runtime(cfg, workdir: Path, stop: StopRequests):
     """Strategy, precision (a resumed run keeps what `auto` chose when it started), the measured
     levers; the checks that need the replica count. Returns (runtime.Runtime, levers)."""
     r = cfg.runtime
-    precision, precision_kept = run_dir.resume_precision(workdir, r.get("precision", "float32"))
-    rt = runtime.configure(cfg.seed, r.get("deterministic", False), r.get("strategy", "auto"),
-                           precision, r.get("devices"), int(r.get("cpu_replicas", 1)))
+    precision, precision_kept = run_dir.resume_precision(workdir, r.precision)
+    rt = runtime.configure(cfg.seed, r.deterministic, r.strategy, precision, r.devices, r.cpu_replicas)
     if precision_kept:
         log.info(precision_kept)
     levers = tuning.resolve(r)
     log.info("oneDNN kernels %s (%s); XLA %s (%s); %d step(s) per call (%s); threads: %s",
-             "on" if onednn.enabled() else "off", onednn.apply(r.get("onednn", "auto")),
+             "on" if onednn.enabled() else "off", onednn.apply(r.onednn),
              "on" if levers["xla"][0] else "off", levers["xla"][1], levers["steps_per_call"][0],
              levers["steps_per_call"][1], tuning.threads_in_effect())
     stop.install()  # after the strategy: see StopRequests.install
@@ -238,7 +237,7 @@ def _input(cfg, workdir: Path, rt) -> _Input:
     # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
     # warm-up longer than the run is refused here when its units differ from the run's.
     epochs, total_steps = schedules.run_length(cfg, steps_per_epoch)
-    if cfg.get("steps") is not None:
+    if cfg.steps is not None:
         log.info("steps=%d: %d epochs of %d steps, the last one %d steps (epochs=%s is not used)", total_steps,
                  epochs, steps_per_epoch, total_steps - (epochs - 1) * steps_per_epoch, cfg.epochs)
     # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
@@ -253,7 +252,7 @@ def _input(cfg, workdir: Path, rt) -> _Input:
 
     eval_ds = (distribute_eval(splits.val, info.val_size) if splits.val is not None
                else distribute_eval(splits.test, info.test_size))
-    shuffle_buffer = cfg.data.get("shuffle_buffer") or (info.train_size if not info.encoded else 10_000)
+    shuffle_buffer = cfg.data.shuffle_buffer or (info.train_size if not info.encoded else 10_000)
     log.info("Global batch %d = %d replica(s) x %d; shuffle buffer %d of %d training examples",
              cfg.batch_size, rt.replicas, cfg.batch_size // rt.replicas,
              min(shuffle_buffer, info.train_size), info.train_size)
@@ -297,24 +296,23 @@ def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -
 def _model_and_trainer(cfg, rt, data: _Input, xla: bool):
     """The model (fine-tuning's frozen layers marked), the optimizer with its schedule, the Trainer."""
     info, r = data.info, cfg.runtime
-    ft = cfg.get("finetune") or {}
+    ft = cfg.finetune
     with rt.strategy.scope():
         model = models.from_config(cfg.model, info)
-        models.freeze(model, ft.get("freeze", "none"))  # before the optimizer sees the variables
+        models.freeze(model, ft.freeze)  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = schedules.lr_schedule(cfg.schedule, lr, data.total_steps, data.steps_per_epoch)
         optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
-                                          ema_decay=(cfg.get("ema") or {}).get("decay"),
+                                          ema_decay=cfg.ema.decay,
                                           variables=model.trainable_variables)
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
-    trainer = Trainer(model, optimizer, rt.strategy, cfg.batch_size, head_lr_mult=float(ft.get("head_lr_mult", 1.0)),
+    trainer = Trainer(model, optimizer, rt.strategy, cfg.batch_size, head_lr_mult=ft.head_lr_mult,
                       weight_decay=optim.coupled_weight_decay(cfg.optimizer),
                       clip_norm=optim.clip_norm(cfg.optimizer),
-                      decay_bn=bool(cfg.optimizer.get("decay_bn", False)), num_classes=info.num_classes,
-                      label_smoothing=float(cfg.augment.get("label_smoothing", 0.0) or 0.0),
+                      decay_bn=cfg.optimizer.decay_bn, num_classes=info.num_classes,
+                      label_smoothing=cfg.augment.label_smoothing,
                       xla=xla,
-                      max_nonfinite_steps=(int(r.get("max_nonfinite_steps", 20))
-                                           if rt.precision == "mixed_float16" else 0))
+                      max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0))
     return model, optimizer, trainer
 
 
@@ -323,12 +321,12 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
     directory becomes this run's (config, resolved settings, dataset saved). Returns
     (Checkpointer, the step the run continues from, the same on every worker)."""
     checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
-                                max_to_keep=int(cfg.checkpoint.get("keep", 3)),
+                                max_to_keep=cfg.checkpoint.keep,
                                 read_from=workdir / "checkpoints", extra={"train_sums": trainer.sums})
     # A directory with progress (metrics, best/, damaged checkpoints set aside) but no readable
     # checkpoint is refused on every rerun, never taken for a new run.
     restored = checkpointer.restore_latest(expect_progress=run_dir.has_progress(workdir))
-    if not restored and cfg.get("init_from"):
+    if not restored and cfg.init_from:
         with rt.strategy.scope():
             initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
         if rt.is_chief:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from resnet_train.errors import ConfigError
 from resnet_train.models import names
 from resnet_train.optim import clip_by_global_norm, decayed
 
@@ -44,8 +43,6 @@ class Trainer:
         self.grad_scale = [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"augment.label_smoothing must be in [0, 1) (got {label_smoothing})")
         self.label_smoothing = float(label_smoothing)
         with strategy.scope():
             # Running sums of the epoch, read only at log points (no host sync per step).

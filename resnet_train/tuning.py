@@ -59,8 +59,8 @@ def machine_key() -> str:
 
 def wanted(r) -> bool:
     """Tuning applies to runtime=auto on a machine without GPUs, for levers left at auto."""
-    return (str(r.get("strategy", "auto")) == "auto" and not _has_gpu()
-            and any(str(r.get(lever, "auto")).lower() == "auto" for lever in LEVERS))
+    return (str(r.strategy) == "auto" and not _has_gpu()
+            and any(str(r[lever]).lower() == "auto" for lever in LEVERS))
 
 
 def _has_gpu() -> bool:
@@ -195,7 +195,7 @@ def resolve(r) -> dict:
     defaults = {"onednn": None, "xla": False, "steps_per_call": 1, "threads": "default"}
     out = {}
     for lever in LEVERS:
-        value = r.get(lever, "auto")
+        value = r[lever]
         if str(value).lower() != "auto":
             out[lever] = (value, f"runtime.{lever}={_shown(value)}")
         elif choice(entry, lever):

@@ -73,7 +73,7 @@ def test_imagenet_recipe_trains_a_step_end_to_end(fake_imagenet, tmp_path):
     # The real path at a CPU-friendly size (model.variant is auto-picked only from 128 px on).
     cfg = compose("data=imagenet", "depth=18", "model.variant=imagenet", "epochs=1", "schedule.warmup_epochs=0",
                   "batch_size=4",
-                  "data.image_size=64", "data.image_shape=[64,64,3]",
+                  "data.image_size=64",
                   f"data.data_dir={fake_imagenet['data_dir']}", f"data.manual_dir={fake_imagenet['manual_dir']}")
     results = train_and_evaluate(cfg, tmp_path / "run")
     assert results["model"] == "imagenet_resnet18"
@@ -85,7 +85,7 @@ def test_the_augmentation_gallery_decodes_streamed_jpegs(fake_imagenet, tmp_path
     augmented columns through the encoded (decode + inception crop) path."""
     out = tmp_path / "gallery.png"
     monkeypatch.chdir(tmp_path)
-    done = cli("data=imagenet", "data.image_size=64", "data.image_shape=[64,64,3]", "images=2", "versions=2",
+    done = cli("data=imagenet", "data.image_size=64", "images=2", "versions=2",
                f"data.data_dir={fake_imagenet['data_dir']}", f"data.manual_dir={fake_imagenet['manual_dir']}",
                f"out={out}", entry="resnet-show-augment")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -123,7 +123,7 @@ def imagenet_run(tmp_path_factory):
     write_fake_imagenet(root / "manual")
     run = root / "run"
     train_and_evaluate(compose("data=imagenet", "depth=8", "model.variant=cifar", "epochs=1", "batch_size=4",
-                               "data.image_size=128", "data.image_shape=[128,128,3]", "schedule.warmup_epochs=0",
+                               "data.image_size=128", "schedule.warmup_epochs=0",
                                "runtime.precision=float32",
                                f"data.data_dir={root / 'tfds'}", f"data.manual_dir={root / 'manual'}"), run)
     return run

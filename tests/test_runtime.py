@@ -47,10 +47,6 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 
 
 def test_bad_runtime_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="runtime.precision must be one of"):
-        runtime.resolve_precision("float8")
-    with pytest.raises(ConfigError, match="runtime.strategy must be one of"):
-        runtime.make_strategy("tpu")
     with pytest.raises(ConfigError, match="needs TF_CONFIG"):
         runtime.make_strategy("multi_worker")
     with pytest.raises(ConfigError, match="does not divide over 2 replicas: use a multiple of 2, e.g. 32 or 34"):

@@ -132,12 +132,23 @@ def test_a_run_given_in_steps_derives_its_epochs_and_cuts_the_last_one_short():
     assert schedules.run_length(compose("epochs=3"), 390) == (3, 1170)  # steps=null: whole epochs
 
 
-@pytest.mark.parametrize("value", [0, -5, 1.5, "many", True])
+@pytest.mark.parametrize("value", [0, -5])
 def test_steps_must_be_null_or_a_positive_integer(value):
     from resnet_train import config
 
     with pytest.raises(ConfigError, match=r"^steps must be null or a positive integer"):
         config.validate(compose(f"steps={value}"))
+
+
+@pytest.mark.parametrize("value, shown", [("1.5", "1.5"), ("many", "'many'"), ("True", "True")])
+def test_steps_of_another_type_are_refused_by_the_schema(value, shown):
+    from hydra.errors import ConfigCompositionException
+
+    from resnet_train.hydra_errors import explain
+
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose(f"steps={value}")
+    assert explain(refused.value, "train") == f"steps must be an integer (got {shown})"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -181,7 +192,8 @@ def test_a_warm_up_in_other_units_than_the_run_is_checked_once_the_epoch_size_is
     ({"name": "onecycle", "pct_start": 1.0}, "schedule.pct_start"),
     ({"name": "exponential", "decay_rate": 0}, "schedule.decay_rate"),
     ({"name": "constant", "warmup_epochs": -1}, "schedule.warmup_epochs"),
-    ({"name": "constant", "warmup_steps": 1.5}, "schedule.warmup_steps must be an integer >= 0"),
+    ({"name": "constant", "warmup_steps": 1.5}, r"schedule.warmup_steps must be an integer \(got 1.5\)"),
+    ({"name": "constant", "warmup_steps": -1}, "schedule.warmup_steps must be an integer >= 0"),
     ({"name": "constant", "warmup_epochs": 1, "warmup_steps": 400},
      "schedule.warmup_epochs=1 and schedule.warmup_steps=400 both set the warm-up"),
     ({"name": "constant", "warmup_mode": "exp"}, "schedule.warmup_mode must be one of linear, constant"),

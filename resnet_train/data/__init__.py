@@ -4,18 +4,21 @@ from __future__ import annotations
 from resnet_train.data.info import DatasetInfo, Splits
 from resnet_train.errors import ConfigError
 
-__all__ = ["load", "DatasetInfo", "Splits", "SOURCES"]
+__all__ = ["load", "DatasetInfo", "Splits"]
 
-SOURCES = ("embedded", "tfds", "folder", "synthetic")
 
 
 def load(cfg) -> Splits:
-    """`cfg` is the `data` config group (a mapping). `limit_train` / `limit_test` keep the first
-    N examples of each split (quick trials, tests)."""
+    """`cfg` is the `data` config group (a mapping, typed here by its source's schema: unset keys
+    take the schema's defaults). `limit_train` / `limit_test` keep the first N examples of each
+    split (quick trials, tests)."""
+    from resnet_train.schema import data_config
+
+    cfg = data_config(cfg)
     splits = _load_source(cfg)
-    splits = select_classes(splits, cfg.get("classes"))
-    splits = _limited(splits, cfg.get("limit_train"), cfg.get("limit_test"))
-    return carve_validation(splits, cfg.get("val_split"), cfg.get("split_seed", 0))
+    splits = select_classes(splits, cfg.classes)
+    splits = _limited(splits, cfg.limit_train, cfg.limit_test)
+    return carve_validation(splits, cfg.val_split, cfg.split_seed)
 
 
 def count_one(total, element):
@@ -131,52 +134,26 @@ def _limited(splits: Splits, limit_train, limit_test) -> Splits:
     return splits
 
 
-def download_setting(cfg) -> bool:
-    """data.download, strictly a boolean: `data.download=no` is a string, and bool("no") is True."""
-    download = cfg.get("download", True)
-    if not isinstance(download, bool):
-        raise ConfigError(f"data.download must be true or false (got {download!r}): false never touches the "
-                          f"network, true lets tensorflow-datasets download a dataset that is not prepared")
-    return download
-
-
 def _load_source(cfg) -> Splits:
-    source = cfg.get("source")
-    if source == "embedded":
+    """`cfg`: typed by schema.data_config, so its source is one the schema knows."""
+    if cfg.source == "embedded":
         from resnet_train.data import embedded
 
-        return embedded.load(image_size=int(cfg.get("image_size", 32)),
-                             test_fraction=float(cfg.get("test_fraction", 0.2)))
-    if source == "tfds":
+        return embedded.load(image_size=cfg.image_size, test_fraction=cfg.test_fraction)
+    if cfg.source == "tfds":
         from resnet_train.data import tfds_source
 
-        if not cfg.get("name"):
+        if not cfg.name:
             raise ConfigError("data=tfds needs data.name=NAME, a tensorflow-datasets dataset name")
-        return tfds_source.load(
-            cfg["name"],
-            data_dir=cfg.get("data_dir"),
-            manual_dir=cfg.get("manual_dir"),
-            download=download_setting(cfg),
-            mean=cfg.get("mean"),
-            std=cfg.get("std"),
-            train_split=cfg.get("train_split", "train"),
-            test_split=cfg.get("test_split", "test"),
-            in_memory=bool(cfg.get("cache", True)),
-            image_size=int(cfg.get("image_size") or 224),
-        )
-    if source == "folder":
+        return tfds_source.load(cfg.name, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir, download=cfg.download,
+                                mean=cfg.mean, std=cfg.std, train_split=cfg.train_split, test_split=cfg.test_split,
+                                in_memory=cfg.cache, image_size=cfg.image_size)
+    if cfg.source == "folder":
         from resnet_train.data import folder
 
-        return folder.load(cfg.get("path"), image_size=int(cfg.get("image_size", 32)),
-                           val_fraction=float(cfg.get("val_fraction", 0.2)),
-                           split_seed=int(cfg.get("split_seed", 0)))
-    if source == "synthetic":
-        from resnet_train.data import synthetic
+        return folder.load(cfg.path, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
+                           split_seed=cfg.split_seed)
+    from resnet_train.data import synthetic
 
-        return synthetic.load(
-            image_shape=tuple(cfg.get("image_shape", (32, 32, 3))),
-            num_classes=int(cfg.get("num_classes", 10)),
-            train_size=int(cfg.get("train_size", 1024)),
-            test_size=int(cfg.get("test_size", 256)),
-        )
-    raise ConfigError(f"data.source must be one of {', '.join(SOURCES)} (got {source!r})")
+    return synthetic.load(image_shape=tuple(cfg.image_shape), num_classes=cfg.num_classes,
+                          train_size=cfg.train_size, test_size=cfg.test_size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from resnet_train import schema
 from resnet_train.data import image_ops
 from resnet_train.data.autoaugment_policies import POLICIES
 from resnet_train.data.preprocess import LARGE_IMAGE, decode, preprocess, resize_uint8
@@ -177,22 +178,14 @@ def cutmix(images, labels, alpha: float, seed):
 
 
 # ---- factories ------------------------------------------------------------------------------
-def _get(cfg, key, default):
-    value = cfg.get(key, default) if cfg is not None else default
-    return default if value is None else value
-
-
 def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encoded: bool = False):
     """fn(image, seed) -> image for one training example, or None when nothing is configured.
 
     With `encoded`, examples are image bytes: the crop stage decodes them (fused with the inception
     crop) to `image_shape`, so a function is always returned."""
-    crop = _get(cfg, "crop", "auto")
-    padding = int(_get(cfg, "padding", 4))
-    flip = bool(_get(cfg, "horizontal_flip", False))
-    rand = _get(cfg, "randaugment", None)
-    policy = _get(cfg, "autoaugment", None)
-    cut = int(_get(cfg, "cutout", 0))
+    cfg = schema.augment_config(cfg)
+    crop, padding, flip, cut = cfg.crop, cfg.padding, cfg.horizontal_flip, cfg.cutout
+    rand, policy = cfg.randaugment, cfg.autoaugment
     if crop == "auto":
         crop = "inception" if min(image_shape[:2]) >= LARGE_IMAGE else "pad"
     if crop not in ("pad", "inception", "none"):
@@ -229,7 +222,7 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encod
         if policy is not None:
             image = autoaugment(image, policy, policy_seed)
         elif rand is not None:
-            image = randaugment(image, int(rand.get("num_ops", 2)), float(rand.get("magnitude", 9)), policy_seed)
+            image = randaugment(image, rand.num_ops, rand.magnitude, policy_seed)
         if cut:
             image = cutout(image, cut, fill, cut_seed)
         return image
@@ -240,8 +233,8 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encod
 def make_batch_augment(cfg, num_classes: int):
     """fn(images, labels, seed) -> (images, soft labels) per batch, or None. With both mixup and
     cutmix set, each batch gets one of the two (chosen with equal odds), as in timm."""
-    mix = float(_get(cfg, "mixup_alpha", 0.0))
-    cut = float(_get(cfg, "cutmix_alpha", 0.0))
+    cfg = schema.augment_config(cfg)
+    mix, cut = cfg.mixup_alpha, cfg.cutmix_alpha
     if mix < 0 or cut < 0:
         raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
     if not mix and not cut:

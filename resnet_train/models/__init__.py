@@ -91,12 +91,10 @@ def from_config(m, info, **override):
     channel statistics): the one place training and the tools turn a config into a model.
     `override`: the arguments that differ (the tools build for inference: no sync_bn, no
     zero-init; a run saved before model.padding existed keeps TF's "same")."""
-    args = dict(depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape,
-                variant=m.get("variant", "auto"), block=m.get("block", "auto"), shortcut=m.get("shortcut", "auto"),
-                mean=info.mean, std=info.std, init_mode=m.get("init_mode", "fan_out"),
-                bn_momentum=m.get("bn_momentum", 0.9), bn_epsilon=m.get("bn_epsilon", 1e-5),
-                sync_bn=bool(m.get("sync_bn", False)), zero_init_residual=bool(m.get("zero_init_residual", False)),
-                padding=m.get("padding", "symmetric"))
+    args = dict(depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape, variant=m.variant,
+                block=m.block, shortcut=m.shortcut, mean=info.mean, std=info.std, init_mode=m.init_mode,
+                bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, sync_bn=m.sync_bn,
+                zero_init_residual=m.zero_init_residual, padding=m.padding)
     return build(**{**args, **override})
 
 
