@@ -137,12 +137,12 @@ def _show_augment(cfg) -> None:
     try:
         splits = data_lib.load(cfg.data)
         info = splits.info
-        images, labels = next(iter(splits.train.batch(int(cfg.images))))
+        images, labels = next(iter(splits.train.batch(cfg.images)))
         decode = pipeline.eval_preprocess(info)  # streamed JPEGs: the originals as evaluation sees them
         path = augment_gallery(
             images, labels.numpy(), info.class_names,
             make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded),
-            make_batch_augment(cfg.augment, info.num_classes), int(cfg.versions), int(cfg.seed), cfg.out,
+            make_batch_augment(cfg.augment, info.num_classes), cfg.versions, cfg.seed, cfg.out,
             originals=tf.stack([decode(x) for x in images]) if decode else None,
         )
     except UserError as error:
@@ -179,7 +179,7 @@ def _eval(cfg) -> float:
         from resnet_train.evaluate import evaluate_run
 
         result = evaluate_run(cfg.run, cfg.checkpoint, cfg.data.split, OmegaConf.to_container(cfg.data),
-                              None if cfg.tta == "none" else cfg.tta, int(cfg.batch_size))
+                              None if cfg.tta == "none" else cfg.tta, cfg.batch_size)
         k = next(key for key in result if key.startswith("top") and key != "top1")
         print(f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
               f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})")
@@ -218,7 +218,7 @@ def _predict(cfg) -> None:
         if cfg.output not in ("text", "json"):
             raise UserError(f"output must be text or json (got {cfg.output!r})")
         run = load_run(cfg.run, cfg.checkpoint)
-        results, failed = predict_files(run, list(cfg.images), int(cfg.top_k))
+        results, failed = predict_files(run, list(cfg.images), cfg.top_k)
         if cfg.output == "json":
             print(json.dumps({"predictions": results,
                               "failed": [{"path": str(p), "error": why} for p, why in failed]}, indent=2))
@@ -251,7 +251,7 @@ def _explain(cfg) -> None:
         _require_images(cfg)
         run = load_run(cfg.run, cfg.checkpoint)
         images, ok, failed = load_images(list(cfg.images), run.info)
-        if cfg.class_index is not None and not 0 <= int(cfg.class_index) < run.info.num_classes:
+        if cfg.class_index is not None and not 0 <= cfg.class_index < run.info.num_classes:
             raise UserError(f"class_index must be in 0..{run.info.num_classes - 1} (got {cfg.class_index})")
         out = Path(cfg.out) if cfg.out else run.run_dir / "explain"
         if len(ok):

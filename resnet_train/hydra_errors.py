@@ -27,7 +27,8 @@ def known_keys(config_name: str) -> list[str]:
         cfg = OmegaConf.to_container(load_config((), config_name), resolve=False)
     except Exception:  # noqa: BLE001 -- suggestions are a nicety; never fail while explaining
         return []
-    groups = [p.name for p in (Path(__file__).parent / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"]
+    groups = [p.name for p in (Path(__file__).parent / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"
+              and "model" in cfg]  # the training config's groups, not the tools'
     leaves = flatten(cfg)
     sections = {key.rsplit(".", i)[0] for key in leaves for i in range(1, key.count(".") + 1)}
     return sorted(leaves.keys() | sections) + groups
@@ -81,7 +82,7 @@ def explain(error: BaseException, config_name: str) -> str | None:
             if not unknown:  # a known key, a bad value
                 return f"cannot set {key}: {first_line(cause, None)}"
             return (f"unknown setting '{key}'{did_you_mean(key, config_name)}; "
-                    f"`resnet-train --cfg job` lists the settings")
+                    f"`{os.path.basename(sys.argv[0]) or 'resnet-train'} --cfg job` lists the settings")
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(error, yaml.YAMLError):
         mark = getattr(error, "problem_mark", None)

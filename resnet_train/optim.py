@@ -143,7 +143,7 @@ def check(cfg) -> None:
     """Every optimizer, schedule and EMA setting of a train config, before any data is read (the
     real sizes come later; placeholders are enough to validate). It builds Keras objects, so it
     runs after runtime.configure has set up TensorFlow's devices."""
-    lr_reference(cfg.optimizer, int(cfg.batch_size))
+    lr_reference(cfg.optimizer, cfg.batch_size)
     lr_schedule(cfg.schedule, 1.0, 1000, 10)
     clip_norm(cfg.optimizer)
     build_optimizer(cfg.optimizer, 0.1, ema_decay=cfg.ema.decay, variables=[])

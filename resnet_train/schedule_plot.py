@@ -35,11 +35,11 @@ def schedule_curve(cfg):
     """(lr at every step of the run, steps per epoch) for a composed train config."""
     from resnet_train import optim, schedules
 
-    steps_per_epoch = train_size(cfg) // int(cfg.batch_size)
+    steps_per_epoch = train_size(cfg) // cfg.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"batch_size {cfg.batch_size} is larger than the training set")
     _, total = schedules.run_length(cfg, steps_per_epoch)
-    lr = optim.effective_lr(cfg.optimizer, int(cfg.batch_size))
+    lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
     return schedules.curve(schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch), total), steps_per_epoch
 
 

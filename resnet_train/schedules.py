@@ -228,7 +228,7 @@ def run_length(cfg, steps_per_epoch: int) -> tuple[int, int]:
     check_warmup_fits(cfg, steps_per_epoch)
     steps = cfg.steps
     if steps is None:
-        return int(cfg.epochs), int(cfg.epochs) * steps_per_epoch
+        return cfg.epochs, cfg.epochs * steps_per_epoch
     return math.ceil(steps / steps_per_epoch), int(steps)
 
 

@@ -273,6 +273,67 @@ class ShowAugmentConfig(TrainConfig):
     versions: int = 5
 
 
+# --- the tools (resnet-eval, -predict, -explain, -export, -plot) -----------------------------
+@dataclass
+class RunToolConfig:
+    run: Optional[str] = _hint("a run directory made by resnet-train", None)
+    checkpoint: str = "auto"  # auto | best | last | PATH
+
+
+@dataclass
+class EvalDataConfig:
+    """resnet-eval's data: the split, and settings that replace the run's own data config."""
+    split: str = "test"
+    source: Optional[str] = None
+    name: Optional[str] = None
+    path: Optional[str] = None
+    data_dir: Optional[str] = None
+    manual_dir: Optional[str] = None
+    image_size: Optional[int] = None
+    val_split: Any = None
+
+
+@dataclass
+class EvalConfig(RunToolConfig):
+    tta: str = "none"
+    batch_size: int = 256
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+
+
+@dataclass
+class PredictConfig(RunToolConfig):
+    images: List[str] = field(default_factory=list)
+    top_k: int = 5
+    output: str = "text"
+
+
+@dataclass
+class ExplainConfig(RunToolConfig):
+    images: List[str] = field(default_factory=list)
+    class_index: Optional[int] = None
+    out: Optional[str] = None
+
+
+@dataclass
+class ExportConfig(RunToolConfig):
+    format: str = "saved_model"
+    quantize: str = "none"
+    out: Optional[str] = None
+    split: str = "test"
+
+
+@dataclass
+class PlotConfig:
+    runs: List[str] = field(default_factory=list)
+    names: Optional[List[str]] = None
+    out: str = "runs_comparison.png"
+
+
+TOOLS = {"train": TrainConfig, "plot_schedule": PlotScheduleConfig, "show_augment": ShowAugmentConfig,
+         "eval": EvalConfig, "predict": PredictConfig, "explain": ExplainConfig, "export": ExportConfig,
+         "plot": PlotConfig}
+
+
 GROUPS = {
     "model": {"resnet": ModelConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "lamb": LambConfig, "lars": LARSConfig},
@@ -382,9 +443,8 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(group="schema", name="train", node=TrainConfig)
-    store.store(group="schema", name="plot_schedule", node=PlotScheduleConfig)
-    store.store(group="schema", name="show_augment", node=ShowAugmentConfig)
+    for name, node in TOOLS.items():
+        store.store(group="schema", name=name, node=node)
     for group, options in GROUPS.items():
         for name, node in options.items():
             store.store(group=f"schema/{group}", name=name, node=node)

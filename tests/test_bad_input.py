@@ -162,6 +162,11 @@ CASES = [
      "last | PATH", None, {}),
     ("unreadable image", "resnet-predict", ["run={existing}", "images=[{root}/broken.png]"],
      "resnet-predict: could not predict {root}/broken.png: not a readable image", None, {}),
+    ("top_k not a number", "resnet-predict", ["run={existing}", "images=[{root}/broken.png]", "top_k=many"],
+     "resnet-predict: error: top_k must be an integer (got 'many')", None, {}),
+    ("unknown tool setting", "resnet-eval", ["run={existing}", "ttaa=flip"],
+     "resnet-eval: error: unknown setting 'ttaa' (did you mean tta?); `resnet-eval --cfg job` lists the "
+     "settings", None, {}),
     ("unknown export format", "resnet-export", ["run={existing}", "format=onnx"],
      "resnet-export: error: format must be one of saved_model, keras, tflite (got 'onnx')", None, {}),
     # Refused by the safe YAML loader (the tag is named), not merely "some error about a config".

@@ -28,6 +28,13 @@ def test_every_preset_is_typed_by_the_schema_of_its_option(group, option):
     assert set(node.keys()) == fields
 
 
+@pytest.mark.parametrize("tool", sorted(schema.TOOLS))
+def test_every_command_composes_a_config_typed_by_its_schema(tool):
+    from resnet_train.config import load_config
+
+    assert OmegaConf.get_type(load_config((), tool)) is schema.TOOLS[tool]
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
 def test_every_recipe_composes(experiment):
     assert compose(f"experiment={experiment}").epochs >= 1
