@@ -38,20 +38,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows (noisier)")
     args = parser.parse_args()
 
-    from resnet_train import onednn
+    from resnet_train.runtime import onednn
 
     onednn_why = onednn.apply("auto")  # as the command decides: every row runs the same kernels
-    from resnet_train.runtime import split_cpu
+    from resnet_train.runtime.devices import split_cpu
 
     split_cpu(2)  # before TensorFlow starts: two logical CPUs for the MirroredStrategy rows
     import tensorflow as tf
 
     from resnet_train import models
-    from resnet_train.bench import (cli_throughput, cpu_description, eval_throughput, iterator_throughput,
-                                    jpeg_bytes, keras_fit_throughput, keras_randaugment_batches,
-                                    pipeline_throughput, smooth_images, train_throughput, with_onednn)
+    from benchmarks import (cli_throughput, cpu_description, eval_throughput, iterator_throughput, jpeg_bytes,
+                            keras_fit_throughput, keras_randaugment_batches, pipeline_throughput, smooth_images,
+                            train_throughput, with_onednn)
     from resnet_train.data.augment import make_augment, make_batch_augment
-    from resnet_train.runtime import auto_precision, make_strategy, matmul_flops
+    from resnet_train.runtime.devices import auto_precision, make_strategy, matmul_flops
 
     windows, per_window = (3, 4) if args.quick else (4, 6)
     rows, out = [], {"tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),

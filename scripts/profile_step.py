@@ -29,7 +29,7 @@ def main() -> None:
     import tensorflow as tf
 
     from resnet_train import models
-    from resnet_train.trainer import Trainer
+    from resnet_train.training.trainer import Trainer
 
     strategy = tf.distribute.get_strategy()
     model = models.build(args.depth, 10, (32, 32, 3))

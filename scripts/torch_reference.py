@@ -59,7 +59,7 @@ def throughput(depth: int = 20, batch_size: int = 128, dtype: str = "float32", w
         optimizer.step()
         return loss.item()
 
-    from resnet_train.bench import _windows  # the same timing windows as our rows
+    from resnet_train.runtime.probe import timed_windows  # the same timing windows as our rows
 
-    result = _windows(step, batch_size, warmup=3, windows=windows, steps_per_window=steps_per_window)
+    result = timed_windows(step, batch_size, warmup=3, windows=windows, steps_per_window=steps_per_window)
     return {**result, "torch": torch.__version__, "threads": torch.get_num_threads()}

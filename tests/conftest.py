@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts/benchmarks.py for test_bench
 from helpers import CIFAR_LAYOUT, cli_in_process, compose, register_fake_archive, write_fake_cifar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,7 +55,7 @@ for _key, _value in RESET_ENV.items():  # at import too: module fixtures run bef
 if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
     import tensorflow  # noqa: F401  (its import decides)
 
-    from resnet_train import onednn
+    from resnet_train.runtime import onednn
 
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn.enabled() else "0"
 
@@ -63,7 +65,7 @@ if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
 def _pinned_tuning() -> None:
     import json
 
-    from resnet_train import tuning
+    from resnet_train.runtime import tuning
 
     pinned = "pinned by tests/conftest.py"
     choices = {"onednn": [os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1", pinned], "xla": [False, pinned],
@@ -229,7 +231,7 @@ def network_log(_no_network):
 def _two_logical_cpus():
     """Two logical CPU devices for the whole test process, set before TensorFlow starts, so that
     MirroredStrategy tests run in-process (runtime.cpu_replicas=2). Other tests use /cpu:0."""
-    from resnet_train.runtime import split_cpu
+    from resnet_train.runtime.devices import split_cpu
 
     split_cpu(2)
 
@@ -330,7 +332,7 @@ def trained(tmp_path_factory):
 
     import tensorflow as tf
 
-    from resnet_train.train import train_and_evaluate
+    from resnet_train.training.loop import train_and_evaluate
 
     runs = {}
 

@@ -133,7 +133,7 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0
     import keras
 
     from resnet_train.data import pipeline, synthetic
-    from resnet_train.trainer import Trainer
+    from resnet_train.training.trainer import Trainer
 
     keras.utils.set_random_seed(seed)
     with strategy.scope():

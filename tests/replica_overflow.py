@@ -41,7 +41,7 @@ def one_step(strategy, bad_replica: int = 1, global_batch: int = 8) -> dict:
     `bad_replica`, returns what happened (weights per local replica, scale, counters)."""
     from resnet_train.data import pipeline, synthetic
     from resnet_train.optim import build_optimizer
-    from resnet_train.trainer import Trainer
+    from resnet_train.training.trainer import Trainer
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(0)
@@ -78,7 +78,7 @@ def one_step(strategy, bad_replica: int = 1, global_batch: int = 8) -> dict:
 
 
 if __name__ == "__main__":  # one worker of a two-worker cluster (TF_CONFIG set by the test)
-    from resnet_train.runtime import split_cpu
+    from resnet_train.runtime.devices import split_cpu
 
     split_cpu(1)
     result = one_step(tf.distribute.MultiWorkerMirroredStrategy(), bad_replica=int(sys.argv[1]))

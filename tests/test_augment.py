@@ -309,7 +309,7 @@ def test_label_smoothing_in_the_loss():
     import keras
 
     from resnet_train.models import build
-    from resnet_train.trainer import Trainer
+    from resnet_train.training.trainer import Trainer
 
     keras.backend.clear_session()
     model = build(8, 4, (8, 8, 3), variant="cifar")

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import TINY, cli_in_process, file_digests
 from resnet_train.config import load_config
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_the_cli_explains_a_bad_override_without_starting_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys; from resnet_train.hydra_errors import did_you_mean; "
+    code = ("import sys; from resnet_train.cli.hydra_errors import did_you_mean; "
             "print(did_you_mean('optimizer.momentun', 'train')); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

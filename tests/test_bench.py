@@ -1,9 +1,11 @@
 """The benchmark's measuring pieces on tiny sizes (the full run is scripts/bench.py, ~9 minutes)."""
 import json
 
+import benchmarks as bench  # scripts/benchmarks.py (conftest puts scripts/ on the path)
 from helpers import TINY, compose
-from resnet_train import bench, models, runtime
-from resnet_train.train import train_and_evaluate
+from resnet_train import models
+from resnet_train.runtime import devices as runtime
+from resnet_train.training.loop import train_and_evaluate
 
 
 def test_forward_flops_match_the_known_figures():
@@ -27,7 +29,7 @@ def test_matmul_rate_and_peer_measurements_run():
 
 def test_a_peer_is_timed_with_onednns_other_setting_in_a_process_of_its_own():
     """Keras fit at its best includes oneDNN's other setting, which TensorFlow fixes at import."""
-    from resnet_train import onednn
+    from resnet_train.runtime import onednn
 
     other = bench.with_onednn(not onednn.enabled(), "keras_fit_throughput", depth=8, image_shape=[16, 16, 3],
                               batch_size=8, windows=2, steps_per_window=2)
@@ -43,7 +45,7 @@ def test_training_logs_mfu(tmp_path):
 def test_the_command_row_reads_the_real_commands_log():
     """scripts/bench.py's row for `resnet-train` itself: a fresh process, its per-epoch img/s after
     the first epoch, the first call's cost, the oneDNN choice it logged."""
-    from resnet_train import onednn
+    from resnet_train.runtime import onednn
 
     result = bench.cli_throughput(8, 16, 4, 3, "runtime=one_device", "runtime.precision=float32")
     assert result["min"] <= result["images_per_sec"] <= result["max"] and result["images_per_sec"] > 0

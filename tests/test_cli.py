@@ -4,7 +4,7 @@ same code without TensorFlow's start-up."""
 import json
 
 from helpers import TINY, run_cli
-from resnet_train import onednn
+from resnet_train.runtime import onednn
 
 
 def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):

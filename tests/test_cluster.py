@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from resnet_train import cluster
+from resnet_train.runtime import cluster
 from resnet_train.errors import ConfigError
 
 

@@ -292,7 +292,7 @@ def test_validation_examples_are_the_same_for_every_seed_and_in_the_tools():
     from omegaconf import OmegaConf
 
     from resnet_train.data import held_out_indices
-    from resnet_train.evaluate import eval_split
+    from resnet_train.tools.evaluate import eval_split
 
     cfg = {"source": "synthetic", "image_shape": [4, 4, 1], "train_size": 100, "test_size": 10, "val_split": 0.2}
     key = lambda ds: sorted(x.tobytes() for x, _ in ds.as_numpy_iterator())  # noqa: E731

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from helpers import TINY, compose
 from resnet_train.errors import UserError
-from resnet_train.runs import load_run
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.runs import load_run
+from resnet_train.training.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def weights(model):
 
 
 def test_a_loaded_run_has_the_ema_weights_training_evaluated(ema_run):
-    from resnet_train.evaluate import evaluate_run
+    from resnet_train.tools.evaluate import evaluate_run
 
     results = json.loads((ema_run / "results.json").read_text())
     ema = evaluate_run(ema_run, "last")
@@ -39,7 +39,7 @@ def test_a_loaded_run_has_the_ema_weights_training_evaluated(ema_run):
 
 
 def test_export_writes_the_ema_weights(ema_run, tmp_path):
-    from resnet_train.export import export_run
+    from resnet_train.tools.export import export_run
 
     summary = export_run(ema_run, "last", fmt="keras", out=tmp_path)
     assert summary["weights"] == "ema" and summary["top1_agreement"] == 1.0
@@ -70,9 +70,9 @@ def test_ema_weights_come_back_for_every_optimizer_and_under_loss_scaling(tmp_pa
     import tensorflow as tf
 
     from resnet_train import optim
-    from resnet_train.checkpoint import Checkpointer
+    from resnet_train.training.checkpoint import Checkpointer
     from resnet_train.models import build
-    from resnet_train.runs import restore_ema
+    from resnet_train.training.runs import restore_ema
 
     cfg = OmegaConf.create({"optimizer": {"name": name, "weight_decay": 1e-4}, "ema": {"decay": 0.5},
                             "finetune": {"freeze": "none"}})

@@ -20,9 +20,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import CLI, ROOT, TINY, cli_in_process, compose, file_digests
-from resnet_train.checkpoint import readable
+from resnet_train.training.checkpoint import readable
 from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Preempted, TrainingDiverged
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 # 2 epochs of 32 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch (the stops
 # come at the first checkpoint, step 8, or after step 20, with most of the run still ahead). The
@@ -35,7 +35,7 @@ TIMING = ("time", "images_per_sec", "mfu")
 
 
 def weights(run_dir, which="last"):
-    from resnet_train.checkpoint import resolve
+    from resnet_train.training.checkpoint import resolve
 
     reader = tf.train.load_checkpoint(resolve(run_dir, which))
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
@@ -95,7 +95,7 @@ SIGNALS_AT_STEP = textwrap.dedent("""
 
     def quiet_tensorflow_then_hook():  # TF imported quietly first, as the CLI does
         quiet_tensorflow()
-        from resnet_train import trainer
+        from resnet_train.training import trainer
 
         train_steps, steps = trainer.Trainer.train_steps, [0]
 
@@ -412,8 +412,8 @@ AUGMENTED = ("depth=8", "batch_size=8", "data.limit_train=128", "data.limit_test
 
 
 def test_a_run_stopped_mid_epoch_with_every_augmentation_and_ema_resumes_exactly(tmp_path, monkeypatch):
-    from resnet_train import trainer as trainer_lib
-    from resnet_train.interrupts import StopRequests
+    from resnet_train.training import trainer as trainer_lib
+    from resnet_train.training.interrupts import StopRequests
 
     cfg = compose(*AUGMENTED)
     assert cfg.augment.randaugment.num_ops > 0 and cfg.augment.mixup_alpha > 0 and cfg.augment.cutmix_alpha > 0
@@ -474,7 +474,7 @@ def full_from_the_first_record(limit):
     `limit` bytes: the kernel refuses that write (EFBIG) and nothing before it. (A limit from the
     start fails earlier, larger writes instead: the saved config, AutoGraph's files.) The limit is
     lifted on the way out, before pytest writes its own files and reports."""
-    from resnet_train import report
+    from resnet_train.report import metrics as report
 
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     sigxfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
@@ -572,7 +572,7 @@ def test_a_damaged_checkpoint_index_falls_back_to_the_files(tmp_path, trained):
 
 
 def test_a_line_cut_short_in_metrics_is_skipped(tmp_path):
-    from resnet_train.report import best_logged, read_metrics
+    from resnet_train.report.metrics import best_logged, read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"split": "eval", "step": 4, "accuracy": 0.5}\n{"split": "ev')
     assert read_metrics(tmp_path) == [{"split": "eval", "step": 4, "accuracy": 0.5}]
@@ -597,7 +597,7 @@ def test_a_sweep_member_rerun_with_another_config_is_refused_and_its_config_rest
 def test_settings_added_to_the_tool_later_do_not_block_resuming_an_older_run():
     from omegaconf import OmegaConf
 
-    from resnet_train.run_dir import config_changes
+    from resnet_train.training.run_dir import config_changes
 
     new = compose(*TINY)
     old = OmegaConf.create(OmegaConf.to_container(new))
@@ -607,7 +607,7 @@ def test_settings_added_to_the_tool_later_do_not_block_resuming_an_older_run():
 
 
 def test_stale_locks_other_hosts_and_restarts(tmp_path, monkeypatch):
-    from resnet_train import run_lock
+    from resnet_train.training import run_lock
     from resnet_train.errors import RunDirError
 
     lock = tmp_path / ".lock"

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from helpers import compose
 from resnet_train.errors import UserError
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 BASE = ("depth=8", "batch_size=32", "runtime.precision=float32", "runtime.deterministic=true")
 TARGET = (*BASE, "data.classes=[5,6,7,8,9]", "data.limit_train=160", "schedule=constant")
@@ -51,7 +51,7 @@ def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_
 
 
 def test_frozen_backbone_stays_put_and_the_head_learns(source, tmp_path):
-    from resnet_train.runs import load_run
+    from resnet_train.training.runs import load_run
 
     train_and_evaluate(compose(*TARGET, "epochs=1", f"init_from={source}", "finetune.freeze=backbone"),
                        tmp_path / "frozen")
@@ -100,7 +100,7 @@ def test_head_lr_mult_scales_only_the_head():
     import keras
 
     from resnet_train.models import build
-    from resnet_train.trainer import Trainer
+    from resnet_train.training.trainer import Trainer
 
     model = build(8, 3, (8, 8, 3), variant="cifar")
     optimizer = keras.optimizers.SGD(0.1)

@@ -9,7 +9,7 @@ from PIL import Image
 from helpers import cli_in_process, compose
 from resnet_train.data import tfds_source
 from resnet_train.errors import ConfigError
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # the first classes of tfds' labels.txt
 

@@ -7,10 +7,10 @@ import shutil
 import tensorflow as tf
 
 from helpers import TINY, compose
-from resnet_train.checkpoint import resolve
-from resnet_train.evaluate import evaluate_run
-from resnet_train.runs import load_run
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.checkpoint import resolve
+from resnet_train.tools.evaluate import evaluate_run
+from resnet_train.training.runs import load_run
+from resnet_train.training.loop import train_and_evaluate
 
 
 def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(tmp_path, caplog):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from helpers import CLI, ROOT, TINY, compose, file_digests
 from resnet_train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, EXIT_WORKER_LOST
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 COMMON = (*TINY, "runtime.precision=float32", "runtime.deterministic=true")  # runtime=multi_worker after it
 
@@ -32,7 +32,7 @@ from resnet_train import cli
 cli._quiet_tensorflow()  # as the console script: TF's start-up notices stay off stderr
 action = os.environ.pop("RESNET_TEST_AFTER_FIRST_SAVE", "")
 if action:
-    from resnet_train.checkpoint import Checkpointer
+    from resnet_train.training.checkpoint import Checkpointer
     save = Checkpointer.save
     def save_then_signal(self, step, epoch):
         path = save(self, step, epoch)

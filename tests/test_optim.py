@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import compose, train_small_model
-from resnet_train import optim, runtime
+from resnet_train import optim
+from resnet_train.runtime import devices as runtime
 from resnet_train.errors import ConfigError
 from resnet_train.models import build
-from resnet_train.trainer import Trainer
+from resnet_train.training.trainer import Trainer
 
 
 def optimizer_decays(optimizer, variable) -> bool:

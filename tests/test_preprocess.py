@@ -9,10 +9,10 @@ from PIL import Image
 from helpers import compose
 from resnet_train.data import folder
 from resnet_train.data.preprocess import geometry, preprocess, preprocess_file
-from resnet_train.export import export_saved_model
-from resnet_train.predict import predict_files
-from resnet_train.runs import load_images, load_run
-from resnet_train.train import train_and_evaluate
+from resnet_train.tools.export import export_saved_model
+from resnet_train.tools.predict import predict_files
+from resnet_train.training.runs import load_images, load_run
+from resnet_train.training.loop import train_and_evaluate
 from test_imagenet import write_fake_imagenet
 
 

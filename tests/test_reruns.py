@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import TINY, cli_in_process, compose, file_digests
-from resnet_train import checkpoint as checkpoint_lib
-from resnet_train import runtime
+from resnet_train.training import checkpoint as checkpoint_lib
+from resnet_train.runtime import devices as runtime
 from resnet_train.errors import RunDirError
-from resnet_train.report import Reporter, write_atomic
-from resnet_train.train import check_steps_agree, train_and_evaluate
+from resnet_train.report.metrics import Reporter, write_atomic
+from resnet_train.training.loop import check_steps_agree, train_and_evaluate
 
 WITH_VAL = (*TINY, "epochs=1", "data.val_split=32")  # a validation split: best/ is kept
 NO_READABLE = r"no readable checkpoint in .* though this run has made progress: start a new run directory"
@@ -283,8 +283,8 @@ def test_a_folder_dataset_that_moved_is_resumed_and_another_one_refused(tmp_path
 
 
 def test_a_run_whose_lock_is_taken_over_stops_and_writes_nothing_more_into_the_run(tmp_path, monkeypatch):
-    from resnet_train import run_lock
-    from resnet_train.interrupts import StopRequests
+    from resnet_train.training import run_lock
+    from resnet_train.training.interrupts import StopRequests
 
     run = tmp_path / "run"
     monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet_train import run_lock
+from resnet_train.training import run_lock
 from resnet_train.errors import RunDirError
-from resnet_train.interrupts import StopRequests
+from resnet_train.training.interrupts import StopRequests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLDER = r"""
 import os, sys, time
 from pathlib import Path
-from resnet_train import run_lock
+from resnet_train.training import run_lock
 from resnet_train.errors import RunDirError
 
 run, sync, name, heartbeat, *waits = sys.argv[1:]

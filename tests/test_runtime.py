@@ -9,14 +9,14 @@ import pytest
 import tensorflow as tf
 
 from helpers import TINY, compose, train_small_model
-from resnet_train import runtime
-from resnet_train.checkpoint import Checkpointer
+from resnet_train.runtime import devices as runtime
+from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.config import check_replicas
 from resnet_train.errors import ConfigError
 from resnet_train.models import build
 from resnet_train.optim import build_optimizer
-from resnet_train.train import train_and_evaluate
-from resnet_train.trainer import Trainer
+from resnet_train.training.loop import train_and_evaluate
+from resnet_train.training.trainer import Trainer
 
 SEED = 0  # seeds 0-4 measured where a test says so
 

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import compose
-from resnet_train import optim, schedules
+from resnet_train import optim
+from resnet_train.optim import schedules
 from resnet_train.errors import ConfigError
 
 
@@ -144,7 +145,7 @@ def test_steps_must_be_null_or_a_positive_integer(value):
 def test_steps_of_another_type_are_refused_by_the_schema(value, shown):
     from hydra.errors import ConfigCompositionException
 
-    from resnet_train.hydra_errors import explain
+    from resnet_train.cli.hydra_errors import explain
 
     with pytest.raises(ConfigCompositionException) as refused:
         compose(f"steps={value}")
@@ -251,7 +252,7 @@ def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
 
 
 def test_plot_schedule_draws_the_runs_curve(tmp_path):
-    from resnet_train.schedule_plot import plot_schedule
+    from resnet_train.tools.schedule_plot import plot_schedule
     from resnet_train.config import load_config
 
     cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640",
@@ -285,7 +286,7 @@ def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_v
 ])
 def test_bad_optimizer_and_schedule_settings_fail_before_any_data_is_read(tmp_path, monkeypatch, override, message):
     from resnet_train import data as data_lib
-    from resnet_train.train import train_and_evaluate
+    from resnet_train.training.loop import train_and_evaluate
 
     monkeypatch.setattr(data_lib, "load", lambda cfg: pytest.fail("the data was read"))
     with pytest.raises(ConfigError, match=message):

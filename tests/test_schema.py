@@ -8,11 +8,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from helpers import compose
-from resnet_train import schema
+from resnet_train.config import schema
 from resnet_train.errors import ConfigError
-from resnet_train.hydra_errors import explain
+from resnet_train.cli.hydra_errors import explain
 
-CONFIGS = Path(schema.__file__).parent / "configs"
+CONFIGS = Path(schema.__file__).parents[1] / "configs"
 PRESETS = [(group.name, option.stem) for group in sorted(CONFIGS.iterdir()) if group.is_dir()
            and group.name in schema.GROUPS for option in sorted(group.glob("*.yaml"))]
 
@@ -100,7 +100,7 @@ def test_the_library_reads_no_config_key_with_a_default_of_its_own():
     (schema.py) and non-config mappings (JSON records, os.environ, device details) use it."""
     import re
 
-    root = Path(schema.__file__).parent
+    root = Path(schema.__file__).parents[1]
     config_get = re.compile(r"\b(cfg|ft|data_cfg|run_cfg)(\.[a-z_]+)*\.get\(")
     offenders = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
                  for i, line in enumerate(p.read_text().splitlines(), 1) if config_get.search(line)]

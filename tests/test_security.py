@@ -147,7 +147,7 @@ def findings(source: str) -> list[tuple[int, str, str]]:
 
 
 def test_the_sources_parse_and_are_all_walked():
-    assert len(SOURCES) > 20 and ROOT / "resnet_train" / "optuna_sweeper.py" in SOURCES
+    assert len(SOURCES) > 20 and ROOT / "resnet_train" / "tools" / "optuna_sweeper.py" in SOURCES
     for path in SOURCES:
         ast.parse(path.read_text(), str(path))
 
@@ -239,7 +239,7 @@ def test_config_targets_are_only_our_own_or_hydra_plugins():
 
 
 def test_the_export_reload_refuses_a_keras_file_with_code(tmp_path):
-    from resnet_train.export import load_predictor
+    from resnet_train.tools.export import load_predictor
 
     inputs = keras.Input((2,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))

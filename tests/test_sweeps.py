@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from helpers import CLI, ROOT, TINY, compose, file_digests
 from resnet_train.errors import EXIT_PREEMPTED
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 # The searches run in process import optuna here: SQLAlchemy's notice about APIs optuna 2.10 uses
 # (as in _optuna) would otherwise land in the warnings summary.
@@ -236,7 +236,7 @@ PREEMPTED_IN_MEMBER_1 = r"""
 import os, signal, sys
 from resnet_train import cli
 cli._quiet_tensorflow()  # as the console script
-from resnet_train.checkpoint import Checkpointer
+from resnet_train.training.checkpoint import Checkpointer
 save = Checkpointer.save
 def save_then_signal(self, step, epoch):
     path = save(self, step, epoch)
@@ -311,7 +311,7 @@ def test_the_summary_is_always_whole_while_members_write_it_at_once(tmp_path):
     import threading
     import time
 
-    from resnet_train.sweep import write_summary
+    from resnet_train.tools.sweep import write_summary
 
     for i in range(3):
         (tmp_path / str(i) / ".hydra").mkdir(parents=True)

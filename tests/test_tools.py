@@ -42,7 +42,7 @@ def png_size(path):
 def trained(tmp_path_factory):
     """A ResNet-8 trained 8 epochs on 512 digits (~85% test accuracy: predictions can be checked
     against labels), without a validation split."""
-    from resnet_train.train import train_and_evaluate
+    from resnet_train.training.loop import train_and_evaluate
 
     # In this process: the tools read .hydra/config.yaml, dataset.json, metrics.jsonl and the
     # checkpoints, which train_and_evaluate writes as the resnet-train CLI does (the CLI adds only
@@ -124,7 +124,7 @@ def test_eval_refuses_a_dataset_of_another_image_size_in_one_line(trained, tmp_p
 
 
 def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures, cli):
-    from resnet_train.runs import load_run
+    from resnet_train.training.runs import load_run
 
     folder, labels = pictures
     done = cli(f"run={trained}", f"images=[{folder}]", "output=json", "top_k=10", entry="resnet-predict")
@@ -211,8 +211,8 @@ def printed_export(done):
 
 @pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite"])
 def test_export_cli_reports_accuracy_and_size(trained, cli_exports, cli, fmt):
-    from resnet_train.export import load_predictor
-    from resnet_train.runs import load_run
+    from resnet_train.tools.export import load_predictor
+    from resnet_train.training.runs import load_run
 
     done, out = cli_exports(fmt, cli)
     exported_file, megabytes, examples, exported, original, agreement, difference = printed_export(done)
@@ -240,8 +240,8 @@ def test_export_cli_reports_accuracy_and_size(trained, cli_exports, cli, fmt):
 
 def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_exports, cli):
     from resnet_train.data.embedded import load_digits_arrays
-    from resnet_train.export import export_run, load_predictor
-    from resnet_train.runs import load_run
+    from resnet_train.tools.export import export_run, load_predictor
+    from resnet_train.training.runs import load_run
 
     run = load_run(trained)
     images = load_digits_arrays()[1][:40]
@@ -296,8 +296,8 @@ def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):
 
 def test_grad_cam_heatmap_is_normalised_and_image_sized(trained):
     from resnet_train.data.embedded import load_digits_arrays
-    from resnet_train.explain import grad_cam
-    from resnet_train.runs import load_run
+    from resnet_train.tools.explain import grad_cam
+    from resnet_train.training.runs import load_run
 
     run = load_run(trained)
     images = load_digits_arrays()[1][:4]

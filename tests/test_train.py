@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from helpers import TINY, compose
 from resnet_train.errors import ConfigError
-from resnet_train.train import train_and_evaluate
+from resnet_train.training.loop import train_and_evaluate
 
 
 def records(workdir, split):
@@ -139,7 +139,7 @@ def test_training_with_every_augmentation_at_once_puts_the_soft_labels_in_the_lo
     weights before the step against the batch's mixed labels, smoothed: 0.9 * mixed + 0.1 / 10;
     not the loss of the batch's dominant (hard) labels."""
     from resnet_train.data import pipeline
-    from resnet_train.runs import build_model, read_run, restore_model
+    from resnet_train.training.runs import build_model, read_run, restore_model
 
     drawn = []  # the training batches as training made them (stateless seeds: the same batches when iterated again)
     training_stream = pipeline.training_stream
@@ -188,9 +188,9 @@ def test_training_with_every_augmentation_at_once_puts_the_soft_labels_in_the_lo
 def test_an_epochs_time_outside_its_steps_is_logged_by_part_when_over_a_second(caplog):
     import logging
 
-    from resnet_train.train import _log_overhead
+    from resnet_train.training.loop import _log_overhead
 
-    caplog.set_level(logging.INFO, logger="resnet_train.train")
+    caplog.set_level(logging.INFO, logger="resnet_train.training.loop")
     _log_overhead(2, 5, 40.0, {"new input pipeline": 0.2, "loop": 0.1, "evaluation": 0.5, "checkpoint": 0.1})
     assert caplog.text == ""  # 0.9 s: not worth a line
     _log_overhead(3, 5, 40.0, {"new input pipeline": 0.2, "loop": 0.1, "evaluation": 1.5, "checkpoint": 0.1})

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers import compose
-from resnet_train import onednn, tuning
+from resnet_train.runtime import onednn, tuning
 
 RATES = {"1": {"plain": 1000.0, "xla": 550.0, "spc": 1010.0, "inter_op_1": 900.0}, "0": {"plain": 360.0}}
 

@@ -12,7 +12,7 @@ def load(cfg) -> Splits:
     """`cfg` is the `data` config group (a mapping, typed here by its source's schema: unset keys
     take the schema's defaults). `limit_train` / `limit_test` keep the first N examples of each
     split (quick trials, tests)."""
-    from resnet_train.schema import data_config
+    from resnet_train.config.schema import data_config
 
     cfg = data_config(cfg)
     splits = _load_source(cfg)

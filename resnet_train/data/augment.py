@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from resnet_train import schema
+from resnet_train.config import schema
 from resnet_train.data import image_ops
 from resnet_train.data.autoaugment_policies import POLICIES
 from resnet_train.data.preprocess import LARGE_IMAGE, decode, preprocess, resize_uint8

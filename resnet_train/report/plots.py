@@ -57,7 +57,7 @@ def _pyplot():
 
 def training_curves(metrics_path, out_path) -> Path:
     """curves.png: loss and accuracy (train and eval) against epochs, the lr on a second axis."""
-    from resnet_train.report import read_metrics
+    from resnet_train.report.metrics import read_metrics
 
     records = read_metrics(Path(metrics_path).parent)
     plt = _pyplot()
@@ -110,7 +110,7 @@ def _save(fig, out_path) -> Path:
 
 def compare_runs(run_dirs, out_path, names=None) -> Path:
     """Overlays several runs (a sweep): eval accuracy and train loss against epochs."""
-    from resnet_train.report import read_metrics
+    from resnet_train.report.metrics import read_metrics
 
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))

@@ -1,8 +1,10 @@
 """Throughput measurements: the input pipeline alone and our trainer alone, each on in-memory data,
 and the `resnet-train` command itself, end to end.
 
-Used by scripts/bench.py. Figures are medians over several timed windows after a warm-up, so
-tracing and autotuning are not counted; the spread (min..max) is reported beside them.
+Used by scripts/bench.py (beside it); the trainer-alone timing is the library's
+(resnet_train/runtime/probe.py, which runtime=auto's tuning also uses). Figures are medians over
+several timed windows after a warm-up, so tracing and autotuning are not counted; the spread
+(min..max) is reported beside them.
 """
 from __future__ import annotations
 
@@ -20,17 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-
-def _windows(step, items_per_step: int, warmup: int, windows: int, steps_per_window: int) -> dict:
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps_per_window):
-            step()
-        rates.append(items_per_step * steps_per_window / (time.perf_counter() - start))
-    return {"images_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates)}
+from resnet_train.runtime.probe import timed_windows, train_throughput  # noqa: F401 -- bench.py's rows
 
 
 def smooth_images(n: int, shape, seed: int = 0) -> np.ndarray:
@@ -59,7 +51,8 @@ def jpeg_bytes(images) -> list[bytes]:
 
 
 def iterator_throughput(iterator, batch_size: int, windows: int = 5, steps_per_window: int = 20) -> dict:
-    return _windows(lambda: next(iterator), batch_size, warmup=5, windows=windows, steps_per_window=steps_per_window)
+    return timed_windows(lambda: next(iterator), batch_size, warmup=5, windows=windows,
+                         steps_per_window=steps_per_window)
 
 
 def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, augment=None,
@@ -71,37 +64,6 @@ def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, au
     batches = pipeline.training_stream(dataset, size, batch_size, 0, 0, 10**6, augment, batch_augment,
                                        shuffle_buffer=shuffle_buffer)
     return iterator_throughput(iter(batches), batch_size, windows, steps_per_window)
-
-
-def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, steps_per_call: int = 1,
-                     windows: int = 5, steps_per_window: int = 10, precision: str = "float32",
-                     strategy=None, xla: bool = False) -> dict:
-    """images/s of our Trainer on one in-memory batch repeated (the model and step alone)."""
-    import keras
-
-    from resnet_train import models
-    from resnet_train.optim import build_optimizer
-    from resnet_train.trainer import Trainer
-
-    keras.backend.clear_session()
-    keras.mixed_precision.set_global_policy(precision)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model = models.build(depth, num_classes, image_shape)
-        optimizer = build_optimizer({"name": "sgd", "momentum": 0.9}, 0.1, loss_scaling=precision == "mixed_float16")
-        optimizer.build(model.trainable_variables)
-    trainer = Trainer(model, optimizer, strategy, batch_size, weight_decay=1e-4, num_classes=num_classes, xla=xla)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch_size, *image_shape)).astype(np.uint8)
-    labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
-    data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
-    iterator = iter(strategy.experimental_distribute_dataset(data))
-    result = _windows(lambda: trainer.train_steps(iterator, steps_per_call) or trainer.train_metrics(),
-                      batch_size * steps_per_call, warmup=3, windows=windows,
-                      steps_per_window=max(1, steps_per_window // steps_per_call))
-    result["parameters"] = models.count_params(model)
-    keras.mixed_precision.set_global_policy("float32")
-    return result
 
 
 def keras_randaugment_batches(dataset, batch_size: int, num_ops: int = 2, magnitude: float = 9):
@@ -167,7 +129,7 @@ def eval_throughput(depth: int, image_shape, batch_size: int, num_classes: int =
     import keras
 
     from resnet_train import models
-    from resnet_train.trainer import Trainer
+    from resnet_train.training.trainer import Trainer
 
     keras.backend.clear_session()
     strategy = tf.distribute.get_strategy()
@@ -178,12 +140,12 @@ def eval_throughput(depth: int, image_shape, batch_size: int, num_classes: int =
     labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
     data = tf.data.Dataset.from_tensors((images, labels, np.ones(batch_size, np.float32))).repeat(batches)
     dist = strategy.experimental_distribute_dataset(data)
-    return _windows(lambda: trainer.evaluate(dist), batch_size * batches, warmup=1, windows=3, steps_per_window=1)
+    return timed_windows(lambda: trainer.evaluate(dist), batch_size * batches, warmup=1, windows=3, steps_per_window=1)
 
 
 def cpu_description() -> dict:
     """The CPU a measurement was made on: model name and the flags that decide TF's kernels."""
-    from resnet_train.onednn import cpu_flags, cpu_identity
+    from resnet_train.runtime.onednn import cpu_flags, cpu_identity
 
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
     return {**cpu_identity(), "cores": os.cpu_count(), "flags": [f for f in wanted if f in cpu_flags()]}
@@ -226,7 +188,7 @@ def with_onednn(enabled: bool, name: str, **kwargs) -> dict:
     """One of this module's measurements in a fresh process with oneDNN on or off (TensorFlow fixes
     it at import): how scripts/bench.py times a peer at the oneDNN setting this process lacks."""
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if enabled else "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-m", "resnet_train.bench", json.dumps({"name": name, **kwargs})],
+    done = subprocess.run([sys.executable, __file__, json.dumps({"name": name, **kwargs})],
                           env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"{name} with oneDNN {'on' if enabled else 'off'} failed: {done.stderr.strip()[-500:]}")
@@ -237,8 +199,8 @@ def with_onednn(enabled: bool, name: str, **kwargs) -> dict:
     return result
 
 
-if __name__ == "__main__":  # with_onednn's child: python -m resnet_train.bench '{"name": ..., kwargs}'
-    from resnet_train import onednn
+if __name__ == "__main__":  # with_onednn's child: python scripts/benchmarks.py '{"name": ..., kwargs}'
+    from resnet_train.runtime import onednn
 
     asked = json.loads(sys.argv[1])
     print(json.dumps({**globals()[asked.pop("name")](**asked), "onednn": onednn.enabled()}))

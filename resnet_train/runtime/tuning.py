@@ -4,7 +4,7 @@ short measurement found fastest on this machine.
 
 The measurement runs once per machine and TensorFlow version, on first use, before TensorFlow is
 imported (oneDNN and the thread pools are fixed when TensorFlow starts, so each of their settings
-is timed in a process of its own: `python -m resnet_train.tuning`): ResNet-8 (ResNet-20's layer
+is timed in a process of its own: `python -m resnet_train.runtime.tuning`): ResNet-8 (ResNet-20's layer
 shapes, a third of its layers: each process traces faster; the same choices and ratios within a
 few % as ResNet-20 on the Intel AMX machine, docs/performance.md), batch 64, our
 trainer on an in-memory batch, for oneDNN on / off, then under the faster one XLA off / on (not
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from resnet_train.errors import ConfigError
-from resnet_train.report import write_atomic
+from resnet_train.report.metrics import write_atomic
 
 LEVERS = ("onednn", "xla", "steps_per_call", "threads")
 THREADS_ENV = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")  # read by TensorFlow when it starts
@@ -49,7 +49,7 @@ def machine_key() -> str:
     """CPU model, family, cores and the flags that decide TF's kernels, and TensorFlow's version."""
     from importlib.metadata import version
 
-    from resnet_train.onednn import cpu_flags, cpu_identity
+    from resnet_train.runtime.onednn import cpu_flags, cpu_identity
 
     cpu = cpu_identity()
     flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
@@ -122,7 +122,7 @@ def measure(probe=None) -> dict:
     def run(onednn: str, what: list[str], threads=(0, 0), **extra) -> dict:
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3",
                **{name: str(n) for name, n in zip(THREADS_ENV, threads)}}
-        done = subprocess.run([sys.executable, "-m", "resnet_train.tuning",
+        done = subprocess.run([sys.executable, "-m", "resnet_train.runtime.tuning",
                                json.dumps({**probe, "what": what, **extra})],
                               env=env, capture_output=True, text=True, timeout=600)
         if done.returncode:  # a probe that cannot run (memory, a broken build): the defaults stay
@@ -271,7 +271,7 @@ def _pools(pools) -> str:
 
 def _probe(settings: dict) -> dict:
     """In a fresh process (oneDNN fixed by its environment): images/s of each setting asked for."""
-    from resnet_train.bench import train_throughput
+    from resnet_train.runtime.probe import train_throughput
 
     shape, batch, depth, spc = (32, 32, 3), settings["batch_size"], settings["depth"], settings["spc"]
     runs = {"plain": dict(windows=2, steps_per_window=2), "xla": dict(windows=2, steps_per_window=2, xla=True),

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnet_train import schema
+from resnet_train.config import schema
 from resnet_train.errors import UserError, first_line
-from resnet_train.run_dir import CONFIG, DATASET
+from resnet_train.training.run_dir import CONFIG, DATASET
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load_run(run_dir, checkpoint: str = "auto", ema=None) -> LoadedRun:
     """The run's model with a checkpoint's weights: the EMA weights when the run kept them
     (ema.decay) unless ema=False, else the raw ones. checkpoint=auto: best/ when the run chose it
     on a validation split, else the final checkpoint (checkpoint.resolve)."""
-    from resnet_train.checkpoint import resolve
+    from resnet_train.training.checkpoint import resolve
 
     run_dir, cfg, info = read_run(run_dir)
     path = resolve(run_dir, checkpoint, has_validation=bool(info.val_size))

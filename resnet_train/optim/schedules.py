@@ -16,7 +16,7 @@ import math
 import keras
 from keras import ops
 
-from resnet_train import schema
+from resnet_train.config import schema
 from resnet_train.errors import ConfigError
 
 SCHEDULES = ("step", "cosine", "onecycle", "exponential", "constant")

@@ -68,7 +68,7 @@ class ContinuedStudy(_impl.OptunaSweeperImpl):
         return super()._configure_trials(trials, *args, **kwargs)
 
     def _resume_interrupted(self, study) -> None:
-        from resnet_train.sweep import left_as_it_was
+        from resnet_train.tools.sweep import left_as_it_was
 
         interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         failures = []

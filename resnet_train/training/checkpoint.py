@@ -17,7 +17,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from resnet_train.errors import RunDirError, UserError, first_line
-from resnet_train.report import fsync_directory
+from resnet_train.report.metrics import fsync_directory
 
 log = logging.getLogger(__name__)
 

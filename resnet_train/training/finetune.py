@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from resnet_train import run_dir
+from resnet_train.training import run_dir
 from resnet_train.errors import UserError
 from resnet_train.models import names
 
@@ -30,8 +30,8 @@ def _run_dir_of(source: Path) -> Path:
 
 def load_source(init_from):
     """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
-    from resnet_train.checkpoint import resolve
-    from resnet_train.runs import build_model, read_run, restore_model
+    from resnet_train.training.checkpoint import resolve
+    from resnet_train.training.runs import build_model, read_run, restore_model
 
     source = Path(str(init_from)).expanduser()
     if not source.exists() and not Path(str(source) + ".index").exists():

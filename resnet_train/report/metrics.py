@@ -204,6 +204,6 @@ def hparams_of(cfg, dataset: str) -> dict:
 
 
 def _metrics_file() -> Path:
-    from resnet_train.run_dir import METRICS  # not at the top: run_dir imports this module
+    from resnet_train.training.run_dir import METRICS  # not at the top: run_dir imports this module
 
     return METRICS

@@ -21,13 +21,14 @@ def known_keys(config_name: str) -> list[str]:
     from omegaconf import OmegaConf
 
     from resnet_train.config import load_config
-    from resnet_train.run_dir import flatten
+    from resnet_train.training.run_dir import flatten
 
     try:
         cfg = OmegaConf.to_container(load_config((), config_name), resolve=False)
     except Exception:  # noqa: BLE001 -- suggestions are a nicety; never fail while explaining
         return []
-    groups = [p.name for p in (Path(__file__).parent / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"
+    configs = Path(__file__).parents[1] / "configs"
+    groups = [p.name for p in configs.iterdir() if p.is_dir() and p.name != "__pycache__"
               and "model" in cfg]  # the training config's groups, not the tools'
     leaves = flatten(cfg)
     sections = {key.rsplit(".", i)[0] for key in leaves for i in range(1, key.count(".") + 1)}
@@ -65,7 +66,7 @@ def explain(error: BaseException, config_name: str) -> str | None:
         return f"{first_line(error, None)}: overrides are key=value, e.g. optimizer.lr=0.05 (quote values with spaces)"
     if isinstance(error, ConfigCompositionException):
         if isinstance(error.__cause__, ValidationError):  # the schema refused the value's type
-            from resnet_train import schema
+            from resnet_train.config import schema
 
             return schema.wrong_type(error.__cause__)
         outside = re.search(r"In '([^']+)': ConfigKeyError.*?full_key: (\S+)", text, re.S)

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_train.errors import DataError
-from resnet_train.trainer import top_k
+from resnet_train.training.trainer import top_k
 
 
 def predict_probabilities(model, batches, tta: str | None = None):
@@ -58,7 +58,7 @@ def eval_split(run_cfg, info, data_overrides, split: str):
     from omegaconf import OmegaConf
 
     from resnet_train import data as data_lib
-    from resnet_train import schema
+    from resnet_train.config import schema
 
     if split not in SPLITS:
         raise DataError(f"data.split must be one of {', '.join(SPLITS)} (got {split!r})")
@@ -83,10 +83,10 @@ def eval_split(run_cfg, info, data_overrides, split: str):
 
 def evaluate_run(run_dir, checkpoint="auto", split="test", data_overrides=None, tta=None, batch_size=256) -> dict:
     """Evaluates a run's checkpoint; writes eval/<split>.json and eval/<split>_confusion.png."""
-    from resnet_train import plots
+    from resnet_train.report import plots
     from resnet_train.data import pipeline
-    from resnet_train.report import write_json
-    from resnet_train.runs import load_run
+    from resnet_train.report.metrics import write_json
+    from resnet_train.training.runs import load_run
 
     run = load_run(run_dir, checkpoint)
     ds, size, info = eval_split(run.cfg, run.info, data_overrides, split)

@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from resnet_train import schema
-from resnet_train.cluster import worker_suffix
+from resnet_train.config import schema
+from resnet_train.runtime.cluster import worker_suffix
 from resnet_train.errors import EXIT_USER_ERROR
-from resnet_train.hydra_errors import run_app
+from resnet_train.cli.hydra_errors import run_app
 
 # A log line that cannot be written (a full disk) must not print logging's own traceback: the run
 # reports the failed write as one line itself.
@@ -65,15 +65,15 @@ def _fail(error) -> None:
     sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="train")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
 def _train(cfg) -> float:
-    from resnet_train import onednn, tuning
+    from resnet_train.runtime import onednn, tuning
     from resnet_train.errors import UserError
 
     try:  # before TensorFlow's import: oneDNN is fixed by it
         setting = onednn.normalise(OmegaConf.select(cfg, "runtime.onednn", default="auto"))
         wanted = tuning.wanted(cfg.runtime)
-        measured = tuning.tune(log=logging.getLogger("resnet_train.tuning").info) if wanted else None
+        measured = tuning.tune(log=logging.getLogger("resnet_train.runtime.tuning").info) if wanted else None
         onednn.apply(setting, measured=tuning.choice(measured, "onednn"))
         tuning.apply_threads(OmegaConf.select(cfg, "runtime.threads", default="auto"),
                              measured=tuning.choice(measured, "threads"))
@@ -81,7 +81,7 @@ def _train(cfg) -> float:
         _fail(error)
     _quiet_tensorflow()
     from resnet_train.errors import Preempted, StoppedDuringSetUp
-    from resnet_train.train import train_and_evaluate
+    from resnet_train.training.loop import train_and_evaluate
 
     workdir = HydraConfig.get().runtime.output_dir
     _check_search_has_validation(cfg)
@@ -123,7 +123,7 @@ def train() -> None:
     run_app(_train, "train")
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="show_augment")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="show_augment")
 def _show_augment(cfg) -> None:
     _quiet_tensorflow()
     import tensorflow as tf
@@ -132,7 +132,7 @@ def _show_augment(cfg) -> None:
     from resnet_train.data import pipeline
     from resnet_train.data.augment import make_augment, make_batch_augment
     from resnet_train.errors import UserError
-    from resnet_train.plots import augment_gallery
+    from resnet_train.report.plots import augment_gallery
 
     try:
         splits = data_lib.load(cfg.data)
@@ -157,7 +157,7 @@ def show_augment() -> None:
 
 def _run_tool(task):
     """Runs a tool's body; user errors become one line and exit code 2."""
-    from resnet_train import onednn, tuning
+    from resnet_train.runtime import onednn, tuning
 
     # The tools have no runtime group: oneDNN and threads as runtime=auto measured them here, else
     # the CPU's rule and TensorFlow's default.
@@ -173,10 +173,10 @@ def _run_tool(task):
         _fail(error)
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="eval")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="eval")
 def _eval(cfg) -> float:
     def task():
-        from resnet_train.evaluate import evaluate_run
+        from resnet_train.tools.evaluate import evaluate_run
 
         result = evaluate_run(cfg.run, cfg.checkpoint, cfg.data.split, OmegaConf.to_container(cfg.data),
                               None if cfg.tta == "none" else cfg.tta, cfg.batch_size)
@@ -205,14 +205,14 @@ def _require_images(cfg) -> None:
         raise UserError("images=[PATH,...] is required: image files and/or folders")
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="predict")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="predict")
 def _predict(cfg) -> None:
     def task():
         import json
 
         from resnet_train.errors import UserError
-        from resnet_train.predict import predict_files
-        from resnet_train.runs import load_run
+        from resnet_train.tools.predict import predict_files
+        from resnet_train.training.runs import load_run
 
         _require_images(cfg)
         if cfg.output not in ("text", "json"):
@@ -238,15 +238,15 @@ def predict() -> None:
     run_app(_predict, "predict")
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="explain")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="explain")
 def _explain(cfg) -> None:
     def task():
         from pathlib import Path
 
         from resnet_train.errors import UserError
-        from resnet_train.explain import grad_cam
-        from resnet_train.plots import grad_cam_figure
-        from resnet_train.runs import load_images, load_run
+        from resnet_train.tools.explain import grad_cam
+        from resnet_train.report.plots import grad_cam_figure
+        from resnet_train.training.runs import load_images, load_run
 
         _require_images(cfg)
         run = load_run(cfg.run, cfg.checkpoint)
@@ -272,14 +272,14 @@ def explain() -> None:
     run_app(_explain, "explain")
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="plot")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="plot")
 def _plot(cfg) -> None:
     def task():
         from pathlib import Path
 
         from resnet_train.errors import UserError
-        from resnet_train.plots import compare_runs
-        from resnet_train.run_dir import METRICS
+        from resnet_train.report.plots import compare_runs
+        from resnet_train.training.run_dir import METRICS
 
         runs = [Path(str(r)).expanduser() for r in cfg.runs]
         if not runs:
@@ -300,10 +300,10 @@ def plot() -> None:
     run_app(_plot, "plot")
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="plot_schedule")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="plot_schedule")
 def _plot_schedule(cfg) -> None:
     def task():
-        from resnet_train.schedule_plot import plot_schedule
+        from resnet_train.tools.schedule_plot import plot_schedule
 
         path, lrs = plot_schedule(cfg)
         print(f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; "
@@ -317,10 +317,10 @@ def plot_schedule() -> None:
     run_app(_plot_schedule, "plot_schedule")
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="export")
+@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="export")
 def _export(cfg) -> None:
     def task():
-        from resnet_train.export import export_run
+        from resnet_train.tools.export import export_run
 
         r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split)
         quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
@@ -342,7 +342,7 @@ def sweep_report() -> None:
     """Console script `resnet-sweep-report DIR`: the summary table of a sweep directory."""
     import argparse
 
-    from resnet_train.sweep import members, write_summary
+    from resnet_train.tools.sweep import members, write_summary
 
     parser = argparse.ArgumentParser(prog="resnet-sweep-report", description="Summarise a sweep directory.")
     parser.add_argument("sweep_dir", help="the -m run's directory (outputs/multirun/<date>/<time>)")

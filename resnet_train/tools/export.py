@@ -131,8 +131,8 @@ def export_run(run_dir, checkpoint="auto", fmt="saved_model", quantize="none", o
     """Exports, reloads, evaluates the exported model beside the original; returns a summary.
     A run trained with ema.decay exports its EMA weights (ema=False: the raw ones)."""
     from resnet_train.data import pipeline
-    from resnet_train.evaluate import eval_split
-    from resnet_train.runs import load_run
+    from resnet_train.tools.evaluate import eval_split
+    from resnet_train.training.runs import load_run
 
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")

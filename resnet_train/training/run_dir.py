@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from resnet_train.errors import RunDirError, first_line
-from resnet_train.report import write_atomic
+from resnet_train.report.metrics import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def load_saved_config(workdir: Path):
 def has_progress(workdir: Path) -> bool:
     """Whether training happened in `workdir`: a checkpoint, damaged ones set aside, a best/, or
     metrics past step 0. Such a directory is never taken for a new run, whatever is left of it."""
-    from resnet_train.report import read_metrics
+    from resnet_train.report.metrics import read_metrics
 
     checkpoints = workdir / "checkpoints"
     corrupt = checkpoints / "corrupt"
@@ -241,7 +241,7 @@ class HeldLog:
 def save_resolved(workdir: Path, precision: str) -> None:
     import json
 
-    from resnet_train.report import write_json
+    from resnet_train.report.metrics import write_json
 
     path = workdir / RESOLVED
     record = {"runtime.precision": precision}
@@ -311,7 +311,7 @@ def finished(workdir: Path, cfg):
     """The saved results when `workdir` holds a finished run of this many epochs, else None."""
     import json
 
-    from resnet_train.checkpoint import latest_in
+    from resnet_train.training.checkpoint import latest_in
 
     results = workdir / RESULTS
     if not results.exists():

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import keras
 
-from resnet_train import schema
+from resnet_train.config import schema
 from resnet_train.errors import ConfigError
-from resnet_train.schedules import lr_schedule
+from resnet_train.optim.schedules import lr_schedule
 
 OPTIMIZERS = tuple(schema.GROUPS["optimizer"])
 # The weight-decay modes each optimizer accepts; the first is its default.
@@ -103,7 +103,7 @@ def _make(name: str, cfg, schedule, weight_decay, ema: dict):
         return keras.optimizers.SGD(schedule, momentum=_float(cfg, "momentum", 0.0, 1.0),
                                     nesterov=cfg.nesterov, weight_decay=weight_decay, **ema)
     if name == "lars":
-        from resnet_train.lars import LARS
+        from resnet_train.optim.lars import LARS
 
         return LARS(schedule, momentum=_float(cfg, "momentum", 0.0, 1.0),
                     eta=_float(cfg, "eta", 1e-12, 1.0), weight_decay=weight_decay or 0.0, **ema)

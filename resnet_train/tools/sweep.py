@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from resnet_train.run_dir import OVERRIDES, RESULTS
+from resnet_train.training.run_dir import OVERRIDES, RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class SweepCallback(Callback):
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_") or "").lower():
             try:
-                from resnet_train.optuna_sweeper import install
+                from resnet_train.tools.optuna_sweeper import install
             except ImportError:  # the plugin is not installed: Hydra says so when it instantiates it
                 return
             install()  # before Hydra instantiates the sweeper: members numbered by trial (optuna_sweeper.py)
@@ -53,7 +53,7 @@ class SweepCallback(Callback):
         write_summary(config.hydra.sweep.dir)
 
     def on_job_start(self, config, **kwargs) -> None:
-        from resnet_train.run_dir import has_progress
+        from resnet_train.training.run_dir import has_progress
 
         member = Path(config.hydra.runtime.output_dir)
         self._before[str(member)] = (_record_stamp(member), (member / RESULTS).exists() or has_progress(member))
@@ -67,7 +67,7 @@ class SweepCallback(Callback):
         stamp, held = self._before.pop(str(member), (None, False))
         untouched = held and _record_stamp(member) == stamp  # the job did not take the directory
         if untouched:
-            from resnet_train.run_dir import restore_record
+            from resnet_train.training.run_dir import restore_record
 
             restore_record(member)
         failed = member / "failed.json"
@@ -93,7 +93,7 @@ def left_as_it_was(job_return) -> bool:
 
 def _record_stamp(member: Path):
     """Changes whenever run_dir.save_config writes the record (write_atomic: a new file each time)."""
-    from resnet_train.run_dir import RECORD
+    from resnet_train.training.run_dir import RECORD
 
     stamps = []
     for name in RECORD:
@@ -108,7 +108,7 @@ def _record_stamp(member: Path):
 def member_row(member: Path) -> dict:
     from omegaconf import OmegaConf
 
-    from resnet_train.report import read_metrics
+    from resnet_train.report.metrics import read_metrics
 
     overrides_file = member / OVERRIDES
     overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else ""
@@ -141,7 +141,7 @@ def write_summary(sweep_dir) -> list[dict]:
     rows = [member_row(m) for m in members(sweep_dir)]
     rows.sort(key=lambda r: (r["status"] == "failed", -(r["best_eval_accuracy"] or -1.0)))
     # Whole files, renamed into place: members of a parallel launcher (joblib) write at once.
-    from resnet_train.report import write_atomic
+    from resnet_train.report.metrics import write_atomic
 
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS)

@@ -33,7 +33,8 @@ def train_size(cfg) -> int:
 
 def schedule_curve(cfg):
     """(lr at every step of the run, steps per epoch) for a composed train config."""
-    from resnet_train import optim, schedules
+    from resnet_train import optim
+    from resnet_train.optim import schedules
 
     steps_per_epoch = train_size(cfg) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -45,7 +46,7 @@ def schedule_curve(cfg):
 
 def plot_schedule(cfg):
     """Writes cfg.out (a PNG); returns (its path, the lr per step)."""
-    from resnet_train.plots import lr_curve
+    from resnet_train.report.plots import lr_curve
 
     lrs, steps_per_epoch = schedule_curve(cfg)
     title = (f"{cfg.schedule.name} schedule, {cfg.optimizer.name}: peak lr {lrs.max():.4g}, "

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 def predict_files(run, paths, top_k: int = 5, batch_size: int = 64):
     """([{"path", "predictions": [{"class", "index", "probability"}]}], [(path, reason)])."""
-    from resnet_train.runs import load_images
+    from resnet_train.training.runs import load_images
 
     images, ok, failed = load_images(paths, run.info)
     k = min(top_k, run.info.num_classes)

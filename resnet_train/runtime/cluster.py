@@ -48,7 +48,7 @@ def slurm_tf_config(hosts, port: int = 12345) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-if __name__ == "__main__":  # python -m resnet_train.cluster HOST [HOST ...]  (in a SLURM task)
+if __name__ == "__main__":  # python -m resnet_train.runtime.cluster HOST [HOST ...]  (in a SLURM task)
     import sys
 
     print(slurm_tf_config(sys.argv[1:]))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_train import onednn, schema, tuning
+from resnet_train.runtime import onednn, tuning
+from resnet_train.config import schema
 from resnet_train.errors import ConfigError
 
 
@@ -16,7 +17,7 @@ def load_config(overrides=(), config_name: str = "train"):
     from hydra import compose, initialize_config_dir
 
     schema.register()
-    config_dir = Path(__file__).parent / "configs"
+    config_dir = Path(__file__).parents[1] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides))
 
@@ -39,7 +40,8 @@ def _known_image_shape(d):
 
 def validate(cfg) -> None:
     """Raises ConfigError for a config that cannot train."""
-    from resnet_train import models, schedules  # TensorFlow's modules: imported when checking
+    from resnet_train import models
+    from resnet_train.optim import schedules  # TensorFlow's modules: imported when checking
 
     _at_least("epochs", cfg.epochs, 1)
     if cfg.steps is not None and cfg.steps < 1:
