@@ -45,11 +45,21 @@ def main() -> None:
 
     split_cpu(2)  # before TensorFlow starts: two logical CPUs for the MirroredStrategy rows
     import tensorflow as tf
+    from benchmarks import (
+        cli_throughput,
+        cpu_description,
+        eval_throughput,
+        iterator_throughput,
+        jpeg_bytes,
+        keras_fit_throughput,
+        keras_randaugment_batches,
+        pipeline_throughput,
+        smooth_images,
+        train_throughput,
+        with_onednn,
+    )
 
     from resnet_train import models
-    from benchmarks import (cli_throughput, cpu_description, eval_throughput, iterator_throughput, jpeg_bytes,
-                            keras_fit_throughput, keras_randaugment_batches, pipeline_throughput, smooth_images,
-                            train_throughput, with_onednn)
     from resnet_train.data.augment import make_augment, make_batch_augment
     from resnet_train.runtime.devices import auto_precision, make_strategy, matmul_flops
 

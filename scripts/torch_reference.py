@@ -7,8 +7,8 @@ from __future__ import annotations
 def throughput(depth: int = 20, batch_size: int = 128, dtype: str = "float32", windows: int = 5,
                steps_per_window: int = 10) -> dict:
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Block(nn.Module):
         def __init__(self, c_in, c_out, stride):

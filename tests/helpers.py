@@ -88,9 +88,10 @@ def cli_in_process(monkeypatch, capsys, entry: str, *args):
     """Runs a console script's entry point in this process (TensorFlow already imported, so a
     case takes a fraction of a second); returns (exit code, stdout, stderr)."""
     from resnet_train import cli
+    from resnet_train.cli import tools
 
-    functions = {"resnet-train": cli.train, "resnet-eval": cli.evaluate, "resnet-predict": cli.predict,
-                 "resnet-export": cli.export, "resnet-explain": cli.explain, "resnet-plot": cli.plot,
+    functions = {"resnet-train": cli.train, "resnet-eval": tools.evaluate, "resnet-predict": tools.predict,
+                 "resnet-export": tools.export, "resnet-explain": tools.explain, "resnet-plot": tools.plot,
                  "resnet-show-augment": cli.show_augment, "resnet-plot-schedule": cli.plot_schedule}
     function = functions[entry]
     from absl import logging as absl_logging

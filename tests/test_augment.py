@@ -6,8 +6,17 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
 from resnet_train.data import image_ops, pipeline, synthetic
-from resnet_train.data.augment import (autoaugment, cutmix, cutout, inception_crop, make_augment,
-                                       make_batch_augment, mixup, pad_and_crop, randaugment)
+from resnet_train.data.augment import (
+    autoaugment,
+    cutmix,
+    cutout,
+    inception_crop,
+    make_augment,
+    make_batch_augment,
+    mixup,
+    pad_and_crop,
+    randaugment,
+)
 from resnet_train.errors import ConfigError
 
 RNG = np.random.default_rng(0)

@@ -9,8 +9,8 @@ The expected line is the whole line, so its "how to fix" part is checked too.
 import json
 
 import pytest
-
 from helpers import TINY, cli_in_process, file_digests
+
 from resnet_train.config import load_config
 from resnet_train.training.loop import train_and_evaluate
 

@@ -3,6 +3,7 @@ import json
 
 import benchmarks as bench  # scripts/benchmarks.py (conftest puts scripts/ on the path)
 from helpers import TINY, compose
+
 from resnet_train import models
 from resnet_train.runtime import devices as runtime
 from resnet_train.training.loop import train_and_evaluate

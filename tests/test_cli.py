@@ -4,6 +4,7 @@ same code without TensorFlow's start-up."""
 import json
 
 from helpers import TINY, run_cli
+
 from resnet_train.runtime import onednn
 
 

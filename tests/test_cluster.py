@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from resnet_train.runtime import cluster
 from resnet_train.errors import ConfigError
+from resnet_train.runtime import cluster
 
 
 def tf_config(monkeypatch, kind, index, chief=False):

@@ -5,12 +5,12 @@ import json
 import keras
 import numpy as np
 import pytest
+from helpers import TINY, compose
 from omegaconf import OmegaConf
 
-from helpers import TINY, compose
 from resnet_train.errors import UserError
-from resnet_train.training.runs import load_run
 from resnet_train.training.loop import train_and_evaluate
+from resnet_train.training.runs import load_run
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_ema_weights_come_back_for_every_optimizer_and_under_loss_scaling(tmp_pa
     import tensorflow as tf
 
     from resnet_train import optim
-    from resnet_train.training.checkpoint import Checkpointer
     from resnet_train.models import build
+    from resnet_train.training.checkpoint import Checkpointer
     from resnet_train.training.runs import restore_ema
 
     cfg = OmegaConf.create({"optimizer": {"name": name, "weight_decay": 1e-4}, "ema": {"decay": 0.5},

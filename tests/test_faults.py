@@ -6,8 +6,8 @@ import json
 import os
 import re
 import resource
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import CLI, ROOT, TINY, cli_in_process, compose, file_digests
-from resnet_train.training.checkpoint import readable
+
 from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Preempted, TrainingDiverged
+from resnet_train.training.checkpoint import readable
 from resnet_train.training.loop import train_and_evaluate
 
 # 2 epochs of 32 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch (the stops
@@ -607,8 +607,8 @@ def test_settings_added_to_the_tool_later_do_not_block_resuming_an_older_run():
 
 
 def test_stale_locks_other_hosts_and_restarts(tmp_path, monkeypatch):
-    from resnet_train.training import run_lock
     from resnet_train.errors import RunDirError
+    from resnet_train.training import run_lock
 
     lock = tmp_path / ".lock"
     me = socket.gethostname()

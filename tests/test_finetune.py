@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import compose
+
 from resnet_train.errors import UserError
 from resnet_train.training.loop import train_and_evaluate
 

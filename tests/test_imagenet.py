@@ -4,9 +4,9 @@ import tarfile
 
 import numpy as np
 import pytest
+from helpers import cli_in_process, compose
 from PIL import Image
 
-from helpers import cli_in_process, compose
 from resnet_train.data import tfds_source
 from resnet_train.errors import ConfigError
 from resnet_train.training.loop import train_and_evaluate

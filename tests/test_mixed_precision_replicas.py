@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-
 from helpers import ROOT
 from replica_overflow import one_step
 from test_multi_worker import free_ports

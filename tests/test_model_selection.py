@@ -5,12 +5,12 @@ import logging
 import shutil
 
 import tensorflow as tf
-
 from helpers import TINY, compose
-from resnet_train.training.checkpoint import resolve
+
 from resnet_train.tools.evaluate import evaluate_run
-from resnet_train.training.runs import load_run
+from resnet_train.training.checkpoint import resolve
 from resnet_train.training.loop import train_and_evaluate
+from resnet_train.training.runs import load_run
 
 
 def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(tmp_path, caplog):

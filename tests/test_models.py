@@ -319,6 +319,7 @@ def test_one_factory_turns_a_config_and_the_datas_description_into_the_model():
     """models.from_config: training's and the tools' model from cfg.model and a DatasetInfo; the
     tools override what is training-only (zero-init of the residual branches' last BN)."""
     from helpers import compose
+
     from resnet_train.data import synthetic
 
     info = synthetic.load(image_shape=(16, 16, 3), num_classes=7, train_size=8, test_size=8).info

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import CLI, ROOT, TINY, compose, file_digests
+
 from resnet_train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from resnet_train.training.loop import train_and_evaluate
 

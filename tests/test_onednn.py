@@ -2,8 +2,8 @@
 TensorFlow's import: test_cli's end-to-end run flips it and reads the log)."""
 import pytest
 
-from resnet_train.runtime import onednn
 from resnet_train.errors import ConfigError
+from resnet_train.runtime import onednn
 
 AVX2 = {"avx", "avx2", "fma", "sse4_2"}
 

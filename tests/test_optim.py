@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import compose, train_small_model
+
 from resnet_train import optim
-from resnet_train.runtime import devices as runtime
 from resnet_train.errors import ConfigError
 from resnet_train.models import build
+from resnet_train.runtime import devices as runtime
 from resnet_train.training.trainer import Trainer
 
 

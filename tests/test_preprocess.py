@@ -4,16 +4,16 @@ same pixels, hence the same predictions, for the same file."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-
 from helpers import compose
+from PIL import Image
+from test_imagenet import write_fake_imagenet
+
 from resnet_train.data import folder
 from resnet_train.data.preprocess import geometry, preprocess, preprocess_file
 from resnet_train.tools.export import export_saved_model
 from resnet_train.tools.predict import predict_files
-from resnet_train.training.runs import load_images, load_run
 from resnet_train.training.loop import train_and_evaluate
-from test_imagenet import write_fake_imagenet
+from resnet_train.training.runs import load_images, load_run
 
 
 def photo(size, seed, mode="RGB"):

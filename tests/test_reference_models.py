@@ -23,10 +23,10 @@ import keras
 import numpy as np
 import pytest
 
-from resnet_train.models import build
-
 # A test dependency (pyproject's test extras): the proof must run, never be skipped.
 import torch  # noqa: E402
+
+from resnet_train.models import build
 
 nn = torch.nn
 F = torch.nn.functional

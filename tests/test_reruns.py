@@ -12,13 +12,14 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import TINY, cli_in_process, compose, file_digests
-from resnet_train.training import checkpoint as checkpoint_lib
-from resnet_train.runtime import devices as runtime
+
 from resnet_train.errors import RunDirError
 from resnet_train.report.metrics import Reporter, write_atomic
-from resnet_train.training.loop import check_steps_agree, train_and_evaluate
+from resnet_train.runtime import devices as runtime
+from resnet_train.training import checkpoint as checkpoint_lib
+from resnet_train.training.loop import train_and_evaluate
+from resnet_train.training.setup import check_steps_agree
 
 WITH_VAL = (*TINY, "epochs=1", "data.val_split=32")  # a validation split: best/ is kept
 NO_READABLE = r"no readable checkpoint in .* though this run has made progress: start a new run directory"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_train.training import run_lock
 from resnet_train.errors import RunDirError
+from resnet_train.training import run_lock
 from resnet_train.training.interrupts import StopRequests
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,14 +7,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import TINY, compose, train_small_model
-from resnet_train.runtime import devices as runtime
-from resnet_train.training.checkpoint import Checkpointer
+
 from resnet_train.config import check_replicas
 from resnet_train.errors import ConfigError
 from resnet_train.models import build
 from resnet_train.optim import build_optimizer
+from resnet_train.runtime import devices as runtime
+from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.loop import train_and_evaluate
 from resnet_train.training.trainer import Trainer
 

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import compose
+
 from resnet_train import optim
-from resnet_train.optim import schedules
 from resnet_train.errors import ConfigError
+from resnet_train.optim import schedules
 
 
 def lr_at(schedule, step):
@@ -252,8 +252,8 @@ def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
 
 
 def test_plot_schedule_draws_the_runs_curve(tmp_path):
-    from resnet_train.tools.schedule_plot import plot_schedule
     from resnet_train.config import load_config
+    from resnet_train.tools.schedule_plot import plot_schedule
 
     cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640",
                        f"out={tmp_path / 'lr.png'}"], config_name="plot_schedule")

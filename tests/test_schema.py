@@ -4,13 +4,13 @@ run's saved config loads with the values that reproduce it. No TensorFlow is nee
 from pathlib import Path
 
 import pytest
+from helpers import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from helpers import compose
+from resnet_train.cli.hydra_errors import explain
 from resnet_train.config import schema
 from resnet_train.errors import ConfigError
-from resnet_train.cli.hydra_errors import explain
 
 CONFIGS = Path(schema.__file__).parents[1] / "configs"
 PRESETS = [(group.name, option.stem) for group in sorted(CONFIGS.iterdir()) if group.is_dir()

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import CLI, ROOT, TINY, compose, file_digests
 from omegaconf import OmegaConf
 
-from helpers import CLI, ROOT, TINY, compose, file_digests
 from resnet_train.errors import EXIT_PREEMPTED
 from resnet_train.training.loop import train_and_evaluate
 

@@ -13,9 +13,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-
 from helpers import ROOT, compose
+from PIL import Image
 
 BIN = Path(sys.executable).parent
 

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import TINY, compose
+
 from resnet_train.errors import ConfigError
 from resnet_train.training.loop import train_and_evaluate
 

@@ -3,8 +3,8 @@ chose, how explicit settings win, and one real measurement (fresh processes) on 
 import json
 
 import pytest
-
 from helpers import compose
+
 from resnet_train.runtime import onednn, tuning
 
 RATES = {"1": {"plain": 1000.0, "xla": 550.0, "spc": 1010.0, "inter_op_1": 900.0}, "0": {"plain": 360.0}}

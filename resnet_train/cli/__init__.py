@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from resnet_train.config import schema
-from resnet_train.runtime.cluster import worker_suffix
-from resnet_train.errors import EXIT_USER_ERROR
 from resnet_train.cli.hydra_errors import run_app
+from resnet_train.config import schema
+from resnet_train.errors import EXIT_USER_ERROR
+from resnet_train.runtime.cluster import worker_suffix
 
 # A log line that cannot be written (a full disk) must not print logging's own traceback: the run
 # reports the failed write as one line itself.
@@ -56,7 +56,7 @@ def _quiet_tensorflow() -> None:
         os.close(devnull)
 
 
-def _fail(error) -> None:
+def fail(error) -> None:
     """One clear line for the user and the error's exit code (errors.py). In a sweep, re-raise so
     Hydra records the failed member."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -67,18 +67,17 @@ def _fail(error) -> None:
 
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
 def _train(cfg) -> float:
-    from resnet_train.runtime import onednn, tuning
     from resnet_train.errors import UserError
+    from resnet_train.runtime import onednn, tuning
 
     try:  # before TensorFlow's import: oneDNN is fixed by it
-        setting = onednn.normalise(OmegaConf.select(cfg, "runtime.onednn", default="auto"))
+        setting = onednn.normalise(cfg.runtime.onednn)
         wanted = tuning.wanted(cfg.runtime)
         measured = tuning.tune(log=logging.getLogger("resnet_train.runtime.tuning").info) if wanted else None
         onednn.apply(setting, measured=tuning.choice(measured, "onednn"))
-        tuning.apply_threads(OmegaConf.select(cfg, "runtime.threads", default="auto"),
-                             measured=tuning.choice(measured, "threads"))
+        tuning.apply_threads(cfg.runtime.threads, measured=tuning.choice(measured, "threads"))
     except UserError as error:
-        _fail(error)
+        fail(error)
     _quiet_tensorflow()
     from resnet_train.errors import Preempted, StoppedDuringSetUp
     from resnet_train.training.loop import train_and_evaluate
@@ -89,7 +88,7 @@ def _train(cfg) -> float:
         results = train_and_evaluate(cfg, workdir, started=PROCESS_START,
                                      overrides=list(HydraConfig.get().overrides.task))
     except UserError as error:
-        _fail(error)
+        fail(error)
     except (Preempted, StoppedDuringSetUp) as stop:  # the same command continues the run
         print(f"resnet-train: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
@@ -146,7 +145,7 @@ def _show_augment(cfg) -> None:
             originals=tf.stack([decode(x) for x in images]) if decode else None,
         )
     except UserError as error:
-        _fail(error)
+        fail(error)
     print(f"Wrote {path.resolve()}")
 
 
@@ -155,7 +154,7 @@ def show_augment() -> None:
     run_app(_show_augment, "show_augment")
 
 
-def _run_tool(task):
+def run_tool(task):
     """Runs a tool's body; user errors become one line and exit code 2."""
     from resnet_train.runtime import onednn, tuning
 
@@ -170,134 +169,7 @@ def _run_tool(task):
     try:
         return task()
     except UserError as error:
-        _fail(error)
-
-
-@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="eval")
-def _eval(cfg) -> float:
-    def task():
-        from resnet_train.tools.evaluate import evaluate_run
-
-        result = evaluate_run(cfg.run, cfg.checkpoint, cfg.data.split, OmegaConf.to_container(cfg.data),
-                              None if cfg.tta == "none" else cfg.tta, cfg.batch_size)
-        k = next(key for key in result if key.startswith("top") and key != "top1")
-        print(f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
-              f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})")
-        per_class = sorted(result["per_class_accuracy"].items(), key=lambda kv: (kv[1] is None, kv[1]))
-        shown = per_class if len(per_class) <= 20 else per_class[:10]
-        print(("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
-              ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None))
-        print("Wrote " + " and ".join(result["files"]))
-        return result["accuracy"]
-
-    return _run_tool(task)
-
-
-def evaluate() -> None:
-    """Console script `resnet-eval`."""
-    run_app(_eval, "eval")
-
-
-def _require_images(cfg) -> None:
-    from resnet_train.errors import UserError
-
-    if not cfg.images:
-        raise UserError("images=[PATH,...] is required: image files and/or folders")
-
-
-@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="predict")
-def _predict(cfg) -> None:
-    def task():
-        import json
-
-        from resnet_train.errors import UserError
-        from resnet_train.tools.predict import predict_files
-        from resnet_train.training.runs import load_run
-
-        _require_images(cfg)
-        if cfg.output not in ("text", "json"):
-            raise UserError(f"output must be text or json (got {cfg.output!r})")
-        run = load_run(cfg.run, cfg.checkpoint)
-        results, failed = predict_files(run, list(cfg.images), cfg.top_k)
-        if cfg.output == "json":
-            print(json.dumps({"predictions": results,
-                              "failed": [{"path": str(p), "error": why} for p, why in failed]}, indent=2))
-        else:
-            for r in results:
-                print(f"{r['path']}: " + ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
-        for path, why in failed:
-            print(f"resnet-predict: could not predict {path}: {why}", file=sys.stderr)
-        if failed:
-            sys.exit(EXIT_USER_ERROR)  # bad input, though the readable images were predicted above
-
-    _run_tool(task)
-
-
-def predict() -> None:
-    """Console script `resnet-predict`."""
-    run_app(_predict, "predict")
-
-
-@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="explain")
-def _explain(cfg) -> None:
-    def task():
-        from pathlib import Path
-
-        from resnet_train.errors import UserError
-        from resnet_train.tools.explain import grad_cam
-        from resnet_train.report.plots import grad_cam_figure
-        from resnet_train.training.runs import load_images, load_run
-
-        _require_images(cfg)
-        run = load_run(cfg.run, cfg.checkpoint)
-        images, ok, failed = load_images(list(cfg.images), run.info)
-        if cfg.class_index is not None and not 0 <= cfg.class_index < run.info.num_classes:
-            raise UserError(f"class_index must be in 0..{run.info.num_classes - 1} (got {cfg.class_index})")
-        out = Path(cfg.out) if cfg.out else run.run_dir / "explain"
-        if len(ok):
-            heat, classes, probs = grad_cam(run.model, images, cfg.class_index)
-            for path, image, h, c, p in zip(ok, images, heat, classes, probs):
-                title = f"Grad-CAM: {run.info.class_names[c]} ({p:.2f})"
-                print(f"{path}: {grad_cam_figure(image, h, title, out / (Path(path).stem + '_gradcam.png'))}")
-        for path, why in failed:
-            print(f"resnet-explain: could not read {path}: {why}", file=sys.stderr)
-        if failed:
-            sys.exit(EXIT_USER_ERROR)
-
-    _run_tool(task)
-
-
-def explain() -> None:
-    """Console script `resnet-explain`."""
-    run_app(_explain, "explain")
-
-
-@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="plot")
-def _plot(cfg) -> None:
-    def task():
-        from pathlib import Path
-
-        from resnet_train.errors import UserError
-        from resnet_train.report.plots import compare_runs
-        from resnet_train.training.run_dir import METRICS
-
-        runs = [Path(str(r)).expanduser() for r in cfg.runs]
-        if not runs:
-            raise UserError("runs=[DIR,...] is required: run directories (or a sweep's members)")
-        missing = [str(r) for r in runs if not (r / METRICS).exists()]
-        if missing:
-            raise UserError(f"no {METRICS} in {', '.join(missing)}: not resnet-train run directories")
-        names = list(cfg.names) if cfg.names else None
-        if names and len(names) != len(runs):
-            raise UserError(f"names has {len(names)} entries for {len(runs)} runs")
-        print(f"Wrote {compare_runs(runs, cfg.out, names).resolve()}")
-
-    _run_tool(task)
-
-
-def plot() -> None:
-    """Console script `resnet-plot`."""
-    run_app(_plot, "plot")
+        fail(error)
 
 
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="plot_schedule")
@@ -309,56 +181,9 @@ def _plot_schedule(cfg) -> None:
         print(f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; "
               f"{len(lrs)} steps)")
 
-    _run_tool(task)
+    run_tool(task)
 
 
 def plot_schedule() -> None:
     """The console script `resnet-plot-schedule`."""
     run_app(_plot_schedule, "plot_schedule")
-
-
-@hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="export")
-def _export(cfg) -> None:
-    def task():
-        from resnet_train.tools.export import export_run
-
-        r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split)
-        quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
-        weights = " with the EMA weights" if r.get("weights") == "ema" else ""
-        print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
-        print(f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
-              f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
-              f"difference {r['max_probability_difference']:.2e}")
-
-    _run_tool(task)
-
-
-def export() -> None:
-    """Console script `resnet-export`."""
-    run_app(_export, "export")
-
-
-def sweep_report() -> None:
-    """Console script `resnet-sweep-report DIR`: the summary table of a sweep directory."""
-    import argparse
-
-    from resnet_train.tools.sweep import members, write_summary
-
-    parser = argparse.ArgumentParser(prog="resnet-sweep-report", description="Summarise a sweep directory.")
-    parser.add_argument("sweep_dir", help="the -m run's directory (outputs/multirun/<date>/<time>)")
-    args = parser.parse_args()
-    from pathlib import Path
-
-    if not Path(args.sweep_dir).is_dir() or not members(args.sweep_dir):
-        print(f"resnet-sweep-report: error: {args.sweep_dir} holds no sweep members", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    rows = write_summary(args.sweep_dir)
-    print((Path(args.sweep_dir) / "summary.md").read_text(), end="")
-    failed = [r["member"] for r in rows if r["status"] == "failed"]
-    if failed:
-        print(f"failed members: {', '.join(failed)}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":  # python -m resnet_train.cli ...: the same as resnet-train
-    train()

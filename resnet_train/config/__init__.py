@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_train.runtime import onednn, tuning
 from resnet_train.config import schema
 from resnet_train.errors import ConfigError
+from resnet_train.runtime import onednn, tuning
 
 
 def load_config(overrides=(), config_name: str = "train"):

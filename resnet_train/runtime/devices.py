@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from resnet_train.runtime import cluster, onednn
 from resnet_train.errors import ConfigError, first_line
+from resnet_train.runtime import cluster, onednn
 from resnet_train.runtime.onednn import cpu_flags  # runtime.cpu_flags: patched by tests
 
 log = logging.getLogger(__name__)

@@ -83,8 +83,8 @@ def eval_split(run_cfg, info, data_overrides, split: str):
 
 def evaluate_run(run_dir, checkpoint="auto", split="test", data_overrides=None, tta=None, batch_size=256) -> dict:
     """Evaluates a run's checkpoint; writes eval/<split>.json and eval/<split>_confusion.png."""
-    from resnet_train.report import plots
     from resnet_train.data import pipeline
+    from resnet_train.report import plots
     from resnet_train.report.metrics import write_json
     from resnet_train.training.runs import load_run
 

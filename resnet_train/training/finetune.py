@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from resnet_train.training import run_dir
 from resnet_train.errors import UserError
 from resnet_train.models import names
+from resnet_train.training import run_dir
 
 log = logging.getLogger(__name__)
 

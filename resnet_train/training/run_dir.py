@@ -11,6 +11,7 @@ import logging.handlers
 import os
 from pathlib import Path
 
+from resnet_train.config.schema import ADDED_LATER
 from resnet_train.errors import RunDirError, first_line
 from resnet_train.report.metrics import write_atomic
 
@@ -41,7 +42,7 @@ CURVES = Path("curves.png")  # the training curves, redrawn after every epoch
 # checkpoints hold no padding layers and their weights were trained with that geometry.
 # data.split_seed: runs made before it held out a TF shuffle mixed with the training seed ("legacy",
 # data.carve_validation): resumed, they keep validating on the examples they never trained on.
-RUN_OWNED = {"model.padding": "same", "data.split_seed": "legacy"}
+RUN_OWNED = {f"{group}.{key}": value for group, keys in ADDED_LATER.items() for key, value in keys.items()}
 
 
 def ensure_writable(workdir: Path) -> None:
