@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from resnet_train.cli.hydra_errors import explain
-from resnet_train.config import schema
+from resnet_train.config import commands, schema, store
 from resnet_train.errors import ConfigError
 
 CONFIGS = Path(schema.__file__).parents[1] / "configs"
@@ -21,18 +21,18 @@ PRESETS = [(group.name, option.stem) for group in sorted(CONFIGS.iterdir()) if g
 def test_every_preset_is_typed_by_the_schema_of_its_option(group, option):
     cfg = compose(f"{group}={option}", *(["data.name=svhn_cropped"] if option == "tfds" else []))
     node = cfg[group]
-    assert OmegaConf.get_type(node) is schema.option_schema(group, OmegaConf.to_container(node))
+    assert OmegaConf.get_type(node) is store.option_schema(group, OmegaConf.to_container(node))
     assert OmegaConf.get_type(cfg) is schema.TrainConfig
     # Every key the preset holds is a field of that dataclass (the schema refuses others).
-    fields = set(schema.option_schema(group, OmegaConf.to_container(node)).__dataclass_fields__)
+    fields = set(store.option_schema(group, OmegaConf.to_container(node)).__dataclass_fields__)
     assert set(node.keys()) == fields
 
 
-@pytest.mark.parametrize("tool", sorted(schema.TOOLS))
+@pytest.mark.parametrize("tool", sorted(commands.TOOLS))
 def test_every_command_composes_a_config_typed_by_its_schema(tool):
     from resnet_train.config import load_config
 
-    assert OmegaConf.get_type(load_config((), tool)) is schema.TOOLS[tool]
+    assert OmegaConf.get_type(load_config((), tool)) is commands.TOOLS[tool]
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
@@ -71,14 +71,14 @@ def test_runtime_devices_under_multi_worker_is_refused_before_anything_runs(monk
 
 
 def test_settings_built_in_code_are_typed_and_checked_like_composed_ones():
-    cfg = schema.group_config("optimizer", {"name": "lamb", "lr": 0.01})
+    cfg = store.group_config("optimizer", {"name": "lamb", "lr": 0.01})
     assert (cfg.weight_decay_mode, cfg.epsilon, cfg.beta_1) == ("decoupled", 1e-6, 0.9)  # the lamb preset's
     with pytest.raises(ConfigError, match=r"^schedule name=cosine has no setting schedule.milestones"):
-        schema.group_config("schedule", {"name": "cosine", "milestones": [0.5]})
+        store.group_config("schedule", {"name": "cosine", "milestones": [0.5]})
     with pytest.raises(ConfigError, match=r"^data.source must be one of embedded, tfds, folder, synthetic"):
-        schema.data_config({"source": "csv"})
+        store.data_config({"source": "csv"})
     with pytest.raises(ConfigError, match=r"^data.limit_train must be an integer \(got 'all'\)"):
-        schema.data_config({"source": "synthetic", "limit_train": "all"})
+        store.data_config({"source": "synthetic", "limit_train": "all"})
 
 
 def test_an_old_runs_saved_config_loads_with_the_values_that_reproduce_it():
@@ -88,7 +88,7 @@ def test_an_old_runs_saved_config_loads_with_the_values_that_reproduce_it():
     old = OmegaConf.to_container(compose("data=cifar10"), resolve=True)
     del old["model"]["padding"], old["data"]["split_seed"], old["ema"], old["finetune"]
     old["data"]["image_shape"] = [32, 32, 3]
-    cfg = schema.saved_run_config(OmegaConf.create(old))
+    cfg = store.saved_run_config(OmegaConf.create(old))
     assert cfg.model.padding == "same" and cfg.data.split_seed == "legacy"
     assert cfg.ema.decay is None and cfg.finetune.freeze == "none"
     assert "image_shape" not in cfg.data and cfg.data.name == "cifar10" and cfg.model.depth == 20

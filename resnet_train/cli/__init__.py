@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from resnet_train.cli.hydra_errors import run_app
-from resnet_train.config import schema
+from resnet_train.config import store
 from resnet_train.errors import EXIT_USER_ERROR
 from resnet_train.runtime.cluster import worker_suffix
 
@@ -24,7 +24,7 @@ from resnet_train.runtime.cluster import worker_suffix
 # reports the failed write as one line itself.
 logging.raiseExceptions = False
 
-schema.register()  # the configs' YAML files name their schemas (schema.py)
+store.register()  # the configs' YAML files name their schemas (schema.py)
 # ${worker_suffix:} in train.yaml: non-chief workers log to train_worker<i>.log beside the chief's.
 OmegaConf.register_new_resolver("worker_suffix", worker_suffix, replace=True)
 # ${hydra_files_subdir:${hydra.mode}} in train.yaml: .hydra/ from Hydra for sweep members only.

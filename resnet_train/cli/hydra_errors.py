@@ -20,8 +20,7 @@ def known_keys(config_name: str) -> list[str]:
     """Every dotted key of the default config, plus the config groups' names."""
     from omegaconf import OmegaConf
 
-    from resnet_train.config import load_config
-    from resnet_train.training.run_dir import flatten
+    from resnet_train.config import flatten, load_config
 
     try:
         cfg = OmegaConf.to_container(load_config((), config_name), resolve=False)
@@ -66,9 +65,9 @@ def explain(error: BaseException, config_name: str) -> str | None:
         return f"{first_line(error, None)}: overrides are key=value, e.g. optimizer.lr=0.05 (quote values with spaces)"
     if isinstance(error, ConfigCompositionException):
         if isinstance(error.__cause__, ValidationError):  # the schema refused the value's type
-            from resnet_train.config import schema
+            from resnet_train.config import store
 
-            return schema.wrong_type(error.__cause__)
+            return store.wrong_type(error.__cause__)
         outside = re.search(r"In '([^']+)': ConfigKeyError.*?full_key: (\S+)", text, re.S)
         if outside:  # a preset sets a key the chosen option's schema lacks
             where, key = outside.groups()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_train.config import schema
+from resnet_train.config import store
 from resnet_train.errors import ConfigError
 from resnet_train.runtime import onednn, tuning
 
@@ -16,10 +16,21 @@ def load_config(overrides=(), config_name: str = "train"):
     """Composes the packaged configs with overrides, for notebooks and tests (no Hydra app run)."""
     from hydra import compose, initialize_config_dir
 
-    schema.register()
+    store.register()
     config_dir = Path(__file__).parents[1] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def flatten(node, prefix="") -> dict:
+    """{"optimizer.lr": 0.1, ...}: the leaves of a nested mapping under dotted keys."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # Types are the schema's (schema.py, enforced by Hydra at composition); these are the ranges and choices.

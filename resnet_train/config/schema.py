@@ -1,5 +1,6 @@
 """The one schema of the training config: a dataclass per config group option, registered in
-Hydra's ConfigStore under schema/<group>/<option>. Each YAML file in configs/ names its schema
+Hydra's ConfigStore under schema/<group>/<option> (store.register; the commands' own configs are in
+commands.py). Each YAML file in configs/ names its schema
 first in its defaults list and is a preset of it, so Hydra refuses a key the schema lacks (a typo,
 or a key the code would ignore) and a value of the wrong type before anything runs; ranges and
 choices are checked in config.validate. The code reads cfg.x with no defaults of its own.
@@ -15,7 +16,8 @@ from typing import Any, List, Optional
 from omegaconf import II, MISSING
 
 
-def _hint(text: str, default=MISSING, factory=None):
+def with_hint(text: str, default=MISSING, factory=None):
+    """A field whose wrong value's error ends with `text` (store.wrong_type)."""
     if factory is not None:
         return field(default_factory=factory, metadata={"hint": text})
     return field(default=default, metadata={"hint": text})
@@ -174,7 +176,7 @@ class DataConfig:
     classes: Optional[List[int]] = None
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
-    val_split: Any = _hint("a fraction of train (0.1) or a count of images (5000)", None)
+    val_split: Any = with_hint("a fraction of train (0.1) or a count of images (5000)", None)
     # An integer; "legacy" only for runs made before split_seed existed (run_dir.RUN_OWNED).
     split_seed: Any = 0
     shuffle_buffer: Optional[int] = None  # null: the whole training set in memory, 10,000 streamed images
@@ -193,7 +195,7 @@ class TfdsDataConfig(DataConfig):
     name: Optional[str] = None  # the tensorflow-datasets name (cifar10, imagenet2012, ...); required
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
-    download: bool = _hint("false never touches the network, true lets tensorflow-datasets download a dataset "
+    download: bool = with_hint("false never touches the network, true lets tensorflow-datasets download a dataset "
                            "that is not prepared", True)
     cache: bool = True
     image_size: int = 224  # streamed (cache=false) images are decoded and cropped to this
@@ -229,7 +231,7 @@ class CheckpointConfig:
 
 @dataclass
 class EmaConfig:
-    decay: Optional[float] = _hint("e.g. 0.999", None)
+    decay: Optional[float] = with_hint("e.g. 0.999", None)
 
 
 @dataclass
@@ -258,82 +260,6 @@ class TrainConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-@dataclass
-class PlotScheduleConfig(TrainConfig):
-    """resnet-plot-schedule: a train config and where its lr curve goes."""
-    out: str = "lr_schedule.png"
-    train_size: Optional[int] = _hint("the training examples, e.g. 50000", None)
-
-
-@dataclass
-class ShowAugmentConfig(TrainConfig):
-    """resnet-show-augment: a train config and the gallery it draws."""
-    out: str = "augment_gallery.png"
-    images: int = 8
-    versions: int = 5
-
-
-# --- the tools (resnet-eval, -predict, -explain, -export, -plot) -----------------------------
-@dataclass
-class RunToolConfig:
-    run: Optional[str] = _hint("a run directory made by resnet-train", None)
-    checkpoint: str = "auto"  # auto | best | last | PATH
-
-
-@dataclass
-class EvalDataConfig:
-    """resnet-eval's data: the split, and settings that replace the run's own data config."""
-    split: str = "test"
-    source: Optional[str] = None
-    name: Optional[str] = None
-    path: Optional[str] = None
-    data_dir: Optional[str] = None
-    manual_dir: Optional[str] = None
-    image_size: Optional[int] = None
-    val_split: Any = None
-
-
-@dataclass
-class EvalConfig(RunToolConfig):
-    tta: str = "none"
-    batch_size: int = 256
-    data: EvalDataConfig = field(default_factory=EvalDataConfig)
-
-
-@dataclass
-class PredictConfig(RunToolConfig):
-    images: List[str] = field(default_factory=list)
-    top_k: int = 5
-    output: str = "text"
-
-
-@dataclass
-class ExplainConfig(RunToolConfig):
-    images: List[str] = field(default_factory=list)
-    class_index: Optional[int] = None
-    out: Optional[str] = None
-
-
-@dataclass
-class ExportConfig(RunToolConfig):
-    format: str = "saved_model"
-    quantize: str = "none"
-    out: Optional[str] = None
-    split: str = "test"
-
-
-@dataclass
-class PlotConfig:
-    runs: List[str] = field(default_factory=list)
-    names: Optional[List[str]] = None
-    out: str = "runs_comparison.png"
-
-
-TOOLS = {"train": TrainConfig, "plot_schedule": PlotScheduleConfig, "show_augment": ShowAugmentConfig,
-         "eval": EvalConfig, "predict": PredictConfig, "explain": ExplainConfig, "export": ExportConfig,
-         "plot": PlotConfig}
-
-
 GROUPS = {
     "model": {"resnet": ModelConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "lamb": LambConfig, "lars": LARSConfig},
@@ -345,128 +271,6 @@ GROUPS = {
              "synthetic": SyntheticDataConfig},
 }
 
-
-def _plain(values) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(values, resolve=True) if isinstance(values, DictConfig) else dict(values)
-
-
-def _known_only(values: dict, node) -> dict:
-    """`values` without the keys `node` (a typed config) lacks, at every level."""
-    from omegaconf import OmegaConf
-
-    def keep(values, shape):
-        return {key: keep(value, shape[key]) if isinstance(value, dict) and isinstance(shape[key], dict) else value
-                for key, value in values.items() if key in shape}
-
-    return keep(values, OmegaConf.to_container(node, resolve=False))  # unresolved: ${depth} needs the root
-
-
-# The key that names a group's option (its schema) inside the group's settings.
-CHOSEN_BY = {"optimizer": "name", "schedule": "name", "data": "source"}
-
-
-def option_schema(group: str, values: dict):
-    """The dataclass of `group` that the settings `values` belong to."""
-    from resnet_train.errors import ConfigError
-
-    options = GROUPS[group]
-    if group not in CHOSEN_BY:
-        return next(iter(options.values()))
-    key = CHOSEN_BY[group]
-    chosen = values[key] if key in values else None
-    if chosen not in options:
-        raise ConfigError(f"{group}.{key} must be one of {', '.join(options)} (got {chosen!r})")
-    return options[chosen]
-
-
-def group_config(group: str, values, drop_unknown: bool = False, defaults=None):
-    """A group's settings `values` (a mapping; None: none given) typed by the schema of the option
-    they name (data.source, optimizer.name, schedule.name), unset keys at `defaults`, else the
-    schema's. drop_unknown: keys that option lacks are dropped instead of refused (a run's data
-    evaluated on another source, an old run's keys that no longer exist)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from resnet_train.errors import ConfigError
-
-    plain = _plain(values or {})
-    settings = option_schema(group, plain)
-    if isinstance(values, DictConfig) and OmegaConf.get_type(values) is settings and not defaults:
-        return values  # typed already (a composed config)
-    from omegaconf.errors import ValidationError
-
-    node = OmegaConf.merge(OmegaConf.structured(settings), defaults or {})
-    if drop_unknown:
-        plain = _known_only(plain, node)
-    unknown = sorted(set(plain) - set(node))
-    if unknown:
-        named = f" {CHOSEN_BY[group]}={plain[CHOSEN_BY[group]]}" if group in CHOSEN_BY else ""
-        raise ConfigError(f"{group}{named} has no setting {', '.join(f'{group}.{k}' for k in unknown)}: remove it, "
-                          f"or choose the {group} it belongs to ({group}=...)")
-    try:
-        return OmegaConf.merge(node, plain)
-    except ValidationError as e:  # a value of the wrong type, from a mapping built in code
-        raise ConfigError(wrong_type(e, group)) from None
-
-
-def augment_config(values):
-    """`augment` settings typed, unset keys at the standard preset's values."""
-    return group_config("augment", values)
-
-
-def data_config(values, drop_unknown: bool = False):
-    return group_config("data", values, drop_unknown)
-
-
-# Keys added after runs were made, at the value that reproduces those runs (not today's default):
-# the old-run loader (saved_run_config) fills them in, and a resumed run keeps its own value
-# (run_dir.RUN_OWNED, which says why for each).
-ADDED_LATER = {"model": {"padding": "same"}, "data": {"split_seed": "legacy"}}
-
-
-def saved_run_config(saved):
-    """A run directory's saved config (plain YAML) typed by the schema: keys the run predates get
-    ADDED_LATER's values, else the schema's defaults; keys that no longer exist are dropped. The only
-    place where the code supplies defaults for config keys."""
-    from omegaconf import OmegaConf
-
-    plain = _plain(saved)
-    typed = OmegaConf.structured(TrainConfig)
-    for group in GROUPS:
-        later = ADDED_LATER[group] if group in ADDED_LATER else None
-        typed[group] = group_config(group, plain[group] if group in plain else {}, True, later)
-    return OmegaConf.merge(typed, _known_only(plain, typed))
-
-
-def register() -> None:
-    """Puts the schemas into Hydra's ConfigStore (idempotent): schema/<group>/<option>, schema/train."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for name, node in TOOLS.items():
-        store.store(group="schema", name=name, node=node)
-    for group, options in GROUPS.items():
-        for name, node in options.items():
-            store.store(group=f"schema/{group}", name=name, node=node)
-
-
-KINDS = {"Integer": "an integer", "Float": "a number", "bool": "true or false", "String": "a string"}
-
-
-def wrong_type(error, group: str | None = None) -> str:
-    """'<key> must be <kind> (got <value>)' for OmegaConf's ValidationError of a value the schema's
-    type refused, with the key's hint where the schema has one. `group`: the key's group when the
-    error came from a group's settings alone (its full_key lacks the group)."""
-    import re
-
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    key = f"{group}.{error.full_key}" if group else error.full_key
-    kind = next((k for word, k in KINDS.items() if re.search(rf"\b{word}\b", text)), None)
-    if kind is None:
-        return f"cannot set {key}: {text}"
-    extra = hint(error.object_type, error.key)
-    return f"{key} must be {kind} (got {error.value!r})" + (f": {extra}" if extra else "")
 
 
 def hint(object_type, key) -> str:

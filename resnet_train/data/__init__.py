@@ -12,7 +12,7 @@ def load(cfg) -> Splits:
     """`cfg` is the `data` config group (a mapping, typed here by its source's schema: unset keys
     take the schema's defaults). `limit_train` / `limit_test` keep the first N examples of each
     split (quick trials, tests)."""
-    from resnet_train.config.schema import data_config
+    from resnet_train.config.store import data_config
 
     cfg = data_config(cfg)
     splits = _load_source(cfg)
@@ -135,7 +135,7 @@ def _limited(splits: Splits, limit_train, limit_test) -> Splits:
 
 
 def _load_source(cfg) -> Splits:
-    """`cfg`: typed by schema.data_config, so its source is one the schema knows."""
+    """`cfg`: typed by store.data_config, so its source is one the schema knows."""
     if cfg.source == "embedded":
         from resnet_train.data import embedded
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from resnet_train.config import schema
+from resnet_train.config import store
 from resnet_train.data import image_ops
 from resnet_train.data.autoaugment_policies import POLICIES
 from resnet_train.data.preprocess import LARGE_IMAGE, decode, preprocess, resize_uint8
@@ -183,7 +183,7 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encod
 
     With `encoded`, examples are image bytes: the crop stage decodes them (fused with the inception
     crop) to `image_shape`, so a function is always returned."""
-    cfg = schema.augment_config(cfg)
+    cfg = store.augment_config(cfg)
     crop, padding, flip, cut = cfg.crop, cfg.padding, cfg.horizontal_flip, cfg.cutout
     rand, policy = cfg.randaugment, cfg.autoaugment
     if crop == "auto":
@@ -233,7 +233,7 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encod
 def make_batch_augment(cfg, num_classes: int):
     """fn(images, labels, seed) -> (images, soft labels) per batch, or None. With both mixup and
     cutmix set, each batch gets one of the two (chosen with equal odds), as in timm."""
-    cfg = schema.augment_config(cfg)
+    cfg = store.augment_config(cfg)
     mix, cut = cfg.mixup_alpha, cfg.cutmix_alpha
     if mix < 0 or cut < 0:
         raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import keras
 
-from resnet_train.config import schema
+from resnet_train.config import schema, store
 from resnet_train.errors import ConfigError
 from resnet_train.optim.schedules import lr_schedule
 
@@ -37,7 +37,7 @@ DECAY_MODES = {"sgd": ("coupled", "decoupled"), "adam": ("coupled", "decoupled")
 
 def _typed(cfg):
     """The optimizer settings (a mapping, e.g. from a notebook) typed by the schema of their name."""
-    return schema.group_config("optimizer", cfg)
+    return store.group_config("optimizer", cfg)
 
 
 def lr_reference(cfg, batch_size: int) -> int:

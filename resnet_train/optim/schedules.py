@@ -16,7 +16,7 @@ import math
 import keras
 from keras import ops
 
-from resnet_train.config import schema
+from resnet_train.config import store
 from resnet_train.errors import ConfigError
 
 SCHEDULES = ("step", "cosine", "onecycle", "exponential", "constant")
@@ -134,7 +134,7 @@ def milestone_steps(cfg, total_steps: int, steps_per_epoch: int) -> list[int]:
 
 def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
     """The `schedule` config group as a per-step Keras schedule peaking at `base_lr`."""
-    cfg = schema.group_config("schedule", cfg)  # a mapping (a notebook's) typed by its name's schema
+    cfg = store.group_config("schedule", cfg)  # a mapping (a notebook's) typed by its name's schema
     name = cfg.name
     if name == "step":
         factor = _number(cfg, "factor", 0.0, 1.0, " e.g. 0.1")

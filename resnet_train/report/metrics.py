@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 
 from resnet_train.errors import first_line
 
+METRICS = Path("metrics.jsonl")  # every logged record (Reporter), in the run directory; TensorBoard has the same
+
 
 class Reporter:
     """Writes each logged point to TensorBoard (tensorboard/<split>) and to metrics.jsonl."""
@@ -21,7 +23,7 @@ class Reporter:
         interrupted session are dropped, so metrics.jsonl reads like one uninterrupted run."""
         self.workdir = Path(workdir)
         self._writers = {}
-        self._path = self.workdir / _metrics_file()
+        self._path = self.workdir / METRICS
         self._records = [r for r in read_metrics(self.workdir) if r.get("step", 0) <= resumed_at]
         # Rewritten (atomically) unless the file is exactly its kept records: a line cut short by a
         # full disk or a kill would otherwise be glued to the next record appended.
@@ -101,7 +103,7 @@ class Reporter:
 
 def read_metrics(workdir) -> list[dict]:
     """The records of metrics.jsonl; a line cut short (a full disk, a kill mid-write) is skipped."""
-    path = Path(workdir) / _metrics_file()
+    path = Path(workdir) / METRICS
     if not path.exists():
         return []
     records = []
@@ -203,7 +205,3 @@ def hparams_of(cfg, dataset: str) -> dict:
     return {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
 
 
-def _metrics_file() -> Path:
-    from resnet_train.training.run_dir import METRICS  # not at the top: run_dir imports this module
-
-    return METRICS

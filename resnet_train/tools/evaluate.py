@@ -58,13 +58,13 @@ def eval_split(run_cfg, info, data_overrides, split: str):
     from omegaconf import OmegaConf
 
     from resnet_train import data as data_lib
-    from resnet_train.config import schema
+    from resnet_train.config import store
 
     if split not in SPLITS:
         raise DataError(f"data.split must be one of {', '.join(SPLITS)} (got {split!r})")
     changes = {k: v for k, v in (data_overrides or {}).items() if v is not None and k != "split"}
     # Another source's settings replace the run's: keys the new source lacks are dropped.
-    data_cfg = schema.data_config({**OmegaConf.to_container(OmegaConf.create(run_cfg.data), resolve=True),
+    data_cfg = store.data_config({**OmegaConf.to_container(OmegaConf.create(run_cfg.data), resolve=True),
                                    **changes}, drop_unknown=True)
     splits = data_lib.load(data_cfg)
     new = splits.info

@@ -41,6 +41,12 @@ from optuna.trial import TrialState
 log = logging.getLogger(__name__)
 
 
+def left_as_it_was(job_return) -> bool:
+    """Whether a failed job was refused by a member holding a run, which it left as it was (the
+    sweep callback marks the error: sweep.SweepCallback.on_job_start)."""
+    return bool(getattr(job_return._return_value, "member_left_as_it_was", False))
+
+
 class ContinuedStudy(_impl.OptunaSweeperImpl):
     def sweep(self, arguments):
         if self.storage is None or self.study_name is None:  # a new study on every invocation
@@ -68,8 +74,6 @@ class ContinuedStudy(_impl.OptunaSweeperImpl):
         return super()._configure_trials(trials, *args, **kwargs)
 
     def _resume_interrupted(self, study) -> None:
-        from resnet_train.tools.sweep import left_as_it_was
-
         interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         failures = []
         for trial in interrupted:

@@ -74,7 +74,7 @@ class SweepCallback(Callback):
         if job_return.status.name == "FAILED":
             error = job_return._return_value
             if untouched:
-                error.member_left_as_it_was = True  # left_as_it_was(): not a failure of the member's run
+                error.member_left_as_it_was = True  # optuna_sweeper.left_as_it_was(): not a failure of the member's run
                 # Printed: a log line would go to the member's train.log, which is the run's.
                 print(f"resnet-train: {member}: not run, the member's run was left as it was "
                       f"({type(error).__name__}: {error})", file=sys.stderr)
@@ -84,11 +84,6 @@ class SweepCallback(Callback):
             failed.unlink()  # a rerun that succeeded
         if hydra_cfg.mode == RunMode.MULTIRUN:
             write_summary(hydra_cfg.sweep.dir)
-
-
-def left_as_it_was(job_return) -> bool:
-    """Whether a failed job was refused by a member holding a run, which it left as it was."""
-    return bool(getattr(job_return._return_value, "member_left_as_it_was", False))
 
 
 def _record_stamp(member: Path):

@@ -20,6 +20,7 @@ from tensorflow import errors as tf_errors
 from resnet_train import config as config_lib
 from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost, first_line
 from resnet_train.report import plots
+from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
 from resnet_train.runtime import cluster
 from resnet_train.training import run_dir
@@ -55,7 +56,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     chief = cfg.runtime.strategy != "multi_worker" or cluster.is_chief()
     if chief:
         run_dir.ensure_writable(workdir)
-    held_log = run_dir.HeldLog(workdir)  # written to train.log once the checks below pass
+    held_log = HeldLog(workdir)  # written to train.log once the checks below pass
     failed = True
     try:
         # The lock's heartbeat stops the run (as a SIGTERM would) once another process took it over.

@@ -11,9 +11,10 @@ import logging.handlers
 import os
 from pathlib import Path
 
-from resnet_train.config.schema import ADDED_LATER
+from resnet_train.config import flatten
+from resnet_train.config.store import ADDED_LATER
 from resnet_train.errors import RunDirError, first_line
-from resnet_train.report.metrics import write_atomic
+from resnet_train.report.metrics import METRICS, write_atomic  # noqa: F401 -- METRICS: a run's file names in one place
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_di
 RESOLVED = Path("checkpoints") / "resolved.json"
 # The dataset description a resume must find again (the folder source's data.path may move).
 DATASET = Path("dataset.json")
-METRICS = Path("metrics.jsonl")  # every logged record (report.Reporter); TensorBoard has the same
 RESULTS = Path("results.json")  # written when the run finishes: its final metrics
 CURVES = Path("curves.png")  # the training curves, redrawn after every epoch
 # Settings a run keeps from its own saved config whatever the command says, because its
@@ -58,17 +58,6 @@ def ensure_writable(workdir: Path) -> None:
         hint = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
         raise RunDirError(f"cannot write to the run directory {workdir} ({e.strerror}): {hint}, "
                           f"or choose another with hydra.run.dir=PATH") from None
-
-
-def flatten(node, prefix="") -> dict:
-    """{"optimizer.lr": 0.1, ...}: the leaves of a nested mapping under dotted keys."""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
@@ -200,43 +189,6 @@ def save_config(workdir: Path, cfg, overrides=None) -> None:
     for place in (CONFIG, CHECKPOINTED_CONFIG):  # last: checkpoints/config.yaml completes the record
         write_atomic(workdir / place, text)
 
-
-
-class HeldLog:
-    """Holds back the log lines meant for files in the run directory (train.log) until the run's
-    checks pass, so that a refused rerun does not append to an existing run's log. On the
-    terminal they appear at once. `release()` writes them; `close(failed=True)` drops them when the
-    log file existed before (an existing run), else writes them (a new run's log of its attempt)."""
-
-    def __init__(self, workdir: Path):
-        root, workdir = logging.getLogger(), Path(workdir).resolve()
-        self._swaps = []
-        for handler in list(root.handlers):
-            name = getattr(handler, "baseFilename", None)
-            if name and Path(name).resolve().is_relative_to(workdir):
-                memory = logging.handlers.MemoryHandler(1_000_000, flushLevel=logging.CRITICAL + 1,
-                                                        target=handler, flushOnClose=False)
-                memory.setLevel(handler.level)
-                memory.setFormatter(handler.formatter)
-                root.removeHandler(handler)
-                root.addHandler(memory)
-                self._swaps.append((memory, handler, Path(name).exists()))
-
-    def release(self) -> None:
-        self._restore(write=True)
-
-    def close(self, failed: bool) -> None:
-        self._restore(write=not failed)
-
-    def _restore(self, write: bool) -> None:
-        root = logging.getLogger()
-        for memory, handler, existed in self._swaps:
-            if write or not existed:
-                memory.flush()
-            memory.buffer.clear()
-            root.removeHandler(memory)
-            root.addHandler(handler)
-        self._swaps = []
 
 
 def save_resolved(workdir: Path, precision: str) -> None:

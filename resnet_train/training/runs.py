@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnet_train.config import schema
+from resnet_train.config import store
 from resnet_train.errors import UserError, first_line
 from resnet_train.training.run_dir import CONFIG, DATASET
 
@@ -36,7 +36,7 @@ def read_run(run_dir):
     if not config.exists() or not dataset.exists():
         raise UserError(f"{run_dir} is not a resnet-train run directory (no {CONFIG} or {DATASET})")
     try:  # OmegaConf's YAML loader is a safe one: tags that would run code are errors
-        cfg = schema.saved_run_config(OmegaConf.load(config))  # typed; keys the run predates filled in
+        cfg = store.saved_run_config(OmegaConf.load(config))  # typed; keys the run predates filled in
     except Exception as e:  # noqa: BLE001 -- any parse failure is the file's fault
         first = first_line(e, None)
         raise UserError(f"{config} is not a readable resnet-train config ({first})") from None
