@@ -24,6 +24,7 @@ TEST_JOBS ?= 2
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check resnet_train tests scripts
+	$(VENV)/bin/ruff format --check resnet_train tests scripts
 	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 clean:

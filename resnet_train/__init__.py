@@ -1,2 +1,3 @@
 """resnet-train: the papers' ResNets, trained from Hydra configs with TensorFlow."""
+
 __version__ = "0.1.0"

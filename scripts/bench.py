@@ -17,6 +17,7 @@ Sections:
   PyTorch eager (channels_last) when torch is installed;
 - the input pipeline alone and evaluation, as multiples of training; start-up time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,16 @@ def main() -> None:
     from resnet_train.runtime.devices import auto_precision, make_strategy, matmul_flops
 
     windows, per_window = (3, 4) if args.quick else (4, 6)
-    rows, out = [], {"tensorflow": tf.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
-                     "cpu": cpu_description(), "onednn": {"on": onednn.enabled(), "why": onednn_why}}
+    rows, out = (
+        [],
+        {
+            "tensorflow": tf.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "cpu": cpu_description(),
+            "onednn": {"on": onednn.enabled(), "why": onednn_why},
+        },
+    )
 
     def row(name, result, note=""):
         rows.append({"name": name, **result, "note": note})
@@ -75,8 +84,10 @@ def main() -> None:
     auto, why = auto_precision()
     peak = {"float32": matmul_flops("float32"), "bfloat16": matmul_flops("bfloat16")}
     out["peak_flops"] = peak
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores of {out['cpu']['model']} "
-          f"(family {out['cpu']['family']}; {', '.join(out['cpu']['flags'])})")
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores of {out['cpu']['model']} "
+        f"(family {out['cpu']['family']}; {', '.join(out['cpu']['flags'])})"
+    )
     print(f"oneDNN {'on' if onednn.enabled() else 'off'} ({onednn_why}); auto precision: {auto} ({why})")
     print(f"matmul rate: float32 {peak['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s")
 
@@ -91,34 +102,69 @@ def main() -> None:
     for depth in (20, 56):
         steps = max(2, per_window // (1 if depth == 20 else 2))
         for precision in dict.fromkeys(["float32", auto, "mixed_bfloat16"]):
-            for spc in ((1, 5) if precision == "float32" else (1,)):
-                r = train_throughput(depth, (32, 32, 3), 128, windows=windows if spc == 1 else 3,
-                                     steps_per_window=max(steps, spc), precision=precision, strategy=one,
-                                     steps_per_call=spc)
+            for spc in (1, 5) if precision == "float32" else (1,):
+                r = train_throughput(
+                    depth,
+                    (32, 32, 3),
+                    128,
+                    windows=windows if spc == 1 else 3,
+                    steps_per_window=max(steps, spc),
+                    precision=precision,
+                    strategy=one,
+                    steps_per_call=spc,
+                )
                 ours[(depth, precision, spc)] = r["images_per_sec"]
                 tag = ("auto=" if precision == auto else "") + precision
-                row(f"ours ResNet-{depth} b128 {tag}, steps_per_call={spc}", r,
-                    mfu(depth, (32, 32, 3), 10, r["images_per_sec"], precision))
+                row(
+                    f"ours ResNet-{depth} b128 {tag}, steps_per_call={spc}",
+                    r,
+                    mfu(depth, (32, 32, 3), 10, r["images_per_sec"], precision),
+                )
         r = train_throughput(depth, (32, 32, 3), 128, windows=windows, steps_per_window=steps, strategy=two)
-        row(f"ours ResNet-{depth} b128 float32, 2 CPU replicas", r,
-            f"{r['images_per_sec'] / ours[(depth, 'float32', 1)]:.2f}x 1 replica")
+        row(
+            f"ours ResNet-{depth} b128 float32, 2 CPU replicas",
+            r,
+            f"{r['images_per_sec'] / ours[(depth, 'float32', 1)]:.2f}x 1 replica",
+        )
         best_ours = max(v for (d, p, _), v in ours.items() if d == depth and p == "float32")
         configs = [(False, 1), (False, 5), (True, 5)] if depth == 20 else [best_keras_config]
         keras_best = None
         for jit, spe in configs:
-            r = keras_fit_throughput(depth, (32, 32, 3), 128, jit_compile=jit, steps_per_execution=spe,
-                                     windows=3, steps_per_window=max(steps, spe))
-            row(f"keras fit ResNet-{depth} b128 float32 jit={jit} spe={spe} (Keras BN)", r,
-                f"ours {best_ours / r['images_per_sec']:.2f}x")
+            r = keras_fit_throughput(
+                depth,
+                (32, 32, 3),
+                128,
+                jit_compile=jit,
+                steps_per_execution=spe,
+                windows=3,
+                steps_per_window=max(steps, spe),
+            )
+            row(
+                f"keras fit ResNet-{depth} b128 float32 jit={jit} spe={spe} (Keras BN)",
+                r,
+                f"ours {best_ours / r['images_per_sec']:.2f}x",
+            )
             if keras_best is None or r["images_per_sec"] > keras_best[0]:
                 keras_best, best_keras_config = (r["images_per_sec"], (jit, spe)), (jit, spe)
         if depth == 20:  # Keras fit at its best includes oneDNN's other setting (a process of its own)
             other = not onednn.enabled()
             for jit, spe in [(False, 5), (True, 5)]:
-                r = with_onednn(other, "keras_fit_throughput", depth=depth, image_shape=[32, 32, 3], batch_size=128,
-                                jit_compile=jit, steps_per_execution=spe, windows=3, steps_per_window=max(steps, spe))
-                row(f"keras fit ResNet-{depth} b128 float32 jit={jit} spe={spe}, oneDNN {'on' if other else 'off'}", r,
-                    f"ours {best_ours / r['images_per_sec']:.2f}x")
+                r = with_onednn(
+                    other,
+                    "keras_fit_throughput",
+                    depth=depth,
+                    image_shape=[32, 32, 3],
+                    batch_size=128,
+                    jit_compile=jit,
+                    steps_per_execution=spe,
+                    windows=3,
+                    steps_per_window=max(steps, spe),
+                )
+                row(
+                    f"keras fit ResNet-{depth} b128 float32 jit={jit} spe={spe}, oneDNN {'on' if other else 'off'}",
+                    r,
+                    f"ours {best_ours / r['images_per_sec']:.2f}x",
+                )
                 keras_best = max(keras_best, (r["images_per_sec"], (jit, spe)))
             out["keras_fit_best_resnet20"] = keras_best[0]
         out[f"ratio_ours_vs_keras_fit_resnet{depth}"] = best_ours / keras_best[0]
@@ -126,13 +172,17 @@ def main() -> None:
             cli = cli_throughput(20, 128, 30 if args.quick else 60, 3, "runtime.precision=float32")
             # The trainer again right after the command: the ratio uses both of its figures, so a
             # machine that slowed down or sped up during the command moves both sides alike.
-            again = train_throughput(20, (32, 32, 3), 128, windows=windows, steps_per_window=steps,
-                                     precision="float32", strategy=one)["images_per_sec"]
+            again = train_throughput(
+                20, (32, 32, 3), 128, windows=windows, steps_per_window=steps, precision="float32", strategy=one
+            )["images_per_sec"]
             cli_rate, trainer_rate = cli["images_per_sec"], (ours[(20, "float32", 1)] + again) / 2
             out["trainer_resnet20_around_cli"] = [ours[(20, "float32", 1)], again]
-            row("resnet-train ResNet-20 b128 float32 (the command, real pipeline)", cli,
+            row(
+                "resnet-train ResNet-20 b128 float32 (the command, real pipeline)",
+                cli,
                 f"{cli_rate / trainer_rate:.2f}x trainer, {cli_rate / keras_best[0]:.2f}x keras fit; "
-                f"{mfu(20, (32, 32, 3), 10, cli_rate, 'float32')}; first call {cli['first_call_s']} s")
+                f"{mfu(20, (32, 32, 3), 10, cli_rate, 'float32')}; first call {cli['first_call_s']} s",
+            )
             out["cli_resnet20"] = cli
             out["ratio_cli_vs_trainer_resnet20"] = cli_rate / trainer_rate
             out["ratio_cli_vs_keras_fit_resnet20"] = cli_rate / keras_best[0]
@@ -141,16 +191,29 @@ def main() -> None:
             cli_best = cli_rate
             if auto != "float32":  # the command as typed, with the precision `auto` picks here
                 cli_auto = cli_throughput(20, 128, 30 if args.quick else 60, 3, "runtime.precision=auto")
-                row(f"resnet-train ResNet-20 b128 auto={auto} (the command)", cli_auto,
-                    f"{cli_auto['images_per_sec'] / cli_rate:.2f}x its float32")
+                row(
+                    f"resnet-train ResNet-20 b128 auto={auto} (the command)",
+                    cli_auto,
+                    f"{cli_auto['images_per_sec'] / cli_rate:.2f}x its float32",
+                )
                 out["cli_auto_resnet20"] = cli_auto
                 cli_best = max(cli_best, cli_auto["images_per_sec"])
         if depth == 20:  # the same comparison with our fused batch norm inside Keras' model too
-            r = keras_fit_throughput(depth, (32, 32, 3), 128, jit_compile=best_keras_config[0],
-                                     steps_per_execution=best_keras_config[1], windows=3,
-                                     steps_per_window=max(steps, best_keras_config[1]), fused_bn=True)
-            row(f"keras fit ResNet-{depth} b128 float32, our FusedBatchNorm", r,
-                f"ours {best_ours / r['images_per_sec']:.2f}x (loop alone)")
+            r = keras_fit_throughput(
+                depth,
+                (32, 32, 3),
+                128,
+                jit_compile=best_keras_config[0],
+                steps_per_execution=best_keras_config[1],
+                windows=3,
+                steps_per_window=max(steps, best_keras_config[1]),
+                fused_bn=True,
+            )
+            row(
+                f"keras fit ResNet-{depth} b128 float32, our FusedBatchNorm",
+                r,
+                f"ours {best_ours / r['images_per_sec']:.2f}x (loop alone)",
+            )
 
     try:
         from torch_reference import throughput as torch_throughput
@@ -171,8 +234,16 @@ def main() -> None:
 
     r50 = train_throughput(50, (224, 224, 3), 16, num_classes=1000, windows=3, steps_per_window=2)
     row("ours ResNet-50 224x224 b16 float32", r50, mfu(50, (224, 224, 3), 1000, r50["images_per_sec"], "float32"))
-    k50 = keras_fit_throughput(50, (224, 224, 3), 16, num_classes=1000, jit_compile=best_keras_config[0],
-                               steps_per_execution=2, windows=3, steps_per_window=2)
+    k50 = keras_fit_throughput(
+        50,
+        (224, 224, 3),
+        16,
+        num_classes=1000,
+        jit_compile=best_keras_config[0],
+        steps_per_execution=2,
+        windows=3,
+        steps_per_window=2,
+    )
     row("keras fit ResNet-50 224x224 b16 float32", k50, f"ours {r50['images_per_sec'] / k50['images_per_sec']:.2f}x")
 
     train20 = ours[(20, "float32", 1)]
@@ -182,21 +253,42 @@ def main() -> None:
     for label, cfg in [
         ("standard", {"crop": "pad", "padding": 4, "horizontal_flip": True}),
         ("autoaugment", {"crop": "pad", "padding": 4, "horizontal_flip": True, "autoaugment": "cifar"}),
-        ("randaugment", {"crop": "pad", "padding": 4, "horizontal_flip": True,
-                         "randaugment": {"num_ops": 2, "magnitude": 9}}),
-        ("cutout+mixup+cutmix", {"crop": "pad", "padding": 4, "horizontal_flip": True, "cutout": 16,
-                                 "mixup_alpha": 1.0, "cutmix_alpha": 1.0}),
+        (
+            "randaugment",
+            {"crop": "pad", "padding": 4, "horizontal_flip": True, "randaugment": {"num_ops": 2, "magnitude": 9}},
+        ),
+        (
+            "cutout+mixup+cutmix",
+            {
+                "crop": "pad",
+                "padding": 4,
+                "horizontal_flip": True,
+                "cutout": 16,
+                "mixup_alpha": 1.0,
+                "cutmix_alpha": 1.0,
+            },
+        ),
     ]:
-        r = pipeline_throughput(cifar, 10_000, 128, make_augment(cfg), make_batch_augment(cfg, 10),
-                                windows=windows, steps_per_window=per_window * 2)
+        r = pipeline_throughput(
+            cifar,
+            10_000,
+            128,
+            make_augment(cfg),
+            make_batch_augment(cfg, 10),
+            windows=windows,
+            steps_per_window=per_window * 2,
+        )
         row(f"pipeline CIFAR-shaped, augment={label}", r, f"{r['images_per_sec'] / train20:.1f}x training")
     r = iterator_throughput(keras_randaugment_batches(cifar, 128), 128, windows, per_window * 2)
     row("pipeline CIFAR-shaped, keras.layers.RandAugment", r, f"{r['images_per_sec'] / train20:.1f}x (reference)")
     photos = jpeg_bytes(smooth_images(256, (375, 500, 3), seed=1))
     jpegs = tf.data.Dataset.from_tensor_slices((photos, tf.zeros([len(photos)], tf.int64)))
     augment = make_augment({"crop": "inception", "horizontal_flip": True}, (224, 224, 3), encoded=True)
-    row("pipeline ImageNet-shaped JPEG 500x375 -> 224", pipeline_throughput(
-        jpegs, len(photos), 64, augment, windows=windows, steps_per_window=3), "decode+inception crop+flip")
+    row(
+        "pipeline ImageNet-shaped JPEG 500x375 -> 224",
+        pipeline_throughput(jpegs, len(photos), 64, augment, windows=windows, steps_per_window=3),
+        "decode+inception crop+flip",
+    )
 
     out["startup_s"] = startup_seconds()
     print(f"start-up: {out['startup_s']:.1f} s from command to the first training step (resnet-train, ResNet-20)")
@@ -212,8 +304,12 @@ def startup_seconds() -> float:
 
     cli = Path(sys.executable).with_name("resnet-train")
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([str(cli), "epochs=1", "data.limit_train=256", f"hydra.run.dir={tmp}"],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [str(cli), "epochs=1", "data.limit_train=256", f"hydra.run.dir={tmp}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if done.returncode:
             print(f"start-up run failed: {done.stderr.strip()[-300:]}")
             return float("nan")

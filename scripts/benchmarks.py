@@ -6,6 +6,7 @@ Used by scripts/bench.py (beside it); the trainer-alone timing is the library's
 several timed windows after a warm-up, so tracing and autotuning are not counted; the spread
 (min..max) is reported beside them.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,18 +52,28 @@ def jpeg_bytes(images) -> list[bytes]:
 
 
 def iterator_throughput(iterator, batch_size: int, windows: int = 5, steps_per_window: int = 20) -> dict:
-    return timed_windows(lambda: next(iterator), batch_size, warmup=5, windows=windows,
-                         steps_per_window=steps_per_window)
+    return timed_windows(
+        lambda: next(iterator), batch_size, warmup=5, windows=windows, steps_per_window=steps_per_window
+    )
 
 
-def pipeline_throughput(dataset: tf.data.Dataset, size: int, batch_size: int, augment=None,
-                        batch_augment=None, shuffle_buffer=None, windows: int = 5, steps_per_window: int = 20) -> dict:
+def pipeline_throughput(
+    dataset: tf.data.Dataset,
+    size: int,
+    batch_size: int,
+    augment=None,
+    batch_augment=None,
+    shuffle_buffer=None,
+    windows: int = 5,
+    steps_per_window: int = 20,
+) -> dict:
     """images/s of the training input pipeline alone (no model) as the command builds it: one
     pipeline over many epochs (pipeline.training_stream)."""
     from resnet_train.data import pipeline
 
-    batches = pipeline.training_stream(dataset, size, batch_size, 0, 0, 10**6, augment, batch_augment,
-                                       shuffle_buffer=shuffle_buffer)
+    batches = pipeline.training_stream(
+        dataset, size, batch_size, 0, 0, 10**6, augment, batch_augment, shuffle_buffer=shuffle_buffer
+    )
     return iterator_throughput(iter(batches), batch_size, windows, steps_per_window)
 
 
@@ -82,9 +93,18 @@ def keras_randaugment_batches(dataset, batch_size: int, num_ops: int = 2, magnit
     return batches()
 
 
-def keras_fit_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10,
-                         precision: str = "float32", jit_compile=False, steps_per_execution: int = 1,
-                         windows: int = 5, steps_per_window: int = 10, fused_bn: bool = False) -> dict:
+def keras_fit_throughput(
+    depth: int,
+    image_shape,
+    batch_size: int,
+    num_classes: int = 10,
+    precision: str = "float32",
+    jit_compile=False,
+    steps_per_execution: int = 1,
+    windows: int = 5,
+    steps_per_window: int = 10,
+    fused_bn: bool = False,
+) -> dict:
     """images/s of keras `model.compile` + `model.fit` on the same architecture, optimizer and
     data, built from Keras' own layers (keras.layers.BatchNormalization) as a Keras user would;
     `fused_bn=True` gives it our fused batch norm instead."""
@@ -95,9 +115,13 @@ def keras_fit_throughput(depth: int, image_shape, batch_size: int, num_classes: 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(precision)
     model = models.build(depth, num_classes, image_shape, fused_bn=fused_bn)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, *image_shape)).astype(np.uint8)
     labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
@@ -156,8 +180,9 @@ OVERHEAD_LINE = re.compile(r"epoch (\d+)/\d+  ([\d.]+) s outside")
 FIRST_LINE = re.compile(r"first step after ([\d.]+) s .* took ([\d.]+) s")
 
 
-def cli_throughput(depth: int, batch_size: int, steps_per_epoch: int, epochs: int = 3, *overrides: str,
-                   timeout: int = 1800) -> dict:
+def cli_throughput(
+    depth: int, batch_size: int, steps_per_epoch: int, epochs: int = 3, *overrides: str, timeout: int = 1800
+) -> dict:
     """images/s of `resnet-train` as a user runs it: a fresh process, data=synthetic through the real
     input pipeline (shuffle, augment=standard, batching, distribute_datasets_from_function), the
     real loop with its per-epoch evaluation, checkpoint and curves. The rate is the median of the
@@ -165,9 +190,17 @@ def cli_throughput(depth: int, batch_size: int, steps_per_epoch: int, epochs: in
     epochs' time outside their steps)."""
     cli = Path(sys.executable).with_name("resnet-train")
     with tempfile.TemporaryDirectory() as tmp:
-        command = [str(cli), "data=synthetic", f"depth={depth}", f"batch_size={batch_size}", f"epochs={epochs}",
-                   f"data.train_size={batch_size * steps_per_epoch}", "data.test_size=256",
-                   *overrides, f"hydra.run.dir={tmp}/run"]
+        command = [
+            str(cli),
+            "data=synthetic",
+            f"depth={depth}",
+            f"batch_size={batch_size}",
+            f"epochs={epochs}",
+            f"data.train_size={batch_size * steps_per_epoch}",
+            "data.test_size=256",
+            *overrides,
+            f"hydra.run.dir={tmp}/run",
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if done.returncode:
             raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
@@ -177,25 +210,37 @@ def cli_throughput(depth: int, batch_size: int, steps_per_epoch: int, epochs: in
     later = [rates[e] for e in sorted(rates) if e > 1] or list(rates.values())
     first = FIRST_LINE.search(log)
     onednn = re.search(r"oneDNN kernels (on|off) \((.*)\)", log)
-    return {"images_per_sec": statistics.median(later), "min": min(later), "max": max(later),
-            "first_epoch_images_per_sec": rates.get(1), "first_step_s": float(first.group(1)) if first else None,
-            "first_call_s": float(first.group(2)) if first else None,
-            "overhead_s_per_epoch": {e: overhead.get(e, 0.0) for e in sorted(rates)},
-            "onednn": onednn.group(1) if onednn else None}
+    return {
+        "images_per_sec": statistics.median(later),
+        "min": min(later),
+        "max": max(later),
+        "first_epoch_images_per_sec": rates.get(1),
+        "first_step_s": float(first.group(1)) if first else None,
+        "first_call_s": float(first.group(2)) if first else None,
+        "overhead_s_per_epoch": {e: overhead.get(e, 0.0) for e in sorted(rates)},
+        "onednn": onednn.group(1) if onednn else None,
+    }
 
 
 def with_onednn(enabled: bool, name: str, **kwargs) -> dict:
     """One of this module's measurements in a fresh process with oneDNN on or off (TensorFlow fixes
     it at import): how scripts/bench.py times a peer at the oneDNN setting this process lacks."""
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if enabled else "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, __file__, json.dumps({"name": name, **kwargs})],
-                          env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, __file__, json.dumps({"name": name, **kwargs})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if done.returncode:
         raise RuntimeError(f"{name} with oneDNN {'on' if enabled else 'off'} failed: {done.stderr.strip()[-500:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if result["onednn"] != enabled:  # a figure labelled with the wrong kernels would mislead
-        raise RuntimeError(f"{name}: asked for oneDNN {'on' if enabled else 'off'}, the child ran it "
-                           f"{'on' if result['onednn'] else 'off'}")
+        raise RuntimeError(
+            f"{name}: asked for oneDNN {'on' if enabled else 'off'}, the child ran it "
+            f"{'on' if result['onednn'] else 'off'}"
+        )
     return result
 
 

@@ -5,6 +5,7 @@
     python scripts/profile_step.py --depth 20 --batch 128 --steps 10
 Also writes the trace to --logdir for TensorBoard's profile tab.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def main() -> None:
     optimizer.build(model.trainable_variables)
     trainer = Trainer(model, optimizer, strategy, args.batch, weight_decay=1e-4)
     rng = np.random.default_rng(0)
-    batch = (rng.integers(0, 256, (args.batch, 32, 32, 3)).astype(np.uint8),
-             rng.integers(0, 10, args.batch).astype(np.int64))
+    batch = (
+        rng.integers(0, 256, (args.batch, 32, 32, 3)).astype(np.uint8),
+        rng.integers(0, 10, args.batch).astype(np.int64),
+    )
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     for _ in range(3):
         trainer.train_steps(iterator, 1)

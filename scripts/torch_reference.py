@@ -1,11 +1,13 @@
 """The outside reference for scripts/bench.py: the same CIFAR ResNet (option A shortcuts) in
 PyTorch eager mode, channels_last, SGD with momentum and weight decay. Timing only; not product code.
 """
+
 from __future__ import annotations
 
 
-def throughput(depth: int = 20, batch_size: int = 128, dtype: str = "float32", windows: int = 5,
-               steps_per_window: int = 10) -> dict:
+def throughput(
+    depth: int = 20, batch_size: int = 128, dtype: str = "float32", windows: int = 5, steps_per_window: int = 10
+) -> dict:
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -22,7 +24,7 @@ def throughput(depth: int = 20, batch_size: int = 128, dtype: str = "float32", w
         def forward(self, x):
             y = F.relu(self.bn1(self.conv1(x)))
             y = self.bn2(self.conv2(y))
-            s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+            s = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
             if self.extra:
                 s = F.pad(s, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
             return F.relu(y + s)

@@ -4,6 +4,7 @@ Also what no test may depend on: the network (a guard, in this process and in ev
 subprocess), the user's environment (HYDRA_FULL_ERROR, TF_CONFIG, TFDS_DATA_DIR,
 TF_DETERMINISTIC_OPS), process-wide TensorFlow state left by an earlier test (op determinism,
 the Keras precision policy) and temporary folders left behind."""
+
 from __future__ import annotations
 
 import atexit
@@ -40,8 +41,12 @@ os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
 # instead, so a test never finds the user's prepared datasets), no determinism switched on from outside.
 TFDS_DATA_DIR = SESSION_DIR / "tensorflow_datasets"
 TFDS_DATA_DIR.mkdir()
-RESET_ENV = {"HYDRA_FULL_ERROR": None, "TF_CONFIG": None, "TF_DETERMINISTIC_OPS": None,
-             "TFDS_DATA_DIR": str(TFDS_DATA_DIR)}
+RESET_ENV = {
+    "HYDRA_FULL_ERROR": None,
+    "TF_CONFIG": None,
+    "TF_DETERMINISTIC_OPS": None,
+    "TFDS_DATA_DIR": str(TFDS_DATA_DIR),
+}
 for _key, _value in RESET_ENV.items():  # at import too: module fixtures run before _clean_state
     if _value is None:
         os.environ.pop(_key, None)
@@ -59,6 +64,7 @@ if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
 
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn.enabled() else "0"
 
+
 # runtime=auto measures this machine once (~30 s, tuning.py) and caches the result: the suite's cache
 # holds a measurement made up here (oneDNN as above, XLA off, 1 step per call), so that no test
 # measures and every test runs the same kernels. tests/test_tuning.py measures for real.
@@ -68,8 +74,12 @@ def _pinned_tuning() -> None:
     from resnet_train.runtime import tuning
 
     pinned = "pinned by tests/conftest.py"
-    choices = {"onednn": [os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1", pinned], "xla": [False, pinned],
-               "steps_per_call": [1, pinned], "threads": ["default", pinned]}
+    choices = {
+        "onednn": [os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1", pinned],
+        "xla": [False, pinned],
+        "steps_per_call": [1, pinned],
+        "threads": ["default", pinned],
+    }
     tuning.cache_path().parent.mkdir(parents=True, exist_ok=True)
     tuning.cache_path().write_text(json.dumps({tuning.machine_key(): {"choices": choices, "date": "the test session"}}))
 
@@ -188,11 +198,18 @@ os.environ["RESNET_TRAIN_TEST_NETWORK_LOG"] = str(NETWORK_LOG)
 # A guard another test session put there is dropped: a pytest-xdist worker inherits the
 # controller's, and two guards would each run the other as "the next sitecustomize", endlessly.
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(SESSION_DIR / "network_guard"),
-     *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-       if p and not (Path(p).name == "network_guard" and Path(p).parent.name.startswith("resnet_train_tests_")))])
-_spec = importlib.util.spec_from_file_location("resnet_train_test_network_guard",
-                                               SESSION_DIR / "network_guard" / "sitecustomize.py")
+    [
+        str(SESSION_DIR / "network_guard"),
+        *(
+            p
+            for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not (Path(p).name == "network_guard" and Path(p).parent.name.startswith("resnet_train_tests_"))
+        ),
+    ]
+)
+_spec = importlib.util.spec_from_file_location(
+    "resnet_train_test_network_guard", SESSION_DIR / "network_guard" / "sitecustomize.py"
+)
 network_guard = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(network_guard)  # installs the guard in this process (LOG is set)
 NetworkBlocked = network_guard.NetworkBlocked
@@ -219,8 +236,9 @@ def _no_network():
     yield log
     attempts = log.take()
     if attempts:
-        pytest.fail("this test (or a process it started) tried to reach the network:\n" + "\n".join(attempts),
-                    pytrace=False)
+        pytest.fail(
+            "this test (or a process it started) tried to reach the network:\n" + "\n".join(attempts), pytrace=False
+        )
 
 
 @pytest.fixture

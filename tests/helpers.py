@@ -1,6 +1,7 @@
 """Helpers the tests import (`from helpers import ...`): configs, the CLI run in or out of this
 process, fake archives in the real formats, a small model trained through our Trainer. Fixtures
 live in conftest.py, which pytest loads first (its guards are in place before these run)."""
+
 from __future__ import annotations
 
 import io
@@ -17,10 +18,24 @@ CLI = Path(sys.executable).with_name("resnet-train")
 
 CIFAR_LAYOUT = {
     # name: (archive, folder in it, train files, test files, label files, label bytes per record, classes)
-    "cifar10": ("cifar-10-binary.tar.gz", "cifar-10-batches-bin",
-                [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], ["batches.meta.txt"], 1, [10]),
-    "cifar100": ("cifar-100-binary.tar.gz", "cifar-100-binary", ["train.bin"], ["test.bin"],
-                 ["coarse_label_names.txt", "fine_label_names.txt"], 2, [20, 100]),
+    "cifar10": (
+        "cifar-10-binary.tar.gz",
+        "cifar-10-batches-bin",
+        [f"data_batch_{i}.bin" for i in range(1, 6)],
+        ["test_batch.bin"],
+        ["batches.meta.txt"],
+        1,
+        [10],
+    ),
+    "cifar100": (
+        "cifar-100-binary.tar.gz",
+        "cifar-100-binary",
+        ["train.bin"],
+        ["test.bin"],
+        ["coarse_label_names.txt", "fine_label_names.txt"],
+        2,
+        [20, 100],
+    ),
 }
 
 
@@ -33,6 +48,7 @@ def write_fake_cifar(path: Path, name: str = "cifar10", per_file: int = 4, seed:
     written = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:
+
         def add(file, data: bytes):
             info = tarfile.TarInfo(f"{folder}/{file}")
             info.size = len(data)
@@ -73,15 +89,20 @@ def compose(*overrides):
 
 def run_cli(*args, timeout=300, cwd=None):
     """Runs the installed `resnet-train` with overrides; returns the CompletedProcess."""
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or ROOT)
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT)
 
 
 # What a test does not mean to vary is pinned: runtime=auto / precision=auto would pick another
 # strategy on a machine with GPUs and bfloat16 on a CPU with AMX / AVX512-BF16. A test that means
 # to vary them sets its own after TINY (Hydra: the last value, and the last group choice, wins).
-TINY = ("depth=8", "batch_size=32", "data.limit_train=128", "data.limit_test=64",
-        "runtime=one_device", "runtime.precision=float32")
+TINY = (
+    "depth=8",
+    "batch_size=32",
+    "data.limit_train=128",
+    "data.limit_test=64",
+    "runtime=one_device",
+    "runtime.precision=float32",
+)
 
 
 def cli_in_process(monkeypatch, capsys, entry: str, *args):
@@ -90,9 +111,16 @@ def cli_in_process(monkeypatch, capsys, entry: str, *args):
     from resnet_train import cli
     from resnet_train.cli import tools
 
-    functions = {"resnet-train": cli.train, "resnet-eval": tools.evaluate, "resnet-predict": tools.predict,
-                 "resnet-export": tools.export, "resnet-explain": tools.explain, "resnet-plot": tools.plot,
-                 "resnet-show-augment": cli.show_augment, "resnet-plot-schedule": cli.plot_schedule}
+    functions = {
+        "resnet-train": cli.train,
+        "resnet-eval": tools.evaluate,
+        "resnet-predict": tools.predict,
+        "resnet-export": tools.export,
+        "resnet-explain": tools.explain,
+        "resnet-plot": tools.plot,
+        "resnet-show-augment": cli.show_augment,
+        "resnet-plot-schedule": cli.plot_schedule,
+    }
     function = functions[entry]
     from absl import logging as absl_logging
 
@@ -122,8 +150,11 @@ def file_digests(root: Path) -> dict:
     """{relative path: sha256} of every file under `root`: 'no file of the run changed'."""
     import hashlib
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0, **trainer_args):
@@ -149,9 +180,16 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0
     data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8, seed=seed)
 
     def dataset_fn(ctx):
-        return pipeline.train_batches(data.train, 64, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
-                                      pipeline_id=ctx.input_pipeline_id,
-                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
+        return pipeline.train_batches(
+            data.train,
+            64,
+            global_batch,
+            0,
+            0,
+            pipelines=ctx.num_input_pipelines,
+            pipeline_id=ctx.input_pipeline_id,
+            replica_batch=ctx.get_per_replica_batch_size(global_batch),
+        )
 
     if steps:
         trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), steps)

@@ -8,6 +8,7 @@ MultiWorkerMirroredStrategy is the worker's index).
 Imported by tests/test_mixed_precision_replicas.py (MirroredStrategy over two logical CPUs) and run
 as a script by the two local workers of the multi-worker test; each worker prints one JSON line.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,16 @@ def one_step(strategy, bad_replica: int = 1, global_batch: int = 8) -> dict:
     data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=32, test_size=8)
 
     def dataset_fn(ctx):
-        return pipeline.train_batches(data.train, 32, global_batch, 0, 0, pipelines=ctx.num_input_pipelines,
-                                      pipeline_id=ctx.input_pipeline_id,
-                                      replica_batch=ctx.get_per_replica_batch_size(global_batch))
+        return pipeline.train_batches(
+            data.train,
+            32,
+            global_batch,
+            0,
+            0,
+            pipelines=ctx.num_input_pipelines,
+            pipeline_id=ctx.input_pipeline_id,
+            replica_batch=ctx.get_per_replica_batch_size(global_batch),
+        )
 
     def per_replica(variable):
         return [np.asarray(v.numpy()).tolist() for v in strategy.experimental_local_results(variable.value)]
@@ -69,9 +77,11 @@ def one_step(strategy, bad_replica: int = 1, global_batch: int = 8) -> dict:
     scale = float(optimizer.dynamic_scale.numpy())
     done, nonfinite, _ = trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), 1)
     return {
-        "steps_run": done, "nonfinite_steps": nonfinite,
+        "steps_run": done,
+        "nonfinite_steps": nonfinite,
         "iterations": int(optimizer.iterations.numpy()),
-        "scale_before": scale, "scale_after": float(optimizer.dynamic_scale.numpy()),
+        "scale_before": scale,
+        "scale_after": float(optimizer.dynamic_scale.numpy()),
         "weights_before": before,
         "weights_after": {v.path: per_replica(v) for v in model.trainable_variables},
     }

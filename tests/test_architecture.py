@@ -1,6 +1,7 @@
 """The package's shape, as ARCHITECTURE.md states it: no import cycle between modules (imports
 inside functions count too), the config package and the CLI's error explainer free of TensorFlow
 at import, modules short enough to read in one sitting, and the tree ARCHITECTURE.md draws."""
+
 import ast
 import re
 from pathlib import Path
@@ -80,18 +81,27 @@ def test_the_cycle_check_finds_a_cycle():
 
 def test_nothing_imports_the_cli_and_the_tools_import_no_cli():
     edges = graph()
-    users = sorted(m for m, deps in edges.items() if any(d.startswith("resnet_train.cli") for d in deps)
-                   and not m.startswith("resnet_train.cli"))
+    users = sorted(
+        m
+        for m, deps in edges.items()
+        if any(d.startswith("resnet_train.cli") for d in deps) and not m.startswith("resnet_train.cli")
+    )
     assert users == []
-    training = sorted(m for m, deps in edges.items() if m.startswith(("resnet_train.training", "resnet_train.data",
-                                                                      "resnet_train.models", "resnet_train.optim"))
-                      and any(d.startswith("resnet_train.tools") for d in deps))
+    training = sorted(
+        m
+        for m, deps in edges.items()
+        if m.startswith(("resnet_train.training", "resnet_train.data", "resnet_train.models", "resnet_train.optim"))
+        and any(d.startswith("resnet_train.tools") for d in deps)
+    )
     assert training == []  # tools build on training, never the reverse
 
 
 def test_modules_are_short_enough_to_read_in_one_sitting():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 
@@ -99,7 +109,7 @@ def test_architecture_md_names_every_module_in_its_folder():
     """Each module appears in ARCHITECTURE.md's tree (by file name), and each folder the tree
     names exists: the folders and the document say the same thing."""
     text = (ROOT / "ARCHITECTURE.md").read_text()
-    tree = text[text.index("```\nresnet_train/"):text.index("```", text.index("```\nresnet_train/") + 3)]
+    tree = text[text.index("```\nresnet_train/") : text.index("```", text.index("```\nresnet_train/") + 3)]
     for path in PACKAGE.rglob("*.py"):
         if "configs" in path.parts or path.name in ("__init__.py", "__main__.py"):
             continue

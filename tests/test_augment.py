@@ -1,5 +1,6 @@
 """Each augmentation does what it says: shapes, value ranges, flips flip, mixed labels sum to 1,
 the same seed gives the same result, and evaluation applies none of it."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -43,7 +44,7 @@ def test_pad_and_crop_is_a_shifted_window_of_the_zero_padded_image():
     for i in range(5):
         out = pad_and_crop(IMAGE, 4, seed(i)).numpy()
         assert out.shape == (24, 24, 3)
-        assert any(np.array_equal(out, padded[dy:dy + 24, dx:dx + 24]) for dy in range(9) for dx in range(9))
+        assert any(np.array_equal(out, padded[dy : dy + 24, dx : dx + 24]) for dy in range(9) for dx in range(9))
 
 
 def test_inception_crop_resizes_back_and_varies():
@@ -70,8 +71,9 @@ def test_every_op_keeps_shape_and_dtype(name):
     assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
 
 
-@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Solarize",
-                                  "Posterize", "Identity"])
+@pytest.mark.parametrize(
+    "name", ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Solarize", "Posterize", "Identity"]
+)
 def test_zero_strength_changes_nothing(name):
     out = image_ops.OPS[name](IMAGE, tf.constant(0.0), seed(2)).numpy()
     np.testing.assert_allclose(out.astype(int), IMAGE.numpy().astype(int), atol=1)
@@ -134,9 +136,15 @@ def test_pixel_ops_do_what_their_names_say():
     assert np.all(np.abs(faded - grey) <= 0.1 * np.abs(x - grey) + 1.5)
 
 
-@pytest.mark.parametrize("name, enhancer", [("Brightness", ImageEnhance.Brightness), ("Color", ImageEnhance.Color),
-                                           ("Contrast", ImageEnhance.Contrast),
-                                           ("Sharpness", ImageEnhance.Sharpness)])
+@pytest.mark.parametrize(
+    "name, enhancer",
+    [
+        ("Brightness", ImageEnhance.Brightness),
+        ("Color", ImageEnhance.Color),
+        ("Contrast", ImageEnhance.Contrast),
+        ("Sharpness", ImageEnhance.Sharpness),
+    ],
+)
 @pytest.mark.parametrize("magnitude", [0, 3, 9])
 def test_enhance_ops_are_pils_image_enhance(name, enhancer, magnitude):
     """The four enhance ops against PIL's ImageEnhance with the paper's factor 0.1 + 1.8 * M / 10
@@ -159,10 +167,12 @@ def test_pixel_ops_are_pils_image_ops(strength):
     x = IMAGE.numpy()
     pil = Image.fromarray(x)
     s = tf.constant(strength)
-    np.testing.assert_array_equal(image_ops.solarize(IMAGE, s, seed(0)).numpy(),
-                                  np.asarray(ImageOps.solarize(pil, int(256 - 256 * strength))))
-    np.testing.assert_array_equal(image_ops.posterize(IMAGE, s, seed(0)).numpy(),
-                                  np.asarray(ImageOps.posterize(pil, 8 - round(4 * strength))))
+    np.testing.assert_array_equal(
+        image_ops.solarize(IMAGE, s, seed(0)).numpy(), np.asarray(ImageOps.solarize(pil, int(256 - 256 * strength)))
+    )
+    np.testing.assert_array_equal(
+        image_ops.posterize(IMAGE, s, seed(0)).numpy(), np.asarray(ImageOps.posterize(pil, 8 - round(4 * strength)))
+    )
     np.testing.assert_array_equal(image_ops.invert(IMAGE, s, seed(0)).numpy(), np.asarray(ImageOps.invert(pil)))
     dull = (x // 4 + 100).astype(np.uint8)  # 100..163: stretched to 0..255 per channel
     ours = image_ops.autocontrast(tf.constant(dull), s, seed(0)).numpy().astype(int)
@@ -181,26 +191,33 @@ def bilinear(image, to_input):
 
     def at(y, x):
         inside = ((y >= 0) & (y < h) & (x >= 0) & (x < w))[..., None]
-        return np.where(inside, image[np.clip(y, 0, h - 1).astype(int), np.clip(x, 0, w - 1).astype(int)],
-                        image_ops.FILL).astype(np.float64)
+        return np.where(
+            inside, image[np.clip(y, 0, h - 1).astype(int), np.clip(x, 0, w - 1).astype(int)], image_ops.FILL
+        ).astype(np.float64)
 
-    return ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1) + fy * (1 - fx) * at(y0 + 1, x0)
-            + fy * fx * at(y0 + 1, x0 + 1))
+    return (
+        (1 - fy) * (1 - fx) * at(y0, x0)
+        + (1 - fy) * fx * at(y0, x0 + 1)
+        + fy * (1 - fx) * at(y0 + 1, x0)
+        + fy * fx * at(y0 + 1, x0 + 1)
+    )
 
 
 def rotation(degrees, h, w):
     """About the image's centre."""
     cy, cx, t = (h - 1) / 2, (w - 1) / 2, np.radians(degrees)
-    return lambda x, y: (cx + np.cos(t) * (x - cx) - np.sin(t) * (y - cy),
-                         cy + np.sin(t) * (x - cx) + np.cos(t) * (y - cy))
+    return lambda x, y: (
+        cx + np.cos(t) * (x - cx) - np.sin(t) * (y - cy),
+        cy + np.sin(t) * (x - cx) + np.cos(t) * (y - cy),
+    )
 
 
 GEOMETRY = {  # op: (sign, strength, h, w) -> where an output pixel comes from, at the papers' maxima
     "Rotate": lambda sign, s, h, w: rotation(sign * 30 * s, h, w),
-    "ShearX": lambda sign, s, h, w: (lambda x, y: (x + sign * 0.3 * s * y, y)),
-    "ShearY": lambda sign, s, h, w: (lambda x, y: (x, y + sign * 0.3 * s * x)),
-    "TranslateX": lambda sign, s, h, w: (lambda x, y: (x + sign * 0.45 * s * w, y)),
-    "TranslateY": lambda sign, s, h, w: (lambda x, y: (x, y + sign * 0.45 * s * h)),
+    "ShearX": lambda sign, s, h, w: lambda x, y: (x + sign * 0.3 * s * y, y),
+    "ShearY": lambda sign, s, h, w: lambda x, y: (x, y + sign * 0.3 * s * x),
+    "TranslateX": lambda sign, s, h, w: lambda x, y: (x + sign * 0.45 * s * w, y),
+    "TranslateY": lambda sign, s, h, w: lambda x, y: (x, y + sign * 0.45 * s * h),
 }
 
 
@@ -249,8 +266,11 @@ def test_rotate_keeps_the_centre_and_moves_the_rest():
 
 
 def test_randaugment_and_autoaugment_are_deterministic_per_seed_and_varied():
-    for policy in (lambda s: randaugment(IMAGE, 2, 9, s), lambda s: autoaugment(IMAGE, "cifar", s),
-                   lambda s: autoaugment(IMAGE, "imagenet", s)):
+    for policy in (
+        lambda s: randaugment(IMAGE, 2, 9, s),
+        lambda s: autoaugment(IMAGE, "cifar", s),
+        lambda s: autoaugment(IMAGE, "imagenet", s),
+    ):
         a = [policy(seed(i)).numpy() for i in range(8)]
         b = [policy(seed(i)).numpy() for i in range(8)]
         for x, y in zip(a, b):
@@ -269,8 +289,7 @@ def test_mixup_labels_sum_to_one_and_images_are_blends():
     # lam exactly, the float32 lambda the batch drew.
     lam = soft[np.arange(8), np.arange(8)].min()
     assert lam.dtype == np.float32 and 0.1 < lam < 0.9, lam  # a real blend with this seed
-    partners = [int(np.argmax(np.where(np.arange(8) == i, 0, row))) if row[i] < 1 else i
-                for i, row in enumerate(soft)]
+    partners = [int(np.argmax(np.where(np.arange(8) == i, 0, row))) if row[i] < 1 else i for i, row in enumerate(soft)]
     assert sorted(partners) == list(range(8)) and partners != list(range(8))  # a permutation
     # lam * a + (1 - lam) * b in float32, as the code computes it, rounded half to even (tf.round,
     # np.round) back to uint8: the same numbers, every pixel.
@@ -295,10 +314,24 @@ def test_cutmix_label_weights_are_the_pasted_area():
 
 def test_batch_augment_gives_soft_labels_and_eval_applies_nothing():
     splits = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=32, test_size=12)
-    cfg = {"crop": "pad", "padding": 2, "horizontal_flip": True, "cutout": 3, "mixup_alpha": 1.0,
-           "cutmix_alpha": 1.0, "autoaugment": "cifar"}
-    train = pipeline.train_batches(splits.train, 32, 8, seed=0, epoch=0, augment=make_augment(cfg, (8, 8, 3)),
-                                   batch_augment=make_batch_augment(cfg, 4))
+    cfg = {
+        "crop": "pad",
+        "padding": 2,
+        "horizontal_flip": True,
+        "cutout": 3,
+        "mixup_alpha": 1.0,
+        "cutmix_alpha": 1.0,
+        "autoaugment": "cifar",
+    }
+    train = pipeline.train_batches(
+        splits.train,
+        32,
+        8,
+        seed=0,
+        epoch=0,
+        augment=make_augment(cfg, (8, 8, 3)),
+        batch_augment=make_batch_augment(cfg, 4),
+    )
     images, labels = next(iter(train))
     assert images.dtype == tf.uint8 and labels.dtype == tf.float32 and labels.shape == (8, 4)
     np.testing.assert_allclose(labels.numpy().sum(-1), 1.0, rtol=1e-6)
@@ -307,8 +340,15 @@ def test_batch_augment_gives_soft_labels_and_eval_applies_nothing():
     np.testing.assert_array_equal(evaluated, raw)
 
 
-@pytest.mark.parametrize("cfg", [{"crop": "zoom"}, {"autoaugment": "svhn"}, {"cutout": -1},
-                                 {"autoaugment": "cifar", "randaugment": {"num_ops": 2}}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"crop": "zoom"},
+        {"autoaugment": "svhn"},
+        {"cutout": -1},
+        {"autoaugment": "cifar", "randaugment": {"num_ops": 2}},
+    ],
+)
 def test_bad_augment_configs_are_config_errors(cfg):
     with pytest.raises(ConfigError):
         make_augment(cfg)
@@ -322,8 +362,9 @@ def test_label_smoothing_in_the_loss():
 
     keras.backend.clear_session()
     model = build(8, 4, (8, 8, 3), variant="cifar")
-    trainer = Trainer(model, keras.optimizers.SGD(0.1), tf.distribute.get_strategy(), 2,
-                      num_classes=4, label_smoothing=0.1)
+    trainer = Trainer(
+        model, keras.optimizers.SGD(0.1), tf.distribute.get_strategy(), 2, num_classes=4, label_smoothing=0.1
+    )
     logits = tf.constant([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     got = trainer._train_loss(tf.constant([0, 1], tf.int64), logits).numpy()
     target = np.full((2, 4), 0.025) + 0.9 * np.eye(4)[[0, 1]]
@@ -334,8 +375,14 @@ def test_label_smoothing_in_the_loss():
 def test_gallery_script_writes_a_png(tmp_path, monkeypatch, cli):
     out = tmp_path / "gallery.png"
     monkeypatch.chdir(tmp_path)
-    done = cli("augment=randaugment", "augment.mixup_alpha=0.5", "images=3", "versions=2", f"out={out}",
-               entry="resnet-show-augment")
+    done = cli(
+        "augment=randaugment",
+        "augment.mixup_alpha=0.5",
+        "images=3",
+        "versions=2",
+        f"out={out}",
+        entry="resnet-show-augment",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = np.asarray(Image.open(out))

@@ -6,6 +6,7 @@ byte for byte the same. Cases that need a clean directory (data, replicas, init_
 one, which must stay empty. Every case runs the real console-script entry point in-process.
 The expected line is the whole line, so its "how to fix" part is checked too.
 """
+
 import json
 
 import pytest
@@ -42,143 +43,401 @@ def places(tmp_path_factory):
 
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-TFDS_FIX = ("(or set data.manual_dir to the folder that holds it), or point data.data_dir at a prepared "
-            "tensorflow-datasets folder")
+TFDS_FIX = (
+    "(or set data.manual_dir to the folder that holds it), or point data.data_dir at a prepared "
+    "tensorflow-datasets folder"
+)
 
 T = "resnet-train: error: "
 # (id, tool, arguments, the whole expected stderr line, where, environment): {root} and {existing}
 # are filled in.
 CASES = [
-    ("unknown key", "resnet-train", ["optimzer.lr=0.1"],
-     T + "unknown setting 'optimzer.lr' (did you mean optimizer.lr?); `resnet-train --cfg job` lists the settings",
-     "existing", {}),
-    ("unknown top-level key", "resnet-train", ["epoch=3"],
-     T + "unknown setting 'epoch' (did you mean epochs?); `resnet-train --cfg job` lists the settings",
-     "existing", {}),
-    ("override syntax", "resnet-train", ["depth==20"],
-     T + "Error parsing override 'depth==20': overrides are key=value, e.g. optimizer.lr=0.05 (quote values "
-         "with spaces)", "existing", {}),
-    ("depth not 6n+2", "resnet-train", ["depth=21"],
-     T + "CIFAR ResNet depth must be 6n+2: 20, 32, 44, 56, 110, 1202, ... (got 21); for ImageNet ResNets "
-         "(18, 34, 50, 101, 152, 200) add model.variant=imagenet", "existing", {}),
+    (
+        "unknown key",
+        "resnet-train",
+        ["optimzer.lr=0.1"],
+        T + "unknown setting 'optimzer.lr' (did you mean optimizer.lr?); `resnet-train --cfg job` lists the settings",
+        "existing",
+        {},
+    ),
+    (
+        "unknown top-level key",
+        "resnet-train",
+        ["epoch=3"],
+        T + "unknown setting 'epoch' (did you mean epochs?); `resnet-train --cfg job` lists the settings",
+        "existing",
+        {},
+    ),
+    (
+        "override syntax",
+        "resnet-train",
+        ["depth==20"],
+        T + "Error parsing override 'depth==20': overrides are key=value, e.g. optimizer.lr=0.05 (quote values "
+        "with spaces)",
+        "existing",
+        {},
+    ),
+    (
+        "depth not 6n+2",
+        "resnet-train",
+        ["depth=21"],
+        T + "CIFAR ResNet depth must be 6n+2: 20, 32, 44, 56, 110, 1202, ... (got 21); for ImageNet ResNets "
+        "(18, 34, 50, 101, 152, 200) add model.variant=imagenet",
+        "existing",
+        {},
+    ),
     ("depth not an integer", "resnet-train", ["depth=abc"], T + "depth must be an integer (got 'abc')", "existing", {}),
-    ("depth wrong for the variant", "resnet-train", ["model.variant=imagenet", "depth=20"],
-     T + "ImageNet ResNet depth must be one of 18, 34, 50, 101, 152, 200 (got 20)", "existing", {}),
-    ("unknown dataset", "resnet-train", ["data=cifar11"],
-     T + "unknown data 'cifar11' (did you mean cifar10?): choose one of cifar10, cifar100, digits, folder, "
-         "imagenet, synthetic, tfds", "existing", {}),
-    ("unknown optimizer", "resnet-train", ["optimizer=adamax"],
-     T + "unknown optimizer 'adamax' (did you mean adam?): choose one of adam, adamw, lamb, lars, sgd", "existing", {}),
-    ("unknown experiment", "resnet-train", ["experiment=cifar10_papr"],
-     T + "unknown experiment 'cifar10_papr' (did you mean cifar10_paper?): choose one of cifar10_fast, "
-         "cifar10_paper, cifar10_paper_deep, cifar10_preact, imagenet_90ep", "existing", {}),
-    ("zero lr", "resnet-train", ["optimizer.lr=0"], T + "optimizer.lr must be a positive number (got 0)",
-     "existing", {}),
-    ("negative lr", "resnet-train", ["optimizer.lr=-0.1"],
-     T + "optimizer.lr must be a positive number (got -0.1)", "existing", {}),
+    (
+        "depth wrong for the variant",
+        "resnet-train",
+        ["model.variant=imagenet", "depth=20"],
+        T + "ImageNet ResNet depth must be one of 18, 34, 50, 101, 152, 200 (got 20)",
+        "existing",
+        {},
+    ),
+    (
+        "unknown dataset",
+        "resnet-train",
+        ["data=cifar11"],
+        T + "unknown data 'cifar11' (did you mean cifar10?): choose one of cifar10, cifar100, digits, folder, "
+        "imagenet, synthetic, tfds",
+        "existing",
+        {},
+    ),
+    (
+        "unknown optimizer",
+        "resnet-train",
+        ["optimizer=adamax"],
+        T + "unknown optimizer 'adamax' (did you mean adam?): choose one of adam, adamw, lamb, lars, sgd",
+        "existing",
+        {},
+    ),
+    (
+        "unknown experiment",
+        "resnet-train",
+        ["experiment=cifar10_papr"],
+        T + "unknown experiment 'cifar10_papr' (did you mean cifar10_paper?): choose one of cifar10_fast, "
+        "cifar10_paper, cifar10_paper_deep, cifar10_preact, imagenet_90ep",
+        "existing",
+        {},
+    ),
+    (
+        "zero lr",
+        "resnet-train",
+        ["optimizer.lr=0"],
+        T + "optimizer.lr must be a positive number (got 0)",
+        "existing",
+        {},
+    ),
+    (
+        "negative lr",
+        "resnet-train",
+        ["optimizer.lr=-0.1"],
+        T + "optimizer.lr must be a positive number (got -0.1)",
+        "existing",
+        {},
+    ),
     ("zero epochs", "resnet-train", ["epochs=0"], T + "epochs must be a positive integer (got 0)", "existing", {}),
-    ("negative epochs", "resnet-train", ["epochs=-3"], T + "epochs must be a positive integer (got -3)",
-     "existing", {}),
-    ("zero batch", "resnet-train", ["batch_size=0"], T + "batch_size must be a positive integer (got 0)",
-     "existing", {}),
+    (
+        "negative epochs",
+        "resnet-train",
+        ["epochs=-3"],
+        T + "epochs must be a positive integer (got -3)",
+        "existing",
+        {},
+    ),
+    (
+        "zero batch",
+        "resnet-train",
+        ["batch_size=0"],
+        T + "batch_size must be a positive integer (got 0)",
+        "existing",
+        {},
+    ),
     ("negative seed", "resnet-train", ["seed=-1"], T + "seed must be a non-negative integer (got -1)", "existing", {}),
-    ("unknown precision", "resnet-train", ["runtime.precision=fp8"],
-     T + "runtime.precision must be one of auto, float32, mixed_float16, mixed_bfloat16 (got 'fp8')", "existing", {}),
-    ("unknown strategy", "resnet-train", ["runtime.strategy=tpu"],
-     T + "runtime.strategy must be one of auto, one_device, mirrored, multi_worker (got 'tpu')", "existing", {}),
-    ("unknown onednn setting", "resnet-train", ["runtime.onednn=maybe"],
-     T + "runtime.onednn must be one of auto, true, false (got 'maybe'): auto turns oneDNN on on x86 CPUs with "
-         "AVX2, where it is faster", "existing", {}),
-    ("xla not a boolean", "resnet-train", ["runtime.xla=maybe"],
-     T + "runtime.xla must be true, false or auto (got 'maybe'); auto: what runtime=auto measured on this machine",
-     "existing", {}),
-    ("threads not two counts", "resnet-train", ["runtime.threads=[1]"],
-     T + "runtime.threads must be auto, default or [inter_op, intra_op] thread counts, 0 for TensorFlow's default "
-         "(got [1]); e.g. runtime.threads=[1,2]", "existing", {}),
-    ("steps per call not a count", "resnet-train", ["runtime.steps_per_call=0"],
-     T + "runtime.steps_per_call must be an integer >= 1 or auto (got 0); auto: what runtime=auto measured on this "
-         "machine", "existing", {}),
-    ("download not a boolean", "resnet-train", ["data=cifar10", "data.download=maybe"],
-     T + "data.download must be true or false (got 'maybe'): false never touches the network, true lets "
-         "tensorflow-datasets download a dataset that is not prepared", "existing", {}),
-    ("zero steps", "resnet-train", ["steps=0"],
-     T + "steps must be null or a positive integer, the run's length in optimizer steps (got 0)", "existing", {}),
-    ("warm-up longer than the run", "resnet-train", ["schedule.warmup_epochs=100", "epochs=1"],
-     T + "schedule.warmup_epochs=100 is longer than the run (1 epoch): lower it or raise epochs", "existing", {}),
-    ("one checkpoint kept", "resnet-train", ["checkpoint.keep=1"],
-     T + "checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint has a fallback (got 1)",
-     "existing", {}),
-    ("yaml syntax error", "resnet-train", ["--config-dir", "{root}/configs", "experiment=broken"],
-     T + "YAML syntax error in {root}/configs/experiment/broken.yaml, line 2: expected ',' or ']', but got "
-         "'<stream end>'; fix the file", "existing", {}),
-    ("resume with another config", "resnet-train", [*TINY, "epochs=1", "optimizer.lr=0.5"],
-     T + "{existing} holds a run with another config (optimizer.lr: 0.1 -> 0.5): rerun with its config to "
-         "continue it, or choose a new hydra.run.dir (init_from={existing} starts a new run from its weights)",
-     "existing", {}),
-    ("malformed TF_CONFIG", "resnet-train", ["runtime=multi_worker"],
-     T + "ConfigError raised while resolving interpolation: TF_CONFIG must be JSON with 'cluster' and 'task' "
-         "entries (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)) (check the "
-         "override or config file)", "existing", {"TF_CONFIG": "{bad"}),
-    ("run dir under a file", "resnet-train", ["hydra.run.dir={root}/a_file/run"],
-     T + "Not a directory: {root}/a_file/run (check the path, e.g. hydra.run.dir=...)", None, {}),
-    ("batch not divisible by replicas", "resnet-train", ["runtime=mirrored", "runtime.cpu_replicas=2", "batch_size=33"],
-     T + "batch_size=33 (the global batch) does not divide over 2 replicas: use a multiple of 2, e.g. 32 or 34",
-     "fresh", {}),
-    ("batch larger than the data", "resnet-train", [*TINY, "batch_size=4096"],
-     T + "batch_size=4096 is larger than the 128 training images of digits: choose batch_size <= 128", "fresh", {}),
-    ("label smoothing out of range", "resnet-train", [*TINY, "augment.label_smoothing=1.5"],
-     T + "augment.label_smoothing must be in [0, 1) (got 1.5)", "fresh", {}),
-    ("ema decay out of range", "resnet-train", [*TINY, "ema.decay=2"],
-     T + "ema.decay must be in (0, 1), e.g. 0.999 (got 2)", "fresh", {}),
+    (
+        "unknown precision",
+        "resnet-train",
+        ["runtime.precision=fp8"],
+        T + "runtime.precision must be one of auto, float32, mixed_float16, mixed_bfloat16 (got 'fp8')",
+        "existing",
+        {},
+    ),
+    (
+        "unknown strategy",
+        "resnet-train",
+        ["runtime.strategy=tpu"],
+        T + "runtime.strategy must be one of auto, one_device, mirrored, multi_worker (got 'tpu')",
+        "existing",
+        {},
+    ),
+    (
+        "unknown onednn setting",
+        "resnet-train",
+        ["runtime.onednn=maybe"],
+        T + "runtime.onednn must be one of auto, true, false (got 'maybe'): auto turns oneDNN on on x86 CPUs with "
+        "AVX2, where it is faster",
+        "existing",
+        {},
+    ),
+    (
+        "xla not a boolean",
+        "resnet-train",
+        ["runtime.xla=maybe"],
+        T + "runtime.xla must be true, false or auto (got 'maybe'); auto: what runtime=auto measured on this machine",
+        "existing",
+        {},
+    ),
+    (
+        "threads not two counts",
+        "resnet-train",
+        ["runtime.threads=[1]"],
+        T + "runtime.threads must be auto, default or [inter_op, intra_op] thread counts, 0 for TensorFlow's default "
+        "(got [1]); e.g. runtime.threads=[1,2]",
+        "existing",
+        {},
+    ),
+    (
+        "steps per call not a count",
+        "resnet-train",
+        ["runtime.steps_per_call=0"],
+        T + "runtime.steps_per_call must be an integer >= 1 or auto (got 0); auto: what runtime=auto measured on this "
+        "machine",
+        "existing",
+        {},
+    ),
+    (
+        "download not a boolean",
+        "resnet-train",
+        ["data=cifar10", "data.download=maybe"],
+        T + "data.download must be true or false (got 'maybe'): false never touches the network, true lets "
+        "tensorflow-datasets download a dataset that is not prepared",
+        "existing",
+        {},
+    ),
+    (
+        "zero steps",
+        "resnet-train",
+        ["steps=0"],
+        T + "steps must be null or a positive integer, the run's length in optimizer steps (got 0)",
+        "existing",
+        {},
+    ),
+    (
+        "warm-up longer than the run",
+        "resnet-train",
+        ["schedule.warmup_epochs=100", "epochs=1"],
+        T + "schedule.warmup_epochs=100 is longer than the run (1 epoch): lower it or raise epochs",
+        "existing",
+        {},
+    ),
+    (
+        "one checkpoint kept",
+        "resnet-train",
+        ["checkpoint.keep=1"],
+        T + "checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint has a fallback (got 1)",
+        "existing",
+        {},
+    ),
+    (
+        "yaml syntax error",
+        "resnet-train",
+        ["--config-dir", "{root}/configs", "experiment=broken"],
+        T + "YAML syntax error in {root}/configs/experiment/broken.yaml, line 2: expected ',' or ']', but got "
+        "'<stream end>'; fix the file",
+        "existing",
+        {},
+    ),
+    (
+        "resume with another config",
+        "resnet-train",
+        [*TINY, "epochs=1", "optimizer.lr=0.5"],
+        T + "{existing} holds a run with another config (optimizer.lr: 0.1 -> 0.5): rerun with its config to "
+        "continue it, or choose a new hydra.run.dir (init_from={existing} starts a new run from its weights)",
+        "existing",
+        {},
+    ),
+    (
+        "malformed TF_CONFIG",
+        "resnet-train",
+        ["runtime=multi_worker"],
+        T + "ConfigError raised while resolving interpolation: TF_CONFIG must be JSON with 'cluster' and 'task' "
+        "entries (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)) (check the "
+        "override or config file)",
+        "existing",
+        {"TF_CONFIG": "{bad"},
+    ),
+    (
+        "run dir under a file",
+        "resnet-train",
+        ["hydra.run.dir={root}/a_file/run"],
+        T + "Not a directory: {root}/a_file/run (check the path, e.g. hydra.run.dir=...)",
+        None,
+        {},
+    ),
+    (
+        "batch not divisible by replicas",
+        "resnet-train",
+        ["runtime=mirrored", "runtime.cpu_replicas=2", "batch_size=33"],
+        T + "batch_size=33 (the global batch) does not divide over 2 replicas: use a multiple of 2, e.g. 32 or 34",
+        "fresh",
+        {},
+    ),
+    (
+        "batch larger than the data",
+        "resnet-train",
+        [*TINY, "batch_size=4096"],
+        T + "batch_size=4096 is larger than the 128 training images of digits: choose batch_size <= 128",
+        "fresh",
+        {},
+    ),
+    (
+        "label smoothing out of range",
+        "resnet-train",
+        [*TINY, "augment.label_smoothing=1.5"],
+        T + "augment.label_smoothing must be in [0, 1) (got 1.5)",
+        "fresh",
+        {},
+    ),
+    (
+        "ema decay out of range",
+        "resnet-train",
+        [*TINY, "ema.decay=2"],
+        T + "ema.decay must be in (0, 1), e.g. 0.999 (got 2)",
+        "fresh",
+        {},
+    ),
     # data.download=false: never a download (nor a probe of the host), whatever the machine.
-    ("missing cifar data_dir", "resnet-train",
-     ["data=cifar10", "data.download=false", "data.data_dir={root}/nowhere", "data.manual_dir={root}/nowhere"],
-     T + "cifar10 is not prepared in {root}/nowhere and downloads are off (data.download=false): put "
-         "cifar-10-binary.tar.gz (from " + CIFAR_URL + ") into {root}/nowhere " + TFDS_FIX +
-         ", or set data.download=true to let tensorflow-datasets download it", "fresh", {}),
-    ("missing imagenet archives", "resnet-train",
-     ["data=imagenet", "data.download=false", "data.data_dir={root}/tfds", "data.manual_dir={root}/imagenet_manual"],
-     T + "imagenet2012 is not prepared in {root}/tfds and it cannot be downloaded automatically: put "
-         "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar (downloaded by hand from https://image-net.org/) into "
-         "{root}/imagenet_manual " + TFDS_FIX, "fresh", {}),
-    ("image folder missing", "resnet-train", ["data=folder", "data.path={root}/no_such_folder"],
-     T + "data.path={root}/no_such_folder does not exist or is not a folder", "fresh", {}),
-    ("image folder empty", "resnet-train", ["data=folder", "data.path={root}/empty"],
-     T + "no images in {root}/empty: expected one sub-folder per class holding .jpg, .jpeg, .png, .bmp, .gif files",
-     "fresh", {}),
-    ("image folder with one class", "resnet-train", ["data=folder", "data.path={root}/one_class"],
-     T + "{root}/one_class has one class (cats): a classifier needs at least two class folders", "fresh", {}),
-    ("init_from nothing", "resnet-train", [*TINY, "init_from={root}/no_such_run"],
-     T + "init_from={root}/no_such_run does not exist", "fresh", {}),
-    ("init_from another architecture", "resnet-train", [*TINY, "depth=14", "init_from={existing}"],
-     T + "init_from={existing} (cifar_resnet8) does not fit cifar_resnet14: layer stage1_block2_conv1 needs "
-         "[(3, 3, 16, 16)], the checkpoint has missing; fine-tune from the same architecture (depth, variant)",
-     "fresh", {}),
-    ("run= not a run directory", "resnet-eval", ["run={root}/empty"],
-     "resnet-eval: error: {root}/empty is not a resnet-train run directory (no .hydra/config.yaml or dataset.json)",
-     None, {}),
-    ("checkpoint= nothing", "resnet-eval", ["run={existing}", "checkpoint={root}/nope"],
-     "resnet-eval: error: no checkpoint ({root}/nope) in {existing}: train first, or pass checkpoint=auto | best | "
-     "last | PATH", None, {}),
-    ("unreadable image", "resnet-predict", ["run={existing}", "images=[{root}/broken.png]"],
-     "resnet-predict: could not predict {root}/broken.png: not a readable image", None, {}),
-    ("top_k not a number", "resnet-predict", ["run={existing}", "images=[{root}/broken.png]", "top_k=many"],
-     "resnet-predict: error: top_k must be an integer (got 'many')", None, {}),
-    ("unknown tool setting", "resnet-eval", ["run={existing}", "ttaa=flip"],
-     "resnet-eval: error: unknown setting 'ttaa' (did you mean tta?); `resnet-eval --cfg job` lists the "
-     "settings", None, {}),
-    ("unknown export format", "resnet-export", ["run={existing}", "format=onnx"],
-     "resnet-export: error: format must be one of saved_model, keras, tflite (got 'onnx')", None, {}),
+    (
+        "missing cifar data_dir",
+        "resnet-train",
+        ["data=cifar10", "data.download=false", "data.data_dir={root}/nowhere", "data.manual_dir={root}/nowhere"],
+        T + "cifar10 is not prepared in {root}/nowhere and downloads are off (data.download=false): put "
+        "cifar-10-binary.tar.gz (from "
+        + CIFAR_URL
+        + ") into {root}/nowhere "
+        + TFDS_FIX
+        + ", or set data.download=true to let tensorflow-datasets download it",
+        "fresh",
+        {},
+    ),
+    (
+        "missing imagenet archives",
+        "resnet-train",
+        ["data=imagenet", "data.download=false", "data.data_dir={root}/tfds", "data.manual_dir={root}/imagenet_manual"],
+        T + "imagenet2012 is not prepared in {root}/tfds and it cannot be downloaded automatically: put "
+        "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar (downloaded by hand from https://image-net.org/) into "
+        "{root}/imagenet_manual " + TFDS_FIX,
+        "fresh",
+        {},
+    ),
+    (
+        "image folder missing",
+        "resnet-train",
+        ["data=folder", "data.path={root}/no_such_folder"],
+        T + "data.path={root}/no_such_folder does not exist or is not a folder",
+        "fresh",
+        {},
+    ),
+    (
+        "image folder empty",
+        "resnet-train",
+        ["data=folder", "data.path={root}/empty"],
+        T + "no images in {root}/empty: expected one sub-folder per class holding .jpg, .jpeg, .png, .bmp, .gif files",
+        "fresh",
+        {},
+    ),
+    (
+        "image folder with one class",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class"],
+        T + "{root}/one_class has one class (cats): a classifier needs at least two class folders",
+        "fresh",
+        {},
+    ),
+    (
+        "init_from nothing",
+        "resnet-train",
+        [*TINY, "init_from={root}/no_such_run"],
+        T + "init_from={root}/no_such_run does not exist",
+        "fresh",
+        {},
+    ),
+    (
+        "init_from another architecture",
+        "resnet-train",
+        [*TINY, "depth=14", "init_from={existing}"],
+        T + "init_from={existing} (cifar_resnet8) does not fit cifar_resnet14: layer stage1_block2_conv1 needs "
+        "[(3, 3, 16, 16)], the checkpoint has missing; fine-tune from the same architecture (depth, variant)",
+        "fresh",
+        {},
+    ),
+    (
+        "run= not a run directory",
+        "resnet-eval",
+        ["run={root}/empty"],
+        "resnet-eval: error: {root}/empty is not a resnet-train run directory (no .hydra/config.yaml or dataset.json)",
+        None,
+        {},
+    ),
+    (
+        "checkpoint= nothing",
+        "resnet-eval",
+        ["run={existing}", "checkpoint={root}/nope"],
+        "resnet-eval: error: no checkpoint ({root}/nope) in {existing}: train first, or pass checkpoint=auto | best | "
+        "last | PATH",
+        None,
+        {},
+    ),
+    (
+        "unreadable image",
+        "resnet-predict",
+        ["run={existing}", "images=[{root}/broken.png]"],
+        "resnet-predict: could not predict {root}/broken.png: not a readable image",
+        None,
+        {},
+    ),
+    (
+        "top_k not a number",
+        "resnet-predict",
+        ["run={existing}", "images=[{root}/broken.png]", "top_k=many"],
+        "resnet-predict: error: top_k must be an integer (got 'many')",
+        None,
+        {},
+    ),
+    (
+        "unknown tool setting",
+        "resnet-eval",
+        ["run={existing}", "ttaa=flip"],
+        "resnet-eval: error: unknown setting 'ttaa' (did you mean tta?); `resnet-eval --cfg job` lists the settings",
+        None,
+        {},
+    ),
+    (
+        "unknown export format",
+        "resnet-export",
+        ["run={existing}", "format=onnx"],
+        "resnet-export: error: format must be one of saved_model, keras, tflite (got 'onnx')",
+        None,
+        {},
+    ),
     # Refused by the safe YAML loader (the tag is named), not merely "some error about a config".
-    ("config with a YAML exploit", "resnet-eval", ["run={root}/evil_run"],
-     "resnet-eval: error: {root}/evil_run/.hydra/config.yaml is not a readable resnet-train config (could not "
-     "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system')", None, {}),
+    (
+        "config with a YAML exploit",
+        "resnet-eval",
+        ["run={root}/evil_run"],
+        "resnet-eval: error: {root}/evil_run/.hydra/config.yaml is not a readable resnet-train config (could not "
+        "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system')",
+        None,
+        {},
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,tool,args,expected,where,env", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(places, tmp_path, monkeypatch, capsys,
-                                                           name, tool, args, expected, where, env):
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    places, tmp_path, monkeypatch, capsys, name, tool, args, expected, where, env
+):
     root, existing = places["root"], places["existing"]
     args = [a.format(root=root, existing=existing) for a in args]
     fresh = tmp_path / "fresh"
@@ -206,8 +465,7 @@ def test_hydra_full_error_still_gives_the_traceback(places, monkeypatch, capsys)
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
-        cli_in_process(monkeypatch, capsys, "resnet-train", "optimzer.lr=0.1",
-                       f"hydra.run.dir={places['existing']}")
+        cli_in_process(monkeypatch, capsys, "resnet-train", "optimzer.lr=0.1", f"hydra.run.dir={places['existing']}")
 
 
 def test_the_existing_run_is_finished_and_its_dataset_json_real(places):
@@ -219,7 +477,11 @@ def test_the_existing_run_is_finished_and_its_dataset_json_real(places):
     # same one, so that case gets past "not a run directory" to the parsing of its config.
     dataset = json.loads((existing / "dataset.json").read_text())
     assert (dataset["name"], dataset["num_classes"], dataset["train_size"], dataset["test_size"]) == (
-        "digits", 10, 128, 64)
+        "digits",
+        10,
+        128,
+        64,
+    )
     assert (places["root"] / "evil_run" / "dataset.json").read_text() == (existing / "dataset.json").read_text()
 
 
@@ -242,9 +504,11 @@ def test_the_cli_explains_a_bad_override_without_starting_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys; from resnet_train.cli.hydra_errors import did_you_mean; "
-            "print(did_you_mean('optimizer.momentun', 'train')); "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    code = (
+        "import sys; from resnet_train.cli.hydra_errors import did_you_mean; "
+        "print(did_you_mean('optimizer.momentun', 'train')); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "did you mean optimizer.momentum?" in done.stdout

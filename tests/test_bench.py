@@ -1,4 +1,5 @@
 """The benchmark's measuring pieces on tiny sizes (the full run is scripts/bench.py, ~9 minutes)."""
+
 import json
 
 import benchmarks as bench  # scripts/benchmarks.py (conftest puts scripts/ on the path)
@@ -32,8 +33,15 @@ def test_a_peer_is_timed_with_onednns_other_setting_in_a_process_of_its_own():
     """Keras fit at its best includes oneDNN's other setting, which TensorFlow fixes at import."""
     from resnet_train.runtime import onednn
 
-    other = bench.with_onednn(not onednn.enabled(), "keras_fit_throughput", depth=8, image_shape=[16, 16, 3],
-                              batch_size=8, windows=2, steps_per_window=2)
+    other = bench.with_onednn(
+        not onednn.enabled(),
+        "keras_fit_throughput",
+        depth=8,
+        image_shape=[16, 16, 3],
+        batch_size=8,
+        windows=2,
+        steps_per_window=2,
+    )
     assert other["onednn"] is (not onednn.enabled()) and other["images_per_sec"] > 0
 
 
@@ -58,5 +66,13 @@ def test_the_command_row_reads_the_real_commands_log():
 def test_the_cpu_is_named_with_the_flags_that_decide_the_kernels():
     cpu = bench.cpu_description()
     assert cpu["model"] and cpu["cores"] >= 1
-    assert set(cpu["flags"]) <= {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
-                                 "amx_int8"}
+    assert set(cpu["flags"]) <= {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_tile",
+        "amx_int8",
+    }

@@ -1,6 +1,7 @@
 """The `resnet-train` command as a user runs it: real exit codes, real files. One run is the real
 console script in a subprocess; the others call its entry point in process (conftest's `cli`), the
 same code without TensorFlow's start-up."""
+
 import json
 
 from helpers import TINY, run_cli
@@ -16,15 +17,23 @@ def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
     # So does runtime.threads TensorFlow's thread pools (TF_NUM_INTEROP_THREADS, TF_NUM_INTRAOP_THREADS).
     done = run_cli(*TINY, "epochs=2", f"runtime.onednn={flipped}", "runtime.threads=[1,2]", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (f"oneDNN kernels {'on' if flipped == 'true' else 'off'} (runtime.onednn={flipped})"
-            in (run / "train.log").read_text())
+    assert (
+        f"oneDNN kernels {'on' if flipped == 'true' else 'off'} (runtime.onednn={flipped})"
+        in (run / "train.log").read_text()
+    )
     assert "threads: runtime.threads=[1,2]: 1 inter-op, 2 intra-op" in (run / "train.log").read_text()
     assert "Test accuracy" in done.stdout and f"Run directory: {run}" in done.stdout
     # No TensorFlow start-up chatter (oneDNN, CUDA probes): nothing imports it before the CLI's quiet
     # import, the sweep callback included (it runs before the task).
     assert not [line for line in done.stderr.splitlines() if "] " in line and ".cc:" in line], done.stderr[-2000:]
-    for path in (".hydra/config.yaml", "checkpoints/checkpoint", "metrics.jsonl", "results.json",
-                 "dataset.json", "train.log"):
+    for path in (
+        ".hydra/config.yaml",
+        "checkpoints/checkpoint",
+        "metrics.jsonl",
+        "results.json",
+        "dataset.json",
+        "train.log",
+    ):
         assert (run / path).exists(), path
     for split in ("train", "eval"):
         assert list((run / "tensorboard" / split).glob("events.out.tfevents.*")), split
@@ -49,8 +58,14 @@ def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
 
 def test_the_closing_line_names_the_top_k_the_run_measured(cli, tmp_path):
     """3 classes: top-3 (top-5 of 3 classes would always be 1), read from the metrics, not NaN."""
-    done = cli(*TINY, "data=synthetic", "data.num_classes=3", "data.image_shape=[8,8,3]", "epochs=1",
-               f"hydra.run.dir={tmp_path / 'run'}")
+    done = cli(
+        *TINY,
+        "data=synthetic",
+        "data.num_classes=3",
+        "data.image_shape=[8,8,3]",
+        "epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(top-3 1.0000, loss" in done.stdout
 
@@ -59,8 +74,10 @@ def test_bad_depth_is_one_line_and_exit_code_2(cli, tmp_path):
     done = cli("depth=57", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[-1] == ("resnet-train: error: CIFAR ResNet depth must be 6n+2: 20, 32, 44, 56, 110, 1202, ... "
-                         "(got 57); for ImageNet ResNets (18, 34, 50, 101, 152, 200) add model.variant=imagenet")
+    assert lines[-1] == (
+        "resnet-train: error: CIFAR ResNet depth must be 6n+2: 20, 32, 44, 56, 110, 1202, ... "
+        "(got 57); for ImageNet ResNets (18, 34, 50, 101, 152, 200) add model.variant=imagenet"
+    )
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
@@ -68,15 +85,22 @@ def test_bad_depth_is_one_line_and_exit_code_2(cli, tmp_path):
 def test_missing_cifar_with_download_off_fails_at_once(cli, tmp_path):
     # The real path, no patching: data.download=false, so nothing is probed or downloaded on any
     # machine (conftest's guard fails this test if the process tries). "At once": no download started.
-    done = cli("data=cifar10", "depth=20", "data.download=false", f"data.data_dir={tmp_path / 'tfds'}",
-               f"data.manual_dir={tmp_path / 'manual'}", f"hydra.run.dir={tmp_path / 'run'}")
+    done = cli(
+        "data=cifar10",
+        "depth=20",
+        "data.download=false",
+        f"data.data_dir={tmp_path / 'tfds'}",
+        f"data.manual_dir={tmp_path / 'manual'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"resnet-train: error: cifar10 is not prepared in {tmp_path / 'tfds'} and downloads are off "
         f"(data.download=false): put cifar-10-binary.tar.gz (from "
         f"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz) into {tmp_path / 'manual'} (or set "
         f"data.manual_dir to the folder that holds it), or point data.data_dir at a prepared "
-        f"tensorflow-datasets folder, or set data.download=true to let tensorflow-datasets download it")
+        f"tensorflow-datasets folder, or set data.download=true to let tensorflow-datasets download it"
+    )
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "tfds" / "downloads").exists() and not (tmp_path / "run" / "checkpoints").exists()
 

@@ -1,4 +1,5 @@
 """TF_CONFIG and SLURM parsing (no TensorFlow needed)."""
+
 import json
 
 import pytest

@@ -1,5 +1,6 @@
 """Data sources and pipelines: the embedded set, the real tfds CIFAR builder on a fake archive,
 the fast offline failure, and the properties of the train / eval pipelines."""
+
 import os
 import socket
 
@@ -32,16 +33,21 @@ def test_embedded_digits_is_real_fixed_and_stratified():
 
 
 def test_limits_keep_the_first_examples():
-    cfg = {"source": "synthetic", "image_shape": [8, 8, 3], "train_size": 50, "test_size": 20,
-           "limit_train": 16, "limit_test": 5}
+    cfg = {
+        "source": "synthetic",
+        "image_shape": [8, 8, 3],
+        "train_size": 50,
+        "test_size": 20,
+        "limit_train": 16,
+        "limit_test": 5,
+    }
     splits = data_lib.load(cfg)
     assert (splits.info.train_size, splits.info.test_size) == (16, 5)
     assert len(list(splits.train)) == 16 and len(list(splits.test)) == 5
 
 
 def test_tfds_cifar10_builder_prepares_from_a_fake_archive_offline(fake_cifar10):
-    splits = tfds_source.load("cifar10", data_dir=fake_cifar10["data_dir"],
-                              manual_dir=fake_cifar10["manual_dir"])
+    splits = tfds_source.load("cifar10", data_dir=fake_cifar10["data_dir"], manual_dir=fake_cifar10["manual_dir"])
     info = splits.info
     assert (info.train_size, info.test_size, info.num_classes) == (20, 4, 10)
     assert info.image_shape == (32, 32, 3)
@@ -101,7 +107,8 @@ def test_missing_dataset_fails_fast_naming_folders_and_archive(tmp_path, monkeyp
     assert str(error.value) == (
         f"cifar10 is not prepared in {tmp_path / 'tfds'} and its download host is unreachable: put "
         f"cifar-10-binary.tar.gz (from {CIFAR10_URL}) into {tmp_path / 'manual'} (or set data.manual_dir to "
-        f"the folder that holds it), or point data.data_dir at a prepared tensorflow-datasets folder")
+        f"the folder that holds it), or point data.data_dir at a prepared tensorflow-datasets folder"
+    )
     assert not list((tmp_path / "tfds").rglob("*.tmp*"))  # no half-downloads left behind
 
 
@@ -111,20 +118,29 @@ def test_download_false_fails_at_once_and_never_probes(tmp_path, monkeypatch, no
 
     monkeypatch.setattr(tfds_source, "host_reachable", no_probe)
     with pytest.raises(DataError) as error:  # through the config, as the CLI does
-        data_lib.load({"source": "tfds", "name": "cifar10", "data_dir": str(tmp_path / "tfds"),
-                       "manual_dir": str(tmp_path / "manual"), "download": False})
+        data_lib.load(
+            {
+                "source": "tfds",
+                "name": "cifar10",
+                "data_dir": str(tmp_path / "tfds"),
+                "manual_dir": str(tmp_path / "manual"),
+                "download": False,
+            }
+        )
     assert str(error.value) == (
         f"cifar10 is not prepared in {tmp_path / 'tfds'} and downloads are off (data.download=false): put "
         f"cifar-10-binary.tar.gz (from {CIFAR10_URL}) into {tmp_path / 'manual'} (or set data.manual_dir to "
         f"the folder that holds it), or point data.data_dir at a prepared tensorflow-datasets folder, or set "
-        f"data.download=true to let tensorflow-datasets download it")
+        f"data.download=true to let tensorflow-datasets download it"
+    )
 
 
 def test_download_false_still_prepares_from_the_manual_archive(fake_cifar10, monkeypatch):
     # "false" means no network, not "no preparing": the archive in manual_dir is enough.
     monkeypatch.setattr(tfds_source, "host_reachable", lambda url, timeout=3.0: pytest.fail("probed"))
-    splits = tfds_source.load("cifar10", data_dir=fake_cifar10["data_dir"],
-                              manual_dir=fake_cifar10["manual_dir"], download=False)
+    splits = tfds_source.load(
+        "cifar10", data_dir=fake_cifar10["data_dir"], manual_dir=fake_cifar10["manual_dir"], download=False
+    )
     assert (splits.info.train_size, splits.info.test_size) == (20, 4)
 
 
@@ -136,7 +152,8 @@ def test_download_is_strictly_a_boolean(value):
         data_lib.load({"source": "tfds", "name": "cifar10", "download": value})
     assert str(error.value) == (
         f"data.download must be true or false (got {value!r}): false never touches the network, true lets "
-        f"tensorflow-datasets download a dataset that is not prepared")
+        f"tensorflow-datasets download a dataset that is not prepared"
+    )
 
 
 def test_host_probe_is_false_for_a_refused_port_and_bounded_by_its_timeout(monkeypatch):
@@ -147,8 +164,11 @@ def test_host_probe_is_false_for_a_refused_port_and_bounded_by_its_timeout(monke
         port = held.getsockname()[1]
         timeouts = []
         real = socket.create_connection
-        monkeypatch.setattr(socket, "create_connection",
-                            lambda address, timeout: timeouts.append(timeout) or real(address, timeout=timeout))
+        monkeypatch.setattr(
+            socket,
+            "create_connection",
+            lambda address, timeout: timeouts.append(timeout) or real(address, timeout=timeout),
+        )
         assert tfds_source.host_reachable(f"http://127.0.0.1:{port}/x", timeout=2) is False
         assert tfds_source.host_reachable(f"http://127.0.0.1:{port}/x") is False
     # The probe never waits longer than its timeout (3 s by default), whatever the host does.
@@ -176,8 +196,11 @@ def test_the_network_guard_refuses_all_but_the_loopback(network_log, network_blo
     with pytest.raises(NetworkBlocked, match="name lookup of 'www.cs.toronto.edu'"):
         tfds_source.host_reachable(CIFAR10_URL)
     # Python subprocesses (the CLI, joblib's workers) get the same guard through sitecustomize.
-    child = subprocess.Popen([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 1)"],
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 1)"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, err = child.communicate(timeout=60)
     assert child.returncode == 1 and "NetworkBlocked: network access in a test: connect to ('192.0.2.1', 80)" in err
     # Every attempt is logged, so a test fails even where the code swallowed the exception.
@@ -259,8 +282,10 @@ def test_eval_batches_count_every_example_once():
     seen = [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in pipeline.eval_batches(s.test, 4)]
     _, labels = arrays(s.test)
     np.testing.assert_array_equal(np.concatenate([y for _, y, _ in seen]), labels)  # 10 = 4 + 4 + 2
-    padded = [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in
-              pipeline.eval_batches(s.test, 4, size=10, image_shape=(8, 8, 3))]
+    padded = [
+        (x.numpy(), y.numpy(), w.numpy())
+        for x, y, w in pipeline.eval_batches(s.test, 4, size=10, image_shape=(8, 8, 3))
+    ]
     assert [len(y) for _, y, _ in padded] == [4, 4, 4]  # full batches for every replica ...
     weights = np.concatenate([w for _, _, w in padded])
     np.testing.assert_array_equal(weights, [1] * 10 + [0, 0])  # ... and the padding counts for nothing
@@ -269,8 +294,9 @@ def test_eval_batches_count_every_example_once():
 
 def test_validation_split_is_fixed_disjoint_and_sized():
     def carve(split):
-        return data_lib.load({"source": "synthetic", "image_shape": [4, 4, 1], "train_size": 100,
-                              "test_size": 10, "val_split": split})
+        return data_lib.load(
+            {"source": "synthetic", "image_shape": [4, 4, 1], "train_size": 100, "test_size": 10, "val_split": split}
+        )
 
     a, b = carve(0.2), carve(0.2)
     assert (a.info.train_size, a.info.val_size, a.info.test_size) == (80, 20, 10)
@@ -313,4 +339,3 @@ def test_validation_examples_are_the_same_for_every_seed_and_in_the_tools():
     assert other != seen[0]  # split_seed picks another split
     with pytest.raises(Exception, match="split_seed"):
         data_lib.load({**cfg, "split_seed": -1})
-

@@ -1,5 +1,6 @@
 """EMA of the weights: a run's checkpoint gives back the averages training evaluated, and export,
 eval and predict use them (the raw weights on request)."""
+
 import json
 
 import keras
@@ -74,13 +75,15 @@ def test_ema_weights_come_back_for_every_optimizer_and_under_loss_scaling(tmp_pa
     from resnet_train.training.checkpoint import Checkpointer
     from resnet_train.training.runs import restore_ema
 
-    cfg = OmegaConf.create({"optimizer": {"name": name, "weight_decay": 1e-4}, "ema": {"decay": 0.5},
-                            "finetune": {"freeze": "none"}})
+    cfg = OmegaConf.create(
+        {"optimizer": {"name": name, "weight_decay": 1e-4}, "ema": {"decay": 0.5}, "finetune": {"freeze": "none"}}
+    )
     keras.utils.set_random_seed(0)
     model = build(8, 10, variant="cifar")
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)  # as training: a schedule
-    opt = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=loss_scaling, ema_decay=0.5,
-                                variables=model.trainable_variables)
+    opt = optim.build_optimizer(
+        cfg.optimizer, schedule, loss_scaling=loss_scaling, ema_decay=0.5, variables=model.trainable_variables
+    )
     opt.build(model.trainable_variables)
     rng = np.random.default_rng(0)
     for _ in range(3):

@@ -1,6 +1,7 @@
 """Faults a long run must survive, each really done: kill -9, SIGTERM/SIGINT (a second Ctrl-C), a
 damaged newest checkpoint, a save killed half-way, NaN losses (float32, bfloat16, float16), a full
 disk (a per-file limit and a really full file system), two runs in one directory, an exact resume."""
+
 import contextlib
 import json
 import os
@@ -27,19 +28,29 @@ from resnet_train.training.loop import train_and_evaluate
 # 2 epochs of 32 steps, a checkpoint every 8 steps: long enough to be stopped mid-epoch (the stops
 # come at the first checkpoint, step 8, or after step 20, with most of the run still ahead). The
 # strategy and precision pinned as in TINY (auto would pick others on GPUs or bfloat16 CPUs).
-LONG = ("depth=8", "batch_size=8", "data.limit_train=256", "data.limit_test=32", "epochs=2",
-        "runtime.deterministic=true", "checkpoint.every_steps=8", "runtime=one_device", "runtime.precision=float32")
+LONG = (
+    "depth=8",
+    "batch_size=8",
+    "data.limit_train=256",
+    "data.limit_test=32",
+    "epochs=2",
+    "runtime.deterministic=true",
+    "checkpoint.every_steps=8",
+    "runtime=one_device",
+    "runtime.precision=float32",
+)
 STEPS_PER_EPOCH = 256 // 8
 TOTAL_STEPS = 2 * STEPS_PER_EPOCH
 TIMING = ("time", "images_per_sec", "mfu")
 
 
 def weights(run_dir, which="last"):
-    from resnet_train.training.checkpoint import resolve
+    from resnet_train.training.runs import resolve
 
     reader = tf.train.load_checkpoint(resolve(run_dir, which))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model/", "optimizer/"))}
+    return {
+        k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/"))
+    }
 
 
 def metrics_without_timing(run_dir):
@@ -68,8 +79,9 @@ def uninterrupted(tmp_path_factory):
 
 
 def start(run):
-    return subprocess.Popen([str(CLI), *LONG, f"hydra.run.dir={run}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(CLI), *LONG, f"hydra.run.dir={run}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_checkpoint(run, process, timeout=120):
@@ -117,8 +129,13 @@ SIGNALS_AT_STEP = textwrap.dedent("""
 def run_signalled_at(step, signals, *args):
     """Runs `resnet-train *args` (a new run: steps are counted from 0) that gets `signals` once
     step `step` is done."""
-    return subprocess.run([sys.executable, "-c", SIGNALS_AT_STEP, str(step), ",".join(s.name for s in signals), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SIGNALS_AT_STEP, str(step), ",".join(s.name for s in signals), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_path, uninterrupted, cli):
@@ -166,8 +183,8 @@ def test_a_second_ctrl_c_exits_at_once_with_130_and_writes_no_checkpoint(tmp_pat
     done = run_signalled_at(20, [signal.SIGINT, signal.SIGINT], *LONG, f"hydra.run.dir={run}")
     assert done.returncode == 130, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "
-        f"{run}/checkpoints")
+        f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in {run}/checkpoints"
+    )
     assert "Traceback" not in done.stderr
     assert "SIGINT received: saving a checkpoint after the current step" in (run / "train.log").read_text()
     # No step after the interrupted one trained or saved: the every-8-steps checkpoint of step 16 is the last.
@@ -186,9 +203,13 @@ def keep_only_first_checkpoint(run):
         if f.name.startswith("ckpt-") and not f.name.startswith(first + "."):
             f.unlink()
     # The index as the CheckpointManager writes it (with the time): a resume keeps it as it is.
-    tf.compat.v1.train.update_checkpoint_state(str(ckpts), first, all_model_checkpoint_paths=[first],
-                                               all_model_checkpoint_timestamps=[state.all_model_checkpoint_timestamps[0]],
-                                               last_preserved_timestamp=state.last_preserved_timestamp)
+    tf.compat.v1.train.update_checkpoint_state(
+        str(ckpts),
+        first,
+        all_model_checkpoint_paths=[first],
+        all_model_checkpoint_timestamps=[state.all_model_checkpoint_timestamps[0]],
+        last_preserved_timestamp=state.last_preserved_timestamp,
+    )
     (run / "results.json").unlink()
     return first
 
@@ -264,8 +285,12 @@ def test_a_nan_loss_stops_float32_and_bfloat16_at_that_step_and_keeps_the_last_g
 
 def test_float16_skips_non_finite_steps_and_stops_only_when_it_persists(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"4 steps in a row \(more than runtime.max_nonfinite_steps=3\)"):
-        train_and_evaluate(compose(*EXPLODING, "runtime.precision=mixed_float16", "runtime.max_nonfinite_steps=3",
-                                   "data.limit_train=512"), tmp_path / "a")
+        train_and_evaluate(
+            compose(
+                *EXPLODING, "runtime.precision=mixed_float16", "runtime.max_nonfinite_steps=3", "data.limit_train=512"
+            ),
+            tmp_path / "a",
+        )
 
 
 def test_the_cli_exit_code_for_a_nan_loss_is_3(tmp_path, monkeypatch, capsys):
@@ -305,8 +330,9 @@ def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run([str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=small_files_only)
+    done = subprocess.run(
+        [str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=small_files_only
+    )
     assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, "File too large")
 
 
@@ -338,8 +364,12 @@ def unshare_mount():
     prefix = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1): cannot mount a small file system for a full disk")
-    probe = subprocess.run([*prefix, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "-", tempfile.gettempdir()],
-                           capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [*prefix, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "-", tempfile.gettempdir()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()[-300:]}")
     return prefix
@@ -348,8 +378,13 @@ def unshare_mount():
 def run_on_a_full_disk(disk, free, *command):
     stash = disk.parent / f"{disk.name}.after"
     stash.mkdir()
-    done = subprocess.run([*unshare_mount(), "sh", "-c", ON_A_FULL_DISK, "-", str(disk), str(stash), str(free),
-                           *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*unshare_mount(), "sh", "-c", ON_A_FULL_DISK, "-", str(disk), str(stash), str(free), *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     shutil.rmtree(disk)  # the disk as the command left it
     stash.rename(disk)
     return done
@@ -369,7 +404,8 @@ def test_a_full_disk_is_found_before_training(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
         f"resnet-train: error: cannot write to the run directory {run} (No space left on device): free disk space, "
-        f"or choose another with hydra.run.dir=PATH"]
+        f"or choose another with hydra.run.dir=PATH"
+    ]
     assert list(run.iterdir()) == []  # nothing written, not even the log
 
 
@@ -405,10 +441,21 @@ def test_deterministic_runs_are_bitwise_identical(tmp_path):
 
 # Every source of per-step randomness and state at once: RandAugment (per image), mixup and cutmix
 # (per batch, one of the two), EMA weights (optimizer state). 2 epochs of 16 steps.
-AUGMENTED = ("depth=8", "batch_size=8", "data.limit_train=128", "data.limit_test=32", "epochs=2",
-             "runtime.deterministic=true", "checkpoint.every_steps=8", "runtime=one_device",
-             "runtime.precision=float32", "augment=randaugment", "augment.mixup_alpha=0.4",
-             "augment.cutmix_alpha=1.0", "ema.decay=0.9")
+AUGMENTED = (
+    "depth=8",
+    "batch_size=8",
+    "data.limit_train=128",
+    "data.limit_test=32",
+    "epochs=2",
+    "runtime.deterministic=true",
+    "checkpoint.every_steps=8",
+    "runtime=one_device",
+    "runtime.precision=float32",
+    "augment=randaugment",
+    "augment.mixup_alpha=0.4",
+    "augment.cutmix_alpha=1.0",
+    "ema.decay=0.9",
+)
 
 
 def test_a_run_stopped_mid_epoch_with_every_augmentation_and_ema_resumes_exactly(tmp_path, monkeypatch):
@@ -443,8 +490,9 @@ def test_a_run_stopped_mid_epoch_with_every_augmentation_and_ema_resumes_exactly
     assert steps[0] == 32 - 21  # resumed at step 21, not trained again from the start (which would also match)
     # The EMA copies are optimizer variables beside the momentum: compared by assert_same_run too.
     saved = weights(run)
-    assert (len([k for k in saved if k.startswith("optimizer/_variables/")])
-            >= 2 * len([k for k in saved if k.startswith("optimizer/_trainable_variables/")]))
+    assert len([k for k in saved if k.startswith("optimizer/_variables/")]) >= 2 * len(
+        [k for k in saved if k.startswith("optimizer/_trainable_variables/")]
+    )
     assert_same_run(run, tmp_path / "straight", steps=32)
 
 
@@ -453,8 +501,9 @@ def test_resuming_with_another_config_is_refused_and_changes_nothing(tmp_path, m
     code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", f"hydra.run.dir={run}")
     assert code == 0, err
     before = file_digests(run)
-    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", "optimizer.lr=0.5",
-                                  f"hydra.run.dir={run}")
+    code, _, err = cli_in_process(
+        monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", "optimizer.lr=0.5", f"hydra.run.dir={run}"
+    )
     assert code == 2 and "holds a run with another config (optimizer.lr: 0.1 -> 0.5)" in err
     assert file_digests(run) == before
     assert os.environ.get("HYDRA_FULL_ERROR") is None  # the CLI wrapper restored the environment
@@ -493,12 +542,15 @@ def full_from_the_first_record(limit):
         signal.signal(signal.SIGXFSZ, sigxfsz)
 
 
-@pytest.mark.parametrize("epochs_before, full", [
-    # metrics.jsonl of 3 epochs is larger than the session's new TensorBoard file: the metrics write fails
-    (3, "metrics.jsonl"),
-    # of 1 epoch, smaller: TensorBoard's write fails first
-    (1, "tensorboard"),
-])
+@pytest.mark.parametrize(
+    "epochs_before, full",
+    [
+        # metrics.jsonl of 3 epochs is larger than the session's new TensorBoard file: the metrics write fails
+        (3, "metrics.jsonl"),
+        # of 1 epoch, smaller: TensorBoard's write fails first
+        (1, "tensorboard"),
+    ],
+)
 def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path, trained, cli, epochs_before, full):
     run = tmp_path / "run"
     trained(run, *TINY, f"epochs={epochs_before}")
@@ -512,8 +564,10 @@ def test_a_full_disk_while_writing_the_logs_is_one_clear_error(tmp_path, trained
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
     assert "could not write" in line and "File too large" in line
-    assert line.endswith(f": free disk space or fix the directory, then rerun the same command; it resumes from "
-                         f"{run / 'checkpoints' / f'ckpt-{step}'}")
+    assert line.endswith(
+        f": free disk space or fix the directory, then rerun the same command; it resumes from "
+        f"{run / 'checkpoints' / f'ckpt-{step}'}"
+    )
     # The epoch was trained; its checkpoint (saved after the records) was not; no part of a record was written.
     assert f"Continuing at step {step} of {step + 4}" in (run / "train.log").read_text()
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
@@ -535,7 +589,8 @@ def test_a_stop_at_an_epoch_end_finishes_that_epoch_first(tmp_path, cli):
     assert done.returncode == 75, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         f"resnet-train: stopped by SIGTERM after epoch 2 (step {2 * epoch} of {3 * epoch}); checkpoint "
-        f"{run / 'checkpoints' / f'ckpt-{2 * epoch}'} written: run the same command again to continue")
+        f"{run / 'checkpoints' / f'ckpt-{2 * epoch}'} written: run the same command again to continue"
+    )
     again = cli(*args)  # in this process: its start-up is not what is tested
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"Continuing at step {2 * epoch} of {3 * epoch}" in (run / "train.log").read_text()
@@ -639,8 +694,9 @@ def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeyp
     # data is read, after the strategy line was logged.
     dataset = json.loads((run / "dataset.json").read_text())
     (run / "dataset.json").write_text(json.dumps({**dataset, "train_size": dataset["train_size"] + 1}))
-    code, out, err = cli_in_process(monkeypatch, capsys, "resnet-train", *TINY, "epochs=1",
-                                    "runtime.steps_per_call=2", f"hydra.run.dir={run}")  # not skipped as finished
+    code, out, err = cli_in_process(
+        monkeypatch, capsys, "resnet-train", *TINY, "epochs=1", "runtime.steps_per_call=2", f"hydra.run.dir={run}"
+    )  # not skipped as finished
     # The terminal saw the log lines ...
     assert code == 2 and "the data found now is not the dataset" in err and "Strategy" in out
     assert (run / "train.log").read_text() == log  # ... the run's log did not

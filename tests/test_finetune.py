@@ -1,4 +1,5 @@
 """Fine-tuning with init_from: what is loaded, what is new, what is frozen, and that it helps."""
+
 import json
 
 import numpy as np
@@ -32,8 +33,10 @@ def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_
     (A head lr 10x the base rose the loss on an AMD EPYC: 3x learns stably.)"""
     steps = ("epochs=5",)
     scratch = train_and_evaluate(compose(*TARGET, *steps), tmp_path / "scratch")
-    tuned = train_and_evaluate(compose(*TARGET, *steps, f"init_from={source}", "finetune.freeze=backbone",
-                                       "finetune.head_lr_mult=3"), tmp_path / "tuned")
+    tuned = train_and_evaluate(
+        compose(*TARGET, *steps, f"init_from={source}", "finetune.freeze=backbone", "finetune.head_lr_mult=3"),
+        tmp_path / "tuned",
+    )
     assert tuned["steps"] == scratch["steps"] == 25
 
     def mean_eval_accuracy(run):
@@ -42,8 +45,11 @@ def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_
 
     assert mean_eval_accuracy("tuned") > mean_eval_accuracy("scratch") + 0.03
     assert tuned["test"]["accuracy"] > 0.4  # 5 classes: chance is 0.2
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["split"] == "train"]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "train"
+    ]
     assert losses[-1] < 0.8 * losses[0]  # the head learns stably
     init = json.loads((tmp_path / "tuned" / "init_from.json").read_text())
     assert init["new"] == ["logits"]  # 5 new classes: a new head
@@ -53,8 +59,9 @@ def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_
 def test_frozen_backbone_stays_put_and_the_head_learns(source, tmp_path):
     from resnet_train.training.runs import load_run
 
-    train_and_evaluate(compose(*TARGET, "epochs=1", f"init_from={source}", "finetune.freeze=backbone"),
-                       tmp_path / "frozen")
+    train_and_evaluate(
+        compose(*TARGET, "epochs=1", f"init_from={source}", "finetune.freeze=backbone"), tmp_path / "frozen"
+    )
     before, after = load_run(source).model, load_run(tmp_path / "frozen", "last").model
     changed = []
     for layer in after.layers:

@@ -1,4 +1,5 @@
 """data=folder: the user's own images in class folders, made here by the tests."""
+
 import json
 import logging
 
@@ -73,9 +74,14 @@ def test_train_and_val_trees(tmp_path):
         (lambda root: None, "does not exist"),
         (lambda root: root.mkdir(), "no images in"),
         (lambda root: write_images(root / "only", 3, (1, 2, 3)), "one class"),
-        (lambda root: (write_images(root / "train" / "a", 2, (1, 2, 3)),
-                       write_images(root / "train" / "b", 2, (1, 2, 3)),
-                       write_images(root / "val" / "zebra", 2, (1, 2, 3))), "not among the training classes"),
+        (
+            lambda root: (
+                write_images(root / "train" / "a", 2, (1, 2, 3)),
+                write_images(root / "train" / "b", 2, (1, 2, 3)),
+                write_images(root / "val" / "zebra", 2, (1, 2, 3)),
+            ),
+            "not among the training classes",
+        ),
     ],
     ids=["missing", "empty", "single-class", "unknown-val-class"],
 )
@@ -88,8 +94,15 @@ def test_bad_folders_fail_with_one_clear_line(tmp_path, make, message):
 
 def test_folder_end_to_end_through_the_cli(cli, photo_tree, tmp_path):
     run = tmp_path / "run"
-    done = cli("data=folder", f"data.path={photo_tree}", "depth=8", "epochs=2", "batch_size=4",
-               "data.image_size=16", f"hydra.run.dir={run}")
+    done = cli(
+        "data=folder",
+        f"data.path={photo_tree}",
+        "depth=8",
+        "epochs=2",
+        "batch_size=4",
+        "data.image_size=16",
+        f"hydra.run.dir={run}",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((run / "dataset.json").read_text())
     assert info["class_names"] == ["cat", "dog", "fox"] and info["image_shape"] == [16, 16, 3]

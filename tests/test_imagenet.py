@@ -1,4 +1,5 @@
 """data=imagenet through the real tfds imagenet2012 builder, on tiny tars in the real layout."""
+
 import io
 import tarfile
 
@@ -50,9 +51,16 @@ def fake_imagenet(tmp_path_factory):
 
 
 def test_imagenet_streams_encoded_images_from_the_real_builder(fake_imagenet):
-    splits = tfds_source.load("imagenet2012", data_dir=fake_imagenet["data_dir"],
-                              manual_dir=fake_imagenet["manual_dir"], download=False, in_memory=False,
-                              test_split="validation", mean=[120, 115, 100], std=[58, 57, 57])
+    splits = tfds_source.load(
+        "imagenet2012",
+        data_dir=fake_imagenet["data_dir"],
+        manual_dir=fake_imagenet["manual_dir"],
+        download=False,
+        in_memory=False,
+        test_split="validation",
+        mean=[120, 115, 100],
+        std=[58, 57, 57],
+    )
     info = splits.info
     assert (info.num_classes, info.train_size, info.test_size) == (1000, 12, 6)
     assert info.encoded and info.image_shape == (224, 224, 3)
@@ -71,10 +79,17 @@ def test_imagenet_recipe_trains_a_step_end_to_end(fake_imagenet, tmp_path):
     assert [round(m * 90) for m in step.milestones] == [30, 60, 80] and step.warmup_epochs == 5
 
     # The real path at a CPU-friendly size (model.variant is auto-picked only from 128 px on).
-    cfg = compose("data=imagenet", "depth=18", "model.variant=imagenet", "epochs=1", "schedule.warmup_epochs=0",
-                  "batch_size=4",
-                  "data.image_size=64",
-                  f"data.data_dir={fake_imagenet['data_dir']}", f"data.manual_dir={fake_imagenet['manual_dir']}")
+    cfg = compose(
+        "data=imagenet",
+        "depth=18",
+        "model.variant=imagenet",
+        "epochs=1",
+        "schedule.warmup_epochs=0",
+        "batch_size=4",
+        "data.image_size=64",
+        f"data.data_dir={fake_imagenet['data_dir']}",
+        f"data.manual_dir={fake_imagenet['manual_dir']}",
+    )
     results = train_and_evaluate(cfg, tmp_path / "run")
     assert results["model"] == "imagenet_resnet18"
     assert results["steps"] == 12 // 4 and results["test"]["examples"] == 6
@@ -85,9 +100,16 @@ def test_the_augmentation_gallery_decodes_streamed_jpegs(fake_imagenet, tmp_path
     augmented columns through the encoded (decode + inception crop) path."""
     out = tmp_path / "gallery.png"
     monkeypatch.chdir(tmp_path)
-    done = cli("data=imagenet", "data.image_size=64", "images=2", "versions=2",
-               f"data.data_dir={fake_imagenet['data_dir']}", f"data.manual_dir={fake_imagenet['manual_dir']}",
-               f"out={out}", entry="resnet-show-augment")
+    done = cli(
+        "data=imagenet",
+        "data.image_size=64",
+        "images=2",
+        "versions=2",
+        f"data.data_dir={fake_imagenet['data_dir']}",
+        f"data.manual_dir={fake_imagenet['manual_dir']}",
+        f"out={out}",
+        entry="resnet-show-augment",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -108,13 +130,21 @@ def test_missing_imagenet_tars_fail_at_once_naming_both(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(tfds_source, "host_reachable", never)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", never)
-    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", "data=imagenet",
-                                  f"data.data_dir={tmp_path / 'tfds'}", f"data.manual_dir={tmp_path / 'manual'}",
-                                  f"hydra.run.dir={tmp_path / 'run'}")
+    code, _, err = cli_in_process(
+        monkeypatch,
+        capsys,
+        "resnet-train",
+        "data=imagenet",
+        f"data.data_dir={tmp_path / 'tfds'}",
+        f"data.manual_dir={tmp_path / 'manual'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert code == 2, err[-2000:]
     (error,) = err.strip().splitlines()
-    assert error.startswith(f"resnet-train: error: imagenet2012 is not prepared in {tmp_path / 'tfds'} and it "
-                            f"cannot be downloaded automatically: put ")
+    assert error.startswith(
+        f"resnet-train: error: imagenet2012 is not prepared in {tmp_path / 'tfds'} and it "
+        f"cannot be downloaded automatically: put "
+    )
     assert "ILSVRC2012_img_train.tar" in error and "ILSVRC2012_img_val.tar" in error
     assert f"into {tmp_path / 'manual'} (or set data.manual_dir" in error
 
@@ -125,8 +155,16 @@ def test_encoded_pipeline_crops_to_the_model_size(fake_imagenet):
     from resnet_train.data import pipeline
     from resnet_train.data.augment import make_augment
 
-    splits = tfds_source.load("imagenet2012", data_dir=fake_imagenet["data_dir"], download=False,
-                              in_memory=False, test_split="validation", image_size=56, mean=[1, 1, 1], std=[1, 1, 1])
+    splits = tfds_source.load(
+        "imagenet2012",
+        data_dir=fake_imagenet["data_dir"],
+        download=False,
+        in_memory=False,
+        test_split="validation",
+        image_size=56,
+        mean=[1, 1, 1],
+        std=[1, 1, 1],
+    )
     augment = make_augment({"crop": "auto", "horizontal_flip": True}, splits.info.image_shape, encoded=True)
     images, _ = next(iter(pipeline.train_batches(splits.train, 12, 4, 0, 0, augment, shuffle_buffer=5)))
     assert images.shape == (4, 56, 56, 3) and images.dtype == tf.uint8
@@ -140,13 +178,24 @@ def test_val_split_on_streamed_data_is_refused(fake_imagenet):
 
     with pytest.raises(ConfigError) as caught:
         # manual_dir: prepared here if no earlier test did (the test does not depend on the order)
-        data_lib.load({"source": "tfds", "name": "imagenet2012", "data_dir": str(fake_imagenet["data_dir"]),
-                       "manual_dir": str(fake_imagenet["manual_dir"]),
-                       "cache": False, "test_split": "validation", "val_split": 0.1,
-                       "mean": [1, 1, 1], "std": [1, 1, 1]})
+        data_lib.load(
+            {
+                "source": "tfds",
+                "name": "imagenet2012",
+                "data_dir": str(fake_imagenet["data_dir"]),
+                "manual_dir": str(fake_imagenet["manual_dir"]),
+                "cache": False,
+                "test_split": "validation",
+                "val_split": 0.1,
+                "mean": [1, 1, 1],
+                "std": [1, 1, 1],
+            }
+        )
     # A setting the user chose (exit 2), with the way out: the dataset's own validation split.
-    assert str(caught.value) == ("data.val_split needs in-memory data; imagenet2012 is streamed: use its own "
-                                 "validation split (data.test_split) instead")
+    assert str(caught.value) == (
+        "data.val_split needs in-memory data; imagenet2012 is streamed: use its own "
+        "validation split (data.test_split) instead"
+    )
     assert caught.value.exit_code == 2
 
 
@@ -165,14 +214,23 @@ def test_streamed_files_are_read_in_a_new_order_each_epoch_and_the_same_on_resum
     write_fake_imagenet(manual, per_class=8)
     # 6 files per split (tfds would write one for so few images), as the real 1024 train files.
     tfds.builder("imagenet2012", data_dir=str(data_dir)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual), num_shards=6))
-    splits = tfds_source.load("imagenet2012", data_dir=data_dir, download=False, in_memory=False,
-                              test_split="validation", mean=[1, 1, 1], std=[1, 1, 1])
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual), num_shards=6)
+    )
+    splits = tfds_source.load(
+        "imagenet2012",
+        data_dir=data_dir,
+        download=False,
+        in_memory=False,
+        test_split="validation",
+        mean=[1, 1, 1],
+        std=[1, 1, 1],
+    )
     tf.random.set_seed(0)  # training sets the global seed (cfg.seed); tf.data mixes it into op seeds
 
     def sequence(seed, epoch, skip=0):
-        ds = pipeline.train_batches(splits.train_for_epoch(seed, epoch), 24, 4, seed, epoch, shuffle_buffer=1,
-                                    skip_batches=skip)
+        ds = pipeline.train_batches(
+            splits.train_for_epoch(seed, epoch), 24, 4, seed, epoch, shuffle_buffer=1, skip_batches=skip
+        )
         return [hashlib.sha1(x).hexdigest() for images, _ in ds.as_numpy_iterator() for x in images]
 
     epochs = [sequence(0, e) for e in range(3)]

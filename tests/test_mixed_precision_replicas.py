@@ -4,6 +4,7 @@ The default on 2+ GPUs of compute capability >= 7.0. Keras' LossScaleOptimizer d
 not" from the first local replica (it expects summed gradients); the Trainer all-reduces the
 decision so that every replica and every worker skips together (trainer.py).
 """
+
 import json
 import os
 import subprocess
@@ -56,10 +57,22 @@ def test_two_workers_take_the_same_skip_decision_without_hanging(tmp_path):
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(tmp_path),
-               "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "replica_overflow.py"), "1"], env=env, cwd=tmp_path,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(tf_config),
+            "TMPDIR": str(tmp_path),
+            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(HERE / "replica_overflow.py"), "1"],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     try:
         for proc in procs:

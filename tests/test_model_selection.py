@@ -1,5 +1,6 @@
 """Model selection stays off the test set: best/ is chosen on a validation split or not at all, and
 the tools' default checkpoint (auto) is then the final one."""
+
 import json
 import logging
 import shutil
@@ -8,9 +9,8 @@ import tensorflow as tf
 from helpers import TINY, compose
 
 from resnet_train.tools.evaluate import evaluate_run
-from resnet_train.training.checkpoint import resolve
 from resnet_train.training.loop import train_and_evaluate
-from resnet_train.training.runs import load_run
+from resnet_train.training.runs import load_run, resolve
 
 
 def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(tmp_path, caplog):
@@ -20,8 +20,10 @@ def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(tmp_path, 
     assert not (run / "checkpoints" / "best").exists()
     # The best-over-epochs test figure is kept only under a name that says it is optimistic.
     assert "best_test_accuracy" not in results and "best_test_accuracy_optimistic" in results
-    assert json.loads((run / "results.json").read_text())["best_test_accuracy_optimistic"] == \
-        results["best_test_accuracy_optimistic"]
+    assert (
+        json.loads((run / "results.json").read_text())["best_test_accuracy_optimistic"]
+        == results["best_test_accuracy_optimistic"]
+    )
 
     with caplog.at_level(logging.INFO):
         loaded = load_run(run)  # checkpoint=auto, the tools' default

@@ -1,4 +1,5 @@
 """Parameter counts and shapes of every listed depth (no training), and depth validation."""
+
 import collections
 import functools
 import re
@@ -42,8 +43,12 @@ def bn_params(model):
 # are read off one shallow build per family; the formula must give every built depth's exact count
 # too (test below), so a block it mis-counts fails there.
 FORMULA_ONLY = {("cifar", 1202), ("preact", 1001), ("imagenet", 152), ("imagenet", 200)}
-SHALLOW = {("cifar", "basic"): 20, ("preact", "bottleneck"): 29, ("imagenet", "basic"): 18,
-           ("imagenet", "bottleneck"): 50}
+SHALLOW = {
+    ("cifar", "basic"): 20,
+    ("preact", "bottleneck"): 29,
+    ("imagenet", "basic"): 18,
+    ("imagenet", "bottleneck"): 50,
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,8 +62,10 @@ def block_counts(variant, block, classes, side):
         match = re.match(r"stage(\d+)_block(\d+)_", layer.name)
         for v in layer.trainable_weights:
             size = v.numpy().size
-            counts[(int(match[1]), int(match[2])) if match else "outside"] += (size, size if "gamma" in v.path or
-                                                                                "beta" in v.path else 0)
+            counts[(int(match[1]), int(match[2])) if match else "outside"] += (
+                size,
+                size if "gamma" in v.path or "beta" in v.path else 0,
+            )
     assert int(sum(c[0] for c in counts.values())) == count_params(model)  # no weight outside a layer
     assert int(sum(c[1] for c in counts.values())) == bn_params(model)
     stages = models.layout(variant, depth, block).stages
@@ -119,12 +126,16 @@ def test_shortcut_b_adds_projections_and_a_has_none():
 
 
 def test_shortcut_a_on_a_pre_activation_bottleneck_is_refused_not_ignored():
-    with pytest.raises(ConfigError, match="model.shortcut=A: pre-activation bottleneck ResNets \\(depth 164\\) use "
-                                          "projection shortcuts; use model.shortcut=B"):
+    with pytest.raises(
+        ConfigError,
+        match="model.shortcut=A: pre-activation bottleneck ResNets \\(depth 164\\) use "
+        "projection shortcuts; use model.shortcut=B",
+    ):
         build(164, 10, variant="preact", shortcut="A")
     # auto is B on every bottleneck depth: the shallowest (29) builds in a fraction of 164's time.
     assert count_params(build(29, 10, variant="preact", block="bottleneck", shortcut="auto")) == count_params(
-        build(29, 10, variant="preact", block="bottleneck", shortcut="B"))
+        build(29, 10, variant="preact", block="bottleneck", shortcut="B")
+    )
 
 
 def test_auto_variant_follows_image_size():
@@ -165,9 +176,16 @@ def test_invalid_depth_fails_before_building(monkeypatch):
         build(57, 10)
 
 
-@pytest.mark.parametrize("variant,depth,block", [("cifar", 8, "auto"), ("preact", 8, "basic"),
-                                                 ("preact", 11, "bottleneck"), ("imagenet", 18, "auto"),
-                                                 ("imagenet", 50, "auto")])
+@pytest.mark.parametrize(
+    "variant,depth,block",
+    [
+        ("cifar", 8, "auto"),
+        ("preact", 8, "basic"),
+        ("preact", 11, "bottleneck"),
+        ("imagenet", 18, "auto"),
+        ("imagenet", 50, "auto"),
+    ],
+)
 def test_every_layer_has_a_deterministic_name(variant, depth, block):
     # Fine-tuning matches layers by name: no Keras auto-numbered names (re_lu_12) may appear.
     keras.backend.clear_session()
@@ -206,16 +224,21 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     # (AMD EPYC Zen 4): outputs 2.9e-6; gradients 4.2e-7 (x), 3.0e-6 (gamma), 8.9e-7 (beta) of their
     # largest value; moving mean 1.9e-7; moving variance 4.7e-7 relative; inference 1.9e-6.
     np.testing.assert_allclose(y_ours, y_theirs, rtol=0, atol=1e-5)
-    for a, b in zip(tape.gradient(loss_ours, [x, ours.gamma, ours.beta]),
-                    tape.gradient(loss_theirs, [x, theirs.gamma, theirs.beta])):
+    for a, b in zip(
+        tape.gradient(loss_ours, [x, ours.gamma, ours.beta]), tape.gradient(loss_theirs, [x, theirs.gamma, theirs.beta])
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1.5e-5 * np.abs(b).max())
     np.testing.assert_allclose(ours.moving_mean.numpy(), theirs.moving_mean.numpy(), atol=1e-6)
     # The fused kernel tracks the unbiased batch variance: n / (n - 1) with n = 16 x 8 x 8.
     n = 16 * 8 * 8
     expected = 0.9 * 1.0 + 0.1 * (theirs.moving_variance.numpy() - 0.9) / 0.1 * n / (n - 1)
     np.testing.assert_allclose(ours.moving_variance.numpy(), expected, rtol=1e-5)
-    np.testing.assert_allclose(ours(x, training=False), (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-5)
-                               * ours.gamma + ours.beta, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        ours(x, training=False),
+        (x - ours.moving_mean) / np.sqrt(ours.moving_variance + 1e-5) * ours.gamma + ours.beta,
+        rtol=0,
+        atol=1e-5,
+    )
     assert isinstance(build(8, 10).get_layer("stem_bn"), FusedBatchNorm)
     assert not isinstance(build(8, 10, sync_bn=True).get_layer("stem_bn"), FusedBatchNorm)
 
@@ -260,29 +283,48 @@ def test_imagenet_stem_and_projection_are_centred_like_the_papers(side):
     _centre_tap(model.get_layer("stage2_block1_proj"), 64)
     x = np.random.default_rng(0).integers(0, 256, (2, side, side, 3)).astype("float32")
     normalized, stem, relu, pool, block_in, conv, proj = _probe(
-        model, ["normalize", "stem_conv", "stem_relu", "stem_pool", "stage1_block2_out", "stage2_block1_conv1",
-                "stage2_block1_proj"], x)
+        model,
+        [
+            "normalize",
+            "stem_conv",
+            "stem_relu",
+            "stem_pool",
+            "stage1_block2_out",
+            "stage2_block1_conv1",
+            "stage2_block1_proj",
+        ],
+        x,
+    )
     np.testing.assert_allclose(stem[..., :3], normalized[:, ::2, ::2, :], atol=1e-6)
     # Max-pool 3x3/2 over the map padded by 1 on every side (-inf padding, as torch's; our zero
     # padding is the same on a post-ReLU input).
     padded = np.pad(relu, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
     n = pool.shape[1]
-    expected = np.stack([np.stack([padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2)) for j in range(n)], 1)
-                         for i in range(n)], 1)
+    expected = np.stack(
+        [
+            np.stack([padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(1, 2)) for j in range(n)], 1)
+            for i in range(n)
+        ],
+        1,
+    )
     np.testing.assert_array_equal(pool, expected)
     np.testing.assert_array_equal(proj[..., :64], block_in[:, ::2, ::2, :])  # 64 -> 128: the rest are zeros
     np.testing.assert_array_equal(conv, proj)  # the 3x3/2 branch and the 1x1/2 projection: same pixels
 
 
-@pytest.mark.parametrize("variant,depth,shortcut,last", [("cifar", 14, "A", "bn2"), ("cifar", 8, "B", "bn2"),
-                                                         ("imagenet", 18, "B", "bn2"), ("imagenet", 50, "B", "bn3")])
+@pytest.mark.parametrize(
+    "variant,depth,shortcut,last",
+    [("cifar", 14, "A", "bn2"), ("cifar", 8, "B", "bn2"), ("imagenet", 18, "B", "bn2"), ("imagenet", 50, "B", "bn3")],
+)
 def test_zero_init_residual_starts_every_block_as_its_shortcut(variant, depth, shortcut, last):
     keras.backend.clear_session()
     side = 32
     model = build(depth, 10, (side, side, 3), variant=variant, shortcut=shortcut, zero_init_residual=True)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    blocks = sorted({layer.name.rsplit("_", 1)[0] for layer in model.layers if layer.name.endswith("_add")},
-                    key=lambda b: [int(d) for d in b.replace("stage", "").split("_block")])
+    blocks = sorted(
+        {layer.name.rsplit("_", 1)[0] for layer in model.layers if layer.name.endswith("_add")},
+        key=lambda b: [int(d) for d in b.replace("stage", "").split("_block")],
+    )
     assert {bn.name for bn in bns if not np.any(bn.gamma.numpy())} == {f"{b}_{last}" for b in blocks}
     assert all(np.all(bn.gamma.numpy() == 1) for bn in bns if bn.name not in {f"{b}_{last}" for b in blocks})
     assert not any(np.any(bn.beta.numpy()) for bn in bns)
@@ -305,8 +347,11 @@ def test_zero_init_residual_starts_every_block_as_its_shortcut(variant, depth, s
     # Off by default: every gamma starts at 1.
     keras.backend.clear_session()
     default = build(depth, 10, (side, side, 3), variant=variant, shortcut=shortcut)
-    assert all(np.all(layer.gamma.numpy() == 1) for layer in default.layers
-               if isinstance(layer, keras.layers.BatchNormalization))
+    assert all(
+        np.all(layer.gamma.numpy() == 1)
+        for layer in default.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
 
 
 def test_zero_init_residual_refuses_pre_activation():

@@ -3,6 +3,7 @@
 Each launch of two workers costs two TensorFlow start-ups: the claims are combined into as few
 launches as is honest (one chain of reruns covers a signal to either worker, a worker killed and
 the resumes)."""
+
 import json
 import os
 import re
@@ -63,8 +64,9 @@ def free_ports(n):
             s.close()
 
 
-def run_two_workers(run_dirs, tmp, *overrides, after_first_save=(None, None), preexec=(None, None),
-                    timeout=300, attempts=3):
+def run_two_workers(
+    run_dirs, tmp, *overrides, after_first_save=(None, None), preexec=(None, None), timeout=300, attempts=3
+):
     """Runs worker 0 (the chief) and worker 1 of `resnet-train runtime=multi_worker` on 127.0.0.1
     to their end: [(exit code, stdout, stderr)] per worker. `run_dirs`: one for both, or one each;
     `after_first_save`: per worker, a signal it sends itself after its first checkpoint save.
@@ -78,8 +80,11 @@ def run_two_workers(run_dirs, tmp, *overrides, after_first_save=(None, None), pr
         procs, logs = [], []
         try:
             for index in range(2):
-                env = {**os.environ, "TMPDIR": str(tmp), "TF_CONFIG": json.dumps(
-                    {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
+                env = {
+                    **os.environ,
+                    "TMPDIR": str(tmp),
+                    "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
+                }
                 command = [str(CLI)]
                 if after_first_save[index]:
                     env["RESNET_TEST_AFTER_FIRST_SAVE"] = after_first_save[index]
@@ -87,14 +92,24 @@ def run_two_workers(run_dirs, tmp, *overrides, after_first_save=(None, None), pr
                 # Files, not pipes: nothing blocks on a full pipe while the other worker is awaited.
                 out, err = (open(tmp.parent / f"worker{index}.{name}.{attempt}", "w+") for name in ("out", "err"))
                 logs.append((out, err))
-                procs.append(subprocess.Popen(
-                    [*command, *COMMON, "runtime=multi_worker", *overrides, f"hydra.run.dir={run_dirs[index]}"],
-                    env=env, cwd=ROOT, stdout=out, stderr=err, text=True, preexec_fn=preexec[index]))
+                procs.append(
+                    subprocess.Popen(
+                        [*command, *COMMON, "runtime=multi_worker", *overrides, f"hydra.run.dir={run_dirs[index]}"],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=out,
+                        stderr=err,
+                        text=True,
+                        preexec_fn=preexec[index],
+                    )
+                )
             deadline = time.monotonic() + timeout
             retry = False
             while any(p.poll() is None for p in procs):
-                if any(p.returncode not in (None, 0) and BIND_FAILURE.search(_read(logs[i][1]))
-                       for i, p in enumerate(procs)):
+                if any(
+                    p.returncode not in (None, 0) and BIND_FAILURE.search(_read(logs[i][1]))
+                    for i, p in enumerate(procs)
+                ):
                     retry = True  # the other worker would wait for its peer until its own timeout
                     break
                 assert time.monotonic() < deadline, "the workers did not end"
@@ -124,9 +139,12 @@ def model_weights(checkpoint):
     the first path that reaches it, optimizer/_trainable_variables/<i>; model/ holds only what the
     optimizer does not track (BN moving statistics)."""
     reader = tf.train.load_checkpoint(checkpoint)
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model/", "optimizer/_trainable_variables/", "optimizer/_variables/"))
-            and k.endswith("VARIABLE_VALUE")}
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith(("model/", "optimizer/_trainable_variables/", "optimizer/_variables/"))
+        and k.endswith("VARIABLE_VALUE")
+    }
 
 
 def messages(stderr):
@@ -164,8 +182,10 @@ def test_two_workers_train_together_like_one_process(tmp_path, single):
     assert "Strategy MultiWorkerMirroredStrategy over 2 replica(s)" in (run / "train.log").read_text()
     assert (run / "train_worker1.log").exists()
     assert not list(tmp.iterdir())
-    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines()
-                if json.loads(line)["split"] == "train"]) == 2  # one writer, not two
+    assert (
+        len([line for line in (run / "metrics.jsonl").read_text().splitlines() if json.loads(line)["split"] == "train"])
+        == 2
+    )  # one writer, not two
 
     # The same global batches, split the same way over 2 replicas in one process: the same weights,
     # optimizer slots and BN moving statistics, bit for bit. With two replicas every all-reduce is
@@ -211,7 +231,8 @@ def test_workers_that_restored_different_checkpoints_each_say_so_in_one_line(tmp
         assert code == EXIT_USER_ERROR, err[-3000:]
         assert messages(err) == [
             f"resnet-train: error: the workers restored different checkpoints (steps [8, 4]; this one: step {step} "
-            f"from {run}): give every worker the same hydra.run.dir on a file system they share"], err[-3000:]
+            f"from {run}): give every worker the same hydra.run.dir on a file system they share"
+        ], err[-3000:]
         assert "Traceback" not in err
         assert checkpoint_files(run) == before[run]  # no step was trained or saved
 
@@ -229,8 +250,11 @@ def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_work
 
     def stopped_at(stderr, cause):
         (line,) = messages(stderr)
-        found = re.fullmatch(rf"resnet-train: stopped by {cause} at step (\d+) of {total}; checkpoint (\S+) "
-                             r"written: run the same command again to continue from this step", line)
+        found = re.fullmatch(
+            rf"resnet-train: stopped by {cause} at step (\d+) of {total}; checkpoint (\S+) "
+            r"written: run the same command again to continue from this step",
+            line,
+        )
         assert found, line
         return int(found.group(1)), found.group(2)
 
@@ -259,8 +283,10 @@ def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_work
     assert chief_code == EXIT_WORKER_LOST, chief_err[-3000:]
     (line,) = messages(chief_err)
     assert line.startswith("resnet-train: error: lost contact with another worker (") and "Traceback" not in chief_err
-    assert line.endswith(f"it stopped (its log in {run} says why) or is unreachable; rerun every worker's "
-                         f"command to resume from {tf.train.latest_checkpoint(str(run / 'checkpoints'))}")
+    assert line.endswith(
+        f"it stopped (its log in {run} says why) or is unreachable; rerun every worker's "
+        f"command to resume from {tf.train.latest_checkpoint(str(run / 'checkpoints'))}"
+    )
     # Killed right after its save at this step (the chief's own save of it may or may not have
     # completed): nothing later was saved, and the run is not finished.
     killed_after = resumed_at + 2 - resumed_at % 2

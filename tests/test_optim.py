@@ -1,5 +1,6 @@
 """Optimizers (LARS and AdamW against their formulas), which variables receive weight decay in each
 mode, global-norm clipping across replicas. (The learning-rate schedules: test_schedules.py.)"""
+
 import keras
 import numpy as np
 import pytest
@@ -48,8 +49,9 @@ def _decay_targets(name, decay_bn=False):
     model = build(8, 10, variant="cifar")
     cfg = {"name": name, "weight_decay": 1e-4, "decay_bn": decay_bn}
     opt = optim.build_optimizer(cfg, 0.1, variables=model.trainable_variables)
-    trainer = Trainer(model, opt, tf.distribute.get_strategy(), 8, weight_decay=optim.coupled_weight_decay(cfg),
-                      decay_bn=decay_bn)
+    trainer = Trainer(
+        model, opt, tf.distribute.get_strategy(), 8, weight_decay=optim.coupled_weight_decay(cfg), decay_bn=decay_bn
+    )
     in_loss = {v.path for v, m in zip(model.trainable_variables, trainer.decay_mask) if m and trainer.weight_decay}
     by_optimizer = {v.path for v in model.trainable_variables if optimizer_decays(opt, v)}
     return in_loss, by_optimizer, {v.path for v in model.trainable_variables}
@@ -71,21 +73,25 @@ def test_decoupled_and_lars_decay_is_the_optimizers_on_kernels_only(name):
     assert _decay_targets(name, decay_bn=True)[1] == every
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"name": "rmsprop"}, "optimizer.name must be one of sgd, adam, adamw, lamb, lars"),
-    ({"name": "adamw", "weight_decay_mode": "coupled"}, "weight_decay_mode for adamw must be decoupled"),
-    ({"name": "lars", "weight_decay_mode": "decoupled"}, "weight_decay_mode for lars must be trust_ratio"),
-    ({"name": "sgd", "momentum": 1.5}, "optimizer.momentum"),
-    ({"name": "adam", "beta_2": 1.0}, "optimizer.beta_2"),
-    ({"name": "lars", "eta": 0}, "optimizer.eta"),
-])
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"name": "rmsprop"}, "optimizer.name must be one of sgd, adam, adamw, lamb, lars"),
+        ({"name": "adamw", "weight_decay_mode": "coupled"}, "weight_decay_mode for adamw must be decoupled"),
+        ({"name": "lars", "weight_decay_mode": "decoupled"}, "weight_decay_mode for lars must be trust_ratio"),
+        ({"name": "sgd", "momentum": 1.5}, "optimizer.momentum"),
+        ({"name": "adam", "beta_2": 1.0}, "optimizer.beta_2"),
+        ({"name": "lars", "eta": 0}, "optimizer.eta"),
+    ],
+)
 def test_bad_optimizer_settings_are_config_errors(cfg, message):
     with pytest.raises(ConfigError, match=message):
         optim.build_optimizer(cfg, 0.1, variables=[])
 
 
-@pytest.mark.parametrize("value, message", [(-1.0, "a positive number"), (0, "a positive number"),
-                                            ("big", "a number"), (True, "a number")])
+@pytest.mark.parametrize(
+    "value, message", [(-1.0, "a positive number"), (0, "a positive number"), ("big", "a number"), (True, "a number")]
+)
 def test_bad_clip_norm_is_a_config_error(value, message):
     with pytest.raises(ConfigError, match=f"optimizer.clip_norm must be {message}"):
         optim.clip_norm({"name": "sgd", "clip_norm": value})
@@ -95,8 +101,9 @@ def test_adamw_decays_decoupled_as_the_formula():
     lr, wd, b1, b2, eps = 0.01, 0.1, 0.9, 0.999, 1e-7
     kernel = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], "float32"))
     bias = keras.Variable(np.array([1.0, -1.0], "float32"))
-    opt = optim.build_optimizer({"name": "adamw", "weight_decay": wd, "beta_1": b1, "beta_2": b2, "epsilon": eps},
-                                lr, variables=[kernel, bias])
+    opt = optim.build_optimizer(
+        {"name": "adamw", "weight_decay": wd, "beta_1": b1, "beta_2": b2, "epsilon": eps}, lr, variables=[kernel, bias]
+    )
     g = np.array([[0.3, -0.1], [0.0, 2.0]], "float32")
     w0, b0 = kernel.numpy(), bias.numpy()
     opt.apply_gradients([(tf.constant(g), kernel), (tf.constant(g[0]), bias)])
@@ -115,8 +122,9 @@ def test_lars_two_steps_follow_the_papers_update_rule():
     lr, momentum, eta, wd = 0.5, 0.9, 0.01, 0.05
     kernel = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], "float32"))
     bias = keras.Variable(np.array([1.0, -1.0], "float32"))
-    opt = optim.build_optimizer({"name": "lars", "momentum": momentum, "eta": eta, "weight_decay": wd}, lr,
-                                variables=[kernel, bias])
+    opt = optim.build_optimizer(
+        {"name": "lars", "momentum": momentum, "eta": eta, "weight_decay": wd}, lr, variables=[kernel, bias]
+    )
     grads = [np.array([[0.3, -0.1], [0.0, 2.0]], "float32"), np.array([[-1.0, 0.2], [0.4, 0.1]], "float32")]
     w, b = kernel.numpy().astype("float64"), bias.numpy().astype("float64")
     vw, vb = np.zeros_like(w), np.zeros_like(b)
@@ -135,8 +143,9 @@ def test_lars_without_weight_decay_still_spares_bn_and_biases_from_the_trust_rat
     """weight_decay=0: kernels still get the layer-wise trust ratio (without decay), BN gamma/beta
     and biases plain momentum SGD, as with decay."""
     lr, momentum, eta = 0.5, 0.9, 0.01
-    cfg = compose("optimizer=lars", "optimizer.weight_decay=0", f"optimizer.eta={eta}",
-                  f"optimizer.momentum={momentum}").optimizer
+    cfg = compose(
+        "optimizer=lars", "optimizer.weight_decay=0", f"optimizer.eta={eta}", f"optimizer.momentum={momentum}"
+    ).optimizer
     bn, dense = keras.layers.BatchNormalization(), keras.layers.Dense(2)
     bn.build((None, 2))
     dense.build((None, 2))
@@ -178,6 +187,7 @@ def test_lamb_decreases_a_least_squares_loss():
 
 def _clipped_step(strategy, clip_norm):
     """lr x the applied gradient of one SGD step (lr 1, no momentum) through the Trainer."""
+
     def sgd():
         return keras.optimizers.SGD(1.0)
 
@@ -202,8 +212,9 @@ def test_clipping_under_float16_loss_scaling_clips_the_unscaled_gradient():
     strategy = runtime.make_strategy("one_device")
     plain = _clipped_step(strategy, clip_norm=0.01)
     before = train_small_model(strategy, 0)[0]
-    scaled = train_small_model(strategy, 1, clip_norm=0.01,
-                               optimizer=lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0)))[0]
+    scaled = train_small_model(
+        strategy, 1, clip_norm=0.01, optimizer=lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0))
+    )[0]
     for p, b, s in zip(plain, before, scaled):
         np.testing.assert_allclose(b - s, p, rtol=1e-4, atol=1e-7)
 

@@ -1,6 +1,7 @@
 """One preprocessing (resnet_train/data/preprocess.py) for the folder source, evaluation of streamed
 data, resnet-predict and the exported SavedModel's serving_encoded signature: each path gives the
 same pixels, hence the same predictions, for the same file."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,7 +23,7 @@ def photo(size, seed, mode="RGB"):
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (6, 5, 3)).astype(np.uint8)
     x = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC)).copy()
-    x[:, w // 5: w // 5 + max(1, w // 12)] = (255, 240, 30)
+    x[:, w // 5 : w // 5 + max(1, w // 12)] = (255, 240, 30)
     return Image.fromarray(x).convert(mode)
 
 
@@ -61,7 +62,7 @@ def test_geometry_by_image_size():
 def test_small_images_are_resized_whole_as_pillow_does(files):
     """Below 128 px: the whole image, antialiased bilinear = Pillow's BILINEAR within a grey level."""
     for name, most, mean in (("tall.png", 1, 0.5), ("wide.jpg", 4, 1.5)):  # TF's and Pillow's JPEG
-        ours = preprocess_file(files / name, (32, 32, 3)).astype(int)          # decoders differ by ~1
+        ours = preprocess_file(files / name, (32, 32, 3)).astype(int)  # decoders differ by ~1
         pil = np.asarray(Image.open(files / name).convert("RGB").resize((32, 32), Image.BILINEAR)).astype(int)
         assert np.abs(ours - pil).max() <= most and np.abs(ours - pil).mean() < mean, name
 
@@ -70,7 +71,7 @@ def test_large_images_are_resized_256_and_centre_cropped_224(files):
     ours = preprocess_file(files / "tall.png", (224, 224, 3)).astype(int)
     # 97 x 141 -> short side 256: 256 x 372, then the central 224 x 224 (top 74, left 16).
     big = np.asarray(Image.open(files / "tall.png").convert("RGB").resize((256, 372), Image.BILINEAR)).astype(int)
-    np.testing.assert_allclose(ours, big[74:74 + 224, 16:16 + 224], atol=1)
+    np.testing.assert_allclose(ours, big[74 : 74 + 224, 16 : 16 + 224], atol=1)
     assert preprocess_file(files / "wide.jpg", (128, 128, 3)).shape == (128, 128, 3)
 
 
@@ -79,8 +80,9 @@ def test_formats_grey_alpha_gif_bmp_and_unreadable_files(files, tmp_path):
     grey = preprocess_file(files / "grey.png", shape)
     assert grey.shape == shape and np.array_equal(grey[..., 0], grey[..., 2])
     Image.open(files / "alpha.png").convert("RGB").save(tmp_path / "no_alpha.png")
-    np.testing.assert_array_equal(preprocess_file(files / "alpha.png", shape),
-                                  preprocess_file(tmp_path / "no_alpha.png", shape))  # alpha dropped
+    np.testing.assert_array_equal(
+        preprocess_file(files / "alpha.png", shape), preprocess_file(tmp_path / "no_alpha.png", shape)
+    )  # alpha dropped
     frames = [Image.fromarray(np.full((20, 30, 3), v, np.uint8)) for v in (10, 200)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     first = preprocess_file(tmp_path / "anim.gif", shape)
@@ -110,8 +112,12 @@ def test_folder_source_stores_what_predict_sees(photo_tree, size):
 def small_run(photo_tree, tmp_path_factory):
     """A ResNet-8 trained 2 epochs on the tree at 32 px (the whole-image geometry)."""
     run = tmp_path_factory.mktemp("small") / "run"
-    train_and_evaluate(compose("data=folder", f"data.path={photo_tree}", "depth=8", "epochs=2", "batch_size=4",
-                               "runtime.precision=float32"), run)
+    train_and_evaluate(
+        compose(
+            "data=folder", f"data.path={photo_tree}", "depth=8", "epochs=2", "batch_size=4", "runtime.precision=float32"
+        ),
+        run,
+    )
     return run
 
 
@@ -122,10 +128,21 @@ def imagenet_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagenet")
     write_fake_imagenet(root / "manual")
     run = root / "run"
-    train_and_evaluate(compose("data=imagenet", "depth=8", "model.variant=cifar", "epochs=1", "batch_size=4",
-                               "data.image_size=128", "schedule.warmup_epochs=0",
-                               "runtime.precision=float32",
-                               f"data.data_dir={root / 'tfds'}", f"data.manual_dir={root / 'manual'}"), run)
+    train_and_evaluate(
+        compose(
+            "data=imagenet",
+            "depth=8",
+            "model.variant=cifar",
+            "epochs=1",
+            "batch_size=4",
+            "data.image_size=128",
+            "schedule.warmup_epochs=0",
+            "runtime.precision=float32",
+            f"data.data_dir={root / 'tfds'}",
+            f"data.manual_dir={root / 'manual'}",
+        ),
+        run,
+    )
     return run
 
 
@@ -162,6 +179,5 @@ def test_streamed_evaluation_uses_the_same_function(files):
     info = DatasetInfo("x", 2, (128, 128, 3), 1, 1, encoded=True)
     paths = [files / "wide.jpg", files / "tall.png"]
     ds = tf.data.Dataset.from_tensor_slices(([p.read_bytes() for p in paths], [0, 1]))
-    (batch, _, _), = pipeline.eval_batches(ds, 2, pipeline.eval_preprocess(info))
+    ((batch, _, _),) = pipeline.eval_batches(ds, 2, pipeline.eval_preprocess(info))
     np.testing.assert_array_equal(batch.numpy(), load_images(paths, info)[0])
-

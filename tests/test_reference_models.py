@@ -12,6 +12,7 @@ take the normalised image. We keep the model's real normalisation and feed the r
 (x - mean) / std computed here, so the comparison covers the model exactly as it is trained and
 exported (setting mean=0 / std=1 instead would leave the Normalization layer untested).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,8 +57,9 @@ def torchvision_resnet():
     except Exception:  # noqa: BLE001 -- RuntimeError from the operator registration, ImportError, OSError
         pass
     spec = importlib.util.find_spec("torchvision")
-    assert spec is not None and spec.submodule_search_locations, \
+    assert spec is not None and spec.submodule_search_locations, (
         "torchvision is a test dependency: pip install -e '.[test]'"
+    )
     for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
         del sys.modules[name]  # what the failed import left half-initialised
     package = types.ModuleType("torchvision")
@@ -69,6 +71,7 @@ def torchvision_resnet():
 
 
 # ---- copying our weights into a torch module ------------------------------------------------
+
 
 def torchvision_name(name: str) -> str:
     """Our layer name -> torchvision's module name (stage2_block1_proj_bn -> layer2.0.downsample.1)."""
@@ -146,8 +149,9 @@ def assert_same_logits(model, module, x, training):
         theirs = module(torch.from_numpy(((x - MEAN) / STD).transpose(0, 3, 1, 2).copy())).numpy()
     scale = np.abs(theirs).max()
     error = np.abs(ours - theirs).max()
-    assert error <= RELATIVE[training] * scale, \
+    assert error <= RELATIVE[training] * scale, (
         f"training={training}: max |diff| {error:.3g} vs max |logit| {scale:.3g}"
+    )
 
 
 def check_against(model, module, rename, side, batch=4):
@@ -162,6 +166,7 @@ def check_against(model, module, rename, side, batch=4):
 
 
 # ---- torchvision: the ImageNet ResNets -----------------------------------------------------
+
 
 @pytest.mark.parametrize("depth,side", [(18, 64), (18, 65), (50, 64)])
 def test_imagenet_resnets_equal_torchvision(depth, side):
@@ -180,15 +185,20 @@ def test_zero_init_residual_zeroes_what_torchvision_zeroes(depth):
     keras.backend.clear_session()
     ours = build(depth, 10, (32, 32, 3), variant="imagenet", zero_init_residual=True)
     theirs = getattr(resnet, f"resnet{depth}")(num_classes=10, zero_init_residual=True)
-    zero_ours = {torchvision_name(layer.name) for layer in ours.layers
-                 if isinstance(layer, keras.layers.BatchNormalization) and not np.any(layer.gamma.numpy())}
-    zero_theirs = {name for name, m in theirs.named_modules()
-                   if isinstance(m, nn.BatchNorm2d) and not torch.any(m.weight).item()}
+    zero_ours = {
+        torchvision_name(layer.name)
+        for layer in ours.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and not np.any(layer.gamma.numpy())
+    }
+    zero_theirs = {
+        name for name, m in theirs.named_modules() if isinstance(m, nn.BatchNorm2d) and not torch.any(m.weight).item()
+    }
     assert zero_ours == zero_theirs
     assert len(zero_ours) == {18: 8, 50: 16}[depth]  # one per block
 
 
 # ---- the CIFAR ResNets, transcribed from the papers ------------------------------------------
+
 
 def option_a(x, c_out, stride):
     """He et al. 2016a, option A: subsample by the stride, zero-pad the new channels. The paper
@@ -317,8 +327,13 @@ class CifarResNet(nn.Module):
 
 @pytest.mark.parametrize(
     "variant,depth,block,shortcut",
-    [("cifar", 8, "basic", "A"), ("cifar", 8, "basic", "B"), ("preact", 8, "basic", "A"),
-     ("preact", 8, "basic", "B"), ("preact", 20, "bottleneck", "B")],
+    [
+        ("cifar", 8, "basic", "A"),
+        ("cifar", 8, "basic", "B"),
+        ("preact", 8, "basic", "A"),
+        ("preact", 8, "basic", "B"),
+        ("preact", 20, "bottleneck", "B"),
+    ],
 )
 def test_cifar_resnets_equal_the_papers_transcribed_in_torch(variant, depth, block, shortcut):
     keras.backend.clear_session()
@@ -327,4 +342,3 @@ def test_cifar_resnets_equal_the_papers_transcribed_in_torch(variant, depth, blo
     n = (depth - 2) // (9 if block == "bottleneck" else 6)
     reference = CifarResNet(n, 10, preact=variant == "preact", bottleneck=block == "bottleneck", shortcut=shortcut)
     check_against(model, reference, reference_name, 32)
-

@@ -2,6 +2,7 @@
 nothing, metrics stay whole, best/ matches the metrics, old checkpoints are cleaned up after a
 fallback, the precision a run started with is kept, workers agree exactly, the index cannot point
 outside the run, and what must survive a power loss is flushed."""
+
 import json
 import os
 import re
@@ -65,12 +66,17 @@ def test_after_no_readable_checkpoint_every_rerun_is_refused_alike_and_nothing_i
     assert (run / "metrics.jsonl").read_text() and len(records(run)) == 3
 
 
-@pytest.mark.parametrize("error", [
-    tf.errors.PermissionDeniedError(None, None, "/run/checkpoints/ckpt-3.index; Permission denied"),
-    tf.errors.UnknownError(None, None, "/run/checkpoints/ckpt-3.data-00000-of-00001; Input/output error"),
-    tf.errors.AbortedError(None, None, "/run/checkpoints/ckpt-3.index; Stale file handle"),
-    tf.errors.ResourceExhaustedError(None, None, "out of memory"),
-    OSError(5, "Input/output error")], ids=["EACCES", "EIO", "ESTALE", "ResourceExhausted", "OSError-EIO"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        tf.errors.PermissionDeniedError(None, None, "/run/checkpoints/ckpt-3.index; Permission denied"),
+        tf.errors.UnknownError(None, None, "/run/checkpoints/ckpt-3.data-00000-of-00001; Input/output error"),
+        tf.errors.AbortedError(None, None, "/run/checkpoints/ckpt-3.index; Stale file handle"),
+        tf.errors.ResourceExhaustedError(None, None, "out of memory"),
+        OSError(5, "Input/output error"),
+    ],
+    ids=["EACCES", "EIO", "ESTALE", "ResourceExhausted", "OSError-EIO"],
+)
 def test_a_storage_error_while_reading_a_checkpoint_refuses_and_moves_nothing(trained_copy, monkeypatch, error):
     run, _ = trained_copy(*TINY, "epochs=1")
     (run / "results.json").unlink()
@@ -80,15 +86,20 @@ def test_a_storage_error_while_reading_a_checkpoint_refuses_and_moves_nothing(tr
         raise error
 
     monkeypatch.setattr(checkpoint_lib.tf.train, "load_checkpoint", unreachable)
-    with pytest.raises(RunDirError, match=r"could not read the checkpoint .*ckpt-4 .*a permission or storage error, "
-                                          r"not damage, so nothing was moved"):
+    with pytest.raises(
+        RunDirError,
+        match=r"could not read the checkpoint .*ckpt-4 .*a permission or storage error, "
+        r"not damage, so nothing was moved",
+    ):
         train_and_evaluate(compose(*TINY, "epochs=1"), run)
     assert file_digests(run) == before and not (run / "checkpoints" / "corrupt").exists()
 
 
 def test_a_line_cut_short_is_dropped_before_the_next_record_is_appended(tmp_path):
-    whole = [{"split": "train", "step": 4, "epoch": 1, "loss": 1.0},
-             {"split": "eval", "step": 4, "epoch": 1, "accuracy": 0.5}]
+    whole = [
+        {"split": "train", "step": 4, "epoch": 1, "loss": 1.0},
+        {"split": "eval", "step": 4, "epoch": 1, "accuracy": 0.5},
+    ]
     text = "".join(json.dumps(r) + "\n" for r in whole)
     (tmp_path / "metrics.jsonl").write_text(text + '{"split": "train", "step": 8, "ep')  # the disk was full
     reporter = Reporter(tmp_path, resumed_at=100)
@@ -127,7 +138,8 @@ def test_a_best_checkpoint_later_than_the_resumed_step_is_set_aside(tmp_path):
         shutil.copy(f, ckpts / "best" / f.name)
         f.unlink()
     (ckpts / "best" / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: "ckpt-6"\n')
+        'model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: "ckpt-6"\n'
+    )
     (ckpts / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
     (run / "results.json").unlink()
     aside = file_digests(ckpts / "best")
@@ -188,9 +200,12 @@ def test_a_float16_run_continues_under_auto_and_refuses_another_policy_with_a_tr
     auto_chooses("mixed_float16")  # a GPU started the run ...
     train_and_evaluate(compose(*TINY, "epochs=1", "runtime.precision=auto"), run)
     before = file_digests(run)
-    with pytest.raises(RunDirError, match=r"was trained with runtime.precision=mixed_float16; float32 cannot continue "
-                                          r"its checkpoints \(float16 keeps a loss scale in the optimizer state\): "
-                                          r"rerun with runtime.precision=mixed_float16 or auto"):
+    with pytest.raises(
+        RunDirError,
+        match=r"was trained with runtime.precision=mixed_float16; float32 cannot continue "
+        r"its checkpoints \(float16 keeps a loss scale in the optimizer state\): "
+        r"rerun with runtime.precision=mixed_float16 or auto",
+    ):
         train_and_evaluate(compose(*TINY, "epochs=2", "runtime.precision=float32"), run)
     assert file_digests(run) == before
     auto_chooses("float32")  # ... a CPU continues it, with float16 as it started
@@ -202,8 +217,9 @@ def test_workers_agree_only_when_every_step_is_equal():
     # without collectives. A collective gather (MirroredStrategy's default) would need a process of
     # its own: TF numbers collectives per process from 1 for every new strategy, so it would collide
     # with a collective an earlier test in this process ran.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
-                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
 
     def replica_step(values):
         ids = tf.constant(values, tf.int64)
@@ -214,7 +230,8 @@ def test_workers_agree_only_when_every_step_is_equal():
         check_steps_agree(strategy, replica_step([4, 8]), 6, "run")
     # This worker's step (6) is the others' mean: a sum (6 x 2 = 4 + 8) would have passed it.
     assert str(refused.value).startswith(
-        "the workers restored different checkpoints (steps [4, 8]; this one: step 6 from run)")
+        "the workers restored different checkpoints (steps [4, 8]; this one: step 6 from run)"
+    )
 
 
 def test_an_index_naming_checkpoints_outside_the_run_is_not_followed(trained_copy, tmp_path):
@@ -229,7 +246,8 @@ def test_an_index_naming_checkpoints_outside_the_run_is_not_followed(trained_cop
     theirs = file_digests(other)
     (run / "checkpoints" / "checkpoint").write_text(  # a copied or crafted index
         'model_checkpoint_path: "../../other/checkpoints/ckpt-50"\n'
-        'all_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "../../other/checkpoints/ckpt-50"\n')
+        'all_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "../../other/checkpoints/ckpt-50"\n'
+    )
     results = train_and_evaluate(compose(*TINY, "epochs=2"), run)
     assert results["steps"] == 8 and file_digests(other) == theirs
     assert not (run / "checkpoints" / "corrupt").exists()
@@ -258,8 +276,11 @@ def test_an_empty_saved_config_is_damage_not_no_constraints(trained_copy):
     run, _ = trained_copy(*TINY, "epochs=1")
     (run / "checkpoints" / "config.yaml").write_bytes(b"")  # a power loss while it was written
     before = file_digests(run)
-    with pytest.raises(RunDirError, match=r"config.yaml \(empty\) is damaged, so it cannot tell which config made "
-                                          r"the run's checkpoints"):
+    with pytest.raises(
+        RunDirError,
+        match=r"config.yaml \(empty\) is damaged, so it cannot tell which config made "
+        r"the run's checkpoints",
+    ):
         train_and_evaluate(compose(*TINY, "epochs=2", "optimizer.lr=0.5"), run)
     assert file_digests(run) == before
 
@@ -303,10 +324,13 @@ def test_a_run_whose_lock_is_taken_over_stops_and_writes_nothing_more_into_the_r
         return path
 
     monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", save_then_lose_the_lock)
-    with pytest.raises(RunDirError, match=rf"^the lock {run / '.lock'} was taken over by process 4242 on elsewhere, "
-                                          rf"which judged this run stale: stopping so that two runs do not write into "
-                                          rf"{run} \(at step (\d+)\); nothing more was written into its checkpoints or "
-                                          rf"metrics: this run's state at step \1 is in (\S+) \(init_from= it") as lost:
+    with pytest.raises(
+        RunDirError,
+        match=rf"^the lock {run / '.lock'} was taken over by process 4242 on elsewhere, "
+        rf"which judged this run stale: stopping so that two runs do not write into "
+        rf"{run} \(at step (\d+)\); nothing more was written into its checkpoints or "
+        rf"metrics: this run's state at step \1 is in (\S+) \(init_from= it",
+    ) as lost:
         train_and_evaluate(compose(*TINY, "epochs=3"), run)
     assert {k: v for k, v in file_digests(run).items() if k.startswith(("checkpoints/", "metrics"))} == kept
     assert json.loads((run / ".lock").read_text())["token"] == "theirs"  # the new owner's lock stays
@@ -333,8 +357,10 @@ def test_a_signal_during_set_up_stops_at_once_and_moves_nothing(tmp_path, monkey
     monkeypatch.setattr(tf.train, "load_checkpoint", terminated_while_reading)
     code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args[:-2], "epochs=2", args[-1])
     assert waited_out == []  # stopped at once, not after the restore
-    assert code == 75 and err.strip().endswith("stopped by SIGTERM during set-up, before training went on: no step "
-                                                "was lost; run the same command again to continue"), err[-2000:]
+    assert code == 75 and err.strip().endswith(
+        "stopped by SIGTERM during set-up, before training went on: no step "
+        "was lost; run the same command again to continue"
+    ), err[-2000:]
     # Raised inside the damage check of the checkpoint (an `except Exception`): not taken for damage.
     assert file_digests(run) == before and not (run / "checkpoints" / "corrupt").exists()
     monkeypatch.setattr(tf.train, "load_checkpoint", load)

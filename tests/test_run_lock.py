@@ -1,4 +1,5 @@
 """The run lock is never stolen from a live run (issue 14, item 2); no TensorFlow here."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,13 @@ print("lost", lost, flush=True)
 
 
 def holder(run, sync, name, *waits, heartbeat=30.0):
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(run), str(sync), name, str(heartbeat), *waits],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run), str(sync), name, str(heartbeat), *waits],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def me(**changes) -> dict:
@@ -105,8 +111,9 @@ def test_two_processes_taking_over_one_stale_lock_at_once_leave_one_owner(tmp_pa
 @pytest.mark.parametrize("pid", ["dead here", "ours"])
 def test_a_fresh_lock_from_another_pid_namespace_is_not_taken_even_with_a_dead_or_equal_pid(tmp_path, pid):
     lock = tmp_path / ".lock"
-    other = me(pid=dead_pid() if pid == "dead here" else os.getpid(), pid_ns="pid:[1]", start_time=1,
-               token="other")  # another container with the same host name and boot id
+    other = me(
+        pid=dead_pid() if pid == "dead here" else os.getpid(), pid_ns="pid:[1]", start_time=1, token="other"
+    )  # another container with the same host name and boot id
     lock.write_text(json.dumps(other))
     with pytest.raises(RunDirError, match=f"in use by process {other['pid']} on {socket.gethostname()}"):
         run_lock.RunLock(tmp_path).acquire()

@@ -1,5 +1,6 @@
 """Strategies and precisions: MirroredStrategy over 2 logical CPUs equals one device, evaluation
 counts each example once, float16 loss scaling skips non-finite steps, bfloat16 learns."""
+
 import json
 import logging
 
@@ -23,8 +24,11 @@ SEED = 0  # seeds 0-4 measured where a test says so
 
 def weights(checkpoint):
     reader = tf.train.load_checkpoint(checkpoint)
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.endswith("VARIABLE_VALUE") and "save_counter" not in k}  # model, optimizer slots, step
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.endswith("VARIABLE_VALUE") and "save_counter" not in k
+    }  # model, optimizer slots, step
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
@@ -35,7 +39,9 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     # Only oneDNN's kernels use bfloat16 instructions: without them bfloat16 is emulated (8x slower).
     monkeypatch.setattr(runtime.onednn, "enabled", lambda: False)
     assert runtime.auto_precision() == (
-        "float32", "CPU has amx_bf16 and avx512_bf16, but oneDNN's kernels are off (runtime.onednn)")
+        "float32",
+        "CPU has amx_bf16 and avx512_bf16, but oneDNN's kernels are off (runtime.onednn)",
+    )
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx2"})
     assert runtime.auto_precision() == ("float32", "no GPU and no native bfloat16 on this CPU")
     gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
@@ -55,8 +61,10 @@ def test_bad_runtime_settings_are_config_errors():
 
 def test_devices_that_do_not_exist_are_refused_naming_those_that_do():
     """TF's soft placement would run a strategy "over GPU:7" on the CPU, the log naming GPU:7."""
-    message = ("runtime.devices: /gpu:7 is not a device of this machine, which has /device:CPU:0, /device:CPU:1 "
-               "(omit runtime.devices to use every GPU, or the CPU)")
+    message = (
+        "runtime.devices: /gpu:7 is not a device of this machine, which has /device:CPU:0, /device:CPU:1 "
+        "(omit runtime.devices to use every GPU, or the CPU)"
+    )
     for strategy in ("mirrored", "one_device", "auto"):
         with pytest.raises(ConfigError) as refused:
             runtime.make_strategy(strategy, ["/cpu:0", "/gpu:7"], cpu_replicas=2)
@@ -115,8 +123,14 @@ def test_full_resnet_run_on_two_replicas_sees_the_same_batches(tmp_path):
     # One step: the same initial weights and the same batch, so only summation order differs (the
     # loss differed by <= 6.2e-7 relative over seeds 0-3, oneDNN on and off; after several steps
     # sync BN's E[x^2] - E[x]^2 rounding compounds to 1e-3). A different batch moves it by ~1e-2.
-    common = (*TINY, "epochs=1", "data.limit_train=32", "model.sync_bn=true", "runtime.precision=float32",
-              "runtime.deterministic=true")
+    common = (
+        *TINY,
+        "epochs=1",
+        "data.limit_train=32",
+        "model.sync_bn=true",
+        "runtime.precision=float32",
+        "runtime.deterministic=true",
+    )
     one = train_and_evaluate(compose(*common, "runtime=one_device"), tmp_path / "one")
     two = train_and_evaluate(compose(*common, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "two")
     assert (one["replicas"], two["replicas"]) == (1, 2) and one["steps"] == two["steps"] == 1
@@ -183,12 +197,16 @@ def test_mixed_float16_scales_the_loss_and_skips_non_finite_steps(tmp_path):
 
 
 def test_bfloat16_training_learns_and_keeps_float32_weights(tmp_path):
-    cfg = compose(*TINY, "epochs=4", "data.limit_train=512", "runtime.precision=mixed_bfloat16",
-                  "runtime.deterministic=true")
+    cfg = compose(
+        *TINY, "epochs=4", "data.limit_train=512", "runtime.precision=mixed_bfloat16", "runtime.deterministic=true"
+    )
     results = train_and_evaluate(cfg, tmp_path)
     assert results["precision"] == "mixed_bfloat16"
-    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
+    train = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "train"
+    ]
     # Over seeds 0-4, TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD EPYC Zen 4): 0.51-0.63 (mean 0.55, sd 0.04).
     assert train[-1]["loss"] < 0.8 * train[0]["loss"]
     reader = tf.train.load_checkpoint(results["checkpoint"])
@@ -214,8 +232,7 @@ def test_xla_compiled_step_trains_like_the_plain_one():
         model = build(8, 4, (8, 8, 3), variant="cifar")
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         optimizer.build(model.trainable_variables)
-        trainer = Trainer(model, optimizer, tf.distribute.get_strategy(), 8, weight_decay=1e-4,
-                          num_classes=4, xla=xla)
+        trainer = Trainer(model, optimizer, tf.distribute.get_strategy(), 8, weight_decay=1e-4, num_classes=4, xla=xla)
         rng = np.random.default_rng(0)
         batch = (rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8), rng.integers(0, 4, 8).astype(np.int64))
         trainer.train_steps(iter(tf.data.Dataset.from_tensors(batch).repeat()), 3)
@@ -238,8 +255,9 @@ def test_batch_norm_moving_statistics_are_the_cross_replica_mean(fused):
     from resnet_train.models.layers import FusedBatchNorm
     from resnet_train.optim import build_optimizer
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
-                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     norm = FusedBatchNorm if fused else keras.layers.BatchNormalization
     with strategy.scope():
         inputs = keras.Input((2, 2, 1))
@@ -251,8 +269,7 @@ def test_batch_norm_moving_statistics_are_the_cross_replica_mean(fused):
     rng = np.random.default_rng(0)
     halves = [rng.normal(0.0, 1.0, (4, 2, 2, 1)), rng.normal(4.0, 3.0, (4, 2, 2, 1))]  # replica 0, replica 1
     images = np.concatenate(halves).astype(np.float32)
-    batches = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors((images, np.zeros(8, np.int64))))
+    batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, np.zeros(8, np.int64))))
     trainer.train_steps(iter(batches), 1)
     means = [v.numpy() for v in strategy.experimental_local_results(bn.moving_mean.value)]
     variances = [v.numpy() for v in strategy.experimental_local_results(bn.moving_variance.value)]

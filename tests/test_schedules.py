@@ -1,5 +1,6 @@
 """Each schedule's values at chosen steps, warm-up, run length, the recipes' schedules, bad
 values, and a resumed run's lr."""
+
 import math
 import re
 
@@ -22,14 +23,18 @@ def test_step_milestones_in_fractions_epochs_and_steps_start_the_new_lr_at_the_m
     # The default unit, fractions of training: [0.5, 0.75] of 182 epochs of 390 steps are the
     # paper's epochs 91 and 136.5 (steps 35,490 and 53,235).
     steps_per_epoch = 390  # 50,000 / 128
-    s = schedules.lr_schedule({"name": "step", "milestones": [0.5, 0.75], "factor": 0.1}, 0.1, 182 * steps_per_epoch,
-                              steps_per_epoch)
-    assert [lr_at(s, k) for k in (0, 91 * steps_per_epoch - 1, 91 * steps_per_epoch, 53_234, 53_235,
-                                  182 * steps_per_epoch - 1)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    s = schedules.lr_schedule(
+        {"name": "step", "milestones": [0.5, 0.75], "factor": 0.1}, 0.1, 182 * steps_per_epoch, steps_per_epoch
+    )
+    assert [
+        lr_at(s, k)
+        for k in (0, 91 * steps_per_epoch - 1, 91 * steps_per_epoch, 53_234, 53_235, 182 * steps_per_epoch - 1)
+    ] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     s = schedules.lr_schedule({"name": "step", "milestones": [2, 4], "milestones_unit": "epoch"}, 0.1, 60, 10)
     assert [lr_at(s, k) for k in (0, 19, 20, 39, 40, 59)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-    s = schedules.lr_schedule({"name": "step", "milestones": [15], "milestones_unit": "step", "factor": 0.5},
-                              0.2, 60, 10)
+    s = schedules.lr_schedule(
+        {"name": "step", "milestones": [15], "milestones_unit": "step", "factor": 0.5}, 0.2, 60, 10
+    )
     assert [lr_at(s, k) for k in (14, 15)] == pytest.approx([0.2, 0.1])
 
 
@@ -73,8 +78,9 @@ def test_onecycle_rises_to_the_peak_then_falls_to_the_floor(anneal):
 def test_exponential_decays_per_step_or_in_stairs():
     s = schedules.lr_schedule({"name": "exponential", "decay_rate": 0.5, "decay_epochs": 2}, 0.1, 100, 10)
     assert [lr_at(s, k) for k in (0, 10, 20, 50)] == pytest.approx([0.1, 0.1 * 0.5**0.5, 0.05, 0.1 * 0.5**2.5])
-    s = schedules.lr_schedule({"name": "exponential", "decay_rate": 0.5, "decay_epochs": 2, "staircase": True},
-                              0.1, 100, 10)
+    s = schedules.lr_schedule(
+        {"name": "exponential", "decay_rate": 0.5, "decay_epochs": 2, "staircase": True}, 0.1, 100, 10
+    )
     assert [lr_at(s, k) for k in (19, 20, 39, 40)] == pytest.approx([0.1, 0.05, 0.05, 0.025])
 
 
@@ -84,8 +90,9 @@ def test_constant_with_a_warm_up_of_half_an_epoch():
 
 
 def test_a_constant_warm_up_holds_a_tenth_of_the_lr_then_returns_to_it():
-    s = schedules.lr_schedule({"name": "cosine", "warmup_steps": 4, "warmup_mode": "constant",
-                               "warmup_factor": 0.1}, 0.1, 100, 10)
+    s = schedules.lr_schedule(
+        {"name": "cosine", "warmup_steps": 4, "warmup_mode": "constant", "warmup_factor": 0.1}, 0.1, 100, 10
+    )
     cosine = lambda step: 0.05 * (1 + np.cos(np.pi * step / 100))  # noqa: E731
     assert [lr_at(s, k) for k in (0, 2, 3)] == pytest.approx([0.1 * cosine(k) for k in (0, 2, 3)], rel=1e-5)
     assert [lr_at(s, k) for k in (4, 50)] == pytest.approx([cosine(4), cosine(50)], rel=1e-5)
@@ -98,8 +105,9 @@ def _train_size(cfg):
     return 50_000 - (cfg.data.val_split or 0)
 
 
-@pytest.mark.parametrize("split", [[], ["data.val_split=0"], ["data.val_split=5000"]],
-                         ids=["default split", "val_split=0", "45k/5k split"])
+@pytest.mark.parametrize(
+    "split", [[], ["data.val_split=0"], ["data.val_split=5000"]], ids=["default split", "val_split=0", "45k/5k split"]
+)
 def test_cifar10_paper_is_64k_steps_with_drops_at_32k_and_48k_whatever_the_split(split):
     """He et al. 2016a sec. 4.2: batch 128, lr 0.1, /10 at 32k and 48k iterations, stop at 64k."""
     cfg = compose("experiment=cifar10_paper", *split)
@@ -152,14 +160,23 @@ def test_steps_of_another_type_are_refused_by_the_schema(value, shown):
     assert explain(refused.value, "train") == f"steps must be an integer (got {shown})"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["schedule.warmup_epochs=100", "epochs=1"],
-     "schedule.warmup_epochs=100 is longer than the run (1 epoch): lower it or raise epochs"),
-    (["schedule.warmup_epochs=2.5", "epochs=2"],
-     "schedule.warmup_epochs=2.5 is longer than the run (2 epochs): lower it or raise epochs"),
-    (["schedule.warmup_steps=500", "steps=400"],
-     "schedule.warmup_steps=500 is longer than the run (steps=400): lower it or raise steps"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["schedule.warmup_epochs=100", "epochs=1"],
+            "schedule.warmup_epochs=100 is longer than the run (1 epoch): lower it or raise epochs",
+        ),
+        (
+            ["schedule.warmup_epochs=2.5", "epochs=2"],
+            "schedule.warmup_epochs=2.5 is longer than the run (2 epochs): lower it or raise epochs",
+        ),
+        (
+            ["schedule.warmup_steps=500", "steps=400"],
+            "schedule.warmup_steps=500 is longer than the run (steps=400): lower it or raise steps",
+        ),
+    ],
+)
 def test_a_warm_up_longer_than_the_run_is_refused_before_any_data_is_read(overrides, message):
     from resnet_train import config
 
@@ -173,35 +190,50 @@ def test_a_warm_up_in_other_units_than_the_run_is_checked_once_the_epoch_size_is
     cfg = compose("schedule.warmup_steps=400", "epochs=1")
     config.validate(cfg)  # steps against epochs: unknown before the data is read
     assert schedules.run_length(cfg, 400) == (1, 400)  # as long as the run: allowed
-    with pytest.raises(ConfigError, match=re.escape(
-            "schedule.warmup_steps=400 is longer than the run (1 epoch = 390 steps): lower it or raise epochs")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "schedule.warmup_steps=400 is longer than the run (1 epoch = 390 steps): lower it or raise epochs"
+        ),
+    ):
         schedules.run_length(cfg, 390)
     cfg = compose("schedule.warmup_epochs=2", "steps=500")
     config.validate(cfg)
-    with pytest.raises(ConfigError, match=re.escape(
-            "schedule.warmup_epochs=2 (780 steps) is longer than the run (steps=500): lower it or raise steps")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "schedule.warmup_epochs=2 (780 steps) is longer than the run (steps=500): lower it or raise steps"
+        ),
+    ):
         schedules.run_length(cfg, 390)
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"name": "step", "milestones": [91, 136]}, "fractions of training"),
-    ({"name": "step", "milestones": [60, 30], "milestones_unit": "epoch"}, "increasing positive epochs"),
-    ({"name": "step", "milestones": [0.5], "milestones_unit": "weeks"}, "milestones_unit must be one of"),
-    ({"name": "step", "factor": 2}, "schedule.factor"),
-    ({"name": "cosine", "floor": 1.5}, "schedule.floor"),
-    ({"name": "onecycle", "anneal": "cosine"}, "schedule.anneal must be one of cos, linear"),
-    ({"name": "onecycle", "pct_start": 1.0}, "schedule.pct_start"),
-    ({"name": "exponential", "decay_rate": 0}, "schedule.decay_rate"),
-    ({"name": "constant", "warmup_epochs": -1}, "schedule.warmup_epochs"),
-    ({"name": "constant", "warmup_steps": 1.5}, r"schedule.warmup_steps must be an integer \(got 1.5\)"),
-    ({"name": "constant", "warmup_steps": -1}, "schedule.warmup_steps must be an integer >= 0"),
-    ({"name": "constant", "warmup_epochs": 1, "warmup_steps": 400},
-     "schedule.warmup_epochs=1 and schedule.warmup_steps=400 both set the warm-up"),
-    ({"name": "constant", "warmup_mode": "exp"}, "schedule.warmup_mode must be one of linear, constant"),
-    ({"name": "constant", "warmup_steps": 4, "warmup_mode": "constant", "warmup_factor": 0},
-     "schedule.warmup_factor"),
-    ({"name": "nope"}, "schedule.name must be one of"),
-])
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"name": "step", "milestones": [91, 136]}, "fractions of training"),
+        ({"name": "step", "milestones": [60, 30], "milestones_unit": "epoch"}, "increasing positive epochs"),
+        ({"name": "step", "milestones": [0.5], "milestones_unit": "weeks"}, "milestones_unit must be one of"),
+        ({"name": "step", "factor": 2}, "schedule.factor"),
+        ({"name": "cosine", "floor": 1.5}, "schedule.floor"),
+        ({"name": "onecycle", "anneal": "cosine"}, "schedule.anneal must be one of cos, linear"),
+        ({"name": "onecycle", "pct_start": 1.0}, "schedule.pct_start"),
+        ({"name": "exponential", "decay_rate": 0}, "schedule.decay_rate"),
+        ({"name": "constant", "warmup_epochs": -1}, "schedule.warmup_epochs"),
+        ({"name": "constant", "warmup_steps": 1.5}, r"schedule.warmup_steps must be an integer \(got 1.5\)"),
+        ({"name": "constant", "warmup_steps": -1}, "schedule.warmup_steps must be an integer >= 0"),
+        (
+            {"name": "constant", "warmup_epochs": 1, "warmup_steps": 400},
+            "schedule.warmup_epochs=1 and schedule.warmup_steps=400 both set the warm-up",
+        ),
+        ({"name": "constant", "warmup_mode": "exp"}, "schedule.warmup_mode must be one of linear, constant"),
+        (
+            {"name": "constant", "warmup_steps": 4, "warmup_mode": "constant", "warmup_factor": 0},
+            "schedule.warmup_factor",
+        ),
+        ({"name": "nope"}, "schedule.name must be one of"),
+    ],
+)
 def test_bad_schedules_are_config_errors(cfg, message):
     with pytest.raises(ConfigError, match=message):
         schedules.lr_schedule(cfg, 0.1, 100, 10)
@@ -216,19 +248,29 @@ def test_every_schedule_config_composes_and_builds(name):
     assert lrs[0] < lrs[10]  # the warm-up ramps (onecycle ramps anyway)
 
 
-@pytest.mark.parametrize("schedule", [
-    {"name": "onecycle", "warmup_epochs": 1},
-    {"name": "step", "milestones": [0.3, 0.6], "warmup_epochs": 0.5},
-    {"name": "step", "milestones": [20, 25], "milestones_unit": "step", "factor": 0.5, "warmup_steps": 15,
-     "warmup_mode": "constant", "warmup_factor": 0.1},
-])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"name": "onecycle", "warmup_epochs": 1},
+        {"name": "step", "milestones": [0.3, 0.6], "warmup_epochs": 0.5},
+        {
+            "name": "step",
+            "milestones": [20, 25],
+            "milestones_unit": "step",
+            "factor": 0.5,
+            "warmup_steps": 15,
+            "warmup_mode": "constant",
+            "warmup_factor": 0.1,
+        },
+    ],
+)
 def test_a_resumed_optimizer_continues_the_exact_lr_curve(tmp_path, schedule):
     """Stop after 13 steps (mid-epoch), checkpoint, restore into a fresh optimizer: the next
     steps' lr are the uninterrupted run's."""
+
     def fresh():
         variable = keras.Variable(np.ones((3, 2), "float32"))
-        opt = optim.build_optimizer({"name": "sgd", "momentum": 0.9},
-                                    schedules.lr_schedule(schedule, 0.1, 40, 10))
+        opt = optim.build_optimizer({"name": "sgd", "momentum": 0.9}, schedules.lr_schedule(schedule, 0.1, 40, 10))
         opt.build([variable])
         return variable, opt
 
@@ -255,8 +297,10 @@ def test_plot_schedule_draws_the_runs_curve(tmp_path):
     from resnet_train.config import load_config
     from resnet_train.tools.schedule_plot import plot_schedule
 
-    cfg = load_config(["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640",
-                       f"out={tmp_path / 'lr.png'}"], config_name="plot_schedule")
+    cfg = load_config(
+        ["schedule=onecycle", "epochs=4", "batch_size=32", "train_size=640", f"out={tmp_path / 'lr.png'}"],
+        config_name="plot_schedule",
+    )
     path, lrs = plot_schedule(cfg)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(lrs) == 4 * 20  # 640 // 32 steps per epoch
@@ -277,13 +321,16 @@ def test_plot_schedule_script_reads_the_embedded_datasets_size_and_refuses_bad_v
     assert done.returncode == 2 and "schedule.anneal must be one of cos, linear" in done.stderr
 
 
-@pytest.mark.parametrize("override, message", [
-    ("schedule.anneal=triangle", "schedule.anneal"),
-    ("optimizer.clip_norm=-1", "optimizer.clip_norm"),
-    ("optimizer.weight_decay_mode=sometimes", "optimizer.weight_decay_mode"),
-    ("ema.decay=1.5", "ema.decay"),
-    ("schedule.warmup_epochs=100", "schedule.warmup_epochs=100 is longer than the run"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("schedule.anneal=triangle", "schedule.anneal"),
+        ("optimizer.clip_norm=-1", "optimizer.clip_norm"),
+        ("optimizer.weight_decay_mode=sometimes", "optimizer.weight_decay_mode"),
+        ("ema.decay=1.5", "ema.decay"),
+        ("schedule.warmup_epochs=100", "schedule.warmup_epochs=100 is longer than the run"),
+    ],
+)
 def test_bad_optimizer_and_schedule_settings_fail_before_any_data_is_read(tmp_path, monkeypatch, override, message):
     from resnet_train import data as data_lib
     from resnet_train.training.loop import train_and_evaluate

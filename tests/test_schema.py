@@ -1,6 +1,7 @@
 """The config schema (schema.py): every preset is an instance of its option's dataclass, keys the
 code would ignore are refused at composition, a wrong type is one line naming the key, and an old
 run's saved config loads with the values that reproduce it. No TensorFlow is needed here."""
+
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,12 @@ from resnet_train.config import commands, schema, store
 from resnet_train.errors import ConfigError
 
 CONFIGS = Path(schema.__file__).parents[1] / "configs"
-PRESETS = [(group.name, option.stem) for group in sorted(CONFIGS.iterdir()) if group.is_dir()
-           and group.name in schema.GROUPS for option in sorted(group.glob("*.yaml"))]
+PRESETS = [
+    (group.name, option.stem)
+    for group in sorted(CONFIGS.iterdir())
+    if group.is_dir() and group.name in schema.GROUPS
+    for option in sorted(group.glob("*.yaml"))
+]
 
 
 @pytest.mark.parametrize("group, option", PRESETS, ids=[f"{g}={o}" for g, o in PRESETS])
@@ -40,22 +45,29 @@ def test_every_recipe_composes(experiment):
     assert compose(f"experiment={experiment}").epochs >= 1
 
 
-@pytest.mark.parametrize("overrides, message", [
-    # Keys that loaders used to ignore: the shape comes from the data or data.image_size.
-    (["data=cifar10", "data.image_shape=[64,64,3]"], "unknown setting 'data.image_shape'"),
-    (["data=folder", "data.image_shape=[64,64,3]"], "unknown setting 'data.image_shape'"),
-    (["data=digits", "data.name=mnist"], "unknown setting 'data.name'"),
-    (["data=folder", "data.name=pets"], "unknown setting 'data.name'"),
-    # A preset that sets a key the chosen option does not have (SGD's momentum under Adam).
-    (["experiment=cifar10_fast", "optimizer=adam"], "experiment/cifar10_fast sets optimizer.momentum, which the "
-                                                    "chosen optimizer does not have"),
-    # Wrong types: one line naming the key, with the schema's hint where it has one.
-    (["epochs=2.5"], "epochs must be an integer (got 2.5)"),
-    (["model.sync_bn=sometimes"], "model.sync_bn must be true or false (got 'sometimes')"),
-    (["optimizer.lr=fast"], "optimizer.lr must be a number (got 'fast')"),
-    (["data=cifar10", "data.download=maybe"], "data.download must be true or false (got 'maybe'): false never "
-                                               "touches the network"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # Keys that loaders used to ignore: the shape comes from the data or data.image_size.
+        (["data=cifar10", "data.image_shape=[64,64,3]"], "unknown setting 'data.image_shape'"),
+        (["data=folder", "data.image_shape=[64,64,3]"], "unknown setting 'data.image_shape'"),
+        (["data=digits", "data.name=mnist"], "unknown setting 'data.name'"),
+        (["data=folder", "data.name=pets"], "unknown setting 'data.name'"),
+        # A preset that sets a key the chosen option does not have (SGD's momentum under Adam).
+        (
+            ["experiment=cifar10_fast", "optimizer=adam"],
+            "experiment/cifar10_fast sets optimizer.momentum, which the chosen optimizer does not have",
+        ),
+        # Wrong types: one line naming the key, with the schema's hint where it has one.
+        (["epochs=2.5"], "epochs must be an integer (got 2.5)"),
+        (["model.sync_bn=sometimes"], "model.sync_bn must be true or false (got 'sometimes')"),
+        (["optimizer.lr=fast"], "optimizer.lr must be a number (got 'fast')"),
+        (
+            ["data=cifar10", "data.download=maybe"],
+            "data.download must be true or false (got 'maybe'): false never touches the network",
+        ),
+    ],
+)
 def test_the_schema_refuses_at_composition_with_one_line(overrides, message):
     with pytest.raises(ConfigCompositionException) as refused:
         compose(*overrides)
@@ -102,6 +114,10 @@ def test_the_library_reads_no_config_key_with_a_default_of_its_own():
 
     root = Path(schema.__file__).parents[1]
     config_get = re.compile(r"\b(cfg|ft|data_cfg|run_cfg)(\.[a-z_]+)*\.get\(")
-    offenders = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if config_get.search(line)]
+    offenders = [
+        f"{p.relative_to(root)}:{i}"
+        for p in sorted(root.rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if config_get.search(line)
+    ]
     assert offenders == []

@@ -4,6 +4,7 @@ tests/test_bad_input.py's 'config with a YAML exploit'.)
 
 The sources are checked on their syntax trees, not line by line: a call split over lines, an
 aliased import (`from yaml import unsafe_load as load`) or a keyword on the next line is seen."""
+
 import ast
 import re
 import textwrap
@@ -18,21 +19,63 @@ SOURCES = sorted((ROOT / "resnet_train").rglob("*.py")) + sorted((ROOT / "script
 
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "jsonpickle", "joblib"}
 # yaml.load / load_all run arbitrary tags unless given a safe loader; these do so whatever they are given.
-YAML_UNSAFE = {"yaml.unsafe_load", "yaml.unsafe_load_all", "yaml.full_load", "yaml.full_load_all",
-               "yaml.UnsafeLoader", "yaml.FullLoader", "yaml.Loader", "yaml.CLoader", "yaml.CFullLoader",
-               "yaml.CUnsafeLoader"}
+YAML_UNSAFE = {
+    "yaml.unsafe_load",
+    "yaml.unsafe_load_all",
+    "yaml.full_load",
+    "yaml.full_load_all",
+    "yaml.UnsafeLoader",
+    "yaml.FullLoader",
+    "yaml.Loader",
+    "yaml.CLoader",
+    "yaml.CFullLoader",
+    "yaml.CUnsafeLoader",
+}
 YAML_SAFE_LOADERS = {"yaml.SafeLoader", "yaml.CSafeLoader", "yaml.BaseLoader", "yaml.CBaseLoader"}
-SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
-               "asyncio.create_subprocess_shell"}
+SHELL_CALLS = {
+    "os.system",
+    "os.popen",
+    "subprocess.getoutput",
+    "subprocess.getstatusoutput",
+    "asyncio.create_subprocess_shell",
+}
 PROCESS_CALLS = {f"subprocess.{f}" for f in ("run", "Popen", "call", "check_call", "check_output")} | {
-    f"os.{f}" for f in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
-                        "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-                        "posix_spawn", "posix_spawnp")}
+    f"os.{f}"
+    for f in (
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execle",
+        "execlp",
+        "execlpe",
+        "spawnv",
+        "spawnve",
+        "spawnvp",
+        "spawnvpe",
+        "spawnl",
+        "spawnle",
+        "spawnlp",
+        "spawnlpe",
+        "posix_spawn",
+        "posix_spawnp",
+    )
+}
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "cmd", "cmd.exe", "powershell", "pwsh"}
-CONFIG_IMPORTS = {"hydra.utils.instantiate", "hydra.utils.call", "hydra.utils.get_class", "hydra.utils.get_method",
-                  "hydra.utils.get_object", "importlib.import_module", "importlib.__import__", "builtins.__import__",
-                  "pydoc.locate"}
+CONFIG_IMPORTS = {
+    "hydra.utils.instantiate",
+    "hydra.utils.call",
+    "hydra.utils.get_class",
+    "hydra.utils.get_method",
+    "hydra.utils.get_object",
+    "importlib.import_module",
+    "importlib.__import__",
+    "builtins.__import__",
+    "pydoc.locate",
+}
 CODE_BUILTINS = {"eval", "exec", "compile"}
+
 
 class _Walker(ast.NodeVisitor):
     """Collects (line, what, source) for every forbidden construct; names are resolved through
@@ -129,8 +172,12 @@ class _Walker(ast.NodeVisitor):
         if name in PROCESS_CALLS and node.args:
             argv = node.args[0]
             first = argv.elts[0] if isinstance(argv, (ast.List, ast.Tuple)) and argv.elts else argv
-            if isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.split() \
-                    and Path(first.value.split()[0]).name in SHELLS:
+            if (
+                isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and first.value.split()
+                and Path(first.value.split()[0]).name in SHELLS
+            ):
                 self.hit(node, "a shell")
         for child in (*node.args, *node.keywords):
             self.visit(child)
@@ -170,20 +217,30 @@ CAUGHT = {
     "pandas pickle": ("import pandas as pd\ndf = pd.read_pickle(path)", "pickle"),
     "torch.load unsafe": ("import torch\nstate = torch.load(\n    path,\n)", "pickle"),
     "numpy pickles, split": ("import numpy as np\nx = np.load(\n    path,\n    allow_pickle=True,\n)", "numpy pickles"),
-    "keras unsafe, split": ("import keras\nm = keras.saving.load_model(\n    path,\n    safe_mode=False)",
-                            "Keras' unsafe loading"),
-    "keras unsafe deserialisation": ("import keras\nkeras.config.enable_unsafe_deserialization()",
-                                     "Keras' unsafe deserialisation"),
+    "keras unsafe, split": (
+        "import keras\nm = keras.saving.load_model(\n    path,\n    safe_mode=False)",
+        "Keras' unsafe loading",
+    ),
+    "keras unsafe deserialisation": (
+        "import keras\nkeras.config.enable_unsafe_deserialization()",
+        "Keras' unsafe deserialisation",
+    ),
     "yaml.load without a loader": ("import yaml\ncfg = yaml.load(\n    text)", "unsafe YAML loading"),
-    "yaml.load, unsafe loader": ("import yaml\ncfg = yaml.load(text,\n    Loader=yaml.UnsafeLoader)",
-                                 "unsafe YAML loading"),
+    "yaml.load, unsafe loader": (
+        "import yaml\ncfg = yaml.load(text,\n    Loader=yaml.UnsafeLoader)",
+        "unsafe YAML loading",
+    ),
     "yaml.load, loader positional": ("import yaml\ncfg = yaml.load(text, yaml.Loader)", "unsafe YAML loading"),
     "yaml.unsafe_load, aliased": ("from yaml import unsafe_load as load\ncfg = load(text)", "unsafe YAML loading"),
     "yaml.full_load": ("import yaml as y\ncfg = y.full_load(\n    text\n)", "unsafe YAML loading"),
-    "yaml FullLoader, imported": ("import yaml\nfrom yaml import FullLoader\ncfg = yaml.load(text, Loader=FullLoader)",
-                                  "unsafe YAML loading"),
-    "an unsafe loader passed on": ("import yaml\nparse = functools.partial(yaml.load, Loader=yaml.UnsafeLoader)",
-                                   "unsafe YAML loading"),
+    "yaml FullLoader, imported": (
+        "import yaml\nfrom yaml import FullLoader\ncfg = yaml.load(text, Loader=FullLoader)",
+        "unsafe YAML loading",
+    ),
+    "an unsafe loader passed on": (
+        "import yaml\nparse = functools.partial(yaml.load, Loader=yaml.UnsafeLoader)",
+        "unsafe YAML loading",
+    ),
     "shell=True, split": ("import subprocess\nsubprocess.run(\n    f'ls {path}',\n    shell=True,\n)", "a shell"),
     "shell from a variable": ("from subprocess import Popen\nPopen(cmd, shell=use_shell)", "a shell"),
     "os.system": ("import os\nos.system(\n    'rm -rf ' + path)", "a shell"),
@@ -193,8 +250,10 @@ CAUGHT = {
     "eval, split": ("x = eval(\n    text)", "eval/exec"),
     "exec": ("exec(code, {})", "eval/exec"),
     "compile": ("code = compile(text, 'f', 'exec')", "eval/exec"),
-    "hydra instantiate, split": ("from hydra.utils import instantiate\nobj = instantiate(\n    cfg.model)",
-                                 "config-driven imports"),
+    "hydra instantiate, split": (
+        "from hydra.utils import instantiate\nobj = instantiate(\n    cfg.model)",
+        "config-driven imports",
+    ),
     "hydra.utils.instantiate": ("import hydra\nobj = hydra.utils.instantiate(cfg)", "config-driven imports"),
     "importlib": ("import importlib\nm = importlib.import_module(\n    cfg.module)", "config-driven imports"),
     "__import__": ("m = __import__(name)", "config-driven imports"),
@@ -229,8 +288,11 @@ def test_the_walker_passes_the_safe_forms(snippet):
 
 
 def test_config_targets_are_only_our_own_or_hydra_plugins():
-    targets = [(p.name, m) for p in (ROOT / "resnet_train" / "configs").rglob("*.yaml")
-               for m in re.findall(r"_target_:\s*(\S+)", p.read_text())]
+    targets = [
+        (p.name, m)
+        for p in (ROOT / "resnet_train" / "configs").rglob("*.yaml")
+        for m in re.findall(r"_target_:\s*(\S+)", p.read_text())
+    ]
     assert targets  # the sweep callback at least
     for name, target in targets:
         # Hydra instantiates only callbacks and sweeper samplers (hydra.*); nothing of ours

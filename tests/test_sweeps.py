@@ -1,4 +1,5 @@
 """Multirun sweeps, their summary, failures, Optuna search, the joblib launcher, recipes, EMA."""
+
 import csv
 import json
 import re
@@ -84,8 +85,12 @@ def test_a_failed_member_is_reported_and_the_others_finish(cli, tmp_path):
     assert table["depth=8"]["status"] == "finished" and (sweep / "1" / "results.json").exists()
     assert table["depth=9"]["status"] == "failed" and "6n+2" in table["depth=9"]["error"]
     # The suite's one run of the real `resnet-sweep-report` console script (its exit code).
-    report = subprocess.run([str(Path(sys.executable).with_name("resnet-sweep-report")), str(sweep)],
-                            capture_output=True, text=True, timeout=60)
+    report = subprocess.run(
+        [str(Path(sys.executable).with_name("resnet-sweep-report")), str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert report.returncode == 1 and "failed members: 0" in report.stderr
     assert "| 1 | finished |" in report.stdout
 
@@ -105,8 +110,13 @@ def test_optuna_search_runs_two_trials_with_storage_in_the_sweep_dir(sweep_made_
 
 
 def test_optuna_search_without_a_validation_split_is_refused(cli, tmp_path):
-    done = cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", *SMALL, "data.val_split=null",
-               f"hydra.sweep.dir={tmp_path / 'search'}")
+    done = cli(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=1",
+        *SMALL,
+        "data.val_split=null",
+        f"hydra.sweep.dir={tmp_path / 'search'}",
+    )
     assert done.returncode == 2
     assert "hparams_search=optuna needs a validation split to optimise (data.val_split=0.1" in done.stderr
     assert not list((tmp_path / "search").glob("*/results.json"))
@@ -127,8 +137,9 @@ def test_a_finished_member_rerun_with_another_config_is_left_as_it_was(cli, swee
     assert file_digests(sweep / "1") == before["1"]  # every file, .hydra/* and train.log included
     assert not (sweep / "1" / "failed.json").exists()
     skipped = file_digests(sweep / "0")  # its train.log says it was skipped; nothing else changed
-    assert {k: v for k, v in skipped.items() if k != "train.log"} == \
-        {k: v for k, v in before["0"].items() if k != "train.log"}
+    assert {k: v for k, v in skipped.items() if k != "train.log"} == {
+        k: v for k, v in before["0"].items() if k != "train.log"
+    }
     table = {r["member"]: r for r in rows(sweep)}
     assert table["1"]["status"] == "finished" and table["1"]["overrides"].split()[-1] == "optimizer.lr=0.2"
     assert table["0"]["status"] == "finished" and table["0"]["overrides"].split()[-1] == "optimizer.lr=0.05"
@@ -188,8 +199,12 @@ def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli
     assert again.stdout.count("Test accuracy") == 2  # trial 1, resumed, and trial 3 in place of the failed 2
     # Loaded again: optuna's storage trusts its cache for the trials this process asked.
     trials = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db").get_trials()
-    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "FAIL"),
-                                                          (3, "COMPLETE")]
+    assert [(t.number, t.state.name) for t in trials] == [
+        (0, "COMPLETE"),
+        (1, "COMPLETE"),
+        (2, "FAIL"),
+        (3, "COMPLETE"),
+    ]
     assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "3"]
     overrides = list(OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml"))
     assert f"optimizer.lr={left.params['optimizer.lr']}" in overrides and "depth=8" in overrides
@@ -216,9 +231,21 @@ def event_file_pids(member):
 def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
     # A subprocess: the launching process's PID is part of what is checked.
     sweep = tmp_path / "sweep"
-    launcher = subprocess.Popen([str(CLI), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL,
-                                 "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [
+            str(CLI),
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *SMALL,
+            "seed=1,2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, err[-3000:]
     assert "Joblib" in out + err
@@ -257,12 +284,14 @@ def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_membe
     member 2, which the preempted sweep never reached, from the start."""
     sweep = tmp_path / "sweep"
     command = ("-m", *TINY, "epochs=1", "checkpoint.every_steps=1", "seed=1,2,3", f"hydra.sweep.dir={sweep}")
-    stopped = subprocess.run([sys.executable, "-c", PREEMPTED_IN_MEMBER_1, *command], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+    stopped = subprocess.run(
+        [sys.executable, "-c", PREEMPTED_IN_MEMBER_1, *command], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"resnet-train: stopped by SIGTERM at step 2 of 4; checkpoint {sweep / '1' / 'checkpoints' / 'ckpt-2'} "
-        f"written: run the same command again to continue from this step")
+        f"written: run the same command again to continue from this step"
+    )
     assert (sweep / "0" / "results.json").exists() and not (sweep / "1" / "results.json").exists()
     assert not (sweep / "2").exists()  # the sweep stopped: member 2 never started
     finished = file_digests(sweep / "0")
@@ -270,8 +299,9 @@ def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_membe
     again = cli(*command)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("Test accuracy") == 3  # member 0's results are reported again, not recomputed
-    assert {k: v for k, v in file_digests(sweep / "0").items() if k != "train.log"} == \
-        {k: v for k, v in finished.items() if k != "train.log"}
+    assert {k: v for k, v in file_digests(sweep / "0").items() if k != "train.log"} == {
+        k: v for k, v in finished.items() if k != "train.log"
+    }
     assert "already finished" in (sweep / "0" / "train.log").read_text()
     log_1, log_2 = ((sweep / m / "train.log").read_text() for m in ("1", "2"))
     assert "Continuing at step 2 of 4" in log_1
@@ -281,9 +311,15 @@ def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_membe
     assert [r["status"] for r in rows(sweep)] == ["finished"] * 3
 
 
-@pytest.mark.parametrize("name,depth,epochs,lr,schedule", [
-    ("cifar10_paper", 56, 182, 0.1, "step"), ("cifar10_preact", 164, 164, 0.1, "step"),
-    ("cifar10_fast", 20, 30, 0.1, "cosine"), ("imagenet_90ep", 50, 90, 0.1, "step")])
+@pytest.mark.parametrize(
+    "name,depth,epochs,lr,schedule",
+    [
+        ("cifar10_paper", 56, 182, 0.1, "step"),
+        ("cifar10_preact", 164, 164, 0.1, "step"),
+        ("cifar10_fast", 20, 30, 0.1, "cosine"),
+        ("imagenet_90ep", 50, 90, 0.1, "step"),
+    ],
+)
 def test_recipes_compose_and_state_their_reference(name, depth, epochs, lr, schedule):
     cfg = compose(f"experiment={name}")
     assert (cfg.depth, cfg.epochs, cfg.optimizer.lr, cfg.schedule.name) == (depth, epochs, lr, schedule)

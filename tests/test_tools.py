@@ -3,6 +3,7 @@
 Each console script runs once as a process of its own, where the suite checks its exit code (the
 cheapest such case per tool); every other call runs its entry point in this process (conftest's
 `cli`), without TensorFlow's start-up of several seconds per call."""
+
 import json
 import re
 import subprocess
@@ -47,8 +48,17 @@ def trained(tmp_path_factory):
     # checkpoints, which train_and_evaluate writes as the resnet-train CLI does (the CLI adds only
     # its overrides.yaml and train.log, which no tool reads).
     run = tmp_path_factory.mktemp("tools") / "run"
-    train_and_evaluate(compose("depth=8", "batch_size=32", "epochs=8", "data.limit_train=512", "data.limit_test=100",
-                               "runtime.precision=float32"), run)
+    train_and_evaluate(
+        compose(
+            "depth=8",
+            "batch_size=32",
+            "epochs=8",
+            "data.limit_train=512",
+            "data.limit_test=100",
+            "runtime.precision=float32",
+        ),
+        run,
+    )
     return run
 
 
@@ -112,13 +122,20 @@ def test_eval_refuses_a_dataset_of_another_image_size_in_one_line(trained, tmp_p
         (data / str(label)).mkdir(parents=True)
         for i in np.flatnonzero(y_test == label)[:3]:
             Image.fromarray(x_test[i]).save(data / str(label) / f"{i}.png")
-    done = cli(f"run={trained}", "data.source=folder", f"data.path={data}", "data.image_size=16", "data.split=train",
-               entry="resnet-eval")
+    done = cli(
+        f"run={trained}",
+        "data.source=folder",
+        f"data.path={data}",
+        "data.image_size=16",
+        "data.split=train",
+        entry="resnet-eval",
+    )
     err = done.stderr
     assert done.returncode == 2, err[-2000:]
     assert [line for line in err.splitlines() if line.startswith("resnet-eval:")] == [
         "resnet-eval: error: the model takes (32, 32, 3) images but small_digits has (16, 16, 3): set "
-        "data.image_size to match"], err[-2000:]
+        "data.image_size to match"
+    ], err[-2000:]
     assert "Traceback" not in err and not (trained / "eval" / "train.json").exists()
 
 
@@ -156,8 +173,12 @@ def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures, cl
     text = tool("resnet-predict", f"run={trained}", f"images=[{folder / 'first.png'}]")  # top_k=5
     assert text.returncode == 0
     # path: class probability, ... for the 5 most probable classes: the JSON's, to 3 decimals
-    assert text.stdout == f"{folder / 'first.png'}: " + ", ".join(
-        f"{item['class']} {item['probability']:.3f}" for item in found["first.png"][:5]) + "\n"
+    assert (
+        text.stdout
+        == f"{folder / 'first.png'}: "
+        + ", ".join(f"{item['class']} {item['probability']:.3f}" for item in found["first.png"][:5])
+        + "\n"
+    )
 
 
 # The most an unquantised export may change a probability: the float32 maths of the same model,
@@ -190,8 +211,10 @@ def cli_exports(trained, tmp_path_factory):
         if fmt not in made:
             out = root / f"{fmt}_none"
             args = (f"run={trained}", f"format={fmt}", f"out={out}")
-            made[fmt] = (tool("resnet-export", *args) if fmt == EXPORT_IN_A_PROCESS
-                         else cli(*args, entry="resnet-export")), out
+            made[fmt] = (
+                (tool("resnet-export", *args) if fmt == EXPORT_IN_A_PROCESS else cli(*args, entry="resnet-export")),
+                out,
+            )
         return made[fmt]
 
     return export
@@ -201,9 +224,12 @@ def printed_export(done):
     """What resnet-export printed: (exported path, MB, examples, exported accuracy, original
     accuracy, top-1 agreement, largest probability difference)."""
     assert done.returncode == 0, done.stderr[-2000:]
-    (path, megabytes), = re.findall(r"^Exported \w+: (\S+) \(([\d.]+) MB\)$", done.stdout, re.M)
-    line = re.search(r"Accuracy on (\d+) test images: exported ([\d.]+), original ([\d.]+); top-1 agreement "
-                     r"([\d.]+), largest probability difference ([\d.e+-]+)", done.stdout)
+    ((path, megabytes),) = re.findall(r"^Exported \w+: (\S+) \(([\d.]+) MB\)$", done.stdout, re.M)
+    line = re.search(
+        r"Accuracy on (\d+) test images: exported ([\d.]+), original ([\d.]+); top-1 agreement "
+        r"([\d.]+), largest probability difference ([\d.e+-]+)",
+        done.stdout,
+    )
     assert line, done.stdout
     return (Path(path), float(megabytes), *(float(g) for g in line.groups()))
 
@@ -216,8 +242,11 @@ def test_export_cli_reports_accuracy_and_size(trained, cli_exports, cli, fmt):
     done, out = cli_exports(fmt, cli)
     exported_file, megabytes, examples, exported, original, agreement, difference = printed_export(done)
     assert exported_file.parent == out and exported_file.exists()
-    size = sum(f.stat().st_size for f in exported_file.rglob("*") if f.is_file()) if exported_file.is_dir() \
+    size = (
+        sum(f.stat().st_size for f in exported_file.rglob("*") if f.is_file())
+        if exported_file.is_dir()
         else exported_file.stat().st_size
+    )
     assert megabytes == pytest.approx(size / 1e6, abs=0.005)  # printed with 2 decimals
     assert examples == 100
 
@@ -233,8 +262,10 @@ def test_export_cli_reports_accuracy_and_size(trained, cli_exports, cli, fmt):
     assert abs(exported - np.mean(reloaded.argmax(1) == y_test)) <= ties / 100
     # Printed: the probabilities within the bound, so the accuracies and the top-1 classes differ
     # by no more than the near ties (none, unless two classes are within 2e-5 of each other).
-    assert difference <= bound and abs(exported - original) <= ties / 100 and agreement >= 1 - ties / 100, \
-        (done.stdout, ties)
+    assert difference <= bound and abs(exported - original) <= ties / 100 and agreement >= 1 - ties / 100, (
+        done.stdout,
+        ties,
+    )
 
 
 def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_exports, cli):
@@ -251,10 +282,14 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_e
     # <= 3.8e-2, top-1 agreement >= 0.975 (and the unquantised ones <= 8e-7, the .keras one 0).
     # The unquantised files are the CLI test's (cli_exports), not exported a second time.
     folders = {}
-    for fmt, quantize, tolerance in [("saved_model", "none", FLOAT32_EXPORT_BOUND["saved_model"]),
-                                     ("keras", "none", FLOAT32_EXPORT_BOUND["keras"]),
-                                     ("tflite", "none", FLOAT32_EXPORT_BOUND["tflite"]), ("tflite", "float16", 5e-3),
-                                     ("tflite", "dynamic", 5e-2), ("tflite", "int8", 1e-1)]:
+    for fmt, quantize, tolerance in [
+        ("saved_model", "none", FLOAT32_EXPORT_BOUND["saved_model"]),
+        ("keras", "none", FLOAT32_EXPORT_BOUND["keras"]),
+        ("tflite", "none", FLOAT32_EXPORT_BOUND["tflite"]),
+        ("tflite", "float16", 5e-3),
+        ("tflite", "dynamic", 5e-2),
+        ("tflite", "int8", 1e-1),
+    ]:
         if quantize == "none":
             done, folders[fmt, quantize] = cli_exports(fmt, cli)
             path, _, examples, *_ = printed_export(done)
@@ -266,8 +301,10 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_e
         got = load_predictor(path, fmt)(images)
         assert np.abs(got - original).max() <= tolerance, (fmt, quantize)
         assert np.mean(got.argmax(1) == original.argmax(1)) >= 0.9, (fmt, quantize)
-    sizes = {q: folders["tflite", q].glob("*.tflite").__next__().stat().st_size
-             for q in ("none", "float16", "dynamic", "int8")}
+    sizes = {
+        q: folders["tflite", q].glob("*.tflite").__next__().stat().st_size
+        for q in ("none", "float16", "dynamic", "int8")
+    }
     assert sizes["float16"] < sizes["none"] and sizes["int8"] < sizes["float16"]
 
     # The SavedModel also serves encoded images, and ships its class names.
@@ -284,8 +321,9 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_e
 
 def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):
     folder, _ = pictures
-    done = tool("resnet-explain", f"run={trained}", f"images=[{folder / 'first.png'},{folder / 'more'}]",
-                f"out={tmp_path}")
+    done = tool(
+        "resnet-explain", f"run={trained}", f"images=[{folder / 'first.png'},{folder / 'more'}]", f"out={tmp_path}"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     pngs = sorted(tmp_path.glob("*_gradcam.png"))
     assert [p.name for p in pngs] == ["first_gradcam.png", "second_gradcam.png", "third_gradcam.png"]

@@ -1,4 +1,5 @@
 """train_and_evaluate end to end, in-process: loss falls, resume equals uninterrupted, CIFAR path."""
+
 import json
 import shutil
 
@@ -49,8 +50,7 @@ def test_resumed_run_ends_exactly_like_the_uninterrupted_one(tmp_path):
     for f in ckpts.iterdir():
         if f.name.startswith("ckpt-") and not f.name.startswith(first + "."):
             f.unlink()
-    (ckpts / "checkpoint").write_text(
-        f'model_checkpoint_path: "{first}"\nall_model_checkpoint_paths: "{first}"\n')
+    (ckpts / "checkpoint").write_text(f'model_checkpoint_path: "{first}"\nall_model_checkpoint_paths: "{first}"\n')
     (resumed / "results.json").unlink()
     got = train_and_evaluate(compose(*overrides), resumed)
 
@@ -60,8 +60,9 @@ def test_resumed_run_ends_exactly_like_the_uninterrupted_one(tmp_path):
     assert [r["epoch"] for r in after] == [1, 2, 3]
     assert after[0] == before[0] and all(a["time"] > before[-1]["time"] for a in after[1:])
     timing = ("time", "images_per_sec", "mfu")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in after] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in before]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in after] == [
+        {k: v for k, v in r.items() if k not in timing} for r in before
+    ]
     assert got["steps"] == expected["steps"]
     assert got["test"] == expected["test"]
     assert got["checkpoint"].startswith(str(resumed))
@@ -86,8 +87,14 @@ def test_cifar10_recipe_defaults_are_the_papers():
 
 
 def test_cifar10_trains_through_the_real_tfds_builder(tmp_path, fake_cifar10):
-    cfg = compose("depth=8", "data=cifar10", "epochs=1", "batch_size=8",
-                  f"data.data_dir={fake_cifar10['data_dir']}", f"data.manual_dir={fake_cifar10['manual_dir']}")
+    cfg = compose(
+        "depth=8",
+        "data=cifar10",
+        "epochs=1",
+        "batch_size=8",
+        f"data.data_dir={fake_cifar10['data_dir']}",
+        f"data.manual_dir={fake_cifar10['manual_dir']}",
+    )
     results = train_and_evaluate(cfg, tmp_path / "run")
     assert results["dataset"] == "cifar10" and results["steps"] == 20 // 8
     assert results["test"]["examples"] == 4
@@ -114,8 +121,15 @@ def test_validation_split_drives_per_epoch_eval_and_test_is_reported_at_the_end(
 
 def test_any_tfds_dataset_by_name(tmp_path, fake_cifar):
     fake = fake_cifar("cifar100")
-    cfg = compose("depth=8", "data=tfds", "data.name=cifar100", "epochs=1", "batch_size=8",
-                  f"data.data_dir={fake['data_dir']}", f"data.manual_dir={fake['manual_dir']}")
+    cfg = compose(
+        "depth=8",
+        "data=tfds",
+        "data.name=cifar100",
+        "epochs=1",
+        "batch_size=8",
+        f"data.data_dir={fake['data_dir']}",
+        f"data.manual_dir={fake['manual_dir']}",
+    )
     results = train_and_evaluate(cfg, tmp_path / "run")
     assert results["dataset"] == "cifar100" and results["test"]["examples"] == 4
     assert results["model"] == "cifar_resnet8"  # 32x32 images pick the CIFAR family
@@ -149,9 +163,17 @@ def test_training_with_every_augmentation_at_once_puts_the_soft_labels_in_the_lo
         return drawn[-1]
 
     monkeypatch.setattr(pipeline, "training_stream", recording)
-    cfg = compose(*TINY, "epochs=1", "augment=autoaugment", "augment.cutout=8", "augment.mixup_alpha=0.2",
-                  "augment.cutmix_alpha=1.0", "augment.label_smoothing=0.1", "checkpoint.every_steps=1",
-                  "checkpoint.keep=5")
+    cfg = compose(
+        *TINY,
+        "epochs=1",
+        "augment=autoaugment",
+        "augment.cutout=8",
+        "augment.mixup_alpha=0.2",
+        "augment.cutmix_alpha=1.0",
+        "augment.label_smoothing=0.1",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep=5",
+    )
     results = train_and_evaluate(cfg, tmp_path)
     (train,) = records(tmp_path, "train")
     assert np.isfinite(train["loss"]) and 0.0 <= train["accuracy"] <= 1.0
@@ -180,7 +202,7 @@ def test_training_with_every_augmentation_at_once_puts_the_soft_labels_in_the_lo
         assert after["correct"] - before["correct"] == np.sum(log_probs.argmax(-1) == labels.argmax(-1))
         hard = np.eye(10)[labels.argmax(-1)]
         if labels.max(-1).min() < 0.9:  # a batch really mixed: the loss of its hard labels lies
-            mixed += 1                    # well outside the tolerance (the check tells them apart)
+            mixed += 1  # well outside the tolerance (the check tells them apart)
             assert abs(cross_entropy(hard) - got) > 10 * tolerance, (step, got, cross_entropy(hard))
     assert mixed >= 1  # the seed mixes at least one of these batches (mixup's lambda can be ~1)
 
@@ -194,5 +216,7 @@ def test_an_epochs_time_outside_its_steps_is_logged_by_part_when_over_a_second(c
     _log_overhead(2, 5, 40.0, {"new input pipeline": 0.2, "loop": 0.1, "evaluation": 0.5, "checkpoint": 0.1})
     assert caplog.text == ""  # 0.9 s: not worth a line
     _log_overhead(3, 5, 40.0, {"new input pipeline": 0.2, "loop": 0.1, "evaluation": 1.5, "checkpoint": 0.1})
-    assert caplog.messages == ["epoch 3/5  1.9 s outside the 40.0 s of training steps: new input pipeline 0.2 s, "
-                               "loop 0.1 s, evaluation 1.5 s, checkpoint 0.1 s"]
+    assert caplog.messages == [
+        "epoch 3/5  1.9 s outside the 40.0 s of training steps: new input pipeline 0.2 s, "
+        "loop 0.1 s, evaluation 1.5 s, checkpoint 0.1 s"
+    ]

@@ -1,50 +1,68 @@
 """runtime=auto tunes itself: which levers (oneDNN, XLA, steps per call, threads) a measurement
 chose, how explicit settings win, and one real measurement (fresh processes) on a tiny probe."""
+
 import json
 
 import pytest
 from helpers import compose
 
-from resnet_train.runtime import onednn, tuning
+from resnet_train.runtime import onednn, threads, tuning
 
 RATES = {"1": {"plain": 1000.0, "xla": 550.0, "spc": 1010.0, "inter_op_1": 900.0}, "0": {"plain": 360.0}}
 
 
 def test_a_lever_leaves_its_default_only_when_measured_clearly_faster():
-    assert tuning.choose(RATES) == {"onednn": [True, "oneDNN 2.78x without"], "xla": [False, "XLA 0.55x without"],
-                                    "steps_per_call": [1, "4 steps per call 1.01x one"],
-                                    "threads": ["default", "1 inter-op thread 0.90x TensorFlow's default"]}
+    assert tuning.choose(RATES) == {
+        "onednn": [True, "oneDNN 2.78x without"],
+        "xla": [False, "XLA 0.55x without"],
+        "steps_per_call": [1, "4 steps per call 1.01x one"],
+        "threads": ["default", "1 inter-op thread 0.90x TensorFlow's default"],
+    }
     # oneDNN slower by more than the noise margin: off, and XLA / steps per call / threads from that process.
     slower = {"1": {"plain": 300.0}, "0": {"plain": 400.0, "xla": 480.0, "spc": 440.0, "inter_op_1": 440.0}}
-    assert tuning.choose(slower) == {"onednn": [False, "oneDNN 0.75x without"], "xla": [True, "XLA 1.20x without"],
-                                     "steps_per_call": [4, "4 steps per call 1.10x one"],
-                                     "threads": [[1, 0], "1 inter-op thread 1.10x TensorFlow's default"]}
+    assert tuning.choose(slower) == {
+        "onednn": [False, "oneDNN 0.75x without"],
+        "xla": [True, "XLA 1.20x without"],
+        "steps_per_call": [4, "4 steps per call 1.10x one"],
+        "threads": [[1, 0], "1 inter-op thread 1.10x TensorFlow's default"],
+    }
     # oneDNN over twice as fast as without: XLA (its own kernels, not oneDNN's) is not tried.
     untried = tuning.choose({"1": {"plain": 1000.0, "spc": 1000.0, "inter_op_1": 950.0}, "0": {"plain": 300.0}})
     assert untried["xla"][0] is False and untried["xla"][1].startswith("XLA not tried: oneDNN 3.33x without it")
     # Within MIN_GAIN either way: no measured choice, the CPU's rule decides.
     close = {"1": {"plain": 1000.0}, "0": {"plain": 960.0}}
-    assert tuning.choose(close)["onednn"] == [None, "oneDNN 1.04x without: under 1.08x either way, the CPU's rule "
-                                                    "decides"]
+    assert tuning.choose(close)["onednn"] == [
+        None,
+        "oneDNN 1.04x without: under 1.08x either way, the CPU's rule decides",
+    ]
     # A probe that failed (an empty result) chooses nothing.
     assert tuning.choose({"1": {}, "0": {}}) == {
-        "onednn": [None, "not measured (a probe failed): the CPU's rule decides"], "xla": [False, "XLA not measured"],
-        "steps_per_call": [1, "steps per call not measured"], "threads": ["default", "threads not measured"]}
+        "onednn": [None, "not measured (a probe failed): the CPU's rule decides"],
+        "xla": [False, "XLA not measured"],
+        "steps_per_call": [1, "steps per call not measured"],
+        "threads": ["default", "threads not measured"],
+    }
 
 
 def test_explicit_settings_win_and_only_runtime_auto_uses_the_measurement(monkeypatch):
-    entry = {"choices": tuning.choose({"1": {"plain": 300.0, "xla": 400.0, "spc": 400.0, "inter_op_1": 330.0},
-                                       "0": {"plain": 100.0}}),
-             "date": "2026-12-02"}
+    entry = {
+        "choices": tuning.choose(
+            {"1": {"plain": 300.0, "xla": 400.0, "spc": 400.0, "inter_op_1": 330.0}, "0": {"plain": 100.0}}
+        ),
+        "date": "2026-12-02",
+    }
     monkeypatch.setattr(tuning, "cached", lambda: entry)
     monkeypatch.setattr(tuning, "_has_gpu", lambda: False)
     auto = tuning.resolve(compose("runtime=auto").runtime)
-    assert auto == {"onednn": (True, "measured 2026-12-02: oneDNN 3.00x without"),
-                    "xla": (True, "measured 2026-12-02: XLA 1.33x without"),
-                    "steps_per_call": (4, "measured 2026-12-02: 4 steps per call 1.33x one"),
-                    "threads": ([1, 0], "measured 2026-12-02: 1 inter-op thread 1.10x TensorFlow's default")}
-    mine = tuning.resolve(compose("runtime=auto", "runtime.xla=false", "runtime.steps_per_call=2",
-                                  "runtime.threads=[2,1]").runtime)
+    assert auto == {
+        "onednn": (True, "measured 2026-12-02: oneDNN 3.00x without"),
+        "xla": (True, "measured 2026-12-02: XLA 1.33x without"),
+        "steps_per_call": (4, "measured 2026-12-02: 4 steps per call 1.33x one"),
+        "threads": ([1, 0], "measured 2026-12-02: 1 inter-op thread 1.10x TensorFlow's default"),
+    }
+    mine = tuning.resolve(
+        compose("runtime=auto", "runtime.xla=false", "runtime.steps_per_call=2", "runtime.threads=[2,1]").runtime
+    )
     assert mine["xla"] == (False, "runtime.xla=false") and mine["steps_per_call"] == (2, "runtime.steps_per_call=2")
     assert list(mine["threads"][0]) == [2, 1] and mine["threads"][1] == "runtime.threads=[2,1]"
     # Another runtime keeps the defaults, as does a machine with GPUs.
@@ -53,7 +71,9 @@ def test_explicit_settings_win_and_only_runtime_auto_uses_the_measurement(monkey
     assert tuning.resolve(compose("runtime=auto").runtime)["steps_per_call"] == (1, "default (not runtime=auto)")
     # oneDNN's measured choice is used by `auto` when no TF_ENABLE_ONEDNN_OPTS is exported.
     assert onednn.decide("auto", environ={}, measured=[False, "oneDNN 0.75x without"]) == (
-        False, "runtime=auto measured this machine: oneDNN 0.75x without")
+        False,
+        "runtime=auto measured this machine: oneDNN 0.75x without",
+    )
     assert onednn.decide("auto", environ={"TF_ENABLE_ONEDNN_OPTS": "1"}, measured=[False, "x"])[0] is True
 
 
@@ -89,26 +109,26 @@ def test_the_measurement_runs_once_per_machine_and_is_cached(tmp_path, monkeypat
 
 
 def test_thread_pools_are_set_before_tensorflow_starts_explicit_then_exported_then_measured(monkeypatch):
-    monkeypatch.setattr(tuning, "_applied", None)
+    monkeypatch.setattr(threads, "_applied", None)
     env = {"TF_NUM_INTRAOP_THREADS": "3"}
-    assert tuning.apply_threads([1, 2], environ=env) == "runtime.threads=[1,2]: 1 inter-op, 2 intra-op"
+    assert threads.apply([1, 2], environ=env) == "runtime.threads=[1,2]: 1 inter-op, 2 intra-op"
     assert env == {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}
-    assert tuning.threads_in_effect() == "runtime.threads=[1,2]: 1 inter-op, 2 intra-op"  # the run's log line
+    assert threads.in_effect() == "runtime.threads=[1,2]: 1 inter-op, 2 intra-op"  # the run's log line
     # 0 is TensorFlow's default for that pool: the variable goes (explicit settings win over exports).
-    assert tuning.apply_threads([1, 0], environ=env) == "runtime.threads=[1,0]: 1 inter-op, default intra-op"
+    assert threads.apply([1, 0], environ=env) == "runtime.threads=[1,0]: 1 inter-op, default intra-op"
     assert env == {"TF_NUM_INTEROP_THREADS": "1"}
-    assert tuning.apply_threads("default", environ=env).endswith("TensorFlow's default, one per core in each pool")
+    assert threads.apply("default", environ=env).endswith("TensorFlow's default, one per core in each pool")
     assert env == {}
     # auto: an exported variable wins over the measurement, which wins over the default.
     measured = [[1, 0], "1 inter-op thread 1.12x TensorFlow's default"]
     exported = {"TF_NUM_INTEROP_THREADS": "4"}
-    assert tuning.apply_threads("auto", measured, environ=exported) == "TF_NUM_INTEROP_THREADS=4 exported"
+    assert threads.apply("auto", measured, environ=exported) == "TF_NUM_INTEROP_THREADS=4 exported"
     assert exported == {"TF_NUM_INTEROP_THREADS": "4"}
-    assert tuning.apply_threads("auto", measured, environ=env) == (
-        "measured: 1 inter-op thread 1.12x TensorFlow's default: 1 inter-op, default intra-op")
+    assert threads.apply("auto", measured, environ=env) == (
+        "measured: 1 inter-op thread 1.12x TensorFlow's default: 1 inter-op, default intra-op"
+    )
     assert env == {"TF_NUM_INTEROP_THREADS": "1"}
-    assert tuning.apply_threads("auto", None, environ={}) == (
-        "not tuned: TensorFlow's default, one per core in each pool")
+    assert threads.apply("auto", None, environ={}) == ("not tuned: TensorFlow's default, one per core in each pool")
 
 
 def test_an_unwritable_cache_measures_nothing_and_keeps_the_defaults(tmp_path, monkeypatch):
@@ -117,8 +137,10 @@ def test_an_unwritable_cache_measures_nothing_and_keeps_the_defaults(tmp_path, m
     monkeypatch.setattr(tuning, "measure", lambda probe=None: pytest.fail("measured without a cache"))
     said = []
     assert tuning.tune(log=said.append) == {}
-    assert said == [f"runtime=auto: not measuring this machine: cannot write its cache "
-                    f"{tmp_path / 'a_file' / 'resnet_train' / 'tuning.json'} (Not a directory); the levers keep "
-                    f"their defaults (set XDG_CACHE_HOME to a writable folder)"]
+    assert said == [
+        f"runtime=auto: not measuring this machine: cannot write its cache "
+        f"{tmp_path / 'a_file' / 'resnet_train' / 'tuning.json'} (Not a directory); the levers keep "
+        f"their defaults (set XDG_CACHE_HOME to a writable folder)"
+    ]
     monkeypatch.setattr(tuning, "_has_gpu", lambda: False)
     assert tuning.resolve(compose("runtime=auto").runtime)["xla"] == (False, "default (not measured on this machine)")

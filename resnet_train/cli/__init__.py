@@ -1,6 +1,7 @@
 """Hydra entry points, kept thin: compose the config, call the library, turn user errors into
 one line and exit code 2. TensorFlow is imported only inside the task, so --help and --cfg are fast.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,9 @@ store.register()  # the configs' YAML files name their schemas (schema.py)
 # ${worker_suffix:} in train.yaml: non-chief workers log to train_worker<i>.log beside the chief's.
 OmegaConf.register_new_resolver("worker_suffix", worker_suffix, replace=True)
 # ${hydra_files_subdir:${hydra.mode}} in train.yaml: .hydra/ from Hydra for sweep members only.
-OmegaConf.register_new_resolver("hydra_files_subdir", lambda mode: ".hydra" if "MULTIRUN" in str(mode) else None,
-                                replace=True)
+OmegaConf.register_new_resolver(
+    "hydra_files_subdir", lambda mode: ".hydra" if "MULTIRUN" in str(mode) else None, replace=True
+)
 
 
 def _quiet_tensorflow() -> None:
@@ -68,14 +70,14 @@ def fail(error) -> None:
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
 def _train(cfg) -> float:
     from resnet_train.errors import UserError
-    from resnet_train.runtime import onednn, tuning
+    from resnet_train.runtime import onednn, threads, tuning
 
     try:  # before TensorFlow's import: oneDNN is fixed by it
         setting = onednn.normalise(cfg.runtime.onednn)
         wanted = tuning.wanted(cfg.runtime)
         measured = tuning.tune(log=logging.getLogger("resnet_train.runtime.tuning").info) if wanted else None
         onednn.apply(setting, measured=tuning.choice(measured, "onednn"))
-        tuning.apply_threads(cfg.runtime.threads, measured=tuning.choice(measured, "threads"))
+        threads.apply(cfg.runtime.threads, measured=tuning.choice(measured, "threads"))
     except UserError as error:
         fail(error)
     _quiet_tensorflow()
@@ -85,16 +87,20 @@ def _train(cfg) -> float:
     workdir = HydraConfig.get().runtime.output_dir
     _check_search_has_validation(cfg)
     try:
-        results = train_and_evaluate(cfg, workdir, started=PROCESS_START,
-                                     overrides=list(HydraConfig.get().overrides.task))
+        results = train_and_evaluate(
+            cfg, workdir, started=PROCESS_START, overrides=list(HydraConfig.get().overrides.task)
+        )
     except UserError as error:
         fail(error)
     except (Preempted, StoppedDuringSetUp) as stop:  # the same command continues the run
         print(f"resnet-train: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
-        print(f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "
-              f"{workdir}/checkpoints", file=sys.stderr)
+        print(
+            f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "
+            f"{workdir}/checkpoints",
+            file=sys.stderr,
+        )
         sys.exit(130)
     test, k = results["test"], results["top_k"]
     print(
@@ -112,8 +118,11 @@ def _check_search_has_validation(cfg) -> None:
     sweeper = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or "")
     if "optuna" in sweeper.lower() and not cfg.data.val_split:
         # Every trial would fail alike: one line and exit 2 for the whole search, not a member's traceback.
-        print("resnet-train: error: hparams_search=optuna needs a validation split to optimise "
-              "(data.val_split=0.1 or a count): it would otherwise tune on the test set", file=sys.stderr)
+        print(
+            "resnet-train: error: hparams_search=optuna needs a validation split to optimise "
+            "(data.val_split=0.1 or a count): it would otherwise tune on the test set",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -139,9 +148,14 @@ def _show_augment(cfg) -> None:
         images, labels = next(iter(splits.train.batch(cfg.images)))
         decode = pipeline.eval_preprocess(info)  # streamed JPEGs: the originals as evaluation sees them
         path = augment_gallery(
-            images, labels.numpy(), info.class_names,
+            images,
+            labels.numpy(),
+            info.class_names,
             make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded),
-            make_batch_augment(cfg.augment, info.num_classes), cfg.versions, cfg.seed, cfg.out,
+            make_batch_augment(cfg.augment, info.num_classes),
+            cfg.versions,
+            cfg.seed,
+            cfg.out,
             originals=tf.stack([decode(x) for x in images]) if decode else None,
         )
     except UserError as error:
@@ -156,13 +170,13 @@ def show_augment() -> None:
 
 def run_tool(task):
     """Runs a tool's body; user errors become one line and exit code 2."""
-    from resnet_train.runtime import onednn, tuning
+    from resnet_train.runtime import onednn, threads, tuning
 
     # The tools have no runtime group: oneDNN and threads as runtime=auto measured them here, else
     # the CPU's rule and TensorFlow's default.
     measured = tuning.cached()  # read once
     onednn.apply("auto", measured=tuning.choice(measured, "onednn"))
-    tuning.apply_threads("auto", measured=tuning.choice(measured, "threads"))
+    threads.apply("auto", measured=tuning.choice(measured, "threads"))
     _quiet_tensorflow()
     from resnet_train.errors import UserError
 
@@ -178,8 +192,9 @@ def _plot_schedule(cfg) -> None:
         from resnet_train.tools.schedule_plot import plot_schedule
 
         path, lrs = plot_schedule(cfg)
-        print(f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; "
-              f"{len(lrs)} steps)")
+        print(
+            f"Wrote {path.resolve()} (lr from {lrs[0]:.4g}, peak {lrs.max():.4g}, last {lrs[-1]:.4g}; {len(lrs)} steps)"
+        )
 
     run_tool(task)
 

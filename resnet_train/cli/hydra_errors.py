@@ -5,6 +5,7 @@ console scripts run the Hydra app with HYDRA_FULL_ERROR set so the exception rea
 `explain` turns the ones a user causes (an unknown key or option, a malformed override, a broken
 YAML file, an unusable run directory) into one line; anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -27,8 +28,9 @@ def known_keys(config_name: str) -> list[str]:
     except Exception:  # noqa: BLE001 -- suggestions are a nicety; never fail while explaining
         return []
     configs = Path(__file__).parents[1] / "configs"
-    groups = [p.name for p in configs.iterdir() if p.is_dir() and p.name != "__pycache__"
-              and "model" in cfg]  # the training config's groups, not the tools'
+    groups = [
+        p.name for p in configs.iterdir() if p.is_dir() and p.name != "__pycache__" and "model" in cfg
+    ]  # the training config's groups, not the tools'
     leaves = flatten(cfg)
     sections = {key.rsplit(".", i)[0] for key in leaves for i in range(1, key.count(".") + 1)}
     return sorted(leaves.keys() | sections) + groups
@@ -58,8 +60,13 @@ def explain(error: BaseException, config_name: str) -> str | None:
             group, option = missing.rsplit("/", 1)
             options = list(error.options or [])
             hint = difflib.get_close_matches(option, options, n=1)
-            return (f"unknown {group} '{option}'" + (f" (did you mean {hint[0]}?)" if hint else "")
-                    + f": choose one of {', '.join(options)}" if options else f"no config '{missing}'")
+            return (
+                f"unknown {group} '{option}'"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+                + f": choose one of {', '.join(options)}"
+                if options
+                else f"no config '{missing}'"
+            )
         return f"no config '{missing}': check the name (configs/ lists them)"
     if isinstance(error, OverrideParseException):
         return f"{first_line(error, None)}: overrides are key=value, e.g. optimizer.lr=0.05 (quote values with spaces)"
@@ -71,8 +78,10 @@ def explain(error: BaseException, config_name: str) -> str | None:
         outside = re.search(r"In '([^']+)': ConfigKeyError.*?full_key: (\S+)", text, re.S)
         if outside:  # a preset sets a key the chosen option's schema lacks
             where, key = outside.groups()
-            return (f"{where} sets {key}, which the chosen {key.split('.')[0]} does not have: choose a matching "
-                    f"{key.split('.')[0]}=... or drop the setting")
+            return (
+                f"{where} sets {key}, which the chosen {key.split('.')[0]} does not have: choose a matching "
+                f"{key.split('.')[0]}=... or drop the setting"
+            )
         match = re.search(r"Could not override '([^']+)'", text)
         if match:
             key = match.group(1)
@@ -81,8 +90,10 @@ def explain(error: BaseException, config_name: str) -> str | None:
             unknown = cause is None or isinstance(cause, (ConfigKeyError, ConfigAttributeError))
             if not unknown:  # a known key, a bad value
                 return f"cannot set {key}: {first_line(cause, None)}"
-            return (f"unknown setting '{key}'{did_you_mean(key, config_name)}; "
-                    f"`{os.path.basename(sys.argv[0]) or 'resnet-train'} --cfg job` lists the settings")
+            return (
+                f"unknown setting '{key}'{did_you_mean(key, config_name)}; "
+                f"`{os.path.basename(sys.argv[0]) or 'resnet-train'} --cfg job` lists the settings"
+            )
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(error, yaml.YAMLError):
         mark = getattr(error, "problem_mark", None)

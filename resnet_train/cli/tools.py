@@ -1,5 +1,6 @@
 """The after-training commands as Hydra apps (resnet-eval, -predict, -explain, -plot, -export) and
 resnet-sweep-report; thin like the training command's (cli/__init__.py), whose error handling they share."""
+
 from __future__ import annotations
 
 import sys
@@ -17,15 +18,25 @@ def _eval(cfg) -> float:
     def task():
         from resnet_train.tools.evaluate import evaluate_run
 
-        result = evaluate_run(cfg.run, cfg.checkpoint, cfg.data.split, OmegaConf.to_container(cfg.data),
-                              None if cfg.tta == "none" else cfg.tta, cfg.batch_size)
+        result = evaluate_run(
+            cfg.run,
+            cfg.checkpoint,
+            cfg.data.split,
+            OmegaConf.to_container(cfg.data),
+            None if cfg.tta == "none" else cfg.tta,
+            cfg.batch_size,
+        )
         k = next(key for key in result if key.startswith("top") and key != "top1")
-        print(f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
-              f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})")
+        print(
+            f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
+            f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})"
+        )
         per_class = sorted(result["per_class_accuracy"].items(), key=lambda kv: (kv[1] is None, kv[1]))
         shown = per_class if len(per_class) <= 20 else per_class[:10]
-        print(("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
-              ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None))
+        print(
+            ("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
+            ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None),
+        )
         print("Wrote " + " and ".join(result["files"]))
         return result["accuracy"]
 
@@ -59,8 +70,11 @@ def _predict(cfg) -> None:
         run = load_run(cfg.run, cfg.checkpoint)
         results, failed = predict_files(run, list(cfg.images), cfg.top_k)
         if cfg.output == "json":
-            print(json.dumps({"predictions": results,
-                              "failed": [{"path": str(p), "error": why} for p, why in failed]}, indent=2))
+            print(
+                json.dumps(
+                    {"predictions": results, "failed": [{"path": str(p), "error": why} for p, why in failed]}, indent=2
+                )
+            )
         else:
             for r in results:
                 print(f"{r['path']}: " + ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
@@ -148,9 +162,11 @@ def _export(cfg) -> None:
         quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
         weights = " with the EMA weights" if r.get("weights") == "ema" else ""
         print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
-        print(f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
-              f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
-              f"difference {r['max_probability_difference']:.2e}")
+        print(
+            f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
+            f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
+            f"difference {r['max_probability_difference']:.2e}"
+        )
 
     run_tool(task)
 

@@ -3,13 +3,14 @@ before data is loaded or a layer built. Every message names the setting, what wa
 valid choice. No TensorFlow import at module level: the CLI's error messages (hydra_errors) and
 runtime=auto's tuning read configs before TensorFlow starts.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from resnet_train.config import store
 from resnet_train.errors import ConfigError
-from resnet_train.runtime import onednn, tuning
+from resnet_train.runtime import onednn, threads
 
 
 def load_config(overrides=(), config_name: str = "train"):
@@ -56,8 +57,9 @@ def validate(cfg) -> None:
 
     _at_least("epochs", cfg.epochs, 1)
     if cfg.steps is not None and cfg.steps < 1:
-        raise ConfigError(f"steps must be null or a positive integer, the run's length in optimizer steps "
-                          f"(got {cfg.steps!r})")
+        raise ConfigError(
+            f"steps must be null or a positive integer, the run's length in optimizer steps (got {cfg.steps!r})"
+        )
     _at_least("batch_size", cfg.batch_size, 1)
     if cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer (got {cfg.seed!r})")
@@ -107,23 +109,30 @@ def _runtime(r) -> None:
         raise ConfigError(f"runtime.precision must be one of {', '.join(PRECISIONS)} (got {r.precision!r})")
     onednn.normalise(r.onednn)
     if not isinstance(r.xla, bool) and r.xla != "auto":
-        raise ConfigError(f"runtime.xla must be true, false or auto (got {r.xla!r}); auto: what "
-                          f"runtime=auto measured on this machine")
+        raise ConfigError(
+            f"runtime.xla must be true, false or auto (got {r.xla!r}); auto: what runtime=auto measured on this machine"
+        )
     if not _int_at_least(r.steps_per_call, 1) and r.steps_per_call != "auto":
-        raise ConfigError(f"runtime.steps_per_call must be an integer >= 1 or auto (got {r.steps_per_call!r}); "
-                          f"auto: what runtime=auto measured on this machine")
-    tuning.normalise_threads(r.threads)
+        raise ConfigError(
+            f"runtime.steps_per_call must be an integer >= 1 or auto (got {r.steps_per_call!r}); "
+            f"auto: what runtime=auto measured on this machine"
+        )
+    threads.normalise(r.threads)
     _at_least("runtime.cpu_replicas", r.cpu_replicas, 1)
     _at_least("runtime.max_nonfinite_steps", r.max_nonfinite_steps, 0)
     if r.strategy == "multi_worker" and r.devices is not None:
-        raise ConfigError("runtime.devices is not used under runtime=multi_worker (each worker uses its own "
-                          "GPUs, or its CPU): remove it")
+        raise ConfigError(
+            "runtime.devices is not used under runtime=multi_worker (each worker uses its own "
+            "GPUs, or its CPU): remove it"
+        )
 
 
 def _checkpoint(c) -> None:
     if c.keep < 2:
-        raise ConfigError(f"checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint "
-                          f"has a fallback (got {c.keep!r})")
+        raise ConfigError(
+            f"checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint "
+            f"has a fallback (got {c.keep!r})"
+        )
     if c.every_steps is not None and c.every_steps < 1:
         raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {c.every_steps!r})")
 

@@ -1,5 +1,6 @@
 """The commands' configs beside training's: resnet-plot-schedule and resnet-show-augment extend the
 train config (schema.TrainConfig); the tools (eval, predict, explain, export, plot) have their own."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from resnet_train.config.schema import TrainConfig, with_hint
 @dataclass
 class PlotScheduleConfig(TrainConfig):
     """resnet-plot-schedule: a train config and where its lr curve goes."""
+
     out: str = "lr_schedule.png"
     train_size: Optional[int] = with_hint("the training examples, e.g. 50000", None)
 
@@ -18,6 +20,7 @@ class PlotScheduleConfig(TrainConfig):
 @dataclass
 class ShowAugmentConfig(TrainConfig):
     """resnet-show-augment: a train config and the gallery it draws."""
+
     out: str = "augment_gallery.png"
     images: int = 8
     versions: int = 5
@@ -33,6 +36,7 @@ class RunToolConfig:
 @dataclass
 class EvalDataConfig:
     """resnet-eval's data: the split, and settings that replace the run's own data config."""
+
     split: str = "test"
     source: Optional[str] = None
     name: Optional[str] = None
@@ -79,6 +83,13 @@ class PlotConfig:
     out: str = "runs_comparison.png"
 
 
-TOOLS = {"train": TrainConfig, "plot_schedule": PlotScheduleConfig, "show_augment": ShowAugmentConfig,
-         "eval": EvalConfig, "predict": PredictConfig, "explain": ExplainConfig, "export": ExportConfig,
-         "plot": PlotConfig}
+TOOLS = {
+    "train": TrainConfig,
+    "plot_schedule": PlotScheduleConfig,
+    "show_augment": ShowAugmentConfig,
+    "eval": EvalConfig,
+    "predict": PredictConfig,
+    "explain": ExplainConfig,
+    "export": ExportConfig,
+    "plot": PlotConfig,
+}

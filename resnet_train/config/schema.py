@@ -8,6 +8,7 @@ choices are checked in config.validate. The code reads cfg.x with no defaults of
 A `hint` in a field's metadata is appended to the one-line error for a wrong value of that key.
 No TensorFlow here: the CLI composes configs before TensorFlow starts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -157,13 +158,13 @@ class AugmentConfig:
 class RuntimeConfig:
     strategy: str = "auto"
     precision: str = "auto"
-    onednn: Any = "auto"          # auto | true | false
-    xla: Any = "auto"             # auto | true | false
+    onednn: Any = "auto"  # auto | true | false
+    xla: Any = "auto"  # auto | true | false
     devices: Optional[List[str]] = None
     cpu_replicas: int = 1
     deterministic: bool = False
     steps_per_call: Any = "auto"  # auto | N
-    threads: Any = "auto"         # auto | default | [inter_op, intra_op]
+    threads: Any = "auto"  # auto | default | [inter_op, intra_op]
     max_nonfinite_steps: int = 20
 
 
@@ -171,6 +172,7 @@ class RuntimeConfig:
 @dataclass
 class DataConfig:
     """What every source has: the subset and split of its examples."""
+
     source: str = MISSING
     lr_batch_reference: Optional[int] = None
     classes: Optional[List[int]] = None
@@ -195,8 +197,9 @@ class TfdsDataConfig(DataConfig):
     name: Optional[str] = None  # the tensorflow-datasets name (cifar10, imagenet2012, ...); required
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
-    download: bool = with_hint("false never touches the network, true lets tensorflow-datasets download a dataset "
-                           "that is not prepared", True)
+    download: bool = with_hint(
+        "false never touches the network, true lets tensorflow-datasets download a dataset that is not prepared", True
+    )
     cache: bool = True
     image_size: int = 224  # streamed (cache=false) images are decoded and cropped to this
     train_split: str = "train"
@@ -263,14 +266,22 @@ class TrainConfig:
 GROUPS = {
     "model": {"resnet": ModelConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "lamb": LambConfig, "lars": LARSConfig},
-    "schedule": {"step": StepScheduleConfig, "cosine": CosineScheduleConfig, "exponential": ExponentialScheduleConfig,
-                 "onecycle": OneCycleScheduleConfig, "constant": ConstantScheduleConfig},
+    "schedule": {
+        "step": StepScheduleConfig,
+        "cosine": CosineScheduleConfig,
+        "exponential": ExponentialScheduleConfig,
+        "onecycle": OneCycleScheduleConfig,
+        "constant": ConstantScheduleConfig,
+    },
     "augment": {"augment": AugmentConfig},
     "runtime": {"runtime": RuntimeConfig},
-    "data": {"embedded": EmbeddedDataConfig, "tfds": TfdsDataConfig, "folder": FolderDataConfig,
-             "synthetic": SyntheticDataConfig},
+    "data": {
+        "embedded": EmbeddedDataConfig,
+        "tfds": TfdsDataConfig,
+        "folder": FolderDataConfig,
+        "synthetic": SyntheticDataConfig,
+    },
 }
-
 
 
 def hint(object_type, key) -> str:

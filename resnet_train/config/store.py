@@ -1,6 +1,7 @@
 """The schemas in Hydra's ConfigStore (register), and settings typed by them outside a composition:
 a mapping built in code (group_config), an old run's saved config (saved_run_config, the one place
 that supplies defaults), OmegaConf's type errors as one line (wrong_type). No TensorFlow here."""
+
 from __future__ import annotations
 
 from resnet_train.config.commands import TOOLS
@@ -18,8 +19,11 @@ def _known_only(values: dict, node) -> dict:
     from omegaconf import OmegaConf
 
     def keep(values, shape):
-        return {key: keep(value, shape[key]) if isinstance(value, dict) and isinstance(shape[key], dict) else value
-                for key, value in values.items() if key in shape}
+        return {
+            key: keep(value, shape[key]) if isinstance(value, dict) and isinstance(shape[key], dict) else value
+            for key, value in values.items()
+            if key in shape
+        }
 
     return keep(values, OmegaConf.to_container(node, resolve=False))  # unresolved: ${depth} needs the root
 
@@ -63,8 +67,10 @@ def group_config(group: str, values, drop_unknown: bool = False, defaults=None):
     unknown = sorted(set(plain) - set(node))
     if unknown:
         named = f" {CHOSEN_BY[group]}={plain[CHOSEN_BY[group]]}" if group in CHOSEN_BY else ""
-        raise ConfigError(f"{group}{named} has no setting {', '.join(f'{group}.{k}' for k in unknown)}: remove it, "
-                          f"or choose the {group} it belongs to ({group}=...)")
+        raise ConfigError(
+            f"{group}{named} has no setting {', '.join(f'{group}.{k}' for k in unknown)}: remove it, "
+            f"or choose the {group} it belongs to ({group}=...)"
+        )
     try:
         return OmegaConf.merge(node, plain)
     except ValidationError as e:  # a value of the wrong type, from a mapping built in code

@@ -1,11 +1,11 @@
 """Data sources and pipelines. `load(data_cfg)` picks the source named by `data.source`."""
+
 from __future__ import annotations
 
 from resnet_train.data.info import DatasetInfo, Splits
 from resnet_train.errors import ConfigError
 
 __all__ = ["load", "DatasetInfo", "Splits"]
-
 
 
 def load(cfg) -> Splits:
@@ -34,8 +34,9 @@ def select_classes(splits: Splits, classes) -> Splits:
     info = splits.info
     classes = [int(c) for c in classes]
     if len(set(classes)) != len(classes) or not all(0 <= c < info.num_classes for c in classes) or len(classes) < 2:
-        raise ConfigError(f"data.classes must be 2 or more distinct class indices in 0..{info.num_classes - 1} "
-                          f"(got {classes})")
+        raise ConfigError(
+            f"data.classes must be 2 or more distinct class indices in 0..{info.num_classes - 1} (got {classes})"
+        )
     if info.encoded:
         raise ConfigError("data.classes needs in-memory data (data.cache=true)")
     mapping = [-1] * info.num_classes
@@ -89,8 +90,10 @@ def carve_validation(splits: Splits, val_split, split_seed: int = 0) -> Splits:
 
     info = splits.info
     if info.encoded:
-        raise ConfigError(f"data.val_split needs in-memory data; {info.name} is streamed: use its own "
-                          f"validation split (data.test_split) instead")
+        raise ConfigError(
+            f"data.val_split needs in-memory data; {info.name} is streamed: use its own "
+            f"validation split (data.test_split) instead"
+        )
     if isinstance(val_split, float) and 0 < val_split < 1:
         count = int(round(val_split * info.train_size))
     elif isinstance(val_split, int) and not isinstance(val_split, bool) and val_split > 0:
@@ -145,15 +148,29 @@ def _load_source(cfg) -> Splits:
 
         if not cfg.name:
             raise ConfigError("data=tfds needs data.name=NAME, a tensorflow-datasets dataset name")
-        return tfds_source.load(cfg.name, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir, download=cfg.download,
-                                mean=cfg.mean, std=cfg.std, train_split=cfg.train_split, test_split=cfg.test_split,
-                                in_memory=cfg.cache, image_size=cfg.image_size)
+        return tfds_source.load(
+            cfg.name,
+            data_dir=cfg.data_dir,
+            manual_dir=cfg.manual_dir,
+            download=cfg.download,
+            mean=cfg.mean,
+            std=cfg.std,
+            train_split=cfg.train_split,
+            test_split=cfg.test_split,
+            in_memory=cfg.cache,
+            image_size=cfg.image_size,
+        )
     if cfg.source == "folder":
         from resnet_train.data import folder
 
-        return folder.load(cfg.path, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
-                           split_seed=cfg.split_seed)
+        return folder.load(
+            cfg.path, image_size=cfg.image_size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed
+        )
     from resnet_train.data import synthetic
 
-    return synthetic.load(image_shape=tuple(cfg.image_shape), num_classes=cfg.num_classes,
-                          train_size=cfg.train_size, test_size=cfg.test_size)
+    return synthetic.load(
+        image_shape=tuple(cfg.image_shape),
+        num_classes=cfg.num_classes,
+        train_size=cfg.train_size,
+        test_size=cfg.test_size,
+    )

@@ -9,6 +9,7 @@ All randomness is stateless: an image's is a function of (seed, epoch, index), a
 uninterrupted run would have seen, and there is no RNG state to checkpoint. Evaluation applies
 none of this.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -42,8 +43,13 @@ def pad_and_crop(image, padding: int, seed):
 def inception_box(shape, seed, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """Szegedy et al. 2015 crop window: (offset, size) covering 8-100% of the area, aspect 3/4-4/3."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-        min_object_covered=0.0, aspect_ratio_range=ratio, area_range=area, max_attempts=10,
+        shape,
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=ratio,
+        area_range=area,
+        max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
     return begin, size
@@ -115,8 +121,9 @@ def autoaugment(image, policy: str, seed):
         for (name, prob, level), step_seed in zip(steps, _split(seed, len(steps))):
             coin_seed, arg_seed = _split(step_seed, 2)
             apply = tf.random.stateless_uniform([], coin_seed) < prob
-            out = tf.cond(apply, lambda o=out, n=name, lv=level, s=arg_seed: _apply_op(n, o, lv / MAX_LEVEL, s),
-                          lambda o=out: o)
+            out = tf.cond(
+                apply, lambda o=out, n=name, lv=level, s=arg_seed: _apply_op(n, o, lv / MAX_LEVEL, s), lambda o=out: o
+            )
         return out
 
     image = tf.switch_case(index, [lambda s=s: run(s) for s in subpolicies])
@@ -245,8 +252,7 @@ def make_batch_augment(cfg, num_classes: int):
         soft = tf.one_hot(labels, num_classes, dtype=tf.float32)
         if mix and cut:
             use_mixup = tf.random.stateless_uniform([], choose_seed) < 0.5
-            return tf.cond(use_mixup, lambda: mixup(images, soft, mix, seed),
-                           lambda: cutmix(images, soft, cut, seed))
+            return tf.cond(use_mixup, lambda: mixup(images, soft, mix, seed), lambda: cutmix(images, soft, cut, seed))
         return mixup(images, soft, mix, seed) if mix else cutmix(images, soft, cut, seed)
 
     return batch_augment

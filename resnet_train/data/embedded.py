@@ -4,6 +4,7 @@ It ships inside scikit-learn, so the first run needs no download. The 8x8 grey i
 upscaled (bilinear) to 32x32 and repeated to 3 channels so that the CIFAR ResNets apply as they are.
 The train/test split is stratified and fixed (seeded), so test accuracy is comparable across runs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,7 @@ def load_digits_arrays(image_size: int = 32, test_fraction: float = 0.2):
     images = tf.image.resize(images, (image_size, image_size), method="bilinear").numpy()
     images = np.repeat(np.clip(np.round(images), 0, 255).astype("uint8"), 3, axis=-1)
     labels = digits.target.astype("int64")
-    return train_test_split(
-        images, labels, test_size=test_fraction, random_state=SPLIT_SEED, stratify=labels
-    )
+    return train_test_split(images, labels, test_size=test_fraction, random_state=SPLIT_SEED, stratify=labels)
 
 
 def load(image_size: int = 32, test_fraction: float = 0.2) -> Splits:

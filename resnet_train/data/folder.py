@@ -12,6 +12,7 @@ for the held-out ones, so training, evaluation and prediction see one geometry (
 of `augment=standard` then works inside that centre crop). An unreadable file is named in a
 warning and skipped; the count is reported.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,9 +69,16 @@ def decode_all(paths, labels, size: int, what: str):
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = list(tqdm(pool.map(lambda p: preprocess_file(p, (size, size, 3)), paths), total=len(paths),
-                           desc=f"decoding {what}", unit="img", leave=False,
-                           disable=len(paths) < 2000 or None))
+        images = list(
+            tqdm(
+                pool.map(lambda p: preprocess_file(p, (size, size, 3)), paths),
+                total=len(paths),
+                desc=f"decoding {what}",
+                unit="img",
+                leave=False,
+                disable=len(paths) < 2000 or None,
+            )
+        )
     bad = [p for p, im in zip(paths, images) if im is None]
     if bad:
         named = ", ".join(str(p) for p in bad[:MAX_NAMED])
@@ -109,8 +117,7 @@ def load(path, image_size: int = 32, val_fraction: float = 0.2, split_seed: int 
     paths, labels, names = list_files(train_root)
     if not paths:
         raise DataError(
-            f"no images in {train_root}: expected one sub-folder per class holding "
-            f"{', '.join(EXTENSIONS)} files"
+            f"no images in {train_root}: expected one sub-folder per class holding {', '.join(EXTENSIONS)} files"
         )
     if len(names) < 2:
         raise DataError(f"{train_root} has one class ({names[0]}): a classifier needs at least two class folders")
@@ -129,12 +136,27 @@ def load(path, image_size: int = 32, val_fraction: float = 0.2, split_seed: int 
         raise DataError(f"{root}: after skipping unreadable files there is no training or held-out image left")
 
     mean, std = channel_stats(x)
-    log.info("Folder %s: %d classes, %d train / %d held-out images at %dx%d%s", root, len(names),
-             len(x), len(x_test), image_size, image_size, f", {bad} unreadable skipped" if bad else "")
+    log.info(
+        "Folder %s: %d classes, %d train / %d held-out images at %dx%d%s",
+        root,
+        len(names),
+        len(x),
+        len(x_test),
+        image_size,
+        image_size,
+        f", {bad} unreadable skipped" if bad else "",
+    )
     info = DatasetInfo(
-        name=root.name or "folder", num_classes=len(names), image_shape=(image_size, image_size, 3),
-        train_size=len(x), test_size=len(x_test), class_names=names, mean=mean, std=std,
+        name=root.name or "folder",
+        num_classes=len(names),
+        image_shape=(image_size, image_size, 3),
+        train_size=len(x),
+        test_size=len(x_test),
+        class_names=names,
+        mean=mean,
+        std=std,
         skipped_files=bad,
     )
-    return Splits(tf.data.Dataset.from_tensor_slices((x, y)),
-                  tf.data.Dataset.from_tensor_slices((x_test, y_test)), info)
+    return Splits(
+        tf.data.Dataset.from_tensor_slices((x, y)), tf.data.Dataset.from_tensor_slices((x_test, y_test)), info
+    )

@@ -14,6 +14,7 @@ RandAugment alike): factor = 0.1 + 1.8 * strength, i.e. 0.1 + 1.8 * magnitude / 
 changes nothing, below it the image fades towards the degenerate one (grey, black, flat, blurred),
 above it moves away from it. (torchvision's signed 1 +/- 0.9 * strength is another reading.)
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,12 @@ def _transform(image, matrix):
     """Projective transform mapping output to input coordinates (8 numbers)."""
     shape = tf.shape(image)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=tf.reshape(tf.cast(matrix, tf.float32), [1, 8]),
-        output_shape=shape[:2], fill_value=float(FILL), interpolation="BILINEAR", fill_mode="CONSTANT",
+        images=image[None],
+        transforms=tf.reshape(tf.cast(matrix, tf.float32), [1, 8]),
+        output_shape=shape[:2],
+        fill_value=float(FILL),
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
     )
     return out[0]
 
@@ -152,10 +157,21 @@ def equalize(image, strength, seed):
 
 
 OPS = {
-    "Identity": identity, "AutoContrast": autocontrast, "Equalize": equalize, "Rotate": rotate,
-    "Solarize": solarize, "Color": color, "Posterize": posterize, "Contrast": contrast,
-    "Brightness": brightness, "Sharpness": sharpness, "ShearX": shear_x, "ShearY": shear_y,
-    "TranslateX": translate_x, "TranslateY": translate_y, "Invert": invert,
+    "Identity": identity,
+    "AutoContrast": autocontrast,
+    "Equalize": equalize,
+    "Rotate": rotate,
+    "Solarize": solarize,
+    "Color": color,
+    "Posterize": posterize,
+    "Contrast": contrast,
+    "Brightness": brightness,
+    "Sharpness": sharpness,
+    "ShearX": shear_x,
+    "ShearY": shear_y,
+    "TranslateX": translate_x,
+    "TranslateY": translate_y,
+    "Invert": invert,
 }
 
 # RandAugment's 14 ops (Cubuk et al. 2020).

@@ -1,4 +1,5 @@
 """What every data source hands the rest of the program."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

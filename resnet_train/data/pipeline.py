@@ -3,6 +3,7 @@
 Images stay uint8 all the way to the model (which normalises them itself): a quarter of the
 bytes of float32 through the pipeline and across to an accelerator.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,17 @@ from resnet_train.data.augment import example_seed
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, epoch: int,
-                  augment=None, batch_augment=None, skip_batches: int = 0, **kwargs) -> tf.data.Dataset:
+def train_batches(
+    ds: tf.data.Dataset,
+    size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    augment=None,
+    batch_augment=None,
+    skip_batches: int = 0,
+    **kwargs,
+) -> tf.data.Dataset:
     """One epoch of training batches. Order and augmentation depend only on (seed, epoch).
 
     `batch_size` is the global batch. Only full global batches are used (every step sees one).
@@ -27,13 +37,24 @@ def train_batches(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, ep
     slice of each global batch, so the workers together see exactly the single-process batches.
     The yielded batches have `replica_batch` examples (default: the worker's whole slice).
     """
-    return training_stream(ds, size, batch_size, seed, epoch, epoch + 1, augment, batch_augment, skip_batches,
-                           **kwargs)
+    return training_stream(ds, size, batch_size, seed, epoch, epoch + 1, augment, batch_augment, skip_batches, **kwargs)
 
 
-def training_stream(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, first_epoch: int, epochs: int,
-                    augment=None, batch_augment=None, skip_batches: int = 0, shuffle_buffer: int | None = None,
-                    pipelines: int = 1, pipeline_id: int = 0, replica_batch: int | None = None) -> tf.data.Dataset:
+def training_stream(
+    ds: tf.data.Dataset,
+    size: int,
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    augment=None,
+    batch_augment=None,
+    skip_batches: int = 0,
+    shuffle_buffer: int | None = None,
+    pipelines: int = 1,
+    pipeline_id: int = 0,
+    replica_batch: int | None = None,
+) -> tf.data.Dataset:
     """Epochs `first_epoch`..`epochs - 1` in one pipeline: each epoch's batches as train_batches
     makes them for that epoch alone (the first one starting `skip_batches` in), one after another.
 
@@ -56,8 +77,7 @@ def training_stream(ds: tf.data.Dataset, size: int, batch_size: int, seed: int, 
         if pipelines > 1:
             d = d.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
         if augment is not None:
-            d = d.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]),
-                      num_parallel_calls=AUTOTUNE)
+            d = d.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]), num_parallel_calls=AUTOTUNE)
         else:
             d = d.map(lambda i, xy: xy)
         d = d.batch(replica_batch, drop_remainder=True)
@@ -87,8 +107,9 @@ def _seeded_by_op_only():
         graph.seed = saved
 
 
-def eval_batches(ds: tf.data.Dataset, batch_size: int, preprocess=None, size: int | None = None,
-                 image_shape=None) -> tf.data.Dataset:
+def eval_batches(
+    ds: tf.data.Dataset, batch_size: int, preprocess=None, size: int | None = None, image_shape=None
+) -> tf.data.Dataset:
     """(images, labels, weights) batches covering every example exactly once.
 
     With `size` (and `image_shape`), the last batch is padded to a full batch with weight-0

@@ -34,6 +34,7 @@ levels from aliasing). Decoding is `tf.io.decode_image`: JPEG, PNG, BMP, GIF (th
 grey and RGBA files become RGB (alpha dropped). TF's and Pillow's JPEG decoders differ by about
 1 level (chroma upsampling), one more reason to decode with TF everywhere.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,7 +74,7 @@ def center_crop(image, out_size, crop_fraction: float = CROP_FRACTION):
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), [out_h, out_w])
     resized = resize_uint8(image, new)
     top, left = (new[0] - out_h) // 2, (new[1] - out_w) // 2
-    crop = resized[top:top + out_h, left:left + out_w]
+    crop = resized[top : top + out_h, left : left + out_w]
     crop.set_shape([out_h, out_w, 3])
     return crop
 
@@ -96,8 +97,7 @@ def preprocess(encoded, image_shape):
 
 @functools.lru_cache(maxsize=None)
 def _compiled(image_shape: tuple):
-    return tf.function(lambda encoded: preprocess(encoded, image_shape),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+    return tf.function(lambda encoded: preprocess(encoded, image_shape), input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def preprocess_file(path, image_shape) -> np.ndarray | None:

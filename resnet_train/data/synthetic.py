@@ -1,4 +1,5 @@
 """Random images of any shape, for benchmarks and smoke tests (labels carry no signal)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ Order of attempts, each answering in seconds:
 4. Otherwise fail at once, naming the folder looked in and the exact files that would make it work.
    (Left to itself, tfds retries an unreachable host for minutes before giving up.)
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,10 +70,7 @@ def prepare(name: str, data_dir=None, manual_dir=None, download: bool = True):
     # ImageNet and friends need registration: tfds cannot download them, so never try.
     by_hand = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
     have_all = bool(archives) and all((manual_dir / f).is_file() for f in archives.values())
-    reachable = (
-        not have_all and not by_hand and download and archives
-        and all(host_reachable(url) for url in archives)
-    )
+    reachable = not have_all and not by_hand and download and archives and all(host_reachable(url) for url in archives)
     if not (have_all or reachable):
         if by_hand:
             wanted = f"{', '.join(archives.values()) or 'its files'} (downloaded by hand from {builder.info.homepage})"
@@ -81,8 +79,9 @@ def prepare(name: str, data_dir=None, manual_dir=None, download: bool = True):
             wanted = ", ".join(f"{f} (from {url})" for url, f in archives.items()) or "its source files"
             why = "downloads are off (data.download=false)" if not download else "its download host is unreachable"
         # The third way out, where there is one: let tfds download it.
-        or_download = ", or set data.download=true to let tensorflow-datasets download it" \
-            if not download and not by_hand else ""
+        or_download = (
+            ", or set data.download=true to let tensorflow-datasets download it" if not download and not by_hand else ""
+        )
         raise DataError(
             f"{name} is not prepared in {data_dir} and {why}: put {wanted} into {manual_dir} "
             f"(or set data.manual_dir to the folder that holds it), or point data.data_dir at a "
@@ -91,9 +90,7 @@ def prepare(name: str, data_dir=None, manual_dir=None, download: bool = True):
     source = f"the archive in {manual_dir}" if have_all else "a download"
     log.info("Preparing %s in %s from %s (once; later runs load it directly)", name, data_dir, source)
     try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-        )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     except NonMatchingChecksumError:
         raise DataError(
             f"{', '.join(archives.values())} in {manual_dir} does not have the expected checksum "
@@ -109,8 +106,18 @@ def _as_arrays(builder, split: str):
     return np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
 
 
-def load(name: str, data_dir=None, manual_dir=None, download=True, mean=None, std=None,
-         train_split="train", test_split="test", in_memory=True, image_size=224) -> Splits:
+def load(
+    name: str,
+    data_dir=None,
+    manual_dir=None,
+    download=True,
+    mean=None,
+    std=None,
+    train_split="train",
+    test_split="test",
+    in_memory=True,
+    image_size=224,
+) -> Splits:
     """In memory: decoded uint8 arrays (CIFAR-sized data: ~150 MB for 50k images). Otherwise
     (ImageNet) a stream of encoded images that the pipeline decodes and crops to `image_size`."""
     builder = prepare(name, data_dir, manual_dir, download)
@@ -143,15 +150,20 @@ def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> 
 
     def read(split, file_seed=None):
         if split not in builder.info.splits:
-            raise DataError(f"{name} in {builder.data_dir} has no {split!r} split "
-                            f"(it has {', '.join(builder.info.splits)})")
+            raise DataError(
+                f"{name} in {builder.data_dir} has no {split!r} split (it has {', '.join(builder.info.splits)})"
+            )
         # With a file_seed, the files are read in an order of that seed (tfds shuffles its file list
         # with it; a seeded shuffle keeps the interleave deterministic, so exact resumes hold).
         config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False)
         # Encoded bytes: decoding happens in the pipeline, fused with the crop (decode_and_crop_jpeg).
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=file_seed is not None,
-                                read_config=config,
-                                decoders={builder.info.supervised_keys[0]: tfds.decode.SkipDecoding()})
+        ds = builder.as_dataset(
+            split=split,
+            as_supervised=True,
+            shuffle_files=file_seed is not None,
+            read_config=config,
+            decoders={builder.info.supervised_keys[0]: tfds.decode.SkipDecoding()},
+        )
         return ds, builder.info.splits[split].num_examples
 
     def train_for_epoch(seed: int, epoch: int):
@@ -165,8 +177,14 @@ def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> 
         mean, std = (127.5,) * 3, (64.0,) * 3
     label = builder.info.features[builder.info.supervised_keys[1]]
     info = DatasetInfo(
-        name=name, num_classes=int(label.num_classes), image_shape=(image_size, image_size, 3),
-        train_size=train_size, test_size=test_size, class_names=list(label.names),
-        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std), encoded=True,
+        name=name,
+        num_classes=int(label.num_classes),
+        image_shape=(image_size, image_size, 3),
+        train_size=train_size,
+        test_size=test_size,
+        class_names=list(label.names),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        encoded=True,
     )
     return Splits(train, test, info, train_for_epoch=train_for_epoch)

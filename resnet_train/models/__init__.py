@@ -1,7 +1,8 @@
 """ResNet models: `build(...)` is the one factory; `layout(...)` validates a depth without building.
 
-    model = build(depth=56, num_classes=10, image_shape=(32, 32, 3))
+model = build(depth=56, num_classes=10, image_shape=(32, 32, 3))
 """
+
 from __future__ import annotations
 
 import sys
@@ -54,6 +55,26 @@ def build(
     on even-sized maps, kept only so that runs made before it load and resume as they were trained.
     """
     lay = resolve_layout(depth, image_shape, variant, block)
+    shortcut = _shortcut(lay, depth, shortcut)
+    _check(lay, num_classes, image_shape, mean, std, init_mode, padding, zero_init_residual)
+    builder = Builder(
+        init_mode=init_mode,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        sync_bn=sync_bn,
+        fused_bn=fused_bn,
+        zero_init_residual=zero_init_residual,
+        padding=padding,
+    )
+    name = f"{lay.variant}_resnet{depth}"
+    # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
+    # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * depth + 1000))
+    return FAMILIES[lay.variant](lay, num_classes, image_shape, mean, std, shortcut, builder, name)
+
+
+def _shortcut(lay, depth: int, shortcut: str) -> str:
+    """model.shortcut, with auto resolved per family."""
     if shortcut == "auto":
         shortcut = _DEFAULT_SHORTCUT[lay.variant]
     if shortcut not in ("A", "B"):
@@ -61,8 +82,14 @@ def build(
     if shortcut == "A" and lay.variant == "preact" and lay.block == "bottleneck":
         # It was silently ignored: the bottleneck's first unit widens 16 -> 64 channels, which
         # Identity Mappings (and its code) do by projection.
-        raise ConfigError(f"model.shortcut=A: pre-activation bottleneck ResNets (depth {depth}) use projection "
-                          f"shortcuts; use model.shortcut=B (or auto)")
+        raise ConfigError(
+            f"model.shortcut=A: pre-activation bottleneck ResNets (depth {depth}) use projection "
+            f"shortcuts; use model.shortcut=B (or auto)"
+        )
+    return shortcut
+
+
+def _check(lay, num_classes: int, image_shape, mean, std, init_mode: str, padding: str, zero_init_residual: bool):
     if init_mode not in ("fan_in", "fan_out"):
         raise ConfigError(f"model.init_mode must be fan_in or fan_out (got {init_mode!r})")
     if num_classes < 2:
@@ -77,13 +104,6 @@ def build(
     channels = image_shape[-1]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean/std need one value per channel ({channels}), got {len(mean)}/{len(std)}")
-    builder = Builder(init_mode=init_mode, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn,
-                      fused_bn=fused_bn, zero_init_residual=zero_init_residual, padding=padding)
-    name = f"{lay.variant}_resnet{depth}"
-    # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
-    # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * depth + 1000))
-    return FAMILIES[lay.variant](lay, num_classes, image_shape, mean, std, shortcut, builder, name)
 
 
 def from_config(m, info, **override):
@@ -91,10 +111,22 @@ def from_config(m, info, **override):
     channel statistics): the one place training and the tools turn a config into a model.
     `override`: the arguments that differ (the tools build for inference: no sync_bn, no
     zero-init; a run saved before model.padding existed keeps TF's "same")."""
-    args = dict(depth=m.depth, num_classes=info.num_classes, image_shape=info.image_shape, variant=m.variant,
-                block=m.block, shortcut=m.shortcut, mean=info.mean, std=info.std, init_mode=m.init_mode,
-                bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, sync_bn=m.sync_bn,
-                zero_init_residual=m.zero_init_residual, padding=m.padding)
+    args = dict(
+        depth=m.depth,
+        num_classes=info.num_classes,
+        image_shape=info.image_shape,
+        variant=m.variant,
+        block=m.block,
+        shortcut=m.shortcut,
+        mean=info.mean,
+        std=info.std,
+        init_mode=m.init_mode,
+        bn_momentum=m.bn_momentum,
+        bn_epsilon=m.bn_epsilon,
+        sync_bn=m.sync_bn,
+        zero_init_residual=m.zero_init_residual,
+        padding=m.padding,
+    )
     return build(**{**args, **override})
 
 

@@ -2,6 +2,7 @@
 
 Checked before any layer is built, so a wrong depth fails in milliseconds with the valid choices.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,9 +54,7 @@ def layout(variant: str, depth: int, block: str = "auto") -> Layout:
 
     if variant == "imagenet":
         if depth not in IMAGENET_DEPTHS:
-            raise ConfigError(
-                f"ImageNet ResNet depth must be one of {_listing(IMAGENET_DEPTHS)} (got {depth})"
-            )
+            raise ConfigError(f"ImageNet ResNet depth must be one of {_listing(IMAGENET_DEPTHS)} (got {depth})")
         kind, stages = IMAGENET_DEPTHS[depth]
         if block not in ("auto", kind):
             raise ConfigError(f"ImageNet ResNet-{depth} uses {kind} blocks; drop model.block={block}")

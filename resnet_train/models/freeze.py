@@ -1,4 +1,5 @@
 """Freezing part of a model for fine-tuning (finetune.freeze=...), by the layer-name contract."""
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,11 @@ def freeze(model, spec: str) -> list[str]:
         if not match:
             raise ConfigError(f"finetune.freeze must be none, backbone or stages:N (got {spec!r})")
         n = int(match.group(1))
-        chosen = [layer for layer in model.layers if layer.name.startswith(names.STEM)
-                  or (names.stage_of(layer.name) or n + 1) <= n]
+        chosen = [
+            layer
+            for layer in model.layers
+            if layer.name.startswith(names.STEM) or (names.stage_of(layer.name) or n + 1) <= n
+        ]
     for layer in chosen:
         layer.trainable = False
     frozen = [layer.name for layer in chosen if layer.weights]

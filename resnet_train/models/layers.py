@@ -1,4 +1,5 @@
 """Building blocks shared by the three ResNet families (functional Keras, channels-last)."""
+
 from __future__ import annotations
 
 import keras
@@ -58,22 +59,37 @@ class FusedBatchNorm(layers.BatchNormalization):
         variance = tf.convert_to_tensor(self.moving_variance)
         if training and self.trainable:
             y, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, scale, offset, mean=mean, variance=variance, epsilon=self.epsilon,
-                is_training=True, exponential_avg_factor=1.0 - self.momentum)
+                inputs,
+                scale,
+                offset,
+                mean=mean,
+                variance=variance,
+                epsilon=self.epsilon,
+                is_training=True,
+                exponential_avg_factor=1.0 - self.momentum,
+            )
             self.moving_mean.assign(new_mean)
             self.moving_variance.assign(new_variance)
             return y
-        y, _, _ = tf.compat.v1.nn.fused_batch_norm(inputs, scale, offset, mean=mean, variance=variance,
-                                                   epsilon=self.epsilon, is_training=False)
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, scale, offset, mean=mean, variance=variance, epsilon=self.epsilon, is_training=False
+        )
         return y
 
 
 class Builder:
     """Makes conv / BN layers with the model's common settings (init, BN momentum, names)."""
 
-    def __init__(self, init_mode: str = "fan_out", bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                 sync_bn: bool = False, fused_bn: bool = True, zero_init_residual: bool = False,
-                 padding: str = "symmetric"):
+    def __init__(
+        self,
+        init_mode: str = "fan_out",
+        bn_momentum: float = 0.9,
+        bn_epsilon: float = 1e-5,
+        sync_bn: bool = False,
+        fused_bn: bool = True,
+        zero_init_residual: bool = False,
+        padding: str = "symmetric",
+    ):
         # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
         # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
         self.init_mode = init_mode
@@ -119,8 +135,13 @@ class Builder:
         zero_init_residual (Goyal et al. 2017), at 1 otherwise."""
         norm = FusedBatchNorm if self.fused_bn and not self.sync_bn else layers.BatchNormalization
         gamma = "zeros" if last_in_branch and self.zero_init_residual else "ones"
-        return norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, synchronized=self.sync_bn,
-                    gamma_initializer=gamma, name=name)(x)
+        return norm(
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            synchronized=self.sync_bn,
+            gamma_initializer=gamma,
+            name=name,
+        )(x)
 
     def relu(self, x, name=None):
         return layers.ReLU(name=name)(x)

@@ -1,5 +1,6 @@
 """The layer names every model builder uses: fine-tuning matches layers by them, freezing picks
 stages by them, Grad-CAM reads the last feature map before POOL, the trainer finds the head."""
+
 from __future__ import annotations
 
 import re

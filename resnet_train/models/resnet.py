@@ -4,6 +4,7 @@ Input: images as the pipeline yields them (uint8 or float, 0..255). The model no
 itself, so an exported model takes raw images. Output: float32 logits, even under a mixed
 precision policy (the softmax and the loss must not run in float16).
 """
+
 from __future__ import annotations
 
 import keras
@@ -19,9 +20,7 @@ def _inputs_and_stem_input(image_shape, mean, std):
     # Normalise in float32 whatever the policy (bfloat16 has 8 bits of mantissa); the first conv
     # casts to the compute dtype.
     x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
-    x = layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], dtype="float32", name=names.NORMALIZE
-    )(x)
+    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std], dtype="float32", name=names.NORMALIZE)(x)
     return inputs, x
 
 

@@ -21,6 +21,7 @@ before the cross-replica sum, which is not the global norm under tf.distribute.
 
 Schedules live in resnet_train/schedules.py.
 """
+
 from __future__ import annotations
 
 import keras
@@ -31,8 +32,13 @@ from resnet_train.optim.schedules import lr_schedule
 
 OPTIMIZERS = tuple(schema.GROUPS["optimizer"])
 # The weight-decay modes each optimizer accepts; the first is its default.
-DECAY_MODES = {"sgd": ("coupled", "decoupled"), "adam": ("coupled", "decoupled"), "adamw": ("decoupled",),
-               "lamb": ("decoupled", "coupled"), "lars": ("trust_ratio",)}
+DECAY_MODES = {
+    "sgd": ("coupled", "decoupled"),
+    "adam": ("coupled", "decoupled"),
+    "adamw": ("decoupled",),
+    "lamb": ("decoupled", "coupled"),
+    "lars": ("trust_ratio",),
+}
 
 
 def _typed(cfg):
@@ -86,8 +92,9 @@ def clip_norm(cfg):
     if value is None:
         return None
     if value <= 0:
-        raise ConfigError(f"optimizer.clip_norm must be a positive number, e.g. 1.0, or null for no "
-                          f"clipping (got {value!r})")
+        raise ConfigError(
+            f"optimizer.clip_norm must be a positive number, e.g. 1.0, or null for no clipping (got {value!r})"
+        )
     return float(value)
 
 
@@ -100,15 +107,28 @@ def _float(cfg, key: str, low: float, high: float) -> float:
 
 def _make(name: str, cfg, schedule, weight_decay, ema: dict):
     if name == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=_float(cfg, "momentum", 0.0, 1.0),
-                                    nesterov=cfg.nesterov, weight_decay=weight_decay, **ema)
+        return keras.optimizers.SGD(
+            schedule,
+            momentum=_float(cfg, "momentum", 0.0, 1.0),
+            nesterov=cfg.nesterov,
+            weight_decay=weight_decay,
+            **ema,
+        )
     if name == "lars":
         from resnet_train.optim.lars import LARS
 
-        return LARS(schedule, momentum=_float(cfg, "momentum", 0.0, 1.0),
-                    eta=_float(cfg, "eta", 1e-12, 1.0), weight_decay=weight_decay or 0.0, **ema)
-    adam_args = {"beta_1": _float(cfg, "beta_1", 0.0, 0.999999), "beta_2": _float(cfg, "beta_2", 0.0, 0.999999),
-                 "epsilon": _float(cfg, "epsilon", 1e-12, 1.0)}
+        return LARS(
+            schedule,
+            momentum=_float(cfg, "momentum", 0.0, 1.0),
+            eta=_float(cfg, "eta", 1e-12, 1.0),
+            weight_decay=weight_decay or 0.0,
+            **ema,
+        )
+    adam_args = {
+        "beta_1": _float(cfg, "beta_1", 0.0, 0.999999),
+        "beta_2": _float(cfg, "beta_2", 0.0, 0.999999),
+        "epsilon": _float(cfg, "epsilon", 1e-12, 1.0),
+    }
     cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}[name]
     if name == "adamw":
         weight_decay = weight_decay or 0.0  # AdamW refuses None
@@ -132,8 +152,10 @@ def build_optimizer(cfg, schedule, loss_scaling: bool = False, ema_decay=None, v
     # the decay (with weight_decay=0 too).
     if mode == "trust_ratio" or (mode != "coupled" and wd):
         if variables is None:
-            raise ValueError(f"{name} with weight_decay_mode={mode} needs the model's variables (variables=) to "
-                             f"spare BN and biases from its decay or trust ratio")
+            raise ValueError(
+                f"{name} with weight_decay_mode={mode} needs the model's variables (variables=) to "
+                f"spare BN and biases from its decay or trust ratio"
+            )
         decay_bn = cfg.decay_bn
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not decayed(v, decay_bn)])
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
@@ -151,8 +173,10 @@ def check(cfg) -> None:
     if head_lr_mult != 1.0 and optimizer_name(cfg.optimizer) != "sgd":
         # The trainer scales the head's gradients: a larger lr for SGD only (Adam, LAMB and LARS
         # normalise the gradient away).
-        raise ConfigError(f"finetune.head_lr_mult={head_lr_mult} works with optimizer=sgd only "
-                          f"(got optimizer={cfg.optimizer.name}); use finetune.head_lr_mult=1.0")
+        raise ConfigError(
+            f"finetune.head_lr_mult={head_lr_mult} works with optimizer=sgd only "
+            f"(got optimizer={cfg.optimizer.name}); use finetune.head_lr_mult=1.0"
+        )
 
 
 def decayed(variable, decay_bn: bool = False) -> bool:

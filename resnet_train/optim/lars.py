@@ -14,6 +14,7 @@ adaptation, as is usual (e.g. the MLPerf ResNet reference): they take plain mome
 exclusions hold whatever the decay: with weight_decay=0 the excluded variables still take plain
 momentum SGD (optim.build_optimizer sets them for LARS always).
 """
+
 from __future__ import annotations
 
 import keras
@@ -22,8 +23,16 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="resnet_train")
 class LARS(keras.optimizers.Optimizer):
-    def __init__(self, learning_rate=0.1, momentum: float = 0.9, eta: float = 0.001,
-                 weight_decay: float = 0.0, epsilon: float = 1e-9, name="lars", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+        weight_decay: float = 0.0,
+        epsilon: float = 1e-9,
+        name="lars",
+        **kwargs,
+    ):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs)
         self.momentum, self.eta, self.epsilon = float(momentum), float(eta), float(epsilon)
 

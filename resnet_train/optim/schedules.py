@@ -9,6 +9,7 @@ schedules where it has them; OneCycle and the warm-up wrappers are ours (Keras h
 The run's length (`run_length`): `epochs` whole epochs, or exactly `steps` optimizer steps when
 that is set (epochs = the epochs they take, the last one cut short).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,11 @@ class ConstantWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < self.warmup_steps, self.factor * value, value)
 
     def get_config(self):
-        return {"after": keras.saving.serialize_keras_object(self.after), "warmup_steps": self.warmup_steps,
-                "factor": self.factor}
+        return {
+            "after": keras.saving.serialize_keras_object(self.after),
+            "warmup_steps": self.warmup_steps,
+            "factor": self.factor,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -75,8 +79,15 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     over the first `pct_start` of the steps, then down to peak / div_factor / final_div_factor at
     the last step; `anneal` cos or linear for both phases."""
 
-    def __init__(self, peak: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4, anneal: str = "cos"):
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        anneal: str = "cos",
+    ):
         self.peak, self.total_steps, self.pct_start = float(peak), int(total_steps), float(pct_start)
         self.div_factor, self.final_div_factor, self.anneal = float(div_factor), float(final_div_factor), anneal
 
@@ -97,8 +108,14 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step <= up_end, up, down)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "pct_start": self.pct_start,
-                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor, "anneal": self.anneal}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
+            "anneal": self.anneal,
+        }
 
 
 def _number(cfg, key: str, low: float, high: float = math.inf, example: str = "") -> float:
@@ -118,16 +135,16 @@ def milestone_steps(cfg, total_steps: int, steps_per_epoch: int) -> list[int]:
     if unit not in MILESTONE_UNITS:
         raise ConfigError(f"schedule.milestones_unit must be one of {', '.join(MILESTONE_UNITS)} (got {unit!r})")
     milestones = list(cfg.milestones)
-    if unit == "fraction" and (any(not 0 < m < 1 for m in milestones)
-                               or milestones != sorted(milestones)):
+    if unit == "fraction" and (any(not 0 < m < 1 for m in milestones) or milestones != sorted(milestones)):
         raise ConfigError(
             f"schedule.milestones are increasing fractions of training between 0 and 1 "
             f"(e.g. [0.5, 0.75] for 91 and 136 of 182 epochs; or set schedule.milestones_unit=epoch), "
             f"got {milestones}"
         )
     if unit != "fraction" and (any(m <= 0 for m in milestones) or milestones != sorted(milestones)):
-        raise ConfigError(f"schedule.milestones must be increasing positive {unit}s (e.g. [30, 60, 80]), "
-                          f"got {milestones}")
+        raise ConfigError(
+            f"schedule.milestones must be increasing positive {unit}s (e.g. [30, 60, 80]), got {milestones}"
+        )
     per_unit = {"fraction": total_steps, "epoch": steps_per_epoch, "step": 1}[unit]
     return [max(1, round(m * per_unit)) for m in milestones]
 
@@ -151,16 +168,21 @@ def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
         anneal = cfg.anneal
         if anneal not in ANNEALS:
             raise ConfigError(f"schedule.anneal must be one of {', '.join(ANNEALS)} (got {anneal!r})")
-        schedule = OneCycle(base_lr, max(1, total_steps), _number(cfg, "pct_start", 0.0, 1.0, " e.g. 0.3"),
-                            _number(cfg, "div_factor", 0.0, example=" e.g. 25"),
-                            _number(cfg, "final_div_factor", 0.0, example=" e.g. 1e4"), anneal)
+        schedule = OneCycle(
+            base_lr,
+            max(1, total_steps),
+            _number(cfg, "pct_start", 0.0, 1.0, " e.g. 0.3"),
+            _number(cfg, "div_factor", 0.0, example=" e.g. 25"),
+            _number(cfg, "final_div_factor", 0.0, example=" e.g. 1e4"),
+            anneal,
+        )
     elif name == "exponential":
         # lr x decay_rate every decay_epochs (continuously, or in steps with staircase).
         rate = _number(cfg, "decay_rate", 0.0, 1.0, " e.g. 0.97")
         every = _number(cfg, "decay_epochs", 0.0, example=" e.g. 2.4")
         schedule = keras.optimizers.schedules.ExponentialDecay(
-            base_lr, decay_steps=max(1, round(every * steps_per_epoch)), decay_rate=rate,
-            staircase=cfg.staircase)
+            base_lr, decay_steps=max(1, round(every * steps_per_epoch)), decay_rate=rate, staircase=cfg.staircase
+        )
     else:  # constant
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [base_lr, base_lr])
     key, length = warmup(cfg)
@@ -183,8 +205,10 @@ def warmup(cfg) -> tuple[str | None, float]:
     if steps < 0:
         raise ConfigError(f"schedule.warmup_steps must be an integer >= 0, e.g. 400 (got {steps!r})")
     if epochs and steps:
-        raise ConfigError(f"schedule.warmup_epochs={epochs:g} and schedule.warmup_steps={steps} both set the "
-                          f"warm-up: keep one, set the other to 0")
+        raise ConfigError(
+            f"schedule.warmup_epochs={epochs:g} and schedule.warmup_steps={steps} both set the "
+            f"warm-up: keep one, set the other to 0"
+        )
     if epochs:
         return "warmup_epochs", float(epochs)
     return ("warmup_steps", steps) if steps else (None, 0)
@@ -217,8 +241,7 @@ def check_warmup_fits(cfg, steps_per_epoch: int | None = None) -> None:
             return
         warm = f" ({warm_steps} steps)" if key == "warmup_epochs" else ""
         run = f"steps={steps}" if run_key == "steps" else f"{_epochs(cfg.epochs)} = {total} steps"
-    raise ConfigError(f"schedule.{key}={length:g}{warm} is longer than the run ({run}): "
-                      f"lower it or raise {run_key}")
+    raise ConfigError(f"schedule.{key}={length:g}{warm} is longer than the run ({run}): lower it or raise {run_key}")
 
 
 def run_length(cfg, steps_per_epoch: int) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """train.log held back until a run's checks pass, so that a refused rerun leaves an existing run's
 log as it was."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ class HeldLog:
         for handler in list(root.handlers):
             name = getattr(handler, "baseFilename", None)
             if name and Path(name).resolve().is_relative_to(workdir):
-                memory = logging.handlers.MemoryHandler(1_000_000, flushLevel=logging.CRITICAL + 1,
-                                                        target=handler, flushOnClose=False)
+                memory = logging.handlers.MemoryHandler(
+                    1_000_000, flushLevel=logging.CRITICAL + 1, target=handler, flushOnClose=False
+                )
                 memory.setLevel(handler.level)
                 memory.setFormatter(handler.formatter)
                 root.removeHandler(handler)

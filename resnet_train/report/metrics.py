@@ -1,4 +1,5 @@
 """Where results go: TensorBoard scalars, metrics.jsonl, results.json, progress bars."""
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ class Reporter:
         data = (json.dumps(record) + "\n").encode("utf-8")
         try:  # unbuffered: a failed write is not written again (by close) and names the file
             while data:
-                data = data[self._jsonl.write(data):]
+                data = data[self._jsonl.write(data) :]
             os.fsync(self._jsonl.fileno())  # once per epoch: the record survives a power loss with its checkpoint
         except OSError as e:
             raise OSError(e.errno, e.strerror, str(self._path)) from None
@@ -116,8 +117,11 @@ def read_metrics(workdir) -> list[dict]:
 
 
 def _logged(workdir, split: str, key: str, up_to_step: int | None) -> list[dict]:
-    return [r for r in read_metrics(workdir) if r.get("split") == split and key in r
-            and (up_to_step is None or r.get("step", 0) <= up_to_step)]
+    return [
+        r
+        for r in read_metrics(workdir)
+        if r.get("split") == split and key in r and (up_to_step is None or r.get("step", 0) <= up_to_step)
+    ]
 
 
 def best_logged(workdir, split: str, key: str, up_to_step: int | None = None):
@@ -148,8 +152,9 @@ class NullReporter:
 
 def progress(total: int, desc: str, disable: bool = False):
     """A per-epoch tqdm bar; silent when stderr is not a terminal (CI, log files)."""
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
-                disable=disable or not sys.stderr.isatty())
+    return tqdm(
+        total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=disable or not sys.stderr.isatty()
+    )
 
 
 def write_atomic(path, text: str) -> None:
@@ -194,14 +199,20 @@ def hparams_of(cfg, dataset: str) -> dict:
     """The settings a sweep varies, flat, for TensorBoard's HParams dashboard (`dataset`: its name)."""
     from omegaconf import OmegaConf
 
-    flat = {"depth": cfg.depth, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "data": dataset, "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr,
-            "weight_decay": cfg.optimizer.weight_decay, "schedule": cfg.schedule.name,
-            "precision": cfg.runtime.precision}
+    flat = {
+        "depth": cfg.depth,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "data": dataset,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "weight_decay": cfg.optimizer.weight_decay,
+        "schedule": cfg.schedule.name,
+        "precision": cfg.runtime.precision,
+    }
     for section in ("augment", "model", "optimizer", "schedule"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             if isinstance(value, (bool, int, float, str)):
                 flat[f"{section}.{key}"] = value
     return {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
-
-

@@ -1,6 +1,7 @@
 """Pictures for people, each a PNG written atomically: the augmentation gallery, a run's training
 curves (written after every epoch), the learning-rate schedule, runs compared, the confusion
 matrix and Grad-CAM heat maps (resnet-evaluate / resnet-explain)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,9 @@ import tensorflow as tf
 from resnet_train.data.augment import example_seed
 
 
-def augment_gallery(images, labels, class_names, augment, batch_augment, versions: int, seed: int, path,
-                    originals=None) -> Path:
+def augment_gallery(
+    images, labels, class_names, augment, batch_augment, versions: int, seed: int, path, originals=None
+) -> Path:
     """A grid: one row per image, the original first, then `versions` augmented draws (epochs 0..).
 
     Soft labels (mixup / cutmix) are shown as the top two classes with their weights. `images`
@@ -140,8 +142,15 @@ def confusion_matrix(matrix, class_names, out_path, title="") -> Path:
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if shares[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if shares[i, j] > 0.5 else "black",
+                    )
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(fig, out_path)
 

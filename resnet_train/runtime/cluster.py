@@ -1,4 +1,5 @@
 """TF_CONFIG, read without importing TensorFlow (the CLI needs it before TF starts)."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def slurm_tf_config(hosts, port: int = 12345) -> str:
     if not hosts:
         raise ConfigError("no hosts given: pass the output of `scontrol show hostnames`")
     index = int(os.environ.get("SLURM_PROCID", "0"))
-    return json.dumps({"cluster": {"worker": [f"{h}:{port}" for h in hosts]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"{h}:{port}" for h in hosts]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 if __name__ == "__main__":  # python -m resnet_train.runtime.cluster HOST [HOST ...]  (in a SLURM task)

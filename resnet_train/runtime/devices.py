@@ -1,11 +1,12 @@
 """Where and how the computation runs: devices, tf.distribute strategy, precision, seeds.
 
-    runtime=auto          MirroredStrategy over all GPUs when there are two or more, else one device
-    runtime=one_device    one device (the first GPU, else the CPU)
-    runtime=mirrored      MirroredStrategy over runtime.devices (default: all GPUs, or the
-                          runtime.cpu_replicas logical CPUs)
-    runtime=multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG (one process per host)
+runtime=auto          MirroredStrategy over all GPUs when there are two or more, else one device
+runtime=one_device    one device (the first GPU, else the CPU)
+runtime=mirrored      MirroredStrategy over runtime.devices (default: all GPUs, or the
+                      runtime.cpu_replicas logical CPUs)
+runtime=multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG (one process per host)
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,6 @@ from resnet_train.runtime import cluster, onednn
 from resnet_train.runtime.onednn import cpu_flags  # runtime.cpu_flags: patched by tests
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -73,12 +73,13 @@ def existing_devices(requested, available) -> list[str]:
             spec = tf.DeviceSpec.from_string(str(name))
         except (ValueError, TypeError):
             spec = None
-        if spec is None or spec.device_type is None or \
-                (spec.device_type.upper(), spec.device_index or 0) not in have:
+        if spec is None or spec.device_type is None or (spec.device_type.upper(), spec.device_index or 0) not in have:
             missing.append(str(name))
     if missing:
-        raise ConfigError(f"runtime.devices: {', '.join(missing)} is not a device of this machine, which has "
-                          f"{', '.join(sorted(have.values()))} (omit runtime.devices to use every GPU, or the CPU)")
+        raise ConfigError(
+            f"runtime.devices: {', '.join(missing)} is not a device of this machine, which has "
+            f"{', '.join(sorted(have.values()))} (omit runtime.devices to use every GPU, or the CPU)"
+        )
     return [str(d) for d in requested]
 
 
@@ -135,7 +136,7 @@ def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     elif gpus:
         devices = gpus
     else:
-        devices = cpus[:max(1, cpu_replicas)]
+        devices = cpus[: max(1, cpu_replicas)]
     if name == "one_device" or (name == "auto" and len(devices) < 2):
         return one_device(devices[0])
     if name == "auto" and not gpus and cpu_replicas <= 1:
@@ -181,13 +182,20 @@ def check_xla() -> None:
         tf.function(lambda x: x * 2.0, jit_compile=True)(tf.constant(1.0))
     except (tf.errors.OpError, ValueError, NotImplementedError) as e:
         first = first_line(e, 200)
-        raise ConfigError(f"runtime.xla=true, but XLA cannot compile on this platform ({first}): "
-                          f"use runtime.xla=false") from None
+        raise ConfigError(
+            f"runtime.xla=true, but XLA cannot compile on this platform ({first}): use runtime.xla=false"
+        ) from None
 
 
 # ---- all of it --------------------------------------------------------------------------------
-def configure(seed: int, deterministic: bool = False, strategy: str = "one_device", precision: str = "float32",
-              devices=None, cpu_replicas: int = 1) -> Runtime:
+def configure(
+    seed: int,
+    deterministic: bool = False,
+    strategy: str = "one_device",
+    precision: str = "float32",
+    devices=None,
+    cpu_replicas: int = 1,
+) -> Runtime:
     """Devices, strategy, precision policy and seeds, logged with the reasons for each choice."""
     dist = make_strategy(strategy, devices, cpu_replicas)
     policy, reason = resolve_precision(precision)
@@ -197,8 +205,14 @@ def configure(seed: int, deterministic: bool = False, strategy: str = "one_devic
         # Bit-identical reruns (and resumed == uninterrupted), at some cost in speed.
         tf.config.experimental.enable_op_determinism()
     is_chief = cluster.is_chief() if isinstance(dist, tf.distribute.MultiWorkerMirroredStrategy) else True
-    log.info("Strategy %s over %d replica(s): %s; precision %s (%s)", strategy_name(dist),
-             dist.num_replicas_in_sync, ", ".join(strategy_devices(dist)), policy, reason)
+    log.info(
+        "Strategy %s over %d replica(s): %s; precision %s (%s)",
+        strategy_name(dist),
+        dist.num_replicas_in_sync,
+        ", ".join(strategy_devices(dist)),
+        policy,
+        reason,
+    )
     return Runtime(dist, policy, is_chief)
 
 

@@ -9,6 +9,7 @@ TensorFlow's own choice elsewhere (ARM, older x86). A TF_ENABLE_ONEDNN_OPTS the 
 over `auto`; runtime.onednn=true/false win over both. No TensorFlow import here: the CLI calls
 apply() before its first one.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,10 @@ def normalise(setting) -> str:
     """`true`/`false` from YAML arrive as booleans; `auto` as a string."""
     text = str(setting).lower() if isinstance(setting, (bool, str)) else repr(setting)
     if text not in SETTINGS:
-        raise ConfigError(f"runtime.onednn must be one of auto, true, false (got {setting!r}): auto turns "
-                          f"oneDNN on on x86 CPUs with AVX2, where it is faster")
+        raise ConfigError(
+            f"runtime.onednn must be one of auto, true, false (got {setting!r}): auto turns "
+            f"oneDNN on on x86 CPUs with AVX2, where it is faster"
+        )
     return text
 
 
@@ -90,8 +93,10 @@ def apply(setting, measured=None) -> str:
     else:
         on, why = decide(setting)
         if on is not None and on != enabled():
-            why += (f", but TensorFlow was imported before in this process: it stays "
-                    f"{'on' if enabled() else 'off'} (set {ENV}={int(on)} before importing TensorFlow)")
+            why += (
+                f", but TensorFlow was imported before in this process: it stays "
+                f"{'on' if enabled() else 'off'} (set {ENV}={int(on)} before importing TensorFlow)"
+            )
     return why
 
 

@@ -1,6 +1,7 @@
 """Timing of our training step on an in-memory batch: what runtime=auto's tuning measures (in a
 fresh process per setting) and what scripts/bench.py reports as "the trainer alone". Figures are
 medians over timed windows after a warm-up, so tracing and autotuning are not counted."""
+
 from __future__ import annotations
 
 import statistics
@@ -22,9 +23,18 @@ def timed_windows(step, items_per_step: int, warmup: int, windows: int, steps_pe
     return {"images_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int = 10, steps_per_call: int = 1,
-                     windows: int = 5, steps_per_window: int = 10, precision: str = "float32",
-                     strategy=None, xla: bool = False) -> dict:
+def train_throughput(
+    depth: int,
+    image_shape,
+    batch_size: int,
+    num_classes: int = 10,
+    steps_per_call: int = 1,
+    windows: int = 5,
+    steps_per_window: int = 10,
+    precision: str = "float32",
+    strategy=None,
+    xla: bool = False,
+) -> dict:
     """images/s of our Trainer on one in-memory batch repeated (the model and step alone)."""
     import keras
 
@@ -45,9 +55,13 @@ def train_throughput(depth: int, image_shape, batch_size: int, num_classes: int 
     labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
     data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
     iterator = iter(strategy.experimental_distribute_dataset(data))
-    result = timed_windows(lambda: trainer.train_steps(iterator, steps_per_call) or trainer.train_metrics(),
-                      batch_size * steps_per_call, warmup=3, windows=windows,
-                      steps_per_window=max(1, steps_per_window // steps_per_call))
+    result = timed_windows(
+        lambda: trainer.train_steps(iterator, steps_per_call) or trainer.train_metrics(),
+        batch_size * steps_per_call,
+        warmup=3,
+        windows=windows,
+        steps_per_window=max(1, steps_per_window // steps_per_call),
+    )
     result["parameters"] = models.count_params(model)
     keras.mixed_precision.set_global_policy("float32")
     return result

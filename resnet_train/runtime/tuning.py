@@ -18,6 +18,7 @@ runtime.threads=[1,2]) always win, as do an exported TF_ENABLE_ONEDNN_OPTS or TF
 other runtimes (one_device, mirrored, multi_worker) and GPU machines use the defaults.
 No TensorFlow import at module level: the CLI calls tune() before TensorFlow's import.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,11 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from resnet_train.errors import ConfigError
 from resnet_train.report.metrics import write_atomic
+from resnet_train.runtime import threads as thread_pools  # `threads` is a local name below
 
 LEVERS = ("onednn", "xla", "steps_per_call", "threads")
-THREADS_ENV = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")  # read by TensorFlow when it starts
 XLA_BEYOND = 2.0  # XLA gained 1.19-1.6x over oneDNN off (Zen 3, Zen 5, Intel AMX), never more
 ONE_INTER_OP = [1, 0]  # the thread setting the measurement tries: [inter-op, intra-op]; 0 = TF's default
 MIN_GAIN = 1.08  # a lever leaves its default only when measured at least this much faster
@@ -53,14 +53,15 @@ def machine_key() -> str:
 
     cpu = cpu_identity()
     flags = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    return (f"{cpu['model']} family {cpu['family']} x{os.cpu_count()} [{' '.join(flags)}] "
-            f"tensorflow {version('tensorflow')}")
+    return (
+        f"{cpu['model']} family {cpu['family']} x{os.cpu_count()} [{' '.join(flags)}] "
+        f"tensorflow {version('tensorflow')}"
+    )
 
 
 def wanted(r) -> bool:
     """Tuning applies to runtime=auto on a machine without GPUs, for levers left at auto."""
-    return (str(r.strategy) == "auto" and not _has_gpu()
-            and any(str(r[lever]).lower() == "auto" for lever in LEVERS))
+    return str(r.strategy) == "auto" and not _has_gpu() and any(str(r[lever]).lower() == "auto" for lever in LEVERS)
 
 
 def _has_gpu() -> bool:
@@ -89,8 +90,10 @@ def tune(log=None) -> dict:
         lock = open(path.with_suffix(".lock"), "w")
     except OSError as e:
         if log:
-            log(f"runtime=auto: not measuring this machine: cannot write its cache {path} ({e.strerror}); the "
-                f"levers keep their defaults (set XDG_CACHE_HOME to a writable folder)")
+            log(
+                f"runtime=auto: not measuring this machine: cannot write its cache {path} ({e.strerror}); the "
+                f"levers keep their defaults (set XDG_CACHE_HOME to a writable folder)"
+            )
         return {}
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process measuring: wait for its result
@@ -98,8 +101,10 @@ def tune(log=None) -> dict:
         if _complete(found):
             return found
         if log:
-            log(f"runtime=auto: measuring which kernels are fastest on this machine, once "
-                f"(~30 s; cached in {path}; runtime.onednn/xla/steps_per_call/threads set explicitly skip it)")
+            log(
+                f"runtime=auto: measuring which kernels are fastest on this machine, once "
+                f"(~30 s; cached in {path}; runtime.onednn/xla/steps_per_call/threads set explicitly skip it)"
+            )
         entry = measure()
         known = {}
         with contextlib.suppress(OSError, ValueError):
@@ -119,12 +124,20 @@ def measure(probe=None) -> dict:
     probe = {**PROBE, **(probe or {})}
     started = time.perf_counter()
 
-    def run(onednn: str, what: list[str], threads=(0, 0), **extra) -> dict:
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3",
-               **{name: str(n) for name, n in zip(THREADS_ENV, threads)}}
-        done = subprocess.run([sys.executable, "-m", "resnet_train.runtime.tuning",
-                               json.dumps({**probe, "what": what, **extra})],
-                              env=env, capture_output=True, text=True, timeout=600)
+    def run(onednn: str, what: list[str], pools=(0, 0), **extra) -> dict:
+        env = {
+            **os.environ,
+            "TF_ENABLE_ONEDNN_OPTS": onednn,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            **{name: str(n) for name, n in zip(thread_pools.THREADS_ENV, pools)},
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "resnet_train.runtime.tuning", json.dumps({**probe, "what": what, **extra})],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if done.returncode:  # a probe that cannot run (memory, a broken build): the defaults stay
             return {}
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -133,18 +146,28 @@ def measure(probe=None) -> dict:
     # fewer in the usual case, where oneDNN on is not slower. XLA is not tried where oneDNN is
     # XLA_BEYOND faster than without (XLA's own CPU kernels are not oneDNN's; see choose()).
     off = run("0", ["plain"])
-    rates = {"1": run("1", ["plain", "xla", "spc"], xla_unless_above=(off.get("plain") or 0) * XLA_BEYOND or None),
-             "0": off}
-    faster = "0" if rates["1"].get("plain") and rates["0"].get("plain") and \
-        rates["0"]["plain"] >= rates["1"]["plain"] * MIN_GAIN else "1"
+    rates = {
+        "1": run("1", ["plain", "xla", "spc"], xla_unless_above=(off.get("plain") or 0) * XLA_BEYOND or None),
+        "0": off,
+    }
+    faster = (
+        "0"
+        if rates["1"].get("plain") and rates["0"].get("plain") and rates["0"]["plain"] >= rates["1"]["plain"] * MIN_GAIN
+        else "1"
+    )
     if faster == "0":
         rates["0"].update(run("0", ["xla", "spc"]))
     if rates[faster].get("plain"):
         threads = run(faster, ["plain"], ONE_INTER_OP).get("plain")
         if threads:
             rates[faster]["inter_op_1"] = threads
-    return {"choices": choose(rates, probe["spc"]), "images_per_sec": rates, "probe": probe,
-            "seconds": round(time.perf_counter() - started, 1), "date": datetime.date.today().isoformat()}
+    return {
+        "choices": choose(rates, probe["spc"]),
+        "images_per_sec": rates,
+        "probe": probe,
+        "seconds": round(time.perf_counter() - started, 1),
+        "date": datetime.date.today().isoformat(),
+    }
 
 
 def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
@@ -153,8 +176,11 @@ def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
     if on and off:
         gain = on / off
         decided = True if gain >= MIN_GAIN else False if 1 / gain >= MIN_GAIN else None
-        choice = [decided, f"oneDNN {gain:.2f}x without" +
-                  ("" if decided is not None else f": under {MIN_GAIN}x either way, the CPU's rule decides")]
+        choice = [
+            decided,
+            f"oneDNN {gain:.2f}x without"
+            + ("" if decided is not None else f": under {MIN_GAIN}x either way, the CPU's rule decides"),
+        ]
     else:
         choice = [None, "not measured (a probe failed): the CPU's rule decides"]
     best = rates.get("1" if choice[0] is not False else "0", {})
@@ -164,8 +190,11 @@ def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
         gain = best["xla"] / plain
         levers["xla"] = [gain >= MIN_GAIN, f"XLA {gain:.2f}x without"]
     elif on and off and on >= off * XLA_BEYOND and choice[0] is not False:
-        levers["xla"] = [False, f"XLA not tried: oneDNN {on / off:.2f}x without it, and XLA (its own CPU kernels, "
-                                f"not oneDNN's) gained at most 1.6x over oneDNN off on the CPUs measured"]
+        levers["xla"] = [
+            False,
+            f"XLA not tried: oneDNN {on / off:.2f}x without it, and XLA (its own CPU kernels, "
+            f"not oneDNN's) gained at most 1.6x over oneDNN off on the CPUs measured",
+        ]
     else:
         levers["xla"] = [False, "XLA not measured"]
     if plain and best.get("spc"):
@@ -175,8 +204,10 @@ def choose(rates: dict, spc: int = PROBE["spc"]) -> dict:
         levers["steps_per_call"] = [1, "steps per call not measured"]
     if plain and best.get("inter_op_1"):
         gain = best["inter_op_1"] / plain
-        levers["threads"] = [ONE_INTER_OP if gain >= MIN_GAIN else "default",
-                             f"1 inter-op thread {gain:.2f}x TensorFlow's default"]
+        levers["threads"] = [
+            ONE_INTER_OP if gain >= MIN_GAIN else "default",
+            f"1 inter-op thread {gain:.2f}x TensorFlow's default",
+        ]
     else:
         levers["threads"] = ["default", "threads not measured"]
     return levers
@@ -197,7 +228,7 @@ def resolve(r) -> dict:
     for lever in LEVERS:
         value = r[lever]
         if str(value).lower() != "auto":
-            out[lever] = (value, f"runtime.{lever}={_shown(value)}")
+            out[lever] = (value, f"runtime.{lever}={thread_pools.shown(value)}")
         elif choice(entry, lever):
             out[lever] = (choice(entry, lever)[0], f"measured {entry['date']}: {choice(entry, lever)[1]}")
         else:
@@ -206,76 +237,16 @@ def resolve(r) -> dict:
     return out
 
 
-def _shown(value) -> str:
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return str(value).lower()
-    return "[" + ",".join(str(v) for v in value) + "]"  # threads: a list (or Hydra's ListConfig)
-
-
-def normalise_threads(setting):
-    """runtime.threads as "auto", "default" or [inter_op, intra_op]; anything else is refused."""
-    if isinstance(setting, str) and setting.lower() in ("auto", "default"):
-        return setting.lower()
-    pools = None if isinstance(setting, (str, bytes, int, float)) or setting is None else list(setting)
-    if not pools or len(pools) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                                               for n in pools):
-        raise ConfigError(f"runtime.threads must be auto, default or [inter_op, intra_op] thread counts, 0 for "
-                          f"TensorFlow's default (got {_shown(setting)}); e.g. runtime.threads=[1,2]")
-    return pools
-
-
-def apply_threads(setting, measured=None, environ=None) -> str:
-    """Sizes TensorFlow's thread pools for this process before TensorFlow starts, through the
-    variables it reads then (TF_NUM_INTEROP_THREADS, TF_NUM_INTRAOP_THREADS); returns why.
-    `setting`: runtime.threads (auto | default | [inter_op, intra_op], 0 = TensorFlow's default for
-    that pool); `measured`: runtime=auto's [choice, why]. Exported variables win over auto."""
-    environ = os.environ if environ is None else environ
-    setting = normalise_threads(setting)
-    why = f"runtime.threads={_shown(setting)}"
-    if setting == "auto":
-        exported = [f"{name}={environ[name]}" for name in THREADS_ENV if name in environ]
-        if exported:
-            return _said(f"{' '.join(exported)} exported")
-        setting, why = (measured[0], f"measured: {measured[1]}") if measured else ("default", "not tuned")
-    pools = [0, 0] if setting == "default" else [int(n) for n in setting]
-    for name, n in zip(THREADS_ENV, pools):
-        if n:
-            environ[name] = str(n)
-        else:
-            environ.pop(name, None)
-    return _said(f"{why}: {_pools(pools)}")
-
-
-def threads_in_effect() -> str:
-    """The thread pools TensorFlow started with in this process, and why (for the run's log)."""
-    if _applied:
-        return _applied
-    exported = [f"{name}={os.environ[name]}" for name in THREADS_ENV if name in os.environ]
-    return f"{' '.join(exported)} exported" if exported else _pools([0, 0])
-
-
-_applied = None  # apply_threads' answer in this process
-
-
-def _said(why: str) -> str:
-    global _applied
-    _applied = why
-    return why
-
-
-def _pools(pools) -> str:
-    if not any(pools):
-        return "TensorFlow's default, one per core in each pool"
-    return f"{pools[0] or 'default'} inter-op, {pools[1] or 'default'} intra-op"
-
-
 def _probe(settings: dict) -> dict:
     """In a fresh process (oneDNN fixed by its environment): images/s of each setting asked for."""
     from resnet_train.runtime.probe import train_throughput
 
     shape, batch, depth, spc = (32, 32, 3), settings["batch_size"], settings["depth"], settings["spc"]
-    runs = {"plain": dict(windows=2, steps_per_window=2), "xla": dict(windows=2, steps_per_window=2, xla=True),
-            "spc": dict(windows=2, steps_per_window=2 * spc, steps_per_call=spc)}
+    runs = {
+        "plain": dict(windows=2, steps_per_window=2),
+        "xla": dict(windows=2, steps_per_window=2, xla=True),
+        "spc": dict(windows=2, steps_per_window=2 * spc, steps_per_call=spc),
+    }
     out = {}
     for name in settings.get("what", list(runs)):
         if name == "xla" and settings.get("xla_unless_above") and out.get("plain", 0) >= settings["xla_unless_above"]:

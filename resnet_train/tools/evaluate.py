@@ -1,4 +1,5 @@
 """Evaluation of a trained model on any split: loss, top-1/top-5, per-class accuracy, confusion."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,10 @@ def metrics(probs, labels, class_names) -> tuple[dict, np.ndarray]:
     k = top_k(n)
     confusion = np.zeros((n, n), np.int64)
     np.add.at(confusion, (labels, top[:, 0]), 1)
-    per_class = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-                 for i, name in enumerate(class_names)}
+    per_class = {
+        name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+        for i, name in enumerate(class_names)
+    }
     summary = {
         "examples": int(len(labels)),
         "loss": float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0)))),
@@ -64,16 +67,21 @@ def eval_split(run_cfg, info, data_overrides, split: str):
         raise DataError(f"data.split must be one of {', '.join(SPLITS)} (got {split!r})")
     changes = {k: v for k, v in (data_overrides or {}).items() if v is not None and k != "split"}
     # Another source's settings replace the run's: keys the new source lacks are dropped.
-    data_cfg = store.data_config({**OmegaConf.to_container(OmegaConf.create(run_cfg.data), resolve=True),
-                                   **changes}, drop_unknown=True)
+    data_cfg = store.data_config(
+        {**OmegaConf.to_container(OmegaConf.create(run_cfg.data), resolve=True), **changes}, drop_unknown=True
+    )
     splits = data_lib.load(data_cfg)
     new = splits.info
     if new.num_classes != info.num_classes:
-        raise DataError(f"the checkpoint predicts {info.num_classes} classes but {new.name} has {new.num_classes}: "
-                        f"evaluate on a dataset with the same classes")
+        raise DataError(
+            f"the checkpoint predicts {info.num_classes} classes but {new.name} has {new.num_classes}: "
+            f"evaluate on a dataset with the same classes"
+        )
     if tuple(new.image_shape) != tuple(info.image_shape):
-        raise DataError(f"the model takes {tuple(info.image_shape)} images but {new.name} has "
-                        f"{tuple(new.image_shape)}: set data.image_size to match")
+        raise DataError(
+            f"the model takes {tuple(info.image_shape)} images but {new.name} has "
+            f"{tuple(new.image_shape)}: set data.image_size to match"
+        )
     ds = {"test": splits.test, "val": splits.val, "train": splits.train}[split]
     size = {"test": new.test_size, "val": new.val_size, "train": new.train_size}[split]
     if ds is None:
@@ -95,11 +103,23 @@ def evaluate_run(run_dir, checkpoint="auto", split="test", data_overrides=None, 
     summary, confusion = metrics(probs, labels, run.info.class_names)
     name = split + ("_flip" if tta == "flip" else "")
     out = run.run_dir / "eval"
-    summary.update({"split": split, "dataset": info.name, "checkpoint": run.checkpoint, "weights": run.weights,
-                    "tta": tta or "none",
-                    "confusion_matrix": confusion.tolist(), "class_names": run.info.class_names})
+    summary.update(
+        {
+            "split": split,
+            "dataset": info.name,
+            "checkpoint": run.checkpoint,
+            "weights": run.weights,
+            "tta": tta or "none",
+            "confusion_matrix": confusion.tolist(),
+            "class_names": run.info.class_names,
+        }
+    )
     write_json(out / f"{name}.json", summary)
-    plots.confusion_matrix(confusion, run.info.class_names, out / f"{name}_confusion.png",
-                           title=f"{run.model.name} on {info.name} {split}: top-1 {summary['accuracy']:.4f}")
+    plots.confusion_matrix(
+        confusion,
+        run.info.class_names,
+        out / f"{name}_confusion.png",
+        title=f"{run.model.name} on {info.name} {split}: top-1 {summary['accuracy']:.4f}",
+    )
     summary["files"] = [str(out / f"{name}.json"), str(out / f"{name}_confusion.png")]
     return summary

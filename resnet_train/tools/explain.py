@@ -1,4 +1,5 @@
 """Grad-CAM (Selvaraju et al. 2017) on the last convolutional stage: where the network looks."""
+
 from __future__ import annotations
 
 import keras

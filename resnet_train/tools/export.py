@@ -3,6 +3,7 @@
 Every exported model takes raw images (the normalisation is inside the model) and returns
 probabilities. After exporting, the artefact is loaded back and evaluated beside the original.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,13 +37,18 @@ def serving_functions(model, image_shape):
     def encoded_fn(encoded):
         """JPEG / PNG / BMP / GIF bytes of any size -> outputs, preprocessed as resnet-predict and
         evaluation do (preprocess.preprocess: resized, or resized + centre-cropped from 128 px)."""
+
         def one(data):
             return preprocess(data, (h, w, c))
 
         return outputs(tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8)))
 
-    return images_fn, encoded_fn, [tf.TensorSpec([None, h, w, c], tf.uint8, "images")], \
-        [tf.TensorSpec([None], tf.string, "encoded")]
+    return (
+        images_fn,
+        encoded_fn,
+        [tf.TensorSpec([None, h, w, c], tf.uint8, "images")],
+        [tf.TensorSpec([None], tf.string, "encoded")],
+    )
 
 
 def _write_class_names(path: Path, info) -> None:
@@ -75,8 +81,9 @@ def export_tflite(model, info, path: Path, quantize: str = "none", representativ
     # variables; from a plain concrete function they stay resource reads TFLite cannot resolve.
     with tempfile.TemporaryDirectory() as tmp:
         export_saved_model(model, info, Path(tmp) / "saved_model")
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved_model"),
-                                                             signature_keys=["serving_default"])
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(Path(tmp) / "saved_model"), signature_keys=["serving_default"]
+        )
         return _convert(converter, info, path, quantize, representative)
 
 
@@ -126,8 +133,9 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def export_run(run_dir, checkpoint="auto", fmt="saved_model", quantize="none", out=None, split="test",
-               batch_size=64, ema=None) -> dict:
+def export_run(
+    run_dir, checkpoint="auto", fmt="saved_model", quantize="none", out=None, split="test", batch_size=64, ema=None
+) -> dict:
     """Exports, reloads, evaluates the exported model beside the original; returns a summary.
     A run trained with ema.decay exports its EMA weights (ema=False: the raw ones)."""
     from resnet_train.data import pipeline
@@ -146,8 +154,9 @@ def export_run(run_dir, checkpoint="auto", fmt="saved_model", quantize="none", o
     out_dir = Path(out) if out else run.run_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     ds, size, info = eval_split(run.cfg, run.info, None, split)
-    images, labels = _as_arrays(pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), size,
-                                                     info.image_shape))
+    images, labels = _as_arrays(
+        pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
+    )
     if fmt == "saved_model":
         path = export_saved_model(run.model, run.info, out_dir / "saved_model")
     elif fmt == "keras":
@@ -156,16 +165,25 @@ def export_run(run_dir, checkpoint="auto", fmt="saved_model", quantize="none", o
         representative = None
         if quantize == "int8":
             train, _, _ = eval_split(run.cfg, run.info, None, "train")
-            representative = _as_arrays(pipeline.eval_batches(train.take(200), batch_size,
-                                                               pipeline.eval_preprocess(info)))[0]
+            representative = _as_arrays(
+                pipeline.eval_batches(train.take(200), batch_size, pipeline.eval_preprocess(info))
+            )[0]
         suffix = "" if quantize == "none" else f"_{quantize}"
         path = export_tflite(run.model, run.info, out_dir / f"model{suffix}.tflite", quantize, representative)
     predictor = load_predictor(path, fmt)
-    exported = np.concatenate([predictor(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    original = np.concatenate([tf.nn.softmax(run.model(images[i:i + batch_size], training=False)).numpy()
-                               for i in range(0, len(images), batch_size)])
+    exported = np.concatenate([predictor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    original = np.concatenate(
+        [
+            tf.nn.softmax(run.model(images[i : i + batch_size], training=False)).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     return {
-        "format": fmt, "quantize": quantize, "weights": run.weights, "path": str(path), "bytes": _size(path),
+        "format": fmt,
+        "quantize": quantize,
+        "weights": run.weights,
+        "path": str(path),
+        "bytes": _size(path),
         "split": split,
         "examples": int(len(labels)),
         "accuracy": float(np.mean(exported.argmax(1) == labels)),

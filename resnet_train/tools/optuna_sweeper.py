@@ -27,6 +27,7 @@ plugins it found in the `hydra_plugins` package. The plugin's OptunaSweeper buil
 implementation from `_impl.OptunaSweeperImpl` when Hydra instantiates it, so `install()`, called
 by SweepCallback.on_multirun_start just before that, sets ContinuedStudy there (in this process).
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,8 +60,10 @@ class ContinuedStudy(_impl.OptunaSweeperImpl):
         held = study.get_trials(deepcopy=False)
         complete = sum(t.state == TrialState.COMPLETE for t in held)
         if held:
-            log.info(f"Study {self.study_name} holds {len(held)} trials, {complete} complete: "
-                     f"{max(0, self.n_trials - complete)} more for n_trials={self.n_trials}")
+            log.info(
+                f"Study {self.study_name} holds {len(held)} trials, {complete} complete: "
+                f"{max(0, self.n_trials - complete)} more for n_trials={self.n_trials}"
+            )
             self._reseed(len(held))
         self.n_trials = max(0, self.n_trials - complete)
         return super().sweep(arguments)
@@ -68,8 +71,10 @@ class ContinuedStudy(_impl.OptunaSweeperImpl):
     def _configure_trials(self, trials, *args, **kwargs):
         numbers = [t.number for t in trials]
         if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-            raise RuntimeError(f"trials {numbers} of study {self.study_name} are not consecutive: another "
-                               f"search is adding trials to it; run one search per study at a time")
+            raise RuntimeError(
+                f"trials {numbers} of study {self.study_name} are not consecutive: another "
+                f"search is adding trials to it; run one search per study at a time"
+            )
         self.job_idx = numbers[0]  # the plugin launches its batch as jobs self.job_idx, +1, ...
         return super()._configure_trials(trials, *args, **kwargs)
 

@@ -6,6 +6,7 @@
 It composes the real train config (any override the trainer takes) and builds the trainer's own
 schedule (optim.effective_lr, schedules.lr_schedule), so the picture is the run's curve.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,6 +50,8 @@ def plot_schedule(cfg):
     from resnet_train.report.plots import lr_curve
 
     lrs, steps_per_epoch = schedule_curve(cfg)
-    title = (f"{cfg.schedule.name} schedule, {cfg.optimizer.name}: peak lr {lrs.max():.4g}, "
-             f"{len(lrs)} steps, {steps_per_epoch} per epoch")
+    title = (
+        f"{cfg.schedule.name} schedule, {cfg.optimizer.name}: peak lr {lrs.max():.4g}, "
+        f"{len(lrs)} steps, {steps_per_epoch} per epoch"
+    )
     return lr_curve(lrs, steps_per_epoch, cfg.out, title), lrs

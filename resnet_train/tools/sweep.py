@@ -1,8 +1,9 @@
 """Sweeps: a Hydra callback that records each member's status, and the sweep summary table.
 
-    resnet-train -m depth=20,32 optimizer.lr=0.05,0.1      # summary.csv / summary.md in the sweep dir
-    resnet-sweep-report outputs/multirun/2026-11-29/10-00-00
+resnet-train -m depth=20,32 optimizer.lr=0.05,0.1      # summary.csv / summary.md in the sweep dir
+resnet-sweep-report outputs/multirun/2026-11-29/10-00-00
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,16 @@ from resnet_train.training.run_dir import OVERRIDES, RESULTS
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("member", "status", "overrides", "final_eval_accuracy", "best_eval_accuracy", "epochs",
-           "wall_time_s", "error")
+COLUMNS = (
+    "member",
+    "status",
+    "overrides",
+    "final_eval_accuracy",
+    "best_eval_accuracy",
+    "epochs",
+    "wall_time_s",
+    "error",
+)
 
 
 class SweepCallback(Callback):
@@ -76,8 +85,11 @@ class SweepCallback(Callback):
             if untouched:
                 error.member_left_as_it_was = True  # optuna_sweeper.left_as_it_was(): not a failure of the member's run
                 # Printed: a log line would go to the member's train.log, which is the run's.
-                print(f"resnet-train: {member}: not run, the member's run was left as it was "
-                      f"({type(error).__name__}: {error})", file=sys.stderr)
+                print(
+                    f"resnet-train: {member}: not run, the member's run was left as it was "
+                    f"({type(error).__name__}: {error})",
+                    file=sys.stderr,
+                )
             else:
                 failed.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2) + "\n")
         elif failed.exists():
@@ -108,26 +120,35 @@ def member_row(member: Path) -> dict:
     overrides_file = member / OVERRIDES
     overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else ""
     evals = [r for r in read_metrics(member) if r.get("split") == "eval"]
-    row = {"member": member.name, "overrides": overrides, "status": "incomplete", "error": "",
-           "final_eval_accuracy": evals[-1]["accuracy"] if evals else None,
-           "best_eval_accuracy": max((r["accuracy"] for r in evals), default=None),
-           "epochs": evals[-1]["epoch"] if evals else 0, "wall_time_s": None}
+    row = {
+        "member": member.name,
+        "overrides": overrides,
+        "status": "incomplete",
+        "error": "",
+        "final_eval_accuracy": evals[-1]["accuracy"] if evals else None,
+        "best_eval_accuracy": max((r["accuracy"] for r in evals), default=None),
+        "epochs": evals[-1]["epoch"] if evals else 0,
+        "wall_time_s": None,
+    }
     results, failed = member / RESULTS, member / "failed.json"
     if failed.exists():
         row.update(status="failed", error=json.loads(failed.read_text())["error"][:300])
     elif results.exists():
         r = json.loads(results.read_text())
-        row.update(status="finished", final_eval_accuracy=r["eval"]["accuracy"], epochs=r["epochs"],
-                   # Ranked on validation only: a member without a validation split counts with its
-                   # final accuracy, never its best epoch on the test set.
-                   best_eval_accuracy=r.get("best_val_accuracy", r["eval"]["accuracy"]),
-                   wall_time_s=r.get("wall_time_s"))
+        row.update(
+            status="finished",
+            final_eval_accuracy=r["eval"]["accuracy"],
+            epochs=r["epochs"],
+            # Ranked on validation only: a member without a validation split counts with its
+            # final accuracy, never its best epoch on the test set.
+            best_eval_accuracy=r.get("best_val_accuracy", r["eval"]["accuracy"]),
+            wall_time_s=r.get("wall_time_s"),
+        )
     return row
 
 
 def members(sweep_dir) -> list[Path]:
-    return sorted((p for p in Path(sweep_dir).iterdir() if (p / OVERRIDES).exists()),
-                  key=lambda p: p.name)
+    return sorted((p for p in Path(sweep_dir).iterdir() if (p / OVERRIDES).exists()), key=lambda p: p.name)
 
 
 def write_summary(sweep_dir) -> list[dict]:

@@ -4,6 +4,7 @@ The data order and augmentation are functions of (seed, epoch, step), so model +
 step is the whole state a resumed run needs (plus the epoch's running train metrics, so that a
 run resumed mid-epoch reports the same epoch metrics as an uninterrupted one).
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from resnet_train.errors import RunDirError, UserError, first_line
+from resnet_train.errors import RunDirError, first_line
 from resnet_train.training.checkpoint_files import fsync_checkpoint, readable
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ class Checkpointer:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         # Loop steps taken, skipped float16 steps included (optimizer.iterations does not count those).
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch,
-                                              step=self.step, **(extra or {}))
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=self.epoch, step=self.step, **(extra or {})
+        )
         self._best = None
         self.best_set_aside = False  # best/ described steps past the restored one (see restore_latest)
         if self.owns_directory and self.directory.is_dir() and self._index() is _DAMAGED:
@@ -70,8 +72,11 @@ class Checkpointer:
         if not self.read_from.is_dir():
             return []
         state = self._index()
-        paths = ((list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])
-                 if state not in (None, _DAMAGED) else [])
+        paths = (
+            (list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])
+            if state not in (None, _DAMAGED)
+            else []
+        )
         paths = [p for p in paths if _inside(p, self.read_from)]
         paths += [str(f.with_suffix("")) for f in self.read_from.glob("ckpt-*.index")]
         return sorted(set(p for p in paths if _CHECKPOINT_NAME.fullmatch(Path(p).name)), key=_number, reverse=True)
@@ -86,8 +91,12 @@ class Checkpointer:
         for path in self._candidates():
             damage = readable(path)  # raises, moving nothing, when the files cannot be reached at all
             if damage is not None:
-                log.warning("Checkpoint %s is damaged (%s): %s, trying the previous one", path, damage,
-                            "moving it to checkpoints/corrupt/" if self.owns_directory else "skipping it")
+                log.warning(
+                    "Checkpoint %s is damaged (%s): %s, trying the previous one",
+                    path,
+                    damage,
+                    "moving it to checkpoints/corrupt/" if self.owns_directory else "skipping it",
+                )
                 if self.owns_directory:
                     self._move_aside(path)
                 moved = True  # (or skipped, on a worker that reads the chief's directory)
@@ -116,14 +125,16 @@ class Checkpointer:
             best = self._best_checkpoint()
             raise RunDirError(
                 f"no readable checkpoint in {self.read_from}{where}, though this run has made progress: "
-                f"start a new run directory" + (f", with init_from={self.read_from / 'best'} if that one is readable"
-                                                if best else ""))
+                f"start a new run directory"
+                + (f", with init_from={self.read_from / 'best'} if that one is readable" if best else "")
+            )
         return False
 
     def _best_checkpoint(self) -> str | None:
         best = self.read_from / "best"
-        found = (sorted((str(f.with_suffix("")) for f in best.glob("ckpt-*.index")), key=_number)
-                 if best.is_dir() else [])
+        found = (
+            sorted((str(f.with_suffix("")) for f in best.glob("ckpt-*.index")), key=_number) if best.is_dir() else []
+        )
         return found[-1] if found else None
 
     def _set_aside_later_best(self, step: int) -> None:
@@ -139,8 +150,14 @@ class Checkpointer:
         target.parent.mkdir(exist_ok=True)
         (self.directory / "best").replace(target)
         self.best_set_aside = True
-        log.warning("best/ held %s, later than the resumed step %d: moved to %s (the epochs after step %d "
-                    "are trained again and choose best/ anew)", Path(best).name, step, target, step)
+        log.warning(
+            "best/ held %s, later than the resumed step %d: moved to %s (the epochs after step %d "
+            "are trained again and choose best/ anew)",
+            Path(best).name,
+            step,
+            target,
+            step,
+        )
 
     def adopt_best(self, step: int) -> bool:
         """After best/ was set aside: best/ becomes the checkpoint of `step` (the best epoch the
@@ -148,16 +165,23 @@ class Checkpointer:
         source = self.directory / f"ckpt-{step}"
         files = list(self.directory.glob(source.name + ".*"))
         if not files or readable(str(source)) is not None:
-            log.warning("The best epoch the metrics hold (step %d) has no checkpoint left: best/ is chosen again "
-                        "by the next better epoch", step)
+            log.warning(
+                "The best epoch the metrics hold (step %d) has no checkpoint left: best/ is chosen again "
+                "by the next better epoch",
+                step,
+            )
             return False
         staging = self.directory / "best_temp"  # removed as a partial save if this is interrupted
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         for f in files:
             shutil.copy2(f, staging / f.name)
-        tf.compat.v1.train.update_checkpoint_state(str(staging), source.name, all_model_checkpoint_paths=[source.name],
-                                                   all_model_checkpoint_timestamps=[time.time()])
+        tf.compat.v1.train.update_checkpoint_state(
+            str(staging),
+            source.name,
+            all_model_checkpoint_paths=[source.name],
+            all_model_checkpoint_timestamps=[time.time()],
+        )
         staging.replace(self.directory / "best")
         log.info("best/ is %s again, the best epoch up to the resumed step", source.name)
         return True
@@ -176,19 +200,27 @@ class Checkpointer:
         """Makes the `checkpoint` index list exactly the ckpt-N on disk, oldest first, with their
         times, so that the CheckpointManager deletes the old ones again as it saves (without the
         times it keeps them forever) and `latest` names the checkpoint really resumed."""
-        on_disk = sorted((f.with_suffix("") for f in self.directory.glob("ckpt-*.index")
-                          if _CHECKPOINT_NAME.fullmatch(f.stem)), key=lambda p: _number(str(p)))
+        on_disk = sorted(
+            (f.with_suffix("") for f in self.directory.glob("ckpt-*.index") if _CHECKPOINT_NAME.fullmatch(f.stem)),
+            key=lambda p: _number(str(p)),
+        )
         state = self._index()
-        if state not in (None, _DAMAGED) and state.all_model_checkpoint_timestamps and \
-                [Path(p).name for p in state.all_model_checkpoint_paths] == [p.name for p in on_disk]:
+        if (
+            state not in (None, _DAMAGED)
+            and state.all_model_checkpoint_timestamps
+            and [Path(p).name for p in state.all_model_checkpoint_paths] == [p.name for p in on_disk]
+        ):
             return  # the manager's own index, as it wrote it
         if not on_disk:
             (self.directory / "checkpoint").unlink(missing_ok=True)
             return
         tf.compat.v1.train.update_checkpoint_state(
-            str(self.directory), on_disk[-1].name, all_model_checkpoint_paths=[p.name for p in on_disk],
+            str(self.directory),
+            on_disk[-1].name,
+            all_model_checkpoint_paths=[p.name for p in on_disk],
             all_model_checkpoint_timestamps=[(p.parent / (p.name + ".index")).stat().st_mtime for p in on_disk],
-            last_preserved_timestamp=0.0)  # relative names: the run directory can move
+            last_preserved_timestamp=0.0,
+        )  # relative names: the run directory can move
 
     def _remove_partial_saves(self) -> None:
         """A save killed half-way leaves <prefix>_temp/ (TF writes there, then renames): remove it."""
@@ -234,7 +266,8 @@ class Checkpointer:
             raise RunDirError(
                 f"could not write the checkpoint of step {step} to {manager.directory} ({reason}): free disk "
                 f"space or fix the directory, then rerun the same command; it resumes from "
-                f"{self.manager.latest_checkpoint or 'the start'}") from None
+                f"{self.manager.latest_checkpoint or 'the start'}"
+            ) from None
 
 
 def _number(path: str) -> int:
@@ -251,34 +284,6 @@ def _inside(path: str, directory: Path) -> bool:
     """Whether a checkpoint the index names lies in `directory` (TF makes the index's relative
     names absolute under it; a name from before the run directory moved is found on disk instead)."""
     return Path(path).resolve().parent == directory.resolve()
-
-
-CHOICES = "auto | best | last | PATH"
-
-
-def resolve(run_dir, which: str = "auto", has_validation: bool = True) -> str:
-    """The checkpoint path for `which`: auto, best (falls back to last), last, or a path (a
-    checkpoint prefix or a directory holding one).
-
-    `auto` is best/ only for a run that selected it on a validation split; a run without one is
-    judged on the test set, which must not pick its own checkpoint, so `auto` is then the final one
-    (the paper's protocol: the length of training fixed beforehand, the final model tested once)."""
-    run_dir = Path(run_dir)
-    if which == "auto":
-        which = "best" if has_validation else "last"
-    elif which == "best" and not has_validation and (run_dir / "checkpoints" / "best").is_dir():
-        log.warning("checkpoint=best: %s chose best/ on the test set (it had no validation split), so its test "
-                    "accuracy is optimistic; checkpoint=last is the unbiased one", run_dir)
-    candidates = {"best": [run_dir / "checkpoints" / "best", run_dir / "checkpoints"],
-                  "last": [run_dir / "checkpoints"]}.get(which, [Path(which)])
-    for place in candidates:
-        if place.is_dir():
-            found = tf.train.latest_checkpoint(str(place))
-            if found:
-                return found
-        elif Path(str(place) + ".index").exists():
-            return str(place)
-    raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint={CHOICES}")
 
 
 def latest_in(directory: Path):

@@ -1,5 +1,6 @@
 """A checkpoint's files: read back in full, to tell damage (moved aside, the previous checkpoint
 tried) from storage that cannot be reached (nothing moved), and flushed to the disk once written."""
+
 from __future__ import annotations
 
 import errno
@@ -27,7 +28,8 @@ def readable(path: str) -> str | None:
             raise CheckpointUnreachable(
                 f"could not read the checkpoint {path} ({type(e).__name__}: {why}): a permission or storage "
                 f"error, not damage, so nothing was moved; fix access to {Path(path).parent} (or wait for the "
-                f"file system) and rerun the same command") from None
+                f"file system) and rerun the same command"
+            ) from None
         return why
     return None
 
@@ -40,10 +42,28 @@ class CheckpointUnreachable(RunDirError):
 # ResourceExhausted, EAGAIN/ECONNRESET: Unavailable, ETIMEDOUT: DeadlineExceeded); EIO has no code
 # of its own (Unknown) and is recognised by its text. Damage shows as DataLoss, OutOfRange,
 # InvalidArgument or NotFound (a missing shard), which are not here.
-_STORAGE_OP_ERRORS = (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.UnavailableError,
-                      tf.errors.AbortedError, tf.errors.DeadlineExceededError, tf.errors.CancelledError)
-_STORAGE_ERRNOS = (errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.ETIMEDOUT, errno.ENOMEM,
-                   errno.EBUSY, errno.EINTR, errno.ENOTCONN, errno.EREMOTEIO, errno.ENOLCK)
+_STORAGE_OP_ERRORS = (
+    tf.errors.PermissionDeniedError,
+    tf.errors.ResourceExhaustedError,
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+)
+_STORAGE_ERRNOS = (
+    errno.EIO,
+    errno.ESTALE,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EAGAIN,
+    errno.ETIMEDOUT,
+    errno.ENOMEM,
+    errno.EBUSY,
+    errno.EINTR,
+    errno.ENOTCONN,
+    errno.EREMOTEIO,
+    errno.ENOLCK,
+)
 
 
 def storage_error(e: BaseException) -> bool:

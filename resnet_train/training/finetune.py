@@ -5,6 +5,7 @@ with weights must match in shape except the classifier head (`logits`), which is
 classes differ (in number or in names), and the input normalisation, which takes the new data's
 statistics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,7 @@ def _run_dir_of(source: Path) -> Path:
 
 def load_source(init_from):
     """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
-    from resnet_train.training.checkpoint import resolve
-    from resnet_train.training.runs import build_model, read_run, restore_model
+    from resnet_train.training.runs import build_model, read_run, resolve, restore_model
 
     source = Path(str(init_from)).expanduser()
     if not source.exists() and not Path(str(source) + ".index").exists():
@@ -73,6 +73,5 @@ def initialise_from(model, init_from, class_names=None) -> dict:
                 f"init_from={init_from} ({source.name}) does not fit {model.name}: layer {layer.name} needs "
                 f"{shapes}, the checkpoint has {found}; fine-tune from the same architecture (depth, variant)"
             )
-    log.info("Initialised from %s: %d layers loaded; new: %s", checkpoint, len(loaded),
-             ", ".join(new) or "none")
+    log.info("Initialised from %s: %d layers loaded; new: %s", checkpoint, len(loaded), ", ".join(new) or "none")
     return {"checkpoint": checkpoint, "loaded": loaded, "new": new}

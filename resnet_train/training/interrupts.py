@@ -11,6 +11,7 @@ where every worker must stop at the same step (the first call agrees on it).
 `request(reason)` asks the same from code in any thread, e.g. the run lock's heartbeat once another
 process took the lock over.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,10 @@ class StopRequests:
         if self._exit_during_set_up:
             from resnet_train.errors import StoppedDuringSetUp
 
-            raise StoppedDuringSetUp(f"stopped by {name} during set-up, before training went on: no step was lost; "
-                            f"run the same command again to continue")
+            raise StoppedDuringSetUp(
+                f"stopped by {name} during set-up, before training went on: no step was lost; "
+                f"run the same command again to continue"
+            )
         log.warning("%s received: saving a checkpoint after the current step, then exiting", name)
 
     def training_started(self) -> None:

@@ -4,10 +4,10 @@ Reads top to bottom: the run directory's checks and lock (train_and_evaluate) ->
 runtime, data, model and optimizer, restore) -> per epoch _run_epoch (the steps) and _end_epoch
 (evaluation, best, checkpoint, curves, stop) -> _final_evaluation -> _results.
 """
+
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import shutil
@@ -15,16 +15,13 @@ import time
 import warnings
 from pathlib import Path
 
-from tensorflow import errors as tf_errors
-
 from resnet_train import config as config_lib
-from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost, first_line
+from resnet_train.errors import Preempted
 from resnet_train.report import plots
 from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
 from resnet_train.runtime import cluster
-from resnet_train.training import run_dir
-from resnet_train.training.checkpoint import latest_in
+from resnet_train.training import failures, run_dir
 from resnet_train.training.interrupts import StopRequests
 from resnet_train.training.run_lock import RunLock
 from resnet_train.training.setup import Run, State, set_up
@@ -49,8 +46,11 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     cfg, kept = run_dir.run_owned(workdir, cfg)
     finished = run_dir.finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
-        log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics",
-                 workdir, finished["epochs"])
+        log.info(
+            "Run in %s already finished (%d epochs): skipping; results.json has its metrics",
+            workdir,
+            finished["epochs"],
+        )
         return finished
     changed = run_dir.check_resumable(workdir, cfg)
     chief = cfg.runtime.strategy != "multi_worker" or cluster.is_chief()
@@ -61,8 +61,10 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     try:
         # The lock's heartbeat stops the run (as a SIGTERM would) once another process took it over.
         multi_worker = cfg.runtime.strategy == "multi_worker"
-        with StopRequests(exit_during_set_up=not multi_worker) as stop, \
-                RunLock(workdir, on_lost=stop.request) if chief else contextlib.nullcontext() as lock:
+        with (
+            StopRequests(exit_during_set_up=not multi_worker) as stop,
+            RunLock(workdir, on_lost=stop.request) if chief else contextlib.nullcontext() as lock,
+        ):
             if changed:
                 log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
             for line in kept:
@@ -70,28 +72,17 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
             results = _train(cfg, workdir, started, overrides, stop, held_log, lock)
             failed = False
             return results
-    except _LOST_PEER_ERRORS as e:
+    except failures.LOST_PEER_ERRORS as e:
         if cfg.runtime.strategy != "multi_worker":
             raise
-        first = first_line(e, 160)
-        raise WorkerLost(f"lost contact with another worker ({type(e).__name__}: {first}): it stopped (its "
-                         f"log in {workdir} says why) or is unreachable; rerun every worker's command to "
-                         f"resume from {latest_in(workdir / 'checkpoints') or 'the start'}") from None
+        raise failures.lost_peer(e, workdir) from None
     except OSError as e:  # a full disk or a vanished directory while writing logs, plots or results
-        ours = Path(e.filename).resolve().is_relative_to(workdir.resolve()) if e.filename else \
-            e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
-        if not ours:
+        error = failures.write_failure(e, workdir)
+        if error is None:
             raise
-        raise RunDirError(f"could not write {e.filename or 'to ' + str(workdir)} ({e.strerror}): free disk "
-                          f"space or fix the directory, then rerun the same command; it resumes from "
-                          f"{latest_in(workdir / 'checkpoints') or 'the start'}") from None
+        raise error from None
     finally:
         held_log.close(failed)
-
-
-# What a collective raises when a peer process is gone (it exited after its own error, or died).
-_LOST_PEER_ERRORS = (tf_errors.UnavailableError, tf_errors.CancelledError, tf_errors.DeadlineExceededError,
-                     tf_errors.AbortedError)
 
 
 def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log, lock=None) -> dict:
@@ -136,15 +127,19 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
         state.step += done
         step = state.step
         if trainer.diverged(nonfinite):
-            raise _diverged(step, nonfinite, trainer, checkpointer)
+            raise failures.diverged(step, nonfinite, trainer, checkpointer)
         if stop_now and lock is not None and lock.lost:  # another process owns the directory now
-            raise _lock_lost(lock, step, epoch, run.workdir, checkpointer)
+            raise failures.lock_lost(lock, step, epoch, run.workdir, checkpointer)
         if state.first_call:
-            log.info("first step after %.1f s (process start to first optimizer step; the first call, "
-                     "tracing the step included, took %.1f s)", time.time() - started, in_steps)
+            log.info(
+                "first step after %.1f s (process start to first optimizer step; the first call, "
+                "tracing the step included, took %.1f s)",
+                time.time() - started,
+                in_steps,
+            )
             state.first_call = False
         if stop_now and step < end:  # SIGTERM/SIGINT here or on
-            raise _preempted(stop, step, run.total_steps, epoch, checkpointer)  # another worker
+            raise failures.preempted(stop, step, run.total_steps, epoch, checkpointer)  # another worker
         stopping = stop_now  # at the epoch's end: finish the epoch (eval, save), then stop
         if run.every_steps and step % run.every_steps < done and step < end:
             checkpointer.save(step, epoch)
@@ -152,13 +147,22 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
         if not bar.disable:
             current = trainer.train_metrics()
             rate = (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['accuracy']:.3f}",
-                            lr=f"{trainer.learning_rate():.4g}", img_s=f"{rate:.0f}",
-                            mfu=f"{run.train_flops * rate / run.peak:.1%}")
+            bar.set_postfix(
+                loss=f"{current['loss']:.3f}",
+                acc=f"{current['accuracy']:.3f}",
+                lr=f"{trainer.learning_rate():.4g}",
+                img_s=f"{rate:.0f}",
+                mfu=f"{run.train_flops * rate / run.peak:.1%}",
+            )
     seconds = time.perf_counter() - t0
     bar.close()
-    return {"images": (end - epoch * run.steps_per_epoch - skip) * cfg.batch_size, "seconds": seconds,
-            "in_steps": in_steps, "made": made, "stopping": stopping}
+    return {
+        "images": (end - epoch * run.steps_per_epoch - skip) * cfg.batch_size,
+        "seconds": seconds,
+        "in_steps": in_steps,
+        "made": made,
+        "stopping": stopping,
+    }
 
 
 def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: dict) -> None:
@@ -167,25 +171,25 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     trainer, checkpointer, reporter, step = run.trainer, run.checkpointer, run.reporter, state.step
     overhead = {"new input pipeline": timing["made"], "loop": timing["seconds"] - timing["in_steps"] - timing["made"]}
     images_per_sec = timing["images"] / timing["seconds"]
-    train_metrics = {**trainer.train_metrics(), "lr": trainer.learning_rate(),
-                     "images_per_sec": images_per_sec, "mfu": run.train_flops * images_per_sec / run.peak}
+    train_metrics = {
+        **trainer.train_metrics(),
+        "lr": trainer.learning_rate(),
+        "images_per_sec": images_per_sec,
+        "mfu": run.train_flops * images_per_sec / run.peak,
+    }
     timed = time.perf_counter()
     eval_metrics = state.eval_metrics = trainer.evaluate(run.eval_ds)
     overhead["evaluation"] = time.perf_counter() - timed
     reporter.log("train", step, epoch + 1, train_metrics)
     reporter.log("eval", step, epoch + 1, eval_metrics)
     if trainer.has_ema:
-        ema_metrics = trainer.evaluate_ema(run.eval_ds)
-        reporter.log("eval_ema", step, epoch + 1, ema_metrics)
-        log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, run.epochs, run.eval_split,
-                 ema_metrics["loss"], ema_metrics["accuracy"])
+        _evaluate_ema(run, step, epoch)
     if not math.isfinite(eval_metrics["loss"]):  # e.g. the epoch's last update overflowed
-        raise _diverged(step, 0, trainer, checkpointer, "in evaluation after")
+        raise failures.diverged(step, 0, trainer, checkpointer, "in evaluation after")
     # best/ first: a kill between the two leaves the epoch to be redone, best included.
     # Only a validation split may choose it: a checkpoint picked on the test set would make
     # the test accuracy the tools report an optimistic one.
-    if run.eval_split == "val" and checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"],
-                                                          state.best_so_far):
+    if run.eval_split == "val" and checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], state.best_so_far):
         state.best_so_far = eval_metrics["accuracy"]
     timed = time.perf_counter()
     checkpointer.save(step, epoch + 1)
@@ -195,14 +199,26 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
         plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
         overhead["curves"] = time.perf_counter() - timed
     if timing["stopping"] and epoch + 1 < run.epochs:  # the epoch's checkpoint is the stop point
-        raise Preempted(f"stopped by {_stop_cause(stop)} after epoch "
-                        f"{epoch + 1} (step {step} of {run.total_steps}); checkpoint {checkpointer.latest} "
-                        f"written: run the same command again to continue")
-    log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
-             epoch + 1, run.epochs, train_metrics["loss"], train_metrics["accuracy"], run.eval_split,
-             eval_metrics["loss"], eval_metrics["accuracy"], train_metrics["lr"],
-             train_metrics["images_per_sec"], 100 * train_metrics["mfu"])
+        raise Preempted(
+            f"stopped by {failures.stop_cause(stop)} after epoch "
+            f"{epoch + 1} (step {step} of {run.total_steps}); checkpoint {checkpointer.latest} "
+            f"written: run the same command again to continue"
+        )
+    _log_epoch(run, epoch, train_metrics, eval_metrics)
     _log_overhead(epoch + 1, run.epochs, timing["in_steps"], overhead)
+
+
+def _evaluate_ema(run: Run, step: int, epoch: int) -> None:
+    ema_metrics = run.trainer.evaluate_ema(run.eval_ds)
+    run.reporter.log("eval_ema", step, epoch + 1, ema_metrics)
+    log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, run.epochs, run.eval_split,
+             ema_metrics["loss"], ema_metrics["accuracy"])  # fmt: skip
+
+
+def _log_epoch(run: Run, epoch: int, train: dict, evaluation: dict) -> None:
+    log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
+             epoch + 1, run.epochs, train["loss"], train["accuracy"], run.eval_split, evaluation["loss"],
+             evaluation["accuracy"], train["lr"], train["images_per_sec"], 100 * train["mfu"])  # fmt: skip
 
 
 def _final_evaluation(run: Run, state: State) -> dict:
@@ -211,12 +227,14 @@ def _final_evaluation(run: Run, state: State) -> dict:
     if state.eval_metrics is None:  # the run had already finished: report its final state again
         state.eval_metrics = trainer.evaluate(run.eval_ds)
     best = run.reporter.best("eval", "accuracy")
-    test_metrics = (state.eval_metrics if run.eval_split == "test"
-                    else trainer.evaluate(run.distribute_eval(run.splits.test, info.test_size)))
+    test_metrics = (
+        state.eval_metrics
+        if run.eval_split == "test"
+        else trainer.evaluate(run.distribute_eval(run.splits.test, info.test_size))
+    )
     if run.eval_split == "val":
         run.reporter.log("test", state.step, run.epochs, test_metrics)
-    test_ema = (trainer.evaluate_ema(run.distribute_eval(run.splits.test, info.test_size)) if trainer.has_ema
-                else None)
+    test_ema = trainer.evaluate_ema(run.distribute_eval(run.splits.test, info.test_size)) if trainer.has_ema else None
     return {"test": test_metrics, "test_ema": test_ema, "best": best}
 
 
@@ -229,8 +247,9 @@ def _results(run: Run, state: State, final: dict, started: float) -> dict:
         "eval": eval_metrics,
         # Over the epochs: with a validation split the figure best/ was chosen by; on the test set
         # only a monitoring figure, biased upwards by the choice of epoch, and named so.
-        ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"):
-            max(final["best"] or 0.0, eval_metrics["accuracy"]),
+        ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"): max(
+            final["best"] or 0.0, eval_metrics["accuracy"]
+        ),
         "epochs": run.epochs,
         "steps": state.step,
         "parameters": run.params,
@@ -254,41 +273,11 @@ def _log_overhead(epoch: int, epochs: int, in_steps: float, overhead: dict) -> N
     building its input pipeline and the loop's own work (both inside the epoch's img/s), then
     evaluation, checkpoint and curves (after it). Tracing the step falls inside the first call."""
     if sum(overhead.values()) > 1.0:
-        log.info("epoch %d/%d  %.1f s outside the %.1f s of training steps: %s", epoch, epochs,
-                 sum(overhead.values()), in_steps, ", ".join(f"{k} {v:.1f} s" for k, v in overhead.items()))
-
-
-def _diverged(step: int, nonfinite: int, trainer, checkpointer, when: str = "at") -> TrainingDiverged:
-    """The error for a non-finite loss: the step, the last good checkpoint (untouched), what to try."""
-    good = checkpointer.latest
-    where = f"the last good checkpoint {good} is kept" if good else "no checkpoint was written yet"
-    what = (f", {nonfinite} steps in a row (more than runtime.max_nonfinite_steps={trainer.max_nonfinite_steps})"
-            if trainer.max_nonfinite_steps else "")
-    return TrainingDiverged(
-        f"the loss became NaN/Inf {when} step {step}{what}, lr {trainer.learning_rate():.4g}: training stopped "
-        f"and {where}; lower optimizer.lr, add schedule.warmup_epochs or optimizer.clip_norm, or check the data")
-
-
-def _stop_cause(stop) -> str:
-    return stop.signal_name or stop.reason or "a signal on another worker"
-
-
-def _lock_lost(lock, step: int, epoch: int, workdir: Path, checkpointer) -> RunDirError:
-    """Another process took the run lock over: nothing more is written where it now writes (no
-    checkpoint through the index, no metrics); this run's state goes to a folder of its own."""
-    aside = workdir / "lock_lost" / f"{lock.record['host']}-{lock.record['pid']}" / f"ckpt-{step}"
-    try:
-        saved = f"this run's state at step {step} is in {checkpointer.save_aside(aside, step, epoch)}"
-    except Exception as e:  # noqa: BLE001 -- the stop matters more than the copy
-        saved = f"its state at step {step} could not be saved ({type(e).__name__}: {e})"
-    return RunDirError(f"{lock.lost} (at step {step}); nothing more was written into its checkpoints or metrics: "
-                       f"{saved} (init_from= it to go on in a new run directory)")
-
-
-def _preempted(stop, step: int, total_steps: int, epoch: int, checkpointer) -> Preempted:
-    """Saves the checkpoint of the current step (within one compiled call of the signal)."""
-    if checkpointer.latest is None or not checkpointer.latest.endswith(f"-{step}"):
-        checkpointer.save(step, epoch)
-    return Preempted(f"stopped by {_stop_cause(stop)} at step {step} of "
-                     f"{total_steps}; checkpoint {checkpointer.latest} written: run the same command "
-                     f"again to continue from this step")
+        log.info(
+            "epoch %d/%d  %.1f s outside the %.1f s of training steps: %s",
+            epoch,
+            epochs,
+            sum(overhead.values()),
+            in_steps,
+            ", ".join(f"{k} {v:.1f} s" for k, v in overhead.items()),
+        )

@@ -3,6 +3,7 @@
 Nothing here changes an existing run before the checks pass: a rerun with a bad or different
 config leaves the run's files as they were.
 """
+
 from __future__ import annotations
 
 import errno
@@ -27,8 +28,16 @@ CHECKPOINTED_CONFIG = Path("checkpoints") / "config.yaml"
 # recomputes its lr schedule for the new length), not what it computes.
 # Where the data lives may change (data.path of a folder dataset too), provided the data found there is
 # the run's own: check_same_data compares it with the run's dataset.json.
-RESUMABLE_CHANGES = ("runtime.", "checkpoint.", "data.data_dir", "data.manual_dir", "data.path", "init_from",
-                     "epochs", "steps")
+RESUMABLE_CHANGES = (
+    "runtime.",
+    "checkpoint.",
+    "data.data_dir",
+    "data.manual_dir",
+    "data.path",
+    "init_from",
+    "epochs",
+    "steps",
+)
 # What `auto` settings resolved to when the run started, beside its checkpoints: a resume on other
 # hardware keeps them (runtime.precision=auto would otherwise switch float16 <-> float32 between hosts).
 RESOLVED = Path("checkpoints") / "resolved.json"
@@ -56,8 +65,10 @@ def ensure_writable(workdir: Path) -> None:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk: the probe was created, its write failed
             probe.unlink(missing_ok=True)
         hint = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
-        raise RunDirError(f"cannot write to the run directory {workdir} ({e.strerror}): {hint}, "
-                          f"or choose another with hydra.run.dir=PATH") from None
+        raise RunDirError(
+            f"cannot write to the run directory {workdir} ({e.strerror}): {hint}, "
+            f"or choose another with hydra.run.dir=PATH"
+        ) from None
 
 
 def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
@@ -69,8 +80,10 @@ def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
     # A key the saved config lacks was added to the tool after that run: not a change of the run's.
     keys = sorted(k for k in new.keys() | old.keys() if k in old and old[k] != new.get(k, "<unset>"))
     say = {k: f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys}
-    return ([say[k] for k in keys if not k.startswith(RESUMABLE_CHANGES)],
-            [say[k] for k in keys if k.startswith(RESUMABLE_CHANGES)])
+    return (
+        [say[k] for k in keys if not k.startswith(RESUMABLE_CHANGES)],
+        [say[k] for k in keys if k.startswith(RESUMABLE_CHANGES)],
+    )
 
 
 def check_resumable(workdir: Path, cfg) -> list[str]:
@@ -89,7 +102,8 @@ def check_resumable(workdir: Path, cfg) -> list[str]:
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise RunDirError(
             f"{workdir} holds a run with another config ({shown}): rerun with its config to continue it, "
-            f"or choose a new hydra.run.dir (init_from={workdir} starts a new run from its weights)")
+            f"or choose a new hydra.run.dir (init_from={workdir} starts a new run from its weights)"
+        )
     return allowed
 
 
@@ -121,7 +135,8 @@ def load_saved_config(workdir: Path):
         raise RunDirError(
             f"{path} ({why}) is damaged, so it cannot tell which config made the run's checkpoints: write "
             f"the run's config back into it (e.g. from its .hydra/config.yaml or the command that started it) "
-            f"and rerun, or start a new hydra.run.dir with init_from={workdir}")
+            f"and rerun, or start a new hydra.run.dir with init_from={workdir}"
+        )
     return saved
 
 
@@ -132,9 +147,12 @@ def has_progress(workdir: Path) -> bool:
 
     checkpoints = workdir / "checkpoints"
     corrupt = checkpoints / "corrupt"
-    return (any(checkpoints.glob("ckpt-*.index")) or (corrupt.is_dir() and any(corrupt.iterdir()))
-            or any(checkpoints.glob("best/ckpt-*.index"))
-            or any(r.get("step", 0) > 0 for r in read_metrics(workdir)))
+    return (
+        any(checkpoints.glob("ckpt-*.index"))
+        or (corrupt.is_dir() and any(corrupt.iterdir()))
+        or any(checkpoints.glob("best/ckpt-*.index"))
+        or any(r.get("step", 0) > 0 for r in read_metrics(workdir))
+    )
 
 
 def run_owned(workdir: Path, cfg):
@@ -190,45 +208,6 @@ def save_config(workdir: Path, cfg, overrides=None) -> None:
         write_atomic(workdir / place, text)
 
 
-
-def save_resolved(workdir: Path, precision: str) -> None:
-    import json
-
-    from resnet_train.report.metrics import write_json
-
-    path = workdir / RESOLVED
-    record = {"runtime.precision": precision}
-    if not path.exists() or json.loads(path.read_text() or "{}") != record:
-        write_json(path, record)
-
-
-def resume_precision(workdir: Path, requested: str) -> tuple[str, str | None]:
-    """(the precision to run with, a line for the log or None). A resumed run keeps the policy its
-    checkpoints were made with: `auto` resolves to it on any host. float16 keeps a loss scale in the
-    optimizer state, so another policy cannot continue a float16 run, nor float16 another's: refused
-    with the run's own policy named. float32 <-> bfloat16 fit the same checkpoints (an explicit
-    switch is allowed, like every runtime.* change)."""
-    import json
-
-    path = workdir / RESOLVED
-    if not path.exists() or not has_progress(workdir):
-        return requested, None
-    try:
-        theirs = json.loads(path.read_text())["runtime.precision"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise RunDirError(f"{path} is damaged: write {{\"runtime.precision\": \"POLICY\"}} into it with the policy "
-                          f"the run was trained with (its train.log names it), then rerun") from None
-    if requested == "auto":
-        return theirs, (None if theirs == requested else
-                        f"runtime.precision=auto: continuing with {theirs}, the policy the run started with")
-    if requested != theirs and "mixed_float16" in (requested, theirs):
-        raise RunDirError(
-            f"{workdir} was trained with runtime.precision={theirs}; {requested} cannot continue its checkpoints "
-            f"(float16 keeps a loss scale in the optimizer state): rerun with runtime.precision={theirs} or auto, "
-            f"or start a new hydra.run.dir with init_from={workdir}")
-    return requested, None
-
-
 def check_same_data(workdir: Path, info) -> None:
     """A resumed run must find its own dataset, wherever it now lives: the same classes, image
     shape and split sizes as its dataset.json."""
@@ -247,8 +226,10 @@ def check_same_data(workdir: Path, info) -> None:
     differ = [k for k in keys if k in theirs and _plain(theirs[k]) != _plain(ours.get(k))]
     if differ:
         shown = "; ".join(f"{k}: {_short(theirs[k])} -> {_short(ours.get(k))}" for k in differ[:3])
-        raise RunDirError(f"the data found now is not the dataset {workdir} was trained on ({shown}): point the "
-                          f"data settings at the run's own data, or start a new hydra.run.dir with init_from={workdir}")
+        raise RunDirError(
+            f"the data found now is not the dataset {workdir} was trained on ({shown}): point the "
+            f"data settings at the run's own data, or start a new hydra.run.dir with init_from={workdir}"
+        )
 
 
 def _plain(value):
@@ -275,8 +256,12 @@ def finished(workdir: Path, cfg):
         return None
     latest = latest_in(workdir / "checkpoints")
     # By name: a run directory that was moved or copied is still recognised as finished.
-    if saved.get("config_hash") == config_hash(cfg) and latest and saved.get("checkpoint") and \
-            Path(latest).name == Path(saved["checkpoint"]).name:
+    if (
+        saved.get("config_hash") == config_hash(cfg)
+        and latest
+        and saved.get("checkpoint")
+        and Path(latest).name == Path(saved["checkpoint"]).name
+    ):
         return saved
     return None
 

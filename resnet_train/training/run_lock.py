@@ -16,6 +16,7 @@ be (host name, PID, heartbeat). A takeover moves the stale lock aside and goes o
 is what was judged.
 Only the chief locks: the workers of one multi-worker run share its directory.
 """
+
 from __future__ import annotations
 
 import errno
@@ -54,7 +55,7 @@ def _process(pid: int) -> tuple[str, int] | None:
     """State and start time (clock ticks after boot) of a process in this PID namespace, or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-        fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and ")"
+        fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and ")"
         return fields[0], int(fields[19])  # fields 3 and 22 in proc(5)
     except (OSError, ValueError, IndexError):
         return None
@@ -70,8 +71,15 @@ def _me() -> dict:
     except OSError:
         pid_ns = None
     process = _process(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id, "pid_ns": pid_ns,
-            "start_time": process and process[1], "token": uuid.uuid4().hex, "since": time.time()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "boot_id": boot_id,
+        "pid_ns": pid_ns,
+        "start_time": process and process[1],
+        "token": uuid.uuid4().hex,
+        "since": time.time(),
+    }
 
 
 def _who(owner: dict) -> str:
@@ -181,7 +189,8 @@ class RunLock:
                 if why is None:
                     raise RunDirError(
                         f"{self.path.parent} is in use by {_who(judged[0])} (lock file {self.path}): wait for it "
-                        f"to finish, use another hydra.run.dir, or delete the lock file if that run is dead")
+                        f"to finish, use another hydra.run.dir, or delete the lock file if that run is dead"
+                    )
                 log.warning("Removing a stale lock in %s (%s)", self.path.parent, why)
                 _before_takeover()
                 moved_aside.append(self.path.with_name(f".lock.stale.{me['pid']}.{me['token'][:8]}.{attempt}"))
@@ -190,8 +199,10 @@ class RunLock:
                 raise RunDirError(f"could not take the lock {self.path}: delete it if no run uses {self.path.parent}")
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
-                raise RunDirError(f"cannot write to the run directory {self.path.parent}: {e.strerror}; "
-                                  f"choose another hydra.run.dir or free space") from None
+                raise RunDirError(
+                    f"cannot write to the run directory {self.path.parent}: {e.strerror}; "
+                    f"choose another hydra.run.dir or free space"
+                ) from None
             raise
         finally:
             for path in moved_aside:
@@ -209,8 +220,10 @@ class RunLock:
                 with open(self.path, "rb") as f:
                     owner = _parse(f.read())
                     if owner.get("token") != self.record["token"]:
-                        return (f"the lock {self.path} was taken over by {_who(owner)}, which judged this run "
-                                f"stale: stopping so that two runs do not write into {self.path.parent}")
+                        return (
+                            f"the lock {self.path} was taken over by {_who(owner)}, which judged this run "
+                            f"stale: stopping so that two runs do not write into {self.path.parent}"
+                        )
                     os.utime(f.fileno())  # this very file, even if it was replaced since the check
                     return None
             except FileNotFoundError:  # deleted by hand or a cleanup: this run still owns the directory
@@ -232,8 +245,10 @@ class RunLock:
                 log.warning("Cannot check the lock %s for %.0f s: %s", self.path, unconfirmed, e)
                 if unconfirmed <= STALE_AFTER_S / 2:
                     continue
-                reason = (f"the lock {self.path} could not be checked for {unconfirmed:.0f} s ({e}): another "
-                          f"run may take it over; stopping so that two runs do not write into {self.path.parent}")
+                reason = (
+                    f"the lock {self.path} could not be checked for {unconfirmed:.0f} s ({e}): another "
+                    f"run may take it over; stopping so that two runs do not write into {self.path.parent}"
+                )
             if reason:
                 self.lost, self.held = reason, False
                 log.error("Lost the run lock: %s", reason)

@@ -1,4 +1,5 @@
 """A finished (or running) run directory, loaded back: its config, dataset info and model."""
+
 from __future__ import annotations
 
 import json
@@ -85,18 +86,21 @@ def restore_ema(model, cfg, path: str) -> None:
     from resnet_train import optim
     from resnet_train.models import freeze
 
-    loss_scaled = any(k.startswith("optimizer/inner_optimizer/")
-                      for k in tf.train.load_checkpoint(path).get_variable_to_shape_map())
+    loss_scaled = any(
+        k.startswith("optimizer/inner_optimizer/") for k in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    )
     freeze(model, cfg.finetune.freeze)  # training's variable list
     variables = model.trainable_variables
     # A schedule, as in training (a float lr would add a variable and shift the saved positions).
     constant = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.0, 0.0])
-    optimizer = optim.build_optimizer(cfg.optimizer, constant, loss_scaling=loss_scaled, ema_decay=ema_decay(cfg),
-                                      variables=variables)
+    optimizer = optim.build_optimizer(
+        cfg.optimizer, constant, loss_scaling=loss_scaled, ema_decay=ema_decay(cfg), variables=variables
+    )
     optimizer.build(variables)
     try:
-        tf.train.Checkpoint(model=model, optimizer=optimizer).restore(path).expect_partial() \
-            .assert_existing_objects_matched()
+        tf.train.Checkpoint(model=model, optimizer=optimizer).restore(
+            path
+        ).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         first = first_line(e, 300)
         raise UserError(f"cannot load the EMA weights of {path} ({first}); use ema=false for the raw ones") from None
@@ -107,14 +111,15 @@ def restore_ema(model, cfg, path: str) -> None:
 def load_run(run_dir, checkpoint: str = "auto", ema=None) -> LoadedRun:
     """The run's model with a checkpoint's weights: the EMA weights when the run kept them
     (ema.decay) unless ema=False, else the raw ones. checkpoint=auto: best/ when the run chose it
-    on a validation split, else the final checkpoint (checkpoint.resolve)."""
-    from resnet_train.training.checkpoint import resolve
-
+    on a validation split, else the final checkpoint (resolve)."""
     run_dir, cfg, info = read_run(run_dir)
     path = resolve(run_dir, checkpoint, has_validation=bool(info.val_size))
     if checkpoint == "auto" and not info.val_size:
-        log.info("Using the final checkpoint: %s had no validation split (data.val_split), and a best "
-                 "checkpoint chosen on the test set would overstate its test accuracy", run_dir)
+        log.info(
+            "Using the final checkpoint: %s had no validation split (data.val_split), and a best "
+            "checkpoint chosen on the test set would overstate its test accuracy",
+            run_dir,
+        )
     model = build_model(cfg, info)
     use_ema = ema_decay(cfg) is not None if ema is None else bool(ema)
     if use_ema and ema_decay(cfg) is None:
@@ -164,3 +169,38 @@ def load_images(paths, info):
             ok.append(path)
     batch = np.stack(images) if images else np.zeros((0, *shape[:2], 3), np.uint8)
     return batch, ok, failed
+
+
+CHOICES = "auto | best | last | PATH"
+
+
+def resolve(run_dir, which: str = "auto", has_validation: bool = True) -> str:
+    """The checkpoint path for `which`: auto, best (falls back to last), last, or a path (a
+    checkpoint prefix or a directory holding one).
+
+    `auto` is best/ only for a run that selected it on a validation split; a run without one is
+    judged on the test set, which must not pick its own checkpoint, so `auto` is then the final one
+    (the paper's protocol: the length of training fixed beforehand, the final model tested once)."""
+    import tensorflow as tf
+
+    run_dir = Path(run_dir)
+    if which == "auto":
+        which = "best" if has_validation else "last"
+    elif which == "best" and not has_validation and (run_dir / "checkpoints" / "best").is_dir():
+        log.warning(
+            "checkpoint=best: %s chose best/ on the test set (it had no validation split), so its test "
+            "accuracy is optimistic; checkpoint=last is the unbiased one",
+            run_dir,
+        )
+    candidates = {
+        "best": [run_dir / "checkpoints" / "best", run_dir / "checkpoints"],
+        "last": [run_dir / "checkpoints"],
+    }.get(which, [Path(which)])
+    for place in candidates:
+        if place.is_dir():
+            found = tf.train.latest_checkpoint(str(place))
+            if found:
+                return found
+        elif Path(str(place) + ".index").exists():
+            return str(place)
+    raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint={CHOICES}")

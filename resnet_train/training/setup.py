@@ -2,6 +2,7 @@
 precision, measured levers), the input (dataset, run length, evaluation and training batches), the
 model with its optimizer and Trainer, the restore (own checkpoint, else init_from); then the run
 directory becomes this run's. set_up returns what the loop needs (Run) and what it changes (State)."""
+
 from __future__ import annotations
 
 import logging
@@ -11,17 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_train import config as config_lib
-from resnet_train import data as data_lib
 from resnet_train import models, optim
-from resnet_train.data import pipeline
-from resnet_train.data.augment import make_augment, make_batch_augment
 from resnet_train.errors import RunDirError
 from resnet_train.optim import schedules
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
 from resnet_train.runtime import devices as runtime
-from resnet_train.runtime import onednn, tuning
-from resnet_train.training import finetune, run_dir
+from resnet_train.runtime import onednn, threads, tuning
+from resnet_train.training import finetune, inputs, resolved, run_dir
 from resnet_train.training.checkpoint import Checkpointer
+from resnet_train.training.inputs import Input
 from resnet_train.training.interrupts import StopRequests
 from resnet_train.training.trainer import Trainer
 
@@ -31,6 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Run:
     """What the loop needs, made once by set_up."""
+
     cfg: object
     workdir: Path
     own_dir: Path  # the chief's is the run directory; other workers' a temporary folder
@@ -58,6 +58,7 @@ class Run:
 @dataclass
 class State:
     """What changes as the loop goes."""
+
     step: int
     best_so_far: float | None  # the best evaluation accuracy logged up to `step`
     eval_metrics: dict | None = None  # the last epoch's
@@ -70,19 +71,15 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
     rt, levers = _runtime(cfg, workdir, stop)
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
-    data = _input(cfg, workdir, rt)
+    data = inputs.make(cfg, workdir, rt)
     model, optimizer, trainer = _model_and_trainer(cfg, rt, data, xla=bool(levers["xla"][0]))
     params = models.count_params(model)
     # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
     # over the machine's measured matmul rate.
     train_flops = 3 * models.forward_flops(model)
     peak = runtime.peak_flops(rt.precision) * rt.replicas
-    info, lr = data.info, optim.effective_lr(cfg.optimizer, cfg.batch_size)
-    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g "
-             "(optimizer.lr %g per %d images x batch %d)", model.name, f"{params:,}", info.name,
-             info.train_size, f"{info.val_size} val / " if info.val_size else "", info.test_size,
-             data.steps_per_epoch, lr, cfg.optimizer.lr, optim.lr_reference(cfg.optimizer, cfg.batch_size),
-             cfg.batch_size)
+    info = data.info
+    _log_model(cfg, model, params, data)
     checkpointer, step = _restore(cfg, workdir, own_dir, rt, model, optimizer, trainer, info, overrides, held_log)
     if step:
         log.info("Continuing at step %d of %d", step, data.total_steps)
@@ -94,28 +91,61 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
         checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
     reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
     reporter.hparams(hparams_of(cfg, info.name))
-    run = Run(cfg=cfg, workdir=workdir, own_dir=own_dir, rt=rt, splits=data.splits, info=info, model=model,
-               trainer=trainer, checkpointer=checkpointer, reporter=reporter, epoch_batches=data.epoch_batches,
-               distribute_eval=data.distribute_eval, eval_ds=data.eval_ds, eval_split=data.eval_split,
-               steps_per_epoch=data.steps_per_epoch, epochs=data.epochs, total_steps=data.total_steps,
-               steps_per_call=int(levers["steps_per_call"][0]),
-               every_steps=cfg.checkpoint.every_steps or 0, train_flops=train_flops, peak=peak, params=params)
+    run = Run(
+        cfg=cfg,
+        workdir=workdir,
+        own_dir=own_dir,
+        rt=rt,
+        splits=data.splits,
+        info=info,
+        model=model,
+        trainer=trainer,
+        checkpointer=checkpointer,
+        reporter=reporter,
+        epoch_batches=data.epoch_batches,
+        distribute_eval=data.distribute_eval,
+        eval_ds=data.eval_ds,
+        eval_split=data.eval_split,
+        steps_per_epoch=data.steps_per_epoch,
+        epochs=data.epochs,
+        total_steps=data.total_steps,
+        steps_per_call=int(levers["steps_per_call"][0]),
+        every_steps=cfg.checkpoint.every_steps or 0,
+        train_flops=train_flops,
+        peak=peak,
+        params=params,
+    )
     return run, State(step=step, best_so_far=best_so_far)
+
+
+def _log_model(cfg, model, params: int, data: Input) -> None:
+    info, lr = data.info, optim.effective_lr(cfg.optimizer, cfg.batch_size)
+    held_out = f"{info.val_size} val / " if info.val_size else ""
+    log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g (optimizer.lr %g "
+             "per %d images x batch %d)", model.name, f"{params:,}", info.name, info.train_size, held_out,
+             info.test_size, data.steps_per_epoch, lr, cfg.optimizer.lr,
+             optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)  # fmt: skip
 
 
 def _runtime(cfg, workdir: Path, stop: StopRequests):
     """Strategy, precision (a resumed run keeps what `auto` chose when it started), the measured
     levers; the checks that need the replica count. Returns (runtime.Runtime, levers)."""
     r = cfg.runtime
-    precision, precision_kept = run_dir.resume_precision(workdir, r.precision)
+    precision, precision_kept = resolved.resumed_precision(workdir, r.precision)
     rt = runtime.configure(cfg.seed, r.deterministic, r.strategy, precision, r.devices, r.cpu_replicas)
     if precision_kept:
         log.info(precision_kept)
     levers = tuning.resolve(r)
-    log.info("oneDNN kernels %s (%s); XLA %s (%s); %d step(s) per call (%s); threads: %s",
-             "on" if onednn.enabled() else "off", onednn.apply(r.onednn),
-             "on" if levers["xla"][0] else "off", levers["xla"][1], levers["steps_per_call"][0],
-             levers["steps_per_call"][1], tuning.threads_in_effect())
+    log.info(
+        "oneDNN kernels %s (%s); XLA %s (%s); %d step(s) per call (%s); threads: %s",
+        "on" if onednn.enabled() else "off",
+        onednn.apply(r.onednn),
+        "on" if levers["xla"][0] else "off",
+        levers["xla"][1],
+        levers["steps_per_call"][0],
+        levers["steps_per_call"][1],
+        threads.in_effect(),
+    )
     stop.install()  # after the strategy: see StopRequests.install
     config_lib.check_replicas(cfg, rt.replicas)
     if levers["xla"][0]:
@@ -124,88 +154,7 @@ def _runtime(cfg, workdir: Path, stop: StopRequests):
     return rt, levers
 
 
-@dataclass
-class _Input:
-    """The data side of a run: what _input made."""
-    splits: object
-    info: object
-    steps_per_epoch: int
-    epochs: int
-    total_steps: int
-    eval_split: str
-    eval_ds: object
-    distribute_eval: Callable
-    epoch_batches: Callable
-
-
-def _input(cfg, workdir: Path, rt) -> _Input:
-    """The dataset, the run's length, the evaluation batches and the training batches' source."""
-    strategy = rt.strategy
-    splits = data_lib.load(cfg.data)
-    info = splits.info
-    config_lib.check_against_data(cfg, info)
-    run_dir.check_same_data(workdir, info)  # a resume finds its own dataset, wherever it now lives
-    steps_per_epoch = info.train_size // cfg.batch_size
-    # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
-    # warm-up longer than the run is refused here when its units differ from the run's.
-    epochs, total_steps = schedules.run_length(cfg, steps_per_epoch)
-    if cfg.steps is not None:
-        log.info("steps=%d: %d epochs of %d steps, the last one %d steps (epochs=%s is not used)", total_steps,
-                 epochs, steps_per_epoch, total_steps - (epochs - 1) * steps_per_epoch, cfg.epochs)
-    # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
-    eval_split = "val" if splits.val is not None else "test"
-    if eval_split == "test":
-        log.info("No validation split (data.val_split): the per-epoch test figures are for watching only; no "
-                 "best checkpoint is chosen on them, and the tools use the final checkpoint")
-
-    def distribute_eval(ds, size):
-        batches = pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
-        return strategy.experimental_distribute_dataset(batches)
-
-    eval_ds = (distribute_eval(splits.val, info.val_size) if splits.val is not None
-               else distribute_eval(splits.test, info.test_size))
-    shuffle_buffer = cfg.data.shuffle_buffer or (info.train_size if not info.encoded else 10_000)
-    log.info("Global batch %d = %d replica(s) x %d; shuffle buffer %d of %d training examples",
-             cfg.batch_size, rt.replicas, cfg.batch_size // rt.replicas,
-             min(shuffle_buffer, info.train_size), info.train_size)
-    epoch_batches = _training_batches(cfg, splits, strategy, epochs, shuffle_buffer)
-    return _Input(splits=splits, info=info, steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
-                  eval_split=eval_split, eval_ds=eval_ds, distribute_eval=distribute_eval,
-                  epoch_batches=epoch_batches)
-
-
-def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -> Callable:
-    """epoch_batches(epoch, skip): an iterator whose next batches are `epoch`'s, from batch `skip`
-    on. In-memory data: one iterator over every epoch left, made at the first call and returned
-    again after; streamed files: a new one per epoch."""
-    info = splits.info
-    augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
-    batch_augment = make_batch_augment(cfg.augment, info.num_classes)
-    stream = []
-
-    def epoch_batches(epoch, skip):
-        if stream:
-            return stream[0]
-
-        def dataset_fn(ctx):  # a tf.distribute.InputContext
-            shards = dict(shuffle_buffer=shuffle_buffer, pipelines=ctx.num_input_pipelines,
-                          pipeline_id=ctx.input_pipeline_id,
-                          replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size))
-            if splits.train_for_epoch:  # streamed files, ordered per epoch in Python: a pipeline per epoch
-                return pipeline.train_batches(splits.train_for_epoch(cfg.seed, epoch), info.train_size, cfg.batch_size,
-                                              cfg.seed, epoch, augment, batch_augment, skip_batches=skip, **shards)
-            return pipeline.training_stream(splits.train, info.train_size, cfg.batch_size, cfg.seed, epoch, epochs,
-                                            augment, batch_augment, skip_batches=skip, **shards)
-
-        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-        if not splits.train_for_epoch:
-            stream.append(iterator)
-        return iterator
-
-    return epoch_batches
-
-
-def _model_and_trainer(cfg, rt, data: _Input, xla: bool):
+def _model_and_trainer(cfg, rt, data: Input, xla: bool):
     """The model (fine-tuning's frozen layers marked), the optimizer with its schedule, the Trainer."""
     info, r = data.info, cfg.runtime
     ft = cfg.finetune
@@ -214,17 +163,28 @@ def _model_and_trainer(cfg, rt, data: _Input, xla: bool):
         models.freeze(model, ft.freeze)  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
         schedule = schedules.lr_schedule(cfg.schedule, lr, data.total_steps, data.steps_per_epoch)
-        optimizer = optim.build_optimizer(cfg.optimizer, schedule, loss_scaling=rt.precision == "mixed_float16",
-                                          ema_decay=cfg.ema.decay,
-                                          variables=model.trainable_variables)
+        optimizer = optim.build_optimizer(
+            cfg.optimizer,
+            schedule,
+            loss_scaling=rt.precision == "mixed_float16",
+            ema_decay=cfg.ema.decay,
+            variables=model.trainable_variables,
+        )
         optimizer.build(model.trainable_variables)  # slots exist before a restore fills them
-    trainer = Trainer(model, optimizer, rt.strategy, cfg.batch_size, head_lr_mult=ft.head_lr_mult,
-                      weight_decay=optim.coupled_weight_decay(cfg.optimizer),
-                      clip_norm=optim.clip_norm(cfg.optimizer),
-                      decay_bn=cfg.optimizer.decay_bn, num_classes=info.num_classes,
-                      label_smoothing=cfg.augment.label_smoothing,
-                      xla=xla,
-                      max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0))
+    trainer = Trainer(
+        model,
+        optimizer,
+        rt.strategy,
+        cfg.batch_size,
+        head_lr_mult=ft.head_lr_mult,
+        weight_decay=optim.coupled_weight_decay(cfg.optimizer),
+        clip_norm=optim.clip_norm(cfg.optimizer),
+        decay_bn=cfg.optimizer.decay_bn,
+        num_classes=info.num_classes,
+        label_smoothing=cfg.augment.label_smoothing,
+        xla=xla,
+        max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0),
+    )
     return model, optimizer, trainer
 
 
@@ -232,9 +192,14 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
     """This run's own checkpoint, else init_from (fine-tuning), else from scratch; then the
     directory becomes this run's (config, resolved settings, dataset saved). Returns
     (Checkpointer, the step the run continues from, the same on every worker)."""
-    checkpointer = Checkpointer(own_dir / "checkpoints", model, optimizer,
-                                max_to_keep=cfg.checkpoint.keep,
-                                read_from=workdir / "checkpoints", extra={"train_sums": trainer.sums})
+    checkpointer = Checkpointer(
+        own_dir / "checkpoints",
+        model,
+        optimizer,
+        max_to_keep=cfg.checkpoint.keep,
+        read_from=workdir / "checkpoints",
+        extra={"train_sums": trainer.sums},
+    )
     # A directory with progress (metrics, best/, damaged checkpoints set aside) but no readable
     # checkpoint is refused on every rerun, never taken for a new run.
     restored = checkpointer.restore_latest(expect_progress=run_dir.has_progress(workdir))
@@ -245,7 +210,7 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
             write_json(workdir / "init_from.json", initialised)
     if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's
         run_dir.save_config(workdir, cfg, overrides)
-        run_dir.save_resolved(workdir, rt.precision)
+        resolved.save(workdir, rt.precision)
         write_json(workdir / run_dir.DATASET, info.to_dict())
     held_log.release()
     step = int(checkpointer.step.numpy()) if restored else 0
@@ -267,5 +232,7 @@ def check_steps_agree(strategy, replica_step, step: int, workdir: Path) -> None:
     unless all are equal: a sum would pass a worker whose step is the others' mean."""
     steps = strategy.gather(strategy.run(replica_step), axis=0).numpy().tolist()
     if min(steps) != max(steps):
-        raise RunDirError(f"the workers restored different checkpoints (steps {steps}; this one: step {step} from "
-                          f"{workdir}): give every worker the same hydra.run.dir on a file system they share")
+        raise RunDirError(
+            f"the workers restored different checkpoints (steps {steps}; this one: step {step} from "
+            f"{workdir}): give every worker the same hydra.run.dir on a file system they share"
+        )

@@ -6,6 +6,7 @@ sums are reduced across replicas, and the weight-decay term is divided by the nu
 the optimizer is a keras LossScaleOptimizer: the loss is scaled before the gradients, and a step
 whose gradients are not finite is skipped (weights untouched) while the scale is lowered.
 """
+
 from __future__ import annotations
 
 import keras
@@ -23,13 +24,47 @@ def top_k(num_classes: int) -> int:
     return min(5, num_classes)
 
 
+def _gradient_scales(model, head_lr_mult: float) -> list[float]:
+    """finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
+    momentum, decay included) is exactly a larger learning rate for those variables."""
+    head = {id(v) for v in model.get_layer(names.HEAD).trainable_variables} if head_lr_mult != 1.0 else set()
+    return [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
+
+
+def _per_replica_bn_statistics(model, strategy) -> list:
+    """Batch norm's moving statistics under several replicas: Keras 3 makes them per-replica
+    variables (aggregation "none"), so each replica averages only its own batches and a checkpoint
+    saves replica 0's. The Trainer averages them across replicas after every compiled call (one
+    batched all-reduce of a few KB to a few hundred KB), which is what tf.keras 2 gave (aggregation
+    MEAN): the moving mean is then the one-device one, the variance the mean of the replicas'."""
+    if strategy.num_replicas_in_sync == 1:
+        return []
+    layers = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+    ]
+    return [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+
+
 class Trainer:
     """Owns the compiled steps and the on-device running sums of the current epoch."""
 
-    def __init__(self, model, optimizer, strategy, global_batch_size: int,
-                 weight_decay: float = 0.0, decay_bn: bool = False, num_classes: int = 10,
-                 label_smoothing: float = 0.0, xla: bool = False, head_lr_mult: float = 1.0,
-                 max_nonfinite_steps: int = 0, clip_norm: float | None = None):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        strategy,
+        global_batch_size: int,
+        weight_decay: float = 0.0,
+        decay_bn: bool = False,
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+        xla: bool = False,
+        head_lr_mult: float = 1.0,
+        max_nonfinite_steps: int = 0,
+        clip_norm: float | None = None,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -37,17 +72,13 @@ class Trainer:
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm  # global norm of the summed, unscaled gradient (optim.clip_by_global_norm)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
-        # finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
-        # momentum, decay included) is exactly a larger learning rate for those variables.
-        head = {id(v) for v in model.get_layer(names.HEAD).trainable_variables} if head_lr_mult != 1.0 else set()
-        self.grad_scale = [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
+        self.grad_scale = _gradient_scales(model, head_lr_mult)
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
         with strategy.scope():
             # Running sums of the epoch, read only at log points (no host sync per step).
-            self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}")
-                          for k in ("loss", "correct", "count")}
+            self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}") for k in ("loss", "correct", "count")}
             # Consecutive steps with a non-finite loss or gradients. float32/bfloat16 stop at the
             # first (max 0); under float16 the LossScaleOptimizer skips such steps and lowers the
             # scale, and we stop only when it persists for more than runtime.max_nonfinite_steps.
@@ -55,17 +86,10 @@ class Trainer:
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         # Only loss scaling skips steps, and only several replicas can disagree about one. (Every
         # Keras 3 optimizer has scale_loss, an identity but in LossScaleOptimizer.)
-        self._agree_on_skips = (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-                                and strategy.num_replicas_in_sync > 1)
-        # Batch norm's moving statistics: Keras 3 makes them per-replica variables (aggregation
-        # "none"), so each replica averages only its own batches and a checkpoint saves replica 0's.
-        # They are averaged across replicas after every compiled call (one batched all-reduce of a
-        # few KB to a few hundred KB), which is what tf.keras 2 gave (aggregation MEAN): the moving
-        # mean is then the one-device one, the variance the mean of the replicas' batch variances.
-        self._moving_statistics = [
-            v for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
-            and not layer.synchronized for v in (layer.moving_mean, layer.moving_variance)
-        ] if strategy.num_replicas_in_sync > 1 else []
+        self._agree_on_skips = (
+            isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and strategy.num_replicas_in_sync > 1
+        )
+        self._moving_statistics = _per_replica_bn_statistics(model, strategy)
         # XLA compiles the forward and backward pass; the gradient all-reduce and the optimizer
         # update stay outside it (cross-replica merges cannot run inside a compiled cluster).
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if xla else self._gradients_fn
@@ -132,8 +156,9 @@ class Trainer:
         present = [g for g in grads if g is not None]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])
         overflowed = tf.distribute.get_replica_context().all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32))
-        present = tf.cond(overflowed > 0, lambda: [g * tf.constant(float("nan"), g.dtype) for g in present],
-                          lambda: present)
+        present = tf.cond(
+            overflowed > 0, lambda: [g * tf.constant(float("nan"), g.dtype) for g in present], lambda: present
+        )
         it = iter(present)
         # (gradients, 1.0 when this step is skipped: on every replica alike)
         return [None if g is None else next(it) for g in grads], tf.cast(overflowed > 0, tf.float32)
@@ -145,8 +170,10 @@ class Trainer:
         done = tf.constant(0, tf.int32)
         for _ in tf.range(steps):
             images, labels = next(iterator)
-            loss, correct, count, bad_grads = (self.strategy.reduce(SUM, r, axis=None) for r in
-                                               self.strategy.run(self._replica_step, args=(images, labels)))
+            loss, correct, count, bad_grads = (
+                self.strategy.reduce(SUM, r, axis=None)
+                for r in self.strategy.run(self._replica_step, args=(images, labels))
+            )
             done += 1
             if tf.math.is_finite(loss) and bad_grads == 0.0:
                 self._nonfinite.assign(0)
@@ -165,7 +192,8 @@ class Trainer:
             # read_value(): a tensor on the replica's device (MultiWorkerMirroredStrategy's
             # all-reduce needs one; converting the Keras variable gives a device-less read).
             return tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.MEAN, [v.value.read_value() for v in self._moving_statistics])
+                tf.distribute.ReduceOp.MEAN, [v.value.read_value() for v in self._moving_statistics]
+            )
 
         for variable, mean in zip(self._moving_statistics, self.strategy.run(replica_means)):
             variable.value.assign(mean)  # cross-replica: each replica's copy gets the (equal) mean
@@ -174,8 +202,9 @@ class Trainer:
         """Runs up to `steps` optimizer steps in one compiled call. Returns (steps run, consecutive
         non-finite steps, whether any worker asked to stop); it returns early when the non-finite
         steps exceed max_nonfinite_steps."""
-        done, nonfinite, stop = self._train_steps(iterator, tf.constant(steps, tf.int32),
-                                                  tf.constant(1.0 if stop_requested else 0.0))
+        done, nonfinite, stop = self._train_steps(
+            iterator, tf.constant(steps, tf.int32), tf.constant(1.0 if stop_requested else 0.0)
+        )
         return int(done), int(nonfinite), bool(stop)
 
     def diverged(self, nonfinite: int) -> bool:
@@ -221,8 +250,12 @@ class Trainer:
         """Loss, top-1 and top-5 accuracy over every example of the dataset, in one compiled call."""
         loss, top1, topk, count = (float(t.numpy()) for t in self._eval_all(dist_dataset))
         count = max(count, 1.0)
-        return {"loss": loss / count, "accuracy": top1 / count, f"top{self.top_k}": topk / count,
-                "examples": int(count)}
+        return {
+            "loss": loss / count,
+            "accuracy": top1 / count,
+            f"top{self.top_k}": topk / count,
+            "examples": int(count),
+        }
 
     @property
     def has_ema(self) -> bool:

@@ -1,0 +1,146 @@
+"""The data side of a run: the dataset, the run's length, the evaluation batches and the training
+batches' source (one pipeline for every epoch left, for in-memory data)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnet_train import config as config_lib
+from resnet_train import data as data_lib
+from resnet_train.data import pipeline
+from resnet_train.data.augment import make_augment, make_batch_augment
+from resnet_train.optim import schedules
+from resnet_train.training import run_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Input:
+    """The data side of a run: what make() made."""
+
+    splits: object
+    info: object
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    eval_split: str
+    eval_ds: object
+    distribute_eval: Callable
+    epoch_batches: Callable
+
+
+def make(cfg, workdir: Path, rt) -> Input:
+    """The dataset, the run's length, the evaluation batches and the training batches' source."""
+    strategy = rt.strategy
+    splits = data_lib.load(cfg.data)
+    info = splits.info
+    config_lib.check_against_data(cfg, info)
+    run_dir.check_same_data(workdir, info)  # a resume finds its own dataset, wherever it now lives
+    steps_per_epoch = info.train_size // cfg.batch_size
+    # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
+    # warm-up longer than the run is refused here when its units differ from the run's.
+    epochs, total_steps = schedules.run_length(cfg, steps_per_epoch)
+    if cfg.steps is not None:
+        log.info(
+            "steps=%d: %d epochs of %d steps, the last one %d steps (epochs=%s is not used)",
+            total_steps,
+            epochs,
+            steps_per_epoch,
+            total_steps - (epochs - 1) * steps_per_epoch,
+            cfg.epochs,
+        )
+    # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
+    eval_split = "val" if splits.val is not None else "test"
+    if eval_split == "test":
+        log.info(
+            "No validation split (data.val_split): the per-epoch test figures are for watching only; no "
+            "best checkpoint is chosen on them, and the tools use the final checkpoint"
+        )
+
+    def distribute_eval(ds, size):
+        batches = pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
+        return strategy.experimental_distribute_dataset(batches)
+
+    eval_ds = (
+        distribute_eval(splits.val, info.val_size)
+        if splits.val is not None
+        else distribute_eval(splits.test, info.test_size)
+    )
+    shuffle_buffer = cfg.data.shuffle_buffer or (info.train_size if not info.encoded else 10_000)
+    log.info(
+        "Global batch %d = %d replica(s) x %d; shuffle buffer %d of %d training examples",
+        cfg.batch_size,
+        rt.replicas,
+        cfg.batch_size // rt.replicas,
+        min(shuffle_buffer, info.train_size),
+        info.train_size,
+    )
+    epoch_batches = _training_batches(cfg, splits, strategy, epochs, shuffle_buffer)
+    return Input(
+        splits=splits,
+        info=info,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total_steps,
+        eval_split=eval_split,
+        eval_ds=eval_ds,
+        distribute_eval=distribute_eval,
+        epoch_batches=epoch_batches,
+    )
+
+
+def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -> Callable:
+    """epoch_batches(epoch, skip): an iterator whose next batches are `epoch`'s, from batch `skip`
+    on. In-memory data: one iterator over every epoch left, made at the first call and returned
+    again after; streamed files: a new one per epoch."""
+    info = splits.info
+    augment = make_augment(cfg.augment, info.image_shape, info.mean, encoded=info.encoded)
+    batch_augment = make_batch_augment(cfg.augment, info.num_classes)
+    stream = []
+
+    def epoch_batches(epoch, skip):
+        if stream:
+            return stream[0]
+
+        def dataset_fn(ctx):  # a tf.distribute.InputContext
+            shards = dict(
+                shuffle_buffer=shuffle_buffer,
+                pipelines=ctx.num_input_pipelines,
+                pipeline_id=ctx.input_pipeline_id,
+                replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size),
+            )
+            if splits.train_for_epoch:  # streamed files, ordered per epoch in Python: a pipeline per epoch
+                return pipeline.train_batches(
+                    splits.train_for_epoch(cfg.seed, epoch),
+                    info.train_size,
+                    cfg.batch_size,
+                    cfg.seed,
+                    epoch,
+                    augment,
+                    batch_augment,
+                    skip_batches=skip,
+                    **shards,
+                )
+            return pipeline.training_stream(
+                splits.train,
+                info.train_size,
+                cfg.batch_size,
+                cfg.seed,
+                epoch,
+                epochs,
+                augment,
+                batch_augment,
+                skip_batches=skip,
+                **shards,
+            )
+
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        if not splits.train_for_epoch:
+            stream.append(iterator)
+        return iterator
+
+    return epoch_batches
