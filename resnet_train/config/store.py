@@ -4,19 +4,23 @@ that supplies defaults), OmegaConf's type errors as one line (wrong_type). No Te
 
 from __future__ import annotations
 
+import re
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
+
 from resnet_train.config.commands import TOOLS
 from resnet_train.config.schema import GROUPS, TrainConfig, hint
+from resnet_train.errors import ConfigError
 
 
 def _plain(values) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
+    """`values` as a plain dict (a DictConfig resolved)."""
     return OmegaConf.to_container(values, resolve=True) if isinstance(values, DictConfig) else dict(values)
 
 
 def _known_only(values: dict, node) -> dict:
     """`values` without the keys `node` (a typed config) lacks, at every level."""
-    from omegaconf import OmegaConf
 
     def keep(values, shape):
         return {
@@ -34,8 +38,6 @@ CHOSEN_BY = {"optimizer": "name", "schedule": "name", "data": "source"}
 
 def option_schema(group: str, values: dict):
     """The dataclass of `group` that the settings `values` belong to."""
-    from resnet_train.errors import ConfigError
-
     options = GROUPS[group]
     if group not in CHOSEN_BY:
         return next(iter(options.values()))
@@ -51,16 +53,11 @@ def group_config(group: str, values, drop_unknown: bool = False, defaults=None):
     they name (data.source, optimizer.name, schedule.name), unset keys at `defaults`, else the
     schema's. drop_unknown: keys that option lacks are dropped instead of refused (a run's data
     evaluated on another source, an old run's keys that no longer exist)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from resnet_train.errors import ConfigError
 
     plain = _plain(values or {})
     settings = option_schema(group, plain)
     if isinstance(values, DictConfig) and OmegaConf.get_type(values) is settings and not defaults:
         return values  # typed already (a composed config)
-    from omegaconf.errors import ValidationError
-
     node = OmegaConf.merge(OmegaConf.structured(settings), defaults or {})
     if drop_unknown:
         plain = _known_only(plain, node)
@@ -96,8 +93,6 @@ def saved_run_config(saved):
     """A run directory's saved config (plain YAML) typed by the schema: keys the run predates get
     ADDED_LATER's values, else the schema's defaults; keys that no longer exist are dropped. The only
     place where the code supplies defaults for config keys."""
-    from omegaconf import OmegaConf
-
     plain = _plain(saved)
     typed = OmegaConf.structured(TrainConfig)
     for group in GROUPS:
@@ -125,8 +120,6 @@ def wrong_type(error, group: str | None = None) -> str:
     """'<key> must be <kind> (got <value>)' for OmegaConf's ValidationError of a value the schema's
     type refused, with the key's hint where the schema has one. `group`: the key's group when the
     error came from a group's settings alone (its full_key lacks the group)."""
-    import re
-
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     key = f"{group}.{error.full_key}" if group else error.full_key
     kind = next((k for word, k in KINDS.items() if re.search(rf"\b{word}\b", text)), None)
