@@ -66,15 +66,41 @@ def pipeline_throughput(
     shuffle_buffer=None,
     windows: int = 5,
     steps_per_window: int = 20,
+    load=None,
 ) -> dict:
     """images/s of the training input pipeline alone (no model) as the command builds it: one
     pipeline over many epochs (pipeline.training_stream)."""
     from resnet_train.data import pipeline
 
     batches = pipeline.training_stream(
-        dataset, size, batch_size, 0, 0, 10**6, augment, batch_augment, shuffle_buffer=shuffle_buffer
+        dataset, size, batch_size, 0, 0, 10**6, augment, batch_augment, shuffle_buffer=shuffle_buffer, load=load
     )
     return iterator_throughput(iter(batches), batch_size, windows, steps_per_window)
+
+
+def file_pipelines(photos: list[bytes], windows: int):
+    """(label, images/s) of the training pipeline at 224 px (augment=standard: inception crop +
+    flip) for the same JPEGs read from files: a class folder streamed from disk (data.cache=false)."""
+    import tempfile
+    from pathlib import Path
+
+    from resnet_train.data import folder, pipeline
+    from resnet_train.data.augment import make_augment
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, photo in enumerate(photos):
+            (Path(tmp) / f"class{i % 2}").mkdir(exist_ok=True)
+            (Path(tmp) / f"class{i % 2}" / f"{i}.jpg").write_bytes(photo)
+        splits = folder.load(tmp, image_size=224, val_fraction=0.1, cache=False)
+        info = splits.info
+        augment = make_augment({"crop": "inception", "horizontal_flip": True}, info.image_shape)
+        loader = pipeline.file_loader(info)
+        yield (
+            "pipeline folder streamed, JPEG 500x375 -> 224",
+            pipeline_throughput(
+                splits.train, info.train_size, 64, augment, windows=windows, steps_per_window=3, load=loader
+            ),
+        )
 
 
 def keras_randaugment_batches(dataset, batch_size: int, num_ops: int = 2, magnitude: float = 9):

@@ -356,6 +356,14 @@ CASES = [
         {},
     ),
     (
+        "image folder cache setting",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.cache=sometimes"],
+        T + "data.cache must be auto, true (decode into memory) or false (stream from the files) (got 'sometimes')",
+        "fresh",
+        {},
+    ),
+    (
         "init_from nothing",
         "resnet-train",
         [*TINY, "init_from={root}/no_such_run"],

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from resnet_train.data import folder
-from resnet_train.errors import DataError
+from resnet_train.errors import ConfigError, DataError
 
 
 def write_images(directory, n, color, fmt="png", size=(20, 14), seed=0):
@@ -109,3 +109,101 @@ def test_folder_end_to_end_through_the_cli(cli, photo_tree, tmp_path):
     assert "2 unreadable skipped" in (run / "train.log").read_text()
     missing = cli("data=folder", f"hydra.run.dir={tmp_path / 'run2'}")
     assert missing.returncode == 2 and "data=folder needs data.path=DIR" in missing.stderr
+
+
+# --- streamed from the files (data.cache=false, or auto over data.cache_budget_mb) -------------
+def _pixels(ds, info):
+    from resnet_train.data import pipeline
+
+    load = pipeline.file_loader(info)
+    return [((load(x).numpy() if load else x.numpy()).tobytes(), int(y)) for x, y in ds]
+
+
+def test_streamed_folder_gives_the_in_memory_pixels_labels_and_statistics(photo_tree, caplog):
+    with caplog.at_level(logging.INFO):
+        memory = folder.load(photo_tree, image_size=16, val_fraction=0.34, cache=True)
+        streamed = folder.load(photo_tree, image_size=16, val_fraction=0.34, cache=False)
+    assert not memory.info.files and streamed.info.files
+    assert streamed.info.skipped_files == 2  # unreadable files found before training, not mid-epoch
+    for key in ("train_size", "test_size", "class_names", "mean", "std", "num_classes"):
+        assert getattr(streamed.info, key) == getattr(memory.info, key), key
+    assert _pixels(streamed.train, streamed.info) == _pixels(memory.train, memory.info)
+    assert _pixels(streamed.test, streamed.info) == _pixels(memory.test, memory.info)
+    assert "streamed from the files" in caplog.text and "data.cache=false" in caplog.text
+
+
+def test_streamed_training_batches_equal_the_in_memory_ones(photo_tree):
+    from helpers import compose
+
+    from resnet_train.data import pipeline
+    from resnet_train.data.augment import make_augment
+    from resnet_train.data.info import Splits
+
+    def batches(splits: Splits):
+        info = splits.info
+        augment = make_augment(compose("data=folder").augment, info.image_shape, info.mean)
+        ds = pipeline.train_batches(
+            splits.train, info.train_size, 4, seed=3, epoch=1, augment=augment, load=pipeline.file_loader(info)
+        )
+        return [(x.numpy().tobytes(), y.numpy().tolist()) for x, y in ds]
+
+    memory = folder.load(photo_tree, image_size=16, cache=True)
+    streamed = folder.load(photo_tree, image_size=16, cache=False)
+    assert batches(streamed) == batches(memory) and len(batches(memory)) == 15 // 4
+
+
+def test_cache_auto_streams_only_over_the_budget(photo_tree, caplog):
+    with caplog.at_level(logging.INFO):
+        assert not folder.load(photo_tree, image_size=16, cache="auto", cache_budget_mb=1).info.files
+        assert folder.load(photo_tree, image_size=16, cache="auto", cache_budget_mb=0).info.files
+    assert "within data.cache_budget_mb=1 (data.cache=auto)" in caplog.text
+    assert "over data.cache_budget_mb=0 (data.cache=auto)" in caplog.text
+    with pytest.raises(ConfigError, match="data.cache must be auto, true"):
+        folder.load(photo_tree, image_size=16, cache="sometimes")
+
+
+def _peak_rss_mb_of(args, timeout=600):
+    """Runs the command in a process of its own; returns (CompletedProcess, its peak RSS in MB)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stderr.write(done.stderr)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=timeout)
+    code, kilobytes = done.stdout.split()[-2:]
+    return int(code), done.stderr, int(kilobytes) / 1024
+
+
+def test_a_streamed_folder_trains_in_bounded_memory_to_the_in_memory_figures(tmp_path):
+    """2,000 JPEG/PNG files that decode to 140 MB at 156 px (measured on AMD EPYC Zen 4: peak RSS
+    1.0 GB streamed, 1.5 GB in memory with 3,000 of them): streamed, the process never holds
+    them (its peak RSS stays far below the in-memory run's), and the run's figures are the
+    in-memory run's on the same seed (the same pixels in the same order)."""
+    from helpers import CLI
+
+    size, per_class = 156, 1000
+    root = tmp_path / "big"
+    write_images(root / "red", per_class, (170, 60, 60), "jpg", size=(176, 160))
+    write_images(root / "blue", per_class, (60, 60, 170), "png", size=(160, 176), seed=1)
+    decoded_mb = 2 * per_class * size * size * 3 / 2**20
+    results = {}
+    peaks = {}
+    for cache in ("true", "false"):
+        run = tmp_path / f"run_{cache}"
+        args = [str(CLI), "data=folder", f"data.path={root}", f"data.image_size={size}", f"data.cache={cache}"]
+        args += ["model.variant=cifar", "depth=8", "steps=3", "batch_size=8", "data.limit_test=32"]
+        args += ["runtime=one_device", "runtime.precision=float32", "runtime.threads=default", "seed=5"]
+        code, stderr, peaks[cache] = _peak_rss_mb_of([*args, f"hydra.run.dir={run}"])
+        assert code == 0, stderr[-2000:]
+        results[cache] = json.loads((run / "results.json").read_text())
+        log = (run / "train.log").read_text()
+        assert ("streamed from the files" in log) == (cache == "false")
+    # In memory the decoded set is held (plus TensorFlow's copy of it); streamed it is not.
+    assert peaks["true"] - peaks["false"] > 0.75 * decoded_mb, (peaks, decoded_mb)
+    assert results["false"]["steps"] == results["true"]["steps"] == 3
+    for key in ("accuracy", "loss"):
+        assert results["false"]["test"][key] == pytest.approx(results["true"]["test"][key], rel=1e-5, abs=1e-6), key

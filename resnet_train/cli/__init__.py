@@ -145,7 +145,9 @@ def _show_augment(cfg) -> None:
     try:
         splits = data_lib.load(cfg.data)
         info = splits.info
-        images, labels = next(iter(splits.train.batch(cfg.images)))
+        load = pipeline.file_loader(info)  # a streamed folder holds paths
+        train = splits.train.map(lambda x, y: (load(x), y)) if load else splits.train
+        images, labels = next(iter(train.batch(cfg.images)))
         decode = pipeline.eval_preprocess(info)  # streamed JPEGs: the originals as evaluation sees them
         path = augment_gallery(
             images,

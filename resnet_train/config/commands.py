@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from resnet_train.config.schema import TrainConfig, with_hint
+from resnet_train.config.hints import with_hint
+from resnet_train.config.schema import TrainConfig
 
 
 @dataclass

@@ -16,12 +16,13 @@ from typing import Any, List, Optional
 
 from omegaconf import II, MISSING
 
-
-def with_hint(text: str, default=MISSING, factory=None):
-    """A field whose wrong value's error ends with `text` (store.wrong_type)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"hint": text})
-    return field(default=default, metadata={"hint": text})
+from resnet_train.config.data_schema import (
+    EmbeddedDataConfig,
+    FolderDataConfig,
+    SyntheticDataConfig,
+    TfdsDataConfig,
+)
+from resnet_train.config.hints import with_hint
 
 
 # --- model -----------------------------------------------------------------------------------
@@ -168,63 +169,6 @@ class RuntimeConfig:
     max_nonfinite_steps: int = 20
 
 
-# --- data ------------------------------------------------------------------------------------
-@dataclass
-class DataConfig:
-    """What every source has: the subset and split of its examples."""
-
-    source: str = MISSING
-    lr_batch_reference: Optional[int] = None
-    classes: Optional[List[int]] = None
-    limit_train: Optional[int] = None
-    limit_test: Optional[int] = None
-    val_split: Any = with_hint("a fraction of train (0.1) or a count of images (5000)", None)
-    # An integer; "legacy" only for runs made before split_seed existed (run_dir.RUN_OWNED).
-    split_seed: Any = 0
-    shuffle_buffer: Optional[int] = None  # null: the whole training set in memory, 10,000 streamed images
-
-
-@dataclass
-class EmbeddedDataConfig(DataConfig):
-    source: str = "embedded"
-    image_size: int = 32
-    test_fraction: float = 0.2
-
-
-@dataclass
-class TfdsDataConfig(DataConfig):
-    source: str = "tfds"
-    name: Optional[str] = None  # the tensorflow-datasets name (cifar10, imagenet2012, ...); required
-    data_dir: Optional[str] = None
-    manual_dir: Optional[str] = None
-    download: bool = with_hint(
-        "false never touches the network, true lets tensorflow-datasets download a dataset that is not prepared", True
-    )
-    cache: bool = True
-    image_size: int = 224  # streamed (cache=false) images are decoded and cropped to this
-    train_split: str = "train"
-    test_split: str = "test"
-    mean: Optional[List[float]] = None
-    std: Optional[List[float]] = None
-
-
-@dataclass
-class FolderDataConfig(DataConfig):
-    source: str = "folder"
-    path: Optional[str] = None
-    image_size: int = 32
-    val_fraction: float = 0.2
-
-
-@dataclass
-class SyntheticDataConfig(DataConfig):
-    source: str = "synthetic"
-    image_shape: List[int] = field(default_factory=lambda: [32, 32, 3])
-    num_classes: int = 10
-    train_size: int = 1024
-    test_size: int = 256
-
-
 # --- the run ---------------------------------------------------------------------------------
 @dataclass
 class CheckpointConfig:
@@ -282,15 +226,3 @@ GROUPS = {
         "synthetic": SyntheticDataConfig,
     },
 }
-
-
-def hint(object_type, key) -> str:
-    """The schema's hint for a key of a config node of `object_type` ('' if none)."""
-    import dataclasses
-
-    if not dataclasses.is_dataclass(object_type):
-        return ""
-    for f in dataclasses.fields(object_type):
-        if f.name == key:
-            return f.metadata["hint"] if "hint" in f.metadata else ""
-    return ""

@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from resnet_train.config.commands import TOOLS
-from resnet_train.config.schema import GROUPS, TrainConfig, hint
+from resnet_train.config.hints import hint
+from resnet_train.config.schema import GROUPS, TrainConfig
 from resnet_train.errors import ConfigError
 
 

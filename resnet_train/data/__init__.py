@@ -164,7 +164,12 @@ def _load_source(cfg) -> Splits:
         from resnet_train.data import folder
 
         return folder.load(
-            cfg.path, image_size=cfg.image_size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed
+            cfg.path,
+            image_size=cfg.image_size,
+            val_fraction=cfg.val_fraction,
+            split_seed=cfg.split_seed,
+            cache=cfg.cache,
+            cache_budget_mb=cfg.cache_budget_mb,
         )
     from resnet_train.data import synthetic
 

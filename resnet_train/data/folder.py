@@ -6,32 +6,36 @@ Layouts:
 
 Every image is decoded once (in threads) by `preprocess.preprocess`, the function that
 resnet-predict and the exported SavedModel's `serving_encoded` also use, to image_size x
-image_size RGB, and kept in memory as uint8: below 128 px the whole image resized, from 128 px on
-the ImageNet geometry (short side to image_size / 0.875, centre crop), for the training images as
-for the held-out ones, so training, evaluation and prediction see one geometry (the inception crop
-of `augment=standard` then works inside that centre crop). An unreadable file is named in a
-warning and skipped; the count is reported.
+image_size RGB: below 128 px the whole image resized, from 128 px on the ImageNet geometry (short
+side to image_size / 0.875, centre crop), for the training images as for the held-out ones, so
+training, evaluation and prediction see one geometry (the inception crop of `augment=standard`
+then works inside that centre crop). An unreadable file is named in a warning and skipped; the
+count is reported.
+
+data.cache decides where the decoded images live: in memory as uint8 (true; auto when they fit
+data.cache_budget_mb), or nowhere: the pipeline reads and decodes each file again when it needs
+it (false; auto over the budget), with the same function, so both give the same batches. Why not
+the ImageNet stream's fused decode-and-crop: its inception crop sees the whole picture, which
+would make a run's result depend on which mode `auto` picked.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from resnet_train.data.info import DatasetInfo, Splits, channel_stats
-from resnet_train.data.preprocess import preprocess_file
-from resnet_train.errors import DataError
+from resnet_train.data.files import channel_stats, decode_files
+from resnet_train.data.info import DatasetInfo, Splits
+from resnet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 HELD_OUT_NAMES = ("val", "validation", "test")
-MAX_NAMED = 10  # unreadable files named one by one; the rest only counted
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -62,33 +66,6 @@ def list_files(root: Path, class_names=None):
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
-def decode_all(paths, labels, size: int, what: str):
-    """Each file as `preprocess.preprocess` makes it, RGB uint8 (size, size, 3): what prediction
-    and the exported model see. In threads (TF's kernels release the GIL); drops and reports
-    unreadable files."""
-    from tqdm.auto import tqdm
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = list(
-            tqdm(
-                pool.map(lambda p: preprocess_file(p, (size, size, 3)), paths),
-                total=len(paths),
-                desc=f"decoding {what}",
-                unit="img",
-                leave=False,
-                disable=len(paths) < 2000 or None,
-            )
-        )
-    bad = [p for p, im in zip(paths, images) if im is None]
-    if bad:
-        named = ", ".join(str(p) for p in bad[:MAX_NAMED])
-        more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
-        log.warning("Skipped %d unreadable image file(s) in %s: %s%s", len(bad), what, named, more)
-    keep = [i for i, im in enumerate(images) if im is not None]
-    x = np.stack([images[i] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
-    return x, labels[keep], len(bad)
-
-
 def _stratified_split(labels, fraction: float, seed: int):
     """Indices (train, held_out): `fraction` of each class held out, at least one per class."""
     rng = np.random.default_rng(seed)
@@ -101,7 +78,86 @@ def _stratified_split(labels, fraction: float, seed: int):
     return np.sort(train), np.sort(held)
 
 
-def load(path, image_size: int = 32, val_fraction: float = 0.2, split_seed: int = 0) -> Splits:
+def cache_mode(cache, files: int, image_size: int, budget_mb: int) -> tuple[bool, str]:
+    """(in_memory, why) for data.cache = auto | true | false: auto keeps the decoded images in
+    memory when they fit data.cache_budget_mb (either way the model sees the same pixels)."""
+    decoded_mb = files * image_size * image_size * 3 / 2**20
+    size = f"{files} images decode to {decoded_mb:,.1f} MB at {image_size}x{image_size}"
+    if cache == "auto":
+        fits = decoded_mb <= budget_mb
+        return fits, f"{size}, {'within' if fits else 'over'} data.cache_budget_mb={budget_mb} (data.cache=auto)"
+    return bool(cache), f"{size}; data.cache={str(cache).lower()}"
+
+
+def load(
+    path, image_size: int = 32, val_fraction: float = 0.2, split_seed: int = 0, cache="auto", cache_budget_mb=2048
+) -> Splits:
+    """In memory: the decoded uint8 images. Streamed (`cache` false, or auto over the budget): the
+    files' paths, which the pipeline reads and decodes with the same function (DatasetInfo.files,
+    pipeline.file_loader), so a run's figures do not depend on which was chosen. Either way every
+    file is decoded once here: unreadable ones are named and skipped before training starts (never
+    a failure mid-epoch), and the channel statistics are measured."""
+    _check_cache(cache, cache_budget_mb)
+    root, train_root, held_root = _layout(path, image_size, val_fraction)
+    paths, labels, names = list_files(train_root)
+    if not paths:
+        raise DataError(
+            f"no images in {train_root}: expected one sub-folder per class holding {', '.join(EXTENSIONS)} files"
+        )
+    if len(names) < 2:
+        raise DataError(f"{train_root} has one class ({names[0]}): a classifier needs at least two class folders")
+    held = list_files(held_root, names) if held_root is not None else None
+    in_memory, why = cache_mode(cache, len(paths) + (len(held[0]) if held else 0), image_size, cache_budget_mb)
+
+    train = _read(paths, labels, image_size, str(train_root), in_memory)
+    if held is not None:
+        test = _read(held[0], held[1], image_size, str(held_root), in_memory)
+    else:
+        train_idx, held_idx = _stratified_split(train.y, val_fraction, split_seed)
+        train, test = train.subset(train_idx, train.bad), train.subset(held_idx)
+    if len(train.y) == 0 or len(test.y) == 0:
+        raise DataError(f"{root}: after skipping unreadable files there is no training or held-out image left")
+
+    mean, std = channel_stats(train.sums, train.squares, image_size * image_size)
+    skipped = train.bad + test.bad
+    log.info(
+        "Folder %s: %d classes, %d train / %d held-out images at %dx%d%s; %s: %s",
+        root,
+        len(names),
+        len(train.y),
+        len(test.y),
+        image_size,
+        image_size,
+        f", {skipped} unreadable skipped" if skipped else "",
+        "in memory" if in_memory else "streamed from the files",
+        why,
+    )
+    info = DatasetInfo(
+        name=root.name or "folder",
+        num_classes=len(names),
+        image_shape=(image_size, image_size, 3),
+        train_size=len(train.y),
+        test_size=len(test.y),
+        class_names=names,
+        mean=mean,
+        std=std,
+        skipped_files=skipped,
+        files=not in_memory,
+    )
+    return Splits(train.dataset(), test.dataset(), info)
+
+
+def _check_cache(cache, budget_mb) -> None:
+    if cache not in (True, False, "auto"):
+        raise ConfigError(
+            f"data.cache must be auto, true (decode into memory) or false (stream from the files) (got {cache!r})"
+        )
+    if not isinstance(budget_mb, int) or isinstance(budget_mb, bool) or budget_mb < 0:
+        raise ConfigError(f"data.cache_budget_mb must be a non-negative integer, in MB (got {budget_mb!r})")
+
+
+def _layout(path, image_size, val_fraction) -> tuple[Path, Path, Path | None]:
+    """(root, the training tree, the held-out tree or None) of data.path, checked."""
     if not path:
         raise DataError("data=folder needs data.path=DIR (one sub-folder of images per class)")
     root = Path(str(path)).expanduser()
@@ -113,50 +169,30 @@ def load(path, image_size: int = 32, val_fraction: float = 0.2, split_seed: int 
     train_root = root / "train" if (root / "train").is_dir() else root
     if held_root is not None and train_root == root:
         raise DataError(f"{root} has a {held_root.name}/ folder but no train/ folder beside it")
+    if held_root is None and not 0 < val_fraction < 1:
+        raise DataError(f"data.val_fraction must be between 0 and 1 (got {val_fraction})")
+    return root, train_root, held_root
 
-    paths, labels, names = list_files(train_root)
-    if not paths:
-        raise DataError(
-            f"no images in {train_root}: expected one sub-folder per class holding {', '.join(EXTENSIONS)} files"
-        )
-    if len(names) < 2:
-        raise DataError(f"{train_root} has one class ({names[0]}): a classifier needs at least two class folders")
 
-    x, y, bad = decode_all(paths, labels, image_size, str(train_root))
-    if held_root is not None:
-        held_paths, held_labels, _ = list_files(held_root, names)
-        x_test, y_test, bad_test = decode_all(held_paths, held_labels, image_size, str(held_root))
-        bad += bad_test
-    else:
-        if not 0 < val_fraction < 1:
-            raise DataError(f"data.val_fraction must be between 0 and 1 (got {val_fraction})")
-        train_idx, held_idx = _stratified_split(y, val_fraction, split_seed)
-        x, y, x_test, y_test = x[train_idx], y[train_idx], x[held_idx], y[held_idx]
-    if len(x) == 0 or len(x_test) == 0:
-        raise DataError(f"{root}: after skipping unreadable files there is no training or held-out image left")
+@dataclass
+class _Part:
+    """One split's readable examples: images (in memory) or paths (streamed), labels, pixel sums."""
 
-    mean, std = channel_stats(x)
-    log.info(
-        "Folder %s: %d classes, %d train / %d held-out images at %dx%d%s",
-        root,
-        len(names),
-        len(x),
-        len(x_test),
-        image_size,
-        image_size,
-        f", {bad} unreadable skipped" if bad else "",
-    )
-    info = DatasetInfo(
-        name=root.name or "folder",
-        num_classes=len(names),
-        image_shape=(image_size, image_size, 3),
-        train_size=len(x),
-        test_size=len(x_test),
-        class_names=names,
-        mean=mean,
-        std=std,
-        skipped_files=bad,
-    )
-    return Splits(
-        tf.data.Dataset.from_tensor_slices((x, y)), tf.data.Dataset.from_tensor_slices((x_test, y_test)), info
-    )
+    x: np.ndarray
+    y: np.ndarray
+    sums: np.ndarray
+    squares: np.ndarray
+    bad: int = 0
+
+    def subset(self, index, bad: int = 0) -> _Part:
+        return _Part(self.x[index], self.y[index], self.sums[index], self.squares[index], bad)
+
+    def dataset(self):
+        return tf.data.Dataset.from_tensor_slices((self.x, self.y))
+
+
+def _read(paths, labels, size: int, what: str, keep: bool) -> _Part:
+    decoded = decode_files(paths, (size, size, 3), what, keep=keep)
+    ok = decoded.ok
+    x = decoded.images if keep else np.array([str(p) for p in paths])[ok]
+    return _Part(x, labels[ok], decoded.sums[ok], decoded.squares[ok], int((~ok).sum()))

@@ -22,6 +22,9 @@ class DatasetInfo:
     skipped_files: int = 0  # unreadable files left out (folder source)
     val_size: int = 0  # examples carved from the training split for validation (data.val_split)
     encoded: bool = False  # images arrive as encoded bytes (streamed); the pipeline decodes them
+    # Images arrive as file paths (a folder streamed from disk); pipeline.file_loader reads them
+    # into what the in-memory mode would hold.
+    files: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,6 +54,7 @@ def training_stream(
     pipelines: int = 1,
     pipeline_id: int = 0,
     replica_batch: int | None = None,
+    load=None,
 ) -> tf.data.Dataset:
     """Epochs `first_epoch`..`epochs - 1` in one pipeline: each epoch's batches as train_batches
     makes them for that epoch alone (the first one starting `skip_batches` in), one after another.
@@ -63,6 +64,9 @@ def training_stream(
     batches were made while the step waited; one pipeline is traced once, and its prefetch makes
     the next epoch's first batches while the last epoch is being evaluated. The epoch is a tensor
     inside it (tests/test_data.py: the same batches as a pipeline per epoch).
+
+    `load` (file_loader) turns a stored element into the image, after the skip and the worker's
+    filter, so a file is read only by the worker that trains on it and never for skipped batches.
     """
     per_pipeline = batch_size // pipelines
     replica_batch = replica_batch or per_pipeline
@@ -76,6 +80,8 @@ def training_stream(
         d = d.skip(skip * batch_size)
         if pipelines > 1:
             d = d.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
+        if load is not None:
+            d = d.map(lambda i, xy: (i, (load(xy[0]), xy[1])), num_parallel_calls=AUTOTUNE)
         if augment is not None:
             d = d.map(lambda i, xy: (augment(xy[0], example_seed(seed, epoch, i)), xy[1]), num_parallel_calls=AUTOTUNE)
         else:
@@ -129,10 +135,23 @@ def eval_batches(
     return ds.batch(batch_size, drop_remainder=bool(size)).prefetch(AUTOTUNE)
 
 
+def file_loader(info):
+    """For a folder streamed from disk (info.files): file path -> the uint8 image the in-memory
+    mode holds (preprocess.preprocess of the file's bytes); None for other data."""
+    if not info.files:
+        return None
+    from resnet_train.data.preprocess import preprocess
+
+    image_shape = tuple(int(s) for s in info.image_shape)
+    return lambda path: preprocess(tf.io.read_file(path), image_shape)
+
+
 def eval_preprocess(info):
     """The decode step evaluation needs for `info`'s data, or None (in-memory data is at size
     already: the folder source made it with the same function). It is preprocess.preprocess,
     which prediction and the exported model's serving_encoded signature also use."""
+    if info.files:
+        return file_loader(info)
     if not info.encoded:
         return None
     from resnet_train.data.preprocess import preprocess

@@ -112,6 +112,7 @@ def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -
                 pipelines=ctx.num_input_pipelines,
                 pipeline_id=ctx.input_pipeline_id,
                 replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size),
+                load=pipeline.file_loader(info),
             )
             if splits.train_for_epoch:  # streamed files, ordered per epoch in Python: a pipeline per epoch
                 return pipeline.train_batches(
