@@ -100,7 +100,7 @@ CASES = [
         "resnet-train",
         ["data=cifar11"],
         T + "unknown data 'cifar11' (did you mean cifar10?): choose one of cifar10, cifar100, digits, folder, "
-        "imagenet, synthetic, tfds",
+        "imagenet, synthetic, tfds, tfrecord",
         "existing",
         {},
     ),
@@ -360,6 +360,14 @@ CASES = [
         "resnet-train",
         ["data=folder", "data.path={root}/one_class", "data.cache=sometimes"],
         T + "data.cache must be auto, true (decode into memory) or false (stream from the files) (got 'sometimes')",
+        "fresh",
+        {},
+    ),
+    (
+        "tfrecord files missing",
+        "resnet-train",
+        ["data=tfrecord", "data.train_files={root}/none-*", "data.eval_files={root}/none-*"],
+        T + "data.train_files={root}/none-* matches no file: give a glob of TFRecord files, e.g. '/data/train-*'",
         "fresh",
         {},
     ),

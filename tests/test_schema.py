@@ -87,7 +87,7 @@ def test_settings_built_in_code_are_typed_and_checked_like_composed_ones():
     assert (cfg.weight_decay_mode, cfg.epsilon, cfg.beta_1) == ("decoupled", 1e-6, 0.9)  # the lamb preset's
     with pytest.raises(ConfigError, match=r"^schedule name=cosine has no setting schedule.milestones"):
         store.group_config("schedule", {"name": "cosine", "milestones": [0.5]})
-    with pytest.raises(ConfigError, match=r"^data.source must be one of embedded, tfds, folder, synthetic"):
+    with pytest.raises(ConfigError, match=r"^data.source must be one of embedded, tfds, folder, tfrecord, synthetic"):
         store.data_config({"source": "csv"})
     with pytest.raises(ConfigError, match=r"^data.limit_train must be an integer \(got 'all'\)"):
         store.data_config({"source": "synthetic", "limit_train": "all"})

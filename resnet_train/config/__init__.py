@@ -45,7 +45,7 @@ def _known_image_shape(d):
     """The images' shape where the config alone tells it (None: known once the data is read)."""
     if d.source == "synthetic":
         return tuple(d.image_shape)
-    if d.source in ("embedded", "folder") or (d.source == "tfds" and not d.cache):
+    if d.source in ("embedded", "folder", "tfrecord") or (d.source == "tfds" and not d.cache):
         return (d.image_size, d.image_size, 3)
     return None
 

@@ -62,6 +62,26 @@ class FolderDataConfig(DataConfig):
 
 
 @dataclass
+class TfrecordDataConfig(DataConfig):
+    """TFRecords of tf.train.Example (data/tfrecord_source.py)."""
+
+    source: str = "tfrecord"
+    train_files: Any = with_hint("a glob of TFRecord files (or a list of globs), e.g. '/data/train-*'", None)
+    eval_files: Any = with_hint("a glob of TFRecord files (or a list of globs), e.g. '/data/validation-*'", None)
+    name: Optional[str] = None  # shown in logs and dataset.json (default: the train files' folder)
+    image_key: str = "image/encoded"
+    label_key: str = "image/class/label"
+    text_key: Optional[str] = "image/class/text"  # class names from the records, when present
+    label_offset: int = with_hint("the label of the first class (TF's ImageNet scripts: 1)", 0)
+    num_classes: Optional[int] = None  # null: from labels_file / class_names, else the largest label + 1
+    class_names: Optional[List[str]] = None
+    labels_file: Optional[str] = None  # one class name per line, in label order
+    image_size: int = 224
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+
+
+@dataclass
 class SyntheticDataConfig(DataConfig):
     source: str = "synthetic"
     image_shape: List[int] = field(default_factory=lambda: [32, 32, 3])

@@ -21,6 +21,7 @@ from resnet_train.config.data_schema import (
     FolderDataConfig,
     SyntheticDataConfig,
     TfdsDataConfig,
+    TfrecordDataConfig,
 )
 from resnet_train.config.hints import with_hint
 
@@ -223,6 +224,7 @@ GROUPS = {
         "embedded": EmbeddedDataConfig,
         "tfds": TfdsDataConfig,
         "folder": FolderDataConfig,
+        "tfrecord": TfrecordDataConfig,
         "synthetic": SyntheticDataConfig,
     },
 }

@@ -171,6 +171,10 @@ def _load_source(cfg) -> Splits:
             cache=cfg.cache,
             cache_budget_mb=cfg.cache_budget_mb,
         )
+    if cfg.source == "tfrecord":
+        from resnet_train.data import tfrecord_source
+
+        return tfrecord_source.load(cfg)
     from resnet_train.data import synthetic
 
     return synthetic.load(

@@ -1,0 +1,177 @@
+"""TFRecord files of tf.train.Example, as TF's ImageNet scripts (and most pipelines) write them:
+`image/encoded` (JPEG/PNG bytes), `image/class/label` (int64), optional `image/class/text`.
+
+    resnet-train data=tfrecord data.train_files='/data/train-*' data.eval_files='/data/validation-*'
+
+Streamed: the encoded images go to the pipeline, which decodes them fused with the crop as for
+ImageNet from tfds. Before training, one pass over each split reads only the labels (and texts):
+it counts the examples (a run's length needs them), checks every label against the class count,
+and names the classes from the records' texts when no labels file or class_names is given. TF's
+ImageNet scripts number the classes 1..1000: data.label_offset=1 makes them 0..999.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from resnet_train.data.info import DatasetInfo, Splits
+from resnet_train.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CYCLE = 16  # files read at once (interleaved): the read parallelism of a stream of many shards
+
+
+def match_files(pattern, key: str) -> list[str]:
+    """The sorted files of a glob (or a list of globs); none is an error naming the pattern."""
+    if not pattern:
+        raise DataError(f"data=tfrecord needs data.{key}=GLOB, the TFRecord files of that split")
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    files = sorted({f for p in patterns for f in glob.glob(str(Path(str(p)).expanduser()))})
+    if not files:
+        raise DataError(f"data.{key}={pattern} matches no file: give a glob of TFRecord files, e.g. '/data/train-*'")
+    return files
+
+
+def _features(cfg, with_image: bool) -> dict:
+    features = {cfg.label_key: tf.io.FixedLenFeature([], tf.int64)}
+    if with_image:
+        features[cfg.image_key] = tf.io.FixedLenFeature([], tf.string)
+    elif cfg.text_key:
+        features[cfg.text_key] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    return features
+
+
+def read(files, cfg, interleave: bool = False) -> tf.data.Dataset:
+    """(encoded image, label - label_offset) of the files, in the files' order (interleaved
+    CYCLE files at a time, deterministically, when `interleave`)."""
+    features = _features(cfg, with_image=True)
+    offset = int(cfg.label_offset)
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, features)
+        return example[cfg.image_key], example[cfg.label_key] - offset
+
+    names = tf.data.Dataset.from_tensor_slices(list(files))
+    if interleave and len(files) > 1:
+        records = names.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(CYCLE, len(files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        records = tf.data.TFRecordDataset(names, num_parallel_reads=None)
+    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def scan_labels(files, cfg, key: str):
+    """(labels after the offset, {label: text}) of every record; a record the parser rejects is
+    named by its file."""
+    features = _features(cfg, with_image=False)
+    labels, texts = [], {}
+    for path in files:
+        ds = tf.data.TFRecordDataset(path).map(lambda r: tf.io.parse_single_example(r, features))
+        ds = ds.batch(4096, num_parallel_calls=tf.data.AUTOTUNE)
+        try:
+            for batch in ds:
+                found = batch[cfg.label_key].numpy() - int(cfg.label_offset)
+                labels.append(found)
+                if cfg.text_key:
+                    for label, text in zip(found, batch[cfg.text_key].numpy()):
+                        texts.setdefault(int(label), text.decode("utf-8", "replace"))
+        except tf.errors.OpError as error:
+            reason = str(error).splitlines()[0][:200]
+            raise DataError(
+                f"{path} (data.{key}) is not a TFRecord file of tf.train.Example with an int64 "
+                f"{cfg.label_key!r} feature: {reason}"
+            ) from None
+    return (np.concatenate(labels) if labels else np.zeros(0, np.int64)), texts
+
+
+def given_names(cfg) -> list[str] | None:
+    """The class names from data.labels_file (one per line) or data.class_names, if given."""
+    if cfg.labels_file:
+        path = Path(str(cfg.labels_file)).expanduser()
+        try:
+            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except OSError as error:
+            raise DataError(f"data.labels_file={path} cannot be read ({error.strerror})") from None
+    return [str(n) for n in cfg.class_names] if cfg.class_names else None
+
+
+def _checked_labels(labels, num_classes: int, files, key: str, offset: int) -> None:
+    if len(labels) == 0:
+        raise DataError(f"data.{key} ({files[0]}, ...) holds no example")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise DataError(
+            f"labels in data.{key} start at {low + offset}, below data.label_offset={offset}: "
+            f"set data.label_offset={low + offset}"
+        )
+    if high >= num_classes:
+        hint = " (TF's ImageNet scripts number classes from 1: data.label_offset=1)" if high == num_classes else ""
+        raise DataError(
+            f"a label in data.{key} is {high + offset}, out of range for {num_classes} classes after "
+            f"data.label_offset={offset}{hint}"
+        )
+
+
+def load(cfg) -> Splits:
+    """`cfg`: the data group typed by TfrecordDataConfig."""
+    train_files = match_files(cfg.train_files, "train_files")
+    eval_files = match_files(cfg.eval_files, "eval_files")
+    train_labels, texts = scan_labels(train_files, cfg, "train_files")
+    eval_labels, _ = scan_labels(eval_files, cfg, "eval_files")
+    given = given_names(cfg)
+    top = int(max(train_labels.max(initial=0), eval_labels.max(initial=0)))
+    num_classes = cfg.num_classes or (len(given) if given else top + 1)
+    _checked_labels(train_labels, num_classes, train_files, "train_files", int(cfg.label_offset))
+    _checked_labels(eval_labels, num_classes, eval_files, "eval_files", int(cfg.label_offset))
+    if given and len(given) != num_classes:
+        where = "data.labels_file" if cfg.labels_file else "data.class_names"
+        raise DataError(f"{where} names {len(given)} classes, data.num_classes is {num_classes}")
+    names = given or [texts.get(i) or str(i) for i in range(num_classes)]
+    if int(cfg.label_offset) == 0 and not (train_labels == 0).any():
+        log.warning(
+            "No training example has label 0: if the classes are numbered from 1 (TF's ImageNet "
+            "scripts), set data.label_offset=1, or class 0 stays an empty class"
+        )
+    if cfg.mean is None or cfg.std is None:
+        log.warning("No data.mean / data.std for these TFRecords: using 127.5 / 64 (set them for better training)")
+    mean = tuple(float(m) for m in cfg.mean) if cfg.mean is not None else (127.5,) * 3
+    std = tuple(float(s) for s in cfg.std) if cfg.std is not None else (64.0,) * 3
+    log.info(
+        "TFRecords: %d classes, %d train examples in %d files, %d eval in %d files, decoded to %dx%d",
+        num_classes,
+        len(train_labels),
+        len(train_files),
+        len(eval_labels),
+        len(eval_files),
+        cfg.image_size,
+        cfg.image_size,
+    )
+    info = DatasetInfo(
+        name=cfg.name or Path(train_files[0]).parent.name or "tfrecord",
+        num_classes=num_classes,
+        image_shape=(cfg.image_size, cfg.image_size, 3),
+        train_size=len(train_labels),
+        test_size=len(eval_labels),
+        class_names=names,
+        mean=mean,
+        std=std,
+        encoded=True,
+    )
+
+    def train_for_epoch(seed: int, epoch: int):
+        # A new file order each epoch (the shuffle buffer mixes only nearby examples), seeded, so
+        # a resumed epoch reads the files in its own order again.
+        order = np.random.default_rng(int(seed) * 100_003 + int(epoch)).permutation(len(train_files))
+        return read([train_files[i] for i in order], cfg, interleave=True)
+
+    return Splits(read(train_files, cfg), read(eval_files, cfg), info, train_for_epoch=train_for_epoch)

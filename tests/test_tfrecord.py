@@ -1,0 +1,137 @@
+"""data=tfrecord: TFRecords of tf.train.Example in the layout TF's ImageNet scripts write,
+made here by the tests."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from resnet_train.errors import DataError
+
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+NAMES = ["red", "green", "blue"]
+
+
+def write_records(path, count, offset=1, shards=2, seed=0, size=(40, 30), with_text=True):
+    """`count` JPEG examples of three colour classes, labels numbered from `offset`, in `shards`
+    files named path-0000i-of-0000n."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(f"{path}-{i:05d}-of-{shards:05d}") for i in range(shards)]
+    for i in range(count):
+        label = i % 3
+        pixels = np.clip(np.array(COLOURS[label]) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+        feature = {
+            "image/encoded": tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()])
+            ),
+            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label + offset])),
+            "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"JPEG"])),
+        }
+        if with_text:
+            feature["image/class/text"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[NAMES[label].encode()]))
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        writers[i % shards].write(example.SerializeToString())
+    for writer in writers:
+        writer.close()
+
+
+@pytest.fixture
+def records(tmp_path):
+    write_records(tmp_path / "rec" / "train", 48, shards=3)
+    write_records(tmp_path / "rec" / "validation", 18, shards=2, seed=1)
+    return tmp_path / "rec"
+
+
+def _load(records, **overrides):
+    from helpers import compose
+
+    from resnet_train import data
+
+    args = [f"data.train_files={records}/train-*", f"data.eval_files={records}/validation-*", "data.image_size=16"]
+    return data.load(compose("data=tfrecord", *args, *[f"data.{k}={v}" for k, v in overrides.items()]).data)
+
+
+def test_records_load_with_the_label_offset_and_the_records_class_names(records):
+    splits = _load(records, label_offset=1)
+    info = splits.info
+    assert (info.num_classes, info.train_size, info.test_size) == (3, 48, 18)
+    assert info.class_names == NAMES and info.encoded
+    from resnet_train.data import pipeline
+
+    decode = pipeline.eval_preprocess(info)
+    for encoded, label in splits.test:
+        image = decode(encoded).numpy()
+        assert image.shape == (16, 16, 3)
+        assert int(np.argmax(image.reshape(-1, 3).mean(0))) == int(label)  # the colour is the class
+
+
+def test_each_epoch_reads_the_files_in_its_own_seeded_order(records):
+    splits = _load(records, label_offset=1)
+
+    def labels(epoch):
+        return [int(y) for _, y in splits.train_for_epoch(7, epoch)]
+
+    assert sorted(labels(0)) == sorted(labels(1)) and len(labels(0)) == 48
+    assert labels(0) == labels(0)  # a resumed epoch reads them in the same order again
+    assert any(labels(e) != labels(0) for e in range(1, 6))
+
+
+def test_labels_file_and_class_count(records, tmp_path):
+    names = tmp_path / "labels.txt"
+    names.write_text("cat\ndog\nfox\nyak\n")
+    info = _load(records, label_offset=1, labels_file=names).info
+    assert info.class_names == ["cat", "dog", "fox", "yak"] and info.num_classes == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"label_offset": 0, "num_classes": 3}, r"is 3, out of range for 3 classes after data.label_offset=0 "),
+        ({"label_offset": 2}, r"start at 1, below data.label_offset=2: set data.label_offset=1"),
+        ({"train_files": "/nonexistent/train-*"}, r"data.train_files=/nonexistent/train-\* matches no file"),
+        ({"label_offset": 1, "class_names": "[a,b]"}, r"a label in data.train_files is 3, out of range for 2 classes"),
+        ({"label_offset": 1, "num_classes": 3, "class_names": "[a,b]"}, r"names 2 classes, data.num_classes is 3"),
+    ],
+    ids=["offset-missing", "offset-too-large", "no-files", "too-few-names", "names-count"],
+)
+def test_bad_settings_fail_with_one_clear_line(records, overrides, message):
+    with pytest.raises(DataError, match=message):
+        _load(records, **overrides)
+
+
+def test_a_file_that_is_not_tfrecord_is_named(records):
+    (records / "train-99999-of-99999").write_bytes(b"not a tfrecord file at all, just bytes")
+    with pytest.raises(DataError, match=r"train-99999-of-99999 \(data.train_files\) is not a TFRecord file"):
+        _load(records, label_offset=1)
+
+
+def test_labels_numbered_from_one_without_the_offset_get_a_warning(records, caplog):
+    with caplog.at_level(logging.WARNING):
+        info = _load(records).info
+    assert info.num_classes == 4 and "set data.label_offset=1" in caplog.text
+
+
+def test_tfrecords_train_through_resnet_train(cli, records, tmp_path):
+    run = tmp_path / "run"
+    done = cli(
+        "data=tfrecord",
+        f"data.train_files={records}/train-*",
+        f"data.eval_files={records}/validation-*",
+        "data.label_offset=1",
+        "data.image_size=32",
+        "depth=8",
+        "epochs=2",
+        "batch_size=8",
+        "runtime=one_device",
+        "runtime.precision=float32",
+        f"hydra.run.dir={run}",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((run / "dataset.json").read_text())
+    assert info["class_names"] == NAMES and info["train_size"] == 48
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 2 * (48 // 8)
+    assert "TFRecords: 3 classes, 48 train examples in 3 files, 18 eval in 2 files" in (run / "train.log").read_text()
