@@ -194,3 +194,34 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0
     if steps:
         trainer.train_steps(iter(strategy.distribute_datasets_from_function(dataset_fn)), steps)
     return [v.numpy() for v in model.trainable_variables], trainer.train_metrics()
+
+
+# --- TFRecords in the layout TF's ImageNet scripts write (data=tfrecord) ---------------------
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+NAMES = ["red", "green", "blue"]
+
+
+def write_records(path, count, offset=1, shards=2, seed=0, size=(40, 30), with_text=True):
+    """`count` JPEG examples of three colour classes, labels numbered from `offset`, in `shards`
+    files named path-0000i-of-0000n."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(f"{path}-{i:05d}-of-{shards:05d}") for i in range(shards)]
+    for i in range(count):
+        label = i % 3
+        pixels = np.clip(np.array(COLOURS[label]) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+        feature = {
+            "image/encoded": tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()])
+            ),
+            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label + offset])),
+            "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"JPEG"])),
+        }
+        if with_text:
+            feature["image/class/text"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[NAMES[label].encode()]))
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        writers[i % shards].write(example.SerializeToString())
+    for writer in writers:
+        writer.close()

@@ -372,6 +372,15 @@ CASES = [
         {},
     ),
     (
+        "data.shard unknown",
+        "resnet-train",
+        [*TINY, "data.shard=workers"],
+        T + "data.shard must be batches (every worker reads all and keeps its slice of each batch) or "
+        "files (every worker reads only its own files) (got 'workers')",
+        "fresh",
+        {},
+    ),
+    (
         "init_from nothing",
         "resnet-train",
         [*TINY, "init_from={root}/no_such_run"],

@@ -40,3 +40,27 @@ def test_slurm_tf_config_from_hosts_and_procid(monkeypatch):
     assert conf == {"cluster": {"worker": ["node1:12345", "node2:12345"]}, "task": {"type": "worker", "index": 1}}
     with pytest.raises(ConfigError):
         cluster.slurm_tf_config([])
+
+
+def test_the_readme_slurm_line_prints_tf_config():
+    """README's SLURM script runs `python -m resnet_train.runtime.cluster $hosts` in each task."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    module = re.search(r"python -m ([\w.]+) \$hosts", readme).group(1)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "node1", "node2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_PROCID": "1"},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "cluster": {"worker": ["node1:12345", "node2:12345"]},
+        "task": {"type": "worker", "index": 1},
+    }

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import CLI, ROOT, TINY, compose, file_digests
+from helpers import CLI, ROOT, TINY, compose, file_digests, write_records
 
 from resnet_train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from resnet_train.training.loop import train_and_evaluate
@@ -315,3 +315,32 @@ def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_ha
     assert outputs[1][0] == EXIT_WORKER_LOST, outputs[1][2][-2000:]
     (line,) = messages(outputs[1][2])
     assert "lost contact with another worker" in line and "Traceback" not in outputs[1][2]
+
+
+def test_with_data_shard_files_each_worker_reads_only_its_own_files(tmp_path):
+    """data=tfrecord in 4 files, data.shard=files: in each epoch worker 0 reads 2 files and worker 1
+    the other 2 (their logs name them), and both step together to the run's end."""
+    records, run, tmp = tmp_path / "rec", tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    write_records(records / "train", 64, shards=4)
+    write_records(records / "val", 12, shards=1, seed=1)
+    data = (
+        "data=tfrecord",
+        f"data.train_files={records}/train-*",
+        f"data.eval_files={records}/val-*",
+        "data.label_offset=1",
+        "data.image_size=32",
+        "data.shard=files",
+    )
+    for code, out, err in run_two_workers(run, tmp, *data, "depth=8", "epochs=2"):
+        assert code == 0, err[-3000:]
+    assert json.loads((run / "results.json").read_text())["steps"] == 2 * (64 // 32)
+    pattern = re.compile(r"input pipeline (\d) of 2 reads 2 of 4 training files in epoch (\d) \(([^)]*)\)")
+    read = {}  # (epoch, worker) -> the files it read
+    for log in (run / "train.log", run / "train_worker1.log"):
+        for worker, epoch, files in pattern.findall(log.read_text()):
+            read[(int(epoch), int(worker))] = set(files.split(", "))
+    assert sorted(read) == [(1, 1), (1, 2), (2, 1), (2, 2)], read
+    for epoch in (1, 2):
+        assert not read[(epoch, 1)] & read[(epoch, 2)]
+        assert len(read[(epoch, 1)] | read[(epoch, 2)]) == 4

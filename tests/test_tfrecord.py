@@ -6,36 +6,9 @@ import logging
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from helpers import NAMES, write_records
 
 from resnet_train.errors import DataError
-
-COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
-NAMES = ["red", "green", "blue"]
-
-
-def write_records(path, count, offset=1, shards=2, seed=0, size=(40, 30), with_text=True):
-    """`count` JPEG examples of three colour classes, labels numbered from `offset`, in `shards`
-    files named path-0000i-of-0000n."""
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writers = [tf.io.TFRecordWriter(f"{path}-{i:05d}-of-{shards:05d}") for i in range(shards)]
-    for i in range(count):
-        label = i % 3
-        pixels = np.clip(np.array(COLOURS[label]) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
-        feature = {
-            "image/encoded": tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()])
-            ),
-            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label + offset])),
-            "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"JPEG"])),
-        }
-        if with_text:
-            feature["image/class/text"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[NAMES[label].encode()]))
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
-        writers[i % shards].write(example.SerializeToString())
-    for writer in writers:
-        writer.close()
 
 
 @pytest.fixture
@@ -135,3 +108,40 @@ def test_tfrecords_train_through_resnet_train(cli, records, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 2 * (48 // 8)
     assert "TFRecords: 3 classes, 48 train examples in 3 files, 18 eval in 2 files" in (run / "train.log").read_text()
+
+
+# --- data.shard=files: each input pipeline its own files ----------------------------------------
+def test_each_input_pipeline_reads_its_own_files_of_the_epoch(records):
+    splits = _load(records, label_offset=1)
+    for epoch in (0, 1):
+        parts = [sorted(int(y) for _, y in splits.train_shard(7, epoch, 3, i)) for i in range(3)]
+        assert sorted(sum(parts, [])) == sorted(int(y) for _, y in splits.train)  # all, each once
+        assert all(len(p) == 16 for p in parts)  # one file each (48 examples in 3 files)
+    with pytest.raises(DataError, match="data.shard=files gives each of 4 input pipelines its own files"):
+        splits.train_shard(7, 0, 4, 0)
+
+
+def test_sharded_pipelines_step_together_on_uneven_files_and_resume_exactly(tmp_path):
+    """Files of 10, 14 and 24 examples over 2 pipelines: each makes the epoch's 48 // 8 = 6 batches
+    of 4 from its own examples (repeating them when it has fewer), and a resumed epoch continues
+    where it stopped."""
+    from resnet_train.data import pipeline
+
+    for name, count in (("a", 10), ("b", 14), ("c", 24)):
+        write_records(tmp_path / name, count, shards=1, seed=len(name) + count)
+    cfg = [f"data.train_files=[{tmp_path}/a-*,{tmp_path}/b-*,{tmp_path}/c-*]", f"data.eval_files={tmp_path}/a-*"]
+    from helpers import compose
+
+    from resnet_train import data
+
+    splits = data.load(compose("data=tfrecord", "data.image_size=16", "data.label_offset=1", *cfg).data)
+    assert splits.info.train_size == 48
+
+    def batches(index, skip=0):
+        part = splits.train_shard(3, 1, 2, index)
+        ds = pipeline.train_batches(part, 48, 8, 3, 1, skip_batches=skip, pipelines=2, pipeline_id=index, sharded=True)
+        return [(list(x.numpy()), y.numpy().tolist()) for x, y in ds]  # encoded JPEGs
+
+    first, second = batches(0), batches(1)
+    assert len(first) == len(second) == 6 and all(len(y) == 4 for _, y in first + second)
+    assert batches(1, skip=4) == second[4:]

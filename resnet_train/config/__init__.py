@@ -88,6 +88,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"augment.label_smoothing must be in [0, 1) (got {cfg.augment.label_smoothing:g})")
     if cfg.ema.decay is not None and not 0.0 < cfg.ema.decay < 1.0:
         raise ConfigError(f"ema.decay must be in (0, 1), e.g. 0.999 (got {cfg.ema.decay:g})")
+    if cfg.data.shard not in ("batches", "files"):
+        raise ConfigError(
+            f"data.shard must be batches (every worker reads all and keeps its slice of each batch) or "
+            f"files (every worker reads only its own files) (got {cfg.data.shard!r})"
+        )
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
     # A warm-up longer than the run, where comparable before the data is read (same units).

@@ -23,6 +23,9 @@ class DataConfig:
     val_split: Any = with_hint("a fraction of train (0.1) or a count of images (5000)", None)
     # An integer; "legacy" only for runs made before split_seed existed (run_dir.RUN_OWNED).
     split_seed: Any = 0
+    # Several input pipelines (workers): each reads all and keeps its slice of every global batch
+    # (batches: the batches of one process), or reads only its own 1/N of the files (files).
+    shard: str = with_hint("batches | files", "batches")
     shuffle_buffer: Optional[int] = None  # null: the whole training set in memory, 10,000 streamed images
 
 

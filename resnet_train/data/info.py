@@ -42,7 +42,16 @@ class Splits:
     # of that (seed, epoch), so that every epoch reads the files in another order, and a resumed
     # epoch in the same one. None: `train` is read in the same order every epoch (in-memory data is
     # shuffled whole by the pipeline).
-    train_for_epoch: Callable[[int, int], tf.data.Dataset] | None = None
+    # It takes a shard (count, index): that input pipeline's files only (data.shard=files).
+    train_for_epoch: Callable[..., tf.data.Dataset] | None = None
+
+    def train_shard(self, seed: int, epoch: int, count: int, index: int) -> tf.data.Dataset:
+        """Input pipeline `index` of `count`'s own part of the training data (data.shard=files):
+        streamed sources give it 1/count of their files; in-memory data and a folder's list of
+        files, every count-th example."""
+        if self.train_for_epoch:
+            return self.train_for_epoch(seed, epoch, (count, index))
+        return self.train.shard(count, index)
 
 
 def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -55,6 +55,7 @@ def training_stream(
     pipeline_id: int = 0,
     replica_batch: int | None = None,
     load=None,
+    sharded: bool = False,
 ) -> tf.data.Dataset:
     """Epochs `first_epoch`..`epochs - 1` in one pipeline: each epoch's batches as train_batches
     makes them for that epoch alone (the first one starting `skip_batches` in), one after another.
@@ -67,6 +68,9 @@ def training_stream(
 
     `load` (file_loader) turns a stored element into the image, after the skip and the worker's
     filter, so a file is read only by the worker that trains on it and never for skipped batches.
+
+    `sharded` (data.shard=files): `ds` is this pipeline's own part (Splits.train_shard), shuffled
+    alone and repeated to the epoch's size // batch_size batches (workers step together).
     """
     per_pipeline = batch_size // pipelines
     replica_batch = replica_batch or per_pipeline
@@ -75,11 +79,8 @@ def training_stream(
     def one_epoch(epoch):
         skip = tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
         with _seeded_by_op_only():
-            d = ds.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False).enumerate()
-        d = d.take((size // batch_size) * batch_size)  # whole global batches only, on every worker
-        d = d.skip(skip * batch_size)
-        if pipelines > 1:
-            d = d.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
+            d = ds.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False)
+        d = _this_pipelines_examples(d, size, batch_size, skip, pipelines, pipeline_id, sharded)
         if load is not None:
             d = d.map(lambda i, xy: (i, (load(xy[0]), xy[1])), num_parallel_calls=AUTOTUNE)
         if augment is not None:
@@ -98,6 +99,20 @@ def training_stream(
         return d
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+def _this_pipelines_examples(d, size, batch_size, skip, pipelines, pipeline_id, sharded):
+    """(index, example) of the shuffled epoch `d` that this pipeline trains on, from batch `skip`
+    on; an example's index (its randomness) is unique over the pipelines."""
+    per_pipeline = batch_size // pipelines
+    if sharded:  # its own examples, repeated to the epoch's steps
+        d = d.repeat().take((size // batch_size) * per_pipeline).skip(skip * per_pipeline).enumerate()
+        return d.map(lambda i, xy: ((i + skip * per_pipeline) * pipelines + pipeline_id, xy))
+    d = d.enumerate().take((size // batch_size) * batch_size)  # whole global batches, on every worker
+    d = d.skip(skip * batch_size)
+    if pipelines > 1:  # its slice of each global batch
+        d = d.filter(lambda i, xy: (i % batch_size) // per_pipeline == pipeline_id)
+    return d
 
 
 @contextlib.contextmanager

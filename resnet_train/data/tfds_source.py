@@ -148,14 +148,16 @@ def load(
 def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> Splits:
     import tensorflow_datasets as tfds
 
-    def read(split, file_seed=None):
+    def read(split, file_seed=None, shard=(1, 0)):
         if split not in builder.info.splits:
             raise DataError(
                 f"{name} in {builder.data_dir} has no {split!r} split (it has {', '.join(builder.info.splits)})"
             )
         # With a file_seed, the files are read in an order of that seed (tfds shuffles its file list
         # with it; a seeded shuffle keeps the interleave deterministic, so exact resumes hold).
-        config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False)
+        # With a shard (count, index) of data.shard=files, tfds gives this input pipeline its files.
+        context = tf.distribute.InputContext(shard[0], shard[1]) if shard[0] > 1 else None
+        config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False, input_context=context)
         # Encoded bytes: decoding happens in the pipeline, fused with the crop (decode_and_crop_jpeg).
         ds = builder.as_dataset(
             split=split,
@@ -166,10 +168,10 @@ def _streamed(builder, name, mean, std, train_split, test_split, image_size) -> 
         )
         return ds, builder.info.splits[split].num_examples
 
-    def train_for_epoch(seed: int, epoch: int):
+    def train_for_epoch(seed: int, epoch: int, shard=(1, 0)):
         # The pipeline's shuffle buffer (10k of ImageNet's 1.28M) only mixes nearby examples: without
         # a new file order each epoch, every epoch would see nearly the same sequence.
-        return read(train_split, file_seed=int(seed) * 100_003 + int(epoch))[0]
+        return read(train_split, file_seed=int(seed) * 100_003 + int(epoch), shard=shard)[0]
 
     (train, train_size), (test, test_size) = read(train_split), read(test_split)
     if mean is None or std is None:

@@ -122,12 +122,8 @@ def _checked_labels(labels, num_classes: int, files, key: str, offset: int) -> N
         )
 
 
-def load(cfg) -> Splits:
-    """`cfg`: the data group typed by TfrecordDataConfig."""
-    train_files = match_files(cfg.train_files, "train_files")
-    eval_files = match_files(cfg.eval_files, "eval_files")
-    train_labels, texts = scan_labels(train_files, cfg, "train_files")
-    eval_labels, _ = scan_labels(eval_files, cfg, "eval_files")
+def _classes(cfg, train_labels, eval_labels, texts, train_files, eval_files) -> tuple[int, list[str]]:
+    """(the class count, the class names), every label checked against the count."""
     given = given_names(cfg)
     top = int(max(train_labels.max(initial=0), eval_labels.max(initial=0)))
     num_classes = cfg.num_classes or (len(given) if given else top + 1)
@@ -142,6 +138,16 @@ def load(cfg) -> Splits:
             "No training example has label 0: if the classes are numbered from 1 (TF's ImageNet "
             "scripts), set data.label_offset=1, or class 0 stays an empty class"
         )
+    return num_classes, names
+
+
+def load(cfg) -> Splits:
+    """`cfg`: the data group typed by TfrecordDataConfig."""
+    train_files = match_files(cfg.train_files, "train_files")
+    eval_files = match_files(cfg.eval_files, "eval_files")
+    train_labels, texts = scan_labels(train_files, cfg, "train_files")
+    eval_labels, _ = scan_labels(eval_files, cfg, "eval_files")
+    num_classes, names = _classes(cfg, train_labels, eval_labels, texts, train_files, eval_files)
     if cfg.mean is None or cfg.std is None:
         log.warning("No data.mean / data.std for these TFRecords: using 127.5 / 64 (set them for better training)")
     mean = tuple(float(m) for m in cfg.mean) if cfg.mean is not None else (127.5,) * 3
@@ -168,10 +174,28 @@ def load(cfg) -> Splits:
         encoded=True,
     )
 
-    def train_for_epoch(seed: int, epoch: int):
+    def train_for_epoch(seed: int, epoch: int, shard=(1, 0)):
         # A new file order each epoch (the shuffle buffer mixes only nearby examples), seeded, so
-        # a resumed epoch reads the files in its own order again.
+        # a resumed epoch reads the files in its own order again. data.shard=files: this input
+        # pipeline's part of that order, every count-th file from its index.
+        count, index = shard
+        if count > len(train_files):
+            raise DataError(
+                f"data.shard=files gives each of {count} input pipelines its own files, and data.train_files "
+                f"has {len(train_files)}: write the data in more files, or use data.shard=batches"
+            )
         order = np.random.default_rng(int(seed) * 100_003 + int(epoch)).permutation(len(train_files))
-        return read([train_files[i] for i in order], cfg, interleave=True)
+        files = [train_files[i] for i in order[index::count]]
+        if count > 1:
+            log.info(
+                "data.shard=files: input pipeline %d of %d reads %d of %d training files in epoch %d (%s)",
+                index + 1,
+                count,
+                len(files),
+                len(train_files),
+                epoch + 1,
+                ", ".join(Path(f).name for f in files[:8]) + (", ..." if len(files) > 8 else ""),
+            )
+        return read(files, cfg, interleave=True)
 
     return Splits(read(train_files, cfg), read(eval_files, cfg), info, train_for_epoch=train_for_epoch)

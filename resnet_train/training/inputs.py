@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import tensorflow as tf
+
 from resnet_train import config as config_lib
 from resnet_train import data as data_lib
 from resnet_train.data import pipeline
@@ -53,23 +55,7 @@ def make(cfg, workdir: Path, rt) -> Input:
             total_steps - (epochs - 1) * steps_per_epoch,
             cfg.epochs,
         )
-    # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
-    eval_split = "val" if splits.val is not None else "test"
-    if eval_split == "test":
-        log.info(
-            "No validation split (data.val_split): the per-epoch test figures are for watching only; no "
-            "best checkpoint is chosen on them, and the tools use the final checkpoint"
-        )
-
-    def distribute_eval(ds, size):
-        batches = pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
-        return strategy.experimental_distribute_dataset(batches)
-
-    eval_ds = (
-        distribute_eval(splits.val, info.val_size)
-        if splits.val is not None
-        else distribute_eval(splits.test, info.test_size)
-    )
+    eval_split, eval_ds, distribute_eval = _evaluation(cfg, splits, strategy)
     shuffle_buffer = cfg.data.shuffle_buffer or (info.train_size if not info.encoded else 10_000)
     log.info(
         "Global batch %d = %d replica(s) x %d; shuffle buffer %d of %d training examples",
@@ -93,6 +79,33 @@ def make(cfg, workdir: Path, rt) -> Input:
     )
 
 
+def _evaluation(cfg, splits, strategy):
+    """(the split evaluated each epoch, its distributed batches, distribute_eval(ds, size))."""
+    info = splits.info
+    # Per-epoch evaluation on the validation split when one is carved out, else on the test set.
+    eval_split = "val" if splits.val is not None else "test"
+    if eval_split == "test":
+        log.info(
+            "No validation split (data.val_split): the per-epoch test figures are for watching only; no "
+            "best checkpoint is chosen on them, and the tools use the final checkpoint"
+        )
+
+    def distribute_eval(ds, size):
+        batches = pipeline.eval_batches(ds, cfg.batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
+        # Every worker its share of each padded batch, as for in-memory data: left to AUTO, data read
+        # from files (TFRecords, tfds) would be split by file, unevenly or not at all.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return strategy.experimental_distribute_dataset(batches.with_options(options))
+
+    eval_ds = (
+        distribute_eval(splits.val, info.val_size)
+        if splits.val is not None
+        else distribute_eval(splits.test, info.test_size)
+    )
+    return eval_split, eval_ds, distribute_eval
+
+
 def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -> Callable:
     """epoch_batches(epoch, skip): an iterator whose next batches are `epoch`'s, from batch `skip`
     on. In-memory data: one iterator over every epoch left, made at the first call and returned
@@ -107,37 +120,23 @@ def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -
             return stream[0]
 
         def dataset_fn(ctx):  # a tf.distribute.InputContext
+            sharded = cfg.data.shard == "files" and ctx.num_input_pipelines > 1
             shards = dict(
                 shuffle_buffer=shuffle_buffer,
                 pipelines=ctx.num_input_pipelines,
                 pipeline_id=ctx.input_pipeline_id,
                 replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size),
                 load=pipeline.file_loader(info),
+                sharded=sharded,
             )
+            args = (info.train_size, cfg.batch_size, cfg.seed, epoch)
+            if sharded:  # this pipeline's own files (a folder's files, every N-th in-memory example)
+                source = splits.train_shard(cfg.seed, epoch, ctx.num_input_pipelines, ctx.input_pipeline_id)
+            else:
+                source = splits.train_for_epoch(cfg.seed, epoch) if splits.train_for_epoch else splits.train
             if splits.train_for_epoch:  # streamed files, ordered per epoch in Python: a pipeline per epoch
-                return pipeline.train_batches(
-                    splits.train_for_epoch(cfg.seed, epoch),
-                    info.train_size,
-                    cfg.batch_size,
-                    cfg.seed,
-                    epoch,
-                    augment,
-                    batch_augment,
-                    skip_batches=skip,
-                    **shards,
-                )
-            return pipeline.training_stream(
-                splits.train,
-                info.train_size,
-                cfg.batch_size,
-                cfg.seed,
-                epoch,
-                epochs,
-                augment,
-                batch_augment,
-                skip_batches=skip,
-                **shards,
-            )
+                return pipeline.train_batches(source, *args, augment, batch_augment, skip_batches=skip, **shards)
+            return pipeline.training_stream(source, *args, epochs, augment, batch_augment, skip_batches=skip, **shards)
 
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
         if not splits.train_for_epoch:
