@@ -161,7 +161,8 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0
     """A conv model without batch norm (so that replicas compute exactly the one-device
     gradient), trained `steps` steps through our pipeline and Trainer on synthetic data.
     Returns (its trainable weights, the train metrics). `optimizer`: a function making one
-    (default SGD lr 0.5, momentum 0.9); `trainer_args` go to the Trainer."""
+    (default SGD lr 0.5, momentum 0.9); `trainer_args` go to the Trainer (with accumulate_steps,
+    `global_batch` is the micro-batch: each step takes that many of them)."""
     import keras
 
     from resnet_train.data import pipeline, synthetic
@@ -179,11 +180,13 @@ def train_small_model(strategy, steps=4, global_batch=16, optimizer=None, seed=0
     trainer = Trainer(model, opt, strategy, global_batch, num_classes=4, **trainer_args)
     data = synthetic.load(image_shape=(8, 8, 3), num_classes=4, train_size=64, test_size=8, seed=seed)
 
+    accumulate = trainer_args.get("accumulate_steps", 1)
+
     def dataset_fn(ctx):
         return pipeline.train_batches(
             data.train,
             64,
-            global_batch,
+            global_batch * accumulate,
             0,
             0,
             pipelines=ctx.num_input_pipelines,

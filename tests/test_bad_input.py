@@ -287,7 +287,7 @@ CASES = [
         "batch larger than the data",
         "resnet-train",
         [*TINY, "batch_size=4096"],
-        T + "batch_size=4096 is larger than the 128 training images of digits: choose batch_size <= 128",
+        T + "batch_size=4096 is larger than the 128 training images of digits: choose a batch of at most 128 images",
         "fresh",
         {},
     ),

@@ -82,6 +82,7 @@ def validate(cfg) -> None:
 
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number (got {cfg.optimizer.lr:g})")
+    _at_least("optimizer.accumulate_steps", cfg.optimizer.accumulate_steps, 1)
     if cfg.optimizer.weight_decay < 0:
         raise ConfigError(f"optimizer.weight_decay must be >= 0 (got {cfg.optimizer.weight_decay:g})")
     if not 0.0 <= cfg.augment.label_smoothing < 1.0:
@@ -142,12 +143,23 @@ def _checkpoint(c) -> None:
         raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {c.every_steps!r})")
 
 
+def step_batch(cfg) -> int:
+    """The examples of one optimizer step: batch_size x optimizer.accumulate_steps micro-batches.
+    The run's length, the lr scaling rule and images/s count these."""
+    return cfg.batch_size * cfg.optimizer.accumulate_steps
+
+
 def check_against_data(cfg, info) -> None:
     """Checks that need the dataset's sizes."""
-    if cfg.batch_size > info.train_size:
+    if step_batch(cfg) > info.train_size:
+        accumulated = (
+            f" x optimizer.accumulate_steps={cfg.optimizer.accumulate_steps}"
+            if cfg.optimizer.accumulate_steps > 1
+            else ""
+        )
         raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the {info.train_size} training images of "
-            f"{info.name}: choose batch_size <= {info.train_size}"
+            f"batch_size={cfg.batch_size}{accumulated} is larger than the {info.train_size} training images of "
+            f"{info.name}: choose a batch of at most {info.train_size} images"
         )
 
 

@@ -51,6 +51,9 @@ class OptimizerConfig:
     weight_decay_mode: str = "coupled"
     decay_bn: bool = False
     clip_norm: Optional[float] = None
+    # Micro-batches of batch_size per optimizer step (gradient accumulation): the effective batch
+    # is batch_size x accumulate_steps; batch norm sees the micro-batches.
+    accumulate_steps: int = 1
 
 
 @dataclass

@@ -75,3 +75,10 @@ def initialise_from(model, init_from, class_names=None) -> dict:
             )
     log.info("Initialised from %s: %d layers loaded; new: %s", checkpoint, len(loaded), ", ".join(new) or "none")
     return {"checkpoint": checkpoint, "loaded": loaded, "new": new}
+
+
+def head_gradient_scales(model, head_lr_mult: float) -> list[float]:
+    """finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
+    momentum, decay included) is exactly a larger learning rate for those variables."""
+    head = {id(v) for v in model.get_layer(names.HEAD).trainable_variables} if head_lr_mult != 1.0 else set()
+    return [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]

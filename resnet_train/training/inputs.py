@@ -42,7 +42,7 @@ def make(cfg, workdir: Path, rt) -> Input:
     info = splits.info
     config_lib.check_against_data(cfg, info)
     run_dir.check_same_data(workdir, info)  # a resume finds its own dataset, wherever it now lives
-    steps_per_epoch = info.train_size // cfg.batch_size
+    steps_per_epoch = info.train_size // config_lib.step_batch(cfg)  # optimizer steps
     # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
     # warm-up longer than the run is refused here when its units differ from the run's.
     epochs, total_steps = schedules.run_length(cfg, steps_per_epoch)
@@ -129,7 +129,8 @@ def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -
                 load=pipeline.file_loader(info),
                 sharded=sharded,
             )
-            args = (info.train_size, cfg.batch_size, cfg.seed, epoch)
+            # Whole optimizer steps (accumulated micro-batches) per epoch; batches of micro-batches.
+            args = (info.train_size, config_lib.step_batch(cfg), cfg.seed, epoch)
             if sharded:  # this pipeline's own files (a folder's files, every N-th in-memory example)
                 source = splits.train_shard(cfg.seed, epoch, ctx.num_input_pipelines, ctx.input_pipeline_id)
             else:

@@ -146,7 +146,7 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
         bar.update(done)
         if not bar.disable:
             current = trainer.train_metrics()
-            rate = (bar.n - skip) * cfg.batch_size / (time.perf_counter() - t0)
+            rate = (bar.n - skip) * config_lib.step_batch(cfg) / (time.perf_counter() - t0)
             bar.set_postfix(
                 loss=f"{current['loss']:.3f}",
                 acc=f"{current['accuracy']:.3f}",
@@ -157,7 +157,7 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
     seconds = time.perf_counter() - t0
     bar.close()
     return {
-        "images": (end - epoch * run.steps_per_epoch - skip) * cfg.batch_size,
+        "images": (end - epoch * run.steps_per_epoch - skip) * config_lib.step_batch(cfg),
         "seconds": seconds,
         "in_steps": in_steps,
         "made": made,

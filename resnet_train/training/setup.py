@@ -119,12 +119,16 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
 
 
 def _log_model(cfg, model, params: int, data: Input) -> None:
-    info, lr = data.info, optim.effective_lr(cfg.optimizer, cfg.batch_size)
+    step_batch = config_lib.step_batch(cfg)
+    info, lr = data.info, optim.effective_lr(cfg.optimizer, step_batch)
     held_out = f"{info.val_size} val / " if info.val_size else ""
     log.info("Model %s: %s parameters; %s: %d train / %s%d test images, %d steps/epoch; lr %.4g (optimizer.lr %g "
              "per %d images x batch %d)", model.name, f"{params:,}", info.name, info.train_size, held_out,
              info.test_size, data.steps_per_epoch, lr, cfg.optimizer.lr,
-             optim.lr_reference(cfg.optimizer, cfg.batch_size), cfg.batch_size)  # fmt: skip
+             optim.lr_reference(cfg.optimizer, step_batch), step_batch)  # fmt: skip
+    if cfg.optimizer.accumulate_steps > 1:
+        log.info("Gradient accumulation: %d micro-batches of %d per optimizer step (batch norm sees %d)",
+                 cfg.optimizer.accumulate_steps, cfg.batch_size, cfg.batch_size)  # fmt: skip
 
 
 def _runtime(cfg, workdir: Path, stop: StopRequests):
@@ -161,7 +165,7 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
     with rt.strategy.scope():
         model = models.from_config(cfg.model, info)
         models.freeze(model, ft.freeze)  # before the optimizer sees the variables
-        lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
+        lr = optim.effective_lr(cfg.optimizer, config_lib.step_batch(cfg))
         schedule = schedules.lr_schedule(cfg.schedule, lr, data.total_steps, data.steps_per_epoch)
         optimizer = optim.build_optimizer(
             cfg.optimizer,
@@ -184,6 +188,7 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
         label_smoothing=cfg.augment.label_smoothing,
         xla=xla,
         max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0),
+        accumulate_steps=cfg.optimizer.accumulate_steps,
     )
     return model, optimizer, trainer
 

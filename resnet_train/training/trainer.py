@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from resnet_train.models import names
 from resnet_train.optim import clip_by_global_norm, decayed
+from resnet_train.training.finetune import head_gradient_scales
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -22,13 +22,6 @@ def top_k(num_classes: int) -> int:
     """The k of the top-k accuracy every report gives (metric f"top{k}"): 5, or every class when
     there are fewer (top-5 of 4 classes would always be 1)."""
     return min(5, num_classes)
-
-
-def _gradient_scales(model, head_lr_mult: float) -> list[float]:
-    """finetune.head_lr_mult: the head's gradients are scaled, which for SGD (with or without
-    momentum, decay included) is exactly a larger learning rate for those variables."""
-    head = {id(v) for v in model.get_layer(names.HEAD).trainable_variables} if head_lr_mult != 1.0 else set()
-    return [head_lr_mult if id(v) in head else 1.0 for v in model.trainable_variables]
 
 
 def _per_replica_bn_statistics(model, strategy) -> list:
@@ -45,6 +38,12 @@ def _per_replica_bn_statistics(model, strategy) -> list:
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
     ]
     return [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+
+
+def _correct(labels, logits):
+    """Examples whose top prediction is the label (with soft labels: the label of most weight)."""
+    hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(hard, tf.int64)), tf.float32))
 
 
 class Trainer:
@@ -64,15 +63,17 @@ class Trainer:
         head_lr_mult: float = 1.0,
         max_nonfinite_steps: int = 0,
         clip_norm: float | None = None,
+        accumulate_steps: int = 1,
     ):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
-        self.global_batch_size = int(global_batch_size)
+        self.global_batch_size = int(global_batch_size)  # of one micro-batch
+        self.accumulate_steps = int(accumulate_steps)
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm  # global norm of the summed, unscaled gradient (optim.clip_by_global_norm)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
-        self.grad_scale = _gradient_scales(model, head_lr_mult)
+        self.grad_scale = head_gradient_scales(model, head_lr_mult)
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
@@ -122,10 +123,30 @@ class Trainer:
                 loss = self.optimizer.scale_loss(loss)
         return tape.gradient(loss, variables), logits, per_example
 
-    def _replica_step(self, images, labels):
-        labels = tf.convert_to_tensor(labels)
+    def _accumulated(self, micro_batches):
+        """The mean gradient over the optimizer step's micro-batches (the gradient of the mean loss
+        over all their examples, decay term once), and their summed loss, correct and count. Each
+        micro-batch's forward pass waits for the previous one's gradients, so only one micro-batch's
+        activations are alive at a time (the point of accumulating)."""
+        total = loss_sum = correct = count = None
+        for images, labels in micro_batches:
+            labels = tf.convert_to_tensor(labels)
+            with tf.control_dependencies([g for g in total or [] if g is not None]):
+                grads, logits, per_example = self._gradients(images, labels)
+            sums = (tf.reduce_sum(per_example), _correct(labels, logits), tf.cast(tf.shape(labels)[0], tf.float32))
+            if total is None:
+                total, (loss_sum, correct, count) = grads, sums
+            else:
+                total = [None if g is None else a + g for a, g in zip(total, grads)]
+                loss_sum, correct, count = loss_sum + sums[0], correct + sums[1], count + sums[2]
+        steps = float(len(micro_batches))
+        return [None if g is None else g / steps for g in total], loss_sum, correct, count
+
+    def _replica_step(self, *micro_batches):
+        """One optimizer step on this replica's part of `micro_batches` ((images, labels) pairs:
+        one, or optimizer.accumulate_steps of them)."""
         variables = self.model.trainable_variables
-        grads, logits, per_example = self._gradients(images, labels)
+        grads, loss_sum, correct, count = self._accumulated(micro_batches)
         if self.clip_norm:
             # Clipping all-reduces the gradients: a non-finite one anywhere makes every replica's NaN.
             grads = clip_by_global_norm(grads, self.clip_norm, getattr(self.optimizer, "dynamic_scale", None))
@@ -134,13 +155,10 @@ class Trainer:
             grads, bad_grads = self._poisoned_everywhere_if_any_replica_overflowed(grads)
         grads = [g * s if s != 1.0 else g for g, s in zip(grads, self.grad_scale)]
         self.optimizer.apply_gradients(zip(grads, variables))
-        # With soft labels, "correct" means the top prediction is the label with the most weight.
-        hard = labels if labels.dtype.is_integer else tf.argmax(labels, -1)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(hard, tf.int64)), tf.float32))
         if bad_grads is None:
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
             bad_grads = 1.0 - tf.cast(finite, tf.float32)
-        return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32), bad_grads
+        return loss_sum, correct, count, bad_grads
 
     def _poisoned_everywhere_if_any_replica_overflowed(self, grads):
         """Every replica and worker takes the same skip decision under loss scaling.
@@ -169,10 +187,10 @@ class Trainer:
         stop = self.strategy.reduce(SUM, self.strategy.run(lambda: tf.identity(stop_requested)), axis=None) > 0
         done = tf.constant(0, tf.int32)
         for _ in tf.range(steps):
-            images, labels = next(iterator)
+            micro_batches = tuple(next(iterator) for _ in range(self.accumulate_steps))
             loss, correct, count, bad_grads = (
                 self.strategy.reduce(SUM, r, axis=None)
-                for r in self.strategy.run(self._replica_step, args=(images, labels))
+                for r in self.strategy.run(self._replica_step, args=micro_batches)
             )
             done += 1
             if tf.math.is_finite(loss) and bad_grads == 0.0:
