@@ -94,6 +94,10 @@ def validate(cfg) -> None:
             f"data.shard must be batches (every worker reads all and keeps its slice of each batch) or "
             f"files (every worker reads only its own files) (got {cfg.data.shard!r})"
         )
+    if cfg.data.sampling not in ("natural", "balanced"):
+        raise ConfigError(
+            f"data.sampling must be natural or balanced (each class equally often) (got {cfg.data.sampling!r})"
+        )
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
     # A warm-up longer than the run, where comparable before the data is read (same units).
@@ -139,6 +143,10 @@ def _checkpoint(c) -> None:
             f"checkpoint.keep must be an integer >= 2, so that a damaged newest checkpoint "
             f"has a fallback (got {c.keep!r})"
         )
+    from resnet_train.report.class_metrics import BEST_METRICS
+
+    if c.best_metric not in BEST_METRICS:
+        raise ConfigError(f"checkpoint.best_metric must be one of {', '.join(BEST_METRICS)} (got {c.best_metric!r})")
     if c.every_steps is not None and c.every_steps < 1:
         raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {c.every_steps!r})")
 

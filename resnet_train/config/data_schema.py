@@ -26,6 +26,9 @@ class DataConfig:
     # Several input pipelines (workers): each reads all and keeps its slice of every global batch
     # (batches: the batches of one process), or reads only its own 1/N of the files (files).
     shard: str = with_hint("batches | files", "batches")
+    # Imbalanced classes: weights in the loss (auto: inverse frequency) and/or balanced sampling.
+    class_weights: Any = with_hint("null, auto or a list of one weight per class", None)
+    sampling: str = with_hint("natural | balanced (each class equally often, seeded per epoch)", "natural")
     shuffle_buffer: Optional[int] = None  # null: the whole training set in memory, 10,000 streamed images
 
 

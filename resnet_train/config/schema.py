@@ -178,6 +178,7 @@ class RuntimeConfig:
 class CheckpointConfig:
     keep: int = 3
     every_steps: Optional[int] = None
+    best_metric: str = with_hint("accuracy | balanced_accuracy | macro_f1", "accuracy")  # chooses best/
 
 
 @dataclass

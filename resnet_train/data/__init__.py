@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from resnet_train.data.info import DatasetInfo, Splits
 from resnet_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["load", "DatasetInfo", "Splits"]
 
@@ -19,6 +23,23 @@ def load(cfg) -> Splits:
     splits = select_classes(splits, cfg.classes)
     splits = _limited(splits, cfg.limit_train, cfg.limit_test)
     return carve_validation(splits, cfg.val_split, cfg.split_seed)
+
+
+def class_counts(splits: Splits) -> list[int]:
+    """Training examples per class: the source's count, or the labels counted (in-memory data and
+    a folder's file list in a moment; streamed data reads its files once, with a log line)."""
+    import numpy as np
+
+    info = splits.info
+    if info.class_counts is not None:
+        return list(info.class_counts)
+    if info.encoded:
+        log.info("Counting the classes of %d streamed training examples (a pass over the files)", info.train_size)
+    counts = np.zeros(info.num_classes, np.int64)
+    for labels in splits.train.map(lambda x, y: y).batch(65536):
+        counts += np.bincount(labels.numpy(), minlength=info.num_classes)
+    info.class_counts = [int(c) for c in counts]
+    return info.class_counts
 
 
 def count_one(total, element):
@@ -132,6 +153,7 @@ def _limited(splits: Splits, limit_train, limit_test) -> Splits:
     if limit_train and limit_train < info.train_size:
         splits.train, info.train_size = splits.train.take(limit_train), limit_train
         splits.train_for_epoch = None  # the first N in file order, the same N every epoch
+        info.class_counts = None
     if limit_test and limit_test < info.test_size:
         splits.test, info.test_size = splits.test.take(limit_test), limit_test
     return splits

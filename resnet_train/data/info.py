@@ -25,6 +25,9 @@ class DatasetInfo:
     # Images arrive as file paths (a folder streamed from disk); pipeline.file_loader reads them
     # into what the in-memory mode would hold.
     files: bool = False
+    # Training examples per class where the source knows them without reading the data again
+    # (TFRecords' label pass); data.class_counts(splits) counts the others.
+    class_counts: list[int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

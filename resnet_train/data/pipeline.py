@@ -56,6 +56,7 @@ def training_stream(
     replica_batch: int | None = None,
     load=None,
     sharded: bool = False,
+    balanced_classes=None,
 ) -> tf.data.Dataset:
     """Epochs `first_epoch`..`epochs - 1` in one pipeline: each epoch's batches as train_batches
     makes them for that epoch alone (the first one starting `skip_batches` in), one after another.
@@ -71,6 +72,7 @@ def training_stream(
 
     `sharded` (data.shard=files): `ds` is this pipeline's own part (Splits.train_shard), shuffled
     alone and repeated to the epoch's size // batch_size batches (workers step together).
+    `balanced_classes` (data.sampling=balanced): the classes drawn equally often (`balanced`).
     """
     per_pipeline = batch_size // pipelines
     replica_batch = replica_batch or per_pipeline
@@ -78,8 +80,7 @@ def training_stream(
 
     def one_epoch(epoch):
         skip = tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
-        with _seeded_by_op_only():
-            d = ds.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False)
+        d = _epoch_order(ds, buffer, seed * 7919 + epoch, balanced_classes)
         d = _this_pipelines_examples(d, size, batch_size, skip, pipelines, pipeline_id, sharded)
         if load is not None:
             d = d.map(lambda i, xy: (i, (load(xy[0]), xy[1])), num_parallel_calls=AUTOTUNE)
@@ -99,6 +100,28 @@ def training_stream(
         return d
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+def _epoch_order(ds, buffer: int, seed, balanced_classes=None) -> tf.data.Dataset:
+    """The epoch's examples in their seeded order: shuffled, or drawn class-balanced."""
+    with _seeded_by_op_only():
+        if balanced_classes:
+            return balanced(ds, balanced_classes, buffer, seed)
+        return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+
+
+def balanced(ds, classes, buffer: int, seed) -> tf.data.Dataset:
+    """An endless stream drawing each of `classes` equally often (uniformly at random, by `seed`),
+    each class's examples in a seeded shuffled order, repeated: the frequent classes' examples are
+    seen less than once an epoch, the rare ones several times. Each class reads the dataset once
+    per repetition (for in-memory data or a folder's file list: no decoding)."""
+    per_class = [
+        ds.filter(lambda x, y, c=c: tf.equal(y, c))
+        .shuffle(buffer, seed=seed + 1 + c, reshuffle_each_iteration=False)
+        .repeat()
+        for c in classes
+    ]
+    return tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
 
 
 def _this_pipelines_examples(d, size, batch_size, skip, pipelines, pipeline_id, sharded):

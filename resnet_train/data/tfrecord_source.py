@@ -172,6 +172,7 @@ def load(cfg) -> Splits:
         mean=mean,
         std=std,
         encoded=True,
+        class_counts=[int(c) for c in np.bincount(train_labels, minlength=num_classes)],
     )
 
     def train_for_epoch(seed: int, epoch: int, shard=(1, 0)):

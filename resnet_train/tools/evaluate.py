@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_train.errors import DataError
+from resnet_train.report import class_metrics
 from resnet_train.training.trainer import top_k
 
 
@@ -47,6 +48,8 @@ def metrics(probs, labels, class_names) -> tuple[dict, np.ndarray]:
         "loss": float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0)))),
         "accuracy": float(np.mean(top[:, 0] == labels)),
         f"top{k}": float(np.mean(np.any(top[:, :k] == labels[:, None], axis=1))),
+        "balanced_accuracy": class_metrics.balanced_accuracy(confusion),
+        "macro_f1": class_metrics.macro_f1(confusion),
         "per_class_accuracy": per_class,
     }
     return summary, confusion

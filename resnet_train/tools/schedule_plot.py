@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from resnet_train import config as config_lib
 from resnet_train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,12 @@ def schedule_curve(cfg):
     from resnet_train import optim
     from resnet_train.optim import schedules
 
-    steps_per_epoch = train_size(cfg) // cfg.batch_size
+    step_batch = config_lib.step_batch(cfg)  # optimizer steps: accumulated micro-batches count once
+    steps_per_epoch = train_size(cfg) // step_batch
     if steps_per_epoch < 1:
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the training set")
+        raise UserError(f"a batch of {step_batch} is larger than the training set")
     _, total = schedules.run_length(cfg, steps_per_epoch)
-    lr = optim.effective_lr(cfg.optimizer, cfg.batch_size)
+    lr = optim.effective_lr(cfg.optimizer, step_batch)
     return schedules.curve(schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch), total), steps_per_epoch
 
 

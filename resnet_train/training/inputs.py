@@ -14,7 +14,9 @@ from resnet_train import config as config_lib
 from resnet_train import data as data_lib
 from resnet_train.data import pipeline
 from resnet_train.data.augment import make_augment, make_batch_augment
+from resnet_train.errors import ConfigError
 from resnet_train.optim import schedules
+from resnet_train.report import class_metrics
 from resnet_train.training import run_dir
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class Input:
     eval_ds: object
     distribute_eval: Callable
     epoch_batches: Callable
+    class_weights: list[float] | None = None  # data.class_weights, resolved (one per class)
 
 
 def make(cfg, workdir: Path, rt) -> Input:
@@ -42,6 +45,7 @@ def make(cfg, workdir: Path, rt) -> Input:
     info = splits.info
     config_lib.check_against_data(cfg, info)
     run_dir.check_same_data(workdir, info)  # a resume finds its own dataset, wherever it now lives
+    class_weights, balanced_classes = _imbalance(cfg, splits)
     steps_per_epoch = info.train_size // config_lib.step_batch(cfg)  # optimizer steps
     # `steps` when set (epochs derived, the last one cut short), else `epochs` whole epochs; a
     # warm-up longer than the run is refused here when its units differ from the run's.
@@ -65,7 +69,7 @@ def make(cfg, workdir: Path, rt) -> Input:
         min(shuffle_buffer, info.train_size),
         info.train_size,
     )
-    epoch_batches = _training_batches(cfg, splits, strategy, epochs, shuffle_buffer)
+    epoch_batches = _training_batches(cfg, splits, strategy, epochs, shuffle_buffer, balanced_classes)
     return Input(
         splits=splits,
         info=info,
@@ -76,6 +80,7 @@ def make(cfg, workdir: Path, rt) -> Input:
         eval_ds=eval_ds,
         distribute_eval=distribute_eval,
         epoch_batches=epoch_batches,
+        class_weights=class_weights,
     )
 
 
@@ -106,7 +111,28 @@ def _evaluation(cfg, splits, strategy):
     return eval_split, eval_ds, distribute_eval
 
 
-def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -> Callable:
+def _imbalance(cfg, splits):
+    """(data.class_weights resolved, or None; the classes data.sampling=balanced draws, or None)."""
+    info, d = splits.info, cfg.data
+    if d.class_weights is None and d.sampling == "natural":
+        return None, None
+    if d.sampling == "balanced" and info.encoded:
+        raise ConfigError(
+            f"data.sampling=balanced draws each class from its own stream of the data, which {info.name}'s "
+            f"streamed files cannot give cheaply: use data.class_weights=auto instead"
+        )
+    counts = data_lib.class_counts(splits)
+    weights = class_metrics.class_weights(counts, d.class_weights)
+    shown = ", ".join(
+        f"{name} {n}" + (f" (weight {w:.3g})" if weights else "")
+        for name, n, w in list(zip(info.class_names, counts, weights or counts))[:20]
+    ) + (f", ... ({len(counts)} classes: {min(counts)} to {max(counts)} examples)" if len(counts) > 20 else "")
+    log.info("Training examples per class: %s%s", shown, "; sampled equally often" if d.sampling == "balanced" else "")
+    balanced = [c for c, n in enumerate(counts) if n > 0] if d.sampling == "balanced" else None
+    return weights, balanced
+
+
+def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int, balanced_classes=None) -> Callable:
     """epoch_batches(epoch, skip): an iterator whose next batches are `epoch`'s, from batch `skip`
     on. In-memory data: one iterator over every epoch left, made at the first call and returned
     again after; streamed files: a new one per epoch."""
@@ -128,6 +154,7 @@ def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int) -
                 replica_batch=ctx.get_per_replica_batch_size(cfg.batch_size),
                 load=pipeline.file_loader(info),
                 sharded=sharded,
+                balanced_classes=balanced_classes,
             )
             # Whole optimizer steps (accumulated micro-batches) per epoch; batches of micro-batches.
             args = (info.train_size, config_lib.step_batch(cfg), cfg.seed, epoch)

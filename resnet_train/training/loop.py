@@ -189,8 +189,9 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     # best/ first: a kill between the two leaves the epoch to be redone, best included.
     # Only a validation split may choose it: a checkpoint picked on the test set would make
     # the test accuracy the tools report an optimistic one.
-    if run.eval_split == "val" and checkpointer.save_best(step, epoch + 1, eval_metrics["accuracy"], state.best_so_far):
-        state.best_so_far = eval_metrics["accuracy"]
+    chosen_by = eval_metrics[run.cfg.checkpoint.best_metric]
+    if run.eval_split == "val" and checkpointer.save_best(step, epoch + 1, chosen_by, state.best_so_far):
+        state.best_so_far = chosen_by
     timed = time.perf_counter()
     checkpointer.save(step, epoch + 1)
     overhead["checkpoint"] = time.perf_counter() - timed
@@ -216,9 +217,10 @@ def _evaluate_ema(run: Run, step: int, epoch: int) -> None:
 
 
 def _log_epoch(run: Run, epoch: int, train: dict, evaluation: dict) -> None:
-    log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f | lr %.4g  %.0f img/s  MFU %.1f%%",
-             epoch + 1, run.epochs, train["loss"], train["accuracy"], run.eval_split, evaluation["loss"],
-             evaluation["accuracy"], train["lr"], train["images_per_sec"], 100 * train["mfu"])  # fmt: skip
+    log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f  bal.acc %.4f  macro-F1 %.4f | lr %.4g  "
+             "%.0f img/s  MFU %.1f%%", epoch + 1, run.epochs, train["loss"], train["accuracy"], run.eval_split,
+             evaluation["loss"], evaluation["accuracy"], evaluation["balanced_accuracy"], evaluation["macro_f1"],
+             train["lr"], train["images_per_sec"], 100 * train["mfu"])  # fmt: skip
 
 
 def _final_evaluation(run: Run, state: State) -> dict:
@@ -226,7 +228,7 @@ def _final_evaluation(run: Run, state: State) -> dict:
     trainer, info = run.trainer, run.info
     if state.eval_metrics is None:  # the run had already finished: report its final state again
         state.eval_metrics = trainer.evaluate(run.eval_ds)
-    best = run.reporter.best("eval", "accuracy")
+    best = {key: run.reporter.best("eval", key) for key in {"accuracy", run.cfg.checkpoint.best_metric}}
     test_metrics = (
         state.eval_metrics
         if run.eval_split == "test"
@@ -248,8 +250,9 @@ def _results(run: Run, state: State, final: dict, started: float) -> dict:
         # Over the epochs: with a validation split the figure best/ was chosen by; on the test set
         # only a monitoring figure, biased upwards by the choice of epoch, and named so.
         ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"): max(
-            final["best"] or 0.0, eval_metrics["accuracy"]
+            final["best"]["accuracy"] or 0.0, eval_metrics["accuracy"]
         ),
+        "best_metric": run.cfg.checkpoint.best_metric,  # what chose best/ (with a validation split)
         "epochs": run.epochs,
         "steps": state.step,
         "parameters": run.params,
@@ -265,6 +268,9 @@ def _results(run: Run, state: State, final: dict, started: float) -> dict:
     }
     if final["test_ema"] is not None:
         results["test_ema"] = final["test_ema"]
+    metric = run.cfg.checkpoint.best_metric
+    if metric != "accuracy" and run.eval_split == "val":
+        results[f"best_val_{metric}"] = max(final["best"][metric] or 0.0, eval_metrics[metric])
     return results
 
 

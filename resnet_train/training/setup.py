@@ -60,7 +60,7 @@ class State:
     """What changes as the loop goes."""
 
     step: int
-    best_so_far: float | None  # the best evaluation accuracy logged up to `step`
+    best_so_far: float | None  # the best evaluation checkpoint.best_metric logged up to `step`
     eval_metrics: dict | None = None  # the last epoch's
     first_call: bool = True
 
@@ -86,9 +86,10 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
 
     # Every worker takes the same decisions (saving is collective under several workers): the
     # best accuracy so far comes from the records up to the restored step only.
-    best_so_far = best_logged(workdir, "eval", "accuracy", up_to_step=step)
+    chosen_by = cfg.checkpoint.best_metric
+    best_so_far = best_logged(workdir, "eval", chosen_by, up_to_step=step)
     if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
-        checkpointer.adopt_best(best_logged_step(workdir, "eval", "accuracy", up_to_step=step))
+        checkpointer.adopt_best(best_logged_step(workdir, "eval", chosen_by, up_to_step=step))
     reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
     reporter.hparams(hparams_of(cfg, info.name))
     run = Run(
@@ -189,6 +190,7 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
         xla=xla,
         max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0),
         accumulate_steps=cfg.optimizer.accumulate_steps,
+        class_weights=data.class_weights,
     )
     return model, optimizer, trainer
 

@@ -13,7 +13,12 @@ import keras
 import tensorflow as tf
 
 from resnet_train.optim import clip_by_global_norm, decayed
+from resnet_train.report import class_metrics
 from resnet_train.training.finetune import head_gradient_scales
+from resnet_train.training.replicas import (
+    per_replica_bn_statistics,
+    poisoned_everywhere_if_any_replica_overflowed,
+)
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -22,22 +27,6 @@ def top_k(num_classes: int) -> int:
     """The k of the top-k accuracy every report gives (metric f"top{k}"): 5, or every class when
     there are fewer (top-5 of 4 classes would always be 1)."""
     return min(5, num_classes)
-
-
-def _per_replica_bn_statistics(model, strategy) -> list:
-    """Batch norm's moving statistics under several replicas: Keras 3 makes them per-replica
-    variables (aggregation "none"), so each replica averages only its own batches and a checkpoint
-    saves replica 0's. The Trainer averages them across replicas after every compiled call (one
-    batched all-reduce of a few KB to a few hundred KB), which is what tf.keras 2 gave (aggregation
-    MEAN): the moving mean is then the one-device one, the variance the mean of the replicas'."""
-    if strategy.num_replicas_in_sync == 1:
-        return []
-    layers = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
-    ]
-    return [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
 
 
 def _correct(labels, logits):
@@ -64,12 +53,15 @@ class Trainer:
         max_nonfinite_steps: int = 0,
         clip_norm: float | None = None,
         accumulate_steps: int = 1,
+        class_weights=None,
     ):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
         self.global_batch_size = int(global_batch_size)  # of one micro-batch
         self.accumulate_steps = int(accumulate_steps)
+        # data.class_weights: each example's loss times its class's weight (None: all 1)
+        self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm  # global norm of the summed, unscaled gradient (optim.clip_by_global_norm)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
@@ -90,7 +82,7 @@ class Trainer:
         self._agree_on_skips = (
             isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and strategy.num_replicas_in_sync > 1
         )
-        self._moving_statistics = _per_replica_bn_statistics(model, strategy)
+        self._moving_statistics = per_replica_bn_statistics(model, strategy)
         # XLA compiles the forward and backward pass; the gradient all-reduce and the optimizer
         # update stay outside it (cross-replica merges cannot run inside a compiled cluster).
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if xla else self._gradients_fn
@@ -109,12 +101,19 @@ class Trainer:
             labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
         return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
 
+    def _class_weight(self, labels):
+        """Each example's class weight; with soft labels (mixup, cutmix) the labels' mix of them."""
+        if labels.dtype.is_integer:
+            return tf.gather(self.class_weights, labels)
+        return tf.reduce_sum(tf.cast(labels, tf.float32) * self.class_weights, -1)
+
     def _gradients_fn(self, images, labels):
         model, variables = self.model, self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = self._train_loss(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            weighted = per_example if self.class_weights is None else per_example * self._class_weight(labels)
+            loss = tf.nn.compute_average_loss(weighted, global_batch_size=self.global_batch_size)
             if self.weight_decay:
                 # Coupled L2: d/dw (wd/2 ||w||^2) = wd * w, the paper's (and PyTorch SGD's) decay.
                 l2 = tf.add_n([tf.reduce_sum(tf.square(v.value)) for v, m in zip(variables, self.decay_mask) if m])
@@ -152,34 +151,13 @@ class Trainer:
             grads = clip_by_global_norm(grads, self.clip_norm, getattr(self.optimizer, "dynamic_scale", None))
         bad_grads = None
         if self._agree_on_skips and not self.clip_norm:
-            grads, bad_grads = self._poisoned_everywhere_if_any_replica_overflowed(grads)
+            grads, bad_grads = poisoned_everywhere_if_any_replica_overflowed(grads)
         grads = [g * s if s != 1.0 else g for g, s in zip(grads, self.grad_scale)]
         self.optimizer.apply_gradients(zip(grads, variables))
         if bad_grads is None:
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
             bad_grads = 1.0 - tf.cast(finite, tf.float32)
         return loss_sum, correct, count, bad_grads
-
-    def _poisoned_everywhere_if_any_replica_overflowed(self, grads):
-        """Every replica and worker takes the same skip decision under loss scaling.
-
-        Keras' LossScaleOptimizer expects gradients that are already summed: under MirroredStrategy
-        it decides "finite or not" from the first local replica only, and under
-        MultiWorkerMirroredStrategy each worker decides alone. With each replica's own gradients an
-        overflow on replica 1 would then be applied (poisoning the weights through the all-reduce),
-        or one worker would skip while another waits in the update's collectives (a hang). One
-        scalar all-reduce of "this replica overflowed" makes the decision global: if any replica's
-        gradients are not finite, every replica hands NaN gradients to the optimizer, which skips
-        the step and lowers the scale everywhere."""
-        present = [g for g in grads if g is not None]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])
-        overflowed = tf.distribute.get_replica_context().all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32))
-        present = tf.cond(
-            overflowed > 0, lambda: [g * tf.constant(float("nan"), g.dtype) for g in present], lambda: present
-        )
-        it = iter(present)
-        # (gradients, 1.0 when this step is skipped: on every replica alike)
-        return [None if g is None else next(it) for g in grads], tf.cast(overflowed > 0, tf.float32)
 
     def _train_steps_fn(self, iterator, steps, stop_requested):
         # A stop request (SIGTERM) on any worker stops every worker: the flag is summed across
@@ -244,34 +222,43 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
     def _replica_eval(self, images, labels, weights):
-        """Sums over the batch; padding examples (weight 0) count for nothing."""
+        """Sums over the batch, and its confusion matrix; padding examples (weight 0) count for nothing."""
         logits = self.model(images, training=False)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
         topk = tf.cast(tf.math.in_top_k(labels, logits, self.top_k), tf.float32)
+        predicted = tf.argmax(logits, -1, output_type=labels.dtype)
+        confusion = tf.math.confusion_matrix(labels, predicted, self.num_classes, weights=weights, dtype=tf.float32)
         return (
             tf.reduce_sum(per_example * weights),
             tf.reduce_sum(top1 * weights),
             tf.reduce_sum(topk * weights),
             tf.reduce_sum(weights),
+            confusion,
         )
 
     def _eval_all_fn(self, dataset):
         loss = top1 = topk = count = tf.constant(0.0)
+        confusion = tf.zeros([self.num_classes, self.num_classes])
         for images, labels, weights in dataset:
             results = self.strategy.run(self._replica_eval, args=(images, labels, weights))
-            b_loss, b_top1, b_topk, b_count = (self.strategy.reduce(SUM, r, axis=None) for r in results)
+            b_loss, b_top1, b_topk, b_count, b_confusion = (self.strategy.reduce(SUM, r, axis=None) for r in results)
             loss, top1, topk, count = loss + b_loss, top1 + b_top1, topk + b_topk, count + b_count
-        return loss, top1, topk, count
+            confusion += b_confusion
+        return loss, top1, topk, count, confusion
 
     def evaluate(self, dist_dataset) -> dict:
-        """Loss, top-1 and top-5 accuracy over every example of the dataset, in one compiled call."""
-        loss, top1, topk, count = (float(t.numpy()) for t in self._eval_all(dist_dataset))
+        """Loss, top-1 and top-5 accuracy, balanced accuracy and macro-F1 over every example of the
+        dataset, in one compiled call."""
+        *sums, confusion = (t.numpy() for t in self._eval_all(dist_dataset))
+        loss, top1, topk, count = (float(s) for s in sums)
         count = max(count, 1.0)
         return {
             "loss": loss / count,
             "accuracy": top1 / count,
             f"top{self.top_k}": topk / count,
+            "balanced_accuracy": class_metrics.balanced_accuracy(confusion),
+            "macro_f1": class_metrics.macro_f1(confusion),
             "examples": int(count),
         }
 
