@@ -39,6 +39,9 @@ class ModelConfig:
     sync_bn: bool = False
     zero_init_residual: bool = False
     padding: str = "symmetric"
+    # Bottlenecks: the stride on the first 1x1 conv (ResNet v1, keras.applications' ResNet50)
+    # rather than on the 3x3 (v1.5: torchvision, Model Garden, keras-hub; ours by default).
+    stride_in_1x1: bool = False
 
 
 # --- optimizer -------------------------------------------------------------------------------

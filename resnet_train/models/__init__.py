@@ -41,6 +41,7 @@ def build(
     fused_bn: bool = True,
     zero_init_residual: bool = False,
     padding: str = "symmetric",
+    stride_in_1x1: bool = False,
 ):
     """A Keras model mapping images (0..255) to float32 logits. Needs no data.
 
@@ -65,6 +66,7 @@ def build(
         fused_bn=fused_bn,
         zero_init_residual=zero_init_residual,
         padding=padding,
+        stride_in_1x1=stride_in_1x1,
     )
     name = f"{lay.variant}_resnet{depth}"
     # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
@@ -126,6 +128,7 @@ def from_config(m, info, **override):
         sync_bn=m.sync_bn,
         zero_init_residual=m.zero_init_residual,
         padding=m.padding,
+        stride_in_1x1=m.stride_in_1x1,
     )
     return build(**{**args, **override})
 

@@ -89,7 +89,9 @@ class Builder:
         fused_bn: bool = True,
         zero_init_residual: bool = False,
         padding: str = "symmetric",
+        stride_in_1x1: bool = False,
     ):
+        self.stride_in_1x1 = stride_in_1x1  # bottlenecks: ResNet v1's place of the stride
         # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
         # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
         self.init_mode = init_mode
@@ -174,10 +176,12 @@ class Builder:
         return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
 
     def bottleneck(self, x, width, stride, shortcut, name, expansion=4):
-        # ResNet v1.5: the stride sits on the 3x3 conv, as in torchvision and TF Model Garden.
-        y = self.conv(x, width, 1, 1, name=f"{name}_conv1")
+        # ResNet v1.5: the stride sits on the 3x3 conv, as in torchvision and TF Model Garden
+        # (v1, model.stride_in_1x1: on the first 1x1 conv, as keras.applications' ResNet50).
+        first, second = (stride, 1) if self.stride_in_1x1 else (1, stride)
+        y = self.conv(x, width, 1, first, name=f"{name}_conv1")
         y = self.relu(self.bn(y, name=f"{name}_bn1"), name=f"{name}_relu1")
-        y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
+        y = self.conv(y, width, 3, second, name=f"{name}_conv2")
         y = self.relu(self.bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
         y = self.conv(y, width * expansion, 1, 1, name=f"{name}_conv3")
         y = self.bn(y, name=f"{name}_bn3", last_in_branch=True)

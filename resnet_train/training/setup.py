@@ -18,7 +18,7 @@ from resnet_train.optim import schedules
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
 from resnet_train.runtime import devices as runtime
 from resnet_train.runtime import onednn, threads, tuning
-from resnet_train.training import finetune, inputs, resolved, run_dir
+from resnet_train.training import finetune, inputs, pretrained, resolved, run_dir
 from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.inputs import Input
 from resnet_train.training.interrupts import StopRequests
@@ -163,6 +163,9 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
     """The model (fine-tuning's frozen layers marked), the optimizer with its schedule, the Trainer."""
     info, r = data.info, cfg.runtime
     ft = cfg.finetune
+    if pretrained.is_pretrained(cfg.init_from):  # the pretrained stem's own input statistics
+        info.mean, info.std = pretrained.input_statistics(cfg.init_from)
+        log.info("Input normalisation of %s: mean %s, std %s", cfg.init_from, _rounded(info.mean), _rounded(info.std))
     with rt.strategy.scope():
         model = models.from_config(cfg.model, info)
         models.freeze(model, ft.freeze)  # before the optimizer sees the variables
@@ -195,6 +198,10 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
     return model, optimizer, trainer
 
 
+def _rounded(values) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
 def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, info, overrides, held_log):
     """This run's own checkpoint, else init_from (fine-tuning), else from scratch; then the
     directory becomes this run's (config, resolved settings, dataset saved). Returns
@@ -212,7 +219,10 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
     restored = checkpointer.restore_latest(expect_progress=run_dir.has_progress(workdir))
     if not restored and cfg.init_from:
         with rt.strategy.scope():
-            initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
+            if pretrained.is_pretrained(cfg.init_from):  # keras-hub / keras.applications weights
+                initialised = pretrained.initialise(model, cfg.init_from, cfg.model)
+            else:
+                initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
         if rt.is_chief:
             write_json(workdir / "init_from.json", initialised)
     if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's

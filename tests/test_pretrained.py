@@ -1,0 +1,140 @@
+"""init_from= a public pretrained ResNet (keras-hub preset, keras.applications weight file): the
+sources are built here with random weights (and random batch-norm statistics and conv biases, so
+that every mapped number matters), saved locally, loaded through init_from, and must give the
+source's own features and predictions."""
+
+import json
+from types import SimpleNamespace
+
+import keras
+import keras_hub  # noqa: E402 (the [pretrained] extra, in the test extras: `make setup` installs it)
+import numpy as np
+import pytest
+from helpers import TINY
+
+from resnet_train import models
+from resnet_train.models import names
+from resnet_train.training import pretrained
+
+HUB_RESNET18 = dict(
+    input_conv_filters=[64],
+    input_conv_kernel_sizes=[7],
+    stackwise_num_filters=[64, 128, 256, 512],
+    stackwise_num_blocks=[2, 2, 2, 2],
+    stackwise_num_strides=[1, 2, 2, 2],
+    block_type="basic_block",
+    use_pre_activation=False,
+)
+
+
+def _randomise_statistics(model, seed=0):
+    """Batch-norm moving statistics, gamma, beta and conv biases away from their initial values."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)]
+            )
+        elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape)])
+
+
+def _close(ours, theirs):
+    """Equal within 1e-4 of the outputs' magnitude."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max(), np.abs(ours - theirs).max()
+
+
+def _with_weights(model) -> int:
+    return len([layer for layer in model.layers if layer.weights])
+
+
+def _features(model, layer, images):
+    return keras.Model(model.inputs, model.get_layer(layer).output)(images).numpy()
+
+
+@pytest.fixture(scope="module")
+def hub_preset(tmp_path_factory):
+    keras.utils.set_random_seed(1)
+    backbone = keras_hub.models.ResNetBackbone(**HUB_RESNET18)
+    _randomise_statistics(backbone)
+    path = tmp_path_factory.mktemp("hub") / "resnet18"
+    backbone.save_to_preset(str(path))
+    return path, backbone
+
+
+def test_a_keras_hub_preset_gives_the_backbones_own_features(hub_preset):
+    path, backbone = hub_preset
+    init_from = f"keras_hub:{path}"
+    mean, std = pretrained.input_statistics(init_from)
+    assert mean == pytest.approx(pretrained.IMAGENET_MEAN) and std == pytest.approx(pretrained.IMAGENET_STD)
+    ours = models.build(18, 10, (128, 128, 3), mean=mean, std=std)
+    done = pretrained.initialise(ours, init_from, SimpleNamespace(depth=18, stride_in_1x1=False))
+    assert done["new"] == [names.HEAD] and len(done["loaded"]) == len(
+        [layer for layer in backbone.layers if layer.weights]
+    )
+    images = np.random.default_rng(2).integers(0, 256, (2, 128, 128, 3)).astype("float32")
+    theirs = backbone((images - np.array(mean)) / np.array(std)).numpy().mean(axis=(1, 2))
+    _close(_features(ours, names.POOL, images), theirs)
+
+
+def test_a_keras_applications_weight_file_gives_the_models_own_features_and_predictions(tmp_path):
+    keras.utils.set_random_seed(3)
+    source = keras.applications.ResNet50(weights=None)  # v1, conv biases, BGR "caffe" input
+    _randomise_statistics(source, seed=4)
+    path = tmp_path / "resnet50.weights.h5"
+    source.save_weights(str(path))
+    init_from = f"keras_applications:{path}"
+    mean, std = pretrained.input_statistics(init_from)
+    ours = models.build(50, 1000, (224, 224, 3), mean=mean, std=std, stride_in_1x1=True)
+    done = pretrained.initialise(ours, init_from, SimpleNamespace(depth=50, stride_in_1x1=True))
+    assert done["new"] == [] and names.HEAD in done["loaded"]  # its ImageNet classifier too
+    images = np.random.default_rng(5).integers(0, 256, (2, 224, 224, 3)).astype("float32")
+    preprocessed = keras.applications.resnet.preprocess_input(images.copy())
+    _close(_features(ours, names.POOL, images), _features(source, "avg_pool", preprocessed))
+    _close(keras.ops.softmax(ours(images)).numpy(), source(preprocessed).numpy())
+
+    v15 = models.build(50, 1000, (224, 224, 3), mean=mean, std=std)
+    with pytest.raises(Exception, match="is ResNet v1, its stride on the first 1x1 conv .* model.stride_in_1x1=true"):
+        pretrained.initialise(v15, init_from, SimpleNamespace(depth=50, stride_in_1x1=False))
+
+
+def test_fine_tuning_a_folder_from_a_keras_hub_preset_through_resnet_train(cli, hub_preset, tmp_path):
+    from test_folder import write_images
+
+    path, backbone = hub_preset
+    photos = tmp_path / "photos"
+    write_images(photos / "cat", 6, (200, 40, 40), "jpg", size=(40, 30))
+    write_images(photos / "dog", 6, (40, 200, 40), "png", size=(30, 40))
+    run = tmp_path / "run"
+    args = [*TINY, "data=folder", f"data.path={photos}", "data.image_size=128", "depth=18", "batch_size=4"]
+    args += ["steps=2", f"init_from=keras_hub:{path}", "finetune.freeze=backbone", f"hydra.run.dir={run}"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads((run / "init_from.json").read_text())
+    assert loaded["new"] == [names.HEAD] and len(loaded["loaded"]) == len(
+        [layer for layer in backbone.layers if layer.weights]
+    )
+    assert json.loads((run / "dataset.json").read_text())["mean"] == pytest.approx(pretrained.IMAGENET_MEAN)
+    assert "Input normalisation of keras_hub:" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "init_from,extra,message",
+    [
+        (
+            "keras_hub:{tmp}/no_preset",
+            ["depth=18"],
+            "init_from=keras_hub:{tmp}/no_preset: not a keras-hub preset that could be",
+        ),
+        ("keras_applications:{tmp}/x.h5", ["depth=18"], "keras.applications has ResNet50/101/152 (bottleneck) weights"),
+    ],
+    ids=["no-preset", "applications-depth"],
+)
+def test_bad_pretrained_sources_are_one_line_exit_2(cli, tmp_path, init_from, extra, message):
+    args = [*TINY, "data.image_size=128", *extra, f"init_from={init_from.format(tmp=tmp_path)}"]
+    done = cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and message.format(tmp=tmp_path) in done.stderr, done.stderr[-1500:]
+    assert len(done.stderr.strip().splitlines()) == 1
