@@ -344,3 +344,15 @@ def test_with_data_shard_files_each_worker_reads_only_its_own_files(tmp_path):
     for epoch in (1, 2):
         assert not read[(epoch, 1)] & read[(epoch, 2)]
         assert len(read[(epoch, 1)] | read[(epoch, 2)]) == 4
+
+
+def test_two_workers_stop_early_together(tmp_path):
+    """early_stop is decided from the all-reduced evaluation: both workers stop after the same epoch."""
+    run, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    stopping = ("epochs=5", "data.val_split=0.25", "early_stop.patience=1", "early_stop.min_delta=1.0")
+    for code, out, err in run_two_workers(run, tmp, *stopping):
+        assert code == 0, err[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["stopped_early_at_epoch"] == 2 and results["steps"] == 2 * (96 // 32)
+    assert "Stopping early after epoch 2" in (run / "train_worker1.log").read_text()

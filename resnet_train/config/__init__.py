@@ -100,6 +100,7 @@ def validate(cfg) -> None:
         )
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
+    _early_stop(cfg.early_stop)
     # A warm-up longer than the run, where comparable before the data is read (same units).
     schedules.check_warmup_fits(cfg)
 
@@ -149,6 +150,13 @@ def _checkpoint(c) -> None:
         raise ConfigError(f"checkpoint.best_metric must be one of {', '.join(BEST_METRICS)} (got {c.best_metric!r})")
     if c.every_steps is not None and c.every_steps < 1:
         raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {c.every_steps!r})")
+
+
+def _early_stop(e) -> None:
+    if e.patience is not None and e.patience < 1:
+        raise ConfigError(f"early_stop.patience must be null or a positive number of epochs (got {e.patience!r})")
+    if e.min_delta < 0:
+        raise ConfigError(f"early_stop.min_delta must be >= 0 (got {e.min_delta:g})")
 
 
 def step_batch(cfg) -> int:

@@ -185,6 +185,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    # Epochs without an improvement of checkpoint.best_metric (on the evaluation split) by more
+    # than min_delta before the run stops; null: never.
+    patience: Optional[int] = with_hint("null or a number of epochs, e.g. 10", None)
+    min_delta: float = 0.0
+
+
+@dataclass
 class EmaConfig:
     decay: Optional[float] = with_hint("e.g. 0.999", None)
 
@@ -211,6 +219,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     init_from: Optional[str] = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

@@ -138,7 +138,7 @@ def member_row(member: Path) -> dict:
         row.update(
             status="finished",
             final_eval_accuracy=r["eval"]["accuracy"],
-            epochs=r["epochs"],
+            epochs=r.get("stopped_early_at_epoch") or r["epochs"],  # early_stop: the epochs it ran
             # Ranked on validation only: a member without a validation split counts with its
             # final accuracy, never its best epoch on the test set.
             best_eval_accuracy=r.get("best_val_accuracy", r["eval"]["accuracy"]),

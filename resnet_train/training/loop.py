@@ -90,9 +90,14 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     run, state = set_up(cfg, workdir, overrides, stop, held_log)
     stop.training_started()
     try:
-        for epoch in range(state.step // run.steps_per_epoch, run.epochs if state.step < run.total_steps else 0):
+        if state.step and state.patience.exhausted():  # stopped early, killed before its results
+            state.stopped_early_at_epoch = state.step // run.steps_per_epoch
+        last = run.epochs if state.step < run.total_steps and not state.stopped_early_at_epoch else 0
+        for epoch in range(state.step // run.steps_per_epoch, last):
             timing = _run_epoch(run, state, epoch, stop, lock, started)
             _end_epoch(run, state, epoch, stop, timing)
+            if state.stopped_early_at_epoch:  # saved like any epoch end; the results follow
+                break
         final = _final_evaluation(run, state)
     finally:
         run.reporter.close()
@@ -195,6 +200,11 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     timed = time.perf_counter()
     checkpointer.save(step, epoch + 1)
     overhead["checkpoint"] = time.perf_counter() - timed
+    if state.patience.update(chosen_by) and epoch + 1 < run.epochs:  # the same figures on every worker
+        state.stopped_early_at_epoch = epoch + 1
+        log.info("Stopping early after epoch %d: %s on %s has not improved by more than %g for %d epochs",
+                 epoch + 1, run.cfg.checkpoint.best_metric, run.eval_split, run.cfg.early_stop.min_delta,
+                 run.cfg.early_stop.patience)  # fmt: skip
     if run.rt.is_chief:
         timed = time.perf_counter()
         plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
@@ -253,6 +263,7 @@ def _results(run: Run, state: State, final: dict, started: float) -> dict:
             final["best"]["accuracy"] or 0.0, eval_metrics["accuracy"]
         ),
         "best_metric": run.cfg.checkpoint.best_metric,  # what chose best/ (with a validation split)
+        "stopped_early_at_epoch": state.stopped_early_at_epoch,  # early_stop.patience, else null
         "epochs": run.epochs,
         "steps": state.step,
         "parameters": run.params,

@@ -18,7 +18,7 @@ from resnet_train.optim import schedules
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
 from resnet_train.runtime import devices as runtime
 from resnet_train.runtime import onednn, threads, tuning
-from resnet_train.training import finetune, inputs, pretrained, resolved, run_dir
+from resnet_train.training import early_stop, finetune, inputs, pretrained, resolved, run_dir
 from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.inputs import Input
 from resnet_train.training.interrupts import StopRequests
@@ -63,6 +63,8 @@ class State:
     best_so_far: float | None  # the best evaluation checkpoint.best_metric logged up to `step`
     eval_metrics: dict | None = None  # the last epoch's
     first_call: bool = True
+    patience: early_stop.Patience | None = None  # early_stop's count of epochs without improvement
+    stopped_early_at_epoch: int | None = None
 
 
 def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple[Run, State]:
@@ -116,7 +118,7 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
         peak=peak,
         params=params,
     )
-    return run, State(step=step, best_so_far=best_so_far)
+    return run, State(step=step, best_so_far=best_so_far, patience=early_stop.restored(cfg, workdir, step))
 
 
 def _log_model(cfg, model, params: int, data: Input) -> None:
