@@ -156,6 +156,49 @@ def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_same_weights(tmp_
     assert_same_run(run, uninterrupted)
 
 
+# What submitit installs in a SLURM job before running the task: a SIGUSR2 handler that requeues
+# the job and exits (submitit.core.job_environment.SignalHandler.checkpoint_and_try_requeue ends
+# in sys.exit(-1)). This one notes the newest checkpoint at the moment it is called.
+SUBMITIT_LIKE = textwrap.dedent("""
+    import os, signal, sys
+    import tensorflow as tf
+
+    def requeue(signum, frame):
+        run = os.environ["RESNET_TEST_RUN"]
+        with open(os.environ["RESNET_TEST_REQUEUED"], "w") as f:
+            f.write(str(tf.train.latest_checkpoint(os.path.join(run, "checkpoints"))))
+        sys.exit(-1)
+
+    signal.signal(signal.SIGUSR2, requeue)
+""")
+
+
+def test_sigusr2_checkpoints_the_current_step_then_submitits_requeue_runs(tmp_path, uninterrupted, cli, monkeypatch):
+    """SLURM's warning before the time limit or a preemption under Hydra's submitit launcher: the
+    run saves the step it is at, then the handler submitit installed requeues (and exits), and
+    the requeued command continues from that exact step."""
+    run, requeued = tmp_path / "run", tmp_path / "requeued"
+    monkeypatch.setenv("RESNET_TEST_RUN", str(run))
+    monkeypatch.setenv("RESNET_TEST_REQUEUED", str(requeued))
+    done = subprocess.run(
+        [sys.executable, "-c", SUBMITIT_LIKE + SIGNALS_AT_STEP, "20", "SIGUSR2", *LONG, f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 255, done.stderr[-2000:]  # submitit's sys.exit(-1)
+    step = int(re.search(r"stopped by SIGUSR2 at step (\d+) of", (run / "train.log").read_text()).group(1))
+    assert 20 <= step < TOTAL_STEPS
+    assert requeued.read_text().endswith(f"ckpt-{step}")  # saved before the requeue ran
+    assert not (run / ".lock").exists() and not (run / "results.json").exists()
+
+    again = cli(*LONG, f"hydra.run.dir={run}")  # the requeued job: the same command
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"Continuing at step {step} of {TOTAL_STEPS}" in (run / "train.log").read_text()
+    assert_same_run(run, uninterrupted)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, uninterrupted, cli, sig):
     run = tmp_path / "run"

@@ -10,6 +10,11 @@ first training call could outlast a preemption's grace period (StoppedDuringSetU
 where every worker must stop at the same step (the first call agrees on it).
 `request(reason)` asks the same from code in any thread, e.g. the run lock's heartbeat once another
 process took the lock over.
+
+SIGUSR2 is what SLURM sends a job launched by submitit (Hydra's submitit launcher) before its time
+limit or a preemption: it stops the run like SIGTERM (the checkpoint of the current step, on
+every worker), and then the handler that was there before ours, submitit's, is called as if the
+signal had just arrived, so it requeues the job as usual; the requeued run continues from that step.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 class StopRequests:
@@ -71,7 +76,13 @@ class StopRequests:
         self.install()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, traceback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        chained = self._previous.get(signal.SIGUSR2)
         self._previous.clear()
+        if self.signal_name == "SIGUSR2" and callable(chained):  # after our checkpoint: e.g. submitit's requeue
+            if exc is not None:  # what was saved: the chained handler may exit before the CLI says it
+                log.warning("%s", exc)
+            log.warning("Passing SIGUSR2 on to the handler installed before this run's (a job scheduler's requeue)")
+            chained(signal.SIGUSR2, None)
