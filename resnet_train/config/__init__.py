@@ -101,6 +101,7 @@ def validate(cfg) -> None:
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
     _early_stop(cfg.early_stop)
+    _log(cfg.log)
     # A warm-up longer than the run, where comparable before the data is read (same units).
     schedules.check_warmup_fits(cfg)
 
@@ -150,6 +151,13 @@ def _checkpoint(c) -> None:
         raise ConfigError(f"checkpoint.best_metric must be one of {', '.join(BEST_METRICS)} (got {c.best_metric!r})")
     if c.every_steps is not None and c.every_steps < 1:
         raise ConfigError(f"checkpoint.every_steps must be null or a positive integer (got {c.every_steps!r})")
+
+
+def _log(g) -> None:
+    if g.every_steps is not None and g.every_steps < 1:
+        raise ConfigError(f"log.every_steps must be null or a positive integer (got {g.every_steps!r})")
+    if g.every_seconds is not None and g.every_seconds <= 0:
+        raise ConfigError(f"log.every_seconds must be null or a positive number of seconds (got {g.every_seconds:g})")
 
 
 def _early_stop(e) -> None:

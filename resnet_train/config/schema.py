@@ -193,6 +193,15 @@ class EarlyStopConfig:
 
 
 @dataclass
+class LogConfig:
+    # Inside an epoch: a TensorBoard point (batch/loss, batch/lr, batch/images_per_sec) and, off a
+    # terminal, a log line with the ETA, every `every_steps` steps or `every_seconds` seconds,
+    # whichever comes first (null: that trigger off).
+    every_steps: Optional[int] = 100
+    every_seconds: Optional[float] = 60.0
+
+
+@dataclass
 class EmaConfig:
     decay: Optional[float] = with_hint("e.g. 0.999", None)
 
@@ -220,6 +229,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     init_from: Optional[str] = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

@@ -54,6 +54,20 @@ class Reporter:
         except tf.errors.OpError as e:  # its event file on a full disk
             raise self._event_file_error(e, split) from None
         record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
+        self._append(split, step, record)
+
+    def scalars(self, split: str, step: int, values: dict) -> None:
+        """TensorBoard only (per-step points inside an epoch: metrics.jsonl keeps one record an epoch)."""
+        import tensorflow as tf
+
+        try:
+            with self._writer(split).as_default(step=step):
+                for key, value in values.items():
+                    tf.summary.scalar(key, value)
+        except tf.errors.OpError as e:
+            raise self._event_file_error(e, split) from None
+
+    def _append(self, split: str, step: int, record: dict) -> None:
         if any(r.get("split") == split and r.get("step") == step for r in self._records):
             # Logged again at the same step (a finished run rerun with another runtime.*, whose final
             # test record exists): replaced, never duplicated.
@@ -141,6 +155,9 @@ class NullReporter:
         pass
 
     def hparams(self, values: dict) -> None:
+        pass
+
+    def scalars(self, *args, **kwargs) -> None:
         pass
 
     def best(self, split: str, key: str):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from resnet_train import config as config_lib
 from resnet_train.errors import Preempted
-from resnet_train.report import plots
+from resnet_train.report import plots, step_log
 from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
 from resnet_train.runtime import cluster
 from resnet_train.training import failures, run_dir
+from resnet_train.training import results as results_lib
 from resnet_train.training.interrupts import StopRequests
 from resnet_train.training.run_lock import RunLock
 from resnet_train.training.setup import Run, State, set_up
@@ -103,7 +104,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         run.reporter.close()
         if not run.rt.is_chief:
             shutil.rmtree(run.own_dir, ignore_errors=True)
-    results = _results(run, state, final, started)
+    results = results_lib.results(run, state, final, started)
     if run.rt.is_chief:
         write_json(workdir / run_dir.RESULTS, results)
     return results
@@ -122,6 +123,7 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
         trainer.reset_train_metrics()
     bar = progress(end - epoch * run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", disable=not run.rt.is_chief)
     bar.update(skip)
+    run.step_log.start_epoch(epoch, run.epochs, state.step, end, trainer)
     in_steps = 0.0  # seconds inside compiled train calls: the rest of the epoch is overhead
     stopping = False  # a stop agreed by every worker (all-reduced in the train call)
     while state.step < end:
@@ -149,16 +151,9 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
         if run.every_steps and step % run.every_steps < done and step < end:
             checkpointer.save(step, epoch)
         bar.update(done)
+        run.step_log.after_call(step, trainer)
         if not bar.disable:
-            current = trainer.train_metrics()
-            rate = (bar.n - skip) * config_lib.step_batch(cfg) / (time.perf_counter() - t0)
-            bar.set_postfix(
-                loss=f"{current['loss']:.3f}",
-                acc=f"{current['accuracy']:.3f}",
-                lr=f"{trainer.learning_rate():.4g}",
-                img_s=f"{rate:.0f}",
-                mfu=f"{run.train_flops * rate / run.peak:.1%}",
-            )
+            _show_progress(bar, run, skip, t0, step)
     seconds = time.perf_counter() - t0
     bar.close()
     return {
@@ -168,6 +163,22 @@ def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, sta
         "made": made,
         "stopping": stopping,
     }
+
+
+def _show_progress(bar, run: Run, skip: int, t0: float, step: int) -> None:
+    """The tqdm bar's figures (on a terminal only): the epoch's loss and accuracy so far, lr,
+    images/s, MFU and the run's ETA."""
+    trainer = run.trainer
+    current = trainer.train_metrics()
+    rate = (bar.n - skip) * config_lib.step_batch(run.cfg) / (time.perf_counter() - t0)
+    bar.set_postfix(
+        loss=f"{current['loss']:.3f}",
+        acc=f"{current['accuracy']:.3f}",
+        lr=f"{trainer.learning_rate():.4g}",
+        img_s=f"{rate:.0f}",
+        mfu=f"{run.train_flops * rate / run.peak:.1%}",
+        run_eta=step_log.duration(run.step_log.eta(step)[1]),
+    )
 
 
 def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: dict) -> None:
@@ -248,41 +259,6 @@ def _final_evaluation(run: Run, state: State) -> dict:
         run.reporter.log("test", state.step, run.epochs, test_metrics)
     test_ema = trainer.evaluate_ema(run.distribute_eval(run.splits.test, info.test_size)) if trainer.has_ema else None
     return {"test": test_metrics, "test_ema": test_ema, "best": best}
-
-
-def _results(run: Run, state: State, final: dict, started: float) -> dict:
-    """results.json: what the run reached, and what it was."""
-    eval_metrics = state.eval_metrics
-    results = {
-        "test": final["test"],
-        "eval_split": run.eval_split,
-        "eval": eval_metrics,
-        # Over the epochs: with a validation split the figure best/ was chosen by; on the test set
-        # only a monitoring figure, biased upwards by the choice of epoch, and named so.
-        ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"): max(
-            final["best"]["accuracy"] or 0.0, eval_metrics["accuracy"]
-        ),
-        "best_metric": run.cfg.checkpoint.best_metric,  # what chose best/ (with a validation split)
-        "stopped_early_at_epoch": state.stopped_early_at_epoch,  # early_stop.patience, else null
-        "epochs": run.epochs,
-        "steps": state.step,
-        "parameters": run.params,
-        "top_k": run.trainer.top_k,  # the test metrics' f"top{k}" key
-        "model": run.model.name,
-        "dataset": run.info.name,
-        "precision": run.rt.precision,
-        "replicas": run.rt.replicas,
-        "wall_time_s": round(time.time() - started, 1),
-        "run_dir": str(run.workdir),
-        "checkpoint": run.checkpointer.latest if run.rt.is_chief else None,
-        "config_hash": run_dir.config_hash(run.cfg),
-    }
-    if final["test_ema"] is not None:
-        results["test_ema"] = final["test_ema"]
-    metric = run.cfg.checkpoint.best_metric
-    if metric != "accuracy" and run.eval_split == "val":
-        results[f"best_val_{metric}"] = max(final["best"][metric] or 0.0, eval_metrics[metric])
-    return results
 
 
 def _log_overhead(epoch: int, epochs: int, in_steps: float, overhead: dict) -> None:

@@ -6,6 +6,7 @@ directory becomes this run's. set_up returns what the loop needs (Run) and what 
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from resnet_train import models, optim
 from resnet_train.errors import RunDirError
 from resnet_train.optim import schedules
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
+from resnet_train.report.step_log import StepLog
 from resnet_train.runtime import devices as runtime
 from resnet_train.runtime import onednn, threads, tuning
 from resnet_train.training import early_stop, finetune, inputs, pretrained, resolved, run_dir
@@ -53,6 +55,7 @@ class Run:
     train_flops: float  # per image, forward + backward
     peak: float  # the measured matmul rate over all replicas: MFU's denominator
     params: int
+    step_log: StepLog  # log.every_steps / every_seconds: per-step TensorBoard points, lines off a terminal
 
 
 @dataclass
@@ -117,6 +120,14 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
         train_flops=train_flops,
         peak=peak,
         params=params,
+        step_log=StepLog(
+            cfg.log.every_steps,
+            cfg.log.every_seconds,
+            reporter,
+            data.total_steps,
+            config_lib.step_batch(cfg),
+            lines=rt.is_chief and not sys.stderr.isatty(),  # on a terminal the tqdm bar shows it
+        ),
     )
     return run, State(step=step, best_so_far=best_so_far, patience=early_stop.restored(cfg, workdir, step))
 

@@ -1,0 +1,42 @@
+"""results.json: what a run reached (test figures, best, early stop) and what it was."""
+
+from __future__ import annotations
+
+import time
+
+from resnet_train.training import run_dir
+
+
+def results(run, state, final: dict, started: float) -> dict:
+    """results.json: what the run reached, and what it was."""
+    eval_metrics = state.eval_metrics
+    results = {
+        "test": final["test"],
+        "eval_split": run.eval_split,
+        "eval": eval_metrics,
+        # Over the epochs: with a validation split the figure best/ was chosen by; on the test set
+        # only a monitoring figure, biased upwards by the choice of epoch, and named so.
+        ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"): max(
+            final["best"]["accuracy"] or 0.0, eval_metrics["accuracy"]
+        ),
+        "best_metric": run.cfg.checkpoint.best_metric,  # what chose best/ (with a validation split)
+        "stopped_early_at_epoch": state.stopped_early_at_epoch,  # early_stop.patience, else null
+        "epochs": run.epochs,
+        "steps": state.step,
+        "parameters": run.params,
+        "top_k": run.trainer.top_k,  # the test metrics' f"top{k}" key
+        "model": run.model.name,
+        "dataset": run.info.name,
+        "precision": run.rt.precision,
+        "replicas": run.rt.replicas,
+        "wall_time_s": round(time.time() - started, 1),
+        "run_dir": str(run.workdir),
+        "checkpoint": run.checkpointer.latest if run.rt.is_chief else None,
+        "config_hash": run_dir.config_hash(run.cfg),
+    }
+    if final["test_ema"] is not None:
+        results["test_ema"] = final["test_ema"]
+    metric = run.cfg.checkpoint.best_metric
+    if metric != "accuracy" and run.eval_split == "val":
+        results[f"best_val_{metric}"] = max(final["best"][metric] or 0.0, eval_metrics[metric])
+    return results
