@@ -2,7 +2,6 @@
 
 import re
 
-import pytest
 import tensorflow as tf
 from helpers import TINY
 
@@ -41,18 +40,6 @@ def test_every_seconds_alone_still_logs(cli, tmp_path):
 
 def test_durations_read_like_a_clock():
     assert [duration(s) for s in (5, 65, 3600 + 62, float("nan"))] == ["0:05", "1:05", "1:01:02", "?"]
-
-
-@pytest.mark.parametrize(
-    "setting,message",
-    [
-        ("log.every_steps=0", "log.every_steps must be null or a positive integer (got 0)"),
-        ("log.every_seconds=-1", "log.every_seconds must be null or a positive number of seconds (got -1)"),
-    ],
-)
-def test_bad_log_settings_are_one_line_exit_2(cli, tmp_path, setting, message):
-    done = cli(*TINY, setting, f"hydra.run.dir={tmp_path / 'run'}")
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_on_a_terminal_the_bar_shows_the_runs_eta(cli, tmp_path, monkeypatch):
