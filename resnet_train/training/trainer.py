@@ -138,8 +138,9 @@ class Trainer:
             else:
                 total = [None if g is None else a + g for a, g in zip(total, grads)]
                 loss_sum, correct, count = loss_sum + sums[0], correct + sums[1], count + sums[2]
-        steps = float(len(micro_batches))
-        return [None if g is None else g / steps for g in total], loss_sum, correct, count
+        if len(micro_batches) > 1:  # (one micro-batch: the gradient as it is, no op per variable)
+            total = [None if g is None else g / float(len(micro_batches)) for g in total]
+        return total, loss_sum, correct, count
 
     def _replica_step(self, *micro_batches):
         """One optimizer step on this replica's part of `micro_batches` ((images, labels) pairs:
