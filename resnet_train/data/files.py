@@ -72,7 +72,7 @@ def decode_files(paths, image_shape, what: str, keep: bool = True) -> Decoded:
     return Decoded(ok=ok, sums=sums, squares=squares, pixels=shape[0] * shape[1], images=images)
 
 
-def channel_stats(sums, squares, pixels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats_of_sums(sums, squares, pixels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (0..255 scale) of the images whose rows of sums/squares are given."""
     count = float(len(sums) * pixels)
     mean = sums.sum(0) / count

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from resnet_train.data.files import channel_stats, decode_files
+from resnet_train.data.files import channel_stats_of_sums, decode_files
 from resnet_train.data.info import DatasetInfo, Splits
 from resnet_train.errors import ConfigError, DataError
 
@@ -118,7 +118,7 @@ def load(
     if len(train.y) == 0 or len(test.y) == 0:
         raise DataError(f"{root}: after skipping unreadable files there is no training or held-out image left")
 
-    mean, std = channel_stats(train.sums, train.squares, image_size * image_size)
+    mean, std = channel_stats_of_sums(train.sums, train.squares, image_size * image_size)
     skipped = train.bad + test.bad
     log.info(
         "Folder %s: %d classes, %d train / %d held-out images at %dx%d%s; %s: %s",

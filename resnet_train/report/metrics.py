@@ -44,27 +44,19 @@ class Reporter:
         return self._writers[split]
 
     def log(self, split: str, step: int, epoch: int, metrics: dict) -> None:
-        import tensorflow as tf
-
-        try:
-            with self._writer(split).as_default(step=step):
-                for key, value in metrics.items():
-                    if isinstance(value, float):
-                        tf.summary.scalar(key, value)
-        except tf.errors.OpError as e:  # its event file on a full disk
-            raise self._event_file_error(e, split) from None
+        self.scalars(split, step, {k: v for k, v in metrics.items() if isinstance(v, float)})
         record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
         self._append(split, step, record)
 
     def scalars(self, split: str, step: int, values: dict) -> None:
-        """TensorBoard only (per-step points inside an epoch: metrics.jsonl keeps one record an epoch)."""
+        """TensorBoard only (also per-step points inside an epoch: metrics.jsonl keeps one record an epoch)."""
         import tensorflow as tf
 
         try:
             with self._writer(split).as_default(step=step):
                 for key, value in values.items():
                     tf.summary.scalar(key, value)
-        except tf.errors.OpError as e:
+        except tf.errors.OpError as e:  # its event file on a full disk
             raise self._event_file_error(e, split) from None
 
     def _append(self, split: str, step: int, record: dict) -> None:
