@@ -243,6 +243,44 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     assert not isinstance(build(8, 10, sync_bn=True).get_layer("stem_bn"), FusedBatchNorm)
 
 
+def test_standardize_equals_keras_normalization_to_the_bit():
+    import tensorflow as tf
+
+    from resnet_train.models.layers import Standardize
+
+    rng = np.random.default_rng(0)
+    for channels in (1, 3, 5):
+        mean = rng.uniform(0, 255, channels).tolist()
+        std = [*rng.uniform(1e-9, 100, channels - 1).tolist(), 1e-9]  # one below keras' epsilon
+        x = tf.constant(rng.uniform(0, 255, (4, 6, 6, channels)).astype(np.float32))
+        theirs = keras.layers.Normalization(mean=mean, variance=[s * s for s in std], dtype="float32")
+        ours = Standardize(mean, std, dtype="float32")
+        np.testing.assert_array_equal(ours(x), theirs(x))
+        assert not ours.weights  # as before: nothing for a checkpoint to hold
+
+
+def test_a_checkpoint_of_a_model_built_with_keras_normalization_restores(tmp_path, monkeypatch):
+    """Runs trained before Standardize replaced keras' Normalization keep resuming and loading."""
+    import tensorflow as tf
+
+    from resnet_train.models import resnet
+
+    def keras_normalization(mean, std, dtype, name):
+        return keras.layers.Normalization(mean=list(mean), variance=[s * s for s in std], dtype=dtype, name=name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(resnet, "Standardize", keras_normalization)
+        old = build(8, 10, mean=(120.0, 115.0, 100.0), std=(60.0, 61.0, 62.0))
+    assert isinstance(old.get_layer("normalize"), keras.layers.Normalization)
+    for v in old.weights:
+        v.assign(np.random.default_rng(len(v.path)).normal(size=v.shape).astype(np.float32))
+    path = tf.train.Checkpoint(model=old).save(str(tmp_path / "ckpt"))
+    new = build(8, 10, mean=(120.0, 115.0, 100.0), std=(60.0, 61.0, 62.0))
+    tf.train.Checkpoint(model=new).restore(path).assert_consumed()
+    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(new(x, training=False), old(x, training=False))
+
+
 def _probe(model, names, x, training=False):
     """The outputs of the named layers for input x."""
     outputs = keras.Model(model.input, [model.get_layer(n).output for n in names])(x, training=training)

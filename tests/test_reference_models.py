@@ -7,10 +7,11 @@ Inputs are even-sized (32 / 64 pixels; one odd case), where TF's padding="same" 
 pads (0, 1) instead of the references' symmetric (1, 1): the agreement checked here is what the
 explicit symmetric padding in models/layers.py and models/resnet.py buys.
 
-Normalisation: our model normalises inside (keras Normalization with `mean`/`std`); the references
-take the normalised image. We keep the model's real normalisation and feed the reference
-(x - mean) / std computed here, so the comparison covers the model exactly as it is trained and
-exported (setting mean=0 / std=1 instead would leave the Normalization layer untested).
+Normalisation: our model normalises inside (models.layers.Standardize, which equals keras'
+Normalization with `mean`/`std**2`); the references take the normalised image. We keep the model's
+real normalisation and feed the reference (x - mean) / std computed here, so the comparison covers
+the model exactly as it is trained and exported (setting mean=0 / std=1 instead would leave the
+normalisation untested).
 """
 
 from __future__ import annotations

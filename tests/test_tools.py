@@ -185,7 +185,7 @@ def test_predict_prints_top_k_and_reports_unreadable_files(trained, pictures, cl
 # only in another op order (TF's graph optimiser, the TFLite converter folding batch norm into the
 # convolutions): a few float32 roundings (eps 1.2e-7) of logits of order 10, through a softmax, stay
 # far below it. A .keras file is the same Keras layers op for op: no difference at all.
-FLOAT32_EXPORT_BOUND = {"saved_model": 1e-5, "tflite": 1e-5, "keras": 0.0}
+FLOAT32_EXPORT_BOUND = {"saved_model": 1e-5, "tflite": 1e-5, "onnx": 1e-5, "keras": 0.0}
 
 
 def near_ties(probs, bound):
@@ -224,7 +224,7 @@ def printed_export(done):
     """What resnet-export printed: (exported path, MB, examples, exported accuracy, original
     accuracy, top-1 agreement, largest probability difference)."""
     assert done.returncode == 0, done.stderr[-2000:]
-    ((path, megabytes),) = re.findall(r"^Exported \w+: (\S+) \(([\d.]+) MB\)$", done.stdout, re.M)
+    ((path, megabytes),) = re.findall(r"^Exported \w+(?: \(opset \d+\))?: (\S+) \(([\d.]+) MB\)$", done.stdout, re.M)
     line = re.search(
         r"Accuracy on (\d+) test images: exported ([\d.]+), original ([\d.]+); top-1 agreement "
         r"([\d.]+), largest probability difference ([\d.e+-]+)",
@@ -234,7 +234,7 @@ def printed_export(done):
     return (Path(path), float(megabytes), *(float(g) for g in line.groups()))
 
 
-@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite"])
+@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite", "onnx"])
 def test_export_cli_reports_accuracy_and_size(trained, cli_exports, cli, fmt):
     from resnet_train.tools.export import load_predictor
     from resnet_train.training.runs import load_run
@@ -286,6 +286,7 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_e
         ("saved_model", "none", FLOAT32_EXPORT_BOUND["saved_model"]),
         ("keras", "none", FLOAT32_EXPORT_BOUND["keras"]),
         ("tflite", "none", FLOAT32_EXPORT_BOUND["tflite"]),
+        ("onnx", "none", FLOAT32_EXPORT_BOUND["onnx"]),
         ("tflite", "float16", 5e-3),
         ("tflite", "dynamic", 5e-2),
         ("tflite", "int8", 1e-1),
@@ -317,6 +318,31 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_e
     assert names == [str(i) for i in range(10)]
     reloaded = keras.saving.load_model(str(folders["keras", "none"] / "model.keras"), safe_mode=True)
     assert reloaded.name == run.model.name
+
+
+def test_onnx_export_takes_uint8_images_alone_in_the_opset_asked_for(trained, tmp_path, cli_exports, cli):
+    """One input (uint8 images, the normalisation inside: no statistics left as extra inputs, which
+    keras' Normalization layer gave), two outputs, and each opset tf2onnx offers at its ends."""
+    import onnx
+    import onnxruntime
+
+    from resnet_train.tools.export import export_run, onnx_opsets
+
+    done, out = cli_exports("onnx", cli)
+    assert re.search(r"^Exported onnx \(opset 15\): ", done.stdout, re.M), done.stdout  # tf2onnx's default
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    ((images,),) = [session.get_inputs()]
+    assert (images.name, images.type, images.shape[1:]) == ("images", "tensor(uint8)", [32, 32, 3])
+    assert sorted(o.name for o in session.get_outputs()) == ["classes", "probabilities"]
+    x, _ = digits_test(8)
+    probabilities, classes = session.run(["probabilities", "classes"], {"images": x})
+    np.testing.assert_array_equal(classes, probabilities.argmax(1))
+    assert (out / "model_class_names.txt").read_text().split() == [str(i) for i in range(10)]
+    for opset in (onnx_opsets()[0], onnx_opsets()[-1]):
+        r = export_run(trained, fmt="onnx", opset=opset, out=tmp_path / str(opset))
+        written = onnx.load(r["path"])
+        assert r["opset"] == opset == next(o.version for o in written.opset_import if o.domain == "")
+        assert r["max_probability_difference"] <= FLOAT32_EXPORT_BOUND["onnx"] and r["top1_agreement"] == 1.0
 
 
 def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):

@@ -158,8 +158,9 @@ def _export(cfg) -> None:
     def task():
         from resnet_train.tools.export import export_run
 
-        r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split)
+        r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split, opset=cfg.opset)
         quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
+        quant += f" (opset {r['opset']})" if r["opset"] else ""
         weights = " with the EMA weights" if r.get("weights") == "ema" else ""
         print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
         print(

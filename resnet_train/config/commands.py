@@ -73,6 +73,7 @@ class ExplainConfig(RunToolConfig):
 class ExportConfig(RunToolConfig):
     format: str = "saved_model"
     quantize: str = "none"
+    opset: Optional[int] = None
     out: Optional[str] = None
     split: str = "test"
 

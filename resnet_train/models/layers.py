@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -34,6 +35,30 @@ class ZeroPadShortcut(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package="resnet_train")
+class Standardize(layers.Layer):
+    """(x - mean) / std per channel, the dataset's statistics held as constants of the graph.
+
+    Computes what keras' Normalization(mean=, variance=std**2) computes, to the bit (its
+    divisor is max(sqrt(variance), epsilon)); Keras' layer holds the statistics as eager tensors
+    that a traced function captures, which ONNX converters turn into extra model inputs.
+    Built from numbers in call(), the statistics are graph constants in every export. Holds no
+    variables, like the layer it replaces, so checkpoints written before it still restore."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+
+    def call(self, x):
+        variance = np.asarray([s * s for s in self.std], np.float32)  # Normalization's rounding
+        divisor = np.maximum(np.sqrt(variance), np.float32(keras.config.epsilon()))
+        return (x - np.asarray(self.mean, np.float32)) / divisor
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
 @keras.saving.register_keras_serializable(package="resnet_train")

@@ -12,7 +12,7 @@ from keras import layers
 
 from resnet_train.models import names
 from resnet_train.models.depths import Layout
-from resnet_train.models.layers import Builder
+from resnet_train.models.layers import Builder, Standardize
 
 
 def _inputs_and_stem_input(image_shape, mean, std):
@@ -20,7 +20,7 @@ def _inputs_and_stem_input(image_shape, mean, std):
     # Normalise in float32 whatever the policy (bfloat16 has 8 bits of mantissa); the first conv
     # casts to the compute dtype.
     x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
-    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std], dtype="float32", name=names.NORMALIZE)(x)
+    x = Standardize(mean, std, dtype="float32", name=names.NORMALIZE)(x)
     return inputs, x
 
 

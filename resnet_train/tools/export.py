@@ -1,4 +1,4 @@
-"""Export a trained run: SavedModel (serving signatures), .keras, TFLite (optionally quantised).
+"""Export a trained run: SavedModel (serving signatures), .keras, TFLite (optionally quantised), ONNX.
 
 Every exported model takes raw images (the normalisation is inside the model) and returns
 probabilities. After exporting, the artefact is loaded back and evaluated beside the original.
@@ -18,7 +18,7 @@ from resnet_train.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "keras", "tflite")
+FORMATS = ("saved_model", "keras", "tflite", "onnx")
 QUANTIZE = ("none", "float16", "dynamic", "int8")
 
 
@@ -103,6 +103,28 @@ def _convert(converter, info, path: Path, quantize: str, representative) -> Path
     return path
 
 
+def onnx_opsets() -> range:
+    """The opsets tf2onnx can write: from 13 (the oldest its 1.17 release still tests) to its newest."""
+    from tf2onnx.constants import OPSET_TO_IR_VERSION
+
+    return range(13, max(OPSET_TO_IR_VERSION) + 1)
+
+
+def export_onnx(model, info, path: Path, opset: int | None = None) -> Path:
+    """uint8 images -> probabilities and classes, as the SavedModel's serving_default.
+
+    tf2onnx on a traced function rather than Keras' model.export(format="onnx"): Keras' export
+    (tf2onnx underneath) traces the model's float32 keras.Input, not the uint8 images every other
+    format takes, and offers no opset choice."""
+    import tf2onnx
+
+    images_fn, _, images_spec, _ = serving_functions(model, info.image_shape)
+    traced = tf.function(images_fn, input_signature=images_spec)
+    tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(path))
+    _write_class_names(path.with_name(path.stem + "_class_names.txt"), info)
+    return path
+
+
 # ---- loading exported models back, as predictors: uint8 batch -> probabilities ---------------
 def load_predictor(path: Path, fmt: str):
     if fmt == "saved_model":
@@ -111,6 +133,11 @@ def load_predictor(path: Path, fmt: str):
     if fmt == "keras":
         model = keras.saving.load_model(str(path), safe_mode=True)
         return lambda images: tf.nn.softmax(model(images, training=False)).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda images: session.run(["probabilities"], {"images": np.asarray(images, np.uint8)})[0]
     # LiteRT's interpreter: tf.lite.Interpreter is deprecated (and announced for removal).
     from ai_edge_litert.interpreter import Interpreter
 
@@ -133,8 +160,38 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def check_options(fmt: str, quantize: str = "none", opset: int | None = None) -> None:
+    """Refuses a format, quantisation or opset that cannot be exported, before any work."""
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    if quantize not in QUANTIZE:
+        raise UserError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+    if quantize != "none" and fmt != "tflite":
+        raise UserError(f"quantize={quantize} applies to format=tflite only")
+    if opset is not None and fmt != "onnx":
+        raise UserError(f"opset={opset} applies to format=onnx only")
+    if fmt != "onnx":
+        return
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"format=onnx needs tf2onnx and onnxruntime ({e}): pip install 'resnet-train[onnx]'") from e
+    if opset is not None and opset not in onnx_opsets():
+        opsets = onnx_opsets()
+        raise UserError(f"opset must be an ONNX opset from {opsets[0]} to {opsets[-1]} (got {opset})")
+
+
 def export_run(
-    run_dir, checkpoint="auto", fmt="saved_model", quantize="none", out=None, split="test", batch_size=64, ema=None
+    run_dir,
+    checkpoint="auto",
+    fmt="saved_model",
+    quantize="none",
+    out=None,
+    split="test",
+    batch_size=64,
+    ema=None,
+    opset=None,
 ) -> dict:
     """Exports, reloads, evaluates the exported model beside the original; returns a summary.
     A run trained with ema.decay exports its EMA weights (ema=False: the raw ones)."""
@@ -142,12 +199,7 @@ def export_run(
     from resnet_train.tools.evaluate import eval_split
     from resnet_train.training.runs import load_run
 
-    if fmt not in FORMATS:
-        raise UserError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    if quantize not in QUANTIZE:
-        raise UserError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
-    if quantize != "none" and fmt != "tflite":
-        raise UserError(f"quantize={quantize} applies to format=tflite only")
+    check_options(fmt, quantize, opset)
     run = load_run(run_dir, checkpoint, ema)
     if run.weights == "ema":
         log.info("Exporting the moving-average (EMA) weights of %s", run.checkpoint)
@@ -161,6 +213,8 @@ def export_run(
         path = export_saved_model(run.model, run.info, out_dir / "saved_model")
     elif fmt == "keras":
         path = export_keras(run.model, run.info, out_dir / "model.keras")
+    elif fmt == "onnx":
+        path = export_onnx(run.model, run.info, out_dir / "model.onnx", opset)
     else:
         representative = None
         if quantize == "int8":
@@ -170,17 +224,12 @@ def export_run(
             )[0]
         suffix = "" if quantize == "none" else f"_{quantize}"
         path = export_tflite(run.model, run.info, out_dir / f"model{suffix}.tflite", quantize, representative)
-    predictor = load_predictor(path, fmt)
-    exported = np.concatenate([predictor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    original = np.concatenate(
-        [
-            tf.nn.softmax(run.model(images[i : i + batch_size], training=False)).numpy()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    exported = _in_batches(load_predictor(path, fmt), images, batch_size)
+    original = _in_batches(lambda x: tf.nn.softmax(run.model(x, training=False)).numpy(), images, batch_size)
     return {
         "format": fmt,
         "quantize": quantize,
+        "opset": _opset_of(path) if fmt == "onnx" else None,
         "weights": run.weights,
         "path": str(path),
         "bytes": _size(path),
@@ -191,6 +240,19 @@ def export_run(
         "max_probability_difference": float(np.abs(exported - original).max()),
         "top1_agreement": float(np.mean(exported.argmax(1) == original.argmax(1))),
     }
+
+
+def _in_batches(predict, images, batch_size):
+    return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def _opset_of(path: Path) -> int:
+    """The default-domain opset an ONNX file was written with (what a runtime must support)."""
+    import onnx
+
+    return next(
+        o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")
+    )
 
 
 def _as_arrays(batches):
