@@ -37,7 +37,7 @@ os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_DIR / "tmp")
 os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
 
 # The user's settings must not change outcomes (in this process and in the CLI subprocesses, which
-# inherit os.environ): no traceback mode, no cluster, no ~/tensorflow_datasets (an empty folder
+# inherit os.environ): no traceback mode, no cluster, no tracking server, no ~/tensorflow_datasets (an empty folder
 # instead, so a test never finds the user's prepared datasets), no determinism switched on from outside.
 TFDS_DATA_DIR = SESSION_DIR / "tensorflow_datasets"
 TFDS_DATA_DIR.mkdir()
@@ -46,6 +46,13 @@ RESET_ENV = {
     "TF_CONFIG": None,
     "TF_DETERMINISTIC_OPS": None,
     "TFDS_DATA_DIR": str(TFDS_DATA_DIR),
+    # The experiment trackers: no user login, server or mode; no telemetry (tests stay offline).
+    "MLFLOW_TRACKING_URI": None,
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "WANDB_API_KEY": None,
+    "WANDB_MODE": None,
+    "WANDB_SILENT": "true",
 }
 for _key, _value in RESET_ENV.items():  # at import too: module fixtures run before _clean_state
     if _value is None:

@@ -102,6 +102,7 @@ def validate(cfg) -> None:
     _checkpoint(cfg.checkpoint)
     _early_stop(cfg.early_stop)
     _log(cfg.log)
+    _tracking(cfg)
     # A warm-up longer than the run, where comparable before the data is read (same units).
     schedules.check_warmup_fits(cfg)
 
@@ -158,6 +159,21 @@ def _log(g) -> None:
         raise ConfigError(f"log.every_steps must be null or a positive integer (got {g.every_steps!r})")
     if g.every_seconds is not None and g.every_seconds <= 0:
         raise ConfigError(f"log.every_seconds must be null or a positive number of seconds (got {g.every_seconds:g})")
+
+
+LOGGERS = ("tensorboard", "mlflow", "wandb")
+
+
+def _tracking(cfg) -> None:
+    for name in cfg.logger:
+        if name not in LOGGERS:
+            raise ConfigError(
+                f"logger entries must be among {', '.join(LOGGERS)}, e.g. logger=[tensorboard,mlflow] (got {name!r})"
+            )
+    if len(set(cfg.logger)) != len(cfg.logger):
+        raise ConfigError(f"logger names a logger twice (got {list(cfg.logger)})")
+    if cfg.wandb.mode not in ("online", "offline"):
+        raise ConfigError(f"wandb.mode must be online or offline (got {cfg.wandb.mode!r})")
 
 
 def _early_stop(e) -> None:

@@ -202,6 +202,22 @@ class LogConfig:
 
 
 @dataclass
+class MlflowConfig:
+    # null: a local file store, mlruns/ in the directory the command is started from (where
+    # `mlflow ui --backend-store-uri ./mlruns` finds it); else any MLflow tracking URI.
+    tracking_uri: Optional[str] = None
+    experiment: str = "resnet-train"
+
+
+@dataclass
+class WandbConfig:
+    project: str = "resnet-train"
+    entity: Optional[str] = None
+    mode: str = with_hint("online or offline", "online")  # offline: `wandb sync` uploads later
+    dir: Optional[str] = None  # where W&B writes its files; null: its own default (./wandb)
+
+
+@dataclass
 class EmaConfig:
     decay: Optional[float] = with_hint("e.g. 0.999", None)
 
@@ -230,6 +246,10 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Where each epoch's metrics go besides metrics.jsonl: tensorboard, mlflow, wandb (any of them).
+    logger: List[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     init_from: Optional[str] = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

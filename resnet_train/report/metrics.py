@@ -17,12 +17,15 @@ METRICS = Path("metrics.jsonl")  # every logged record (Reporter), in the run di
 
 
 class Reporter:
-    """Writes each logged point to TensorBoard (tensorboard/<split>) and to metrics.jsonl."""
+    """Writes each logged point to TensorBoard (tensorboard/<split>), to metrics.jsonl and, once
+    committed (its step checkpointed), to the experiment trackers (report/tracking.py)."""
 
-    def __init__(self, workdir, resumed_at: int = 0):
+    def __init__(self, workdir, resumed_at: int = 0, tensorboard: bool = True, trackers=None):
         """`resumed_at`: the step the run continues from; records logged after it by an earlier,
-        interrupted session are dropped, so metrics.jsonl reads like one uninterrupted run."""
+        interrupted session are dropped, so metrics.jsonl reads like one uninterrupted run.
+        `tensorboard`: False when logger leaves it out; `trackers`: tracking.Trackers, or None."""
         self.workdir = Path(workdir)
+        self.tensorboard, self.trackers = tensorboard, trackers
         self._writers = {}
         self._path = self.workdir / METRICS
         self._records = [r for r in read_metrics(self.workdir) if r.get("step", 0) <= resumed_at]
@@ -52,6 +55,8 @@ class Reporter:
         """TensorBoard only (also per-step points inside an epoch: metrics.jsonl keeps one record an epoch)."""
         import tensorflow as tf
 
+        if not self.tensorboard:
+            return
         try:
             with self._writer(split).as_default(step=step):
                 for key, value in values.items():
@@ -82,6 +87,8 @@ class Reporter:
         """The run's settings for TensorBoard's HParams dashboard (metrics: eval/accuracy, eval/loss)."""
         from tensorboard.plugins.hparams import api as hp
 
+        if not self.tensorboard:
+            return
         with self._writer(".").as_default():
             hp.hparams(values, trial_id=self.workdir.name)
 
@@ -95,7 +102,19 @@ class Reporter:
         the one-line "could not write <file>")."""
         return OSError(None, first_line(e, 200, tail=True), str(self.workdir / "tensorboard" / split))
 
-    def close(self) -> None:
+    def commit(self) -> None:
+        """The records so far are checkpointed: the trackers get those they have not had."""
+        if self.trackers is not None:
+            self.trackers.send(self._records)
+
+    def finish(self, results: dict, files) -> None:
+        """The run's results and its pictures, to the trackers."""
+        if self.trackers is not None:
+            self.commit()
+            self.trackers.finish(results, files)
+
+    def close(self, status: str = "KILLED") -> None:
+        """status, for the trackers: FINISHED, KILLED (to be continued) or FAILED."""
         import tensorflow as tf
 
         try:
@@ -106,6 +125,8 @@ class Reporter:
                     raise self._event_file_error(e, split) from None
         finally:
             self._jsonl.close()
+            if self.trackers is not None:
+                self.trackers.close(status)
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -155,7 +176,13 @@ class NullReporter:
     def best(self, split: str, key: str):
         return None
 
-    def close(self) -> None:
+    def commit(self) -> None:
+        pass
+
+    def finish(self, results: dict, files) -> None:
+        pass
+
+    def close(self, status: str = "KILLED") -> None:
         pass
 
 

@@ -90,6 +90,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     """Set up, the epochs (each: run_epoch, then end_epoch), the final evaluation, the results."""
     run, state = set_up(cfg, workdir, overrides, stop, held_log)
     stop.training_started()
+    status = "FAILED"  # for the experiment trackers
     try:
         if state.step and state.patience.exhausted():  # stopped early, killed before its results
             state.stopped_early_at_epoch = state.step // run.steps_per_epoch
@@ -100,14 +101,27 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
             if state.stopped_early_at_epoch:  # saved like any epoch end; the results follow
                 break
         final = _final_evaluation(run, state)
+        results = results_lib.results(run, state, final, started)
+        if run.rt.is_chief:
+            write_json(workdir / run_dir.RESULTS, results)
+            pictures = _pictures(run, final["confusion"], f"{run.model.name}, test split, step {state.step}")
+            run.reporter.finish(results, [*pictures, workdir / run_dir.RESULTS])
+        status = "FINISHED"
+    except (Preempted, KeyboardInterrupt):
+        status = "KILLED"  # to be continued by the same command
+        raise
     finally:
-        run.reporter.close()
+        run.reporter.close(status)
         if not run.rt.is_chief:
             shutil.rmtree(run.own_dir, ignore_errors=True)
-    results = results_lib.results(run, state, final, started)
-    if run.rt.is_chief:
-        write_json(workdir / run_dir.RESULTS, results)
     return results
+
+
+def _pictures(run: Run, confusion, title: str) -> list[Path]:
+    """curves.png, and the test split's confusion matrix drawn beside it."""
+    path = run.workdir / run_dir.CONFUSION
+    plots.confusion_matrix(confusion, run.info.class_names, path, title)
+    return [run.workdir / run_dir.CURVES, path]
 
 
 def _run_epoch(run: Run, state: State, epoch: int, stop: StopRequests, lock, started: float) -> dict:
@@ -195,6 +209,7 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     }
     timed = time.perf_counter()
     eval_metrics = state.eval_metrics = trainer.evaluate(run.eval_ds)
+    state.eval_confusion = trainer.last_confusion  # before the EMA weights' evaluation
     overhead["evaluation"] = time.perf_counter() - timed
     reporter.log("train", step, epoch + 1, train_metrics)
     reporter.log("eval", step, epoch + 1, eval_metrics)
@@ -211,6 +226,7 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     timed = time.perf_counter()
     checkpointer.save(step, epoch + 1)
     overhead["checkpoint"] = time.perf_counter() - timed
+    reporter.commit()  # the epoch's records, now checkpointed, to the experiment trackers
     if state.patience.update(chosen_by) and epoch + 1 < run.epochs:  # the same figures on every worker
         state.stopped_early_at_epoch = epoch + 1
         log.info("Stopping early after epoch %d: %s on %s has not improved by more than %g for %d epochs",
@@ -249,16 +265,17 @@ def _final_evaluation(run: Run, state: State) -> dict:
     trainer, info = run.trainer, run.info
     if state.eval_metrics is None:  # the run had already finished: report its final state again
         state.eval_metrics = trainer.evaluate(run.eval_ds)
+        state.eval_confusion = trainer.last_confusion
     best = {key: run.reporter.best("eval", key) for key in {"accuracy", run.cfg.checkpoint.best_metric}}
-    test_metrics = (
-        state.eval_metrics
-        if run.eval_split == "test"
-        else trainer.evaluate(run.distribute_eval(run.splits.test, info.test_size))
-    )
+    if run.eval_split == "test":
+        test_metrics, confusion = state.eval_metrics, state.eval_confusion
+    else:
+        test_metrics = trainer.evaluate(run.distribute_eval(run.splits.test, info.test_size))
+        confusion = trainer.last_confusion
     if run.eval_split == "val":
         run.reporter.log("test", state.step, run.epochs, test_metrics)
     test_ema = trainer.evaluate_ema(run.distribute_eval(run.splits.test, info.test_size)) if trainer.has_ema else None
-    return {"test": test_metrics, "test_ema": test_ema, "best": best}
+    return {"test": test_metrics, "test_ema": test_ema, "best": best, "confusion": confusion}
 
 
 def _log_overhead(epoch: int, epochs: int, in_steps: float, overhead: dict) -> None:

@@ -31,6 +31,10 @@ CHECKPOINTED_CONFIG = Path("checkpoints") / "config.yaml"
 RESUMABLE_CHANGES = (
     "runtime.",
     "checkpoint.",
+    "log.",  # and where the records go: none of these changes what is computed
+    "logger",
+    "mlflow.",
+    "wandb.",
     "data.data_dir",
     "data.manual_dir",
     "data.path",
@@ -45,6 +49,7 @@ RESOLVED = Path("checkpoints") / "resolved.json"
 DATASET = Path("dataset.json")
 RESULTS = Path("results.json")  # written when the run finishes: its final metrics
 CURVES = Path("curves.png")  # the training curves, redrawn after every epoch
+CONFUSION = Path("confusion_test.png")  # the test split's confusion matrix, when the run finishes
 # Settings a run keeps from its own saved config whatever the command says, because its
 # checkpoints only make sense with them, with the value that runs saved before the setting existed
 # had. model.padding: "same" (TF's) until the papers' symmetric padding became the default; those

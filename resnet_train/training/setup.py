@@ -16,6 +16,7 @@ from resnet_train import config as config_lib
 from resnet_train import models, optim
 from resnet_train.errors import RunDirError
 from resnet_train.optim import schedules
+from resnet_train.report import tracking
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
 from resnet_train.report.step_log import StepLog
 from resnet_train.runtime import devices as runtime
@@ -68,11 +69,13 @@ class State:
     first_call: bool = True
     patience: early_stop.Patience | None = None  # early_stop's count of epochs without improvement
     stopped_early_at_epoch: int | None = None
+    eval_confusion: object = None  # the last epoch's evaluation confusion matrix (numpy)
 
 
 def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple[Run, State]:
     """Runtime, data, model, optimizer, trainer, restore -- each checked before the next costs
     anything; then the run directory becomes this run's."""
+    tracking.check_installed(cfg.logger)  # a missing package fails before any work
     rt, levers = _runtime(cfg, workdir, stop)
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
@@ -95,8 +98,7 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
     best_so_far = best_logged(workdir, "eval", chosen_by, up_to_step=step)
     if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
         checkpointer.adopt_best(best_logged_step(workdir, "eval", chosen_by, up_to_step=step))
-    reporter = Reporter(workdir, resumed_at=step) if rt.is_chief else NullReporter()
-    reporter.hparams(hparams_of(cfg, info.name))
+    reporter = _reporter(cfg, workdir, rt, step, info)
     run = Run(
         cfg=cfg,
         workdir=workdir,
@@ -130,6 +132,15 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
         ),
     )
     return run, State(step=step, best_so_far=best_so_far, patience=early_stop.restored(cfg, workdir, step))
+
+
+def _reporter(cfg, workdir: Path, rt, step: int, info):
+    """The chief's TensorBoard, metrics.jsonl and experiment trackers (the other workers report nothing)."""
+    if not rt.is_chief:
+        return NullReporter()
+    reporter = Reporter(workdir, step, "tensorboard" in cfg.logger, tracking.open_trackers(cfg, workdir))
+    reporter.hparams(hparams_of(cfg, info.name))
+    return reporter
 
 
 def _log_model(cfg, model, params: int, data: Input) -> None:

@@ -252,6 +252,7 @@ class Trainer:
         """Loss, top-1 and top-5 accuracy, balanced accuracy and macro-F1 over every example of the
         dataset, in one compiled call."""
         *sums, confusion = (t.numpy() for t in self._eval_all(dist_dataset))
+        self.last_confusion = confusion  # rows: true class, columns: predicted
         loss, top1, topk, count = (float(s) for s in sums)
         count = max(count, 1.0)
         return {

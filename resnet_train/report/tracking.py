@@ -1,0 +1,181 @@
+"""Experiment trackers (logger=[mlflow, wandb]): the config as params, each epoch's records, the
+final results and the run's pictures, in one tracked run per run directory.
+
+The tracked run's id is kept in the run directory (tracking.json), so a resumed or requeued run
+continues the same tracked run. A record reaches the trackers only once the checkpoint of its step
+is written (Reporter.commit), and tracking.json lists the records each tracked run has kept: a
+session killed after an epoch's records but before its checkpoint redoes that epoch without a
+second value at the same step, and one killed after the checkpoint but before sending sends them
+at its next start. MLflow has a record once log_batch returns; W&B only once its run is finished
+(its service buffers the transaction log, and a SIGKILLed session leaves it empty: measured with
+wandb 0.31 offline), so a W&B session killed outright has its records sent again by the next one
+(the same values at the same steps, which W&B's monotonic steps keep once).
+
+A tracker that fails during training is reported once and switched off for the session: the run
+goes on (its records stay in metrics.jsonl and are sent at the next start)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from resnet_train.errors import UserError, first_line
+from resnet_train.report.metrics import write_json
+
+log = logging.getLogger(__name__)
+
+TRACKING = Path("tracking.json")  # in the run directory: {tracker: {its run's id ..., "sent": [...]}}
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # the pip extra each tracker needs
+
+
+def check_installed(loggers) -> None:
+    """Refuses a tracker whose package is missing, before any work."""
+    import importlib
+
+    for name in loggers:
+        if name in EXTRAS:
+            try:
+                importlib.import_module(name)  # imported for the run anyway
+            except ImportError as e:
+                raise UserError(
+                    f"logger={name} needs the {name} package ({e}): pip install 'resnet-train[{EXTRAS[name]}]'"
+                ) from None
+
+
+def open_trackers(cfg, workdir: Path) -> Trackers:
+    """The trackers cfg.logger names, each continuing the tracked run tracking.json names, if any."""
+    from omegaconf import OmegaConf
+
+    from resnet_train.config import flatten
+
+    check_installed(cfg.logger)
+    saved = _read(workdir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    opened = {}
+    for name in cfg.logger:
+        if name == "mlflow":
+            from resnet_train.report.tracking_mlflow import MlflowTracker as kind
+        elif name == "wandb":
+            from resnet_train.report.tracking_wandb import WandbTracker as kind
+        else:
+            continue
+        try:
+            opened[name] = kind(cfg[name], workdir, saved.get(name), config, flatten(config))
+        except Exception as e:  # noqa: BLE001 -- each library's own errors: an unreachable server, no login
+            for tracker in opened.values():
+                tracker.close("FAILED")
+            raise UserError(f"logger={name} could not start its run: {first_line(e, 300)}{kind.HINT}") from None
+        log.info("Tracking with %s: %s", name, opened[name].where())
+    return Trackers(workdir, opened, saved)
+
+
+def _read(workdir: Path) -> dict:
+    try:
+        saved = json.loads((workdir / TRACKING).read_text())
+    except (OSError, ValueError):  # none yet, or damaged: new tracked runs
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def record_key(record: dict) -> str:
+    return f"{record['split']}@{record['step']}"
+
+
+class Trackers:
+    """Sends the records, results and files to every open tracker; keeps tracking.json."""
+
+    def __init__(self, workdir: Path, trackers: dict, saved: dict):
+        self.workdir, self.trackers = workdir, trackers
+        self.kept = {}  # what each tracked run has for sure (tracking.json's "sent")
+        for name, tracker in trackers.items():
+            old = saved.get(name) or {}
+            continued = old.get("id") == tracker.identity()["id"]
+            self.kept[name] = set(old.get("sent", [])) if continued else set()
+        self.sent = {name: set(kept) for name, kept in self.kept.items()}  # and in this session
+        if trackers:
+            self._save()
+
+    def send(self, records: list[dict]) -> None:
+        """Every record the trackers have not had yet, in step order."""
+        if not self.trackers:
+            return
+        for name, tracker in list(self.trackers.items()):
+            new = [r for r in records if record_key(r) not in self.sent[name]]
+            if not new:
+                continue
+            try:
+                for record in sorted(new, key=lambda r: r["step"]):
+                    tracker.log(record["step"], _numbers(record))
+            except Exception as e:  # noqa: BLE001 -- the training goes on without this tracker
+                self._drop(name, e)
+                continue
+            self.sent[name].update(record_key(r) for r in new)
+            if tracker.DURABLE:
+                self.kept[name] = set(self.sent[name])
+        self._save()
+
+    def finish(self, results: dict, files: list[Path]) -> None:
+        for name, tracker in list(self.trackers.items()):
+            try:
+                tracker.results(_flat_numbers(results), results)
+                for path in files:
+                    if path.exists():
+                        tracker.file(path)
+            except Exception as e:  # noqa: BLE001
+                self._drop(name, e)
+
+    def close(self, status: str) -> None:
+        """status: FINISHED, KILLED (stopped, to be continued) or FAILED."""
+        for name, tracker in self.trackers.items():
+            try:
+                tracker.close(status)
+                self.kept[name] = set(self.sent[name])  # flushed by the close
+            except Exception as e:  # noqa: BLE001
+                log.warning("logger=%s: could not close its run (%s)", name, first_line(e, 200))
+        if self.trackers:
+            self._save()
+        self.trackers = {}
+
+    def _drop(self, name: str, error: Exception) -> None:
+        log.warning(
+            "logger=%s failed (%s): no more records go there in this session; they stay in metrics.jsonl "
+            "and are sent when the run is continued",
+            name,
+            first_line(error, 300),
+        )
+        tracker = self.trackers.pop(name)
+        try:
+            tracker.close("FAILED")
+        except Exception:  # noqa: BLE001 -- already failing
+            pass
+
+    def _save(self) -> None:
+        saved = _read(self.workdir)
+        for name, tracker in self.trackers.items():
+            saved[name] = {**tracker.identity(), "sent": sorted(self.kept[name])}
+        write_json(self.workdir / TRACKING, saved)
+
+
+def _numbers(record: dict) -> dict:
+    """A record's figures under <split>/<name>, and its epoch."""
+    values = {f"{record['split']}/{k}": float(v) for k, v in record.items() if _is_number(v) and k not in _NOT_METRICS}
+    values["epoch"] = float(record["epoch"])
+    return values
+
+
+_NOT_METRICS = ("split", "step", "epoch", "time")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flat_numbers(results: dict, prefix: str = "results/") -> dict:
+    flat = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            flat.update(_flat_numbers(value, f"{prefix}{key}/"))
+        elif _is_number(value):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
