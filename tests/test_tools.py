@@ -345,32 +345,6 @@ def test_onnx_export_takes_uint8_images_alone_in_the_opset_asked_for(trained, tm
         assert r["max_probability_difference"] <= FLOAT32_EXPORT_BOUND["onnx"] and r["top1_agreement"] == 1.0
 
 
-@pytest.mark.parametrize(
-    "variant, depth, side", [("cifar", 8, 32), ("preact", 20, 32), ("preact", 164, 32), ("imagenet", 18, 64)]
-)
-def test_onnx_export_of_every_family_gives_the_models_probabilities(variant, depth, side, tmp_path):
-    """Max-pool padding, projection shortcuts, bottlenecks and pre-activation through tf2onnx and
-    onnxruntime, with moving statistics far from their initial values (folded or not, they count)."""
-    from types import SimpleNamespace
-
-    from resnet_train.models import build
-    from resnet_train.tools.export import export_onnx, load_predictor
-
-    rng = np.random.default_rng(depth)
-    model = build(depth, 7, (side, side, 3), variant=variant, mean=(100.0, 110.0, 120.0), std=(50.0, 55.0, 60.0))
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(rng.normal(0, 0.5, layer.moving_mean.shape))
-            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
-    info = SimpleNamespace(image_shape=(side, side, 3), class_names=[str(i) for i in range(7)])
-    path = export_onnx(model, info, tmp_path / "model.onnx")
-    images = rng.integers(0, 256, (6, side, side, 3)).astype(np.uint8)
-    expected = tf.nn.softmax(model(images, training=False)).numpy()
-    np.testing.assert_allclose(
-        load_predictor(path, "onnx")(images), expected, rtol=0, atol=FLOAT32_EXPORT_BOUND["onnx"]
-    )
-
-
 def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):
     folder, _ = pictures
     done = tool(

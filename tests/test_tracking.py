@@ -219,3 +219,31 @@ def test_a_tracker_not_installed_is_named_with_its_extra_before_any_work(cli, tm
         f"pip install 'resnet-train[{name}]'"
     ), line
     assert not (run / "checkpoints").exists()
+
+
+def test_each_sweep_member_is_its_own_tracked_run_and_a_rerun_member_continues_it(cli, tmp_path, monkeypatch):
+    """Two members in one process (Hydra's basic launcher), then the sweep rerun longer (what a
+    requeued member does): still two tracked runs in each tracker, each with both epochs."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    sweep, store, wandb_dir = tmp_path / "sweep", (tmp_path / "mlruns").as_uri(), tmp_path / "wb"
+    small = (*TINY, "data.limit_train=64", "data.limit_test=32", "logger=[mlflow,wandb]", "wandb.mode=offline")
+    common = ("-m", *small, f"mlflow.tracking_uri={store}", f"wandb.dir={wandb_dir}", f"hydra.sweep.dir={sweep}")
+    first = cli(*common, "epochs=1", "seed=1,2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ids = [json.loads((sweep / m / "tracking.json").read_text()) for m in ("0", "1")]
+    again = cli(*common, "epochs=2", "seed=1,2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [json.loads((sweep / m / "tracking.json").read_text())["mlflow"]["id"] for m in ("0", "1")] == [
+        i["mlflow"]["id"] for i in ids
+    ]
+
+    client = MlflowClient(tracking_uri=store)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "resnet-train"]
+    tracked = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_id for r in tracked) == sorted(i["mlflow"]["id"] for i in ids)
+    for member, run in (("0", ids[0]), ("1", ids[1])):
+        history = sorted(m.step for m in client.get_metric_history(run["mlflow"]["id"], "eval/accuracy"))
+        assert history == [2, 4]  # 2 steps an epoch
+        assert client.get_run(run["mlflow"]["id"]).data.params["seed"] == str(int(member) + 1)
+        sessions = sorted((wandb_dir / "wandb").glob(f"offline-run-*-{run['wandb']['id']}"))
+        assert len(sessions) == 2 and [s for s, _ in wandb_history(sessions)] == [2, 4]

@@ -31,16 +31,21 @@ EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # the pip extra each tracker ne
 
 def check_installed(loggers) -> None:
     """Refuses a tracker whose package is missing, before any work."""
-    import importlib
-
     for name in loggers:
         if name in EXTRAS:
             try:
-                importlib.import_module(name)  # imported for the run anyway
+                _import(name)  # imported for the run anyway
             except ImportError as e:
                 raise UserError(
                     f"logger={name} needs the {name} package ({e}): pip install 'resnet-train[{EXTRAS[name]}]'"
                 ) from None
+
+
+def _import(name: str) -> None:
+    if name == "mlflow":
+        import mlflow  # noqa: F401
+    elif name == "wandb":
+        import wandb  # noqa: F401
 
 
 def open_trackers(cfg, workdir: Path) -> Trackers:
