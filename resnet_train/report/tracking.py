@@ -26,18 +26,18 @@ from resnet_train.report.metrics import write_json
 log = logging.getLogger(__name__)
 
 TRACKING = Path("tracking.json")  # in the run directory: {tracker: {its run's id ..., "sent": [...]}}
-EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # the pip extra each tracker needs
+TRACKERS = ("mlflow", "wandb")  # each needs its package, from the pip extra of the same name
 
 
 def check_installed(loggers) -> None:
     """Refuses a tracker whose package is missing, before any work."""
     for name in loggers:
-        if name in EXTRAS:
+        if name in TRACKERS:
             try:
                 _import(name)  # imported for the run anyway
             except ImportError as e:
                 raise UserError(
-                    f"logger={name} needs the {name} package ({e}): pip install 'resnet-train[{EXTRAS[name]}]'"
+                    f"logger={name} needs the {name} package ({e}): pip install 'resnet-train[{name}]'"
                 ) from None
 
 
