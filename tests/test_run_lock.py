@@ -213,3 +213,41 @@ def test_stop_requests_can_come_from_another_thread():
     thread.start()
     thread.join()
     assert stop.requested and stop.reason == "the run lock was lost" and stop.signal_name is None
+
+
+@pytest.mark.parametrize("content", ["", '{"host": "ho'], ids=["empty", "cut short"])
+def test_an_empty_or_cut_short_lock_is_taken_over_at_once(tmp_path, caplog, content):
+    """What a kill between creating the lock and writing its record left (issue 29, item 22): no
+    owner to wait for, so the rerun takes it at once instead of refusing for 5 minutes."""
+    lock = tmp_path / ".lock"
+    lock.write_text(content)  # just now: a fresh heartbeat
+    started = time.monotonic()
+    with caplog.at_level("WARNING"), run_lock.RunLock(tmp_path) as taken:
+        assert json.loads(lock.read_text())["token"] == taken.record["token"]
+    assert time.monotonic() - started < 5
+    assert "Removing a stale lock" in caplog.text and "empty or cut short" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # released, and nothing left aside
+
+
+KILLED_WRITING = r"""
+import json, os, signal, sys
+from resnet_train.training import run_lock
+
+def dump_then_die(record, f):
+    f.write(json.dumps(record)[:10])
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+run_lock.json.dump = dump_then_die
+run_lock.RunLock(sys.argv[1]).acquire()
+"""
+
+
+def test_a_kill_while_the_lock_is_written_leaves_no_lock(tmp_path):
+    """The record is complete before `.lock` exists (written aside, then hard-linked): a process
+    killed while writing it leaves no lock for the next run to judge."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITING, str(tmp_path)], cwd=ROOT, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / ".lock").exists()
+    with run_lock.RunLock(tmp_path) as taken:
+        assert json.loads((tmp_path / ".lock").read_text())["token"] == taken.record["token"]

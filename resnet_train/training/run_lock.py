@@ -1,6 +1,7 @@
 """One training process per run directory: `<run>/.lock` names the process that owns it.
 
-The lock is created with O_EXCL (atomic on local and NFS v3+ file systems) and removed when the run
+The lock's record is written to a file of its own, then hard-linked to `.lock` (atomic like O_EXCL
+on local and NFS v3+ file systems; O_EXCL where hard links are refused), and removed when the run
 ends. While the run lives a heartbeat thread touches it every HEARTBEAT_S seconds, after checking
 that it still holds this acquisition's random token: if another process took the lock over, the
 heartbeat stops and calls `on_lost` (the training stops) instead of letting two runs write here.
@@ -11,9 +12,10 @@ A lock is stale, and taken over with a warning, when
   keeps its lock however old its heartbeat: a stopped run (Ctrl-Z, `scontrol suspend`) resumes;
 - its owner ran elsewhere (another node, or another container with the same host name) and its
   heartbeat stopped more than STALE_AFTER_S ago (e.g. a SLURM job requeued onto another node).
-Locks written before boot id, PID namespace and start time were recorded are judged as they used to
-be (host name, PID, heartbeat). A takeover moves the stale lock aside and goes on only if what moved
-is what was judged.
+An empty or cut-short lock (its writer killed before it wrote; only an earlier version or a file
+system without hard links leaves one) is stale at once. Locks written before boot id, PID namespace
+and start time were recorded are judged as they used to be (host name, PID, heartbeat). A takeover
+moves the stale lock aside and goes on only if what moved is what was judged.
 Only the chief locks: the workers of one multi-worker run share its directory.
 """
 
@@ -89,6 +91,8 @@ def _who(owner: dict) -> str:
 
 def _stale(owner: dict, me: dict, silent: float) -> str | None:
     """Why the lock `owner` (heartbeat `silent` seconds ago) is stale, or None while it may be held."""
+    if not owner:  # this version never shows a lock before its record is in it (RunLock._create)
+        return "it is empty or cut short: the process creating it was killed before it wrote its record"
     pid = owner.get("pid")
     ids = ("boot_id", "pid_ns")
     if all(owner.get(k) and me[k] for k in ids):
@@ -144,17 +148,36 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _create(self, record: dict) -> bool:
+        """Makes `record` the lock unless one exists: written to a file of its own, then hard-linked
+        to `.lock` (fails if it exists, like O_EXCL), so a lock is never seen empty or half-written."""
+        staged = self.path.with_name(f".lock.{uuid.uuid4().hex[:12]}.new")
+        try:
+            with open(staged, "x") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(staged, self.path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            return self._create_without_links(record)  # a file system without hard links
+        finally:
+            staged.unlink(missing_ok=True)
+        return True
+
+    def _create_without_links(self, record: dict) -> bool:
+        """O_EXCL, then the record: another process may see the file empty meanwhile and take it
+        for a killed writer's, so the lock is this run's only if it still holds our token after."""
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-        except BaseException:
-            self.path.unlink(missing_ok=True)
-            raise
-        return True
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)  # (if this fails, the empty lock is stale at once)
+        now = _read(self.path)
+        return bool(now) and now[0].get("token") == record["token"]
 
     def _take_over(self, judged: tuple[dict, os.stat_result, bytes], aside: Path) -> None:
         """Moves the lock judged stale to `aside`. If what moved is not what was judged, another
