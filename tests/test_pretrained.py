@@ -13,6 +13,7 @@ import pytest
 from helpers import TINY
 
 from resnet_train import models
+from resnet_train.errors import UserError
 from resnet_train.models import names
 from resnet_train.training import pretrained
 
@@ -25,6 +26,11 @@ HUB_RESNET18 = dict(
     block_type="basic_block",
     use_pre_activation=False,
 )
+# ResNet-50's bottleneck blocks (1x1 -> 3x3 -> 1x1 x4, a projection in each stage's first block) but
+# one block per stage: where the stride sits (keras-hub's v1.5: on the 3x3) decides the features,
+# at a fraction of ResNet-50's cost. Our builder knows it as depth 14 once IMAGENET_DEPTHS has it.
+HUB_BOTTLENECK = {**HUB_RESNET18, "stackwise_num_blocks": [1, 1, 1, 1], "block_type": "bottleneck_block"}
+BOTTLENECK_DEPTH = 14
 
 
 def _randomise_statistics(model, seed=0):
@@ -78,6 +84,43 @@ def test_a_keras_hub_preset_gives_the_backbones_own_features(hub_preset):
     images = np.random.default_rng(2).integers(0, 256, (2, 128, 128, 3)).astype("float32")
     theirs = backbone((images - np.array(mean)) / np.array(std)).numpy().mean(axis=(1, 2))
     _close(_features(ours, names.POOL, images), theirs)
+
+
+@pytest.fixture(scope="module")
+def hub_bottleneck_preset(tmp_path_factory):
+    keras.utils.set_random_seed(6)
+    backbone = keras_hub.models.ResNetBackbone(**HUB_BOTTLENECK)
+    _randomise_statistics(backbone, seed=7)
+    path = tmp_path_factory.mktemp("hub") / "bottleneck"
+    backbone.save_to_preset(str(path))
+    return path, backbone
+
+
+@pytest.fixture
+def bottleneck_depth(monkeypatch):
+    """Depth 14: ImageNet bottleneck blocks, one per stage (ResNet-50's layout, 1/4 of its blocks)."""
+    from resnet_train.models import depths
+
+    monkeypatch.setitem(depths.IMAGENET_DEPTHS, BOTTLENECK_DEPTH, ("bottleneck", (1, 1, 1, 1)))
+    return BOTTLENECK_DEPTH
+
+
+def test_a_keras_hub_bottleneck_preset_keeps_the_stride_on_the_3x3_conv(hub_bottleneck_preset, bottleneck_depth):
+    """keras-hub's bottleneck ResNets are v1.5 (the stride on the 3x3 conv, as ours by default): the
+    features match only with the stride there; model.stride_in_1x1=true (v1) is refused, naming the fix."""
+    path, backbone = hub_bottleneck_preset
+    init_from = f"keras_hub:{path}"
+    mean, std = pretrained.input_statistics(init_from)
+    images = np.random.default_rng(8).integers(0, 256, (2, 64, 64, 3)).astype("float32")
+    ours = models.build(bottleneck_depth, 10, (64, 64, 3), variant="imagenet", mean=mean, std=std)
+    done = pretrained.initialise(ours, init_from, SimpleNamespace(depth=bottleneck_depth, stride_in_1x1=False))
+    assert done["new"] == [names.HEAD] and len(done["loaded"]) == _with_weights(backbone)
+    theirs = backbone((images - np.array(mean)) / np.array(std)).numpy().mean(axis=(1, 2))
+    _close(_features(ours, names.POOL, images), theirs)
+
+    v1 = models.build(bottleneck_depth, 10, (64, 64, 3), variant="imagenet", mean=mean, std=std, stride_in_1x1=True)
+    with pytest.raises(UserError, match=r"keras-hub's .* v1\.5, the stride on the 3x3 conv.*drop model\.stride_in_1x1"):
+        pretrained.initialise(v1, init_from, SimpleNamespace(depth=bottleneck_depth, stride_in_1x1=True))
 
 
 def test_a_keras_applications_weight_file_gives_the_models_own_features_and_predictions(tmp_path):
@@ -138,3 +181,14 @@ def test_bad_pretrained_sources_are_one_line_exit_2(cli, tmp_path, init_from, ex
     done = cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and message.format(tmp=tmp_path) in done.stderr, done.stderr[-1500:]
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_keras_hub_bottleneck_into_stride_in_1x1_is_one_line_exit_2(
+    cli, hub_bottleneck_preset, bottleneck_depth, tmp_path
+):
+    path, _ = hub_bottleneck_preset
+    args = [*TINY, "data.image_size=64", "model.variant=imagenet", f"depth={bottleneck_depth}", "steps=1"]
+    done = cli(*args, "model.stride_in_1x1=true", f"init_from=keras_hub:{path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "drop model.stride_in_1x1=true" in done.stderr, done.stderr[-1500:]
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()

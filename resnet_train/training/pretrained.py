@@ -5,9 +5,10 @@
     init_from=keras_applications:/path/file.h5   keras.applications' ResNet50/101/152 weights
 
 keras-hub's ResNets (v1.5: the stride on the 3x3 conv, convs without bias, BN eps 1e-5) are ours
-layer for layer. keras.applications' are ResNet v1: their stride sits on the first 1x1 conv
-(model.stride_in_1x1=true builds ours the same way; refused otherwise) and their convs have a
-bias, which is folded into the following batch norm's moving mean (exact: BN subtracts a mean).
+layer for layer (model.stride_in_1x1=true, v1, is refused for their bottlenecks). keras.applications'
+are ResNet v1: their stride sits on the first 1x1 conv (model.stride_in_1x1=true builds ours the
+same way; refused otherwise) and their convs have a bias, which is folded into the following
+batch norm's moving mean (exact: BN subtracts a mean).
 They take BGR input, so the stem's kernel is reversed over its input channels.
 
 The model's input normalisation becomes the source's (ImageNet's mean and std for keras-hub,
@@ -138,6 +139,12 @@ def initialise(model, init_from: str, model_cfg) -> dict:
     """Copies the pretrained source into `model`; returns what was loaded and what is new."""
     if init_from.startswith(HUB):
         source, rename, bgr = _hub_backbone(init_from[len(HUB) :]), _hub_name, False
+        if model_cfg.stride_in_1x1 and source.get_config()["block_type"] == "bottleneck_block":
+            raise UserError(
+                f"init_from={init_from}: keras-hub's ResNets are v1.5, the stride on the 3x3 conv of a block; "
+                f"model.stride_in_1x1=true puts it on the first 1x1 (v1, for keras.applications' weights): "
+                f"drop model.stride_in_1x1=true"
+            )
     else:
         source = _application_model(init_from[len(APPLICATIONS) :], model_cfg.depth, model_cfg.stride_in_1x1)
         rename, bgr = _application_name, True
