@@ -52,9 +52,43 @@ def test_auto_class_weights_are_inverse_frequency_with_mean_one_per_example():
     weights = class_metrics.class_weights([150, 30, 15, 0], "auto")
     assert weights == pytest.approx([195 / (3 * 150), 195 / (3 * 30), 195 / (3 * 15), 0.0])
     assert np.dot(weights, [150, 30, 15, 0]) == pytest.approx(195)  # the mean weight of an example is 1
-    assert class_metrics.class_weights([5, 5], [1, 3]) == [1.0, 3.0]
+    assert class_metrics.class_weights([5, 5], [1, 3]) == [0.5, 1.5]  # relative weights, scaled to a mean of 1
     with pytest.raises(ConfigError, match="must list 2 non-negative weights, one per class"):
         class_metrics.class_weights([5, 5], [1, 2, 3])
+    with pytest.raises(ConfigError, match="weight 0 to every class with training examples"):
+        class_metrics.class_weights([5, 0], [0, 1])
+
+
+@pytest.mark.parametrize("sampling", ["natural", "balanced"])
+@pytest.mark.parametrize("setting", ["auto", [1, 2, 3], [0, 1, 1]], ids=["auto", "list", "list-with-0"])
+def test_a_sampled_example_weighs_1_on_average_with_either_sampling(setting, sampling):
+    """The weights a run resolves (inputs._imbalance) times the classes its pipeline draws: the mean
+    example weight is 1 in every combination, so the weights never scale the step size. Balanced
+    sampling already draws the classes equally often: auto then weighs each 1 (not once more by
+    inverse frequency: 10x on the rarest class of 10:2:1, a mean weight of 2.31)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from resnet_train.data import pipeline
+    from resnet_train.training import inputs
+
+    info = SimpleNamespace(encoded=False, class_counts=list(COUNTS), class_names=["0", "1", "2"], name="digits")
+    cfg = OmegaConf.create({"data": {"class_weights": setting, "sampling": sampling}})
+    weights, balanced = inputs._imbalance(cfg, SimpleNamespace(info=info))
+    labels = np.repeat(np.arange(3), COUNTS)
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(195, dtype=np.int64), labels))
+    drawn = np.concatenate(
+        [y.numpy() for e in range(4) for _, y in pipeline.train_batches(ds, 195, 15, 7, e, balanced_classes=balanced)]
+    )
+    assert len(drawn) == 4 * 195
+    if sampling == "natural":  # every example once per epoch
+        assert np.mean(np.take(weights, drawn)) == pytest.approx(1.0)
+    else:  # 780 draws, each class with p = 1/3: the mean over classes is 1, the draws' mean within 4 sd of it
+        assert np.mean(weights) == pytest.approx(1.0)
+        assert np.mean(np.take(weights, drawn)) == pytest.approx(1.0, abs=4 * np.std(weights) / np.sqrt(780) + 1e-9)
+    if setting == "auto" and sampling == "balanced":
+        assert weights == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("soft", [False, True])

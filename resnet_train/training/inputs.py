@@ -122,7 +122,15 @@ def _imbalance(cfg, splits):
             f"streamed files cannot give cheaply: use data.class_weights=auto instead"
         )
     counts = data_lib.class_counts(splits)
-    weights = class_metrics.class_weights(counts, d.class_weights)
+    weights = class_metrics.class_weights(counts, d.class_weights, d.sampling)
+    if weights and d.sampling == "balanced":
+        log.info(
+            "data.class_weights=%s with data.sampling=balanced: %s",
+            d.class_weights,
+            "every class weighs 1, as the sampling already draws them equally often"
+            if d.class_weights == "auto"
+            else "the weights scaled to a mean of 1 over the classes, each drawn equally often",
+        )
     shown = ", ".join(
         f"{name} {n}" + (f" (weight {w:.3g})" if weights else "")
         for name, n, w in list(zip(info.class_names, counts, weights or counts))[:20]
