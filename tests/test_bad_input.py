@@ -397,6 +397,15 @@ CASES = [
         {},
     ),
     (
+        "early_stop without a validation split",
+        "resnet-train",
+        [*TINY, "early_stop.patience=3"],
+        T + "early_stop.patience needs a validation split to watch: add data.val_split=0.1 (or a count of "
+        "images); without one it would stop on the test set",
+        "fresh",
+        {},
+    ),
+    (
         "log every_steps zero",
         "resnet-train",
         [*TINY, "log.every_steps=0"],

@@ -51,3 +51,17 @@ def test_without_patience_the_run_goes_to_its_end(cli, tmp_path):
     done = cli(*TINY, "epochs=2", "data.val_split=0.25", "early_stop.min_delta=1.0", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "results.json").read_text())["stopped_early_at_epoch"] is None
+
+
+def test_patience_running_out_in_the_last_epoch_is_no_early_stop_on_a_rerun(cli, tmp_path):
+    """Killed between the last checkpoint and results.json, a run whose patience ran out in its
+    last epoch ended; the rerun must not report it as stopped early."""
+    run = tmp_path / "run"
+    last_epoch = (*TINY, "epochs=2", "data.val_split=0.25", "early_stop.patience=1", "early_stop.min_delta=1.0")
+    done = cli(*last_epoch, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "results.json").read_text())["stopped_early_at_epoch"] is None
+    (run / "results.json").unlink()
+    again = cli(*last_epoch, f"hydra.run.dir={run}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run / "results.json").read_text())["stopped_early_at_epoch"] is None

@@ -37,6 +37,14 @@ def test_a_loaded_run_has_the_ema_weights_training_evaluated(ema_run):
     assert (raw.weights, averaged.weights) == ("raw", "ema")
     assert results["test_ema"]["loss"] != pytest.approx(results["test"]["loss"], rel=1e-4)
     assert any(not np.allclose(a, b) for a, b in zip(weights(raw.model), weights(averaged.model)))
+    # The batch-norm moving statistics are not averaged (README, EMA): the run's own at that step.
+    moving = [
+        (a.path, a.numpy(), b.numpy())
+        for a, b in zip(raw.model.non_trainable_variables, averaged.model.non_trainable_variables)
+    ]
+    assert moving and all("moving" in path for path, _, _ in moving)
+    for _, plain, ema in moving:
+        np.testing.assert_array_equal(plain, ema)
 
 
 def test_export_writes_the_ema_weights(ema_run, tmp_path):

@@ -68,7 +68,7 @@ def fail(error) -> None:
 
 
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
-def _train(cfg) -> float:
+def _train(cfg) -> float | None:
     from resnet_train.errors import UserError
     from resnet_train.runtime import onednn, threads, tuning
 
@@ -108,21 +108,22 @@ def _train(cfg) -> float:
         f"loss {test['loss']:.4f}) on {test['examples']} images after {results['epochs']} epochs, "
         f"{results['wall_time_s']:.0f} s\nRun directory: {workdir}"
     )
-    # What sweepers optimise: the validation accuracy. The test set is reported, never searched on.
-    return float((results["eval"] if results["eval_split"] == "val" else test)["accuracy"])
+    # What sweepers optimise: the figure behind best/ (best_val_<checkpoint.best_metric>), None
+    # without a validation split. The test set is reported, never searched on.
+    from resnet_train.training import selection
+
+    return selection.objective(cfg, results)
 
 
 def _check_search_has_validation(cfg) -> None:
-    """A hyper-parameter search (a sweeper that optimises the returned value) needs a validation
+    """A hyper-parameter search (any sweeper that optimises the returned value) needs a validation
     split: optimising the test accuracy would tune on the test set."""
-    sweeper = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or "")
-    if "optuna" in sweeper.lower() and not cfg.data.val_split:
+    from resnet_train.training.selection import search_refusal
+
+    refusal = search_refusal(str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or ""), cfg.data.val_split)
+    if refusal:
         # Every trial would fail alike: one line and exit 2 for the whole search, not a member's traceback.
-        print(
-            "resnet-train: error: hparams_search=optuna needs a validation split to optimise "
-            "(data.val_split=0.1 or a count): it would otherwise tune on the test set",
-            file=sys.stderr,
-        )
+        print(f"resnet-train: error: {refusal}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -100,7 +100,7 @@ def validate(cfg) -> None:
         )
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
-    _early_stop(cfg.early_stop)
+    _early_stop(cfg.early_stop, cfg.data.val_split)
     _log(cfg.log)
     _tracking(cfg)
     # A warm-up longer than the run, where comparable before the data is read (same units).
@@ -176,9 +176,14 @@ def _tracking(cfg) -> None:
         raise ConfigError(f"wandb.mode must be online or offline (got {cfg.wandb.mode!r})")
 
 
-def _early_stop(e) -> None:
+def _early_stop(e, val_split) -> None:
     if e.patience is not None and e.patience < 1:
         raise ConfigError(f"early_stop.patience must be null or a positive number of epochs (got {e.patience!r})")
+    if e.patience is not None and not val_split:  # it would stop on the test set's figures
+        raise ConfigError(
+            "early_stop.patience needs a validation split to watch: add data.val_split=0.1 (or a count of "
+            "images); without one it would stop on the test set"
+        )
     if e.min_delta < 0:
         raise ConfigError(f"early_stop.min_delta must be >= 0 (got {e.min_delta:g})")
 

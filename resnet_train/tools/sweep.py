@@ -19,12 +19,17 @@ from resnet_train.training.run_dir import OVERRIDES, RESULTS
 
 log = logging.getLogger(__name__)
 
+# best_val: the figure behind a member's best/ (training/selection.py), what members are ranked by;
+# a member without a validation split is ranked by final_test alone, once it has finished (the
+# test set is reported, never used to choose).
 COLUMNS = (
     "member",
     "status",
     "overrides",
-    "final_eval_accuracy",
-    "best_eval_accuracy",
+    "metric",
+    "best_val",
+    "final_val",
+    "final_test",
     "epochs",
     "wall_time_s",
     "error",
@@ -116,17 +121,23 @@ def member_row(member: Path) -> dict:
     from omegaconf import OmegaConf
 
     from resnet_train.report.metrics import read_metrics
+    from resnet_train.training import selection
 
     overrides_file = member / OVERRIDES
     overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else ""
+    cfg = _member_config(member)
+    metric, has_val = cfg.checkpoint.best_metric, bool(cfg.data.val_split)
+    chosen = [r for r in read_metrics(member) if r.get("split") == selection.records_split(cfg) and metric in r]
     evals = [r for r in read_metrics(member) if r.get("split") == "eval"]
     row = {
         "member": member.name,
         "overrides": overrides,
         "status": "incomplete",
         "error": "",
-        "final_eval_accuracy": evals[-1]["accuracy"] if evals else None,
-        "best_eval_accuracy": max((r["accuracy"] for r in evals), default=None),
+        "metric": metric + " (EMA)" * bool(cfg.ema.decay),
+        "best_val": max((r[metric] for r in chosen), default=None) if has_val else None,
+        "final_val": evals[-1][metric] if evals and has_val else None,
+        "final_test": None,
         "epochs": evals[-1]["epoch"] if evals else 0,
         "wall_time_s": None,
     }
@@ -137,14 +148,36 @@ def member_row(member: Path) -> dict:
         r = json.loads(results.read_text())
         row.update(
             status="finished",
-            final_eval_accuracy=r["eval"]["accuracy"],
+            best_val=selection.objective(cfg, r),
+            final_val=r["eval"][metric] if r["eval_split"] == "val" else None,
+            final_test=r["test"][metric],
             epochs=r.get("stopped_early_at_epoch") or r["epochs"],  # early_stop: the epochs it ran
-            # Ranked on validation only: a member without a validation split counts with its
-            # final accuracy, never its best epoch on the test set.
-            best_eval_accuracy=r.get("best_val_accuracy", r["eval"]["accuracy"]),
             wall_time_s=r.get("wall_time_s"),
         )
     return row
+
+
+def _member_config(member: Path):
+    """What decides how the member is ranked, from the config that made its checkpoints (Hydra
+    rewrites .hydra/ before a member runs), or .hydra/'s for a member that made none."""
+    from omegaconf import OmegaConf
+
+    candidates = (member / "checkpoints" / "config.yaml", member / ".hydra" / "config.yaml")
+    saved = next((p for p in candidates if p.exists()), None)
+    cfg = OmegaConf.load(saved) if saved else OmegaConf.create()
+    return OmegaConf.create(
+        {
+            "checkpoint": {"best_metric": OmegaConf.select(cfg, "checkpoint.best_metric", default="accuracy")},
+            "data": {"val_split": OmegaConf.select(cfg, "data.val_split", default=None)},
+            "ema": {"decay": OmegaConf.select(cfg, "ema.decay", default=None)},
+        }
+    )
+
+
+def _rank(row: dict) -> tuple:
+    """Failed members last; then by best_val (members with a validation split), else final_test."""
+    score = row["best_val"] if row["best_val"] is not None else row["final_test"]
+    return (row["status"] == "failed", score is None, -(score or 0.0))
 
 
 def members(sweep_dir) -> list[Path]:
@@ -152,10 +185,10 @@ def members(sweep_dir) -> list[Path]:
 
 
 def write_summary(sweep_dir) -> list[dict]:
-    """summary.csv and summary.md, best first (by best eval accuracy); failed members last."""
+    """summary.csv and summary.md, best first (_rank); failed members last."""
     sweep_dir = Path(sweep_dir)
     rows = [member_row(m) for m in members(sweep_dir)]
-    rows.sort(key=lambda r: (r["status"] == "failed", -(r["best_eval_accuracy"] or -1.0)))
+    rows.sort(key=_rank)
     # Whole files, renamed into place: members of a parallel launcher (joblib) write at once.
     from resnet_train.report.metrics import write_atomic
 

@@ -1,13 +1,15 @@
-"""early_stop.patience: stop when the metric that chooses best/ (checkpoint.best_metric, on the
-per-epoch evaluation split) has not improved by more than early_stop.min_delta for `patience`
-epochs. Every worker evaluates the same all-reduced figures, so every worker takes the same
-decision; after a resume it is rebuilt from metrics.jsonl up to the restored step, as best/ is."""
+"""early_stop.patience: stop when the figure that chooses best/ (selection.py: checkpoint.best_metric
+on the validation split, the EMA weights' under ema.decay) has not improved by more than
+early_stop.min_delta for `patience` epochs. Every worker evaluates the same all-reduced figures, so
+every worker takes the same decision; after a resume it is rebuilt from metrics.jsonl up to the
+restored step, as best/ is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from resnet_train.report.metrics import read_metrics
+from resnet_train.training import selection
 
 
 @dataclass
@@ -32,8 +34,8 @@ class Patience:
 def restored(cfg, workdir, up_to_step: int) -> Patience:
     """The patience state after the epochs logged up to `up_to_step` (a resumed run's)."""
     state = Patience(cfg.early_stop.patience, cfg.early_stop.min_delta)
-    key = cfg.checkpoint.best_metric
-    records = [r for r in read_metrics(workdir) if r.get("split") == "eval" and key in r]
+    key, split = cfg.checkpoint.best_metric, selection.records_split(cfg)
+    records = [r for r in read_metrics(workdir) if r.get("split") == split and key in r]
     for record in sorted(records, key=lambda r: r.get("step", 0)):
         if record.get("step", 0) <= up_to_step:
             state.update(record[key])

@@ -21,7 +21,7 @@ from resnet_train.report import plots, step_log
 from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
 from resnet_train.runtime import cluster
-from resnet_train.training import failures, run_dir
+from resnet_train.training import failures, run_dir, selection
 from resnet_train.training import results as results_lib
 from resnet_train.training.interrupts import StopRequests
 from resnet_train.training.run_lock import RunLock
@@ -92,7 +92,9 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     stop.training_started()
     status = "FAILED"  # for the experiment trackers
     try:
-        if state.step and state.patience.exhausted():  # stopped early, killed before its results
+        # Stopped early and killed before its results (a run whose patience ran out in its last
+        # epoch did not stop early: it ended).
+        if 0 < state.step < run.total_steps and state.patience.exhausted():
             state.stopped_early_at_epoch = state.step // run.steps_per_epoch
         last = run.epochs if state.step < run.total_steps and not state.stopped_early_at_epoch else 0
         for epoch in range(state.step // run.steps_per_epoch, last):
@@ -213,25 +215,26 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     overhead["evaluation"] = time.perf_counter() - timed
     reporter.log("train", step, epoch + 1, train_metrics)
     reporter.log("eval", step, epoch + 1, eval_metrics)
-    if trainer.has_ema:
-        _evaluate_ema(run, step, epoch)
+    # What chooses (selection.py): the EMA weights' figures when there are some, as the tools deploy them.
+    state.selected_metrics = _evaluate_ema(run, step, epoch) if trainer.has_ema else eval_metrics
     if not math.isfinite(eval_metrics["loss"]):  # e.g. the epoch's last update overflowed
         raise failures.diverged(step, 0, trainer, checkpointer, "in evaluation after")
     # best/ first: a kill between the two leaves the epoch to be redone, best included.
     # Only a validation split may choose it: a checkpoint picked on the test set would make
     # the test accuracy the tools report an optimistic one.
-    chosen_by = eval_metrics[run.cfg.checkpoint.best_metric]
+    chosen_by = state.selected_metrics[run.cfg.checkpoint.best_metric]
     if run.eval_split == "val" and checkpointer.save_best(step, epoch + 1, chosen_by, state.best_so_far):
         state.best_so_far = chosen_by
     timed = time.perf_counter()
     checkpointer.save(step, epoch + 1)
     overhead["checkpoint"] = time.perf_counter() - timed
     reporter.commit()  # the epoch's records, now checkpointed, to the experiment trackers
-    if state.patience.update(chosen_by) and epoch + 1 < run.epochs:  # the same figures on every worker
+    # The same figures on every worker; patience needs a validation split (config.validate).
+    if run.eval_split == "val" and state.patience.update(chosen_by) and epoch + 1 < run.epochs:
         state.stopped_early_at_epoch = epoch + 1
-        log.info("Stopping early after epoch %d: %s on %s has not improved by more than %g for %d epochs",
-                 epoch + 1, run.cfg.checkpoint.best_metric, run.eval_split, run.cfg.early_stop.min_delta,
-                 run.cfg.early_stop.patience)  # fmt: skip
+        log.info("Stopping early after epoch %d: %s on %s%s has not improved by more than %g for %d epochs",
+                 epoch + 1, run.cfg.checkpoint.best_metric, run.eval_split, " (EMA weights)" * trainer.has_ema,
+                 run.cfg.early_stop.min_delta, run.cfg.early_stop.patience)  # fmt: skip
     if run.rt.is_chief:
         timed = time.perf_counter()
         plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
@@ -246,11 +249,12 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
     _log_overhead(epoch + 1, run.epochs, timing["in_steps"], overhead)
 
 
-def _evaluate_ema(run: Run, step: int, epoch: int) -> None:
+def _evaluate_ema(run: Run, step: int, epoch: int) -> dict:
     ema_metrics = run.trainer.evaluate_ema(run.eval_ds)
     run.reporter.log("eval_ema", step, epoch + 1, ema_metrics)
     log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, run.epochs, run.eval_split,
              ema_metrics["loss"], ema_metrics["accuracy"])  # fmt: skip
+    return ema_metrics
 
 
 def _log_epoch(run: Run, epoch: int, train: dict, evaluation: dict) -> None:
@@ -266,7 +270,9 @@ def _final_evaluation(run: Run, state: State) -> dict:
     if state.eval_metrics is None:  # the run had already finished: report its final state again
         state.eval_metrics = trainer.evaluate(run.eval_ds)
         state.eval_confusion = trainer.last_confusion
-    best = {key: run.reporter.best("eval", key) for key in {"accuracy", run.cfg.checkpoint.best_metric}}
+        state.selected_metrics = trainer.evaluate_ema(run.eval_ds) if trainer.has_ema else state.eval_metrics
+    split = selection.records_split(run.cfg)
+    best = {key: run.reporter.best(split, key) for key in {"accuracy", run.cfg.checkpoint.best_metric}}
     if run.eval_split == "test":
         test_metrics, confusion = state.eval_metrics, state.eval_confusion
     else:

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import time
 
-from resnet_train.training import run_dir
+from resnet_train.training import run_dir, selection
 
 
 def results(run, state, final: dict, started: float) -> dict:
     """results.json: what the run reached, and what it was."""
     eval_metrics = state.eval_metrics
+    selected = state.selected_metrics or eval_metrics  # the last epoch's figures that choose (selection.py)
     results = {
         "test": final["test"],
         "eval_split": run.eval_split,
         "eval": eval_metrics,
-        # Over the epochs: with a validation split the figure best/ was chosen by; on the test set
-        # only a monitoring figure, biased upwards by the choice of epoch, and named so.
+        # Over the epochs: with a validation split the figure best/ was chosen by (the EMA weights'
+        # under ema.decay); on the test set only a monitoring figure, biased upwards by the choice of
+        # epoch, and named so.
         ("best_val_accuracy" if run.eval_split == "val" else "best_test_accuracy_optimistic"): max(
-            final["best"]["accuracy"] or 0.0, eval_metrics["accuracy"]
+            final["best"]["accuracy"] or 0.0, selected["accuracy"]
         ),
         "best_metric": run.cfg.checkpoint.best_metric,  # what chose best/ (with a validation split)
+        "chosen_on": selection.records_split(run.cfg),  # eval_ema: best/ and early stop used the EMA weights' figures
         "stopped_early_at_epoch": state.stopped_early_at_epoch,  # early_stop.patience, else null
         "epochs": run.epochs,
         "steps": state.step,
@@ -38,5 +41,5 @@ def results(run, state, final: dict, started: float) -> dict:
         results["test_ema"] = final["test_ema"]
     metric = run.cfg.checkpoint.best_metric
     if metric != "accuracy" and run.eval_split == "val":
-        results[f"best_val_{metric}"] = max(final["best"][metric] or 0.0, eval_metrics[metric])
+        results[selection.objective_key(run.cfg)] = max(final["best"][metric] or 0.0, selected[metric])
     return results

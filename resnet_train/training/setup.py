@@ -21,7 +21,7 @@ from resnet_train.report.metrics import NullReporter, Reporter, best_logged, bes
 from resnet_train.report.step_log import StepLog
 from resnet_train.runtime import devices as runtime
 from resnet_train.runtime import onednn, threads, tuning
-from resnet_train.training import early_stop, finetune, inputs, pretrained, resolved, run_dir
+from resnet_train.training import early_stop, finetune, inputs, pretrained, resolved, run_dir, selection
 from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.inputs import Input
 from resnet_train.training.interrupts import StopRequests
@@ -66,6 +66,7 @@ class State:
     step: int
     best_so_far: float | None  # the best evaluation checkpoint.best_metric logged up to `step`
     eval_metrics: dict | None = None  # the last epoch's
+    selected_metrics: dict | None = None  # the last epoch's figures that choose (selection.py: EMA's, if any)
     first_call: bool = True
     patience: early_stop.Patience | None = None  # early_stop's count of epochs without improvement
     stopped_early_at_epoch: int | None = None
@@ -94,10 +95,10 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
 
     # Every worker takes the same decisions (saving is collective under several workers): the
     # best accuracy so far comes from the records up to the restored step only.
-    chosen_by = cfg.checkpoint.best_metric
-    best_so_far = best_logged(workdir, "eval", chosen_by, up_to_step=step)
+    chosen_by, split = cfg.checkpoint.best_metric, selection.records_split(cfg)
+    best_so_far = best_logged(workdir, split, chosen_by, up_to_step=step)
     if checkpointer.best_set_aside and best_so_far is not None:  # best/ was past the restored step
-        checkpointer.adopt_best(best_logged_step(workdir, "eval", chosen_by, up_to_step=step))
+        checkpointer.adopt_best(best_logged_step(workdir, split, chosen_by, up_to_step=step))
     reporter = _reporter(cfg, workdir, rt, step, info)
     run = Run(
         cfg=cfg,
@@ -194,7 +195,7 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
         model = models.from_config(cfg.model, info)
         models.freeze(model, ft.freeze)  # before the optimizer sees the variables
         lr = optim.effective_lr(cfg.optimizer, config_lib.step_batch(cfg))
-        schedule = schedules.lr_schedule(cfg.schedule, lr, data.total_steps, data.steps_per_epoch)
+        schedule = schedules.lr_schedule(cfg.schedule, lr, data.total_steps, data.steps_per_epoch, cfg.optimizer.lr)
         optimizer = optim.build_optimizer(
             cfg.optimizer,
             schedule,
