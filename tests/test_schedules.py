@@ -3,6 +3,7 @@ values, and a resumed run's lr."""
 
 import math
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -134,6 +135,63 @@ def test_cifar10_paper_deep_warms_up_at_a_constant_0_01_for_400_steps(overrides)
     assert [lr_at(s, k) for k in steps] == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
+def _recipe_schedule(cfg, steps_per_epoch):
+    """(the recipe's schedule as a run builds it, its total steps, the lr of one optimizer step)."""
+    from resnet_train import config as config_lib
+
+    _, total = schedules.run_length(cfg, steps_per_epoch)
+    lr = optim.effective_lr(cfg.optimizer, config_lib.step_batch(cfg))
+    return schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch, cfg.optimizer.lr), total, lr
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["depth=1001", "batch_size=64", "optimizer.accumulate_steps=2"], ["data.val_split=5000"]],
+    ids=["ResNet-164", "ResNet-1001 as its header says", "45k/5k split"],
+)
+def test_cifar10_preact_warms_up_at_a_constant_0_01_for_400_steps_and_runs_64k(overrides):
+    """He et al. 2016b (Identity Mappings), appendix: batch 128, lr 0.1, /10 at 32k and 48k, stop at
+    64k; "a smaller learning rate of 0.01 at the beginning 400 iterations and go back to 0.1". The
+    1001-layer line of the recipe's header keeps 128 images per update (2 micro-batches of 64) and 0.1."""
+    if "depth=1001" in overrides:  # the command the recipe's header gives
+        header = (Path(__file__).parents[1] / "configs" / "experiment" / "cifar10_preact.yaml").read_text()
+        assert f"experiment=cifar10_preact {' '.join(overrides)}\n" in header.split("defaults:")[0]
+    cfg = compose("experiment=cifar10_preact", *overrides)
+    assert cfg.model.variant == "preact" and cfg.optimizer.weight_decay == 1e-4 and cfg.optimizer.momentum == 0.9
+    s, total, lr = _recipe_schedule(cfg, _train_size(cfg) // 128)
+    assert total == 64_000 and lr == pytest.approx(0.1)
+    steps = (0, 200, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)
+    assert [lr_at(s, k) for k in steps] == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+@pytest.mark.parametrize("batch", [256, 1024, 128])
+def test_imagenet_90ep_follows_goyal_et_al(batch):
+    """Goyal et al. 2017: lr 0.1 x batch / 256, /10 at epochs 30, 60, 80 of 90; the gradual warm-up
+    from 0.1 up to that lr over 5 epochs only where the batch exceeds 256; gamma = 0 for the last
+    batch norm of each residual block; no weight decay on batch norm."""
+    cfg = compose("experiment=imagenet_90ep", f"batch_size={batch}")
+    assert cfg.model.zero_init_residual and not cfg.optimizer.decay_bn and cfg.optimizer.weight_decay == 1e-4
+    steps_per_epoch = 1_281_167 // batch
+    s, total, lr = _recipe_schedule(cfg, steps_per_epoch)
+    peak, warm = 0.1 * batch / 256, 5 * steps_per_epoch
+    assert total == 90 * steps_per_epoch and lr == pytest.approx(peak)
+    first = [lr_at(s, k) for k in (0, warm // 2, warm - 1, warm)]
+    if batch > 256:  # 0.1 at step 0, half-way at half the warm-up, the scaled lr from its end
+        assert first == pytest.approx([0.1, (0.1 + peak) / 2, peak - (peak - 0.1) / warm, peak], rel=1e-4)
+        again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
+        assert lr_at(again, warm // 2) == pytest.approx(first[1])
+        from resnet_train.config import load_config
+        from resnet_train.tools.schedule_plot import schedule_curve
+
+        plot = load_config(["experiment=imagenet_90ep", f"batch_size={batch}", "train_size=1281167"], "plot_schedule")
+        assert schedule_curve(plot)[0][[0, warm]] == pytest.approx([0.1, peak])  # resnet-plot-schedule's curve
+    else:
+        assert first == pytest.approx([peak] * 4)
+    drops = [e * steps_per_epoch + d for e in (30, 60, 80) for d in (-1, 0)]
+    expected = [peak * f for f in (1, 0.1, 0.1, 0.01, 0.01, 0.001)]
+    assert [lr_at(s, k) for k in drops] == pytest.approx(expected, rel=1e-4)
+
+
 def test_a_run_given_in_steps_derives_its_epochs_and_cuts_the_last_one_short():
     cfg = compose("steps=1000", "epochs=3")  # epochs is not used when steps is set
     assert schedules.run_length(cfg, 390) == (3, 1000)
@@ -226,7 +284,7 @@ def test_a_warm_up_in_other_units_than_the_run_is_checked_once_the_epoch_size_is
             {"name": "constant", "warmup_epochs": 1, "warmup_steps": 400},
             "schedule.warmup_epochs=1 and schedule.warmup_steps=400 both set the warm-up",
         ),
-        ({"name": "constant", "warmup_mode": "exp"}, "schedule.warmup_mode must be one of linear, constant"),
+        ({"name": "constant", "warmup_mode": "exp"}, "schedule.warmup_mode must be one of linear, gradual, constant"),
         (
             {"name": "constant", "warmup_steps": 4, "warmup_mode": "constant", "warmup_factor": 0},
             "schedule.warmup_factor",

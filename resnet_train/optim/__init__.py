@@ -166,7 +166,7 @@ def check(cfg) -> None:
     real sizes come later; placeholders are enough to validate). It builds Keras objects, so it
     runs after runtime.configure has set up TensorFlow's devices."""
     lr_reference(cfg.optimizer, cfg.batch_size)
-    lr_schedule(cfg.schedule, 1.0, 1000, 10)
+    lr_schedule(cfg.schedule, 1.0, 1000, 10, reference_lr=1.0)
     clip_norm(cfg.optimizer)
     build_optimizer(cfg.optimizer, 0.1, ema_decay=cfg.ema.decay, variables=[])
     head_lr_mult = cfg.finetune.head_lr_mult

@@ -2,7 +2,9 @@
 
 The `schedule` config group: step, cosine, onecycle, exponential, constant, each with an optional
 warm-up of `schedule.warmup_epochs` epochs or `schedule.warmup_steps` steps: linear from 0
-(`warmup_mode=linear`, Goyal et al. 2017) or the lr x `warmup_factor` held constant
+(`warmup_mode=linear`), linear from the lr of the reference batch (`optimizer.lr`, before the
+linear scaling rule) up to the scaled lr (`warmup_mode=gradual`, Goyal et al. 2017's "gradual
+warmup": none at or below the reference batch), or the lr x `warmup_factor` held constant
 (`warmup_mode=constant`, He et al. 2016's 0.01 for ~400 iterations before 0.1). Keras' own
 schedules where it has them; OneCycle and the warm-up wrappers are ours (Keras has neither).
 
@@ -23,28 +25,35 @@ from resnet_train.errors import ConfigError
 SCHEDULES = ("step", "cosine", "onecycle", "exponential", "constant")
 MILESTONE_UNITS = ("fraction", "epoch", "step")
 ANNEALS = ("cos", "linear")
-WARMUP_MODES = ("linear", "constant")
+WARMUP_MODES = ("linear", "gradual", "constant")
 
 
 @keras.saving.register_keras_serializable(package="resnet_train")
 class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear ramp from 0 to the wrapped schedule's value over `warmup_steps`, then that schedule."""
+    """Linear ramp over `warmup_steps` to the wrapped schedule's value, then that schedule. From 0
+    (`start=0`): step 0 is already one increment up (no step at lr 0). From `start` x the value
+    (Goyal et al.'s gradual warm-up): exactly that at step 0, the full value at `warmup_steps`."""
 
-    def __init__(self, after, warmup_steps: int):
+    def __init__(self, after, warmup_steps: int, start: float = 0.0):
         self.after = after
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps, self.start = int(warmup_steps), float(start)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        ramp = (step + 1.0) / float(self.warmup_steps)
+        if self.start:
+            ramp = self.start + (1.0 - self.start) * step / float(self.warmup_steps)
+        else:
+            ramp = (step + 1.0) / float(self.warmup_steps)
         return ops.where(step < self.warmup_steps, ramp * self.after(step), self.after(step))
 
     def get_config(self):
-        return {"after": keras.saving.serialize_keras_object(self.after), "warmup_steps": self.warmup_steps}
+        after = keras.saving.serialize_keras_object(self.after)
+        return {"after": after, "warmup_steps": self.warmup_steps, "start": self.start}
 
     @classmethod
     def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"])
+        after = keras.saving.deserialize_keras_object(config["after"])
+        return cls(after, config["warmup_steps"], config["start"] if "start" in config else 0.0)
 
 
 @keras.saving.register_keras_serializable(package="resnet_train")
@@ -149,8 +158,9 @@ def milestone_steps(cfg, total_steps: int, steps_per_epoch: int) -> list[int]:
     return [max(1, round(m * per_unit)) for m in milestones]
 
 
-def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
-    """The `schedule` config group as a per-step Keras schedule peaking at `base_lr`."""
+def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int, reference_lr: float | None = None):
+    """The `schedule` config group as a per-step Keras schedule peaking at `base_lr`. `reference_lr`:
+    the lr at the recipe's reference batch (`optimizer.lr`), where warmup_mode=gradual starts."""
     cfg = store.group_config("schedule", cfg)  # a mapping (a notebook's) typed by its name's schema
     name = cfg.name
     if name == "step":
@@ -193,6 +203,11 @@ def lr_schedule(cfg, base_lr: float, total_steps: int, steps_per_epoch: int):
     if mode == "constant":
         factor = _number(cfg, "warmup_factor", 0.0, 1.0, " (the warm-up's lr as a fraction of the lr, e.g. 0.1)")
         return ConstantWarmup(schedule, steps, factor) if steps > 0 else schedule
+    if mode == "gradual":
+        if reference_lr is None:
+            raise ValueError("warmup_mode=gradual starts at the reference batch's lr: pass reference_lr=optimizer.lr")
+        start = min(1.0, reference_lr / base_lr)  # at or below the reference batch: no warm-up
+        return LinearWarmup(schedule, steps, start) if steps > 0 and start < 1.0 else schedule
     return LinearWarmup(schedule, steps) if steps > 0 else schedule
 
 

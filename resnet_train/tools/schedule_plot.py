@@ -44,7 +44,8 @@ def schedule_curve(cfg):
         raise UserError(f"a batch of {step_batch} is larger than the training set")
     _, total = schedules.run_length(cfg, steps_per_epoch)
     lr = optim.effective_lr(cfg.optimizer, step_batch)
-    return schedules.curve(schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch), total), steps_per_epoch
+    schedule = schedules.lr_schedule(cfg.schedule, lr, total, steps_per_epoch, cfg.optimizer.lr)
+    return schedules.curve(schedule, total), steps_per_epoch
 
 
 def plot_schedule(cfg):
