@@ -270,6 +270,16 @@ def test_what_must_survive_a_power_loss_is_flushed(tmp_path, monkeypatch):
     saver = checkpoint_lib.Checkpointer(tmp_path / "ck", model, tf.keras.optimizers.SGD())
     path = saver.save(3, 1)
     assert {path + ".index", str(tmp_path / "ck" / "checkpoint"), str(tmp_path / "ck")} <= set(flushed)
+    # Each metrics.jsonl record, as it is appended (the fault table's "each metrics line").
+    from resnet_train.report.metrics import Reporter
+
+    (tmp_path / "run").mkdir()
+    reporter = Reporter(tmp_path / "run", tensorboard=False)
+    for step in (1, 2):
+        flushed.clear()
+        reporter.log("eval", step, step, {"accuracy": 0.5})
+        assert flushed == [str(tmp_path / "run" / "metrics.jsonl")]
+    reporter.close()
 
 
 def test_an_empty_saved_config_is_damage_not_no_constraints(trained_copy):

@@ -279,3 +279,13 @@ def test_batch_norm_moving_statistics_are_the_cross_replica_mean(fused):
     # Each replica's variance estimate (the fused kernel's is the unbiased one, Keras' the biased one).
     ddof = 1 if fused else 0
     np.testing.assert_allclose(variances[0], [np.mean([h.var(ddof=ddof) for h in halves])], rtol=1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_runtime_deterministic_is_tensorflows_op_determinism(deterministic):
+    """On CPU the kernels are deterministic anyway, so bitwise-equal reruns cannot show the flag
+    works; on a GPU they would differ without it. Its effect, TF's own switch, is checked here."""
+    from tensorflow.python.framework import config as tf_config
+
+    runtime.configure(seed=SEED, deterministic=deterministic)
+    assert tf_config.is_op_determinism_enabled() is deterministic
