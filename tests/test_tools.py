@@ -401,3 +401,63 @@ def test_plot_overlays_runs(trained, tmp_path, cli):
     assert width >= 800 and height >= 300
     bad = tool("resnet-plot", f"runs=[{tmp_path}]")  # resnet-plot's process of its own
     assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
+
+
+def checkpoint_number(prefix):
+    return int(str(prefix).rsplit("-", 1)[-1])
+
+
+def test_the_tools_read_only_checkpoints_inside_the_run_whatever_its_index_names(trained, tmp_path, cli, caplog):
+    """Indexes (checkpoints/ and best/) that name another run's checkpoint, or are damaged: the
+    tools and init_from=DIR take the newest checkpoint inside the run's own folder, with a warning
+    naming it, as training does (issue 29, item 18); never the other run's model."""
+    import shutil
+
+    from resnet_train.training.finetune import load_source
+    from resnet_train.training.runs import resolve
+
+    other, run = tmp_path / "other", tmp_path / "run"
+    shutil.copytree(trained, other)
+    shutil.copytree(trained, run)
+    checkpoints, best = run / "checkpoints", run / "checkpoints" / "best"
+    prefixes = sorted((f.with_suffix("") for f in checkpoints.glob("ckpt-*.index")), key=checkpoint_number)
+    own, theirs = prefixes[0], other / "checkpoints" / prefixes[-1].name
+    for newer in prefixes[1:]:  # this run keeps its oldest checkpoint only; the other one is newer
+        for f in checkpoints.glob(newer.name + ".*"):
+            f.unlink()
+    best.mkdir()
+    for f in checkpoints.glob(own.name + ".*"):
+        shutil.copy(f, best / f.name)
+    for index in (checkpoints / "checkpoint", best / "checkpoint"):  # copied from, or crafted to name, another run
+        index.write_text(f'model_checkpoint_path: "{theirs}"\nall_model_checkpoint_paths: "{theirs}"\n')
+
+    with caplog.at_level("WARNING"):
+        assert resolve(run, "last", has_validation=False) == str(own)
+        assert resolve(run, "best", has_validation=True) == str(best / own.name)
+        assert load_source(run)[1] == str(own)  # init_from=DIR
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{checkpoints}: its checkpoint index names {theirs}, outside it; using {own}" in warnings[0]
+    assert f"{best}: its checkpoint index names {theirs}, outside it; using {best / own.name}" in warnings[1]
+
+    # A damaged best/ index: a warning naming what is used instead, not a silent fallback
+    caplog.clear()
+    (best / "checkpoint").write_text("")
+    with caplog.at_level("WARNING"):
+        assert resolve(run, "best") == str(best / own.name)
+        for f in best.glob(own.name + ".*"):
+            f.unlink()
+        assert resolve(run, "best") == str(own)  # best/ holds nothing: the final one, said
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        warnings[0]
+        == f"{best}: its checkpoint index is damaged; using {best / own.name}, the newest checkpoint inside it"
+    )
+    assert f"checkpoint=best: {best} holds no checkpoint; using the final one, {own}" in warnings
+
+    # Through a tool: the model loaded is the run's own
+    for f in checkpoints.glob(own.name + ".*"):
+        shutil.copy(f, best / f.name)
+    (best / "checkpoint").write_text(f'model_checkpoint_path: "{theirs}"\n')
+    done = cli(f"run={run}", "checkpoint=best", entry="resnet-eval")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Loaded cifar_resnet8 from {best / own.name}" in done.stderr and str(other) not in done.stdout

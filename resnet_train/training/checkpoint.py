@@ -40,7 +40,7 @@ class Checkpointer:
         )
         self._best = None
         self.best_set_aside = False  # best/ described steps past the restored one (see restore_latest)
-        if self.owns_directory and self.directory.is_dir() and self._index() is _DAMAGED:
+        if self.owns_directory and self.directory.is_dir() and read_index(self.read_from) is DAMAGED:
             self._rewrite_index()  # else the manager cannot even start (an empty index raises in it)
         self._new_manager()
 
@@ -55,32 +55,6 @@ class Checkpointer:
     def owns_directory(self) -> bool:
         return self.read_from.resolve() == self.directory.resolve()
 
-    def _index(self):
-        """The `checkpoint` index of read_from: its state, None when there is none, _DAMAGED when
-        it cannot be parsed (e.g. left empty by a power loss)."""
-        if not (self.read_from / "checkpoint").exists():
-            return None
-        try:
-            return tf.train.get_checkpoint_state(str(self.read_from)) or _DAMAGED
-        except Exception:  # noqa: BLE001 -- ValueError for an empty index, OpError, ParseError
-            return _DAMAGED
-
-    def _candidates(self) -> list[str]:
-        """Checkpoints newest first: those the `checkpoint` index names, and any ckpt-N on disk
-        (the index itself may be the damaged file). Only files in this run's checkpoint directory:
-        an index copied or crafted to name another directory must not make a resume touch it."""
-        if not self.read_from.is_dir():
-            return []
-        state = self._index()
-        paths = (
-            (list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])
-            if state not in (None, _DAMAGED)
-            else []
-        )
-        paths = [p for p in paths if _inside(p, self.read_from)]
-        paths += [str(f.with_suffix("")) for f in self.read_from.glob("ckpt-*.index")]
-        return sorted(set(p for p in paths if _CHECKPOINT_NAME.fullmatch(Path(p).name)), key=_number, reverse=True)
-
     def restore_latest(self, expect_progress: bool = False) -> bool:
         """Restores the newest readable checkpoint; True when one was restored. `expect_progress`:
         the run directory shows that training happened (metrics past step 0), so finding no
@@ -88,7 +62,7 @@ class Checkpointer:
         if self.owns_directory:
             self._remove_partial_saves()
         moved = False
-        for path in self._candidates():
+        for path in candidates(self.read_from):
             damage = readable(path)  # raises, moving nothing, when the files cannot be reached at all
             if damage is not None:
                 log.warning(
@@ -204,9 +178,9 @@ class Checkpointer:
             (f.with_suffix("") for f in self.directory.glob("ckpt-*.index") if _CHECKPOINT_NAME.fullmatch(f.stem)),
             key=lambda p: _number(str(p)),
         )
-        state = self._index()
+        state = read_index(self.read_from)
         if (
-            state not in (None, _DAMAGED)
+            state not in (None, DAMAGED)
             and state.all_model_checkpoint_timestamps
             and [Path(p).name for p in state.all_model_checkpoint_paths] == [p.name for p in on_disk]
         ):
@@ -277,13 +251,41 @@ def _number(path: str) -> int:
 
 
 _CHECKPOINT_NAME = re.compile(r"ckpt-\d+")
-_DAMAGED = object()  # an index that exists but cannot be parsed
+DAMAGED = object()  # an index that exists but cannot be parsed
 
 
-def _inside(path: str, directory: Path) -> bool:
+def inside(path: str, directory: Path) -> bool:
     """Whether a checkpoint the index names lies in `directory` (TF makes the index's relative
     names absolute under it; a name from before the run directory moved is found on disk instead)."""
     return Path(path).resolve().parent == directory.resolve()
+
+
+def read_index(directory: Path):
+    """The `checkpoint` index of `directory`: its state, None when there is none, DAMAGED when it
+    cannot be parsed (e.g. left empty by a power loss)."""
+    if not (directory / "checkpoint").exists():
+        return None
+    try:
+        return tf.train.get_checkpoint_state(str(directory)) or DAMAGED
+    except Exception:  # noqa: BLE001 -- ValueError for an empty index, OpError, ParseError
+        return DAMAGED
+
+
+def candidates(directory: Path) -> list[str]:
+    """Checkpoints newest first: those the `checkpoint` index names, and any ckpt-N on disk (the
+    index itself may be the damaged file). Only files in `directory`: an index copied or crafted to
+    name another directory must not make a resume, or a tool reading the run, touch it."""
+    if not directory.is_dir():
+        return []
+    state = read_index(directory)
+    paths = (
+        (list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])
+        if state not in (None, DAMAGED)
+        else []
+    )
+    paths = [p for p in paths if inside(p, directory)]
+    paths += [str(f.with_suffix("")) for f in directory.glob("ckpt-*.index")]
+    return sorted(set(p for p in paths if _CHECKPOINT_NAME.fullmatch(Path(p).name)), key=_number, reverse=True)
 
 
 def latest_in(directory: Path):

@@ -180,27 +180,51 @@ def resolve(run_dir, which: str = "auto", has_validation: bool = True) -> str:
 
     `auto` is best/ only for a run that selected it on a validation split; a run without one is
     judged on the test set, which must not pick its own checkpoint, so `auto` is then the final one
-    (the paper's protocol: the length of training fixed beforehand, the final model tested once)."""
-    import tensorflow as tf
-
+    (the paper's protocol: the length of training fixed beforehand, the final model tested once).
+    A directory's checkpoint is the newest inside it (training's rule, checkpoint.candidates),
+    whatever its index names; where that is not what the index names, a warning says so."""
     run_dir = Path(run_dir)
+    best = run_dir / "checkpoints" / "best"
     if which == "auto":
         which = "best" if has_validation else "last"
-    elif which == "best" and not has_validation and (run_dir / "checkpoints" / "best").is_dir():
+    elif which == "best" and not has_validation and best.is_dir():
         log.warning(
             "checkpoint=best: %s chose best/ on the test set (it had no validation split), so its test "
             "accuracy is optimistic; checkpoint=last is the unbiased one",
             run_dir,
         )
-    candidates = {
-        "best": [run_dir / "checkpoints" / "best", run_dir / "checkpoints"],
-        "last": [run_dir / "checkpoints"],
-    }.get(which, [Path(which)])
-    for place in candidates:
-        if place.is_dir():
-            found = tf.train.latest_checkpoint(str(place))
-            if found:
-                return found
-        elif Path(str(place) + ".index").exists():
-            return str(place)
+    places = {"best": [best, run_dir / "checkpoints"], "last": [run_dir / "checkpoints"]}.get(which, [Path(which)])
+    for place in places:
+        if not place.is_dir():
+            if Path(str(place) + ".index").exists():
+                return str(place)
+            continue
+        found, why = newest_on_disk(place)
+        if found and why:
+            log.warning("%s: %s; using %s, the newest checkpoint inside it", place, why, found)
+        if found and place != places[0]:
+            log.warning("checkpoint=%s: %s holds no checkpoint; using the final one, %s", which, places[0], found)
+        if found:
+            return found
     raise UserError(f"no checkpoint ({which}) in {run_dir}: train first, or pass checkpoint={CHOICES}")
+
+
+def newest_on_disk(directory: Path) -> tuple[str | None, str | None]:
+    """The newest checkpoint inside `directory` whose files are there (training's candidates: an
+    index naming another directory is not followed), and why that is not simply what the index
+    names (None when it is, or when there is none)."""
+    from resnet_train.training.checkpoint import DAMAGED, candidates, inside, read_index
+
+    found = next((p for p in candidates(directory) if Path(p + ".index").exists()), None)
+    state = read_index(directory)
+    if found is None or state is None:
+        return found, None if found is None else "it has no checkpoint index"
+    if state is DAMAGED:
+        return found, "its checkpoint index is damaged"
+    named = state.model_checkpoint_path
+    if not inside(named, directory):
+        return found, f"its checkpoint index names {named}, outside it"
+    if Path(named).name != Path(found).name:
+        missing = not Path(named + ".index").exists()
+        return found, f"its checkpoint index names {Path(named).name}, {'missing' if missing else 'an older one'}"
+    return found, None
