@@ -310,6 +310,44 @@ def test_validation_split_is_fixed_disjoint_and_sized():
             carve(bad)
 
 
+def long_tailed(counts, seed=0):
+    """Splits whose "images" are the examples' indices (1x1, int64), labels long-tailed by `counts`."""
+    import tensorflow as tf
+
+    from resnet_train.data.info import DatasetInfo, Splits
+
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(seed).shuffle(labels)
+    x = np.arange(len(labels)).reshape(-1, 1, 1, 1)
+    info = DatasetInfo("long_tail", len(counts), (1, 1, 1), len(labels), 1, [str(c) for c in range(len(counts))])
+    train = tf.data.Dataset.from_tensor_slices((x, labels))
+    return Splits(train, train.take(1), info), labels
+
+
+@pytest.mark.parametrize("val_split,split_seed", [(0.1, 0), (20, 3), (0.25, 1), (7, 2)])
+def test_the_validation_split_holds_out_each_classes_share(val_split, split_seed):
+    """data.val_split on long-tailed classes (10:2:1 and rarer): every class with 2 or more examples
+    is in validation with its share of the count (within one example), keeps one for training; a
+    class of one example stays in training. Drawn uniformly, the class of 2 would be missing from
+    validation 81% of the time (and with it from balanced accuracy and macro-F1)."""
+    counts = np.array([150, 30, 15, 5, 2, 1])
+    splits, labels = long_tailed(counts)
+    carved = data_lib.carve_validation(splits, val_split, split_seed)
+    val_x, val_y = arrays(carved.val)
+    train_x, _ = arrays(carved.train)
+    count = val_split if isinstance(val_split, int) else round(val_split * counts.sum())
+    assert len(val_y) == carved.info.val_size == count and carved.info.train_size == counts.sum() - count
+    assert sorted([*val_x.ravel(), *train_x.ravel()]) == list(range(counts.sum()))  # disjoint, all kept
+    np.testing.assert_array_equal(labels[val_x.ravel()], val_y)
+    held = np.bincount(val_y, minlength=len(counts))
+    assert (held[counts >= 2] >= 1).all() and held[counts == 1].sum() == 0, held
+    assert (held < counts).all()  # every class keeps a training example
+    if count >= 5 * 2:  # room for proportions beside the one-each minimum
+        assert (np.abs(held - count * counts / counts.sum()) < 1).all(), held
+    again, _ = arrays(data_lib.carve_validation(long_tailed(counts)[0], val_split, split_seed).val)
+    np.testing.assert_array_equal(again, val_x)  # the same examples every time
+
+
 def test_validation_examples_are_the_same_for_every_seed_and_in_the_tools():
     """Training sets TF's global seed to `seed`; resnet-eval / -export set none. The held-out
     examples depend on neither: only on (dataset, val_split, split_seed)."""
@@ -317,7 +355,7 @@ def test_validation_examples_are_the_same_for_every_seed_and_in_the_tools():
     import tensorflow as tf
     from omegaconf import OmegaConf
 
-    from resnet_train.data import held_out_indices
+    from resnet_train.data import held_out_indices, stratified_held_out
     from resnet_train.tools.evaluate import eval_split
 
     cfg = {"source": "synthetic", "image_shape": [4, 4, 1], "train_size": 100, "test_size": 10, "val_split": 0.2}
@@ -333,9 +371,44 @@ def test_validation_examples_are_the_same_for_every_seed_and_in_the_tools():
     seen.append(key(val))
     assert seen[0] == seen[1] == seen[2]
 
-    everything, _ = arrays(data_lib.load({**cfg, "val_split": None}).train)
-    assert seen[0] == sorted(everything[i].tobytes() for i in held_out_indices(100, 20, 0))
+    everything, labels = arrays(data_lib.load({**cfg, "val_split": None}).train)
+    assert seen[0] == sorted(everything[i].tobytes() for i in stratified_held_out(labels, 20, 0))
+    uniform = key(data_lib.load({**cfg, "split_method": "uniform"}).val)
+    assert uniform == sorted(everything[i].tobytes() for i in held_out_indices(100, 20, 0))
     other = key(data_lib.load({**cfg, "split_seed": 1}).val)
     assert other != seen[0]  # split_seed picks another split
     with pytest.raises(Exception, match="split_seed"):
         data_lib.load({**cfg, "split_seed": -1})
+
+
+def test_a_run_made_before_the_stratified_split_resumes_on_its_own_uniform_split(tmp_path, caplog):
+    """A run whose saved config predates data.split_method drew data.val_split uniformly: resumed,
+    and in the tools, it keeps exactly those validation examples (run_dir.RUN_OWNED)."""
+    import logging
+
+    from helpers import TINY, compose
+    from omegaconf import OmegaConf
+
+    from resnet_train.tools.evaluate import eval_split
+    from resnet_train.training.loop import train_and_evaluate
+    from resnet_train.training.runs import load_run
+
+    run, common = tmp_path / "old", (*TINY, "data.val_split=32")
+    train_and_evaluate(compose(*common, "epochs=1", "data.split_method=uniform"), run)  # the earlier version's draw
+    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):
+        old = OmegaConf.load(saved)
+        del old.data["split_method"]
+        OmegaConf.save(old, saved)
+    (run / "results.json").unlink()
+    with caplog.at_level(logging.INFO):
+        results = train_and_evaluate(compose(*common, "epochs=2"), run)  # today's default: stratified
+    assert "with its own data.split_method=uniform" in caplog.text and "Resumed from" in caplog.text
+    assert "held out for validation, drawn uniformly" in caplog.text and results["eval"]["examples"] == 32
+    assert OmegaConf.load(run / "checkpoints" / "config.yaml").data.split_method == "uniform"
+
+    key = lambda ds: sorted(x.tobytes() for x, _ in ds.as_numpy_iterator())  # noqa: E731
+    loaded = load_run(run)
+    val, _, _ = eval_split(loaded.cfg, loaded.info, None, "val")
+    uniform = data_lib.load({**OmegaConf.to_container(loaded.cfg.data), "split_method": "uniform"})
+    stratified = data_lib.load({**OmegaConf.to_container(loaded.cfg.data), "split_method": "stratified"})
+    assert key(val) == key(uniform.val) != key(stratified.val)

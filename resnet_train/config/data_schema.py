@@ -23,6 +23,8 @@ class DataConfig:
     val_split: Any = with_hint("a fraction of train (0.1) or a count of images (5000)", None)
     # An integer; "legacy" only for runs made before split_seed existed (run_dir.RUN_OWNED).
     split_seed: Any = 0
+    # How val_split draws: each class its share, or uniformly (runs made before stratification: run_dir.RUN_OWNED).
+    split_method: str = with_hint("stratified (each class its share of val_split) | uniform", "stratified")
     # Several input pipelines (workers): each reads all and keeps its slice of every global batch
     # (batches: the batches of one process), or reads only its own 1/N of the files (files).
     shard: str = with_hint("batches | files", "batches")

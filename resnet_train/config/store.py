@@ -87,7 +87,7 @@ def data_config(values, drop_unknown: bool = False):
 # Keys added after runs were made, at the value that reproduces those runs (not today's default):
 # the old-run loader (saved_run_config) fills them in, and a resumed run keeps its own value
 # (run_dir.RUN_OWNED, which says why for each).
-ADDED_LATER = {"model": {"padding": "same"}, "data": {"split_seed": "legacy"}}
+ADDED_LATER = {"model": {"padding": "same"}, "data": {"split_seed": "legacy", "split_method": "uniform"}}
 
 
 def saved_run_config(saved):

@@ -22,7 +22,7 @@ def load(cfg) -> Splits:
     splits = _load_source(cfg)
     splits = select_classes(splits, cfg.classes)
     splits = _limited(splits, cfg.limit_train, cfg.limit_test)
-    return carve_validation(splits, cfg.val_split, cfg.split_seed)
+    return carve_validation(splits, cfg.val_split, cfg.split_seed, cfg.split_method)
 
 
 def class_counts(splits: Splits) -> list[int]:
@@ -85,6 +85,8 @@ def select_classes(splits: Splits, classes) -> Splits:
 # The split of runs made before data.split_seed: a TF shuffle (seed 1234 mixed with TF's global
 # seed, which training sets to `seed`), kept only so that such a run resumes on its own split.
 LEGACY_SPLIT = "legacy"
+# How data.val_split draws: each class its share, or uniformly (runs made before, run_dir.RUN_OWNED).
+SPLIT_METHODS = ("stratified", "uniform")
 
 
 def held_out_indices(size: int, count: int, split_seed: int = 0):
@@ -98,11 +100,45 @@ def held_out_indices(size: int, count: int, split_seed: int = 0):
     return np.sort(np.random.default_rng(int(split_seed)).permutation(size)[:count])
 
 
-def carve_validation(splits: Splits, val_split, split_seed: int = 0) -> Splits:
-    """Holds out `val_split` training examples (a fraction in (0, 1) or a count) for validation.
+def stratified_held_out(labels, count: int, split_seed: int = 0):
+    """The indices of the `count` examples held out for validation, sorted, drawn class by class:
+    each class its share of `count` (by largest remainders), so that a rare class is in validation
+    too. Every class with 2 or more examples gets at least one when `count` allows it, and keeps at
+    least one for training. A pure function of (labels, count, split_seed), like held_out_indices."""
+    import numpy as np
 
-    The same examples in every run, epoch and seed, and in resnet-eval / resnet-export
-    (`held_out_indices`); the rest keep their order. Both parts are cached.
+    labels = np.asarray(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    take = _class_shares(sizes, count)
+    rng = np.random.default_rng(int(split_seed))
+    held = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(held))
+
+
+def _class_shares(sizes, count: int):
+    """How many of each class's `sizes` examples to hold out: `count` in all, proportionally."""
+    import numpy as np
+
+    quota = count * sizes / sizes.sum()
+    cap = np.where(sizes >= 2, sizes - 1, 0)  # a class keeps one training example ...
+    if count > cap.sum():
+        cap = sizes  # ... unless the count asked for cannot leave one to every class
+    least = np.minimum(sizes >= 2, cap) if (sizes >= 2).sum() <= count else np.zeros_like(sizes)
+    take = np.clip(np.floor(quota).astype(int), least, cap)
+    while take.sum() < count:  # the largest remainders first
+        take[np.argmax(np.where(take < cap, quota - take, -np.inf))] += 1
+    while take.sum() > count:  # the minimum of one took too many: from the most over their share
+        take[np.argmax(np.where(take > least, take - quota, -np.inf))] -= 1
+    return take
+
+
+def carve_validation(splits: Splits, val_split, split_seed: int = 0, method: str = "stratified") -> Splits:
+    """Holds out `val_split` training examples (a fraction in (0, 1) or a count) for validation:
+    each class its share (`stratified_held_out`), or drawn uniformly (`method`="uniform": runs made
+    before stratification, run_dir.RUN_OWNED).
+
+    The same examples in every run, epoch and seed, and in resnet-eval / resnet-export; the rest
+    keep their order. Both parts are cached.
     """
     if val_split is None or val_split == 0:
         return splits
@@ -132,8 +168,10 @@ def carve_validation(splits: Splits, val_split, split_seed: int = 0) -> Splits:
         return splits
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
         raise ConfigError(f"data.split_seed must be a non-negative integer (got {split_seed!r})")
+    if method not in SPLIT_METHODS:
+        raise ConfigError(f"data.split_method must be stratified or uniform (got {method!r})")
     held = np.zeros(info.train_size, bool)
-    held[held_out_indices(info.train_size, count, split_seed)] = True
+    held[_held_out(splits, count, split_seed, method)] = True
     table = tf.constant(held)
     indexed = splits.train.enumerate()
 
@@ -143,6 +181,24 @@ def carve_validation(splits: Splits, val_split, split_seed: int = 0) -> Splits:
     splits.val, splits.train = part(True), part(False)
     info.train_size, info.val_size = info.train_size - count, count
     return splits
+
+
+def _held_out(splits: Splits, count: int, split_seed: int, method: str):
+    info = splits.info
+    if method == "uniform":
+        log.info("data.val_split: %d of %d training examples held out for validation, drawn uniformly "
+                 "(data.split_method=uniform)", count, info.train_size)  # fmt: skip
+        return held_out_indices(info.train_size, count, split_seed)
+    import numpy as np
+
+    labels = np.concatenate([y.numpy() for y in splits.train.map(lambda x, y: y).batch(65536)])
+    present = int((np.bincount(labels) >= 2).sum())
+    if count < present:
+        log.warning("data.val_split holds out %d examples for %d classes: some classes are not in validation, "
+                    "and balanced accuracy / macro-F1 leave them out; hold out more", count, present)  # fmt: skip
+    log.info("data.val_split: %d of %d training examples held out for validation, each class its share",
+             count, info.train_size)  # fmt: skip
+    return stratified_held_out(labels, count, split_seed)
 
 
 def _limited(splits: Splits, limit_train, limit_test) -> Splits:

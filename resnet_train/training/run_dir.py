@@ -56,6 +56,7 @@ CONFUSION = Path("confusion_test.png")  # the test split's confusion matrix, whe
 # checkpoints hold no padding layers and their weights were trained with that geometry.
 # data.split_seed: runs made before it held out a TF shuffle mixed with the training seed ("legacy",
 # data.carve_validation): resumed, they keep validating on the examples they never trained on.
+# data.split_method: "uniform", how data.val_split drew before it held out each class's share.
 RUN_OWNED = {f"{group}.{key}": value for group, keys in ADDED_LATER.items() for key, value in keys.items()}
 
 
