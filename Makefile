@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test clean
+.PHONY: setup train test test-gpu clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check resnet_train tests scripts
 	$(VENV)/bin/ruff format --check resnet_train tests scripts
 	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+
+# The GPU tier: the tests marked gpu, with the machine's GPUs visible (the suite above hides them);
+# skipped, and said so, where TensorFlow sees none. scripts/gpu_check.py measures the rest.
+test-gpu: $(STAMP)
+	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -53,23 +53,33 @@ RESET_ENV = {
     "WANDB_API_KEY": None,
     "WANDB_MODE": None,
     "WANDB_SILENT": "true",
+    # Keras reads ~/.keras/keras.json (backend, floatx, image data format): a user's file must not
+    # change a test, so HOME is a folder of this session's.
+    "HOME": str(SESSION_DIR / "home"),
+    "KERAS_BACKEND": "tensorflow",
+    "TF_NUM_INTEROP_THREADS": None,
+    "TF_NUM_INTRAOP_THREADS": None,
+    "TF_XLA_FLAGS": None,
 }
+(SESSION_DIR / "home").mkdir()
 for _key, _value in RESET_ENV.items():  # at import too: module fixtures run before _clean_state
     if _value is None:
         os.environ.pop(_key, None)
     else:
         os.environ[_key] = _value
 
+
 # runtime.onednn=auto turns oneDNN on where TensorFlow alone would not (x86 CPUs with AVX2 only):
 # every subprocess gets this process's choice (TF_ENABLE_ONEDNN_OPTS as given, else TensorFlow's own
 # default here), so that a CLI run computes what the in-process runs compute. The suite runs with
 # TF_ENABLE_ONEDNN_OPTS=0 and =1; tests that mean to vary it say runtime.onednn explicitly.
-if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
-    import tensorflow  # noqa: F401  (its import decides)
+def _pin_onednn() -> None:
+    if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        import tensorflow  # noqa: F401  (its import decides)
 
-    from resnet_train.runtime import onednn
+        from resnet_train.runtime import onednn
 
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn.enabled() else "0"
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn.enabled() else "0"
 
 
 # runtime=auto measures this machine once (~30 s, tuning.py) and caches the result: the suite's cache
@@ -91,7 +101,42 @@ def _pinned_tuning() -> None:
     tuning.cache_path().write_text(json.dumps({tuning.machine_key(): {"choices": choices, "date": "the test session"}}))
 
 
-_pinned_tuning()
+# ---- GPUs: hidden unless the GPU tier asks -----------------------------------------------------
+# On a machine with a GPU, runtime=one_device would pick it, TF32 would round float32 matmuls, and
+# cpu_replicas would be dropped: device lists, 2-replica, bit-for-bit and 1e-5 checks would fail or
+# prove nothing. So the suite hides every GPU from this process and every process it starts
+# (CUDA_VISIBLE_DEVICES, set before TensorFlow is imported and inherited), except in the GPU tier:
+# `make test-gpu` (pytest -m gpu) runs only the tests marked gpu, with the machine's GPUs visible.
+def gpu_tier(config) -> bool:
+    expr = config.option.markexpr or ""
+    return "gpu" in expr.split() and "not gpu" not in expr
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a GPU; run by `make test-gpu`, skipped where none is visible")
+    if not gpu_tier(config):
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    RESET_ENV["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # each test starts so
+    # TensorFlow is imported from here on, never before the line above.
+    _pin_onednn()
+    _pinned_tuning()
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    if not marked:
+        return
+    if not gpu_tier(config):
+        reason = "GPU tier: run `make test-gpu` (pytest -m gpu) on a machine with a GPU"
+    else:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return
+        reason = "no GPU visible to TensorFlow on this machine"
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
 
 # ---- no network --------------------------------------------------------------------------------
 # Any connection (or name lookup) beyond the loopback raises NetworkBlocked and is appended to
