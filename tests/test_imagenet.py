@@ -114,12 +114,6 @@ def test_the_augmentation_gallery_decodes_streamed_jpegs(fake_imagenet, tmp_path
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_imagenet_sized_input_picks_the_imagenet_family():
-    from resnet_train import models
-
-    assert models.resolve_layout(50, (224, 224, 3)).variant == "imagenet"
-
-
 def test_missing_imagenet_tars_fail_at_once_naming_both(tmp_path, monkeypatch, capsys):
     # "At once", checked without a clock: neither a download nor a probe of a host is attempted
     # (what tfds would retry for minutes); either one fails the test.

@@ -56,6 +56,21 @@ def sweep_made_by(cli, tmp_path_factory, tmp_path, _sweeps_made):
     return made
 
 
+def hparams_record(member) -> dict:
+    """The settings in the member's TensorBoard HParams record (its session start)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for path in (member / "tensorboard").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    if data.HasField("session_start_info"):
+                        return {k: getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()}
+    raise AssertionError(f"no HParams record in {member}/tensorboard")
+
+
 def test_two_member_sweep_summary_and_rerun_skips_finished(cli, sweep_made_by):
     sweep, done = sweep_made_by(*TWO_MEMBERS)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -66,7 +81,11 @@ def test_two_member_sweep_summary_and_rerun_skips_finished(cli, sweep_made_by):
     best = [float(r["final_test"]) for r in table]  # no validation split: the final test figure, and only it
     assert best == sorted(best, reverse=True)  # sorted by the target metric
     assert "| member | status | overrides |" in (sweep / "summary.md").read_text()
-    assert list((sweep / "0" / "tensorboard").glob("events.out.tfevents.*"))  # the HParams record
+    for member in ("0", "1"):  # the HParams record holds the member's own settings
+        lr = OmegaConf.load(sweep / member / ".hydra" / "overrides.yaml")[-1].split("=")[1]
+        settings = hparams_record(sweep / member)
+        assert settings["lr"] == settings["optimizer.lr"] == float(lr) and settings["depth"] == 8, settings
+        assert settings["data"] == "digits" and settings["precision"] == "float32"
 
     again = cli(*TWO_MEMBERS, f"hydra.sweep.dir={sweep}")
     assert again.returncode == 0
@@ -272,6 +291,14 @@ def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
     pids = [event_file_pids(sweep / m) for m in ("0", "1")]
     assert all(len(p) == 1 for p in pids), pids
     assert pids[0] != pids[1] and launcher.pid not in pids[0] | pids[1], (launcher.pid, pids)
+    # And at the same time: each member's run (Hydra writes its .hydra/ as the job starts, the run
+    # its results.json last) overlaps the other's, which two processes taking turns would not.
+    windows = [
+        ((sweep / m / ".hydra" / "config.yaml").stat().st_mtime_ns, (sweep / m / "results.json").stat().st_mtime_ns)
+        for m in ("0", "1")
+    ]
+    (start0, end0), (start1, end1) = windows
+    assert start0 < end1 and start1 < end0, windows
 
 
 # `resnet-train` that sends itself a SIGTERM right after member 1's first checkpoint save: a
