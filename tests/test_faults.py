@@ -199,6 +199,53 @@ def test_sigusr2_checkpoints_the_current_step_then_submitits_requeue_runs(tmp_pa
     assert_same_run(run, uninterrupted)
 
 
+@pytest.fixture
+def sigusr2_restored():
+    previous = signal.getsignal(signal.SIGUSR2)
+    yield
+    signal.signal(signal.SIGUSR2, previous)
+
+
+def test_sigusr2_ignored_before_the_run_stays_ignored(sigusr2_restored):
+    """SIG_IGN inherited (`trap '' USR2` in a job script): the run does not stop on SIGUSR2 (issue
+    29, item 21); SIGTERM still does."""
+    from resnet_train.training.interrupts import StopRequests
+
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    with StopRequests() as stop:
+        stop.training_started()
+        stop.install()  # again, as after the strategy exists
+        signal.raise_signal(signal.SIGUSR2)
+        assert not stop.requested and signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN
+
+
+def test_a_failing_sigusr2_handler_before_ours_is_one_line_and_the_run_ends_stopped(sigusr2_restored, caplog):
+    """The handler installed before the run's raises when it is passed the signal: one logged line
+    with its error, and the run's own stop (its state saved: Preempted, exit 75) goes on, not the
+    handler's traceback."""
+    from resnet_train.training.interrupts import StopRequests
+
+    def failing(signum, frame):
+        raise RuntimeError("the scheduler's handler failed\nits second line")
+
+    signal.signal(signal.SIGUSR2, failing)
+    with pytest.raises(Preempted, match="checkpoint written"), caplog.at_level("WARNING"):
+        with StopRequests() as stop:
+            stop.training_started()
+            signal.raise_signal(signal.SIGUSR2)
+            assert stop.signal_name == "SIGUSR2"
+            raise Preempted("stopped by SIGUSR2 at step 3 of 8; checkpoint written")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "The SIGUSR2 handler installed before this run's failed (RuntimeError: the scheduler's handler failed); "
+        "the run is stopped, its state saved, as after any SIGUSR2"
+    ]
+    assert signal.getsignal(signal.SIGUSR2) is failing  # put back
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_75(tmp_path, uninterrupted, cli, sig):
     run = tmp_path / "run"

@@ -15,6 +15,8 @@ SIGUSR2 is what SLURM sends a job launched by submitit (Hydra's submitit launche
 limit or a preemption: it stops the run like SIGTERM (the checkpoint of the current step, on
 every worker), and then the handler that was there before ours, submitit's, is called as if the
 signal had just arrived, so it requeues the job as usual; the requeued run continues from that step.
+If that handler raises, its error is one logged line and the run ends as a stopped one (its state
+saved, EXIT_PREEMPTED). A SIGUSR2 ignored when the run started (SIG_IGN) stays ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+
+from resnet_train.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ class StopRequests:
         otherwise swallow the signal."""
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
             for sig in SIGNALS:
+                if sig == signal.SIGUSR2 and self._previous.get(sig, signal.getsignal(sig)) is signal.SIG_IGN:
+                    self._previous[sig] = signal.SIG_IGN  # ignored by what started this run: it stays so
+                    continue
                 previous = signal.signal(sig, self._handle)
                 self._previous.setdefault(sig, previous)
 
@@ -85,4 +92,12 @@ class StopRequests:
             if exc is not None:  # what was saved: the chained handler may exit before the CLI says it
                 log.warning("%s", exc)
             log.warning("Passing SIGUSR2 on to the handler installed before this run's (a job scheduler's requeue)")
-            chained(signal.SIGUSR2, None)
+            try:
+                chained(signal.SIGUSR2, None)
+            except Exception as e:  # noqa: BLE001 -- not ours to fix: the run's state is saved either way
+                log.error(
+                    "The SIGUSR2 handler installed before this run's failed (%s: %s); the run is stopped, its "
+                    "state saved, as after any SIGUSR2",
+                    type(e).__name__,
+                    first_line(e),
+                )
