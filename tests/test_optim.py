@@ -43,11 +43,11 @@ def test_every_optimizer_config_composes_builds_and_steps(name):
     assert optim.clip_norm(cfg) == 1.0
 
 
-def _decay_targets(name, decay_bn=False):
+def _decay_targets(name, decay_bn=False, **mode):
     """(coupled L2 in the loss, {variable path: decayed by the optimizer}) for a tiny ResNet."""
     keras.backend.clear_session()
     model = build(8, 10, variant="cifar")
-    cfg = {"name": name, "weight_decay": 1e-4, "decay_bn": decay_bn}
+    cfg = {"name": name, "weight_decay": 1e-4, "decay_bn": decay_bn, **mode}
     opt = optim.build_optimizer(cfg, 0.1, variables=model.trainable_variables)
     trainer = Trainer(
         model, opt, tf.distribute.get_strategy(), 8, weight_decay=optim.coupled_weight_decay(cfg), decay_bn=decay_bn
@@ -71,6 +71,47 @@ def test_decoupled_and_lars_decay_is_the_optimizers_on_kernels_only(name):
     assert by_optimizer and all(p.endswith("kernel") for p in by_optimizer)
     assert {p.rsplit("/", 1)[1] for p in every - by_optimizer} == {"gamma", "beta", "bias"}
     assert _decay_targets(name, decay_bn=True)[1] == every
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_sgd_and_adam_decay_decoupled_when_asked(name):
+    """weight_decay_mode=decoupled (README): the optimizer decays the kernels, the loss has no L2."""
+    in_loss, by_optimizer, every = _decay_targets(name, weight_decay_mode="decoupled")
+    assert in_loss == set()
+    assert by_optimizer and all(p.endswith("kernel") for p in by_optimizer)
+    assert {p.rsplit("/", 1)[1] for p in every - by_optimizer} == {"gamma", "beta", "bias"}
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_momentum_nesterov_and_decoupled_decay_follow_torch(nesterov):
+    """Three steps against torch.optim.SGD (momentum, nesterov), with decoupled decay applied as
+    Loshchilov & Hutter's SGDW does: w <- w (1 - lr wd) before each step."""
+    import torch
+
+    lr, momentum, wd = 0.1, 0.9, 0.05
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 2)).astype("float32")
+    grads = [rng.normal(size=(3, 2)).astype("float32") for _ in range(3)]
+    kernel = keras.Variable(w0.copy(), name="kernel")
+    cfg = {"name": "sgd", "momentum": momentum, "nesterov": nesterov, "weight_decay": wd}
+    ours = optim.build_optimizer({**cfg, "weight_decay_mode": "decoupled"}, lr, variables=[kernel])
+    reference = torch.nn.Parameter(torch.tensor(w0.copy()))
+    theirs = torch.optim.SGD([reference], lr=lr, momentum=momentum, nesterov=nesterov)
+    for g in grads:
+        ours.apply_gradients([(tf.constant(g), kernel)])
+        with torch.no_grad():
+            reference.mul_(1 - lr * wd)
+        reference.grad = torch.tensor(g)
+        theirs.step()
+    np.testing.assert_allclose(kernel.numpy(), reference.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # The check can fail: the other momentum rule ends elsewhere.
+    other = keras.Variable(w0.copy(), name="kernel")
+    flipped = optim.build_optimizer(
+        {**cfg, "nesterov": not nesterov, "weight_decay_mode": "decoupled"}, lr, variables=[other]
+    )
+    for g in grads:
+        flipped.apply_gradients([(tf.constant(g), other)])
+    assert not np.allclose(other.numpy(), reference.detach().numpy(), rtol=1e-3)
 
 
 @pytest.mark.parametrize(
