@@ -97,3 +97,35 @@ def test_accumulate_steps_below_one_is_refused(tmp_path, cli):
     too_big = cli(*TINY, "batch_size=96", "optimizer.accumulate_steps=2", f"hydra.run.dir={tmp_path / 'run2'}")
     assert too_big.returncode == 2
     assert "batch_size=96 x optimizer.accumulate_steps=2 is larger than the 128 training images" in too_big.stderr
+
+
+@pytest.mark.parametrize("bad", [0, 1])
+def test_under_float16_an_overflow_in_any_micro_batch_skips_the_whole_step(bad):
+    """README: loss scaling counts optimizer steps; an inf in micro-batch `bad` of 2 must leave
+    every weight as it was (not apply the other micro-batch's half) and halve the loss scale."""
+    import tensorflow as tf
+
+    from resnet_train.optim import build_optimizer
+    from resnet_train.training.trainer import Trainer
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(hidden))
+    optimizer = build_optimizer({"name": "sgd", "momentum": 0.9}, 0.1, loss_scaling=True)
+    optimizer.build(model.trainable_variables)
+    trainer = Trainer(model, optimizer, tf.distribute.get_strategy(), 2, num_classes=3, accumulate_steps=2)
+    good = (np.ones((2, 4), np.float32), np.array([0, 1]))
+    trainer.train_steps(iter([good, good]), 1)  # one optimizer step of two micro-batches
+    assert int(optimizer.iterations.numpy()) == 1
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    scale = float(optimizer.dynamic_scale.numpy())
+    overflow = np.ones((2, 4), np.float32)
+    overflow[0, 0] = np.inf
+    micro_batches = [good, good]
+    micro_batches[bad] = (overflow, np.array([0, 1]))
+    trainer.train_steps(iter(micro_batches), 1)
+    for old, new in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert int(optimizer.iterations.numpy()) == 1 and float(optimizer.dynamic_scale.numpy()) == scale / 2
