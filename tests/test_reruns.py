@@ -282,13 +282,21 @@ def test_what_must_survive_a_power_loss_is_flushed(tmp_path, monkeypatch):
     reporter.close()
 
 
-def test_an_empty_saved_config_is_damage_not_no_constraints(trained_copy):
+@pytest.mark.parametrize(
+    "written, why",
+    [
+        (b"", r"empty"),  # a power loss while it was written
+        (b"depth: 8\noptimizer: {name: sgd\n  lr: [0.1", r"ParserError: "),  # cut short mid-write
+        (b"- just\n- a list\n", r"a ListConfig, not a mapping"),  # not a mapping at all
+    ],
+)
+def test_an_empty_or_unparsable_saved_config_is_damage_not_no_constraints(trained_copy, written, why):
     run, _ = trained_copy(*TINY, "epochs=1")
-    (run / "checkpoints" / "config.yaml").write_bytes(b"")  # a power loss while it was written
+    (run / "checkpoints" / "config.yaml").write_bytes(written)
     before = file_digests(run)
     with pytest.raises(
         RunDirError,
-        match=r"config.yaml \(empty\) is damaged, so it cannot tell which config made "
+        match=r"config.yaml \(" + why + r".*\) is damaged, so it cannot tell which config made "
         r"the run's checkpoints",
     ):
         train_and_evaluate(compose(*TINY, "epochs=2", "optimizer.lr=0.5"), run)

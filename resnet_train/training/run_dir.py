@@ -137,7 +137,10 @@ def load_saved_config(workdir: Path):
     except Exception as e:  # noqa: BLE001 -- yaml's and OmegaConf's errors alike
         saved = e
     if not isinstance(saved, DictConfig) or not saved:
-        why = f"{type(saved).__name__}: {first_line(saved, 120)}" if isinstance(saved, Exception) else "empty"
+        if isinstance(saved, Exception):
+            why = f"{type(saved).__name__}: {first_line(saved, 120)}"
+        else:
+            why = "empty" if not saved else f"a {type(saved).__name__}, not a mapping"
         raise RunDirError(
             f"{path} ({why}) is damaged, so it cannot tell which config made the run's checkpoints: write "
             f"the run's config back into it (e.g. from its .hydra/config.yaml or the command that started it) "
