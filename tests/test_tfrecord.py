@@ -87,6 +87,18 @@ def test_labels_numbered_from_one_without_the_offset_get_a_warning(records, capl
     assert info.num_classes == 4 and "set data.label_offset=1" in caplog.text
 
 
+def test_without_mean_and_std_the_records_use_127_5_and_64_and_say_so(records, caplog):
+    with caplog.at_level(logging.WARNING):
+        info = _load(records, label_offset=1).info
+    assert (info.mean, info.std) == ((127.5,) * 3, (64.0,) * 3)
+    assert "No data.mean / data.std for these TFRecords: using 127.5 / 64" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        info = _load(records, label_offset=1, mean="[100,110,120]", std="[50,60,70]").info
+    assert (info.mean, info.std) == ((100.0, 110.0, 120.0), (50.0, 60.0, 70.0))
+    assert "No data.mean" not in caplog.text
+
+
 def test_tfrecords_train_through_resnet_train(cli, records, tmp_path):
     run = tmp_path / "run"
     done = cli(
