@@ -39,6 +39,10 @@ def places(tmp_path_factory):
     (evil / ".hydra").mkdir(parents=True)
     (evil / ".hydra" / "config.yaml").write_text(f"depth: !!python/object/apply:os.system ['touch {marker}']\n")
     (evil / "dataset.json").write_text((existing / "dataset.json").read_text())
+    for name, damaged in (("cut_dataset", '{"num_classes": 10, "image_sh'), ("keyless_dataset", '{"num_classes": 10}')):
+        (root / name / ".hydra").mkdir(parents=True)
+        (root / name / ".hydra" / "config.yaml").write_text((existing / ".hydra" / "config.yaml").read_text())
+        (root / name / "dataset.json").write_text(damaged)  # a run's dataset.json, cut short or edited
     return {"root": root, "existing": existing, "marker": marker}
 
 
@@ -381,6 +385,15 @@ CASES = [
         {},
     ),
     (
+        "finetune normalization unknown",
+        "resnet-train",
+        [*TINY, "finetune.normalization=imagenet"],
+        T + "finetune.normalization must be source (the init_from model's input statistics) or data (this "
+        "dataset's) (got 'imagenet')",
+        "fresh",
+        {},
+    ),
+    (
         "early_stop patience zero",
         "resnet-train",
         [*TINY, "early_stop.patience=0"],
@@ -532,6 +545,27 @@ CASES = [
         "resnet-export",
         ["run={existing}", "format=onnx", "quantize=int8"],
         "resnet-export: error: quantize=int8 applies to format=tflite only",
+        None,
+        {},
+    ),
+    (
+        "damaged dataset.json",
+        "resnet-eval",
+        ["run={root}/cut_dataset"],
+        "resnet-eval: error: {root}/cut_dataset/dataset.json is damaged (JSONDecodeError: Unterminated string "
+        "starting at: line 1 column 21 (char 20)): it holds the run's classes and input statistics, which the "
+        "tools need; put it back from a copy of the run (rerunning an unfinished run's command writes it again "
+        "from its data)",
+        None,
+        {},
+    ),
+    (
+        "dataset.json without its keys",
+        "resnet-export",
+        ["run={root}/keyless_dataset"],
+        "resnet-export: error: {root}/keyless_dataset/dataset.json is damaged (KeyError: 'image_shape'): it holds "
+        "the run's classes and input statistics, which the tools need; put it back from a copy of the run (rerunning "
+        "an unfinished run's command writes it again from its data)",
         None,
         {},
     ),

@@ -111,6 +111,43 @@ def test_folder_end_to_end_through_the_cli(cli, photo_tree, tmp_path):
     assert missing.returncode == 2 and "data=folder needs data.path=DIR" in missing.stderr
 
 
+def test_names_that_are_not_utf8_train_to_the_end_shown_escaped(cli, tmp_path):
+    """A class folder named in Latin-1 (d, 0xf6, g) and a file bad<0xff>.png in a folder streamed
+    from disk: the file is read by its bytes (TF takes paths as bytes), the run finishes with its
+    confusion matrix, and the class shows as d\\xf6g in dataset.json and resnet-eval's results."""
+    import os
+
+    root = tmp_path / "latin1"
+    raw = os.fsencode(root)
+    try:
+        os.makedirs(os.path.join(raw, b"d\xf6g"))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    write_images(root / "cat", 8, (200, 40, 40))
+    write_images(root / os.fsdecode(b"d\xf6g"), 8, (40, 200, 40))
+    os.rename(os.path.join(raw, b"cat/img3.png"), os.path.join(raw, b"cat/bad\xff.png"))
+    run = tmp_path / "run"
+    args = ["data=folder", f"data.path={root}", "data.cache=false", "data.image_size=16", "depth=8", "batch_size=4"]
+    done = cli(*args, "epochs=1", f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "dataset.json").read_text(encoding="utf-8"))["class_names"] == ["cat", "d\\xf6g"]
+    assert (run / "confusion_test.png").is_file() and (run / "results.json").is_file()
+    assert "Folder" in (run / "train.log").read_text(encoding="utf-8")
+    done = cli(f"run={run}", entry="resnet-eval")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "eval" / "test.json").read_text(encoding="utf-8"))["class_names"] == ["cat", "d\\xf6g"]
+
+
+def test_a_runs_dataset_json_saved_with_raw_names_reads_back_displayable(tmp_path):
+    """dataset.json written before names were made displayable holds the folder's surrogates."""
+    from resnet_train.data.info import read_info
+
+    path = tmp_path / "dataset.json"
+    raw = {"name": "x", "num_classes": 2, "image_shape": [8, 8, 3], "train_size": 4, "test_size": 2}
+    path.write_text(json.dumps({**raw, "class_names": ["cat", "d\udcf6g"], "mean": [1, 1, 1], "std": [2, 2, 2]}))
+    assert read_info(path).class_names == ["cat", "d\\xf6g"]
+
+
 # --- streamed from the files (data.cache=false, or auto over data.cache_budget_mb) -------------
 def _pixels(ds, info):
     from resnet_train.data import pipeline

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resnet_train.data.info import displayable
 from resnet_train.data.preprocess import preprocess_file
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def decode_files(paths, image_shape, what: str, keep: bool = True) -> Decoded:
     squares = np.array([s[1] if s else zero for _, s in results]).reshape(len(paths), channels)
     bad = [p for p, good in zip(paths, ok) if not good]
     if bad:
-        named = ", ".join(str(p) for p in bad[:MAX_NAMED])
+        named = ", ".join(displayable(str(p)) for p in bad[:MAX_NAMED])
         more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
         log.warning("Skipped %d unreadable image file(s) in %s: %s%s", len(bad), what, named, more)
     images = None

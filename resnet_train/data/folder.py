@@ -22,6 +22,7 @@ would make a run's result depend on which mode `auto` picked.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_train.data.files import channel_stats_of_sums, decode_files
-from resnet_train.data.info import DatasetInfo, Splits
+from resnet_train.data.info import DatasetInfo, Splits, displayable
 from resnet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,26 @@ def _images_in(directory: Path) -> list[Path]:
 
 
 def list_files(root: Path, class_names=None):
-    """(paths, labels, class_names) of one tree; classes are the sorted sub-folder names."""
+    """(paths, labels, class_names) of one tree; classes are the sorted sub-folder names, as
+    displayable text (info.displayable: a folder name that is not UTF-8 shows its bytes escaped)."""
     dirs = _class_dirs(root)
-    names = class_names or [d.name for d in dirs if _images_in(d)]
+    names = class_names or [displayable(d.name) for d in dirs if _images_in(d)]
+    if len(set(names)) < len(names):
+        raise DataError(f"{root}: two class folders have the same displayed name ({', '.join(names)}): rename one")
     index = {name: i for i, name in enumerate(names)}
     paths, labels = [], []
     for d in dirs:
         files = _images_in(d)
         if not files:
             continue
-        if d.name not in index:
+        name = displayable(d.name)
+        if name not in index:
             raise DataError(
-                f"class folder {d} is not among the training classes ({', '.join(names)}): "
+                f"class folder {displayable(str(d))} is not among the training classes ({', '.join(names)}): "
                 f"give the held-out tree the same class folders as the training tree"
             )
         paths += files
-        labels += [index[d.name]] * len(files)
+        labels += [index[name]] * len(files)
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
@@ -122,7 +127,7 @@ def load(
     skipped = train.bad + test.bad
     log.info(
         "Folder %s: %d classes, %d train / %d held-out images at %dx%d%s; %s: %s",
-        root,
+        displayable(str(root)),
         len(names),
         len(train.y),
         len(test.y),
@@ -133,7 +138,7 @@ def load(
         why,
     )
     info = DatasetInfo(
-        name=root.name or "folder",
+        name=displayable(root.name) or "folder",
         num_classes=len(names),
         image_shape=(image_size, image_size, 3),
         train_size=len(train.y),
@@ -194,5 +199,6 @@ class _Part:
 def _read(paths, labels, size: int, what: str, keep: bool) -> _Part:
     decoded = decode_files(paths, (size, size, 3), what, keep=keep)
     ok = decoded.ok
-    x = decoded.images if keep else np.array([str(p) for p in paths])[ok]
+    # Paths as bytes (TF's strings are bytes): a file name that is not UTF-8 reads like any other.
+    x = decoded.images if keep else np.array([os.fsencode(p) for p in paths], dtype=object)[ok]
     return _Part(x, labels[ok], decoded.sums[ok], decoded.squares[ok], int((~ok).sum()))

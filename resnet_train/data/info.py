@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import tensorflow as tf
+
+from resnet_train.errors import DataError, first_line
 
 
 @dataclass
@@ -61,3 +65,30 @@ def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of a uint8 NHWC numpy array, on the 0..255 scale."""
     flat = images.reshape(-1, images.shape[-1]).astype("float64")
     return tuple(float(m) for m in flat.mean(0)), tuple(float(s) for s in flat.std(0))
+
+
+def displayable(name: str) -> str:
+    """A file or folder name as text every writer takes (plots, JSON, logs, the console): a name
+    that is not UTF-8 on disk (Python holds its bytes as surrogates, os.fsdecode) shows them as
+    backslash escapes, `d\\xf6g` for the bytes d, 0xf6, g. UTF-8 names are unchanged."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def read_info(path) -> DatasetInfo:
+    """A run's dataset.json: its classes, image shape, sizes and input statistics (what the tools
+    build the model with). Damage is one DataError naming the file, not a traceback."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw["image_shape"] = tuple(raw["image_shape"])
+        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+        raw["class_names"] = [displayable(str(n)) for n in raw.get("class_names", [])]
+        info = DatasetInfo(**{k: v for k, v in raw.items() if k in DatasetInfo.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(
+            f"{path} is damaged ({type(e).__name__}: {first_line(e, 80)}): it holds the run's classes and input "
+            f"statistics, which the tools need; put it back from a copy of the run (rerunning an unfinished "
+            f"run's command writes it again from its data)"
+        ) from None
+    return info

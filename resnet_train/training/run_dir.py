@@ -230,6 +230,10 @@ def check_same_data(workdir: Path, info) -> None:
     except (OSError, ValueError):
         return  # rewritten from the data once the run's checkpoint is restored
     ours = info.to_dict()
+    if isinstance(theirs, dict) and isinstance(theirs.get("class_names"), list):  # saved before names were displayable
+        from resnet_train.data.info import displayable
+
+        theirs["class_names"] = [displayable(str(n)) for n in theirs["class_names"]]
     # Not the name: a folder dataset is named after its directory, which may have moved.
     keys = ("num_classes", "image_shape", "train_size", "val_size", "test_size", "class_names")
     differ = [k for k in keys if k in theirs and _plain(theirs[k]) != _plain(ours.get(k))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ def read_run(run_dir):
     """(config, DatasetInfo) of a run directory, with one clear error if it is not one."""
     from omegaconf import OmegaConf
 
-    from resnet_train.data.info import DatasetInfo
+    from resnet_train.data.info import read_info
 
     if not run_dir:
         raise UserError("run=PATH is required: a run directory made by resnet-train (outputs/<date>/<time>)")
@@ -41,11 +40,7 @@ def read_run(run_dir):
     except Exception as e:  # noqa: BLE001 -- any parse failure is the file's fault
         first = first_line(e, None)
         raise UserError(f"{config} is not a readable resnet-train config ({first})") from None
-    raw = json.loads(dataset.read_text())
-    raw["image_shape"] = tuple(raw["image_shape"])
-    raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-    info = DatasetInfo(**{k: v for k, v in raw.items() if k in DatasetInfo.__dataclass_fields__})
-    return run_dir, cfg, info
+    return run_dir, cfg, read_info(dataset)  # a damaged one: one line naming it
 
 
 def build_model(cfg, info):
