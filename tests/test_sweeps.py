@@ -419,3 +419,52 @@ def test_the_summary_is_always_whole_while_members_write_it_at_once(tmp_path):
         for t in writers:
             t.join()
     assert len(seen) > 100 and set(seen) == {(3, 3)}
+
+
+FAILED_MEMBER = """
+import json, resource, signal, sys
+from pathlib import Path
+from types import SimpleNamespace
+from hydra.conf import HydraConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from resnet_train.tools.sweep import SweepCallback
+
+member = Path(sys.argv[1])
+hydra = OmegaConf.structured(HydraConf)
+hydra.runtime.output_dir, hydra.mode = str(member), RunMode.RUN
+HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra}))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
+job = SimpleNamespace(status=SimpleNamespace(name="FAILED"), _return_value=ValueError("x" * 100))
+try:
+    SweepCallback().on_job_end(None, job)
+except OSError as e:
+    print("write failed:", e.strerror)
+"""
+
+
+def test_an_unreadable_failed_json_is_a_failed_member_and_it_is_written_whole(tmp_path, caplog):
+    """failed.json is written atomically (a member's failure recorded on a full disk leaves none,
+    never an empty one), and one left empty or cut short by an earlier version still marks its
+    member failed, with a warning, instead of crashing resnet-sweep-report."""
+    import logging
+
+    from resnet_train.tools.sweep import write_summary
+
+    member = tmp_path / "sweep" / "0"
+    member.mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", FAILED_MEMBER, str(member)], capture_output=True, text=True)
+    assert "write failed: File too large" in done.stdout, done.stderr[-2000:]
+    assert not (member / "failed.json").exists() and not list(member.iterdir())  # no file, no temporary left
+
+    for i, text in enumerate(("", '{"error": "ValueError: cut', '{"error": "ValueError: bad depth"}')):
+        (tmp_path / "sweep" / str(i) / ".hydra").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sweep" / str(i) / ".hydra" / "overrides.yaml").write_text(f"- seed={i}\n")
+        (tmp_path / "sweep" / str(i) / "failed.json").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        table = {r["member"]: r for r in write_summary(tmp_path / "sweep")}
+    assert [table[m]["status"] for m in "012"] == ["failed"] * 3
+    assert table["0"]["error"] == "(failed.json unreadable: JSONDecodeError)" and table["2"]["error"].endswith("depth")
+    assert "0/failed.json is unreadable (JSONDecodeError" in caplog.text and "1/failed.json" in caplog.text

@@ -96,7 +96,9 @@ class SweepCallback(Callback):
                     file=sys.stderr,
                 )
             else:
-                failed.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}, indent=2) + "\n")
+                from resnet_train.report.metrics import write_json
+
+                write_json(failed, {"error": f"{type(error).__name__}: {error}"})  # atomic: never an empty one
         elif failed.exists():
             failed.unlink()  # a rerun that succeeded
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -143,7 +145,7 @@ def member_row(member: Path) -> dict:
     }
     results, failed = member / RESULTS, member / "failed.json"
     if failed.exists():
-        row.update(status="failed", error=json.loads(failed.read_text())["error"][:300])
+        row.update(status="failed", error=_failure(failed)[:300])
     elif results.exists():
         r = json.loads(results.read_text())
         row.update(
@@ -155,6 +157,17 @@ def member_row(member: Path) -> dict:
             wall_time_s=r.get("wall_time_s"),
         )
     return row
+
+
+def _failure(failed: Path) -> str:
+    """A failed member's error from its failed.json; one that cannot be read (empty, cut short,
+    edited) still marks the member failed, with a warning instead of the error."""
+    try:
+        return str(json.loads(failed.read_text(encoding="utf-8"))["error"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = f"{type(e).__name__}: {e}"
+        log.warning("%s is unreadable (%s): member %s counted as failed", failed, why, failed.parent.name)
+        return f"(failed.json unreadable: {type(e).__name__})"
 
 
 def _member_config(member: Path):
