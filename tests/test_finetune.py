@@ -119,3 +119,60 @@ def test_head_lr_mult_scales_only_the_head():
     trainer.train_steps(iter(tf.data.Dataset.from_tensors(batch)), 1)
     np.testing.assert_array_equal(model.get_layer("logits").kernel.numpy(), head)  # x0: frozen in effect
     assert not np.array_equal(model.get_layer("stem_conv").kernel.numpy(), stem)
+
+
+def _pool_features(run, checkpoint, images):
+    import keras
+
+    from resnet_train.training.runs import load_run
+
+    model = load_run(run, checkpoint).model
+    return keras.Model(model.inputs, model.get_layer("pool").output)(images).numpy()
+
+
+@pytest.mark.parametrize("normalization", [None, "data"], ids=["source (default)", "data"])
+def test_the_input_normalisation_is_the_sources_unless_asked_for_the_datas(source, tmp_path, caplog, normalization):
+    """A frozen backbone sees the inputs it was trained on: the source run's channel statistics (its
+    dataset.json), not the new dataset's, unless finetune.normalization=data; the log says which."""
+    from resnet_train import data as data_lib
+
+    target = (*BASE, "data=synthetic", "data.num_classes=3", "data.train_size=64", "data.test_size=32")
+    theirs = json.loads((source / "dataset.json").read_text())
+    ours = data_lib.load(compose(*target).data).info
+    assert not np.allclose(theirs["mean"], ours.mean)  # the digits' statistics, random images'
+    mode = [] if normalization is None else [f"finetune.normalization={normalization}"]
+    cfg = compose(*target, "epochs=1", f"init_from={source}", "finetune.freeze=backbone", *mode)
+    with caplog.at_level("INFO", logger="resnet_train.training.finetune"):
+        train_and_evaluate(cfg, tmp_path / "tuned")
+    saved = json.loads((tmp_path / "tuned" / "dataset.json").read_text())
+    expected = (theirs["mean"], theirs["std"]) if normalization is None else (ours.mean, ours.std)
+    assert saved["mean"] + saved["std"] == pytest.approx([*expected[0], *expected[1]])
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    same = np.allclose(_pool_features(source, "auto", images), _pool_features(tmp_path / "tuned", "last", images))
+    assert same == (normalization is None)  # the frozen backbone computes the source's features
+    said = [r.getMessage() for r in caplog.records if "Input normalisation of" in r.getMessage()]
+    assert len(said) == 1 and f"finetune.normalization={normalization or 'source'}" in said[0], said
+
+
+def test_a_resumed_fine_tuning_keeps_its_statistics_without_its_source(source, tmp_path, caplog):
+    """A resume normalises as the run started (its dataset.json), even when the source has gone since,
+    and a run from before finetune.normalization existed (the data's statistics) keeps them."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    target = (*BASE, "data=synthetic", "data.num_classes=3", "data.train_size=64", "data.test_size=32")
+    run = tmp_path / "tuned"
+    train_and_evaluate(compose(*target, "epochs=1", f"init_from={copy}", "finetune.normalization=data"), run)
+    started = json.loads((run / "dataset.json").read_text())
+    for saved in (run / ".hydra" / "config.yaml", run / "checkpoints" / "config.yaml"):  # as an older version saved it
+        cfg = OmegaConf.load(saved)
+        del cfg.finetune["normalization"]
+        OmegaConf.save(cfg, saved)
+    shutil.rmtree(copy)
+    with caplog.at_level("INFO", logger="resnet_train.training.finetune"):
+        results = train_and_evaluate(compose(*target, "epochs=2", f"init_from={copy}"), run)
+    assert results["steps"] == 4 and json.loads((run / "dataset.json").read_text())["mean"] == started["mean"]
+    assert any("Input normalisation kept from" in r.getMessage() for r in caplog.records)

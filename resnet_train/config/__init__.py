@@ -98,6 +98,11 @@ def validate(cfg) -> None:
         raise ConfigError(
             f"data.sampling must be natural or balanced (each class equally often) (got {cfg.data.sampling!r})"
         )
+    if cfg.finetune.normalization not in ("source", "data"):
+        raise ConfigError(
+            f"finetune.normalization must be source (the init_from model's input statistics) or data (this "
+            f"dataset's) (got {cfg.finetune.normalization!r})"
+        )
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
     _early_stop(cfg.early_stop, cfg.data.val_split)

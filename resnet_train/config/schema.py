@@ -226,6 +226,8 @@ class EmaConfig:
 class FinetuneConfig:
     freeze: str = "none"
     head_lr_mult: float = 1.0
+    # The input normalisation with init_from: the source model's statistics, or this dataset's.
+    normalization: str = with_hint("source or data", "source")
 
 
 @dataclass

@@ -2,23 +2,29 @@
 
 Layers are matched by name (the model builders name every layer deterministically). Every layer
 with weights must match in shape except the classifier head (`logits`), which is new when the
-classes differ (in number or in names), and the input normalisation, which takes the new data's
-statistics.
+classes differ (in number or in names).
+
+The input normalisation (finetune.normalization) is the source's by default, whatever the source
+(a run directory, keras-hub, keras.applications): its stem was trained on inputs scaled that way,
+and a frozen backbone sees them as it did (timm and keras-hub keep the pretrained model's too).
+`data` takes the new dataset's channel statistics instead. A resumed run keeps the statistics it
+started with (its dataset.json), so its source may have moved since.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from resnet_train.errors import UserError
 from resnet_train.models import names
-from resnet_train.training import run_dir
+from resnet_train.training import pretrained, run_dir
 
 log = logging.getLogger(__name__)
 
 HEAD = names.HEAD
-OWN_STATISTICS = (names.NORMALIZE,)  # the new dataset's channel statistics, not the source's
+OWN_STATISTICS = (names.NORMALIZE,)  # statistics, not weights: input_normalisation sets them
 
 
 def _run_dir_of(source: Path) -> Path:
@@ -29,19 +35,68 @@ def _run_dir_of(source: Path) -> Path:
     raise UserError(f"init_from={source}: neither a run directory nor a checkpoint inside one")
 
 
-def load_source(init_from):
-    """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
-    from resnet_train.training.runs import build_model, read_run, resolve, restore_model
+def _source_run(init_from):
+    """(the checkpoint path or run directory given, the run directory, its config, its DatasetInfo)."""
+    from resnet_train.training.runs import read_run
 
     source = Path(str(init_from)).expanduser()
     if not source.exists() and not Path(str(source) + ".index").exists():
         raise UserError(f"init_from={source} does not exist")
     run_dir = _run_dir_of(source)
     _, cfg, info = read_run(run_dir)
+    return source, run_dir, cfg, info
+
+
+def load_source(init_from):
+    """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
+    from resnet_train.training.runs import build_model, resolve, restore_model
+
+    source, run_dir, cfg, info = _source_run(init_from)
     checkpoint = resolve(run_dir, "auto" if source == run_dir else str(source), has_validation=bool(info.val_size))
     model = build_model(cfg, info)
     restore_model(model, checkpoint)
     return model, checkpoint, list(info.class_names)
+
+
+def source_statistics(init_from) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0..255 scale that the init_from source's model normalises its inputs with."""
+    if pretrained.is_pretrained(init_from):
+        return pretrained.input_statistics(init_from)
+    info = _source_run(init_from)[3]
+    return tuple(info.mean), tuple(info.std)
+
+
+def _saved_statistics(workdir: Path):
+    """A resumed run's own (mean, std) from its dataset.json, or None (a new run, or none readable)."""
+    try:
+        saved = json.loads((workdir / run_dir.DATASET).read_text()) if run_dir.has_progress(workdir) else {}
+        return (tuple(saved["mean"]), tuple(saved["std"])) if "mean" in saved and "std" in saved else None
+    except (OSError, ValueError, TypeError):  # unreadable: the source decides, as for a new run
+        return None
+
+
+def _rounded(values) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+def input_normalisation(cfg, info, workdir: Path) -> None:
+    """With init_from, sets `info`'s mean and std (which the model normalises with, and dataset.json
+    keeps) by finetune.normalization: the source's (default) or this dataset's (`data`); logged."""
+    if not cfg.init_from:
+        return
+    ours, saved = (tuple(info.mean), tuple(info.std)), _saved_statistics(workdir)
+    if saved is not None:
+        info.mean, info.std = saved
+        log.info("Input normalisation kept from %s: mean %s, std %s", workdir / run_dir.DATASET, *map(_rounded, saved))
+        return
+    theirs, mode = source_statistics(cfg.init_from), cfg.finetune.normalization
+    if mode == "source":
+        info.mean, info.std = theirs
+    shown = theirs if mode == "source" else ours
+    other = ("this dataset's", ours) if mode == "source" else (f"{cfg.init_from}'s", theirs)
+    log.info("Input normalisation of %s: mean %s, std %s (finetune.normalization=%s; %s: mean %s, std %s)",
+             cfg.init_from if mode == "source" else "this dataset", *map(_rounded, shown), mode, other[0],
+             *map(_rounded, other[1]))  # fmt: skip
 
 
 def initialise_from(model, init_from, class_names=None) -> dict:

@@ -81,7 +81,7 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
     # Only the chief writes; other workers save their (required) checkpoint copies to a temp dir.
     own_dir = workdir if rt.is_chief else Path(tempfile.mkdtemp(prefix="resnet_train_worker_"))
     data = inputs.make(cfg, workdir, rt)
-    model, optimizer, trainer = _model_and_trainer(cfg, rt, data, xla=bool(levers["xla"][0]))
+    model, optimizer, trainer = _model_and_trainer(cfg, workdir, rt, data, xla=bool(levers["xla"][0]))
     params = models.count_params(model)
     # Model FLOPs utilisation: training FLOPs per image (forward + backward = 3x forward) x images/s
     # over the machine's measured matmul rate.
@@ -184,13 +184,11 @@ def _runtime(cfg, workdir: Path, stop: StopRequests):
     return rt, levers
 
 
-def _model_and_trainer(cfg, rt, data: Input, xla: bool):
+def _model_and_trainer(cfg, workdir: Path, rt, data: Input, xla: bool):
     """The model (fine-tuning's frozen layers marked), the optimizer with its schedule, the Trainer."""
     info, r = data.info, cfg.runtime
     ft = cfg.finetune
-    if pretrained.is_pretrained(cfg.init_from):  # the pretrained stem's own input statistics
-        info.mean, info.std = pretrained.input_statistics(cfg.init_from)
-        log.info("Input normalisation of %s: mean %s, std %s", cfg.init_from, _rounded(info.mean), _rounded(info.std))
+    finetune.input_normalisation(cfg, info, workdir)  # init_from: the source's statistics, or the data's
     with rt.strategy.scope():
         model = models.from_config(cfg.model, info)
         models.freeze(model, ft.freeze)  # before the optimizer sees the variables
@@ -221,10 +219,6 @@ def _model_and_trainer(cfg, rt, data: Input, xla: bool):
         class_weights=data.class_weights,
     )
     return model, optimizer, trainer
-
-
-def _rounded(values) -> str:
-    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
 
 
 def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, info, overrides, held_log):
