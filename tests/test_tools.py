@@ -461,3 +461,87 @@ def test_the_tools_read_only_checkpoints_inside_the_run_whatever_its_index_names
     done = cli(f"run={run}", "checkpoint=best", entry="resnet-eval")
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"Loaded cifar_resnet8 from {best / own.name}" in done.stderr and str(other) not in done.stdout
+
+
+# Exports under a file-size limit (RLIMIT_FSIZE, `ulimit -f`): each write of more than `limit` bytes
+# fails (EFBIG: Python ignores SIGXFSZ). The limit is set just before the export's own files are
+# written: for TFLite after the conversion (which writes a SavedModel of its own to /tmp first).
+FSIZE_LIMITED_EXPORTS = r"""
+import resource, sys
+from tensorflow.lite.python.lite import TFLiteSavedModelConverterV2
+from resnet_train.cli import tools
+from resnet_train.errors import UserError
+from resnet_train.tools.export import export_run
+
+run, out, limit, *formats = sys.argv[1:]
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+convert = TFLiteSavedModelConverterV2.convert
+
+def limit_files():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), hard))
+
+def convert_then_limit(self):
+    converted = convert(self)
+    limit_files()
+    return converted
+
+TFLiteSavedModelConverterV2.convert = convert_then_limit
+for fmt in formats:
+    if fmt != "tflite":
+        limit_files()
+    try:
+        if fmt == "onnx":  # the console script: its one line and exit code
+            sys.argv = ["resnet-export", f"run={run}", f"format={fmt}", f"out={out}"]
+            tools.export()
+        export_run(run, fmt=fmt, out=out)
+        print(fmt, "exported", flush=True)
+    except UserError as e:
+        print(fmt, "refused", e, flush=True)
+    except SystemExit as e:
+        print(fmt, "exit", e.code, flush=True)
+    except BaseException as e:
+        print(fmt, "crashed", type(e).__name__, str(e).splitlines()[0], flush=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+"""
+
+
+def test_an_export_that_fails_to_write_leaves_the_previous_one_as_it_was(trained, tmp_path, cli_exports, cli):
+    """Every format, and its class names, is written beside its target and renamed into place
+    (issue 29, item 19): a write failure (here a file-size limit) is one line naming the file,
+    exit 2, and the previous export is byte for byte what it was, with nothing left beside it."""
+    import shutil
+
+    from helpers import file_digests
+
+    out = tmp_path / "export"
+    out.mkdir()
+    for fmt in ("saved_model", "keras", "tflite", "onnx"):  # the good exports, one folder
+        _, made = cli_exports(fmt, cli)
+        shutil.copytree(made, out, dirs_exist_ok=True)
+    before = file_digests(out)
+    assert {"saved_model/class_names.txt", "model.keras", "model.tflite", "model.onnx"} <= set(before)
+    done = subprocess.run(
+        [sys.executable, "-c", FSIZE_LIMITED_EXPORTS, str(trained), str(out), str(16 * 1024)]
+        + ["saved_model", "keras", "tflite", "onnx"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    for fmt, name in [("saved_model", "saved_model"), ("keras", "model.keras"), ("tflite", "model.tflite")]:
+        assert results[fmt] == (
+            f"refused could not write {out / name} (File too large): free disk space or choose another "
+            f"out=DIR; the previous {name} is unchanged"
+        ), done.stdout
+    assert results["onnx"] == "exit 2", done.stdout + done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("resnet-export:")]
+    assert errors == [
+        f"resnet-export: error: could not write {out / 'model.onnx'} (File too large): free disk space or "
+        f"choose another out=DIR; the previous model.onnx is unchanged"
+    ], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert file_digests(out) == before  # byte for byte, and no temporary file left
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder either

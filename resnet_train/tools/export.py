@@ -2,6 +2,8 @@
 
 Every exported model takes raw images (the normalisation is inside the model) and returns
 probabilities. After exporting, the artefact is loaded back and evaluated beside the original.
+Each file (or SavedModel folder) and its class names are written under temporary names beside
+their targets and renamed into place (staged.py): a failed export leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tensorflow as tf
 
 from resnet_train.data.preprocess import preprocess
 from resnet_train.errors import UserError
+from resnet_train.tools.staged import staged
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,12 @@ def _write_class_names(path: Path, info) -> None:
 
 
 def export_saved_model(model, info, path: Path) -> Path:
+    with staged(path) as (temp,):
+        _write_saved_model(model, info, temp)
+    return path
+
+
+def _write_saved_model(model, info, path: Path) -> None:
     """Keras' ExportArchive (it tracks Keras 3 variables so that converters can freeze them)."""
     images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(model, info.image_shape)
     archive = keras.export.ExportArchive()
@@ -65,12 +74,16 @@ def export_saved_model(model, info, path: Path) -> Path:
     archive.add_endpoint("serving_encoded", encoded_fn, input_signature=encoded_spec)
     archive.write_out(str(path), verbose=False)
     _write_class_names(path / "class_names.txt", info)
-    return path
+
+
+def _names_file(path: Path) -> Path:
+    return path.with_name(path.stem + "_class_names.txt")
 
 
 def export_keras(model, info, path: Path) -> Path:
-    model.save(str(path))
-    _write_class_names(path.with_name(path.stem + "_class_names.txt"), info)
+    with staged(path, _names_file(path)) as (temp, names):
+        model.save(str(temp))
+        _write_class_names(names, info)
     return path
 
 
@@ -80,7 +93,7 @@ def export_tflite(model, info, path: Path, quantize: str = "none", representativ
     # Through a SavedModel written by Keras' ExportArchive: the converter then freezes the Keras 3
     # variables; from a plain concrete function they stay resource reads TFLite cannot resolve.
     with tempfile.TemporaryDirectory() as tmp:
-        export_saved_model(model, info, Path(tmp) / "saved_model")
+        _write_saved_model(model, info, Path(tmp) / "saved_model")
         converter = tf.lite.TFLiteConverter.from_saved_model(
             str(Path(tmp) / "saved_model"), signature_keys=["serving_default"]
         )
@@ -98,8 +111,10 @@ def _convert(converter, info, path: Path, quantize: str, representative) -> Path
         # Weights and activations in int8; calibrated on training images. Input stays uint8
         # images and the output float probabilities, as in the other formats.
         converter.representative_dataset = lambda: ([x[None]] for x in representative)
-    path.write_bytes(converter.convert())
-    _write_class_names(path.with_name(path.stem + "_class_names.txt"), info)
+    converted = converter.convert()
+    with staged(path, _names_file(path)) as (temp, names):
+        temp.write_bytes(converted)
+        _write_class_names(names, info)
     return path
 
 
@@ -120,8 +135,9 @@ def export_onnx(model, info, path: Path, opset: int | None = None) -> Path:
 
     images_fn, _, images_spec, _ = serving_functions(model, info.image_shape)
     traced = tf.function(images_fn, input_signature=images_spec)
-    tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(path))
-    _write_class_names(path.with_name(path.stem + "_class_names.txt"), info)
+    with staged(path, _names_file(path)) as (temp, names):
+        tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(temp))
+        _write_class_names(names, info)
     return path
 
 
@@ -203,8 +219,7 @@ def export_run(
     run = load_run(run_dir, checkpoint, ema)
     if run.weights == "ema":
         log.info("Exporting the moving-average (EMA) weights of %s", run.checkpoint)
-    out_dir = Path(out) if out else run.run_dir / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _folder(Path(out) if out else run.run_dir / "export")
     ds, size, info = eval_split(run.cfg, run.info, None, split)
     images, labels = _as_arrays(
         pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
@@ -240,6 +255,14 @@ def export_run(
         "max_probability_difference": float(np.abs(exported - original).max()),
         "top1_agreement": float(np.mean(exported.argmax(1) == original.argmax(1))),
     }
+
+
+def _folder(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the export folder {out_dir} ({e.strerror}): choose another out=DIR") from None
+    return out_dir
 
 
 def _in_batches(predict, images, batch_size):
