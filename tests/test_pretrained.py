@@ -4,6 +4,7 @@ that every mapped number matters), saved locally, loaded through init_from, and 
 source's own features and predictions."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import keras
@@ -192,3 +193,26 @@ def test_a_keras_hub_bottleneck_into_stride_in_1x1_is_one_line_exit_2(
     assert done.returncode == 2 and "drop model.stride_in_1x1=true" in done.stderr, done.stderr[-1500:]
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "layout,message",
+    [
+        ({"use_pre_activation": True}, "its blocks are basic_block pre-activation"),  # ResNet v2
+        ({"input_conv_filters": [32, 32, 64], "input_conv_kernel_sizes": [3, 3, 3]}, "(ResNet-vd)"),  # deep stem
+    ],
+    ids=["v2", "vd"],
+)
+def test_keras_hub_v2_and_vd_presets_are_refused_saying_why(tmp_path, layout, message):
+    """README: only the post-activation 7x7-stem presets map onto our models; the others are
+    refused by what differs, not loaded into a network of another shape."""
+    from resnet_train.errors import UserError
+    from resnet_train.training.pretrained import _hub_backbone
+
+    keras.utils.set_random_seed(1)
+    path = tmp_path / "preset"
+    keras_hub.models.ResNetBackbone(**{**HUB_RESNET18, "stackwise_num_blocks": [1, 1, 1, 1], **layout}).save_to_preset(
+        str(path)
+    )
+    with pytest.raises(UserError, match=re.escape(message) + ".*only keras-hub's post-activation ResNets"):
+        _hub_backbone(str(path))
