@@ -357,6 +357,35 @@ def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):
     assert width >= 400 and height >= 200
 
 
+def test_explain_keeps_images_of_one_name_in_different_folders_apart(trained, tmp_path, cli):
+    """cat.png in two folders (and a cat.jpg beside one): one picture each, named after the parts
+    of their paths that differ; a name no other image has stays <stem>_gradcam.png (issue 29,
+    item 20: each overwrote the previous one)."""
+    from resnet_train.data.embedded import load_digits_arrays
+    from resnet_train.tools.explain import output_names
+
+    digits = load_digits_arrays()[1]
+    images = tmp_path / "images"
+    files = [images / "a" / "cat.png", images / "b" / "cat.png", images / "b" / "cat.jpg", images / "dog.png"]
+    for i, f in enumerate(files):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits[i]).save(f)
+    out = tmp_path / "out"
+    done = cli(f"run={trained}", f"images=[{images}]", f"out={out}", entry="resnet-explain")
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    expected = ["a_cat_png_gradcam.png", "b_cat_png_gradcam.png", "b_cat_jpg_gradcam.png", "dog_gradcam.png"]
+    assert written == {str(f): str(out / name) for f, name in zip(files, expected)}
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    assert len({(out / name).read_bytes() for name in expected}) == 4  # four pictures, none overwritten
+    assert output_names(["x/a/cat.png", "y/a/cat.png", "z/b/cat.png", "dog.png"]) == [
+        "x_a_cat_gradcam.png",
+        "y_a_cat_gradcam.png",
+        "z_b_cat_gradcam.png",
+        "dog_gradcam.png",
+    ]
+
+
 def test_grad_cam_heatmap_is_normalised_and_image_sized(trained):
     from resnet_train.data.embedded import load_digits_arrays
     from resnet_train.tools.explain import grad_cam

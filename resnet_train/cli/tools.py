@@ -98,7 +98,7 @@ def _explain(cfg) -> None:
 
         from resnet_train.errors import UserError
         from resnet_train.report.plots import grad_cam_figure
-        from resnet_train.tools.explain import grad_cam
+        from resnet_train.tools.explain import grad_cam, output_names
         from resnet_train.training.runs import load_images, load_run
 
         _require_images(cfg)
@@ -109,9 +109,9 @@ def _explain(cfg) -> None:
         out = Path(cfg.out) if cfg.out else run.run_dir / "explain"
         if len(ok):
             heat, classes, probs = grad_cam(run.model, images, cfg.class_index)
-            for path, image, h, c, p in zip(ok, images, heat, classes, probs):
+            for path, name, image, h, c, p in zip(ok, output_names(ok), images, heat, classes, probs):
                 title = f"Grad-CAM: {run.info.class_names[c]} ({p:.2f})"
-                print(f"{path}: {grad_cam_figure(image, h, title, out / (Path(path).stem + '_gradcam.png'))}")
+                print(f"{path}: {grad_cam_figure(image, h, title, out / name)}")
         for path, why in failed:
             print(f"resnet-explain: could not read {path}: {why}", file=sys.stderr)
         if failed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import tensorflow as tf
 
@@ -30,3 +32,37 @@ def grad_cam(model, images, class_index=None):
     probs = tf.nn.softmax(logits)
     picked = tf.gather(probs, chosen, batch_dims=1)
     return heat.numpy(), chosen.numpy(), picked.numpy()
+
+
+def output_names(paths) -> list[str]:
+    """The Grad-CAM file name of each image, different for different files: `<stem>_gradcam.png`;
+    images that share a stem (one file name in several folders, or cat.png and cat.jpg) get their
+    parent folders' names in front, as many as tell them apart (`a_cat_gradcam.png`,
+    `b_cat_gradcam.png`), else their extension too (`cat_png_gradcam.png`); a name still taken by
+    another file gets a number (`_2`)."""
+    paths = [Path(p).absolute() for p in paths]
+    labels, taken = [], {}
+    for path in paths:
+        group = {q for q in paths if q.stem == path.stem}
+        label = base = path.stem if len(group) == 1 else _distinct(path, group)
+        number = 1
+        while taken.setdefault(label, path) != path:
+            number += 1
+            label = f"{base}_{number}"
+        labels.append(label)
+    return [f"{label}_gradcam.png" for label in labels]
+
+
+def _distinct(path: Path, group: set) -> str:
+    """The shortest label of `path` (parent folders, then the extension) that no other path of `group` has."""
+    depth = max(len(q.parent.parts) - 1 for q in group)  # parts[0] is the root
+
+    def label(p: Path, k: int, extension: bool) -> str:
+        folders = list(p.parent.parts[1:][-k:]) if k else []
+        return "_".join([*folders, p.stem] + ([p.suffix.lstrip(".")] if extension else []))
+
+    for extension in (False, True):
+        for k in range(1, depth + 1):
+            if len({label(q, k, extension) for q in group}) == len(group):
+                return label(path, k, extension)
+    return label(path, depth, True)
