@@ -17,7 +17,7 @@ from pathlib import Path
 
 from resnet_train import config as config_lib
 from resnet_train.errors import Preempted
-from resnet_train.report import plots, step_log
+from resnet_train.report import plots, step_log, tracking
 from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
 from resnet_train.runtime import cluster
@@ -47,11 +47,10 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
     cfg, kept = run_dir.run_owned(workdir, cfg)
     finished = run_dir.finished(workdir, cfg)
     if finished is not None:  # e.g. a rerun sweep: finished members are skipped, not retrained
-        log.info(
-            "Run in %s already finished (%d epochs): skipping; results.json has its metrics",
-            workdir,
-            finished["epochs"],
-        )
+        log.info("Run in %s already finished (%d epochs): skipping; results.json has its metrics", workdir,
+                 finished["epochs"])  # fmt: skip
+        if cfg.runtime.strategy != "multi_worker" or cluster.is_chief():  # ended before its trackers did:
+            tracking.complete(cfg, workdir, finished, run_dir.FINAL_FILES, RunLock)  # what they lack
         return finished
     changed = run_dir.check_resumable(workdir, cfg)
     chief = cfg.runtime.strategy != "multi_worker" or cluster.is_chief()
@@ -105,8 +104,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
         final = _final_evaluation(run, state)
         results = results_lib.results(run, state, final, started)
         if run.rt.is_chief:
-            write_json(workdir / run_dir.RESULTS, results)
             pictures = _pictures(run, final["confusion"], f"{run.model.name}, test split, step {state.step}")
+            write_json(workdir / run_dir.RESULTS, results)  # after the pictures: it marks the run finished
             run.reporter.finish(results, [*pictures, workdir / run_dir.RESULTS])
         status = "FINISHED"
     except (Preempted, KeyboardInterrupt):

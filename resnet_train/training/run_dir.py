@@ -50,6 +50,7 @@ DATASET = Path("dataset.json")
 RESULTS = Path("results.json")  # written when the run finishes: its final metrics
 CURVES = Path("curves.png")  # the training curves, redrawn after every epoch
 CONFUSION = Path("confusion_test.png")  # the test split's confusion matrix, when the run finishes
+FINAL_FILES = (CURVES, CONFUSION, RESULTS)  # what the experiment trackers get at the end
 # Settings a run keeps from its own saved config whatever the command says, because its
 # checkpoints only make sense with them, with the value that runs saved before the setting existed
 # had. model.padding: "same" (TF's) until the papers' symmetric padding became the default; those
