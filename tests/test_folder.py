@@ -244,3 +244,32 @@ def test_a_streamed_folder_trains_in_bounded_memory_to_the_in_memory_figures(tmp
     assert results["false"]["steps"] == results["true"]["steps"] == 3
     for key in ("accuracy", "loss"):
         assert results["false"]["test"][key] == pytest.approx(results["true"]["test"][key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_streamed_file_deleted_after_the_start_up_check_is_named_with_checkpoints_kept(cli, tmp_path, monkeypatch):
+    """data.cache=false reads the files again while training: one deleted after the start-up check
+    (which decoded it) is one line naming it, exit 2, the run's checkpoints as they were."""
+    from helpers import file_digests
+
+    root, run = tmp_path / "photos", tmp_path / "run"
+    write_images(root / "cat", 10, (200, 40, 40))
+    write_images(root / "dog", 10, (40, 200, 40))
+    args = ["data=folder", f"data.path={root}", "data.cache=false", "data.image_size=16", "depth=8", "batch_size=4"]
+    assert cli(*args, "epochs=1", f"hydra.run.dir={run}").returncode == 0
+    kept = file_digests(run / "checkpoints")  # (its config.yaml records each command: epochs=2 comes next)
+    kept = {name: digest for name, digest in kept.items() if not name.endswith(".yaml")}
+    gone, check = root / "dog" / "img4.png", folder.decode_files
+
+    def check_then_delete(paths, *rest, **named):
+        checked = check(paths, *rest, **named)
+        gone.unlink(missing_ok=True)
+        return checked
+
+    monkeypatch.setattr(folder, "decode_files", check_then_delete)
+    done = cli(*args, "epochs=2", f"hydra.run.dir={run}")
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("[")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith(f"resnet-train: error: {gone}: the file is gone since the start-up check (after step ")
+    assert "put the file back" in lines[0] and "a rerun resumes from" in lines[0]
+    assert {name: digest for name, digest in file_digests(run / "checkpoints").items() if name in kept} == kept
+    assert not any(name.startswith("ckpt-") and name not in kept for name in file_digests(run / "checkpoints"))

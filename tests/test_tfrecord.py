@@ -157,3 +157,49 @@ def test_sharded_pipelines_step_together_on_uneven_files_and_resume_exactly(tmp_
     first, second = batches(0), batches(1)
     assert len(first) == len(second) == 6 and all(len(y) == 4 for _, y in first + second)
     assert batches(1, skip=4) == second[4:]
+
+
+def _break_image(path, index: int) -> None:
+    """Record `index` of a TFRecord file gets bytes that are no image; its label and CRC stay valid."""
+    import tensorflow as tf
+
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+    example = tf.train.Example.FromString(records[index])
+    example.features.feature["image/encoded"].bytes_list.value[:] = [b"not an image"]
+    records[index] = example.SerializeToString()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def test_a_record_whose_image_does_not_decode_is_named_with_the_checkpoints_kept(cli, records, tmp_path):
+    """The label scan passes it (valid CRC and label); training fails on it mid-run: one line naming
+    the file and the record, exit 2, the run's checkpoints as they were (not a traceback that every
+    rerun repeats at the same step)."""
+    from helpers import file_digests
+
+    run = tmp_path / "run"
+    args = [f"data.train_files={records}/train-*", f"data.eval_files={records}/validation-*", "data.label_offset=1"]
+    args = ["data=tfrecord", *args, "data.image_size=16", "depth=8", "batch_size=8", f"hydra.run.dir={run}"]
+    assert cli(*args, "epochs=1").returncode == 0
+    kept = file_digests(run / "checkpoints")  # (its config.yaml records each command: epochs=2 comes next)
+    kept = {name: digest for name, digest in kept.items() if not name.endswith(".yaml")}
+    broken = records / "train-00001-of-00003"
+    _break_image(broken, 5)
+    done = cli(*args, "epochs=2")
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("[")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith(f"resnet-train: error: {broken}, record 5: its image does not decode (after step ")
+    assert "Unknown image file format" in lines[0] and "a rerun resumes from" in lines[0] and "ckpt-6" in lines[0]
+    assert {name: digest for name, digest in file_digests(run / "checkpoints").items() if name in kept} == kept
+    assert not any(name.startswith("ckpt-") and name not in kept for name in file_digests(run / "checkpoints"))
+
+
+def test_the_decode_pass_names_a_bad_last_record_and_passes_good_files(records):
+    from resnet_train.data import faults
+
+    files = sorted(str(p) for p in records.glob("train-*"))
+    assert faults.first_bad_record(files, "image/encoded") is None
+    _break_image(records / "train-00002-of-00003", 15)  # its last record: no later one shows the gap
+    found = faults.first_bad_record(files, "image/encoded")
+    assert found == (str(records / "train-00002-of-00003"), 15, "its image does not decode")

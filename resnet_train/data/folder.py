@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from resnet_train.data import faults
 from resnet_train.data.files import channel_stats_of_sums, decode_files
 from resnet_train.data.info import DatasetInfo, Splits, displayable
 from resnet_train.errors import ConfigError, DataError
@@ -149,7 +150,11 @@ def load(
         skipped_files=skipped,
         files=not in_memory,
     )
-    return Splits(train.dataset(), test.dataset(), info)
+    splits = Splits(train.dataset(), test.dataset(), info)
+    if not in_memory:  # the files are read again while training: name the one that fails then
+        streamed = [*train.x, *test.x]
+        splits.locate = lambda: faults.first_unreadable_file(streamed, info.image_shape)
+    return splits
 
 
 def _check_cache(cache, budget_mb) -> None:

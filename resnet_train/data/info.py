@@ -51,6 +51,10 @@ class Splits:
     # shuffled whole by the pipeline).
     # It takes a shard (count, index): that input pipeline's files only (data.shard=files).
     train_for_epoch: Callable[..., tf.data.Dataset] | None = None
+    # Sources read from files while training (a streamed folder, TFRecords): locate() names the first
+    # file (and record) that no longer reads or decodes, as (path, record or None, why), else None:
+    # after a failure mid-run (data/faults.py).
+    locate: Callable[[], tuple[str, int | None, str] | None] | None = None
 
     def train_shard(self, seed: int, epoch: int, count: int, index: int) -> tf.data.Dataset:
         """Input pipeline `index` of `count`'s own part of the training data (data.shard=files):

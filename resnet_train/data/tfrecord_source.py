@@ -6,12 +6,15 @@
 Streamed: the encoded images go to the pipeline, which decodes them fused with the crop as for
 ImageNet from tfds. Before training, one pass over each split reads only the labels (and texts):
 it counts the examples (a run's length needs them), checks every label against the class count,
-and names the classes from the records' texts when no labels file or class_names is given. TF's
-ImageNet scripts number the classes 1..1000: data.label_offset=1 makes them 0..999.
+and names the classes from the records' texts when no labels file or class_names is given. It
+decodes no image (data/faults.py measured why): a record whose image fails to decode while training
+is looked for then (Splits.locate) and named. TF's ImageNet scripts number the classes 1..1000:
+data.label_offset=1 makes them 0..999.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from resnet_train.data import faults
 from resnet_train.data.info import DatasetInfo, Splits
 from resnet_train.errors import DataError
 
@@ -199,4 +203,5 @@ def load(cfg) -> Splits:
             )
         return read(files, cfg, interleave=True)
 
-    return Splits(read(train_files, cfg), read(eval_files, cfg), info, train_for_epoch=train_for_epoch)
+    locate = functools.partial(faults.first_bad_record, [*train_files, *eval_files], cfg.image_key)
+    return Splits(read(train_files, cfg), read(eval_files, cfg), info, train_for_epoch=train_for_epoch, locate=locate)

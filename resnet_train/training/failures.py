@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tensorflow import errors as tf_errors
 
+from resnet_train.data import faults
 from resnet_train.errors import Preempted, RunDirError, TrainingDiverged, WorkerLost, first_line
 from resnet_train.training.checkpoint import latest_in
 
@@ -17,6 +18,17 @@ LOST_PEER_ERRORS = (
     tf_errors.DeadlineExceededError,
     tf_errors.AbortedError,
 )
+
+
+# What the input pipeline raises for a file or record that fails mid-run (a missing file, an image
+# that does not decode), among errors of other causes: data_failed tells them apart.
+DATA_ERRORS = faults.INPUT_ERRORS
+
+
+def data_failed(error: BaseException, splits, step: int, checkpointer) -> BaseException:
+    """One line naming the file (and record) of the data that failed mid-run, the checkpoints kept
+    (data/faults.py); any other error as it was."""
+    return faults.explain(error, splits, step, checkpointer.latest) or error
 
 
 def lost_peer(e: BaseException, workdir: Path) -> WorkerLost:

@@ -111,6 +111,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
     except (Preempted, KeyboardInterrupt):
         status = "KILLED"  # to be continued by the same command
         raise
+    except failures.DATA_ERRORS as e:  # a file or record failing mid-run: one line naming it, checkpoints kept
+        raise failures.data_failed(e, run.splits, state.step, run.checkpointer) from None
     finally:
         run.reporter.close(status)
         if not run.rt.is_chief:
