@@ -54,9 +54,9 @@ def test_each_epoch_reads_the_files_in_its_own_seeded_order(records):
 
 def test_labels_file_and_class_count(records, tmp_path):
     names = tmp_path / "labels.txt"
-    names.write_text("cat\ndog\nfox\nyak\n")
+    names.write_bytes(b"cat\nd\xf6g\nfox\nyak\n")  # one name in Latin-1: shown with its byte escaped
     info = _load(records, label_offset=1, labels_file=names).info
-    assert info.class_names == ["cat", "dog", "fox", "yak"] and info.num_classes == 4
+    assert info.class_names == ["cat", "d\\xf6g", "fox", "yak"] and info.num_classes == 4
 
 
 @pytest.mark.parametrize(

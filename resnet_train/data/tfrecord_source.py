@@ -103,7 +103,8 @@ def given_names(cfg) -> list[str] | None:
     if cfg.labels_file:
         path = Path(str(cfg.labels_file)).expanduser()
         try:
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            text = path.read_bytes().decode("utf-8", "backslashreplace")  # a Latin-1 name shows its bytes escaped
+            return [line.strip() for line in text.splitlines() if line.strip()]
         except OSError as error:
             raise DataError(f"data.labels_file={path} cannot be read ({error.strerror})") from None
     return [str(n) for n in cfg.class_names] if cfg.class_names else None
