@@ -102,6 +102,41 @@ def test_eval_writes_metrics_per_class_and_a_confusion_matrix(trained, cli):
     assert plain.returncode == 0 and (trained / "eval" / "test.json").exists()
 
 
+def test_flip_tta_averages_the_image_and_its_mirror_images_predictions(trained):
+    from resnet_train.tools.evaluate import predict_probabilities
+    from resnet_train.training.runs import load_run
+
+    model = load_run(trained, "last").model
+    images, labels = digits_test(16)
+    batches = [(tf.constant(images), tf.constant(labels), tf.ones(16))]
+    plain, _ = predict_probabilities(model, batches)
+    flipped, _ = predict_probabilities(model, batches, "flip")
+    mirror = tf.nn.softmax(model(tf.reverse(tf.constant(images), axis=[2]), training=False)).numpy()
+    np.testing.assert_allclose(flipped, (plain + mirror) / 2, rtol=1e-5, atol=1e-6)
+    assert np.abs(flipped - plain).max() > 1e-3  # digits are not mirror-symmetric: the average moved
+
+
+def test_eval_on_another_folder_with_the_same_classes(trained, tmp_path, cli):
+    """README: `resnet-eval data.source=folder data.path=...` scores the run's model on other images
+    of its classes; its figures are the model's own predictions on those files."""
+    from resnet_train.data.embedded import load_digits_arrays
+    from resnet_train.training.runs import load_run
+
+    x_train, _, y_train, _ = load_digits_arrays()
+    images, labels = digits_test(40)
+    root = tmp_path / "more_digits"
+    for split, xs, ys in (("train", x_train[:100], y_train[:100]), ("test", images, labels)):
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            (root / split / str(y)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x).save(root / split / str(y) / f"{i}.png")
+    done = cli(f"run={trained}", "data.source=folder", f"data.path={root}", entry="resnet-eval")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((trained / "eval" / "test.json").read_text())
+    predicted = np.argmax(load_run(trained, "last").model(images, training=False).numpy(), axis=1)
+    assert result["examples"] == 40
+    assert result["accuracy"] == pytest.approx(np.mean(predicted == labels), abs=1e-6)
+
+
 def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path, cli):
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
@@ -355,6 +390,13 @@ def test_explain_writes_grad_cam_pictures(trained, pictures, tmp_path):
     assert [p.name for p in pngs] == ["first_gradcam.png", "second_gradcam.png", "third_gradcam.png"]
     width, height = png_size(pngs[0])
     assert width >= 400 and height >= 200
+
+
+def test_explain_writes_into_the_runs_explain_folder_by_default(trained, pictures, cli):
+    folder, _ = pictures
+    done = cli(f"run={trained}", f"images=[{folder / 'first.png'}]", entry="resnet-explain")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert png_size(trained / "explain" / "first_gradcam.png")[0] >= 400
 
 
 def test_explain_keeps_images_of_one_name_in_different_folders_apart(trained, tmp_path, cli):
