@@ -238,8 +238,9 @@ def test_workers_that_restored_different_checkpoints_each_say_so_in_one_line(tmp
 
 
 def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_worker_stops_the_other(tmp_path):
-    """One run, stopped three times and resumed each time: a SIGTERM to the non-chief, then to the
-    chief (both workers stop at the same step and checkpoint it), then the non-chief killed
+    """One run, stopped three times and resumed each time: a SIGTERM to the non-chief, then a SIGUSR2
+    (SLURM's warning) to the chief (both workers stop at the same step and checkpoint it), then the
+    non-chief killed
     (kill -9: the chief stops with one line, exit 4); the last rerun finishes the run."""
     run, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
@@ -259,14 +260,14 @@ def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_work
         return int(found.group(1)), found.group(2)
 
     resumed_at = 0
-    for signalled in (1, 0):  # the non-chief first, as a preempted host would be; then the chief
-        after_first_save = ("SIGTERM", None) if signalled == 0 else (None, "SIGTERM")
+    for signalled, name in ((1, "SIGTERM"), (0, "SIGUSR2")):  # the non-chief first, as a preempted host would be
+        after_first_save = (name, None) if signalled == 0 else (None, name)
         outputs = run_two_workers(run, tmp, *overrides, after_first_save=after_first_save)
         assert [code for code, _, _ in outputs] == [EXIT_PREEMPTED] * 2, [err[-2000:] for _, _, err in outputs]
         first_save = resumed_at + 2 - resumed_at % 2
         steps = {}
         for index, (_, _, err) in enumerate(outputs):
-            cause = "SIGTERM" if index == signalled else "a signal on another worker"
+            cause = name if index == signalled else "a signal on another worker"
             steps[index], checkpoint = stopped_at(err, cause)
             if index == 0:  # the chief's checkpoint is the run's; the other's a temporary copy
                 assert checkpoint == str(run / "checkpoints" / f"ckpt-{steps[0]}")
@@ -356,3 +357,8 @@ def test_two_workers_stop_early_together(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["stopped_early_at_epoch"] == 2 and results["steps"] == 2 * (96 // 32)
     assert "Stopping early after epoch 2" in (run / "train_worker1.log").read_text()
+    # The figures the decision read: each worker evaluates its own half of the validation examples
+    # (split by example), so figures of its own would differ; both logged the same all-reduced ones.
+    figures = re.compile(r"epoch (\d)/5 .*\| (val loss [\d.]+  acc [\d.]+  bal\.acc [\d.]+  macro-F1 [\d.]+) \|")
+    chief, other = (figures.findall((run / log).read_text()) for log in ("train.log", "train_worker1.log"))
+    assert len(chief) == 2 and chief == other, (chief, other)

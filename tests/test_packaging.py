@@ -26,7 +26,7 @@ def _required_pythons(requirements) -> dict[str, Version]:
     for line in requirements:
         name = Requirement(line).name
         try:
-            found[name] = _lowest_python(metadata(name)["Requires-Python"])
+            found[name] = _lowest_python(metadata(name).get("Requires-Python"))  # some state none
         except PackageNotFoundError:  # an extra's package this environment lacks
             continue
     return found

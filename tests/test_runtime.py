@@ -113,7 +113,9 @@ def test_one_cpu_device_is_the_default_strategy_with_one_device_strategys_result
     assert a.keys() == b.keys() and any("moving_mean" in k for k in a)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert ours["test"] == theirs["test"]
+    # The same weights evaluated under the two strategies: the evaluation's sums may be ordered
+    # differently (AMD EPYC Zen 3, oneDNN off: the test loss 1e-7 apart relative), the rest equal.
+    assert ours["test"] == pytest.approx(theirs["test"], rel=1e-6)
     # Another CPU than the first is not TF's default placement: OneDeviceStrategy keeps it there.
     monkeypatch.undo()
     assert isinstance(runtime.one_device("/cpu:1"), tf.distribute.OneDeviceStrategy)

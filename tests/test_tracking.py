@@ -207,6 +207,8 @@ def test_tensorboard_can_be_left_out_and_the_confusion_matrix_is_drawn(tmp_path,
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (run / "tensorboard").exists() and not (run / "tracking.json").exists()
     assert (run / "confusion_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["epoch"]) for r in records] == [("train", 1), ("eval", 1)]  # always written
 
 
 def test_a_tracker_that_fails_mid_run_is_dropped_and_the_run_finishes(tmp_path, cli, monkeypatch, caplog):
