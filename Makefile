@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-gpu clean
+.PHONY: setup train test test-fast test-gpu clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,14 @@ TEST_JOBS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/ruff check resnet_train tests scripts
 	$(VENV)/bin/ruff format --check resnet_train tests scripts
-	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+
+# The loop before every commit: lint, then the tests that took under 1 s each (tests/conftest.py's
+# tiers, from tests/durations.json).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check resnet_train tests scripts
+	$(VENV)/bin/ruff format --check resnet_train tests scripts
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow and not gpu" $(PYTEST_ARGS)
 
 # The GPU tier: the tests marked gpu, with the machine's GPUs visible (the suite above hides them);
 # skipped, and said so, where TensorFlow sees none. scripts/gpu_check.py measures the rest.

@@ -112,8 +112,41 @@ def gpu_tier(config) -> bool:
     return "gpu" in expr.split() and "not gpu" not in expr
 
 
+# ---- tiers: slow tests are those that took SLOW_SECONDS or more when durations.json was recorded ---
+# `make test-fast` (-m "not slow") is the loop before every commit; `make test` runs everything.
+# The record (setup + call + teardown per test, 2 cores of an AMD EPYC Zen 3, oneDNN on) is
+# refreshed with `make test PYTEST_ARGS=--record-durations=tests/durations.json`; a test it does not
+# list yet counts as fast.
+SLOW_SECONDS = 1.0
+# Fixtures that train a run (or export one) once per module: the test that asks first pays for it,
+# so every test using one is slow, whichever of them would ask first.
+SLOW_FIXTURES = frozenset(
+    ("trained", "trained_copy", "uninterrupted", "ema_run", "single", "source", "small_run", "imagenet_run")
+    + ("cli_exports",)
+)
+DURATIONS = Path(__file__).with_name("durations.json")
+_measured: dict[str, float] = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", metavar="FILE", help="write each test's seconds to FILE (json)")
+
+
+def pytest_runtest_logreport(report):
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    import json
+
+    path = session.config.getoption("--record-durations")
+    if path and not hasattr(session.config, "workerinput"):  # the controller: it sees every worker's reports
+        Path(path).write_text(json.dumps({k: round(v, 2) for k, v in sorted(_measured.items())}, indent=0) + "\n")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU; run by `make test-gpu`, skipped where none is visible")
+    config.addinivalue_line("markers", f"slow: took {SLOW_SECONDS:g}s or more (tests/durations.json): not in test-fast")
     if not gpu_tier(config):
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     RESET_ENV["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # each test starts so
@@ -123,6 +156,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    import json
+
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    for item in items:
+        if recorded.get(item.nodeid, 0.0) >= SLOW_SECONDS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     marked = [item for item in items if item.get_closest_marker("gpu")]
     if not marked:
         return
