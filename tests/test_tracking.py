@@ -382,3 +382,19 @@ def test_secrets_stay_out_of_the_trackers_params_and_the_log(tmp_path, cli, monk
     for where in (json.dumps(params), "".join(config), (run / "train.log").read_text(), json.dumps(ids)):
         assert "tok3n" not in where and "s3cr3t" not in where
     assert "s3cr3t" not in (run / ".hydra" / "config.yaml").read_text()  # the run's record: unresolved
+
+
+@pytest.mark.parametrize("store", ["default", "sqlite"])
+def test_mlflow_defaults_to_a_local_mlruns_store_and_takes_a_sqlite_uri(tmp_path, cli, monkeypatch, store):
+    """README: mlflow.tracking_uri=null is ./mlruns where the command runs; any URI works, a sqlite
+    database (MLflow's SQLAlchemy store) included."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's client reads the file store too
+    uri = (tmp_path / "mlruns").as_uri() if store == "default" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    chosen = [] if store == "default" else [f"mlflow.tracking_uri={uri}"]
+    done = cli(*TINY, "epochs=1", "logger=[mlflow]", *chosen, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert found.info.status == "FINISHED" and "results/test/accuracy" in found.data.metrics
+    assert json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]["tracking_uri"] == uri
