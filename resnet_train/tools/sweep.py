@@ -129,8 +129,9 @@ def member_row(member: Path) -> dict:
     overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else ""
     cfg = _member_config(member)
     metric, has_val = cfg.checkpoint.best_metric, bool(cfg.data.val_split)
-    chosen = [r for r in read_metrics(member) if r.get("split") == selection.records_split(cfg) and metric in r]
-    evals = [r for r in read_metrics(member) if r.get("split") == "eval"]
+    records = read_metrics(member)  # read once: the summary is rewritten after every member
+    chosen = [r for r in records if r.get("split") == selection.records_split(cfg) and metric in r]
+    evals = [r for r in records if r.get("split") == "eval"]
     row = {
         "member": member.name,
         "overrides": overrides,
