@@ -179,7 +179,7 @@ def test_host_probe_is_true_for_a_listening_port():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        assert tfds_source.host_reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=2) is True
+        assert tfds_source.host_reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=30) is True
 
 
 def test_the_network_guard_refuses_all_but_the_loopback(network_log, network_blocked):
@@ -213,7 +213,7 @@ def test_the_network_guard_refuses_all_but_the_loopback(network_log, network_blo
         server.bind(("127.0.0.1", 0))
         server.listen(2)
         for host in ("127.0.0.1", "localhost"):
-            socket.create_connection((host, server.getsockname()[1]), timeout=5).close()
+            socket.create_connection((host, server.getsockname()[1]), timeout=30).close()
     assert network_log.take() == []
 
 

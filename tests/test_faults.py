@@ -771,8 +771,10 @@ def test_stale_locks_other_hosts_and_restarts(tmp_path, monkeypatch):
     monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)  # the holder keeps its lock fresh
     with run_lock.RunLock(tmp_path):
         os.utime(lock, (old, old))
-        time.sleep(0.3)
-        assert time.time() - lock.stat().st_mtime < 5
+        deadline = time.monotonic() + 60  # a hang guard: the wait ends at the next beat
+        while time.time() - lock.stat().st_mtime > 5:
+            assert time.monotonic() < deadline, "the heartbeat did not refresh the lock"
+            time.sleep(0.01)
 
 
 def test_a_refused_rerun_adds_nothing_to_the_existing_runs_log(tmp_path, monkeypatch, capsys):

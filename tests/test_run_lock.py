@@ -78,6 +78,42 @@ def dead_pid() -> int:
     return process.pid
 
 
+def wait_until_stopped(pid, timeout=60):
+    """Until every thread of `pid` is stopped ('T' in /proc/<pid>/task/*/stat): a stopped group
+    runs none of its threads, the heartbeat's included."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [run_lock._process(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()]
+        if all(state and state[0] == "T" for state in states):
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not stop: {states}"
+        time.sleep(0.01)
+
+
+class counted_beats:
+    """Counts RunLock._beat calls that have returned, so that a test waits for beats, not time."""
+
+    def __init__(self, monkeypatch):
+        self.done, self.changed = 0, threading.Condition()
+        beat = run_lock.RunLock._beat
+
+        def counted(lock):
+            try:
+                return beat(lock)
+            finally:
+                with self.changed:
+                    self.done += 1
+                    self.changed.notify_all()
+
+        monkeypatch.setattr(run_lock.RunLock, "_beat", counted)
+
+    def wait_for_more(self, n, timeout=60):
+        """Until n beats that started after this call have returned (`timeout`: a hang guard)."""
+        with self.changed:
+            target = self.done + 1 + n  # one beat may be under way now: it does not count
+            assert self.changed.wait_for(lambda: self.done >= target, timeout), f"{self.done} beats of {target}"
+
+
 def age(path, seconds):
     old = time.time() - seconds
     os.utime(path, (old, old))
@@ -104,7 +140,7 @@ def test_two_processes_taking_over_one_stale_lock_at_once_leave_one_owner(tmp_pa
         assert [p.name for p in run.iterdir()] == [".lock"]  # nothing left aside
     finally:
         for p in processes.values():
-            p.communicate(timeout=10)
+            p.communicate(timeout=60)
     assert not (run / ".lock").exists()
 
 
@@ -131,17 +167,17 @@ def test_a_stopped_process_keeps_its_lock_however_old_its_heartbeat(tmp_path):
         outcome, token = child.stdout.readline().split()
         assert outcome == "won"
         child.send_signal(signal.SIGSTOP)  # Ctrl-Z, `scontrol suspend`
-        time.sleep(0.1)  # the signal takes effect: no beat after the lock is aged
+        wait_until_stopped(child.pid)  # no beat after the lock is aged
         age(lock, run_lock.STALE_AFTER_S + 60)
         with pytest.raises(RunDirError, match=f"in use by process {child.pid}"):
             run_lock.RunLock(tmp_path).acquire()
         child.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # a hang guard: the wait ends at the beat
         while time.time() - lock.stat().st_mtime > 60:  # it beats again ...
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "no beat after SIGCONT"
             time.sleep(0.02)
         assert json.loads(lock.read_text())["token"] == token  # ... on its own lock
-        out, _ = child.communicate("", timeout=10)
+        out, _ = child.communicate("", timeout=60)
         assert out.split() == ["lost", "None"] and child.returncode == 0
         assert not lock.exists()  # released
     finally:
@@ -153,17 +189,15 @@ def test_a_stopped_process_keeps_its_lock_however_old_its_heartbeat(tmp_path):
 def test_the_heartbeat_notices_a_takeover_and_leaves_the_new_owners_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
     lock = tmp_path / ".lock"
-    reasons = []
-    held = run_lock.RunLock(tmp_path, on_lost=reasons.append).acquire()
+    reasons, called = [], threading.Event()
+    held = run_lock.RunLock(tmp_path, on_lost=lambda reason: (reasons.append(reason), called.set())).acquire()
     try:
         taker = tmp_path / "taker"
         taker.write_text(json.dumps({"host": "host-b", "pid": 123, "token": "theirs"}))
         os.replace(taker, lock)  # what a takeover from host-b leaves
-        deadline = time.monotonic() + 1
-        while not reasons:
-            assert time.monotonic() < deadline, "on_lost was not called"
-            time.sleep(0.01)
-        time.sleep(0.2)  # a few more beats
+        assert called.wait(60), "on_lost was not called"
+        held._thread.join(60)  # the heartbeat ends: no beat after the loss touches their lock
+        assert not held._thread.is_alive(), "the heartbeat goes on beating"
         assert reasons == [held.lost] and "taken over by process 123 on host-b" in reasons[0]
         assert not held.held
     finally:
@@ -174,14 +208,12 @@ def test_the_heartbeat_notices_a_takeover_and_leaves_the_new_owners_lock(tmp_pat
 def test_a_deleted_lock_is_created_again_by_the_heartbeat(tmp_path, monkeypatch):
     monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
     lock = tmp_path / ".lock"
+    beats = counted_beats(monkeypatch)
     lost = []
     with run_lock.RunLock(tmp_path, on_lost=lost.append) as held:
         lock.unlink()  # a user or a cleanup script
-        deadline = time.monotonic() + 1
-        while not lock.exists():
-            assert time.monotonic() < deadline, "the lock was not created again"
-            time.sleep(0.01)
-        time.sleep(0.2)
+        beats.wait_for_more(3)  # the first creates it again, the next two find it this run's
+        assert lock.exists(), "the lock was not created again"
         assert json.loads(lock.read_text())["token"] == held.record["token"] and held.held
     assert lost == [] and held.lost is None and not lock.exists()
 
