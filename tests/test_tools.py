@@ -89,6 +89,27 @@ def test_training_writes_curves_and_no_best_checkpoint_chosen_on_the_test_set(tr
     assert not (trained / "checkpoints" / "best").exists()  # no validation split: nothing to choose it by
 
 
+def test_curves_are_redrawn_at_most_every_30_s_and_always_at_the_end(tmp_path, monkeypatch):
+    from resnet_train.report import plots
+
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"split": s, "epoch": 1, "step": 4, "loss": 1.0, "accuracy": 0.5}) + "\n"
+            for s in ("train", "eval")
+        )
+    )
+    now = [100.0]
+    monkeypatch.setattr(plots.time, "monotonic", lambda: now[0])
+    curves = plots.CurvesEvery(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    now[0] += 29
+    assert not curves.epoch_ended(last=False) and not (tmp_path / "curves.png").exists()
+    now[0] += 2
+    assert curves.epoch_ended(last=False) and png_size(tmp_path / "curves.png")[0] >= 600
+    now[0] += 1
+    assert not curves.epoch_ended(last=False)
+    assert curves.epoch_ended(last=True)  # the last epoch, or a stop: whatever the time
+
+
 def test_eval_writes_metrics_per_class_and_a_confusion_matrix(trained, cli):
     done = cli(f"run={trained}", "tta=flip", "checkpoint=last", entry="resnet-eval")
     assert done.returncode == 0, done.stderr[-2000:]

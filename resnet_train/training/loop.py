@@ -122,6 +122,7 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
 
 def _pictures(run: Run, confusion, title: str) -> list[Path]:
     """curves.png, and the test split's confusion matrix drawn beside it."""
+    plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
     path = run.workdir / run_dir.CONFUSION
     plots.confusion_matrix(confusion, run.info.class_names, path, title)
     return [run.workdir / run_dir.CURVES, path]
@@ -236,9 +237,8 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
         log.info("Stopping early after epoch %d: %s on %s%s has not improved by more than %g for %d epochs",
                  epoch + 1, run.cfg.checkpoint.best_metric, run.eval_split, " (EMA weights)" * trainer.has_ema,
                  run.cfg.early_stop.min_delta, run.cfg.early_stop.patience)  # fmt: skip
-    if run.rt.is_chief:
-        timed = time.perf_counter()
-        plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
+    timed = time.perf_counter()  # after the last epoch, _pictures draws them
+    if run.rt.is_chief and state.curves.epoch_ended(last=timing["stopping"]):
         overhead["curves"] = time.perf_counter() - timed
     if timing["stopping"] and epoch + 1 < run.epochs:  # the epoch's checkpoint is the stop point
         raise Preempted(

@@ -16,7 +16,7 @@ from resnet_train import config as config_lib
 from resnet_train import models, optim
 from resnet_train.errors import RunDirError
 from resnet_train.optim import schedules
-from resnet_train.report import tracking
+from resnet_train.report import plots, tracking
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
 from resnet_train.report.step_log import StepLog
 from resnet_train.runtime import devices as runtime
@@ -71,6 +71,7 @@ class State:
     patience: early_stop.Patience | None = None  # early_stop's count of epochs without improvement
     stopped_early_at_epoch: int | None = None
     eval_confusion: object = None  # the last epoch's evaluation confusion matrix (numpy)
+    curves: plots.CurvesEvery | None = None  # curves.png, redrawn as epochs end
 
 
 def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple[Run, State]:
@@ -132,7 +133,13 @@ def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple
             lines=rt.is_chief and not sys.stderr.isatty(),  # on a terminal the tqdm bar shows it
         ),
     )
-    return run, State(step=step, best_so_far=best_so_far, patience=early_stop.restored(cfg, workdir, step))
+    return run, _state(cfg, workdir, step, best_so_far)
+
+
+def _state(cfg, workdir: Path, step: int, best_so_far) -> State:
+    """The loop's start: the restored patience count; the curves redrawn from now on."""
+    curves = plots.CurvesEvery(workdir / run_dir.METRICS, workdir / run_dir.CURVES)
+    return State(step=step, best_so_far=best_so_far, patience=early_stop.restored(cfg, workdir, step), curves=curves)
 
 
 def _reporter(cfg, workdir: Path, rt, step: int, info):
