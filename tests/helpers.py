@@ -5,9 +5,12 @@ live in conftest.py, which pytest loads first (its guards are in place before th
 from __future__ import annotations
 
 import io
+import re
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +147,68 @@ def cli_in_process(monkeypatch, capsys, entry: str, *args):
             handler.close()
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# What a process prints when its TensorFlow gRPC server cannot bind the port it was given.
+BIND_FAILURE = re.compile(r"failed to add port|could not start grpc server|address already in use", re.I)
+
+
+def free_ports(n):
+    """n ports free on every interface (TF's gRPC server binds 0.0.0.0:port). They cannot stay
+    reserved until the processes bind them: the server does not share a port (tried: a socket held
+    on it, even with SO_REUSEPORT, makes it fail with "Failed to add port"). Another process may take
+    one in the seconds before it is bound: run_on_free_ports sees that and launches again."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_on_free_ports(n, launches, logs: Path, timeout=300, attempts=3):
+    """Runs to their end the processes `launches(ports)` lists (Popen's keyword arguments, one dict
+    each) on `n` free ports: [(exit code, stdout, stderr)] per process. Their output goes to files
+    in `logs` (nothing blocks on a full pipe while another process is awaited).
+
+    Should one fail to bind its port (another process took it since free_ports chose it), all are
+    stopped (its peers would wait for it until their own timeout) and launched again on new ports."""
+    for attempt in range(attempts):
+        ports = free_ports(n)
+        procs, files = [], []
+        try:
+            for index, kwargs in enumerate(launches(ports)):
+                out, err = (open(logs / f"worker{index}.{name}.{attempt}", "w+") for name in ("out", "err"))
+                files.append((out, err))
+                procs.append(subprocess.Popen(**kwargs, stdout=out, stderr=err, text=True))
+            deadline = time.monotonic() + timeout
+            while any(p.poll() is None for p in procs) and not _bind_failed(procs, files):
+                assert time.monotonic() < deadline, "the processes did not end"
+                time.sleep(0.05)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        outputs = [(p.returncode, _read(out), _read(err)) for p, (out, err) in zip(procs, files)]
+        for out, err in files:
+            out.close()
+            err.close()
+        if not any(code and BIND_FAILURE.search(err) for code, _, err in outputs):
+            return outputs
+    raise AssertionError(f"the processes could not bind their ports in {attempts} attempts: {outputs}")
+
+
+def _bind_failed(procs, files) -> bool:
+    return any(p.returncode not in (None, 0) and BIND_FAILURE.search(_read(err)) for p, (_, err) in zip(procs, files))
+
+
+def _read(file) -> str:
+    file.flush()
+    file.seek(0)
+    return file.read()
 
 
 def file_digests(root: Path) -> dict:

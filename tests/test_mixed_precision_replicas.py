@@ -7,15 +7,13 @@ decision so that every replica and every worker skips together (trainer.py).
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from helpers import ROOT
+from helpers import ROOT, run_on_free_ports
 from replica_overflow import one_step
-from test_multi_worker import free_ports
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,35 +51,24 @@ def test_a_finite_step_on_two_replicas_is_applied():
 
 def test_two_workers_take_the_same_skip_decision_without_hanging(tmp_path):
     """Worker 1's gradients overflow, worker 0's do not: both skip, nobody waits for the other."""
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps(tf_config),
-            "TMPDIR": str(tmp_path),
-            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE / "replica_overflow.py"), "1"],
-                env=env,
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+
+    def launches(ports):
+        hosts = [f"127.0.0.1:{port}" for port in ports]
+        for index in range(2):
+            tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+            env = {
+                **os.environ,
+                "TF_CONFIG": json.dumps(tf_config),
+                "TMPDIR": str(tmp_path),
+                "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+            }
+            yield {"args": [sys.executable, str(HERE / "replica_overflow.py"), "1"], "env": env, "cwd": tmp_path}
+
+    # A split decision hangs in the update's collectives: the timeout ends it.
     results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)  # a split decision hangs in the update's collectives
-            assert proc.returncode == 0, err[-3000:]
-            results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
-    finally:
-        for proc in procs:
-            proc.kill()
+    for code, out, err in run_on_free_ports(2, launches, tmp_path, timeout=240):
+        assert code == 0, err[-3000:]
+        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
     for result in results:
         assert_skipped_everywhere(result)
     assert results[0]["weights_after"] == results[1]["weights_after"]

@@ -8,15 +8,12 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import CLI, ROOT, TINY, compose, file_digests, write_records
+from helpers import CLI, ROOT, TINY, compose, file_digests, run_on_free_ports, write_records
 
 from resnet_train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from resnet_train.training.loop import train_and_evaluate
@@ -45,24 +42,6 @@ sys.argv[0] = "resnet-train"
 cli.train()
 """
 
-# What a worker prints when its gRPC server cannot bind the port it was given.
-BIND_FAILURE = re.compile(r"failed to add port|could not start grpc server|address already in use", re.I)
-
-
-def free_ports(n):
-    """n ports free on every interface (TF's gRPC server binds 0.0.0.0:port). They cannot stay
-    reserved until the workers bind them: the server does not share a port (tried: a socket held on
-    it, even with SO_REUSEPORT, makes it fail with "Failed to add port"). Another process may take
-    one in the seconds before a worker binds it: run_two_workers sees that and launches again."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 def run_two_workers(
     run_dirs, tmp, *overrides, after_first_save=(None, None), preexec=(None, None), timeout=300, attempts=3
@@ -70,68 +49,43 @@ def run_two_workers(
     """Runs worker 0 (the chief) and worker 1 of `resnet-train runtime=multi_worker` on 127.0.0.1
     to their end: [(exit code, stdout, stderr)] per worker. `run_dirs`: one for both, or one each;
     `after_first_save`: per worker, a signal it sends itself after its first checkpoint save.
-
-    Should a worker fail to bind its port (another process took it since free_ports chose it),
-    both are stopped and the launch is repeated on other ports."""
+    A worker that cannot bind its port has both launched again on others (run_on_free_ports)."""
     if not isinstance(run_dirs, (list, tuple)):
         run_dirs = (run_dirs, run_dirs)
-    for attempt in range(attempts):
-        hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
-        procs, logs = [], []
-        try:
-            for index in range(2):
-                env = {
-                    **os.environ,
-                    "TMPDIR": str(tmp),
-                    "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
-                }
-                command = [str(CLI)]
-                if after_first_save[index]:
-                    env["RESNET_TEST_AFTER_FIRST_SAVE"] = after_first_save[index]
-                    command = [sys.executable, "-c", SELF_SIGNALLING_CLI]
-                # Files, not pipes: nothing blocks on a full pipe while the other worker is awaited.
-                out, err = (open(tmp.parent / f"worker{index}.{name}.{attempt}", "w+") for name in ("out", "err"))
-                logs.append((out, err))
-                procs.append(
-                    subprocess.Popen(
-                        [*command, *COMMON, "runtime=multi_worker", *overrides, f"hydra.run.dir={run_dirs[index]}"],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=out,
-                        stderr=err,
-                        text=True,
-                        preexec_fn=preexec[index],
-                    )
-                )
-            deadline = time.monotonic() + timeout
-            retry = False
-            while any(p.poll() is None for p in procs):
-                if any(
-                    p.returncode not in (None, 0) and BIND_FAILURE.search(_read(logs[i][1]))
-                    for i, p in enumerate(procs)
-                ):
-                    retry = True  # the other worker would wait for its peer until its own timeout
-                    break
-                assert time.monotonic() < deadline, "the workers did not end"
-                time.sleep(0.05)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
-        outputs = [(p.returncode, _read(out), _read(err)) for p, (out, err) in zip(procs, logs)]
-        for out, err in logs:
-            out.close()
-            err.close()
-        if not retry and not any(BIND_FAILURE.search(err) for code, _, err in outputs if code):
-            return outputs
-    raise AssertionError(f"the workers could not bind their ports in {attempts} attempts: {outputs}")
+
+    def launches(ports):
+        hosts = [f"127.0.0.1:{port}" for port in ports]
+        for index in range(2):
+            env = {
+                **os.environ,
+                "TMPDIR": str(tmp),
+                "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
+            }
+            command = [str(CLI)]
+            if after_first_save[index]:
+                env["RESNET_TEST_AFTER_FIRST_SAVE"] = after_first_save[index]
+                command = [sys.executable, "-c", SELF_SIGNALLING_CLI]
+            args = [*command, *COMMON, "runtime=multi_worker", *overrides, f"hydra.run.dir={run_dirs[index]}"]
+            yield {"args": args, "env": env, "cwd": ROOT, "preexec_fn": preexec[index]}
+
+    return run_on_free_ports(2, launches, tmp.parent, timeout=timeout, attempts=attempts)
 
 
-def _read(file):
-    file.flush()
-    file.seek(0)
-    return file.read()
+def test_a_worker_that_cannot_bind_its_port_has_both_launched_again_on_new_ports(tmp_path):
+    """What run_two_workers does when another process took a port after free_ports chose it: the
+    worker that failed to bind ends, its peer (which would wait for it) is stopped, both start again."""
+    launched = []
+
+    def launches(ports):
+        launched.append(ports)
+        taken = len(launched) == 1
+        failing = "import sys; sys.exit('Failed to add port: 0.0.0.0:1')"
+        waiting = "import time; time.sleep(600)"  # for a peer that will never come
+        yield {"args": [sys.executable, "-c", failing if taken else "print('up')"]}
+        yield {"args": [sys.executable, "-c", waiting if taken else "print('up')"]}
+
+    assert run_on_free_ports(2, launches, tmp_path, timeout=120) == [(0, "up\n", "")] * 2
+    assert len(launched) == 2 and all(len(ports) == 2 for ports in launched)
 
 
 def model_weights(checkpoint):
