@@ -3,6 +3,7 @@ console script in a subprocess; the others call its entry point in process (conf
 same code without TensorFlow's start-up."""
 
 import json
+import os
 
 from helpers import TINY, run_cli
 
@@ -80,6 +81,18 @@ def test_bad_depth_is_one_line_and_exit_code_2(cli, tmp_path):
     )
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def test_an_entry_point_called_in_process_leaves_os_environ_as_it_found_it(cli, tmp_path, monkeypatch):
+    """A notebook's or a test's process: what the command set for itself (the thread pools' and
+    Hydra's variables) is undone when it ends, here by a user error after they were set."""
+    from resnet_train.runtime import threads
+
+    monkeypatch.setattr(threads, "_applied", threads._applied)  # the pools later runs' logs report
+    before = dict(os.environ)
+    done = cli(*TINY, "depth=57", "runtime.threads=[1,2]", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "CIFAR ResNet depth must be 6n+2" in done.stderr
+    assert dict(os.environ) == before
 
 
 def test_missing_cifar_with_download_off_fails_at_once(cli, tmp_path):

@@ -159,6 +159,7 @@ def test_a_run_killed_at_every_point_is_one_finished_tracked_run_with_every_step
     assert ids["mlflow"]["finished"] and ids["wandb"]["finished"]
 
     # MLflow: one run, finished, each step once with metrics.jsonl's value; params; results; files.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's client: the run undid its own setting
     client = MlflowClient(tracking_uri=store)
     (experiment,) = [e for e in client.search_experiments() if e.name == "resnet-train"]
     (tracked,) = client.search_runs([experiment.experiment_id])
@@ -278,6 +279,7 @@ def test_each_sweep_member_is_its_own_tracked_run_and_a_rerun_member_continues_i
         i["mlflow"]["id"] for i in ids
     ]
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's client: the run undid its own setting
     client = MlflowClient(tracking_uri=store)
     (experiment,) = [e for e in client.search_experiments() if e.name == "resnet-train"]
     tracked = client.search_runs([experiment.experiment_id])
@@ -310,6 +312,7 @@ def test_a_copied_run_directory_starts_its_own_tracked_run_and_a_moved_one_keeps
         assert moved[name]["id"] == original[name]["id"] != copied[name]["id"]
     assert moved["directory"] == {"token": original["directory"]["token"], "path": str(c.resolve())}
     assert copied["directory"]["token"] != original["directory"]["token"]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's client: the run undid its own setting
     client = MlflowClient(tracking_uri=store)
     for ids, directory in ((moved, c), (copied, b)):
         tracked = client.get_run(ids["mlflow"]["id"])
@@ -367,6 +370,7 @@ def test_secrets_stay_out_of_the_trackers_params_and_the_log(tmp_path, cli, monk
                "wandb.dir=${oc.env:RT_WANDB_DIR}", f"hydra.run.dir={run}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's client: the run undid its own setting
     ids = json.loads((run / "tracking.json").read_text())
     params = MlflowClient(tracking_uri=store).get_run(ids["mlflow"]["id"]).data.params
     assert params["mlflow.tracking_uri"] == f"file://me:***@{tmp_path / 'mlruns'}"

@@ -1,6 +1,7 @@
 """train_and_evaluate end to end, in-process: loss falls, resume equals uninterrupted, CIFAR path."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -30,6 +31,17 @@ def test_loss_falls_and_accuracy_beats_chance_on_embedded_data(tmp_path):
     assert results["test"]["examples"] == 128
     assert results["steps"] == 5 * (512 // 32)
     assert (tmp_path / "checkpoints" / "checkpoint").exists()
+
+
+def test_an_in_process_run_leaves_os_environ_as_it_found_it(tmp_path, monkeypatch):
+    """A notebook's or a test's process: what the run set for itself (MLflow's switch for its file
+    store) is undone when it returns."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    before = dict(os.environ)
+    cfg = compose(*TINY, "epochs=1", "logger=[mlflow]", f"mlflow.tracking_uri={(tmp_path / 'mlruns').as_uri()}")
+    assert train_and_evaluate(cfg, tmp_path / "run")["epochs"] == 1
+    assert json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]["finished"]
+    assert dict(os.environ) == before
 
 
 def variables(checkpoint):

@@ -131,6 +131,35 @@ def test_thread_pools_are_set_before_tensorflow_starts_explicit_then_exported_th
     assert threads.apply("auto", None, environ={}) == ("not tuned: TensorFlow's default, one per core in each pool")
 
 
+def test_a_run_in_process_undoes_its_environment_but_what_a_tensorflow_it_started_read(monkeypatch):
+    """runtime.environ_restored, around train_and_evaluate and the console entry points called as
+    functions: TensorFlow's start-up variables stay only if it started inside, and so runs with them."""
+    import os
+    import sys
+    import types
+
+    from resnet_train.runtime import TF_START_ENV, environ_restored
+
+    for name in (*TF_START_ENV, "RESNET_TEST_SET", "RESNET_TEST_GONE"):
+        monkeypatch.setenv(name, "0")  # (monkeypatch puts each back as it was after the test)
+    tensorflow = sys.modules.get("tensorflow") or types.ModuleType("tensorflow")  # imported or not
+    monkeypatch.setitem(sys.modules, "tensorflow", tensorflow)
+
+    def run(tensorflow_starts_inside: bool) -> dict:
+        """What changed in os.environ once a run that changes, adds and removes variables ends."""
+        before = dict(os.environ)
+        if tensorflow_starts_inside:
+            del sys.modules["tensorflow"]
+        with environ_restored():
+            sys.modules["tensorflow"] = tensorflow
+            os.environ.update({name: "1" for name in (*TF_START_ENV, "RESNET_TEST_SET", "RESNET_TEST_ADDED")})
+            del os.environ["RESNET_TEST_GONE"]
+        return {k: os.environ.get(k) for k in {*before, *os.environ} if os.environ.get(k) != before.get(k)}
+
+    assert run(tensorflow_starts_inside=False) == {}  # it had read them before the run: all undone
+    assert run(tensorflow_starts_inside=True) == dict.fromkeys(TF_START_ENV, "1")  # read now: they stay
+
+
 def test_an_unwritable_cache_measures_nothing_and_keeps_the_defaults(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from resnet_train.errors import EXIT_USER_ERROR, first_line
+from resnet_train.runtime import environ_restored
 
 
 def known_keys(config_name: str) -> list[str]:
@@ -107,11 +108,11 @@ def explain(error: BaseException, config_name: str) -> str | None:
     return None
 
 
+@environ_restored()  # called as a function (a test, a notebook), the caller's os.environ is kept
 def run_app(app, config_name: str) -> None:
     """Runs a @hydra.main function; composition errors become one line and exit code 2 (the full
     traceback stays available with HYDRA_FULL_ERROR=1, as in any Hydra app)."""
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"  # Hydra's own test
-    user_setting = os.environ.get("HYDRA_FULL_ERROR")
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     if multirun:  # a sweep: Hydra reports each member's failure itself
         return app()
@@ -124,8 +125,3 @@ def run_app(app, config_name: str) -> None:
             raise
         print(f"{os.path.basename(sys.argv[0]) or 'resnet-train'}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    finally:
-        if user_setting is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = user_setting

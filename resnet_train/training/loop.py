@@ -20,7 +20,7 @@ from resnet_train.errors import Preempted
 from resnet_train.report import plots, step_log, tracking
 from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
-from resnet_train.runtime import cluster
+from resnet_train.runtime import cluster, environ_restored
 from resnet_train.training import failures, run_dir, selection
 from resnet_train.training import results as results_lib
 from resnet_train.training.interrupts import StopRequests
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 
+@environ_restored()  # what the run set in os.environ (MLflow's file store switch) is undone
 def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=None) -> dict:
     """Trains per `cfg` in `workdir` (resuming what is there) and returns the final metrics.
     `started`: when the process began (for the start-up time in the log); `overrides`: the
@@ -39,8 +40,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
 
     Before anything is written: the config is validated, the directory locked (one run at a time)
     and, if it holds checkpoints, checked to hold a run of this config."""
-    started = started or time.time()
-    workdir = Path(workdir)
+    started, workdir = started or time.time(), Path(workdir)
     config_lib.validate(cfg)  # a bad depth or batch size fails here, before any work
     # An existing run keeps the settings its checkpoints were made with (e.g. an older run's
     # model.padding); before the finished check, which compares with the config it saved.
