@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts/benchmarks.py for test_bench
+import leaks
 from helpers import CIFAR_LAYOUT, cli_in_process, compose, register_fake_archive, write_fake_cifar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,6 +33,8 @@ SESSION_DIR = Path(tempfile.mkdtemp(prefix="resnet_train_tests_"))
 atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
 (SESSION_DIR / "tmp").mkdir()
 os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_DIR / "tmp")
+# The controller's mark, inherited by pytest-xdist's workers: every process of this test run has it.
+os.environ.setdefault(leaks.SESSION_MARK, str(SESSION_DIR))
 
 # The measured matmul rate (for MFU) is cached under XDG_CACHE_HOME: keep tests out of ~/.cache.
 os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
@@ -136,12 +139,29 @@ def pytest_runtest_logreport(report):
     _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session):
     import json
 
+    if hasattr(session.config, "workerinput"):
+        return
+    # The controller, once every worker is done: it saw all their reports.
     path = session.config.getoption("--record-durations")
-    if path and not hasattr(session.config, "workerinput"):  # the controller: it sees every worker's reports
+    if path:
         Path(path).write_text(json.dumps({k: round(v, 2) for k, v in sorted(_measured.items())}, indent=0) + "\n")
+    # No process of the suite's outlives it (pytest-xdist's workers, this process's children, are ending).
+    import psutil
+
+    workers = psutil.Process().children() if getattr(session.config.option, "dist", "no") != "no" else []
+    left = leaks.outliving(leaks.SESSION_MARK, os.environ[leaks.SESSION_MARK], 30, workers)
+    if left:
+        session.config._outlived = left
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in getattr(config, "_outlived", []):
+        terminalreporter.write_line(f"FAILED: a process the suite started outlived it (killed now): {line}", red=True)
 
 
 def pytest_configure(config):
@@ -150,9 +170,14 @@ def pytest_configure(config):
     if not gpu_tier(config):
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     RESET_ENV["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # each test starts so
-    # TensorFlow is imported from here on, never before the line above.
+    # TensorFlow is imported from here on, never before the line above; without its start-up
+    # lines, which pytest holds back with all the set-up output and printed after the summary.
+    from resnet_train.cli import _quiet_tensorflow
+
+    _quiet_tensorflow()
     _pin_onednn()
     _pinned_tuning()
+    _two_logical_cpus()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -345,9 +370,6 @@ def _two_logical_cpus():
     split_cpu(2)
 
 
-_two_logical_cpus()
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _free_the_modules_models():
     """A module's models, traced functions and datasets are let go before the next module: the
@@ -379,21 +401,33 @@ def _float32_policy():
 
 
 @pytest.fixture(autouse=True)
-def _clean_state(monkeypatch):
-    """Every test starts from the reset environment (a test that set a variable without
-    monkeypatch does not leak it) and with op determinism off: runtime.deterministic=true turns it
-    on for the whole process and TensorFlow has no public switch back, so without this a test's
-    result would depend on which tests ran before it."""
+def _clean_state(monkeypatch, request):
+    """Every test starts from the reset environment and with op determinism off
+    (runtime.deterministic=true turns it on for the whole process and TensorFlow has no public
+    switch back, so without this a test's result would depend on which tests ran before it), and
+    ends with os.environ as it found it (whatever the test, or a run in this process, set) and
+    with no process it started still running."""
     from tensorflow.python.framework import config as tf_config
 
+    environ = dict(os.environ)
     for key, value in RESET_ENV.items():
         if value is None:
             monkeypatch.delenv(key, raising=False)
         else:
             monkeypatch.setenv(key, value)
+    monkeypatch.setenv(leaks.TEST_MARK, request.node.nodeid)
     tf_config.disable_op_determinism()
     yield
     tf_config.disable_op_determinism()
+    wandb = sys.modules.get("wandb")  # (None where a test hid it)
+    if wandb is not None:  # its service process, kept for this process's next run, ends as at exit
+        wandb.teardown()
+    left = leaks.outliving(leaks.TEST_MARK, request.node.nodeid, grace_s=30)
+    monkeypatch.undo()
+    os.environ.clear()
+    os.environ.update(environ)
+    if left:
+        pytest.fail("processes this test started outlived it (killed now):\n" + "\n".join(left), pytrace=False)
 
 
 @pytest.fixture
