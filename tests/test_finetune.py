@@ -19,18 +19,20 @@ def source(tmp_path_factory):
     """A ResNet-8 trained on digits 0-4 only."""
     run = tmp_path_factory.mktemp("finetune") / "source"
     results = train_and_evaluate(compose(*BASE, "epochs=4", "data.classes=[0,1,2,3,4]"), run)
-    # Over seeds 0-4, TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD EPYC Zen 4): 0.92-0.97 after epoch 4 (the
-    # epochs before swing: 0.34-0.94 after epoch 2), so the bound is on the last epoch only.
+    # Over seeds 0-4, TF_ENABLE_ONEDNN_OPTS=0 and =1: 0.92-0.97 after epoch 4 on an AMD EPYC Zen 4,
+    # 0.89-0.96 on a Zen 3 (the epochs before swing: 0.34-0.94 after epoch 2), so the bound is on
+    # the last epoch only.
     assert results["test"]["accuracy"] > 0.8
     return run
 
 
 def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_path):
-    """Measured over seeds 0-4 with oneDNN on and off (Intel Xeon with AMX, 2026-12-02): the eval
-    accuracy averaged over the 5 epochs, tuned - scratch, 0.10-0.23 (mean 0.15); the tuned run's
-    final accuracy 0.48-0.63; its training loss fell to 0.37-0.73x the first epoch's. The final
-    accuracies are not compared: from scratch it swings 0.20-0.73 (one lucky last epoch).
-    (A head lr 10x the base rose the loss on an AMD EPYC: 3x learns stably.)"""
+    """Measured over seeds 0-4 with oneDNN on and off (scripts/threshold_spread.py) on an Intel Xeon
+    with AMX (2026-12-02) and an AMD EPYC Zen 3, AVX2 only (2026-12-07): the eval accuracy averaged
+    over the 5 epochs, tuned - scratch, 0.09-0.23; the tuned run's final accuracy 0.48-0.63; its
+    training loss fell to 0.37-0.78x the first epoch's (Zen 3 with oneDNN on reached 0.78, so the
+    bound is 0.9). The final accuracies are not compared: from scratch it swings 0.20-0.73 (one
+    lucky last epoch). (A head lr 10x the base rose the loss on an AMD EPYC: 3x learns stably.)"""
     steps = ("epochs=5",)
     scratch = train_and_evaluate(compose(*TARGET, *steps), tmp_path / "scratch")
     tuned = train_and_evaluate(
@@ -50,7 +52,7 @@ def test_fine_tuning_onto_other_classes_beats_training_from_scratch(source, tmp_
         for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()
         if json.loads(line)["split"] == "train"
     ]
-    assert losses[-1] < 0.8 * losses[0]  # the head learns stably
+    assert losses[-1] < 0.9 * losses[0]  # the head learns stably
     init = json.loads((tmp_path / "tuned" / "init_from.json").read_text())
     assert init["new"] == ["logits"]  # 5 new classes: a new head
     assert "stem_conv" in init["loaded"] and "stage3_block1_conv2" in init["loaded"]
