@@ -1,8 +1,9 @@
 """MultiWorkerMirroredStrategy for real: two `resnet-train` processes on 127.0.0.1 with TF_CONFIG.
 
 Each launch of two workers costs two TensorFlow start-ups: the claims are combined into as few
-launches as is honest (one chain of reruns covers a signal to either worker, a worker killed and
-the resumes)."""
+launches as is honest: one chain of reruns, on TFRecords read with data.shard=files, covers a
+signal to either worker, a worker killed, the resumes and each worker's own files; one run that
+stops early is compared with the same run in one process."""
 
 import json
 import os
@@ -115,23 +116,41 @@ def latest_step(run):
     return int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
 
 
+# A test using a module fixture that launches workers (together, chain) is slow whichever of them
+# asks first (as conftest's SLOW_FIXTURES, which tests/durations.json's record cannot see).
+shares_a_launch = pytest.mark.slow
+
+# The run the train-together and stop-early checks share: it stops early after epoch 2 of 5.
+STOPPING = ("epochs=5", "data.val_split=0.25", "early_stop.patience=1", "early_stop.min_delta=1.0")
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """The workers' run in one process: the same global batches split the same way over 2 replicas."""
     run = tmp_path_factory.mktemp("single") / "run"
-    return run, train_and_evaluate(compose(*COMMON, "epochs=2", "runtime=mirrored", "runtime.cpu_replicas=2"), run)
+    config = compose(*COMMON, *STOPPING, "runtime=mirrored", "runtime.cpu_replicas=2")
+    return run, train_and_evaluate(config, run)
 
 
-def test_two_workers_train_together_like_one_process(tmp_path, single):
-    run, tmp = tmp_path / "run", tmp_path / "tmp"
+@pytest.fixture(scope="module")
+def together(tmp_path_factory):
+    """Two workers' run of the same config: (run directory, the workers' TMPDIR, their outputs)."""
+    base = tmp_path_factory.mktemp("together")
+    run, tmp = base / "run", base / "tmp"
     tmp.mkdir()
-    for code, out, err in run_two_workers(run, tmp, "epochs=2"):
+    return run, tmp, run_two_workers(run, tmp, *STOPPING)
+
+
+@shares_a_launch
+def test_two_workers_train_together_like_one_process(together, single):
+    run, tmp, outputs = together
+    for code, out, err in outputs:
         assert code == 0, err[-3000:]
 
     # Only the chief wrote results, metrics, summaries and checkpoints; the other worker's
     # temporary checkpoint directory is gone.
     results = json.loads((run / "results.json").read_text())
-    assert results["replicas"] == 2 and results["steps"] == 2 * (128 // 32)
+    assert results["replicas"] == 2 and results["steps"] == 2 * (96 // 32)  # 2 epochs: it stopped early
     assert (run / "checkpoints" / "checkpoint").exists() and (run / "train.log").exists()
     assert "Strategy MultiWorkerMirroredStrategy over 2 replica(s)" in (run / "train.log").read_text()
     assert (run / "train_worker1.log").exists()
@@ -148,6 +167,7 @@ def test_two_workers_train_together_like_one_process(tmp_path, single):
     # TF_ENABLE_ONEDNN_OPTS=0 and =1 on an AMD EPYC Zen 4.) Resuming both workers is checked by the
     # signal test's reruns.
     single_run, single_results = single
+    assert single_results["stopped_early_at_epoch"] == results["stopped_early_at_epoch"] == 2
     a, b = model_weights(results["checkpoint"]), model_weights(single_results["checkpoint"])
     assert a.keys() == b.keys() and sum(k.startswith("optimizer/_trainable_variables/") for k in a) > 10
     assert any("moving_" in k for k in a)
@@ -158,9 +178,25 @@ def test_two_workers_train_together_like_one_process(tmp_path, single):
     assert results["test"]["loss"] == pytest.approx(single_results["test"]["loss"], rel=1e-6)
 
 
+@shares_a_launch
+def test_two_workers_stop_early_together(together):
+    """early_stop is decided from the all-reduced evaluation: both workers stop after the same epoch."""
+    run, _, outputs = together
+    for code, out, err in outputs:
+        assert code == 0, err[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["stopped_early_at_epoch"] == 2 and results["steps"] == 2 * (96 // 32)
+    assert "Stopping early after epoch 2" in (run / "train_worker1.log").read_text()
+    # The figures the decision read: each worker evaluates its own half of the validation examples
+    # (split by example), so figures of its own would differ; both logged the same all-reduced ones.
+    figures = re.compile(r"epoch (\d)/5 .*\| (val loss [\d.]+  acc [\d.]+  bal\.acc [\d.]+  macro-F1 [\d.]+) \|")
+    chief, other = (figures.findall((run / log).read_text()) for log in ("train.log", "train_worker1.log"))
+    assert len(chief) == 2 and chief == other, (chief, other)
+
+
 def test_workers_that_restored_different_checkpoints_each_say_so_in_one_line(tmp_path, single):
     """No shared file system: each worker reads its own copy of the run directory, and the copies
-    hold different checkpoints (steps 8 and 4). Every worker refuses with one line listing every
+    hold different checkpoints (steps 6 and 3). Every worker refuses with one line listing every
     worker's step, instead of hanging in mismatched collectives; nothing is trained."""
     single_run, _ = single
     behind, tmp = tmp_path / "behind", tmp_path / "tmp"
@@ -171,7 +207,7 @@ def test_workers_that_restored_different_checkpoints_each_say_so_in_one_line(tmp
     ckpts = behind / "checkpoints"
     state = tf.train.get_checkpoint_state(str(ckpts))
     first = state.all_model_checkpoint_paths[0].rsplit("/", 1)[-1]
-    assert first == "ckpt-4" and latest_step(ahead) == 8
+    assert first == "ckpt-3" and latest_step(ahead) == 6
     for f in ckpts.glob("ckpt-*"):
         if not f.name.startswith(first + "."):
             f.unlink()
@@ -179,44 +215,75 @@ def test_workers_that_restored_different_checkpoints_each_say_so_in_one_line(tmp
     (behind / "results.json").unlink()
     before = {d: checkpoint_files(d) for d in (ahead, behind)}
 
-    # epochs=3: neither copy is a finished run of this config (which would be skipped).
-    outputs = run_two_workers((ahead, behind), tmp, "epochs=3")
-    for (code, _, err), (run, step) in zip(outputs, [(ahead, 8), (behind, 4)]):
+    # epochs=6: neither copy is a finished run of this config (which would be skipped).
+    outputs = run_two_workers((ahead, behind), tmp, *STOPPING, "epochs=6")
+    for (code, _, err), (run, step) in zip(outputs, [(ahead, 6), (behind, 3)]):
         assert code == EXIT_USER_ERROR, err[-3000:]
         assert messages(err) == [
-            f"resnet-train: error: the workers restored different checkpoints (steps [8, 4]; this one: step {step} "
+            f"resnet-train: error: the workers restored different checkpoints (steps [6, 3]; this one: step {step} "
             f"from {run}): give every worker the same hydra.run.dir on a file system they share"
         ], err[-3000:]
         assert "Traceback" not in err
         assert checkpoint_files(run) == before[run]  # no step was trained or saved
 
 
-def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_worker_stops_the_other(tmp_path):
-    """One run, stopped three times and resumed each time: a SIGTERM to the non-chief, then a SIGUSR2
-    (SLURM's warning) to the chief (both workers stop at the same step and checkpoint it), then the
-    non-chief killed
-    (kill -9: the chief stops with one line, exit 4); the last rerun finishes the run."""
-    run, tmp = tmp_path / "run", tmp_path / "tmp"
+# 16 steps of 16 images, a checkpoint every 2 steps: each worker's first save is at an even
+# step, its signal is seen by the next compiled call (1 step), which every worker runs.
+CHAIN_TOTAL = 2 * 128 // 16
+
+
+def sharded_records(folder):
+    """data=tfrecord in 4 training files of 32 examples, data.shard=files: the overrides."""
+    write_records(folder / "train", 128, shards=4)
+    write_records(folder / "val", 12, shards=1, seed=1)
+    return (
+        "data=tfrecord",
+        f"data.train_files={folder}/train-*",
+        f"data.eval_files={folder}/val-*",
+        "data.label_offset=1",
+        "data.image_size=32",
+        "data.shard=files",
+    )
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """One run of TFRecords read with data.shard=files, stopped three times and resumed each time:
+    a SIGTERM to the non-chief (as a preempted host would be), then a SIGUSR2 (SLURM's warning) to
+    the chief, then the non-chief killed (kill -9); the last launch finishes the run. Returns the
+    run directory and, per launch, (its outputs, the newest checkpoint after it, whether the run
+    was finished then)."""
+    base = tmp_path_factory.mktemp("chain")
+    run, tmp = base / "run", base / "tmp"
     tmp.mkdir()
-    # 16 steps of 16 images, a checkpoint every 2 steps: each worker's first save is at an even
-    # step, its signal is seen by the next compiled call (1 step), which every worker runs.
-    overrides = ("epochs=2", "batch_size=16", "checkpoint.every_steps=2")
-    total = 2 * 128 // 16
-
-    def stopped_at(stderr, cause):
-        (line,) = messages(stderr)
-        found = re.fullmatch(
-            rf"resnet-train: stopped by {cause} at step (\d+) of {total}; checkpoint (\S+) "
-            r"written: run the same command again to continue from this step",
-            line,
-        )
-        assert found, line
-        return int(found.group(1)), found.group(2)
-
-    resumed_at = 0
-    for signalled, name in ((1, "SIGTERM"), (0, "SIGUSR2")):  # the non-chief first, as a preempted host would be
-        after_first_save = (name, None) if signalled == 0 else (None, name)
+    overrides = (*sharded_records(base / "records"), "epochs=2", "batch_size=16", "checkpoint.every_steps=2")
+    launches = []
+    for after_first_save in ((None, "SIGTERM"), ("SIGUSR2", None), (None, "SIGKILL"), (None, None)):
         outputs = run_two_workers(run, tmp, *overrides, after_first_save=after_first_save)
+        latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+        launches.append((outputs, latest, (run / "results.json").exists()))
+    return run, launches
+
+
+def stopped_at(stderr, cause):
+    """The step and checkpoint a worker's one line says it stopped at."""
+    (line,) = messages(stderr)
+    found = re.fullmatch(
+        rf"resnet-train: stopped by {cause} at step (\d+) of {CHAIN_TOTAL}; checkpoint (\S+) "
+        r"written: run the same command again to continue from this step",
+        line,
+    )
+    assert found, line
+    return int(found.group(1)), found.group(2)
+
+
+@shares_a_launch
+def test_a_signal_to_either_worker_stops_both_at_the_same_step(chain):
+    """A SIGTERM to the non-chief, then a SIGUSR2 to the chief: both workers stop at the same step
+    and checkpoint it; the rerun continues from it."""
+    run, launches = chain
+    resumed_at = 0
+    for (outputs, latest, finished), (signalled, name) in zip(launches, ((1, "SIGTERM"), (0, "SIGUSR2"))):
         assert [code for code, _, _ in outputs] == [EXIT_PREEMPTED] * 2, [err[-2000:] for _, _, err in outputs]
         first_save = resumed_at + 2 - resumed_at % 2
         steps = {}
@@ -226,13 +293,19 @@ def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_work
             if index == 0:  # the chief's checkpoint is the run's; the other's a temporary copy
                 assert checkpoint == str(run / "checkpoints" / f"ckpt-{steps[0]}")
         assert steps[0] == steps[1] == first_save + 1, steps  # the same step, on both
-        assert latest_step(run) == steps[0]
-        if resumed_at:
-            assert f"Continuing at step {resumed_at} of {total}" in (run / "train.log").read_text()
+        assert latest == str(run / "checkpoints" / f"ckpt-{steps[0]}") and not finished
+        if resumed_at:  # the second launch continued where the first stopped
+            assert f"Continuing at step {resumed_at} of {CHAIN_TOTAL}" in (run / "train.log").read_text()
         resumed_at = steps[0]
 
-    # The non-chief killed while the chief trains: the chief stops with one line, exit 4.
-    outputs = run_two_workers(run, tmp, *overrides, after_first_save=(None, "SIGKILL"))
+
+@shares_a_launch
+def test_a_killed_worker_stops_the_other_and_a_rerun_finishes_the_run(chain):
+    """The non-chief killed (kill -9) while the chief trains: the chief stops with one line, exit 4;
+    the rerun continues from the newest checkpoint to the run's end."""
+    run, launches = chain
+    resumed_at = int(launches[1][1].rsplit("-", 1)[1])  # where the SIGUSR2 left the run
+    (outputs, latest, finished), (rerun, _, _) = launches[2:]
     (chief_code, _, chief_err), (killed_code, _, _) = outputs
     assert killed_code == -9
     assert chief_code == EXIT_WORKER_LOST, chief_err[-3000:]
@@ -240,18 +313,39 @@ def test_a_signal_to_either_worker_stops_both_at_the_same_step_and_a_killed_work
     assert line.startswith("resnet-train: error: lost contact with another worker (") and "Traceback" not in chief_err
     assert line.endswith(
         f"it stopped (its log in {run} says why) or is unreachable; rerun every worker's "
-        f"command to resume from {tf.train.latest_checkpoint(str(run / 'checkpoints'))}"
+        f"command to resume from {latest}"
     )
     # Killed right after its save at this step (the chief's own save of it may or may not have
-    # completed): nothing later was saved, and the run is not finished.
+    # completed): nothing later was saved, and the run was not finished.
     killed_after = resumed_at + 2 - resumed_at % 2
-    assert resumed_at <= latest_step(run) <= killed_after and not (run / "results.json").exists()
+    last = int(latest.rsplit("-", 1)[1])
+    assert resumed_at <= last <= killed_after and not finished
 
-    last = latest_step(run)
-    for code, _, err in run_two_workers(run, tmp, *overrides):
+    for code, _, err in rerun:
         assert code == 0, err[-3000:]
-    assert f"Continuing at step {last} of {total}" in (run / "train.log").read_text()
-    assert json.loads((run / "results.json").read_text())["steps"] == total
+    assert f"Continuing at step {last} of {CHAIN_TOTAL}" in (run / "train.log").read_text()
+    assert json.loads((run / "results.json").read_text())["steps"] == CHAIN_TOTAL
+
+
+@shares_a_launch
+def test_with_data_shard_files_each_worker_reads_only_its_own_files(chain):
+    """data=tfrecord in 4 files, data.shard=files: in each epoch worker 0 reads 2 files and worker 1
+    the other 2 (their logs name them; a resumed epoch the same ones again), and both step together
+    to the run's end (the signal tests' run)."""
+    run, launches = chain
+    for code, _, err in launches[-1][0]:
+        assert code == 0, err[-3000:]
+    assert json.loads((run / "results.json").read_text())["steps"] == CHAIN_TOTAL
+    pattern = re.compile(r"input pipeline (\d) of 2 reads 2 of 4 training files in epoch (\d) \(([^)]*)\)")
+    read = {}  # (epoch, worker) -> the files it read, in every launch that read that epoch
+    for log in (run / "train.log", run / "train_worker1.log"):
+        for worker, epoch, files in pattern.findall(log.read_text()):
+            read.setdefault((int(epoch), int(worker)), set()).add(frozenset(files.split(", ")))
+    assert sorted(read) == [(1, 1), (1, 2), (2, 1), (2, 2)], read
+    assert all(len(sets) == 1 for sets in read.values()), read  # resumed: the same files again
+    for epoch in (1, 2):
+        (first,), (second,) = read[(epoch, 1)], read[(epoch, 2)]
+        assert not first & second and len(first | second) == 4
 
 
 def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_hanging(tmp_path):
@@ -265,54 +359,11 @@ def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_ha
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    outputs = run_two_workers(run, tmp, "epochs=3", preexec=(chief_disk_full, None), timeout=180)
+    # The first checkpoint after the first step: no epoch end (evaluation) before the failure.
+    outputs = run_two_workers(
+        run, tmp, "epochs=3", "checkpoint.every_steps=1", preexec=(chief_disk_full, None), timeout=180
+    )
     assert outputs[0][0] == 2 and "could not write the checkpoint" in outputs[0][2]
     assert outputs[1][0] == EXIT_WORKER_LOST, outputs[1][2][-2000:]
     (line,) = messages(outputs[1][2])
     assert "lost contact with another worker" in line and "Traceback" not in outputs[1][2]
-
-
-def test_with_data_shard_files_each_worker_reads_only_its_own_files(tmp_path):
-    """data=tfrecord in 4 files, data.shard=files: in each epoch worker 0 reads 2 files and worker 1
-    the other 2 (their logs name them), and both step together to the run's end."""
-    records, run, tmp = tmp_path / "rec", tmp_path / "run", tmp_path / "tmp"
-    tmp.mkdir()
-    write_records(records / "train", 64, shards=4)
-    write_records(records / "val", 12, shards=1, seed=1)
-    data = (
-        "data=tfrecord",
-        f"data.train_files={records}/train-*",
-        f"data.eval_files={records}/val-*",
-        "data.label_offset=1",
-        "data.image_size=32",
-        "data.shard=files",
-    )
-    for code, out, err in run_two_workers(run, tmp, *data, "depth=8", "epochs=2"):
-        assert code == 0, err[-3000:]
-    assert json.loads((run / "results.json").read_text())["steps"] == 2 * (64 // 32)
-    pattern = re.compile(r"input pipeline (\d) of 2 reads 2 of 4 training files in epoch (\d) \(([^)]*)\)")
-    read = {}  # (epoch, worker) -> the files it read
-    for log in (run / "train.log", run / "train_worker1.log"):
-        for worker, epoch, files in pattern.findall(log.read_text()):
-            read[(int(epoch), int(worker))] = set(files.split(", "))
-    assert sorted(read) == [(1, 1), (1, 2), (2, 1), (2, 2)], read
-    for epoch in (1, 2):
-        assert not read[(epoch, 1)] & read[(epoch, 2)]
-        assert len(read[(epoch, 1)] | read[(epoch, 2)]) == 4
-
-
-def test_two_workers_stop_early_together(tmp_path):
-    """early_stop is decided from the all-reduced evaluation: both workers stop after the same epoch."""
-    run, tmp = tmp_path / "run", tmp_path / "tmp"
-    tmp.mkdir()
-    stopping = ("epochs=5", "data.val_split=0.25", "early_stop.patience=1", "early_stop.min_delta=1.0")
-    for code, out, err in run_two_workers(run, tmp, *stopping):
-        assert code == 0, err[-3000:]
-    results = json.loads((run / "results.json").read_text())
-    assert results["stopped_early_at_epoch"] == 2 and results["steps"] == 2 * (96 // 32)
-    assert "Stopping early after epoch 2" in (run / "train_worker1.log").read_text()
-    # The figures the decision read: each worker evaluates its own half of the validation examples
-    # (split by example), so figures of its own would differ; both logged the same all-reduced ones.
-    figures = re.compile(r"epoch (\d)/5 .*\| (val loss [\d.]+  acc [\d.]+  bal\.acc [\d.]+  macro-F1 [\d.]+) \|")
-    chief, other = (figures.findall((run / log).read_text()) for log in ("train.log", "train_worker1.log"))
-    assert len(chief) == 2 and chief == other, (chief, other)
