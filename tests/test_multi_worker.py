@@ -30,7 +30,14 @@ import os, signal, sys
 from resnet_train import cli
 cli._quiet_tensorflow()  # as the console script: TF's start-up notices stay off stderr
 action = os.environ.pop("RESNET_TEST_AFTER_FIRST_SAVE", "")
-if action:
+if action.startswith("SETUP:"):  # instead: during set-up, once the strategy exists (reading the data)
+    from resnet_train.training import inputs
+    make = inputs.make
+    def signal_then_make(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, action[len("SETUP:"):]))
+        return make(*args, **kwargs)
+    inputs.make = signal_then_make
+elif action:
     from resnet_train.training.checkpoint import Checkpointer
     save = Checkpointer.save
     def save_then_signal(self, step, epoch):
@@ -249,16 +256,16 @@ def sharded_records(folder):
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """One run of TFRecords read with data.shard=files, stopped three times and resumed each time:
-    a SIGTERM to the non-chief (as a preempted host would be), then a SIGUSR2 (SLURM's warning) to
-    the chief, then the non-chief killed (kill -9); the last launch finishes the run. Returns the
-    run directory and, per launch, (its outputs, the newest checkpoint after it, whether the run
-    was finished then)."""
+    a SIGTERM to the non-chief during its set-up (as a preempted host would be), then a SIGUSR2
+    (SLURM's warning) to the chief after its first checkpoint save, then the non-chief killed
+    (kill -9); the last launch finishes the run. Returns the run directory and, per launch, (its
+    outputs, the newest checkpoint after it, whether the run was finished then)."""
     base = tmp_path_factory.mktemp("chain")
     run, tmp = base / "run", base / "tmp"
     tmp.mkdir()
     overrides = (*sharded_records(base / "records"), "epochs=2", "batch_size=16", "checkpoint.every_steps=2")
     launches = []
-    for after_first_save in ((None, "SIGTERM"), ("SIGUSR2", None), (None, "SIGKILL"), (None, None)):
+    for after_first_save in ((None, "SETUP:SIGTERM"), ("SIGUSR2", None), (None, "SIGKILL"), (None, None)):
         outputs = run_two_workers(run, tmp, *overrides, after_first_save=after_first_save)
         latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
         launches.append((outputs, latest, (run / "results.json").exists()))
@@ -279,13 +286,15 @@ def stopped_at(stderr, cause):
 
 @shares_a_launch
 def test_a_signal_to_either_worker_stops_both_at_the_same_step(chain):
-    """A SIGTERM to the non-chief, then a SIGUSR2 to the chief: both workers stop at the same step
-    and checkpoint it; the rerun continues from it."""
+    """A SIGTERM to the non-chief during its set-up, then a SIGUSR2 to the chief after its first
+    save: both workers stop at the same step and checkpoint it (after a signal during set-up, the
+    first step: the workers agree on a stop in their compiled calls); the rerun continues from it."""
     run, launches = chain
     resumed_at = 0
     for (outputs, latest, finished), (signalled, name) in zip(launches, ((1, "SIGTERM"), (0, "SIGUSR2"))):
         assert [code for code, _, _ in outputs] == [EXIT_PREEMPTED] * 2, [err[-2000:] for _, _, err in outputs]
-        first_save = resumed_at + 2 - resumed_at % 2
+        # The step a signal lands before: the first one after a set-up signal, else the first save's.
+        first_save = resumed_at if name == "SIGTERM" else resumed_at + 2 - resumed_at % 2
         steps = {}
         for index, (_, _, err) in enumerate(outputs):
             cause = name if index == signalled else "a signal on another worker"
