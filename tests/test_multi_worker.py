@@ -123,10 +123,6 @@ def latest_step(run):
     return int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
 
 
-# A test using a module fixture that launches workers (together, chain) is slow whichever of them
-# asks first (as conftest's SLOW_FIXTURES, which tests/durations.json's record cannot see).
-shares_a_launch = pytest.mark.slow
-
 # The run the train-together and stop-early checks share: it stops early after epoch 2 of 5.
 STOPPING = ("epochs=5", "data.val_split=0.25", "early_stop.patience=1", "early_stop.min_delta=1.0")
 
@@ -148,7 +144,6 @@ def together(tmp_path_factory):
     return run, tmp, run_two_workers(run, tmp, *STOPPING)
 
 
-@shares_a_launch
 def test_two_workers_train_together_like_one_process(together, single):
     run, tmp, outputs = together
     for code, out, err in outputs:
@@ -185,7 +180,6 @@ def test_two_workers_train_together_like_one_process(together, single):
     assert results["test"]["loss"] == pytest.approx(single_results["test"]["loss"], rel=1e-6)
 
 
-@shares_a_launch
 def test_two_workers_stop_early_together(together):
     """early_stop is decided from the all-reduced evaluation: both workers stop after the same epoch."""
     run, _, outputs = together
@@ -284,7 +278,6 @@ def stopped_at(stderr, cause):
     return int(found.group(1)), found.group(2)
 
 
-@shares_a_launch
 def test_a_signal_to_either_worker_stops_both_at_the_same_step(chain):
     """A SIGTERM to the non-chief during its set-up, then a SIGUSR2 to the chief after its first
     save: both workers stop at the same step and checkpoint it (after a signal during set-up, the
@@ -308,7 +301,6 @@ def test_a_signal_to_either_worker_stops_both_at_the_same_step(chain):
         resumed_at = steps[0]
 
 
-@shares_a_launch
 def test_a_killed_worker_stops_the_other_and_a_rerun_finishes_the_run(chain):
     """The non-chief killed (kill -9) while the chief trains: the chief stops with one line, exit 4;
     the rerun continues from the newest checkpoint to the run's end."""
@@ -336,7 +328,6 @@ def test_a_killed_worker_stops_the_other_and_a_rerun_finishes_the_run(chain):
     assert json.loads((run / "results.json").read_text())["steps"] == CHAIN_TOTAL
 
 
-@shares_a_launch
 def test_with_data_shard_files_each_worker_reads_only_its_own_files(chain):
     """data=tfrecord in 4 files, data.shard=files: in each epoch worker 0 reads 2 files and worker 1
     the other 2 (their logs name them; a resumed epoch the same ones again), and both step together
