@@ -239,15 +239,22 @@ FIRST_LINE = re.compile(r"first step after ([\d.]+) s .* took ([\d.]+) s")
 
 
 def cli_throughput(
-    depth: int, batch_size: int, steps_per_epoch: int, epochs: int = 3, *overrides: str, timeout: int = 1800
+    depth: int,
+    batch_size: int,
+    steps_per_epoch: int,
+    epochs: int = 3,
+    *overrides: str,
+    timeout: int = 1800,
+    run_dir: Path | None = None,
 ) -> dict:
     """images/s of `resnet-train` as a user runs it: a fresh process, data=synthetic through the real
     input pipeline (shuffle, augment=standard, batching, distribute_datasets_from_function), the
     real loop with its per-epoch evaluation, checkpoint and curves. The rate is the median of the
     log's per-epoch img/s after the first epoch (which traces the step: reported apart, with the
-    epochs' time outside their steps)."""
+    epochs' time outside their steps). `run_dir`: where the run is kept (default: a temporary folder)."""
     cli = Path(sys.executable).with_name("resnet-train")
     with tempfile.TemporaryDirectory() as tmp:
+        run = Path(run_dir) if run_dir else Path(tmp) / "run"
         command = [
             str(cli),
             "data=synthetic",
@@ -257,12 +264,12 @@ def cli_throughput(
             f"data.train_size={batch_size * steps_per_epoch}",
             "data.test_size=256",
             *overrides,
-            f"hydra.run.dir={tmp}/run",
+            f"hydra.run.dir={run}",
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if done.returncode:
             raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
-        log = (Path(tmp) / "run" / "train.log").read_text()
+        log = (run / "train.log").read_text()
     rates = {int(e): float(r) for e, r in EPOCH_LINE.findall(log)}
     overhead = {int(e): float(s) for e, s in OVERHEAD_LINE.findall(log)}
     later = [rates[e] for e in sorted(rates) if e > 1] or list(rates.values())

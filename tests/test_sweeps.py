@@ -2,8 +2,10 @@
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -214,37 +216,37 @@ def test_optuna_rerun_with_more_trials_continues_the_study(cli, sweep_made_by):
     assert "Test accuracy" not in same.stdout and len(study.get_trials()) == 4
 
 
-def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli, tmp_path):
+def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli, sweep_made_by):
     """A search killed during a trial (preempted, OOM) leaves it RUNNING in the study: the rerun
     runs it in its own member, with its own parameters, before any new trial. A failed trial stays
     failed and does not count towards n_trials (the number of complete trials): a new one replaces it."""
-    sweep = tmp_path / "search"
+    sweep, done = sweep_made_by(*TWO_TRIALS)  # trials 0 and 1 complete
     search = ("hparams_search=optuna", *SMALL, f"hydra.sweep.dir={sweep}")
-    done = cli(*search, "hydra.sweeper.n_trials=1")
     assert done.returncode == 0, done.stderr[-3000:]
     optuna = _optuna()
     study = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db")
-    (first,) = study.get_trials()
-    left = study.ask(first.distributions)  # what the killed search had asked: trial 1, never told
+    first = study.get_trials()[0]
+    left = study.ask(first.distributions)  # what the killed search had asked: trial 2, never told
     for key, value in first.user_attrs.items():  # the command's fixed settings, as the sweeper records them
         left.set_user_attr(key, value)
-    study.tell(study.ask(first.distributions), state=optuna.trial.TrialState.FAIL)  # trial 2 failed
+    study.tell(study.ask(first.distributions), state=optuna.trial.TrialState.FAIL)  # trial 3 failed
 
-    again = cli(*search, "hydra.sweeper.n_trials=3")
+    again = cli(*search, "hydra.sweeper.n_trials=4")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("Test accuracy") == 2  # trial 1, resumed, and trial 3 in place of the failed 2
+    assert again.stdout.count("Test accuracy") == 2  # trial 2, resumed, and trial 4 in place of the failed 3
     # Loaded again: optuna's storage trusts its cache for the trials this process asked.
     trials = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db").get_trials()
     assert [(t.number, t.state.name) for t in trials] == [
         (0, "COMPLETE"),
         (1, "COMPLETE"),
-        (2, "FAIL"),
-        (3, "COMPLETE"),
+        (2, "COMPLETE"),
+        (3, "FAIL"),
+        (4, "COMPLETE"),
     ]
-    assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "3"]
-    overrides = list(OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml"))
+    assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "2", "4"]
+    overrides = list(OmegaConf.load(sweep / "2" / ".hydra" / "overrides.yaml"))
     assert f"optimizer.lr={left.params['optimizer.lr']}" in overrides and "depth=8" in overrides
-    assert trials[1].value == json.loads((sweep / "1" / "results.json").read_text())["eval"]["accuracy"]
+    assert trials[2].value == json.loads((sweep / "2" / "results.json").read_text())["eval"]["accuracy"]
 
 
 def _optuna():
@@ -301,37 +303,33 @@ def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
     assert start0 < end1 and start1 < end0, windows
 
 
-# `resnet-train` that sends itself a SIGTERM right after member 1's first checkpoint save: a
-# preemption at a known step (a signal from outside would land wherever the machine's load puts it).
-PREEMPTED_IN_MEMBER_1 = r"""
-import os, signal, sys
-from resnet_train import cli
-cli._quiet_tensorflow()  # as the console script
-from resnet_train.training.checkpoint import Checkpointer
-save = Checkpointer.save
-def save_then_signal(self, step, epoch):
-    path = save(self, step, epoch)
-    if self.directory.parent.name == "1" and not getattr(Checkpointer, "signalled", False):
-        Checkpointer.signalled = True
-        os.kill(os.getpid(), signal.SIGTERM)
-    return path
-Checkpointer.save = save_then_signal
-sys.argv[0] = "resnet-train"
-cli.train()
-"""
-
-
-def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_members(cli, tmp_path):
+def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_members(cli, tmp_path, monkeypatch):
     """Three members of 4 steps, a checkpoint every step; the sweep is preempted in member 1 after
     its step 1 (it stops at step 2, the step its stop request reaches). The rerun skips member 0
     (finished: nothing of it changes but its log), continues member 1 from step 2 and runs
     member 2, which the preempted sweep never reached, from the start."""
+    from resnet_train.training.checkpoint import Checkpointer
+
     sweep = tmp_path / "sweep"
     command = ("-m", *TINY, "epochs=1", "checkpoint.every_steps=1", "seed=1,2,3", f"hydra.sweep.dir={sweep}")
-    stopped = subprocess.run(
-        [sys.executable, "-c", PREEMPTED_IN_MEMBER_1, *command], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
+    # A SIGTERM to this process right after member 1's first checkpoint save: a preemption at a
+    # known step (one from outside would land wherever the machine's load puts it). In this process:
+    # the sweep's bookkeeping is the point; a signal reaching the console script is test_faults.py's.
+    save, signalled = Checkpointer.save, []
+
+    def save_then_signal(self, step, epoch):
+        path = save(self, step, epoch)
+        if self.directory.parent.name == "1" and not signalled:
+            signalled.append(step)
+            # (Without the run's handler the signal would end this test process: a failed member instead.)
+            assert callable(signal.getsignal(signal.SIGTERM)), "no SIGTERM handler while training"
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the run's StopRequests, as in a process of its own
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_signal)
+    stopped = cli(*command)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert signalled == [1] and stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"resnet-train: stopped by SIGTERM at step 2 of 4; checkpoint {sweep / '1' / 'checkpoints' / 'ckpt-2'} "
         f"written: run the same command again to continue from this step"
