@@ -4,6 +4,7 @@ are those of metrics.jsonl, each step once."""
 
 import json
 import os
+import select
 import shutil
 import signal
 import struct
@@ -26,47 +27,105 @@ TRACKED = (*TINY, f"epochs={EPOCHS}", "logger=[tensorboard,mlflow,wandb]", "wand
 # WHERE, "module:Class.method" or "module:function": when the call starts, or once it has returned
 # with a trailing "+". "save" (Checkpointer.save: after an epoch's records were written, before its
 # checkpoint) and "commit" (Reporter.commit: after its checkpoint, before the trackers got them).
-KILLED_AT = textwrap.dedent("""
-    import importlib, os, signal, sys
+# Each launch is a process of its own, forked from a server that imported TensorFlow, MLflow and
+# W&B once (~9 s of CPU a launch saved). The server starts no TensorFlow runtime and lists no
+# devices: each child starts its own, as a new process would. Its only threads at the fork are
+# OpenBLAS's and jemalloc's (pyarrow), which both handle fork. A launch's output goes to its log.
+FORK_SERVER = textwrap.dedent("""
+    import importlib, json, os, signal, sys, time, traceback
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as cli._quiet_tensorflow, before the import
+    import tensorflow, mlflow.tracking, wandb
     from resnet_train import cli
+    from resnet_train.report import plots, tracking_mlflow, tracking_wandb
+    from resnet_train.training import loop
 
-    where, n = sys.argv.pop(1), int(sys.argv.pop(1))
-    sys.argv[0] = "resnet-train"
-    cli._quiet_tensorflow()
-    where = {"save": "resnet_train.training.checkpoint:Checkpointer.save",
-             "commit": "resnet_train.report.metrics:Reporter.commit"}.get(where, where)
-    after = where.endswith("+")
-    module, _, name = where.rstrip("+").partition(":")
-    owner = importlib.import_module(module)
-    *path, attribute = name.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    original, calls = getattr(owner, attribute), [0]
+    def kill_at(where, n):
+        where = {"save": "resnet_train.training.checkpoint:Checkpointer.save",
+                 "commit": "resnet_train.report.metrics:Reporter.commit"}.get(where, where)
+        after = where.endswith("+")
+        module, _, name = where.rstrip("+").partition(":")
+        owner = importlib.import_module(module)
+        *path, attribute = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original, calls = getattr(owner, attribute), [0]
 
-    def killed_at_n(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == n and not after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = original(*args, **kwargs)
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
+        def killed_at_n(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n and not after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if calls[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
 
-    setattr(owner, attribute, killed_at_n)
-    cli.train()
+        setattr(owner, attribute, killed_at_n)
+
+    for line in iter(sys.stdin.readline, ""):
+        where, n, log, args = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the launch: it never returns to this loop
+            code = 1
+            try:
+                out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                cli.PROCESS_START = time.time()
+                kill_at(where, n)
+                sys.argv = ["resnet-train", *args]
+                cli.train()
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), flush=True)
+    os._exit(0)  # (no interpreter shutdown: nothing to clean up)
 """)
 
 
-def killed_at(where, n, *args, env):
-    done = subprocess.run(
-        [sys.executable, "-c", KILLED_AT, where, str(n), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+class Launcher:
+    """killed_at(where, n, *args): resnet-train with `args` in a new process, which must die of
+    SIGKILL at that point."""
+
+    def __init__(self, folder, env):
+        self.folder, self.launches = folder, 0
+        self.server_log = open(folder / "fork_server.log", "w")
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", FORK_SERVER],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.server_log,
+        )
+
+    def killed_at(self, where, n, *args):
+        self.launches += 1
+        log = self.folder / f"launch{self.launches}.log"
+        self.server.stdin.write(json.dumps([where, n, str(log), args]) + "\n")
+        self.server.stdin.flush()
+        ready, _, _ = select.select([self.server.stdout], [], [], 300)
+        reply = self.server.stdout.readline() if ready else ""
+        assert reply, f"no answer from the fork server: {(self.folder / 'fork_server.log').read_text()[-3000:]}"
+        assert int(reply) == -signal.SIGKILL, log.read_text()[-3000:]
+
+    def close(self):
+        self.server.stdin.close()  # the server ends at the end of its input
+        self.server.stdout.close()
+        try:
+            self.server.wait(timeout=60)
+        finally:
+            if self.server.poll() is None:
+                self.server.kill()
+                self.server.wait()
+            self.server_log.close()
 
 
 def wandb_records(path):
@@ -112,6 +171,13 @@ def tracking_env(tmp_path):
     return {**os.environ, "HOME": str(tmp_path / "home")}
 
 
+@pytest.fixture
+def launcher(tmp_path, tracking_env):
+    started = Launcher(tmp_path, tracking_env)
+    yield started
+    started.close()
+
+
 # After the last checkpoint (step 16): killed in the trackers' delivery, once log_batch returned
 # (MLflow has train@16, tracking.json does not say so); drawing the pictures (no results.json yet);
 # with results.json written, before the trackers got the end; then, rerun as finished, in MLflow's
@@ -126,21 +192,21 @@ AFTER_THE_LAST_CHECKPOINT = (
 
 
 def test_a_run_killed_at_every_point_is_one_finished_tracked_run_with_every_step_once(
-    tmp_path, tracking_env, cli, monkeypatch
+    tmp_path, tracking_env, launcher, cli, monkeypatch
 ):
     run, store, wandb_dir = tmp_path / "run", (tmp_path / "mlruns").as_uri(), tmp_path / "wb"
     args = (*TRACKED, f"mlflow.tracking_uri={store}", f"wandb.dir={wandb_dir}", f"hydra.run.dir={run}")
     # 1: killed in epoch 2's checkpoint save, its records already in metrics.jsonl (step 8).
-    killed_at("save", 2, *args, env=tracking_env)
+    launcher.killed_at("save", 2, *args)
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [4, 4, 8, 8]
     # 2: resumed at step 4 (epoch 2 redone), killed after epoch 3's checkpoint, before its records were sent.
-    killed_at("commit", 2, *args, env=tracking_env)
+    launcher.killed_at("commit", 2, *args)
     sent = json.loads((run / "tracking.json").read_text())
     assert sent["mlflow"]["sent"] == ["eval@4", "eval@8", "train@4", "train@8"]
     assert sent["wandb"]["sent"] == []  # no W&B session finished yet
     # 3-7: resumed at step 12, epoch 4 trained, then killed at each point after its checkpoint.
     for where, n in AFTER_THE_LAST_CHECKPOINT:
-        killed_at(where, n, *args, env=tracking_env)
+        launcher.killed_at(where, n, *args)
         assert (run / "results.json").exists() == (where.endswith(("finish", "file", "close")))
     assert json.loads((run / "tracking.json").read_text())["mlflow"]["sent"] == sorted(
         f"{split}@{step}" for split in ("train", "eval") for step in (4, 8, 12, 16)
@@ -202,10 +268,13 @@ def test_a_run_killed_at_every_point_is_one_finished_tracked_run_with_every_step
     assert again.returncode == 0 and len(list((wandb_dir / "wandb").glob("offline-run-*"))) == 8
 
 
-def test_tensorboard_can_be_left_out_and_the_confusion_matrix_is_drawn(tmp_path, cli):
+# A run without loggers, trained once for the module (conftest's `trained`): each test gets a copy.
+UNTRACKED = (*TINY, "epochs=1", "logger=[]")
+
+
+def test_tensorboard_can_be_left_out_and_the_confusion_matrix_is_drawn(tmp_path, trained):
     run = tmp_path / "run"
-    done = cli(*TINY, "epochs=1", "logger=[]", f"hydra.run.dir={run}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    trained(run, *UNTRACKED)
     assert not (run / "tensorboard").exists() and not (run / "tracking.json").exists()
     assert (run / "confusion_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -389,16 +458,20 @@ def test_secrets_stay_out_of_the_trackers_params_and_the_log(tmp_path, cli, monk
 
 
 @pytest.mark.parametrize("store", ["default", "sqlite"])
-def test_mlflow_defaults_to_a_local_mlruns_store_and_takes_a_sqlite_uri(tmp_path, cli, monkeypatch, store):
+def test_mlflow_defaults_to_a_local_mlruns_store_and_takes_a_sqlite_uri(tmp_path, trained, cli, monkeypatch, store):
     """README: mlflow.tracking_uri=null is ./mlruns where the command runs; any URI works, a sqlite
-    database (MLflow's SQLAlchemy store) included."""
+    database (MLflow's SQLAlchemy store) included. The command: a finished run without trackers,
+    rerun with logger=[mlflow], which opens the tracker as a training run does (open_trackers) and
+    sends it every record, the results, the files and FINISHED (tracking.complete)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's client reads the file store too
     uri = (tmp_path / "mlruns").as_uri() if store == "default" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     chosen = [] if store == "default" else [f"mlflow.tracking_uri={uri}"]
-    done = cli(*TINY, "epochs=1", "logger=[mlflow]", *chosen, f"hydra.run.dir={tmp_path / 'run'}")
+    trained(tmp_path / "run", *UNTRACKED)
+    done = cli(*UNTRACKED[:-1], "logger=[mlflow]", *chosen, f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert found.info.status == "FINISHED" and "results/test/accuracy" in found.data.metrics
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "eval/loss")] == [4]
     assert json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]["tracking_uri"] == uri
