@@ -32,7 +32,8 @@ class MlflowTracker:
             # local store is what users of a laptop or a cluster's shared disk get by default.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         # The URI's password never leaves the client: tracking.json, the log and errors get it as ***.
-        self.client, self.uri = MlflowClient(tracking_uri=uri), redact.uri(uri)
+        with _creating(uri):  # a new file store's client writes its Default experiment: one at a time
+            self.client, self.uri = MlflowClient(tracking_uri=uri), redact.uri(uri)
         here = str(workdir.resolve())
         run = self._existing(saved, uri)
         self.held = {}  # metric key -> the steps the run has: what a killed session sent is not sent twice
