@@ -125,7 +125,7 @@ SLOW_SECONDS = 1.0
 # so every test using one is slow, whichever of them would ask first.
 SLOW_FIXTURES = frozenset(
     ("trained", "trained_copy", "uninterrupted", "ema_run", "single", "source", "small_run", "imagenet_run")
-    + ("cli_exports", "together", "chain")
+    + ("cli_exports", "together", "chain", "augmented")
 )
 DURATIONS = Path(__file__).with_name("durations.json")
 _measured: dict[str, float] = {}
