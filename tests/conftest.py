@@ -409,23 +409,23 @@ def _clean_state(monkeypatch, request):
     with no process it started still running."""
     from tensorflow.python.framework import config as tf_config
 
-    environ = dict(os.environ)
-    for key, value in RESET_ENV.items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv(leaks.TEST_MARK, request.node.nodeid)
-    tf_config.disable_op_determinism()
-    yield
-    tf_config.disable_op_determinism()
-    wandb = sys.modules.get("wandb")  # (None where a test hid it)
-    if wandb is not None:  # its service process, kept for this process's next run, ends as at exit
-        wandb.teardown()
-    left = leaks.outliving(leaks.TEST_MARK, request.node.nodeid, grace_s=30)
-    monkeypatch.undo()
-    os.environ.clear()
-    os.environ.update(environ)
+    from resnet_train.runtime import environ_restored
+
+    with environ_restored():  # TensorFlow started in pytest_configure: everything is put back
+        for key, value in RESET_ENV.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        monkeypatch.setenv(leaks.TEST_MARK, request.node.nodeid)
+        tf_config.disable_op_determinism()
+        yield
+        tf_config.disable_op_determinism()
+        wandb = sys.modules.get("wandb")  # (None where a test hid it)
+        if wandb is not None:  # its service process, kept for this process's next run, ends as at exit
+            wandb.teardown()
+        left = leaks.outliving(leaks.TEST_MARK, request.node.nodeid, grace_s=30)
+        monkeypatch.undo()
     if left:
         pytest.fail("processes this test started outlived it (killed now):\n" + "\n".join(left), pytrace=False)
 

@@ -238,7 +238,7 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
                  epoch + 1, run.cfg.checkpoint.best_metric, run.eval_split, " (EMA weights)" * trainer.has_ema,
                  run.cfg.early_stop.min_delta, run.cfg.early_stop.patience)  # fmt: skip
     timed = time.perf_counter()  # after the last epoch, _pictures draws them
-    if run.rt.is_chief and state.curves.epoch_ended(last=timing["stopping"]):
+    if run.rt.is_chief and state.curves.epoch_ended(last=timing["stopping"] and epoch + 1 < run.epochs):
         overhead["curves"] = time.perf_counter() - timed
     if timing["stopping"] and epoch + 1 < run.epochs:  # the epoch's checkpoint is the stop point
         raise Preempted(
