@@ -579,6 +579,57 @@ CASES = [
         None,
         {},
     ),
+    (
+        "prune sparsity 1",
+        "resnet-train",
+        ["prune.sparsity=1.0"],
+        T + "prune.sparsity must be in [0, 1), the final fraction of zero weights; 0: off (got 1)",
+        "existing",
+        {},
+    ),
+    (
+        "prune scope unknown",
+        "resnet-train",
+        ["prune.sparsity=0.5", "prune.scope=channel"],
+        T + "prune.scope must be layer or global (got 'channel')",
+        "existing",
+        {},
+    ),
+    (
+        "prune window backwards",
+        "resnet-train",
+        ["prune.sparsity=0.5", "prune.start=0.6", "prune.end=0.4"],
+        T + "prune.start and prune.end must satisfy 0 <= start < end within [0, 1] (got 0.6 and 0.4)",
+        "existing",
+        {},
+    ),
+    (
+        "prune with ema",
+        "resnet-train",
+        ["prune.sparsity=0.5", "ema.decay=0.99"],
+        T + "prune.sparsity does not combine with ema.decay: the averaged weights the tools use would not hold the "
+        "pruned zeros; prune without ema.decay",
+        "existing",
+        {},
+    ),
+    (
+        "prune window past the run",
+        "resnet-train",
+        [*TINY, "epochs=1", "prune.sparsity=0.5", "prune.unit=step", "prune.end=100"],
+        T + "prune.start and prune.end (unit step: steps 0 and 100) must make a window inside the run's 4 steps, "
+        "start before end",
+        "fresh",
+        {},
+    ),
+    (
+        "prune excludes no such layer",
+        "resnet-train",
+        [*TINY, "epochs=1", "prune.sparsity=0.5", "prune.exclude=[stem,logits]"],
+        T + "prune.exclude names no conv or dense layer of cifar_resnet8: stem (its 10: stem_conv, "
+        "stage1_block1_conv1, ..., logits; `resnet-eval` lists them all)",
+        "fresh",
+        {},
+    ),
 ]
 
 

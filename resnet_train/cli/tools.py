@@ -37,6 +37,12 @@ def _eval(cfg) -> float:
             ("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
             ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None),
         )
+        sparsity = result["sparsity"]
+        print(
+            f"sparsity: {sparsity['overall']:.1%} of the {sparsity['weights']:,} conv and dense kernel weights are zero"
+        )
+        if sparsity["overall"]:
+            print("per-layer sparsity:", ", ".join(f"{name} {s:.1%}" for name, s in sparsity["layers"].items()))
         print("Wrote " + " and ".join(result["files"]))
         return result["accuracy"]
 

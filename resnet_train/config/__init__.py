@@ -98,16 +98,13 @@ def validate(cfg) -> None:
         raise ConfigError(
             f"data.sampling must be natural or balanced (each class equally often) (got {cfg.data.sampling!r})"
         )
-    if cfg.finetune.normalization not in ("source", "data"):
-        raise ConfigError(
-            f"finetune.normalization must be source (the init_from model's input statistics) or data (this "
-            f"dataset's) (got {cfg.finetune.normalization!r})"
-        )
+    _finetune(cfg.finetune)
     _runtime(cfg.runtime)
     _checkpoint(cfg.checkpoint)
     _early_stop(cfg.early_stop, cfg.data.val_split)
     _log(cfg.log)
     _tracking(cfg)
+    _prune(cfg.prune, cfg.ema.decay)
     # A warm-up longer than the run, where comparable before the data is read (same units).
     schedules.check_warmup_fits(cfg)
 
@@ -142,6 +139,14 @@ def _runtime(r) -> None:
         raise ConfigError(
             "runtime.devices is not used under runtime=multi_worker (each worker uses its own "
             "GPUs, or its CPU): remove it"
+        )
+
+
+def _finetune(f) -> None:
+    if f.normalization not in ("source", "data"):
+        raise ConfigError(
+            f"finetune.normalization must be source (the init_from model's input statistics) or data (this "
+            f"dataset's) (got {f.normalization!r})"
         )
 
 
@@ -191,6 +196,28 @@ def _early_stop(e, val_split) -> None:
         )
     if e.min_delta < 0:
         raise ConfigError(f"early_stop.min_delta must be >= 0 (got {e.min_delta:g})")
+
+
+def _prune(p, ema_decay) -> None:
+    if not 0.0 <= p.sparsity < 1.0:
+        raise ConfigError(
+            f"prune.sparsity must be in [0, 1), the final fraction of zero weights; 0: off (got {p.sparsity:g})"
+        )
+    if p.scope not in ("layer", "global"):
+        raise ConfigError(f"prune.scope must be layer or global (got {p.scope!r})")
+    if p.unit not in ("fraction", "epoch", "step"):
+        raise ConfigError(f"prune.unit must be fraction (of the run's steps), epoch or step (got {p.unit!r})")
+    _at_least("prune.frequency", p.frequency, 1)
+    if not 0 <= p.start < p.end or (p.unit == "fraction" and p.end > 1):
+        within = " within [0, 1]" if p.unit == "fraction" else ""
+        raise ConfigError(
+            f"prune.start and prune.end must satisfy 0 <= start < end{within} (got {p.start:g} and {p.end:g})"
+        )
+    if p.sparsity and ema_decay is not None:  # the tools deploy the averages, which would not be sparse
+        raise ConfigError(
+            "prune.sparsity does not combine with ema.decay: the averaged weights the tools use would not hold the "
+            "pruned zeros; prune without ema.decay"
+        )
 
 
 def step_batch(cfg) -> int:

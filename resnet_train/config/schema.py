@@ -24,6 +24,7 @@ from resnet_train.config.data_schema import (
     TfrecordDataConfig,
 )
 from resnet_train.config.hints import with_hint
+from resnet_train.config.prune_schema import PruneConfig
 
 
 # --- model -----------------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Where each epoch's metrics go besides metrics.jsonl: tensorboard, mlflow, wandb (any of them).

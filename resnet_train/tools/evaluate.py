@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from resnet_train.errors import DataError
 from resnet_train.report import class_metrics
+from resnet_train.training.prune import kernel_sparsity
 from resnet_train.training.trainer import top_k
 
 
@@ -115,6 +116,7 @@ def evaluate_run(run_dir, checkpoint="auto", split="test", data_overrides=None, 
             "tta": tta or "none",
             "confusion_matrix": confusion.tolist(),
             "class_names": run.info.class_names,
+            "sparsity": kernel_sparsity(run.model),  # the zeros pruning left in the weights evaluated
         }
     )
     write_json(out / f"{name}.json", summary)

@@ -37,6 +37,8 @@ def results(run, state, final: dict, started: float) -> dict:
         "checkpoint": run.checkpointer.latest if run.rt.is_chief else None,
         "config_hash": run_dir.config_hash(run.cfg),
     }
+    if run.trainer.pruner is not None:  # the masks' share of zeros in the pruned kernels
+        results["sparsity"] = run.trainer.pruner.sparsity()
     if final["test_ema"] is not None:
         results["test_ema"] = final["test_ema"]
     metric = run.cfg.checkpoint.best_metric

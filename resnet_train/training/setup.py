@@ -21,7 +21,7 @@ from resnet_train.report.metrics import NullReporter, Reporter, best_logged, bes
 from resnet_train.report.step_log import StepLog
 from resnet_train.runtime import devices as runtime
 from resnet_train.runtime import onednn, threads, tuning
-from resnet_train.training import early_stop, finetune, inputs, pretrained, resolved, run_dir, selection
+from resnet_train.training import early_stop, finetune, inputs, pretrained, prune, resolved, run_dir, selection
 from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.inputs import Input
 from resnet_train.training.interrupts import StopRequests
@@ -224,6 +224,7 @@ def _model_and_trainer(cfg, workdir: Path, rt, data: Input, xla: bool):
         max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0),
         accumulate_steps=cfg.optimizer.accumulate_steps,
         class_weights=data.class_weights,
+        pruner=prune.from_config(cfg, model, rt.strategy, data.total_steps, data.steps_per_epoch),
     )
     return model, optimizer, trainer
 
@@ -238,7 +239,7 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
         optimizer,
         max_to_keep=cfg.checkpoint.keep,
         read_from=workdir / "checkpoints",
-        extra={"train_sums": trainer.sums},
+        extra={"train_sums": trainer.sums, **({"prune": trainer.pruner.state} if trainer.pruner else {})},
     )
     # A directory with progress (metrics, best/, damaged checkpoints set aside) but no readable
     # checkpoint is refused on every rerun, never taken for a new run.

@@ -54,6 +54,7 @@ class Trainer:
         clip_norm: float | None = None,
         accumulate_steps: int = 1,
         class_weights=None,
+        pruner=None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -62,6 +63,7 @@ class Trainer:
         self.accumulate_steps = int(accumulate_steps)
         # data.class_weights: each example's loss times its class's weight (None: all 1)
         self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+        self.pruner = pruner  # prune.Pruner: masks the kernels after every optimizer step (None: no pruning)
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm  # global norm of the summed, unscaled gradient (optim.clip_by_global_norm)
         self.decay_mask = [decayed(v, decay_bn) for v in model.trainable_variables]
@@ -171,6 +173,8 @@ class Trainer:
                 self.strategy.reduce(SUM, r, axis=None)
                 for r in self.strategy.run(self._replica_step, args=micro_batches)
             )
+            if self.pruner is not None:
+                self.pruner.after_step()
             done += 1
             if tf.math.is_finite(loss) and bad_grads == 0.0:
                 self._nonfinite.assign(0)
@@ -219,7 +223,8 @@ class Trainer:
     def train_metrics(self) -> dict:
         sums = {k: float(v.numpy()) for k, v in self._sums.items()}
         count = max(sums["count"], 1.0)
-        return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count}
+        pruned = {"sparsity": self.pruner.sparsity()} if self.pruner is not None else {}
+        return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count, **pruned}
 
     # ---- evaluation -----------------------------------------------------------------------
     def _replica_eval(self, images, labels, weights):
