@@ -625,8 +625,17 @@ CASES = [
         "prune excludes no such layer",
         "resnet-train",
         [*TINY, "epochs=1", "prune.sparsity=0.5", "prune.exclude=[stem,logits]"],
-        T + "prune.exclude names no conv or dense layer of cifar_resnet8: stem (its 10: stem_conv, "
+        T + "prune.exclude names no conv or dense layer of cifar_resnet8: stem (its 8: stem_conv, "
         "stage1_block1_conv1, ..., logits; `resnet-eval` lists them all)",
+        "fresh",
+        {},
+    ),
+    (
+        "prune with everything frozen or excluded",
+        "resnet-train",
+        [*TINY, "epochs=1", "prune.sparsity=0.5", "finetune.freeze=backbone"],
+        T + "prune.sparsity is set but no conv or dense kernel is left to prune: prune.exclude names them all, or "
+        "finetune.freeze froze the rest",
         "fresh",
         {},
     ),

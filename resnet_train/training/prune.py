@@ -74,7 +74,10 @@ class Pruner:
     def __init__(self, model, strategy, final: float, start: int, end: int, frequency: int, scope: str, exclude=()):
         layers = [layer for layer in prunable(model) if layer.name not in exclude and layer.kernel.trainable]
         if not layers:
-            raise ConfigError("prune.sparsity is set but prune.exclude leaves no conv or dense kernel to prune")
+            raise ConfigError(
+                "prune.sparsity is set but no conv or dense kernel is left to prune: prune.exclude names them all, "
+                "or finetune.freeze froze the rest"
+            )
         self.names = [layer.name for layer in layers]
         self.kernels = [layer.kernel.value for layer in layers]  # the tf.Variables (mirrored ones under a strategy)
         self.final, self.start, self.end, self.frequency = float(final), int(start), int(end), int(frequency)
