@@ -16,7 +16,10 @@ Sections:
   steps_per_execution, and for ResNet-20 oneDNN's other setting in a process of its own), and
   PyTorch eager (channels_last) when torch is installed;
 - the input pipeline alone and evaluation, as multiples of training (ImageNet-shaped JPEGs: of
-  ResNet-50's, as tfds streams them, from a folder streamed from disk, from TFRecords); start-up time.
+  ResNet-50's, as tfds streams them, from a folder streamed from disk, from TFRecords); start-up time;
+- exported ResNet-20's CPU latency at batch 1 and 32 (median, p90) as `resnet-export format=all`
+  times it: the SavedModel in TensorFlow, TFLite float and integer-only in LiteRT with XNNPACK, ONNX
+  float and int8 in onnxruntime (img/s here is the batch over the median).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
         cli_throughput,
         cpu_description,
         eval_throughput,
+        export_latency,
         file_pipelines,
         iterator_throughput,
         jpeg_bytes,
@@ -291,6 +295,17 @@ def main() -> None:
     row("pipeline ImageNet-shaped JPEG 500x375 -> 224", r, f"{r['images_per_sec'] / train50:.1f}x ResNet-50 training")
     for label, r in file_pipelines(photos, windows):
         row(label, r, f"{r['images_per_sec'] / train50:.1f}x ResNet-50 training")
+
+    from resnet_train.tools.compare import LATENCY_BATCHES, RUNTIMES
+
+    for (fmt, quantize), r in export_latency(20, (32, 32, 3), runs=10 if args.quick else 20).items():
+        for b in LATENCY_BATCHES:
+            median, p90 = r[f"b{b}_median_ms"], r[f"b{b}_p90_ms"]
+            row(
+                f"latency ResNet-20 {fmt} {quantize} b{b} ({RUNTIMES[fmt]})",
+                {"images_per_sec": b * 1e3 / median, "median_ms": median, "p90_ms": p90},
+                f"median {median:.2f} ms, p90 {p90:.2f} ms",
+            )
 
     out["startup_s"] = startup_seconds()
     print(f"start-up: {out['startup_s']:.1f} s from command to the first training step (resnet-train, ResNet-20)")

@@ -225,6 +225,33 @@ def eval_throughput(depth: int, image_shape, batch_size: int, num_classes: int =
     return timed_windows(lambda: trainer.evaluate(dist), batch_size * batches, warmup=1, windows=3, steps_per_window=1)
 
 
+EXPORTS = (("saved_model", "none"), ("tflite", "none"), ("tflite", "int8_full"), ("onnx", "none"), ("onnx", "int8"))
+
+
+def export_latency(depth: int, image_shape, num_classes: int = 10, runs: int = 20, exports=EXPORTS) -> dict:
+    """{(format, quantize): CPU latency in ms, median and p90 at batch 1 and 32}: a ResNet exported
+    by resnet-export's own code (export.export_artifact) and timed as its format=all table times
+    it (compare.latency), each in its runtime; random weights, int8 calibrated on 64 smooth images."""
+    from types import SimpleNamespace
+
+    from resnet_train import models
+    from resnet_train.tools import compare, export
+
+    image_shape = tuple(image_shape)
+    model = models.build(depth, num_classes, image_shape)
+    info = SimpleNamespace(image_shape=image_shape, class_names=[str(i) for i in range(num_classes)])
+    images = smooth_images(64, image_shape)
+    images[0, 0, 0], images[0, 0, 1] = 0, 255  # the calibrated input range: raw pixels
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        job = SimpleNamespace(run=SimpleNamespace(model=model, info=info), out_dir=Path(tmp), representative=images)
+        for fmt, quantize in exports:
+            predict = export.load_predictor(export.export_artifact(job, fmt, quantize), fmt)
+            results[fmt, quantize] = compare.latency(predict, images, runs)
+            del predict
+    return results
+
+
 def cpu_description() -> dict:
     """The CPU a measurement was made on: model name and the flags that decide TF's kernels."""
     from resnet_train.runtime.onednn import cpu_flags, cpu_identity

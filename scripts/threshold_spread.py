@@ -2,7 +2,8 @@
 
 A threshold's margin comes from the spread measured on every CPU kind met (AVX2 only, AVX-512 +
 bf16, AMX), with oneDNN on and off: run this once per setting on each new kind and put the ranges
-in the tests' comments (tests/test_finetune.py, test_runtime.py, test_models.py).
+in the tests' comments (tests/test_finetune.py, test_runtime.py, test_models.py,
+test_compress_export.py).
 
     TF_ENABLE_ONEDNN_OPTS=0 python scripts/threshold_spread.py --seeds 0 1 2 3 4 > off.json
     TF_ENABLE_ONEDNN_OPTS=1 python scripts/threshold_spread.py --seeds 0 1 2 3 4 > on.json
@@ -127,7 +128,28 @@ def fused_batch_norm(seed: int) -> dict:
     return figures
 
 
-MEASURES = {"fine_tuning": fine_tuning, "bfloat16": bfloat16, "xla": xla, "fused_batch_norm": fused_batch_norm}
+def int8(seed: int, root: Path) -> dict:
+    """tests/test_compress_export.py's run exported integer-only (TFLite) and int8 (ONNX): the test
+    accuracy each loses against the float model, and their top-1 agreement with it."""
+    from resnet_train.tools.export import export_run
+
+    tiny = ("depth=8", "batch_size=32", "epochs=8", "data.limit_train=512", "data.limit_test=100")
+    _run((*tiny, "runtime=one_device", "runtime.precision=float32", f"seed={seed}"), root / "run")
+    figures = {}
+    for fmt, quantize in (("tflite", "int8_full"), ("onnx", "int8")):
+        r = export_run(root / "run", fmt=fmt, quantize=quantize, out=root / "export")
+        figures[f"{fmt}_{quantize}_accuracy_drop"] = r["original_accuracy"] - r["accuracy"]
+        figures[f"{fmt}_{quantize}_top1_agreement"] = r["top1_agreement"]
+    return {"float_accuracy": r["original_accuracy"], **figures}
+
+
+MEASURES = {
+    "fine_tuning": fine_tuning,
+    "bfloat16": bfloat16,
+    "xla": xla,
+    "fused_batch_norm": fused_batch_norm,
+    "int8": int8,
+}
 
 
 def main(argv=None) -> int:
@@ -143,7 +165,7 @@ def main(argv=None) -> int:
     for name in args.only:
         per_seed = []
         for seed in args.seeds:
-            if name in ("fine_tuning", "bfloat16"):
+            if name in ("fine_tuning", "bfloat16", "int8"):
                 with tempfile.TemporaryDirectory() as root:
                     per_seed.append(MEASURES[name](seed, Path(root)))
             else:

@@ -164,7 +164,21 @@ def _export(cfg) -> None:
     def task():
         from resnet_train.tools.export import export_run
 
-        r = export_run(cfg.run, cfg.checkpoint, cfg.format, cfg.quantize, cfg.out, cfg.split, opset=cfg.opset)
+        r = export_run(
+            cfg.run,
+            cfg.checkpoint,
+            cfg.format,
+            cfg.quantize,
+            cfg.out,
+            cfg.split,
+            opset=cfg.opset,
+            calibration_images=cfg.calibration_images,
+            latency_runs=cfg.latency_runs,
+        )
+        if r["format"] == "all":  # the comparison table
+            print(r["markdown"], end="")
+            print("Wrote " + " and ".join(r["files"]))
+            return
         quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
         quant += f" (opset {r['opset']})" if r["opset"] else ""
         weights = " with the EMA weights" if r.get("weights") == "ema" else ""

@@ -76,6 +76,8 @@ class ExportConfig(RunToolConfig):
     opset: Optional[int] = None
     out: Optional[str] = None
     split: str = "test"
+    calibration_images: int = 200  # int8 exports' training images (export.CALIBRATION_IMAGES)
+    latency_runs: int = 20  # format=all: timed calls per batch size (compare.LATENCY_RUNS)
 
 
 @dataclass

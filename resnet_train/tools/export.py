@@ -1,9 +1,12 @@
-"""Export a trained run: SavedModel (serving signatures), .keras, TFLite (optionally quantised), ONNX.
+"""Export a trained run: SavedModel (serving signatures), .keras, TFLite (optionally quantised, down
+to integer-only: quantize_tflite.py), ONNX (optionally int8: quantize_onnx.py), or all of them in
+one table (compare.py).
 
 Every exported model takes raw images (the normalisation is inside the model) and returns
-probabilities. After exporting, the artefact is loaded back and evaluated beside the original.
-Each file (or SavedModel folder) and its class names are written under temporary names beside
-their targets and renamed into place (staged.py): a failed export leaves the previous one as it was.
+probabilities. After exporting, the artefact is loaded back and evaluated beside the original
+(artifacts.py). Each file (or SavedModel folder) and its class names are written under temporary
+names beside their targets and renamed into place (staged.py): a failed export leaves the previous
+one as it was.
 """
 
 from __future__ import annotations
@@ -12,17 +15,33 @@ import logging
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from resnet_train.data.preprocess import preprocess
 from resnet_train.errors import UserError
+from resnet_train.tools.artifacts import (
+    figures,
+    in_batches,
+    load_predictor,  # noqa: F401 -- imported from here by callers and tests
+    names_file,
+    opset_of,
+    size,
+    write_class_names,
+)
+from resnet_train.tools.export_job import Job, prepare
 from resnet_train.tools.staged import staged
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "keras", "tflite", "onnx")
-QUANTIZE = ("none", "float16", "dynamic", "int8")
+FORMATS = ("saved_model", "keras", "tflite", "onnx", "all")
+# What each format can be quantised to; format=all exports every pair (compare.py).
+QUANTIZE = {
+    "saved_model": ("none",),
+    "keras": ("none",),
+    "tflite": ("none", "float16", "dynamic", "int8", "int8_full"),
+    "onnx": ("none", "int8"),
+}
+CALIBRATION_IMAGES = 200  # training images an int8 export calibrates on (fewer if the split is smaller)
 
 
 def serving_functions(model, image_shape):
@@ -54,11 +73,6 @@ def serving_functions(model, image_shape):
     )
 
 
-def _write_class_names(path: Path, info) -> None:
-    """Beside every exported model: one class name per line, in output order."""
-    path.write_text("\n".join(info.class_names) + "\n")
-
-
 def export_saved_model(model, info, path: Path) -> Path:
     with staged(path) as (temp,):
         _write_saved_model(model, info, temp)
@@ -73,17 +87,13 @@ def _write_saved_model(model, info, path: Path) -> None:
     archive.add_endpoint("serving_default", images_fn, input_signature=images_spec)
     archive.add_endpoint("serving_encoded", encoded_fn, input_signature=encoded_spec)
     archive.write_out(str(path), verbose=False)
-    _write_class_names(path / "class_names.txt", info)
-
-
-def _names_file(path: Path) -> Path:
-    return path.with_name(path.stem + "_class_names.txt")
+    write_class_names(path / "class_names.txt", info)
 
 
 def export_keras(model, info, path: Path) -> Path:
-    with staged(path, _names_file(path)) as (temp, names):
+    with staged(path, names_file(path)) as (temp, names):
         model.save(str(temp))
-        _write_class_names(names, info)
+        write_class_names(names, info)
     return path
 
 
@@ -109,12 +119,13 @@ def _convert(converter, info, path: Path, quantize: str, representative) -> Path
         if representative is None:
             raise UserError("quantize=int8 needs a representative dataset (training images)")
         # Weights and activations in int8; calibrated on training images. Input stays uint8
-        # images and the output float probabilities, as in the other formats.
+        # images and the output float probabilities, as in the other formats; an op without an
+        # int8 kernel stays float (quantize=int8_full refuses such a model).
         converter.representative_dataset = lambda: ([x[None]] for x in representative)
     converted = converter.convert()
-    with staged(path, _names_file(path)) as (temp, names):
+    with staged(path, names_file(path)) as (temp, names):
         temp.write_bytes(converted)
-        _write_class_names(names, info)
+        write_class_names(names, info)
     return path
 
 
@@ -131,71 +142,70 @@ def export_onnx(model, info, path: Path, opset: int | None = None) -> Path:
     tf2onnx on a traced function rather than Keras' model.export(format="onnx"): Keras' export
     (tf2onnx underneath) traces the model's float32 keras.Input, not the uint8 images every other
     format takes, and offers no opset choice."""
+    with staged(path, names_file(path)) as (temp, names):
+        _write_onnx(model, info, temp, opset)
+        write_class_names(names, info)
+    return path
+
+
+def _write_onnx(model, info, path: Path, opset: int | None) -> None:
     import tf2onnx
 
     images_fn, _, images_spec, _ = serving_functions(model, info.image_shape)
     traced = tf.function(images_fn, input_signature=images_spec)
-    with staged(path, _names_file(path)) as (temp, names):
-        tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(temp))
-        _write_class_names(names, info)
-    return path
+    tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(path))
 
 
-# ---- loading exported models back, as predictors: uint8 batch -> probabilities ---------------
-def load_predictor(path: Path, fmt: str):
-    if fmt == "saved_model":
-        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-        return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
-    if fmt == "keras":
-        model = keras.saving.load_model(str(path), safe_mode=True)
-        return lambda images: tf.nn.softmax(model(images, training=False)).numpy()
-    if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda images: session.run(["probabilities"], {"images": np.asarray(images, np.uint8)})[0]
-    # LiteRT's interpreter: tf.lite.Interpreter is deprecated (and announced for removal).
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-
-    def run(images):
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, images.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, images.astype(np.uint8))
-        interpreter.invoke()
-        outputs = interpreter.get_output_details()
-        probs = next(o for o in outputs if len(o["shape"]) == 2 and o["dtype"] != np.int64)
-        return interpreter.get_tensor(probs["index"]).astype(np.float32)
-
-    return run
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-
-
-def check_options(fmt: str, quantize: str = "none", opset: int | None = None) -> None:
-    """Refuses a format, quantisation or opset that cannot be exported, before any work."""
+def check_options(fmt, quantize="none", opset=None, calibration_images=1, latency_runs=1) -> None:
+    """Refuses a format, quantisation, opset or count that cannot be exported, before any work."""
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    if quantize not in QUANTIZE:
-        raise UserError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
-    if quantize != "none" and fmt != "tflite":
-        raise UserError(f"quantize={quantize} applies to format=tflite only")
-    if opset is not None and fmt != "onnx":
+    every = list(dict.fromkeys(q for qs in QUANTIZE.values() for q in qs))
+    if quantize not in every:
+        raise UserError(f"quantize must be one of {', '.join(every)} (got {quantize!r})")
+    if fmt == "all" and quantize != "none":
+        raise UserError(f"format=all exports every quantisation of every format: leave out quantize={quantize}")
+    if fmt != "all" and quantize not in QUANTIZE[fmt]:
+        takers = " or ".join(f for f, qs in QUANTIZE.items() if quantize in qs)
+        raise UserError(f"quantize={quantize} applies to format={takers} only")
+    if opset is not None and fmt not in ("onnx", "all"):
         raise UserError(f"opset={opset} applies to format=onnx only")
-    if fmt != "onnx":
+    if calibration_images < 1:
+        raise UserError(f"calibration_images must be at least 1 training image (got {calibration_images})")
+    if latency_runs < 1:
+        raise UserError(f"latency_runs must be at least 1 timed call (got {latency_runs})")
+    if fmt not in ("onnx", "all"):
         return
     try:
         import onnxruntime  # noqa: F401
         import tf2onnx  # noqa: F401
     except ImportError as e:
-        raise UserError(f"format=onnx needs tf2onnx and onnxruntime ({e}): pip install 'resnet-train[onnx]'") from e
+        raise UserError(f"format={fmt} needs tf2onnx and onnxruntime ({e}): pip install 'resnet-train[onnx]'") from e
     if opset is not None and opset not in onnx_opsets():
         opsets = onnx_opsets()
         raise UserError(f"opset must be an ONNX opset from {opsets[0]} to {opsets[-1]} (got {opset})")
+
+
+def export_artifact(job: Job, fmt: str, quantize: str = "none", opset: int | None = None) -> Path:
+    """Writes one export of the job's run into its folder; returns its path."""
+    model, info, out = job.run.model, job.run.info, job.out_dir
+    if fmt == "saved_model":
+        return export_saved_model(model, info, out / "saved_model")
+    if fmt == "keras":
+        return export_keras(model, info, out / "model.keras")
+    if fmt == "onnx" and quantize == "int8":
+        from resnet_train.tools import quantize_onnx
+
+        write = lambda path: _write_onnx(model, info, path, opset)  # noqa: E731
+        return quantize_onnx.export_int8(write, info, out / "model_int8.onnx", job.representative)
+    if fmt == "onnx":
+        return export_onnx(model, info, out / "model.onnx", opset)
+    path = out / ("model.tflite" if quantize == "none" else f"model_{quantize}.tflite")
+    if quantize == "int8_full":
+        from resnet_train.tools.quantize_tflite import export_int8_full
+
+        return export_int8_full(model, info, path, job.representative)
+    return export_tflite(model, info, path, quantize, job.representative if quantize == "int8" else None)
 
 
 def export_run(
@@ -208,81 +218,31 @@ def export_run(
     batch_size=64,
     ema=None,
     opset=None,
+    calibration_images=CALIBRATION_IMAGES,
+    latency_runs=20,
 ) -> dict:
     """Exports, reloads, evaluates the exported model beside the original; returns a summary.
-    A run trained with ema.decay exports its EMA weights (ema=False: the raw ones)."""
-    from resnet_train.data import pipeline
-    from resnet_train.tools.evaluate import eval_split
-    from resnet_train.training.runs import load_run
+    A run trained with ema.decay exports its EMA weights (ema=False: the raw ones). format=all
+    exports every format and quantisation and returns compare.py's table of them."""
+    check_options(fmt, quantize, opset, calibration_images, latency_runs)
+    job = prepare(run_dir, checkpoint, split, batch_size, ema, out, calibration_images)
+    if fmt == "all":
+        from resnet_train.tools import compare
 
-    check_options(fmt, quantize, opset)
-    run = load_run(run_dir, checkpoint, ema)
-    if run.weights == "ema":
-        log.info("Exporting the moving-average (EMA) weights of %s", run.checkpoint)
-    out_dir = _folder(Path(out) if out else run.run_dir / "export")
-    ds, size, info = eval_split(run.cfg, run.info, None, split)
-    images, labels = _as_arrays(
-        pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
-    )
-    if fmt == "saved_model":
-        path = export_saved_model(run.model, run.info, out_dir / "saved_model")
-    elif fmt == "keras":
-        path = export_keras(run.model, run.info, out_dir / "model.keras")
-    elif fmt == "onnx":
-        path = export_onnx(run.model, run.info, out_dir / "model.onnx", opset)
-    else:
-        representative = None
-        if quantize == "int8":
-            train, _, _ = eval_split(run.cfg, run.info, None, "train")
-            representative = _as_arrays(
-                pipeline.eval_batches(train.take(200), batch_size, pipeline.eval_preprocess(info))
-            )[0]
-        suffix = "" if quantize == "none" else f"_{quantize}"
-        path = export_tflite(run.model, run.info, out_dir / f"model{suffix}.tflite", quantize, representative)
-    exported = _in_batches(load_predictor(path, fmt), images, batch_size)
-    original = _in_batches(lambda x: tf.nn.softmax(run.model(x, training=False)).numpy(), images, batch_size)
+        return compare.compare(job, export_artifact, opset, latency_runs)
+    return summary(job, fmt, quantize, export_artifact(job, fmt, quantize, opset))
+
+
+def summary(job: Job, fmt: str, quantize: str, path: Path) -> dict:
+    """An export loaded back and evaluated on the job's images beside the original."""
+    exported = in_batches(load_predictor(path, fmt), job.images, job.batch_size)
     return {
         "format": fmt,
         "quantize": quantize,
-        "opset": _opset_of(path) if fmt == "onnx" else None,
-        "weights": run.weights,
+        "opset": opset_of(path) if fmt == "onnx" else None,
+        "weights": job.run.weights,
         "path": str(path),
-        "bytes": _size(path),
-        "split": split,
-        "examples": int(len(labels)),
-        "accuracy": float(np.mean(exported.argmax(1) == labels)),
-        "original_accuracy": float(np.mean(original.argmax(1) == labels)),
-        "max_probability_difference": float(np.abs(exported - original).max()),
-        "top1_agreement": float(np.mean(exported.argmax(1) == original.argmax(1))),
+        "bytes": size(path),
+        "split": job.split,
+        **figures(exported, job.original, job.labels),
     }
-
-
-def _folder(out_dir: Path) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the export folder {out_dir} ({e.strerror}): choose another out=DIR") from None
-    return out_dir
-
-
-def _in_batches(predict, images, batch_size):
-    return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
-def _opset_of(path: Path) -> int:
-    """The default-domain opset an ONNX file was written with (what a runtime must support)."""
-    import onnx
-
-    return next(
-        o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")
-    )
-
-
-def _as_arrays(batches):
-    images, labels = [], []
-    for batch in batches:
-        x, y, *rest = batch
-        keep = rest[0].numpy() > 0 if rest else slice(None)
-        images.append(x.numpy()[keep])
-        labels.append(y.numpy()[keep])
-    return np.concatenate(images), np.concatenate(labels)

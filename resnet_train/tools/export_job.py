@@ -1,0 +1,76 @@
+"""A run loaded for export (export.py): its model, the labelled images every export of it is
+evaluated on, the original model's probabilities on them, and the training images int8 exports
+calibrate on, each computed once however many exports (format=all) use it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from resnet_train.errors import UserError
+from resnet_train.tools.artifacts import as_arrays, in_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """A run loaded for export, with the labelled images every export of it is measured on."""
+
+    run: object  # training.runs.LoadedRun
+    out_dir: Path
+    split: str
+    batch_size: int
+    images: np.ndarray
+    labels: np.ndarray
+    calibration_images: int
+
+    @cached_property
+    def original(self) -> np.ndarray:
+        """The run's own model's probabilities on `images`: what every export is compared with."""
+        model = self.run.model
+        return in_batches(lambda x: tf.nn.softmax(model(x, training=False)).numpy(), self.images, self.batch_size)
+
+    @cached_property
+    def representative(self) -> np.ndarray:
+        """The first calibration_images training images (fewer if the split is smaller), as
+        evaluation sees them (no augmentation): every int8 export calibrates on these."""
+        from resnet_train.data import pipeline
+        from resnet_train.tools.evaluate import eval_split
+
+        train, _, info = eval_split(self.run.cfg, self.run.info, None, "train")
+        batches = pipeline.eval_batches(
+            train.take(self.calibration_images), self.batch_size, pipeline.eval_preprocess(info)
+        )
+        images = as_arrays(batches)[0]
+        log.info("Calibrating on %d training images", len(images))
+        return images
+
+
+def prepare(run_dir, checkpoint, split, batch_size, ema, out, calibration_images) -> Job:
+    from resnet_train.data import pipeline
+    from resnet_train.tools.evaluate import eval_split
+    from resnet_train.training.runs import load_run
+
+    run = load_run(run_dir, checkpoint, ema)
+    if run.weights == "ema":
+        log.info("Exporting the moving-average (EMA) weights of %s", run.checkpoint)
+    out_dir = _folder(Path(out) if out else run.run_dir / "export")
+    ds, count, info = eval_split(run.cfg, run.info, None, split)
+    images, labels = as_arrays(
+        pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), count, info.image_shape)
+    )
+    return Job(run, out_dir, split, batch_size, images, labels, calibration_images)
+
+
+def _folder(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the export folder {out_dir} ({e.strerror}): choose another out=DIR") from None
+    return out_dir
