@@ -100,18 +100,6 @@ def _files(path: Path):
     return sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
 
 
-def kernel_sparsity(model) -> float:
-    """The fraction of exact zeros in the conv and dense kernels (what a pruned run holds)."""
-    kernels = [w.numpy() for layer in model.layers for w in layer.weights if _is_kernel(layer, w)]
-    return float(sum(np.count_nonzero(k == 0) for k in kernels) / max(1, sum(k.size for k in kernels)))
-
-
-def _is_kernel(layer, weight) -> bool:
-    import keras
-
-    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and weight.path.endswith("kernel")
-
-
 def in_batches(predict, images, batch_size):
     return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 

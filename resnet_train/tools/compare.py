@@ -29,11 +29,11 @@ from resnet_train.tools.artifacts import (
     figures,
     gzip_size,
     in_batches,
-    kernel_sparsity,
     load_predictor,
     size,
 )
 from resnet_train.tools.staged import staged
+from resnet_train.training.prune import kernel_sparsity  # resnet-eval's measure of the zeros
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def latency(predict, images, runs: int = LATENCY_RUNS) -> dict:
 def compare(job, export_artifact, opset, latency_runs: int = LATENCY_RUNS) -> dict:
     """Exports every ARTIFACTS pair with export_artifact(job, fmt, quantize, opset) (export.py's,
     handed in: this module sits under it), measures each, writes the table; returns it."""
-    sparsity = kernel_sparsity(job.run.model)
+    sparsity = kernel_sparsity(job.run.model)["overall"]
     rows = []
     for fmt, quantize in ARTIFACTS:
         path = export_artifact(job, fmt, quantize, opset)
