@@ -687,6 +687,50 @@ CASES = [
         None,
         {},
     ),
+    (
+        "distillation temperature 0",
+        "resnet-train",
+        ["distill.temperature=0"],
+        T + "distill.temperature must be > 0, e.g. 4 (got 0)",
+        "existing",
+        {},
+    ),
+    (
+        "distillation alpha above 1",
+        "resnet-train",
+        ["distill.alpha=1.5"],
+        T + "distill.alpha must be in [0, 1], the soft targets' weight in the loss (got 1.5)",
+        "existing",
+        {},
+    ),
+    (
+        "teacher with other classes",
+        "resnet-train",
+        [*TINY, "data.classes=[0,1,2]", "distill.teacher={existing}"],
+        T + "distill.teacher={existing} has 10 classes (0, 1, 2, 3, ... 9); this run's data has 3 (0, 1, 2): "
+        "distil from a teacher trained on the same classes, in the same order",
+        "fresh",
+        {},
+    ),
+    (
+        "teacher given to a run trained without one",
+        "resnet-train",
+        [*TINY, "epochs=1", "distill.teacher={existing}"],
+        T + "{existing} holds a run with another config (distill.teacher: None -> {existing}): rerun with its "
+        "config to continue it, or choose a new hydra.run.dir (init_from={existing} starts a new run from its weights)",
+        "existing",
+        {},
+    ),
+    (
+        "keras.applications weights as the teacher",
+        "resnet-train",
+        ["distill.teacher=keras_applications:{root}/resnet50.h5"],
+        T + "distill.teacher=keras_applications:{root}/resnet50.h5: keras.applications weights cannot teach "
+        "directly: fine-tune them on this data first (init_from=keras_applications:{root}/resnet50.h5) and give "
+        "that run as distill.teacher",
+        "existing",
+        {},
+    ),
 ]
 
 

@@ -100,6 +100,7 @@ def validate(cfg) -> None:
         )
     _finetune(cfg.finetune)
     _runtime(cfg.runtime)
+    _distill(cfg.distill)
     _checkpoint(cfg.checkpoint)
     _early_stop(cfg.early_stop, cfg.data.val_split)
     _log(cfg.log)
@@ -147,6 +148,18 @@ def _finetune(f) -> None:
         raise ConfigError(
             f"finetune.normalization must be source (the init_from model's input statistics) or data (this "
             f"dataset's) (got {f.normalization!r})"
+        )
+
+
+def _distill(d) -> None:
+    if not d.temperature > 0:
+        raise ConfigError(f"distill.temperature must be > 0, e.g. 4 (got {d.temperature:g})")
+    if not 0.0 <= d.alpha <= 1.0:
+        raise ConfigError(f"distill.alpha must be in [0, 1], the soft targets' weight in the loss (got {d.alpha:g})")
+    if d.teacher and str(d.teacher).startswith("keras_applications:"):  # no head of our classes, no depth in it
+        raise ConfigError(
+            f"distill.teacher={d.teacher}: keras.applications weights cannot teach directly: fine-tune them on "
+            f"this data first (init_from={d.teacher}) and give that run as distill.teacher"
         )
 
 

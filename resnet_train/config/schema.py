@@ -232,6 +232,15 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    # Knowledge distillation (training/distill.py): a run directory (or a checkpoint in one) or
+    # keras_hub:NAME|DIR; null: off. The loss: (1 - alpha) CE + alpha T^2 KL(teacher/T || student/T).
+    teacher: Optional[str] = None
+    temperature: float = with_hint("a number > 0, e.g. 4", 4.0)
+    alpha: float = with_hint("the soft targets' weight, in [0, 1]", 0.5)
+
+
+@dataclass
 class TrainConfig:
     # The groups: each option brings its own schema (above) through its YAML's defaults list.
     model: Any = MISSING
@@ -256,6 +265,7 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     init_from: Optional[str] = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 GROUPS = {

@@ -27,22 +27,23 @@ HEAD = names.HEAD
 OWN_STATISTICS = (names.NORMALIZE,)  # statistics, not weights: input_normalisation sets them
 
 
-def _run_dir_of(source: Path) -> Path:
+def _run_dir_of(source: Path, key: str = "init_from") -> Path:
     """A run directory, or the run directory that holds a checkpoint path."""
     for place in (source, *source.parents):
         if (place / run_dir.CONFIG).exists():
             return place
-    raise UserError(f"init_from={source}: neither a run directory nor a checkpoint inside one")
+    raise UserError(f"{key}={source}: neither a run directory nor a checkpoint inside one")
 
 
-def _source_run(init_from):
-    """(the checkpoint path or run directory given, the run directory, its config, its DatasetInfo)."""
+def source_run(init_from, key: str = "init_from"):
+    """(the checkpoint path or run directory given, the run directory, its config, its DatasetInfo);
+    `key`: the setting that named it (init_from, distill.teacher), for the errors."""
     from resnet_train.training.runs import read_run
 
     source = Path(str(init_from)).expanduser()
     if not source.exists() and not Path(str(source) + ".index").exists():
-        raise UserError(f"init_from={source} does not exist")
-    run_dir = _run_dir_of(source)
+        raise UserError(f"{key}={source} does not exist")
+    run_dir = _run_dir_of(source, key)
     _, cfg, info = read_run(run_dir)
     return source, run_dir, cfg, info
 
@@ -51,7 +52,7 @@ def load_source(init_from):
     """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
     from resnet_train.training.runs import build_model, resolve, restore_model
 
-    source, run_dir, cfg, info = _source_run(init_from)
+    source, run_dir, cfg, info = source_run(init_from)
     checkpoint = resolve(run_dir, "auto" if source == run_dir else str(source), has_validation=bool(info.val_size))
     model = build_model(cfg, info)
     restore_model(model, checkpoint)
@@ -62,7 +63,7 @@ def source_statistics(init_from) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on the 0..255 scale that the init_from source's model normalises its inputs with."""
     if pretrained.is_pretrained(init_from):
         return pretrained.input_statistics(init_from)
-    info = _source_run(init_from)[3]
+    info = source_run(init_from)[3]
     return tuple(info.mean), tuple(info.std)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from resnet_train.training import run_dir, selection
+
+log = logging.getLogger(__name__)
 
 
 def results(run, state, final: dict, started: float) -> dict:
@@ -41,6 +44,11 @@ def results(run, state, final: dict, started: float) -> dict:
         results["sparsity"] = run.trainer.pruner.sparsity()
     if final["test_ema"] is not None:
         results["test_ema"] = final["test_ema"]
+    teacher = run.trainer.distill.record if run.trainer.distill is not None else None
+    if teacher is not None:  # distill.teacher: its identity, and test figures measured when the run started
+        results["teacher"] = teacher
+        log.info("Test accuracy: student %.4f, teacher %.4f (distill.teacher=%s)", final["test"]["accuracy"],
+                 teacher["test"]["accuracy"], teacher["source"])  # fmt: skip
     metric = run.cfg.checkpoint.best_metric
     if metric != "accuracy" and run.eval_split == "val":
         results[selection.objective_key(run.cfg)] = max(final["best"][metric] or 0.0, selected[metric])

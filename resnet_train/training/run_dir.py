@@ -39,9 +39,13 @@ RESUMABLE_CHANGES = (
     "data.manual_dir",
     "data.path",
     "init_from",
+    "distill.teacher",  # where it lives, not whether there is one (MOVED_ONLY); distill compares weights
     "epochs",
     "steps",
 )
+# Settings that may change between two values, never from or to null: a run trained with a teacher
+# continues with one (distill.check_same_teacher then compares its weights), one without, without.
+MOVED_ONLY = ("distill.teacher",)
 # What `auto` settings resolved to when the run started, beside its checkpoints: a resume on other
 # hardware keeps them (runtime.precision=auto would otherwise switch float16 <-> float32 between hosts).
 RESOLVED = Path("checkpoints") / "resolved.json"
@@ -87,10 +91,10 @@ def config_changes(saved_cfg, cfg) -> tuple[list[str], list[str]]:
     # A key the saved config lacks was added to the tool after that run: not a change of the run's.
     keys = sorted(k for k in new.keys() | old.keys() if k in old and old[k] != new.get(k, "<unset>"))
     say = {k: f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in keys}
-    return (
-        [say[k] for k in keys if not k.startswith(RESUMABLE_CHANGES)],
-        [say[k] for k in keys if k.startswith(RESUMABLE_CHANGES)],
-    )
+    resumable = {
+        k for k in keys if k.startswith(RESUMABLE_CHANGES) and (k not in MOVED_ONLY or None not in (old[k], new.get(k)))
+    }
+    return [say[k] for k in keys if k not in resumable], [say[k] for k in keys if k in resumable]
 
 
 def check_resumable(workdir: Path, cfg) -> list[str]:

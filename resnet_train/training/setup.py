@@ -21,7 +21,7 @@ from resnet_train.report.metrics import NullReporter, Reporter, best_logged, bes
 from resnet_train.report.step_log import StepLog
 from resnet_train.runtime import devices as runtime
 from resnet_train.runtime import onednn, threads, tuning
-from resnet_train.training import early_stop, finetune, inputs, pretrained, prune, resolved, run_dir, selection
+from resnet_train.training import distill, early_stop, finetune, inputs, pretrained, prune, resolved, run_dir, selection
 from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.inputs import Input
 from resnet_train.training.interrupts import StopRequests
@@ -224,6 +224,7 @@ def _model_and_trainer(cfg, workdir: Path, rt, data: Input, xla: bool):
         max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0),
         accumulate_steps=cfg.optimizer.accumulate_steps,
         class_weights=data.class_weights,
+        distill=distill.load(cfg, data, rt.strategy, workdir),  # checked against the run's own teacher
         pruner=prune.from_config(cfg, model, rt.strategy, data.total_steps, data.steps_per_epoch),
     )
     return model, optimizer, trainer
@@ -259,6 +260,7 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
     held_log.release()
     step = int(checkpointer.step.numpy()) if restored else 0
     _check_workers_agree(rt.strategy, step, workdir)
+    distill.measure(trainer.distill, workdir, step, rt, cfg.batch_size)  # the teacher's test figures, once
     return checkpointer, step
 
 

@@ -54,6 +54,7 @@ class Trainer:
         clip_norm: float | None = None,
         accumulate_steps: int = 1,
         class_weights=None,
+        distill=None,
         pruner=None,
     ):
         self.model = model
@@ -63,6 +64,7 @@ class Trainer:
         self.accumulate_steps = int(accumulate_steps)
         # data.class_weights: each example's loss times its class's weight (None: all 1)
         self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+        self.distill = distill  # distill.Distillation: the teacher's soft targets in the loss (None: none)
         self.pruner = pruner  # prune.Pruner: masks the kernels after every optimizer step (None: no pruning)
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm  # global norm of the summed, unscaled gradient (optim.clip_by_global_norm)
@@ -111,9 +113,12 @@ class Trainer:
 
     def _gradients_fn(self, images, labels):
         model, variables = self.model, self.model.trainable_variables
+        teacher = self.distill.teacher_logits(images) if self.distill is not None else None  # outside the tape
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = self._train_loss(labels, logits)
+            if teacher is not None:
+                per_example = self.distill.loss(per_example, logits, teacher)
             weighted = per_example if self.class_weights is None else per_example * self._class_weight(labels)
             loss = tf.nn.compute_average_loss(weighted, global_batch_size=self.global_batch_size)
             if self.weight_decay:
