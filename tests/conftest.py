@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts/benchmarks.py for test_bench
+import launches
 import leaks
 from helpers import CIFAR_LAYOUT, cli_in_process, compose, register_fake_archive, write_fake_cifar
 
@@ -143,6 +144,7 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     import json
 
+    launches.close()  # the fork server (this process's: each pytest-xdist worker has its own)
     if hasattr(session.config, "workerinput"):
         return
     # The controller, once every worker is done: it saw all their reports.
@@ -160,6 +162,8 @@ def pytest_sessionfinish(session):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    if launches.summary():
+        terminalreporter.write_line(launches.summary())
     for line in getattr(config, "_outlived", []):
         terminalreporter.write_line(f"FAILED: a process the suite started outlived it (killed now): {line}", red=True)
 
@@ -177,6 +181,7 @@ def pytest_configure(config):
     _quiet_tensorflow()
     _pin_onednn()
     _pinned_tuning()
+    launches.configure(SESSION_DIR, dict(os.environ))  # the environment every test starts from
     _two_logical_cpus()
 
 
@@ -424,7 +429,8 @@ def _clean_state(monkeypatch, request):
         wandb = sys.modules.get("wandb")  # (None where a test hid it)
         if wandb is not None:  # its service process, kept for this process's next run, ends as at exit
             wandb.teardown()
-        left = leaks.outliving(leaks.TEST_MARK, request.node.nodeid, grace_s=30)
+        left = launches.outliving(request.node.nodeid, grace_s=30)
+        left += leaks.outliving(leaks.TEST_MARK, request.node.nodeid, grace_s=30)
         monkeypatch.undo()
     if left:
         pytest.fail("processes this test started outlived it (killed now):\n" + "\n".join(left), pytrace=False)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import io
 import re
 import socket
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
+import launches
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,9 +90,12 @@ def compose(*overrides):
     return load_config(overrides)
 
 
-def run_cli(*args, timeout=300, cwd=None):
-    """Runs the installed `resnet-train` with overrides; returns the CompletedProcess."""
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT)
+def run_cli(*args, timeout=300, cwd=None, fresh=False):
+    """Runs the installed `resnet-train` with overrides (forked from the suite's server, launches.py,
+    unless `fresh`: a new interpreter); returns the CompletedProcess."""
+    return launches.run(
+        [str(CLI), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, fresh=fresh
+    )
 
 
 # What a test does not mean to vary is pinned: runtime=auto / precision=auto would pick another
@@ -168,8 +171,8 @@ def free_ports(n):
             s.close()
 
 
-def run_on_free_ports(n, launches, logs: Path, timeout=300, attempts=3):
-    """Runs to their end the processes `launches(ports)` lists (Popen's keyword arguments, one dict
+def run_on_free_ports(n, commands, logs: Path, timeout=300, attempts=3):
+    """Runs to their end the processes `commands(ports)` lists (Popen's keyword arguments, one dict
     each) on `n` free ports: [(exit code, stdout, stderr)] per process. Their output goes to files
     in `logs` (nothing blocks on a full pipe while another process is awaited).
 
@@ -179,10 +182,10 @@ def run_on_free_ports(n, launches, logs: Path, timeout=300, attempts=3):
         ports = free_ports(n)
         procs, files = [], []
         try:
-            for index, kwargs in enumerate(launches(ports)):
+            for index, kwargs in enumerate(commands(ports)):
                 out, err = (open(logs / f"worker{index}.{name}.{attempt}", "w+") for name in ("out", "err"))
                 files.append((out, err))
-                procs.append(subprocess.Popen(**kwargs, stdout=out, stderr=err, text=True))
+                procs.append(launches.popen(**kwargs, stdout=out, stderr=err, text=True))
             deadline = time.monotonic() + timeout
             while any(p.poll() is None for p in procs) and not _bind_failed(procs, files):
                 assert time.monotonic() < deadline, "the processes did not end"

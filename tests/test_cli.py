@@ -16,7 +16,9 @@ def test_tiny_run_end_to_end_then_rerun_resumes(cli, tmp_path):
     # runtime.onednn flips this process's oneDNN setting: the CLI applies it before TensorFlow's import.
     flipped = "false" if onednn.enabled() else "true"
     # So does runtime.threads TensorFlow's thread pools (TF_NUM_INTEROP_THREADS, TF_NUM_INTRAOP_THREADS).
-    done = run_cli(*TINY, "epochs=2", f"runtime.onednn={flipped}", "runtime.threads=[1,2]", f"hydra.run.dir={run}")
+    done = run_cli(
+        *TINY, "epochs=2", f"runtime.onednn={flipped}", "runtime.threads=[1,2]", f"hydra.run.dir={run}", fresh=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (
         f"oneDNN kernels {'on' if flipped == 'true' else 'off'} (runtime.onednn={flipped})"

@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 import time
 
+import launches
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -80,7 +81,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def start(run):
-    return subprocess.Popen(
+    return launches.popen(
         [str(CLI), *LONG, f"hydra.run.dir={run}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
@@ -140,7 +141,7 @@ SIGNALS_AT_STEP = textwrap.dedent("""
 def run_signalled_at(step, signals, *args):
     """Runs `resnet-train *args` (a new run: steps are counted from 0) that gets `signals` once
     step `step` is done."""
-    return subprocess.run(
+    return launches.run(
         [sys.executable, "-c", SIGNALS_AT_STEP, str(step), ",".join(s.name for s in signals), *args],
         cwd=ROOT,
         capture_output=True,
@@ -213,7 +214,7 @@ def test_sigusr2_checkpoints_the_current_step_then_submitits_requeue_runs(tmp_pa
     run, requeued = tmp_path / "run", tmp_path / "requeued"
     monkeypatch.setenv("RESNET_TEST_RUN", str(run))
     monkeypatch.setenv("RESNET_TEST_REQUEUED", str(requeued))
-    done = subprocess.run(
+    done = launches.run(
         [sys.executable, "-c", SUBMITIT_LIKE + SIGNALS_AT_STEP, "20", "SIGUSR2", *LONG, f"hydra.run.dir={run}"],
         cwd=ROOT,
         capture_output=True,
@@ -427,12 +428,9 @@ def test_a_full_disk_is_one_clear_error_and_earlier_checkpoints_stay_intact(tmp_
     run, overrides, first, kept, size = _run_with_the_next_checkpoint_failing(tmp_path, trained)
     limit = size // 2  # logs and plots are smaller
 
-    def small_files_only():  # the next checkpoint cannot be written: write() fails with EFBIG
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    done = subprocess.run(
-        [str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=small_files_only
+    # The next checkpoint cannot be written: write() fails with EFBIG.
+    done = launches.run(
+        [str(CLI), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300, file_size_limit=limit
     )
     assert_the_checkpoint_write_failed_cleanly(done, run, first, kept, "File too large")
 

@@ -52,7 +52,7 @@ cli.train()
 
 
 def run_two_workers(
-    run_dirs, tmp, *overrides, after_first_save=(None, None), preexec=(None, None), timeout=300, attempts=3
+    run_dirs, tmp, *overrides, after_first_save=(None, None), file_size_limit=(None, None), timeout=300, attempts=3
 ):
     """Runs worker 0 (the chief) and worker 1 of `resnet-train runtime=multi_worker` on 127.0.0.1
     to their end: [(exit code, stdout, stderr)] per worker. `run_dirs`: one for both, or one each;
@@ -74,7 +74,7 @@ def run_two_workers(
                 env["RESNET_TEST_AFTER_FIRST_SAVE"] = after_first_save[index]
                 command = [sys.executable, "-c", SELF_SIGNALLING_CLI]
             args = [*command, *COMMON, "runtime=multi_worker", *overrides, f"hydra.run.dir={run_dirs[index]}"]
-            yield {"args": args, "env": env, "cwd": ROOT, "preexec_fn": preexec[index]}
+            yield {"args": args, "env": env, "cwd": ROOT, "file_size_limit": file_size_limit[index]}
 
     return run_on_free_ports(2, launches, tmp.parent, timeout=timeout, attempts=attempts)
 
@@ -349,19 +349,13 @@ def test_with_data_shard_files_each_worker_reads_only_its_own_files(chain):
 
 
 def test_when_the_chief_fails_the_other_worker_says_so_in_one_line_instead_of_hanging(tmp_path):
-    import resource
-    import signal
-
     run, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
 
-    def chief_disk_full():  # only the chief writes: its first checkpoint cannot be written
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-
-    # The first checkpoint after the first step: no epoch end (evaluation) before the failure.
+    # Only the chief writes: its first checkpoint cannot be written (over 100 kB). The first
+    # checkpoint comes after the first step: no epoch end (evaluation) before the failure.
     outputs = run_two_workers(
-        run, tmp, "epochs=3", "checkpoint.every_steps=1", preexec=(chief_disk_full, None), timeout=180
+        run, tmp, "epochs=3", "checkpoint.every_steps=1", file_size_limit=(100_000, None), timeout=180
     )
     assert outputs[0][0] == 2 and "could not write the checkpoint" in outputs[0][2]
     assert outputs[1][0] == EXIT_WORKER_LOST, outputs[1][2][-2000:]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import launches
 import pytest
 from helpers import CLI, ROOT, TINY, compose, file_digests
 from omegaconf import OmegaConf
@@ -106,7 +107,7 @@ def test_a_failed_member_is_reported_and_the_others_finish(cli, tmp_path):
     assert table["depth=8"]["status"] == "finished" and (sweep / "1" / "results.json").exists()
     assert table["depth=9"]["status"] == "failed" and "6n+2" in table["depth=9"]["error"]
     # The suite's one run of the real `resnet-sweep-report` console script (its exit code).
-    report = subprocess.run(
+    report = launches.run(
         [str(Path(sys.executable).with_name("resnet-sweep-report")), str(sweep)],
         capture_output=True,
         text=True,
@@ -269,7 +270,7 @@ def event_file_pids(member):
 def test_joblib_launcher_runs_members_in_parallel_processes(tmp_path):
     # A subprocess: the launching process's PID is part of what is checked.
     sweep = tmp_path / "sweep"
-    launcher = subprocess.Popen(
+    launcher = launches.popen(
         [
             str(CLI),
             "-m",
@@ -455,7 +456,7 @@ def test_an_unreadable_failed_json_is_a_failed_member_and_it_is_written_whole(tm
 
     member = tmp_path / "sweep" / "0"
     member.mkdir(parents=True)
-    done = subprocess.run([sys.executable, "-c", FAILED_MEMBER, str(member)], capture_output=True, text=True)
+    done = launches.run([sys.executable, "-c", FAILED_MEMBER, str(member)], capture_output=True, text=True)
     assert "write failed: File too large" in done.stdout, done.stderr[-2000:]
     assert not (member / "failed.json").exists() and not list(member.iterdir())  # no file, no temporary left
 

@@ -6,11 +6,11 @@ cheapest such case per tool); every other call runs its entry point in this proc
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import keras
+import launches
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 
 
 def tool(name, *args, timeout=300):
-    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return launches.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def digits_test(n):
@@ -613,7 +613,7 @@ def test_an_export_that_fails_to_write_leaves_the_previous_one_as_it_was(trained
         shutil.copytree(made, out, dirs_exist_ok=True)
     before = file_digests(out)
     assert {"saved_model/class_names.txt", "model.keras", "model.tflite", "model.onnx"} <= set(before)
-    done = subprocess.run(
+    done = launches.run(
         [sys.executable, "-c", FSIZE_LIMITED_EXPORTS, str(trained), str(out), str(16 * 1024)]
         + ["saved_model", "keras", "tflite", "onnx"],
         capture_output=True,

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import launches
 import mlflow
 import numpy as np
 import pytest
@@ -413,7 +414,7 @@ def test_parallel_members_creating_the_experiment_all_start_in_one_experiment(tm
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this process's client (the members set it)
     store, members = (tmp_path / "mlruns").as_uri(), 4
     started = [
-        subprocess.Popen([sys.executable, "-c", RACE, store, str(tmp_path), str(i)], cwd=ROOT, env=tracking_env,
+        launches.popen([sys.executable, "-c", RACE, store, str(tmp_path), str(i)], cwd=ROOT, env=tracking_env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(members)
     ]  # fmt: skip
