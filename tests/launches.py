@@ -310,7 +310,17 @@ def _kind(args, kwargs) -> tuple[str, tuple | None] | None:
 def _imported_with_another(env) -> list[str]:
     """The variables `env` sets differently from the server's, among those read at imports."""
     differ = {k for k in set(env) | set(_state["env"]) if env.get(k) != _state["env"].get(k)}
+    if "HOME" in differ and not _home_settings(env.get("HOME")):
+        differ.remove("HOME")
     return sorted(k for k in differ if k not in PER_LAUNCH and not k.startswith(PER_LAUNCH_PREFIXES))
+
+
+def _home_settings(home) -> list[Path]:
+    """What a HOME holds that Keras or matplotlib read at import (the server imported them with the
+    session's HOME, which holds their defaults): none, and another HOME is the same to a launch."""
+    if not home:
+        return []
+    return [p for p in (Path(home) / ".keras" / "keras.json", Path(home) / ".config" / "matplotlib") if p.exists()]
 
 
 def popen(args, *, fresh=False, file_size_limit=None, **kwargs) -> subprocess.Popen:

@@ -43,14 +43,21 @@ def test_signals_exceptions_and_timeouts_end_a_forked_launch_as_they_end_a_proce
         launches.run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
 
 
-def test_a_launch_a_fork_cannot_stand_for_is_a_new_process():
+def test_a_launch_a_fork_cannot_stand_for_is_a_new_process(tmp_path):
     # TF_ENABLE_ONEDNN_OPTS is read when TensorFlow is imported: the server's import fixed it.
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0" if os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1" else "1"}
     flipped = launches.popen([sys.executable, "-c", "pass"], env=env)
     fresh = launches.popen([sys.executable, "-c", "pass"], fresh=True)
     other = launches.popen(["true"])
-    for process in (flipped, fresh, other):
+    (tmp_path / "keras_home" / ".keras").mkdir(parents=True)  # Keras reads ~/.keras/keras.json at import
+    (tmp_path / "keras_home" / ".keras" / "keras.json").write_text('{"floatx": "float16"}')
+    keras_settings = launches.popen(
+        [sys.executable, "-c", "pass"], env={**os.environ, "HOME": str(tmp_path / "keras_home")}
+    )
+    for process in (flipped, fresh, other, keras_settings):
         assert type(process) is subprocess.Popen and process.wait(timeout=60) == 0
+    empty_home = launches.popen([sys.executable, "-c", "pass"], env={**os.environ, "HOME": str(tmp_path)})
+    assert isinstance(empty_home, launches.Forked) and empty_home.wait(timeout=60) == 0
     forked = launches.popen([str(CLI), "--help"], cwd=ROOT, stdout=subprocess.DEVNULL)
     assert isinstance(forked, launches.Forked) and forked.wait(timeout=60) == 0
 
