@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", nargs="*", default=["depth=8", "epochs=10"], help="the teacher's overrides")
     parser.add_argument(
-        "--student", nargs="*", default=["depth=8", "epochs=6", "batch_size=32", "data.limit_train=320"]
+        "--student", nargs="*", default=["depth=8", "epochs=30", "batch_size=32", "data.limit_train=320"]
     )
     parser.add_argument("--distill", nargs="*", default=["distill.temperature=4", "distill.alpha=0.5"])
     args = parser.parse_args()
