@@ -296,3 +296,27 @@ def write_records(path, count, offset=1, shards=2, seed=0, size=(40, 30), with_t
         writers[i % shards].write(example.SerializeToString())
     for writer in writers:
         writer.close()
+
+
+class StepStop:
+    """In-process runs asked to stop as a SIGTERM would ask, without a signal: once the training
+    calls of this test have done `at` steps, the run's stop is requested and the next call stops
+    there. `steps` counts the steps trained (reset it to count a resumed run's); `at = None`: no
+    more stops."""
+
+    def __init__(self, monkeypatch, at: int):
+        from resnet_train.training.interrupts import StopRequests
+        from resnet_train.training.trainer import Trainer
+
+        self.at, self.steps, requests = at, 0, []
+        started, train_steps = StopRequests.training_started, Trainer.train_steps
+        monkeypatch.setattr(StopRequests, "training_started", lambda stop: (requests.append(stop), started(stop)))
+
+        def counted(trainer, *args, **kwargs):
+            result = train_steps(trainer, *args, **kwargs)
+            self.steps += result[0]
+            if self.steps == self.at and requests:
+                requests[-1].request("a test's stop")
+            return result
+
+        monkeypatch.setattr(Trainer, "train_steps", counted)

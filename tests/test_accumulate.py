@@ -62,32 +62,20 @@ def test_a_run_stopped_mid_epoch_resumes_exactly_and_checkpoints_fall_between_op
     """Accumulation lives inside one optimizer step: a stop, a checkpoint and a resume fall
     between steps, never inside one (an interrupted accumulation is redone from its first
     micro-batch), so the resumed run is the uninterrupted one."""
+    from helpers import StepStop
     from test_faults import assert_same_run
 
     from resnet_train.errors import Preempted
-    from resnet_train.training import trainer as trainer_lib
-    from resnet_train.training.interrupts import StopRequests
 
     straight = tmp_path / "straight"
     train_and_evaluate(compose(*ACCUMULATED), straight)
-    requests, train_steps, steps = [], trainer_lib.Trainer.train_steps, [0]
-    started = StopRequests.training_started
-    monkeypatch.setattr(StopRequests, "training_started", lambda self: (requests.append(self), started(self)))
-
-    def counted(self, *args, **kwargs):
-        result = train_steps(self, *args, **kwargs)
-        steps[0] += result[0]
-        if steps[0] == 5 and requests:
-            requests[-1].request("a test's stop")
-        return result
-
-    monkeypatch.setattr(trainer_lib.Trainer, "train_steps", counted)
+    stop = StepStop(monkeypatch, at=5)
     run = tmp_path / "run"
     with pytest.raises(Preempted, match="at step 6 of 8"):  # 128 // (16 x 2) = 4 optimizer steps an epoch
         train_and_evaluate(compose(*ACCUMULATED), run)
-    steps[0] = 0
+    stop.steps = 0
     train_and_evaluate(compose(*ACCUMULATED), run)
-    assert steps[0] == 8 - 6
+    assert stop.steps == 8 - 6
     assert_same_run(run, straight, steps=8)
 
 

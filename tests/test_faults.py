@@ -20,7 +20,7 @@ import launches
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import CLI, ROOT, TINY, cli_in_process, compose, file_digests
+from helpers import CLI, ROOT, TINY, StepStop, cli_in_process, compose, file_digests
 
 from resnet_train.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Preempted, TrainingDiverged
 from resnet_train.training.checkpoint import readable
@@ -566,9 +566,6 @@ def test_deterministic_runs_are_bitwise_identical(tmp_path, augmented):
 
 
 def test_a_run_stopped_mid_epoch_with_every_augmentation_and_ema_resumes_exactly(tmp_path, monkeypatch, augmented):
-    from resnet_train.training import trainer as trainer_lib
-    from resnet_train.training.interrupts import StopRequests
-
     cfg = compose(*AUGMENTED)
     assert cfg.augment.randaugment.num_ops > 0 and cfg.augment.mixup_alpha > 0 and cfg.augment.cutmix_alpha > 0
     straight, results = augmented
@@ -576,25 +573,14 @@ def test_a_run_stopped_mid_epoch_with_every_augmentation_and_ema_resumes_exactly
 
     # Stopped as a SIGTERM would, without a signal: after step 10's call the stop is requested, and
     # the next call (step 11, 3 steps into epoch 2, between the every-4-steps checkpoints) stops.
-    requests, train_steps, steps, stop_after = [], trainer_lib.Trainer.train_steps, [0], [10]
-    started = StopRequests.training_started
-    monkeypatch.setattr(StopRequests, "training_started", lambda self: (requests.append(self), started(self)))
-
-    def counted(self, *args, **kwargs):  # counts the steps this session trained; stops after step 10
-        result = train_steps(self, *args, **kwargs)
-        steps[0] += result[0]
-        if steps[0] in stop_after:
-            requests[-1].request("a test's stop")
-        return result
-
-    monkeypatch.setattr(trainer_lib.Trainer, "train_steps", counted)
+    stop = StepStop(monkeypatch, at=10)
     run = tmp_path / "run"
     with pytest.raises(Preempted, match="stopped by a test's stop at step 11 of 16"):
         train_and_evaluate(cfg, run)
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-11")
-    steps[0], stop_after[:] = 0, []
+    stop.steps, stop.at = 0, None
     train_and_evaluate(compose(*AUGMENTED), run)
-    assert steps[0] == 16 - 11  # resumed at step 11, not trained again from the start (which would also match)
+    assert stop.steps == 16 - 11  # resumed at step 11, not trained again from the start (which would also match)
     # The EMA copies are optimizer variables beside the momentum: compared by assert_same_run too.
     saved = weights(run)
     assert len([k for k in saved if k.startswith("optimizer/_variables/")]) >= 2 * len(

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY, cli_in_process, compose, train_small_model
+from helpers import TINY, StepStop, cli_in_process, compose, train_small_model
 
 from resnet_train.errors import Preempted
 from resnet_train.runtime import devices as runtime
@@ -220,25 +220,12 @@ def test_two_replicas_with_accumulation_prune_as_one_device(monkeypatch):
 def test_a_pruned_run_stopped_mid_window_resumes_bit_for_bit(runs, tmp_path, monkeypatch):
     """Stopped after step 9 (between the mask updates of steps 7 and 10), resumed: the masks, the
     weights, the optimizer, every record and the results are the uninterrupted run's."""
-    from resnet_train.training.interrupts import StopRequests
-
     root, results = runs
-    requests, train_steps, steps = [], Trainer.train_steps, [0]
-    started = StopRequests.training_started
-    monkeypatch.setattr(StopRequests, "training_started", lambda self: (requests.append(self), started(self)))
-
-    def counted(self, *args, **kwargs):
-        result = train_steps(self, *args, **kwargs)
-        steps[0] += result[0]
-        if steps[0] == 8:
-            requests[-1].request("a test's stop")
-        return result
-
-    monkeypatch.setattr(Trainer, "train_steps", counted)
+    stop = StepStop(monkeypatch, at=8)
     run, overrides = tmp_path / "run", (*PRUNED, f"init_from={root / 'source'}")
     with pytest.raises(Preempted, match="at step 9 of 16"):
         train_and_evaluate(compose(*overrides), run)
-    steps[0] = -100  # no second stop
+    stop.at = None  # no second stop
     resumed = train_and_evaluate(compose(*overrides), run)
     a, b = (tf.train.load_checkpoint(str(d / "checkpoints" / "ckpt-16")) for d in (run, root / "pruned"))
     keys = set(a.get_variable_to_shape_map()) - {
