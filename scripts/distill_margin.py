@@ -39,7 +39,7 @@ def _run(overrides, workdir: Path) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
-# The setting measured (tests/test_distill.py runs it for one seed).
+# The setting measured.
 TEACHER = ["depth=8", "epochs=10"]
 STUDENT = ["depth=8", "epochs=30", "batch_size=32", "data.limit_train=320"]
 DISTILL = ["distill.temperature=4", "distill.alpha=0.5"]

@@ -4,8 +4,10 @@ not in the checkpoint); a distilled run trains under 2 replicas with gradient ac
 reports the teacher's test figures, resumes with its teacher (wherever it now lives) and refuses
 another; stopped mid-epoch, it resumes exactly. A teacher with other classes: tests/test_bad_input.py.
 
-A distilled student beats the same student trained alone in scripts/distill_margin.py's setting
-(the last test: ~100 s of CPU on 2 cores of an AMD EPYC Zen 3; the README's Distillation figures)"""
+Whether a distilled student beats the same student trained alone is measured, not tested here
+(scripts/distill_margin.py; the README's Distillation figures): it shows after a few hundred steps.
+As a test of one seed it took 207 s of CPU alone and 375 s late in a full suite run on 2 cores of
+an AMD EPYC Zen 3, a fifth of the suite's 10-minute budget."""
 
 import json
 import shutil
@@ -239,21 +241,3 @@ def test_a_distilled_run_stopped_mid_epoch_resumes_exactly(teacher, tmp_path, mo
     train_and_evaluate(compose(*overrides), tmp_path / "run")
     assert stop.steps == 8 - 6
     assert_same_run(tmp_path / "run", straight, steps=8)
-
-
-def test_a_distilled_student_beats_the_same_student_trained_alone(tmp_path):
-    """scripts/distill_margin.py's setting for seed 0: a ResNet-8 teacher (10 epochs, all 1,437
-    digits), then ResNet-8 students on 320 of them for 30 epochs, alone and distilled (T 4, alpha
-    0.5). Over seeds 0-2 with oneDNN off and on, on 2 cores of an AMD EPYC Zen 3, the distilled
-    student's test loss was 0.62-0.76 of the lone one's (accuracy +1 to +10 of 360 test images, too
-    close to tie on another CPU): the bound is 0.9, above the largest measured ratio by 0.14."""
-    import distill_margin as setting  # scripts/ (conftest puts it on sys.path)
-
-    teacher = tmp_path / "teacher"
-    train_and_evaluate(compose(*setting.BASE, *setting.TEACHER, "seed=0"), teacher)
-    alone = train_and_evaluate(compose(*setting.BASE, *setting.STUDENT, "seed=0"), tmp_path / "alone")
-    distilled = train_and_evaluate(
-        compose(*setting.BASE, *setting.STUDENT, "seed=0", f"distill.teacher={teacher}", *setting.DISTILL),
-        tmp_path / "distilled",
-    )
-    assert distilled["test"]["loss"] < 0.9 * alone["test"]["loss"], (distilled["test"], alone["test"])
