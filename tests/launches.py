@@ -120,8 +120,8 @@ SERVER = textwrap.dedent("""
                 os.close(fd)
         if request["new_session"]:
             os.setsid()
-        elif (request["process_group"] or -1) >= 0:
-            os.setpgid(0, request["process_group"])
+        elif request["process_group"] is not None and request["process_group"] >= 0:
+            os.setpgid(0, request["process_group"])  # (0: a group of its own, as Popen's process_group=0)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
