@@ -121,7 +121,7 @@ def gpu_tier(config) -> bool:
 # The record (setup + call + teardown per test, 2 cores of an AMD EPYC Zen 3, oneDNN on) is
 # refreshed with `make test PYTEST_ARGS=--record-durations=tests/durations.json`; a test it does not
 # list yet counts as fast.
-SLOW_SECONDS = 1.0
+SLOW_SECONDS = 0.5  # (1.0 let the fast tier grow past 2 minutes once the compression tests came)
 # Fixtures that train a run (or export one) once per module: the test that asks first pays for it,
 # so every test using one is slow, whichever of them would ask first.
 SLOW_FIXTURES = frozenset(
