@@ -111,6 +111,11 @@ TINY = (
 )
 
 
+# A ResNet-8 trained 8 epochs on 512 embedded digits (~85% test accuracy): the tools' and the
+# compression tests' run.
+DIGITS_RUN = ("depth=8", "batch_size=32", "epochs=8", "data.limit_train=512", "data.limit_test=100")
+
+
 def cli_in_process(monkeypatch, capsys, entry: str, *args):
     """Runs a console script's entry point in this process (TensorFlow already imported, so a
     case takes a fraction of a second); returns (exit code, stdout, stderr)."""

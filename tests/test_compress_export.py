@@ -10,7 +10,7 @@ import re
 import keras
 import numpy as np
 import pytest
-from helpers import compose
+from helpers import DIGITS_RUN, compose
 
 from resnet_train.tools.compare import ARTIFACTS, COLUMNS
 
@@ -32,15 +32,7 @@ def small_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("compress") / "run"
     train_and_evaluate(
-        compose(
-            "depth=8",
-            "batch_size=32",
-            "epochs=8",
-            "data.limit_train=512",
-            "data.limit_test=100",
-            "runtime=one_device",
-            "runtime.precision=float32",
-        ),
+        compose(*DIGITS_RUN, "runtime=one_device", "runtime.precision=float32"),
         run,
     )
     return run

@@ -14,7 +14,7 @@ import launches
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, compose
+from helpers import DIGITS_RUN, ROOT, compose
 from PIL import Image
 
 BIN = Path(sys.executable).parent
@@ -49,14 +49,7 @@ def trained(tmp_path_factory):
     # its overrides.yaml and train.log, which no tool reads).
     run = tmp_path_factory.mktemp("tools") / "run"
     train_and_evaluate(
-        compose(
-            "depth=8",
-            "batch_size=32",
-            "epochs=8",
-            "data.limit_train=512",
-            "data.limit_test=100",
-            "runtime.precision=float32",
-        ),
+        compose(*DIGITS_RUN, "runtime.precision=float32"),
         run,
     )
     return run
