@@ -4,7 +4,6 @@ are those of metrics.jsonl, each step once."""
 
 import json
 import os
-import select
 import shutil
 import signal
 import struct
@@ -28,105 +27,52 @@ TRACKED = (*TINY, f"epochs={EPOCHS}", "logger=[tensorboard,mlflow,wandb]", "wand
 # WHERE, "module:Class.method" or "module:function": when the call starts, or once it has returned
 # with a trailing "+". "save" (Checkpointer.save: after an epoch's records were written, before its
 # checkpoint) and "commit" (Reporter.commit: after its checkpoint, before the trackers got them).
-# Each launch is a process of its own, forked from a server that imported TensorFlow, MLflow and
-# W&B once (~9 s of CPU a launch saved). The server starts no TensorFlow runtime and lists no
-# devices: each child starts its own, as a new process would. Its only threads at the fork are
-# OpenBLAS's and jemalloc's (pyarrow), which both handle fork. A launch's output goes to its log.
-FORK_SERVER = textwrap.dedent("""
-    import importlib, json, os, signal, sys, time, traceback
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as cli._quiet_tensorflow, before the import
-    import tensorflow, mlflow.tracking, wandb
+# Each launch is a process of its own, forked from the suite's server (launches.py). A launch's
+# output goes to its log.
+KILLED_AT = textwrap.dedent("""
+    import importlib, os, signal, sys
     from resnet_train import cli
-    from resnet_train.report import plots, tracking_mlflow, tracking_wandb
-    from resnet_train.training import loop
 
-    def kill_at(where, n):
-        where = {"save": "resnet_train.training.checkpoint:Checkpointer.save",
-                 "commit": "resnet_train.report.metrics:Reporter.commit"}.get(where, where)
-        after = where.endswith("+")
-        module, _, name = where.rstrip("+").partition(":")
-        owner = importlib.import_module(module)
-        *path, attribute = name.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        original, calls = getattr(owner, attribute), [0]
+    where, n = sys.argv.pop(1), int(sys.argv.pop(1))
+    where = {"save": "resnet_train.training.checkpoint:Checkpointer.save",
+             "commit": "resnet_train.report.metrics:Reporter.commit"}.get(where, where)
+    after = where.endswith("+")
+    module, _, name = where.rstrip("+").partition(":")
+    owner = importlib.import_module(module)
+    *path, attribute = name.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original, calls = getattr(owner, attribute), [0]
 
-        def killed_at_n(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == n and not after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            result = original(*args, **kwargs)
-            if calls[0] == n:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
+    def killed_at_n(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(*args, **kwargs)
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
 
-        setattr(owner, attribute, killed_at_n)
-
-    for line in iter(sys.stdin.readline, ""):
-        where, n, log, args = json.loads(line)
-        pid = os.fork()
-        if pid == 0:  # the launch: it never returns to this loop
-            code = 1
-            try:
-                out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                os.dup2(out, 1)
-                os.dup2(out, 2)
-                cli.PROCESS_START = time.time()
-                kill_at(where, n)
-                sys.argv = ["resnet-train", *args]
-                cli.train()
-                code = 0
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status), flush=True)
-    os._exit(0)  # (no interpreter shutdown: nothing to clean up)
+    setattr(owner, attribute, killed_at_n)
+    sys.argv[0] = "resnet-train"
+    cli.train()
 """)
 
 
 class Launcher:
-    """killed_at(where, n, *args): resnet-train with `args` in a new process, which must die of
-    SIGKILL at that point."""
+    """killed_at(where, n, *args): resnet-train with `args` in a process of its own, which must die
+    of SIGKILL at that point."""
 
     def __init__(self, folder, env):
-        self.folder, self.launches = folder, 0
-        self.server_log = open(folder / "fork_server.log", "w")
-        self.server = subprocess.Popen(
-            [sys.executable, "-c", FORK_SERVER],
-            cwd=ROOT,
-            env=env,
-            text=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.server_log,
-        )
+        self.folder, self.env, self.launches = folder, env, 0
 
     def killed_at(self, where, n, *args):
         self.launches += 1
         log = self.folder / f"launch{self.launches}.log"
-        self.server.stdin.write(json.dumps([where, n, str(log), args]) + "\n")
-        self.server.stdin.flush()
-        ready, _, _ = select.select([self.server.stdout], [], [], 300)
-        reply = self.server.stdout.readline() if ready else ""
-        assert reply, f"no answer from the fork server: {(self.folder / 'fork_server.log').read_text()[-3000:]}"
-        assert int(reply) == -signal.SIGKILL, log.read_text()[-3000:]
-
-    def close(self):
-        self.server.stdin.close()  # the server ends at the end of its input
-        self.server.stdout.close()
-        try:
-            self.server.wait(timeout=60)
-        finally:
-            if self.server.poll() is None:
-                self.server.kill()
-                self.server.wait()
-            self.server_log.close()
+        with open(log, "w") as out:
+            done = launches.run([sys.executable, "-c", KILLED_AT, where, str(n), *args], cwd=ROOT, env=self.env,
+                                stdout=out, stderr=subprocess.STDOUT, timeout=300)  # fmt: skip
+        assert done.returncode == -signal.SIGKILL, log.read_text()[-3000:]
 
 
 def wandb_records(path):
@@ -174,9 +120,7 @@ def tracking_env(tmp_path):
 
 @pytest.fixture
 def launcher(tmp_path, tracking_env):
-    started = Launcher(tmp_path, tracking_env)
-    yield started
-    started.close()
+    return Launcher(tmp_path, tracking_env)
 
 
 # After the last checkpoint (step 16): killed in the trackers' delivery, once log_batch returned
