@@ -40,17 +40,70 @@ def worker_suffix() -> str:
     return "" if t is None or is_chief() else f"_{t[0]}{t[1]}"
 
 
-def slurm_tf_config(hosts, port: int = 12345) -> str:
-    """TF_CONFIG for this SLURM task: every host a worker, this task's index from SLURM_PROCID."""
+# SLURM: the workers' ports. TensorFlow's collective server listens on every interface without
+# authentication, so a job's ports must not be another job's: each job takes a block of
+# PORTS_PER_JOB ports from its SLURM_JOB_ID (every task computes the same block without talking),
+# below Linux's ephemeral ports (32768 on), and each task on a node its own port of the block.
+FIRST_PORT, PORTS_PER_JOB, JOB_BLOCKS = 15000, 32, 500
+PORT_OUTSIDE_SLURM = 12345
+
+
+def job_port(job_id: str | None) -> int:
+    """The first port of a SLURM job's block (PORT_OUTSIDE_SLURM without a job id)."""
+    if not job_id:
+        return PORT_OUTSIDE_SLURM
+    try:
+        return FIRST_PORT + int(job_id) % JOB_BLOCKS * PORTS_PER_JOB
+    except ValueError:
+        raise ConfigError(f"SLURM_JOB_ID must be a number, not {job_id!r}") from None
+
+
+def tasks_per_node(counts: str, nodes: int) -> list[int]:
+    """SLURM's compressed task counts per node ('2(x3),1' -> [2, 2, 2, 1]); one each if unset."""
+    if not counts:
+        return [1] * nodes
+    expanded = []
+    try:
+        for part in counts.split(","):
+            count, _, repeat = part.partition("(x")
+            expanded += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    except ValueError:
+        raise ConfigError(f"SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE unreadable: {counts!r}") from None
+    if len(expanded) != nodes:
+        raise ConfigError(f"{nodes} host(s) given but SLURM counts tasks on {len(expanded)} node(s) ({counts!r})")
+    return expanded
+
+
+def slurm_tf_config(hosts, port: int | None = None) -> str:
+    """TF_CONFIG for this SLURM task: every task a worker (block distribution: a node's tasks are
+    consecutive SLURM_PROCIDs), at its node's address and its own port of the job's block (or of
+    `port`'s), this task's index from SLURM_PROCID."""
     if not hosts:
         raise ConfigError("no hosts given: pass the output of `scontrol show hostnames`")
-    index = int(os.environ.get("SLURM_PROCID", "0"))
-    return json.dumps(
-        {"cluster": {"worker": [f"{h}:{port}" for h in hosts]}, "task": {"type": "worker", "index": index}}
-    )
+    env = os.environ
+    counts = tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""), len(hosts))
+    if max(counts) > PORTS_PER_JOB:
+        raise ConfigError(f"{max(counts)} tasks on one node: at most {PORTS_PER_JOB} (one port each)")
+    base = job_port(env.get("SLURM_JOB_ID")) if port is None else port
+    places = [(host, local) for host, count in zip(hosts, counts) for local in range(count)]
+    index = int(env.get("SLURM_PROCID", "0"))
+    if not 0 <= index < len(places):
+        raise ConfigError(f"SLURM_PROCID {index} is not one of the {len(places)} tasks on {' '.join(hosts)}")
+    own = (env.get("SLURMD_NODENAME", places[index][0]), int(env.get("SLURM_LOCALID", places[index][1])))
+    if own != places[index]:
+        raise ConfigError(
+            f"task {index} runs as task {own[1]} on {own[0]}, not {places[index][1]} on {places[index][0]}: "
+            "launch the tasks with srun's default block distribution (--distribution=block)"
+        )
+    workers = [f"{host}:{base + local}" for host, local in places]
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
 
 
 if __name__ == "__main__":  # python -m resnet_train.runtime.cluster HOST [HOST ...]  (in a SLURM task)
     import sys
 
-    print(slurm_tf_config(sys.argv[1:]))
+    try:
+        print(slurm_tf_config(sys.argv[1:]))
+    except ConfigError as e:
+        print(f"resnet_train.runtime.cluster: error: {e}", file=sys.stderr)
+        sys.exit(2)
