@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-fast test-gpu clean
+.PHONY: setup train test test-fast test-gpu test-cluster clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ test-fast: $(STAMP)
 # skipped, and said so, where TensorFlow sees none. scripts/gpu_check.py measures the rest.
 test-gpu: $(STAMP)
 	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
+
+# The SLURM tier: a real one-node SLURM cluster on 127.0.0.1 that the tests start and stop
+# (tests/slurm_cluster.py); slurm-wlm and munge are installed first where missing (as root, apt).
+test-cluster: $(STAMP)
+	bash scripts/install_slurm.sh
+	$(VENV)/bin/python -m pytest -m slurm --durations=10 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs
