@@ -265,11 +265,28 @@ CASES = [
         "malformed TF_CONFIG",
         "resnet-train",
         ["runtime=multi_worker"],
-        T + "ConfigError raised while resolving interpolation: TF_CONFIG must be JSON with 'cluster' and 'task' "
-        "entries (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)) (check the "
-        "override or config file)",
+        T + "TF_CONFIG must be JSON with 'cluster' and 'task' entries (Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1))",
         "existing",
         {"TF_CONFIG": "{bad"},
+    ),
+    (
+        "TF_CONFIG of a parameter server",
+        "resnet-train",
+        ["runtime=multi_worker"],
+        T + "TF_CONFIG has a task of role 'ps' (a parameter server): this trainer has no parameter servers or side-car "
+        "evaluators (every task trains and evaluates): start only chief/master and worker tasks",
+        "existing",
+        {"TF_CONFIG": '{"cluster": {"chief": ["a:2222"], "ps": ["b:2222"]}, "task": {"type": "ps", "index": 0}}'},
+    ),
+    (
+        "TF_CONFIG of an evaluator",
+        "resnet-train",
+        ["runtime=multi_worker"],
+        T + "TF_CONFIG has a task of role 'evaluator' (a side-car evaluator): this trainer has no parameter servers or "
+        "side-car evaluators (every task trains and evaluates): start only chief/master and worker tasks",
+        "existing",
+        {"TF_CONFIG": '{"cluster": {"chief": ["a:2222"]}, "task": {"type": "evaluator", "index": 0}}'},
     ),
     (
         "run dir under a file",

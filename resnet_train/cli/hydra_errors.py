@@ -102,10 +102,24 @@ def explain(error: BaseException, config_name: str) -> str | None:
         problem = getattr(error, "problem", None) or first_line(error, None)
         return f"YAML syntax error in {where}: {problem}; fix the file"
     if isinstance(error, OmegaConfBaseException):
-        return " ".join(first_line(error, None).split()) + " (check the override or config file)"
+        return _omegaconf_line(error)
     if isinstance(error, OSError) and error.filename:  # e.g. Hydra creating hydra.run.dir
         return f"{error.strerror}: {error.filename} (check the path, e.g. hydra.run.dir=...)"
     return None
+
+
+def _omegaconf_line(error: BaseException) -> str:
+    """An OmegaConf error's first line; a UserError it was raised from (our resolver's, e.g.
+    ${worker_suffix:} reading TF_CONFIG, at any depth of its causes) speaks for itself."""
+    from resnet_train.errors import UserError
+
+    cause, seen = error, set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserError):
+            return str(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return " ".join(first_line(error, None).split()) + " (check the override or config file)"
 
 
 @environ_restored()  # called as a function (a test, a notebook), the caller's os.environ is kept

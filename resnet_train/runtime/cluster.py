@@ -7,29 +7,64 @@ import os
 
 from resnet_train.errors import ConfigError
 
+# Kubeflow's TFJob and Vertex AI call the chief `chief`; AI Platform Training, Vertex's predecessor,
+# calls it `master` on its older runtimes. TensorFlow's strategy refuses `master`: it is read as `chief`.
+CHIEF_ROLES = ("chief", "master")
+# Parameter-server training's roles and a side-car evaluator: this trainer has neither.
+REFUSED_ROLES = {"ps": "a parameter server", "evaluator": "a side-car evaluator"}
 
-def task() -> tuple[str, int, int] | None:
-    """(task_type, task_index, number of workers incl. chief) from TF_CONFIG, or None without one."""
+
+def spec() -> dict | None:
+    """TF_CONFIG as TensorFlow's MultiWorkerMirroredStrategy takes it ({"cluster": {"chief": [...],
+    "worker": [...]}, "task": {"type": ..., "index": ...}}, a `master` renamed `chief`), or None
+    without one. A role this trainer has no use for, or a task outside its cluster: ConfigError."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return None
     try:
         conf = json.loads(raw)
-        workers = sum(len(conf["cluster"].get(k, [])) for k in ("chief", "worker"))
-        return conf["task"]["type"], int(conf["task"]["index"]), workers
+        jobs = {str(role): list(addresses) for role, addresses in conf["cluster"].items()}
+        role, index = str(conf["task"]["type"]), int(conf["task"]["index"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"TF_CONFIG must be JSON with 'cluster' and 'task' entries ({e})") from None
+    for name in (role, *jobs):
+        if name in REFUSED_ROLES:
+            raise ConfigError(
+                f"TF_CONFIG has a task of role '{name}' ({REFUSED_ROLES[name]}): this trainer has no parameter servers "
+                f"or side-car evaluators (every task trains and evaluates): start only chief/master and worker tasks"
+            )
+        if name not in (*CHIEF_ROLES, "worker"):
+            raise ConfigError(f"TF_CONFIG has a task type '{name}': the types are chief (or master) and worker")
+    if all(r in jobs for r in CHIEF_ROLES):
+        raise ConfigError("TF_CONFIG has both a 'chief' and a 'master': give the cluster one chief")
+    if not 0 <= index < len(jobs.get(role, [])):
+        raise ConfigError(
+            f"TF_CONFIG's task ({role} {index}) is not in its cluster, which has {len(jobs.get(role, []))}"
+        )
+    jobs = {("chief" if r == "master" else r): a for r, a in jobs.items()}
+    role = "chief" if role == "master" else role
+    if len(jobs.get("chief", [])) > 1:
+        raise ConfigError(f"TF_CONFIG lists {len(jobs['chief'])} chief tasks: give the cluster one chief")
+    return {"cluster": jobs, "task": {"type": role, "index": index}}
+
+
+def task() -> tuple[str, int, int] | None:
+    """(task_type, task_index, number of workers incl. chief) from TF_CONFIG, or None without one;
+    a `master` is reported as `chief`."""
+    conf = spec()
+    if conf is None:
+        return None
+    workers = sum(len(conf["cluster"].get(k, [])) for k in ("chief", "worker"))
+    return conf["task"]["type"], conf["task"]["index"], workers
 
 
 def has_chief() -> bool:
-    try:
-        return bool(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("chief"))
-    except (ValueError, AttributeError):
-        return False
+    conf = spec()
+    return bool(conf and conf["cluster"].get("chief"))
 
 
 def is_chief() -> bool:
-    """The chief writes checkpoints, summaries and results: task 'chief', or worker 0 without one."""
+    """The chief writes checkpoints, summaries and results: task 'chief' (or 'master'), or worker 0 without one."""
     t = task()
     return t is None or t[0] == "chief" or (t[0] == "worker" and t[1] == 0 and not has_chief())
 

@@ -117,12 +117,26 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
     return type(strategy).__name__
 
 
+class TFConfigResolver(tf.distribute.cluster_resolver.TFConfigClusterResolver):
+    """TF_CONFIG as runtime/cluster.py reads it: AI Platform's `master` becomes the `chief` that
+    TensorFlow's strategy knows (it refuses a `master` job). Still a TFConfigClusterResolver, so the
+    strategy counts this host's GPUs itself, as with TF_CONFIG read directly."""
+
+    def __init__(self):
+        conf = cluster.spec()
+        super().__init__(task_type=conf["task"]["type"], task_id=conf["task"]["index"])
+        self._jobs = conf["cluster"]
+
+    def cluster_spec(self):
+        return tf.train.ClusterSpec(self._jobs)
+
+
 def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     """`name`, `devices`, `cpu_replicas`: runtime.strategy, .devices, .cpu_replicas, checked by config.validate."""
     if name == "multi_worker":
         if cluster.task() is None:
             raise ConfigError("runtime=multi_worker needs TF_CONFIG (see README: several hosts)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=TFConfigResolver())
     split_cpu(cpu_replicas)
     for gpu in tf.config.list_physical_devices("GPU"):
         try:  # take GPU memory as needed: parallel sweep members can share a machine's GPUs
