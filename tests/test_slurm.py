@@ -4,10 +4,14 @@ requeued, and Hydra's submitit launcher. `make test-cluster`; `make test` skips 
 
 import json
 
+import numpy as np
 import pytest
 import slurm_cluster
+import tensorflow as tf
+from helpers import ROOT, compose
 
 from resnet_train.runtime import cluster
+from resnet_train.training.loop import train_and_evaluate
 
 pytestmark = pytest.mark.slurm
 
@@ -34,3 +38,58 @@ def test_two_tasks_on_the_node_compute_their_tf_config_with_ports_of_their_own(s
     confs = [json.loads((tmp_path / f"tf_config_{i}.json").read_text()) for i in range(2)]
     workers = [f"{slurm.node}:{base}", f"{slurm.node}:{base + 1}"]
     assert confs == [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}} for i in range(2)]
+
+
+SCRIPT = ROOT / "docs" / "slurm" / "train.sbatch"
+# A tiny deterministic run; the script puts runtime=multi_worker before these (no runtime= here).
+RUN = (
+    "depth=8",
+    "batch_size=32",
+    "data.limit_train=128",
+    "data.limit_test=64",
+    "epochs=2",
+    "runtime.precision=float32",
+    "runtime.deterministic=true",
+)
+
+
+def weights(checkpoint):
+    """Every weight, optimizer slot and BN statistic in a checkpoint (as test_multi_worker.py reads them)."""
+    reader = tf.train.load_checkpoint(str(checkpoint))
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith(("model/", "optimizer/")) and k.endswith("VARIABLE_VALUE")
+    }
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and sum(k.startswith("optimizer/_trainable_variables/") for k in wa) > 10
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+
+
+def ended(fields):
+    return fields["JobState"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED")
+
+
+def test_the_readme_batch_script_trains_two_tasks_like_one_process(slurm, tmp_path):
+    """docs/slurm/train.sbatch (the README shows it) with two tasks on the node: two workers of
+    runtime=multi_worker, each at its own port; the chief's final weights equal one process's on
+    the same global batches (2 replicas in one process), bit for bit."""
+    assert SCRIPT.read_text() in (ROOT / "README.md").read_text()
+    run = tmp_path / "run"
+    job = slurm.sbatch(
+        "--nodes=1", "--ntasks-per-node=2", "--time=5", f"--output={tmp_path}/slurm-%j.out",
+        str(SCRIPT), *RUN, f"hydra.run.dir={run}",
+    )  # fmt: skip
+    # Meanwhile, in this process: the same global batches over 2 replicas.
+    single = train_and_evaluate(compose(*RUN, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "single")
+    fields = slurm.wait_job(job, ended, 300, "end")
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), slurm.logs(job)
+    results = json.loads((run / "results.json").read_text())
+    assert results["replicas"] == 2 and results["steps"] == single["steps"] == 2 * 128 // 32
+    assert "Strategy MultiWorkerMirroredStrategy over 2 replica(s)" in (run / "train.log").read_text()
+    assert (run / "train_worker1.log").exists()
+    assert_same_weights(results["checkpoint"], single["checkpoint"])
