@@ -6,6 +6,9 @@ EXIT_DIVERGED = 3  # the loss became NaN/Inf; the last good checkpoint is kept
 EXIT_WORKER_LOST = 4  # multi-worker: another worker stopped or became unreachable; see its log
 EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was written at the current step; rerun to continue
 # 75 is EX_TEMPFAIL in sysexits.h ("try again later"): what a requeueing job script checks for.
+# runtime.retry_exit_code replaces 75 and 4 (the stops a rerun continues) where a scheduler retries
+# only its own codes: Kubeflow's restartPolicy: ExitCode retries 130, 137, 138 and 143.
+RETRY_EXIT_CODES = range(4, 256)  # 0-3 mean done, a crash, bad input, diverged: never "try again"
 
 
 def first_line(error: BaseException, limit: int | None = 200, tail: bool = False) -> str:
@@ -17,6 +20,14 @@ def first_line(error: BaseException, limit: int | None = 200, tail: bool = False
     if limit is None or len(line) <= limit:
         return line
     return line[-limit:] if tail else line[:limit]
+
+
+def exit_code(error: BaseException, retry_exit_code: int | None = None) -> int:
+    """The exit code for `error`: `retry_exit_code` (runtime.retry_exit_code) for a stop that a rerun
+    continues (preempted, a lost peer) when one is set, else the error's own."""
+    if retry_exit_code in RETRY_EXIT_CODES and getattr(error, "rerun_continues", False):
+        return retry_exit_code
+    return getattr(error, "exit_code", EXIT_USER_ERROR)
 
 
 class UserError(Exception):
@@ -49,12 +60,14 @@ class WorkerLost(UserError):
     log) or became unreachable; rerunning every worker's command resumes the run."""
 
     exit_code = EXIT_WORKER_LOST
+    rerun_continues = True
 
 
 class Preempted(Exception):
     """Raised after a SIGTERM/SIGINT once the checkpoint at the current step is written."""
 
     exit_code = EXIT_PREEMPTED
+    rerun_continues = True
 
 
 class StoppedDuringSetUp(BaseException):
@@ -63,3 +76,4 @@ class StoppedDuringSetUp(BaseException):
     on its way (e.g. the damage check of a checkpoint being read) takes it for a failure of its own."""
 
     exit_code = EXIT_PREEMPTED
+    rerun_continues = True

@@ -202,6 +202,62 @@ CASES = [
         {},
     ),
     (
+        "retry exit code not a number",
+        "resnet-train",
+        ["runtime.retry_exit_code=abc"],
+        T + "runtime.retry_exit_code must be an integer (got 'abc'): null or an exit code from 4 to 255, e.g. 138",
+        "existing",
+        {},
+    ),
+    (
+        "retry exit code a fraction",
+        "resnet-train",
+        ["runtime.retry_exit_code=1.5"],
+        T + "runtime.retry_exit_code must be an integer (got 1.5): null or an exit code from 4 to 255, e.g. 138",
+        "existing",
+        {},
+    ),
+    (
+        "retry exit code 0 (success)",
+        "resnet-train",
+        ["runtime.retry_exit_code=0"],
+        T + "runtime.retry_exit_code must be null (75 for a stop, 4 for a lost peer) or an exit code from 4 to 255 "
+        "(got 0): 0-3 mean done, a crash, bad input and a diverged run; Kubeflow's restartPolicy: ExitCode "
+        "retries 138",
+        "existing",
+        {},
+    ),
+    (
+        "retry exit code 1 (a crash)",
+        "resnet-train",
+        ["runtime.retry_exit_code=1"],
+        T + "runtime.retry_exit_code must be null (75 for a stop, 4 for a lost peer) or an exit code from 4 to 255 "
+        "(got 1): 0-3 mean done, a crash, bad input and a diverged run; Kubeflow's restartPolicy: ExitCode "
+        "retries 138",
+        "existing",
+        {},
+    ),
+    (
+        "retry exit code 2 (bad input)",
+        "resnet-train",
+        ["runtime.retry_exit_code=2"],
+        T + "runtime.retry_exit_code must be null (75 for a stop, 4 for a lost peer) or an exit code from 4 to 255 "
+        "(got 2): 0-3 mean done, a crash, bad input and a diverged run; Kubeflow's restartPolicy: ExitCode "
+        "retries 138",
+        "existing",
+        {},
+    ),
+    (
+        "retry exit code past 255",
+        "resnet-train",
+        ["runtime.retry_exit_code=256"],
+        T + "runtime.retry_exit_code must be null (75 for a stop, 4 for a lost peer) or an exit code from 4 to 255 "
+        "(got 256): 0-3 mean done, a crash, bad input and a diverged run; Kubeflow's restartPolicy: ExitCode "
+        "retries 138",
+        "existing",
+        {},
+    ),
+    (
         "steps per call not a count",
         "resnet-train",
         ["runtime.steps_per_call=0"],

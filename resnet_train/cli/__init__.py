@@ -58,13 +58,15 @@ def _quiet_tensorflow() -> None:
         os.close(devnull)
 
 
-def fail(error) -> None:
-    """One clear line for the user and the error's exit code (errors.py). In a sweep, re-raise so
-    Hydra records the failed member."""
+def fail(error, retry_exit_code: int | None = None) -> None:
+    """One clear line for the user and the error's exit code (errors.py; runtime.retry_exit_code for
+    a lost peer when set). In a sweep, re-raise so Hydra records the failed member."""
+    from resnet_train.errors import exit_code
+
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise error
     print(f"{os.path.basename(sys.argv[0]) or 'resnet-train'}: error: {error}", file=sys.stderr)
-    sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
+    sys.exit(exit_code(error, retry_exit_code))
 
 
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
@@ -92,10 +94,12 @@ def _train(cfg) -> float | None:
             cfg, workdir, started=PROCESS_START, overrides=list(HydraConfig.get().overrides.task)
         )
     except UserError as error:
-        fail(error)
+        fail(error, cfg.runtime.retry_exit_code)
     except (Preempted, StoppedDuringSetUp) as stop:  # the same command continues the run
+        from resnet_train.errors import exit_code
+
         print(f"resnet-train: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
+        sys.exit(exit_code(stop, cfg.runtime.retry_exit_code))
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
         print(
             f"resnet-train: interrupted; rerun the same command to continue from the last checkpoint in "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnet_train.config import store
-from resnet_train.errors import ConfigError
+from resnet_train.errors import RETRY_EXIT_CODES, ConfigError
 from resnet_train.runtime import onednn, threads
 
 
@@ -136,6 +136,14 @@ def _runtime(r) -> None:
     threads.normalise(r.threads)
     _at_least("runtime.cpu_replicas", r.cpu_replicas, 1)
     _at_least("runtime.max_nonfinite_steps", r.max_nonfinite_steps, 0)
+    if r.retry_exit_code is not None and not (
+        _int_at_least(r.retry_exit_code, 0) and r.retry_exit_code in RETRY_EXIT_CODES
+    ):
+        raise ConfigError(
+            f"runtime.retry_exit_code must be null (75 for a stop, 4 for a lost peer) or an exit code from 4 to "
+            f"255 (got {r.retry_exit_code!r}): 0-3 mean done, a crash, bad input and a diverged run; Kubeflow's "
+            f"restartPolicy: ExitCode retries 138"
+        )
     if r.strategy == "multi_worker" and r.devices is not None:
         raise ConfigError(
             "runtime.devices is not used under runtime=multi_worker (each worker uses its own "

@@ -175,6 +175,9 @@ class RuntimeConfig:
     steps_per_call: Any = "auto"  # auto | N
     threads: Any = "auto"  # auto | default | [inter_op, intra_op]
     max_nonfinite_steps: int = 20
+    # The exit code of a stop a rerun continues (SIGTERM/SIGINT/SIGUSR2: 75, a lost peer: 4), for
+    # schedulers that retry only their own codes; null keeps 75 and 4.
+    retry_exit_code: Optional[int] = with_hint("null or an exit code from 4 to 255, e.g. 138", None)
 
 
 # --- the run ---------------------------------------------------------------------------------
