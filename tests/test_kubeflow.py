@@ -54,3 +54,65 @@ def test_a_master_and_a_worker_train_together_and_the_master_writes_the_run(tmp_
     assert "MultiWorkerMirroredStrategy over 2 replica(s)" in master_log, master_log[-2000:]
     assert "MultiWorkerMirroredStrategy over 2 replica(s)" in worker_log, worker_log[-2000:]
     assert "Test accuracy" in outputs[0][1] and "Run directory" in outputs[0][1]
+
+
+# What Kubeflow's restartPolicy: ExitCode retries (training-operator's IsRetryableExitCode).
+KUBEFLOW_RETRIED = {130, 137, 138, 143}
+
+
+def test_the_tfjob_example_is_our_command_line_on_a_shared_run_directory(monkeypatch):
+    import yaml
+    from helpers import compose
+
+    from resnet_train.config import validate
+    from resnet_train.runtime import cluster
+
+    job = yaml.safe_load((ROOT / "docs" / "tfjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "TFJob")
+    replicas = job["spec"]["tfReplicaSpecs"]
+    assert set(replicas) == {"Chief", "Worker"}  # no PS or Evaluator: we would refuse them
+    commands = set()
+    for spec in replicas.values():
+        assert spec["restartPolicy"] == "ExitCode"
+        pod = spec["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["name"] == "tensorflow"  # the container TFJob sets TF_CONFIG in
+        assert container["command"] == ["resnet-train"]
+        commands.add(tuple(container["args"]))
+        shared = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in shared]
+        run_dir = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("hydra.run.dir="))
+        assert any(run_dir.startswith(m.rstrip("/") + "/") for m in mounts), (run_dir, mounts)  # shared
+    (args,) = commands  # every replica runs the same command
+
+    cfg = compose(*args)  # composes (an unknown key or bad value would raise) and validates
+    validate(cfg)
+    assert cfg.runtime.strategy == "multi_worker"
+    assert cfg.runtime.retry_exit_code in KUBEFLOW_RETRIED
+
+    # The TF_CONFIG Kubeflow gives the chief of this job: it is our chief, the workers are not.
+    name, workers = job["metadata"]["name"], replicas["Worker"]["replicas"]
+    spec = {"chief": [f"{name}-chief-0.default.svc:2222"]}
+    spec["worker"] = [f"{name}-worker-{i}.default.svc:2222" for i in range(workers)]
+    for role, index, chief in (("chief", 0, True), ("worker", 0, False)):
+        conf = {"cluster": spec, "task": {"type": role, "index": index}, "environment": "cloud"}
+        monkeypatch.setenv("TF_CONFIG", json.dumps(conf))
+        assert cluster.is_chief() == chief and cluster.task()[2] == 1 + workers
+
+
+def test_the_readme_vertex_command_puts_the_run_on_the_cloud_storage_mount():
+    """README's Vertex AI container command, run by sh with the AIP_CHECKPOINT_DIR Vertex passes:
+    its arguments compose, and the run directory is the /gcs/ path of the checkpoint directory."""
+    import re
+    import subprocess
+
+    from helpers import compose
+
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"sh -c '(exec resnet-train .*?)'\n", readme, re.S).group(1)
+    assert "runtime.retry_exit_code=138" in readme and "docs/tfjob.yaml" in readme
+    env = {"PATH": os.environ["PATH"], "AIP_CHECKPOINT_DIR": "gs://bucket/base/checkpoints/"}
+    shown = line.replace("exec resnet-train", "printf '%s\\n'")
+    args = subprocess.run(["sh", "-c", shown], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert "hydra.run.dir=/gcs/bucket/base/checkpoints/run" in args
+    assert compose(*args).runtime.strategy == "multi_worker"
