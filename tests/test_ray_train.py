@@ -157,3 +157,30 @@ def test_a_killed_ray_worker_is_restarted_and_the_run_resumes_without_lost_or_re
         assert record["loss"] == pytest.approx(other["loss"], rel=1e-6)
         assert record["accuracy"] == other["accuracy"]
     assert_same_weights(results, single[1])
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["ray.workers=0"],
+            "ray.workers must be a positive integer, the Ray workers (one training process each) (got '0')",
+        ),
+        (["ray.max_failures=-2"], "ray.max_failures must be an integer >= -1: restarts of the workers after a failure"),
+        (["ray.cpus_per_worker=none"], "ray.cpus_per_worker must be a positive number"),
+        (["ray.address="], "ray.address must be a Ray cluster's address"),
+        (["ray.worker=2"], "unknown setting ray.worker (did you mean ray.workers?): ray.* takes workers, max_failures"),
+        (["-m", "depth=8,14"], "-m is not supported by resnet-ray-train: it runs one training run"),
+        (["runtime=mirrored"], "resnet-ray-train runs runtime=multi_worker (one process per Ray worker): drop the"),
+        (["depth=7"], "CIFAR ResNet depth must be 6n+2"),
+        (["optimizer=sgdd"], "unknown optimizer 'sgdd' (did you mean sgd?)"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2_before_ray_starts(args, line, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        ray_train.main([*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    (message,) = [text for text in err.splitlines() if text.startswith("resnet-ray-train:")]
+    assert message.startswith(f"resnet-ray-train: error: {line}"), err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
