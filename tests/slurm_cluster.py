@@ -37,7 +37,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={folder}/munge/socket
+AuthInfo=socket={folder}/munge/socket,cred_expire=10
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool
 SlurmctldPidFile={folder}/slurmctld.pid
@@ -64,6 +64,9 @@ Waittime=0
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
+
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL")
 
 
 class SlurmError(AssertionError):
@@ -177,7 +180,7 @@ class Cluster:
         return dict(re.findall(r"(\w+)=(\S*)", out))
 
     def wait_job(self, job_id, condition, timeout, what) -> dict:
-        """Polls the job until condition(fields); a clear failure with the job's output at the deadline."""
+        """Polls the job until condition(its fields); at the deadline, a failure with the job's output."""
         deadline = time.monotonic() + timeout
         while True:
             fields = self.job(job_id)
@@ -186,6 +189,13 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise SlurmError(f"job {job_id}: no {what} after {timeout} s: {fields}\n{self.logs(job_id)}")
             time.sleep(0.5)
+
+    def wait_file(self, job_id, path, text, timeout) -> None:
+        """Until `path` holds `text`, while the job lasts (a job that ended fails at once)."""
+        found = lambda f: path.is_file() and text in path.read_text(errors="replace")  # noqa: E731
+        fields = self.wait_job(job_id, lambda f: found(f) or f["JobState"] in ENDED, timeout, f"{text!r} in {path}")
+        if not found(fields):
+            raise SlurmError(f"job {job_id} ended before {path} held {text!r}: {fields}\n{self.logs(job_id)}")
 
     def logs(self, *job_ids, tail=4000) -> str:
         """The daemons' logs and the jobs' output files, each's end."""

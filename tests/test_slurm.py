@@ -3,6 +3,7 @@ batch script (docs/slurm/train.sbatch) with two tasks, a job stopped by its time
 requeued, and Hydra's submitit launcher. `make test-cluster`; `make test` skips these."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def assert_same_weights(a, b):
 
 
 def ended(fields):
-    return fields["JobState"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED")
+    return fields["JobState"] in slurm_cluster.ENDED
 
 
 def test_the_readme_batch_script_trains_two_tasks_like_one_process(slurm, tmp_path):
@@ -92,4 +93,44 @@ def test_the_readme_batch_script_trains_two_tasks_like_one_process(slurm, tmp_pa
     assert results["replicas"] == 2 and results["steps"] == single["steps"] == 2 * 128 // 32
     assert "Strategy MultiWorkerMirroredStrategy over 2 replica(s)" in (run / "train.log").read_text()
     assert (run / "train_worker1.log").exists()
+    assert_same_weights(results["checkpoint"], single["checkpoint"])
+
+
+# Long enough to be stopped mid-run: 10 epochs of 32 steps (about 40 s of training for two workers
+# on 2 cores).
+LONG = (*RUN, "data.limit_train=1024", "epochs=10")  # (Hydra: the last value wins)
+
+
+def test_the_time_limit_warning_saves_the_step_and_the_requeued_job_continues_from_it(slurm, tmp_path):
+    """The script under --time, --signal=B:USR2@60 and --requeue: SLURM's warning reaches the batch
+    shell, whose trap passes it to both tasks; they save the step they are at and exit 75, the
+    script requeues the job, and the requeued job continues from that step to the uninterrupted
+    run's weights, bit for bit. SLURM checks its time limits every 30 s: the short limit is set once
+    training runs (so the warning cannot come before the tasks' handlers exist), the warning then
+    comes within 30 s; the requeued job gets a long limit again (else it would be warned again)."""
+    run = tmp_path / "run"
+    job = slurm.sbatch(
+        "--nodes=1", "--ntasks-per-node=2", "--time=10", "--signal=B:USR2@60", "--requeue", "--open-mode=append",
+        f"--output={tmp_path}/slurm-%j.out", str(SCRIPT), *LONG, f"hydra.run.dir={run}",
+    )  # fmt: skip
+    slurm.wait_file(job, run / "train.log", "first step after", 180)
+    slurm.command("scontrol", "update", f"JobId={job}", "TimeLimit=2")  # 2 minutes: 60 s + 30 s are near
+    slurm.wait_job(job, lambda f: int(f["Restarts"]) >= 1 or ended(f), 120, "requeue")
+    slurm.command("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+    # While SLURM holds the requeued job back: the same run uninterrupted, in this process.
+    single = train_and_evaluate(compose(*LONG, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "single")
+    fields = slurm.wait_job(job, ended, 300, "end")
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), slurm.logs(job)
+    log = (run / "train.log").read_text()
+    total = 10 * 1024 // 32
+    stopped = re.findall(
+        rf"resnet-train: stopped by SIGUSR2 at step (\d+) of {total}; checkpoint (\S+) written",
+        (tmp_path / f"slurm-{job}.out").read_text(),
+    )
+    assert len(stopped) == 2 and stopped[0][0] == stopped[1][0], slurm.logs(job)  # both tasks, the same step
+    step = int(stopped[0][0])
+    assert 0 < step < total and str(run / "checkpoints" / f"ckpt-{step}") in {c for _, c in stopped}
+    assert f"Continuing at step {step} of {total}" in log
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == single["steps"] == total
     assert_same_weights(results["checkpoint"], single["checkpoint"])
