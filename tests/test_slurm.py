@@ -42,16 +42,34 @@ def test_two_tasks_on_the_node_compute_their_tf_config_with_ports_of_their_own(s
 
 
 SCRIPT = ROOT / "docs" / "slurm" / "train.sbatch"
-# A tiny deterministic run; the script puts runtime=multi_worker before these (no runtime= here).
+# A tiny deterministic run (the script puts runtime=multi_worker before these: no runtime= here),
+# long enough to be stopped mid-run: 12 epochs of 32 steps, about 50 s of training for two workers
+# on 2 cores, of which SLURM's warning may take 30 s to come.
 RUN = (
     "depth=8",
     "batch_size=32",
-    "data.limit_train=128",
+    "data.limit_train=1024",
     "data.limit_test=64",
-    "epochs=2",
+    "epochs=12",
     "runtime.precision=float32",
     "runtime.deterministic=true",
 )
+TOTAL_STEPS = 12 * 1024 // 32
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """single() -> results: RUN in this process on the same global batches over 2 replicas,
+    trained by the first test that calls it (while its job runs), once per module."""
+    results = {}
+
+    def train():
+        if not results:
+            run = tmp_path_factory.mktemp("single") / "run"
+            results.update(train_and_evaluate(compose(*RUN, "runtime=mirrored", "runtime.cpu_replicas=2"), run))
+        return results
+
+    return train
 
 
 def weights(checkpoint):
@@ -75,7 +93,7 @@ def ended(fields):
     return fields["JobState"] in slurm_cluster.ENDED
 
 
-def test_the_readme_batch_script_trains_two_tasks_like_one_process(slurm, tmp_path):
+def test_the_readme_batch_script_trains_two_tasks_like_one_process(slurm, tmp_path, single):
     """docs/slurm/train.sbatch (the README shows it) with two tasks on the node: two workers of
     runtime=multi_worker, each at its own port; the chief's final weights equal one process's on
     the same global batches (2 replicas in one process), bit for bit."""
@@ -85,44 +103,38 @@ def test_the_readme_batch_script_trains_two_tasks_like_one_process(slurm, tmp_pa
         "--nodes=1", "--ntasks-per-node=2", "--time=5", f"--output={tmp_path}/slurm-%j.out",
         str(SCRIPT), *RUN, f"hydra.run.dir={run}",
     )  # fmt: skip
-    # Meanwhile, in this process: the same global batches over 2 replicas.
-    single = train_and_evaluate(compose(*RUN, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "single")
+    reference = single()  # meanwhile
     fields = slurm.wait_job(job, ended, 300, "end")
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), slurm.logs(job)
     results = json.loads((run / "results.json").read_text())
-    assert results["replicas"] == 2 and results["steps"] == single["steps"] == 2 * 128 // 32
+    assert results["replicas"] == 2 and results["steps"] == reference["steps"] == TOTAL_STEPS
     assert "Strategy MultiWorkerMirroredStrategy over 2 replica(s)" in (run / "train.log").read_text()
     assert (run / "train_worker1.log").exists()
-    assert_same_weights(results["checkpoint"], single["checkpoint"])
+    assert_same_weights(results["checkpoint"], reference["checkpoint"])
 
 
-# Long enough to be stopped mid-run: 10 epochs of 32 steps (about 40 s of training for two workers
-# on 2 cores).
-LONG = (*RUN, "data.limit_train=1024", "epochs=10")  # (Hydra: the last value wins)
-
-
-def test_the_time_limit_warning_saves_the_step_and_the_requeued_job_continues_from_it(slurm, tmp_path):
-    """The script under --time, --signal=B:USR2@60 and --requeue: SLURM's warning reaches the batch
+def test_the_time_limit_warning_saves_the_step_and_the_requeued_job_continues_from_it(slurm, tmp_path, single):
+    """The script under --time, --signal=B:USR2@110 and --requeue: SLURM's warning reaches the batch
     shell, whose trap passes it to both tasks; they save the step they are at and exit 75, the
     script requeues the job, and the requeued job continues from that step to the uninterrupted
-    run's weights, bit for bit. SLURM checks its time limits every 30 s: the short limit is set once
-    training runs (so the warning cannot come before the tasks' handlers exist), the warning then
-    comes within 30 s; the requeued job gets a long limit again (else it would be warned again)."""
+    run's weights, bit for bit. SLURM looks at time limits every 30 s: the short limit (2 minutes,
+    less than 110 s left) is set once training runs, so the warning comes within 30 s and not
+    before the tasks' handlers exist (a SIGUSR2 before them would end the tasks); the requeued job
+    gets a long limit again, else it would be warned at once."""
     run = tmp_path / "run"
     job = slurm.sbatch(
-        "--nodes=1", "--ntasks-per-node=2", "--time=10", "--signal=B:USR2@60", "--requeue", "--open-mode=append",
-        f"--output={tmp_path}/slurm-%j.out", str(SCRIPT), *LONG, f"hydra.run.dir={run}",
+        "--nodes=1", "--ntasks-per-node=2", "--time=10", "--signal=B:USR2@110", "--requeue", "--open-mode=append",
+        f"--output={tmp_path}/slurm-%j.out", str(SCRIPT), *RUN, f"hydra.run.dir={run}",
     )  # fmt: skip
     slurm.wait_file(job, run / "train.log", "first step after", 180)
-    slurm.command("scontrol", "update", f"JobId={job}", "TimeLimit=2")  # 2 minutes: 60 s + 30 s are near
-    slurm.wait_job(job, lambda f: int(f["Restarts"]) >= 1 or ended(f), 120, "requeue")
+    slurm.command("scontrol", "update", f"JobId={job}", "TimeLimit=2")
+    slurm.wait_job(job, lambda f: int(f["Restarts"]) >= 1 or ended(f), 90, "requeue")
     slurm.command("scontrol", "update", f"JobId={job}", "TimeLimit=10")
-    # While SLURM holds the requeued job back: the same run uninterrupted, in this process.
-    single = train_and_evaluate(compose(*LONG, "runtime=mirrored", "runtime.cpu_replicas=2"), tmp_path / "single")
+    reference = single()  # (trained by the test before, unless it runs alone: then meanwhile)
     fields = slurm.wait_job(job, ended, 300, "end")
     assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), slurm.logs(job)
     log = (run / "train.log").read_text()
-    total = 10 * 1024 // 32
+    total = TOTAL_STEPS
     stopped = re.findall(
         rf"resnet-train: stopped by SIGUSR2 at step (\d+) of {total}; checkpoint (\S+) written",
         (tmp_path / f"slurm-{job}.out").read_text(),
@@ -132,5 +144,5 @@ def test_the_time_limit_warning_saves_the_step_and_the_requeued_job_continues_fr
     assert 0 < step < total and str(run / "checkpoints" / f"ckpt-{step}") in {c for _, c in stopped}
     assert f"Continuing at step {step} of {total}" in log
     results = json.loads((run / "results.json").read_text())
-    assert results["steps"] == single["steps"] == total
-    assert_same_weights(results["checkpoint"], single["checkpoint"])
+    assert results["steps"] == reference["steps"] == total
+    assert_same_weights(results["checkpoint"], reference["checkpoint"])
