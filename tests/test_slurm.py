@@ -3,13 +3,17 @@ batch script (docs/slurm/train.sbatch) with two tasks, a job stopped by its time
 requeued, and Hydra's submitit launcher. `make test-cluster`; `make test` skips these."""
 
 import json
+import os
 import re
+import subprocess
+import time
 
+import launches
 import numpy as np
 import pytest
 import slurm_cluster
 import tensorflow as tf
-from helpers import ROOT, compose
+from helpers import CLI, ROOT, compose
 
 from resnet_train.runtime import cluster
 from resnet_train.training.loop import train_and_evaluate
@@ -146,3 +150,64 @@ def test_the_time_limit_warning_saves_the_step_and_the_requeued_job_continues_fr
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == reference["steps"] == total
     assert_same_weights(results["checkpoint"], reference["checkpoint"])
+
+
+# A sweep's member: one process on one CPU, 64 steps.
+MEMBER = (
+    "depth=8",
+    "batch_size=32",
+    "data.limit_train=512",
+    "data.limit_test=64",
+    "epochs=4",
+    "runtime=one_device",
+    "runtime.precision=float32",
+    "runtime.deterministic=true",
+)
+
+
+def test_the_submitit_launcher_runs_a_sweep_and_a_preempted_member_is_requeued_by_submitit(slurm, tmp_path):
+    """`resnet-train -m hydra/launcher=submitit_slurm`: two members (the same run; only how often
+    they log differs) as an array job on the cluster. Member 1 gets SIGUSR2 while it trains (as
+    from a preemption): it saves its step, then submitit's own handler requeues the job; the
+    requeued member continues from that step and ends with member 0's weights, bit for bit."""
+    sweep = tmp_path / "sweep"
+    args = [str(CLI), "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=60", *MEMBER]
+    args += ["log.every_steps=50,51", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "SLURM_CONF": str(slurm.conf)}  # (sbatch is on the PATH: /usr/bin)
+    with open(tmp_path / "sweep.out", "w") as out:
+        hydra = launches.popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def logs():
+        files = [
+            tmp_path / "sweep.out",
+            *sorted(sweep.glob(".submitit/*/*.out")),
+            *sorted(sweep.glob(".submitit/*/*.err")),
+        ]
+        return "\n".join(f"---- {f} ----\n{f.read_text(errors='replace')[-3000:]}" for f in files) + slurm.logs()
+
+    try:
+        deadline = time.monotonic() + 180
+        log = sweep / "1" / "train.log"
+        while not (log.is_file() and "first step after" in log.read_text()):
+            assert hydra.poll() is None and time.monotonic() < deadline, f"member 1 did not start training\n{logs()}"
+            time.sleep(0.5)
+        (member,) = [j for j in slurm.command("squeue", "-h", "-o", "%i").stdout.split() if j.endswith("_1")]
+        slurm.command("scancel", "--signal=USR2", member)
+        code = hydra.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the sweep did not end in 300 s\n{logs()}")
+    finally:
+        if hydra.poll() is None:
+            hydra.kill()
+            hydra.wait()
+    assert code == 0, logs()
+    first, second = (sweep / str(n) for n in range(2))
+    stopped = re.findall(r"stopped by SIGUSR2 at step (\d+) of 64", (second / "train.log").read_text())
+    assert len(stopped) == 1 and 0 < int(stopped[0]) < 64, logs()
+    assert f"Continuing at step {stopped[0]} of 64" in (second / "train.log").read_text()
+    submitit_logs = "".join(f.read_text() for f in sweep.glob(".submitit/*_1/*_log.*"))
+    assert "this job is preempted" in submitit_logs and "Requeued job" in submitit_logs, logs()  # its handler did
+    assert "Continuing" not in (first / "train.log").read_text()
+    results = [json.loads((member / "results.json").read_text()) for member in (first, second)]
+    assert results[0]["steps"] == results[1]["steps"] == 64
+    assert_same_weights(results[0]["checkpoint"], results[1]["checkpoint"])
