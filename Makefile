@@ -39,11 +39,12 @@ test-fast: $(STAMP)
 test-gpu: $(STAMP)
 	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
 
-# The SLURM tier: a real one-node SLURM cluster on 127.0.0.1 that the tests start and stop
-# (tests/slurm_cluster.py); slurm-wlm and munge are installed first where missing (as root, apt).
+# The cluster tier: the engines for real, a one-node SLURM cluster on 127.0.0.1 that the tests start
+# and stop (tests/slurm_cluster.py; slurm-wlm and munge installed first where missing, as root, apt)
+# and a local Ray cluster (tests/test_ray_train.py).
 test-cluster: $(STAMP)
 	bash scripts/install_slurm.sh
-	$(VENV)/bin/python -m pytest -m slurm --durations=10 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m cluster --durations=10 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -116,11 +116,12 @@ def gpu_tier(config) -> bool:
     return "gpu" in expr.split() and "not gpu" not in expr
 
 
-# ---- the SLURM tier: a real one-node cluster on 127.0.0.1 (tests/slurm_cluster.py), which it
-# installs, starts and stops; `make test-cluster` (pytest -m slurm) runs it, `make test` skips it.
-def slurm_tier(config) -> bool:
+# ---- the cluster tier: the engines run for real, a one-node SLURM cluster on 127.0.0.1
+# (tests/slurm_cluster.py, which it installs, starts and stops) and a local Ray cluster;
+# `make test-cluster` (pytest -m cluster) runs it, `make test` skips it (minutes of engine start-up).
+def cluster_tier(config) -> bool:
     expr = config.option.markexpr or ""
-    return "slurm" in expr.split() and "not slurm" not in expr
+    return "cluster" in expr.split() and "not cluster" not in expr
 
 
 # ---- tiers: slow tests are those that took SLOW_SECONDS or more when durations.json was recorded ---
@@ -177,7 +178,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU; run by `make test-gpu`, skipped where none is visible")
-    config.addinivalue_line("markers", "slurm: needs a SLURM cluster; run by `make test-cluster`, skipped otherwise")
+    config.addinivalue_line("markers", "cluster: needs SLURM or Ray; run by `make test-cluster`, skipped otherwise")
     config.addinivalue_line("markers", f"slow: took {SLOW_SECONDS:g}s or more (tests/durations.json): not in test-fast")
     if not gpu_tier(config):
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
@@ -200,10 +201,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if recorded.get(item.nodeid, 0.0) >= SLOW_SECONDS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    if not slurm_tier(config):
-        reason = "SLURM tier: run `make test-cluster` (pytest -m slurm: starts a one-node SLURM cluster)"
+    if not cluster_tier(config):
+        reason = "cluster tier: run `make test-cluster` (pytest -m cluster: starts a one-node SLURM and a Ray cluster)"
         for item in items:
-            if item.get_closest_marker("slurm"):
+            if item.get_closest_marker("cluster"):
                 item.add_marker(pytest.mark.skip(reason=reason))
     marked = [item for item in items if item.get_closest_marker("gpu")]
     if not marked:

@@ -1,4 +1,4 @@
-"""A real one-node SLURM cluster on 127.0.0.1 for the `slurm` tier (`make test-cluster`).
+"""A real one-node SLURM cluster on 127.0.0.1 for the cluster tier (`make test-cluster`).
 
 start() installs slurm-wlm and munge where missing (scripts/install_slurm.sh), writes a MUNGE key
 and a slurm.conf for this machine as one node into a temporary folder, starts munged, slurmctld

@@ -126,6 +126,7 @@ def assert_same_weights(results, single_results):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+@pytest.mark.cluster  # minutes of Ray and worker start-up: the cluster tier (make test-cluster)
 def test_two_ray_workers_train_like_one_process(ray_runs, single):
     """TensorflowTrainer's two workers on one run directory: only the chief wrote the run's files,
     and the weights, optimizer slots and BN statistics equal one process's on the same global
@@ -140,6 +141,7 @@ def test_two_ray_workers_train_like_one_process(ray_runs, single):
     assert_same_weights(results, single[1])
 
 
+@pytest.mark.cluster
 def test_a_killed_ray_worker_is_restarted_and_the_run_resumes_without_lost_or_repeated_steps(ray_runs, single):
     """The chief ended its process right after its checkpoint of step 2 on the first attempt: Ray
     started both workers again, the run continued at step 2 and ended as the uninterrupted run did

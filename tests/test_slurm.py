@@ -18,7 +18,7 @@ from helpers import CLI, ROOT, compose
 from resnet_train.runtime import cluster
 from resnet_train.training.loop import train_and_evaluate
 
-pytestmark = pytest.mark.slurm
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="session")
