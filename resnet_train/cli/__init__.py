@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from resnet_train.cli.hydra_errors import run_app
 from resnet_train.config import store
-from resnet_train.errors import EXIT_USER_ERROR
+from resnet_train.errors import EXIT_USER_ERROR, exit_code
 from resnet_train.runtime.cluster import worker_suffix
 
 # A log line that cannot be written (a full disk) must not print logging's own traceback: the run
@@ -61,8 +61,6 @@ def _quiet_tensorflow() -> None:
 def fail(error, retry_exit_code: int | None = None) -> None:
     """One clear line for the user and the error's exit code (errors.py; runtime.retry_exit_code for
     a lost peer when set). In a sweep, re-raise so Hydra records the failed member."""
-    from resnet_train.errors import exit_code
-
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise error
     print(f"{os.path.basename(sys.argv[0]) or 'resnet-train'}: error: {error}", file=sys.stderr)
@@ -96,8 +94,6 @@ def _train(cfg) -> float | None:
     except UserError as error:
         fail(error, cfg.runtime.retry_exit_code)
     except (Preempted, StoppedDuringSetUp) as stop:  # the same command continues the run
-        from resnet_train.errors import exit_code
-
         print(f"resnet-train: {stop}", file=sys.stderr)
         sys.exit(exit_code(stop, cfg.runtime.retry_exit_code))
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
