@@ -140,7 +140,7 @@ def test_the_search_objective_is_the_figure_behind_best():
 @pytest.mark.parametrize(
     "sweeper",
     [
-        "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+        "hydra_plugins.resnet_train_optuna.sweeper.OptunaSweeper",
         "hydra_plugins.hydra_nevergrad_sweeper.nevergrad_sweeper.NevergradSweeper",
         "hydra_plugins.hydra_ax_sweeper.ax_sweeper.AxSweeper",
         "my_lab.sweepers.Bayes",

@@ -18,10 +18,6 @@ from omegaconf import OmegaConf
 from resnet_train.errors import EXIT_PREEMPTED
 from resnet_train.training.loop import train_and_evaluate
 
-# The searches run in process import optuna here: SQLAlchemy's notice about APIs optuna 2.10 uses
-# (as in _optuna) would otherwise land in the warnings summary.
-pytestmark = pytest.mark.filterwarnings("ignore:Deprecated API features detected")
-
 SMALL = (*TINY, "epochs=1", "data.limit_train=64", "data.limit_test=32")
 # The sweeps that two tests each start from (sweep_made_by).
 TWO_MEMBERS = ("-m", *SMALL, "optimizer.lr=0.05,0.2")
@@ -45,7 +41,7 @@ def sweep_made_by(cli, tmp_path_factory, tmp_path, _sweeps_made):
     command made (in process, by whichever test asked first), so that tests sharing a start stay
     independent and order-free. A copy reruns as the original would: finished members are
     recognised by their checkpoint's name, not their path (run_dir.finished); Optuna's storage is
-    sqlite:///${hydra.sweep.dir}/optuna.db, the copy's; Hydra's record of the original's paths
+    ${hydra.sweep.dir}/optuna.journal, the copy's; Hydra's record of the original's paths
     (.hydra/hydra.yaml) is what a rerun that skips or refuses a member puts back anyway."""
 
     def made(*command):
@@ -120,7 +116,7 @@ def test_a_failed_member_is_reported_and_the_others_finish(cli, tmp_path):
 def test_optuna_search_runs_two_trials_with_storage_in_the_sweep_dir(sweep_made_by):
     sweep, done = sweep_made_by(*TWO_TRIALS)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (sweep / "optuna.db").exists() and (sweep / "optimization_results.yaml").exists()
+    assert (sweep / "optuna.journal").exists() and (sweep / "optimization_results.yaml").exists()
     assert len(rows(sweep)) == 2 and all("optimizer.lr=" in r["overrides"] for r in rows(sweep))
     # Optuna optimised the validation accuracy (10% held out by the search's config), never the test set's.
     from omegaconf import OmegaConf
@@ -199,7 +195,7 @@ def test_optuna_rerun_with_more_trials_continues_the_study(cli, sweep_made_by):
     assert more.stdout.count("Test accuracy") == 2  # only the 2 new trials ran
     assert sorted(p.name for p in sweep.iterdir() if (p / "results.json").exists()) == ["0", "1", "2", "3"]
     assert {m: file_digests(sweep / m) for m in ("0", "1")} == before  # results, metrics, checkpoints, .hydra/*
-    study = _optuna().load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db")
+    study = _study(sweep)
     trials = study.get_trials()
     assert [(t.number, t.state.name) for t in trials] == [(n, "COMPLETE") for n in range(4)]
     assert len({t.params["optimizer.lr"] for t in trials}) == 4  # the seeded sampler drew new points
@@ -224,8 +220,9 @@ def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli
     sweep, done = sweep_made_by(*TWO_TRIALS)  # trials 0 and 1 complete
     search = ("hparams_search=optuna", *SMALL, f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-3000:]
-    optuna = _optuna()
-    study = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db")
+    import optuna
+
+    study = _study(sweep)
     first = study.get_trials()[0]
     left = study.ask(first.distributions)  # what the killed search had asked: trial 2, never told
     for key, value in first.user_attrs.items():  # the command's fixed settings, as the sweeper records them
@@ -235,8 +232,7 @@ def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli
     again = cli(*search, "hydra.sweeper.n_trials=4")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("Test accuracy") == 2  # trial 2, resumed, and trial 4 in place of the failed 3
-    # Loaded again: optuna's storage trusts its cache for the trials this process asked.
-    trials = optuna.load_study(study_name="resnet_train", storage=f"sqlite:///{sweep}/optuna.db").get_trials()
+    trials = _study(sweep).get_trials()
     assert [(t.number, t.state.name) for t in trials] == [
         (0, "COMPLETE"),
         (1, "COMPLETE"),
@@ -250,13 +246,13 @@ def test_optuna_rerun_resumes_a_trial_left_running_and_replaces_a_failed_one(cli
     assert trials[2].value == json.loads((sweep / "2" / "results.json").read_text())["eval"]["accuracy"]
 
 
-def _optuna():
-    import warnings
+def _study(sweep):
+    """The search's study, from its default storage (a journal file in the sweep directory)."""
+    import optuna
 
-    with warnings.catch_warnings():  # SQLAlchemy's notice about APIs optuna 2.10 uses
-        warnings.simplefilter("ignore")
-        import optuna
-    return optuna
+    from resnet_train.tools.optuna_storage import open_storage
+
+    return optuna.load_study(study_name="resnet_train", storage=open_storage(sweep / "optuna.journal"))
 
 
 def event_file_pids(member):

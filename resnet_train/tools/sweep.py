@@ -50,16 +50,8 @@ class SweepCallback(Callback):
         self._before = {}  # member -> (its record's stamp, whether it held a run) when its job started
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        from omegaconf import OmegaConf
-
-        # The sweep directory exists before the sweeper opens its storage there (Optuna's sqlite).
+        # The sweep directory exists before the sweeper opens its storage there (Optuna's journal file).
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_") or "").lower():
-            try:
-                from resnet_train.tools.optuna_sweeper import install
-            except ImportError:  # the plugin is not installed: Hydra says so when it instantiates it
-                return
-            install()  # before Hydra instantiates the sweeper: members numbered by trial (optuna_sweeper.py)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         # Once more after every member ended: under a parallel launcher the members' own writes
@@ -88,7 +80,9 @@ class SweepCallback(Callback):
         if job_return.status.name == "FAILED":
             error = job_return._return_value
             if untouched:
-                error.member_left_as_it_was = True  # optuna_sweeper.left_as_it_was(): not a failure of the member's run
+                error.member_left_as_it_was = (
+                    True  # resnet_train_optuna/study.left_as_it_was(): not a failure of the member's run
+                )
                 # Printed: a log line would go to the member's train.log, which is the run's.
                 print(
                     f"resnet-train: {member}: not run, the member's run was left as it was "
