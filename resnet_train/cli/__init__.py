@@ -70,7 +70,7 @@ def fail(error, retry_exit_code: int | None = None) -> None:
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
 def _train(cfg) -> float | None:
     from resnet_train.errors import UserError
-    from resnet_train.runtime import onednn, threads, tuning
+    from resnet_train.runtime import device_pool, onednn, threads, tuning
 
     try:  # before TensorFlow's import: oneDNN is fixed by it
         setting = onednn.normalise(cfg.runtime.onednn)
@@ -103,6 +103,8 @@ def _train(cfg) -> float | None:
             file=sys.stderr,
         )
         sys.exit(130)
+    finally:  # runtime.devices=pool: free for the others while this process waits for its next member
+        device_pool.release()
     test, k = results["test"], results["top_k"]
     print(
         f"Test accuracy {test['accuracy']:.4f} (top-{k} {test[f'top{k}']:.4f}, "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from resnet_train.config import store
 from resnet_train.errors import RETRY_EXIT_CODES, ConfigError
-from resnet_train.runtime import onednn, threads
+from resnet_train.runtime import device_pool, onednn, threads
 
 
 def load_config(overrides=(), config_name: str = "train"):
@@ -135,6 +135,7 @@ def _runtime(r) -> None:
         )
     threads.normalise(r.threads)
     _at_least("runtime.cpu_replicas", r.cpu_replicas, 1)
+    device_pool.check(r)
     _at_least("runtime.max_nonfinite_steps", r.max_nonfinite_steps, 0)
     if r.retry_exit_code is not None and not (
         _int_at_least(r.retry_exit_code, 0) and r.retry_exit_code in RETRY_EXIT_CODES

@@ -169,8 +169,11 @@ class RuntimeConfig:
     precision: str = "auto"
     onednn: Any = "auto"  # auto | true | false
     xla: Any = "auto"  # auto | true | false
-    devices: Optional[List[str]] = None
+    devices: Any = None  # null | pool | [/gpu:0, ...] (device_pool.check)
     cpu_replicas: int = 1
+    # devices=pool: the lock files' directory (null: one per user and host) and how long a run waits.
+    device_pool_dir: Optional[str] = None
+    device_pool_timeout_s: Optional[float] = None
     deterministic: bool = False
     steps_per_call: Any = "auto"  # auto | N
     threads: Any = "auto"  # auto | default | [inter_op, intra_op]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from resnet_train.runtime import device_pool
 from resnet_train.training import run_dir, selection
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def results(run, state, final: dict, started: float) -> dict:
         "checkpoint": run.checkpointer.latest if run.rt.is_chief else None,
         "config_hash": run_dir.config_hash(run.cfg),
     }
+    if device_pool.held():  # runtime.devices=pool: the device this run held, and how long it waited
+        results["device_pool"] = device_pool.held()
     if run.trainer.pruner is not None:  # the masks' share of zeros in the pruned kernels
         results["sparsity"] = run.trainer.pruner.sparsity()
     if final["test_ema"] is not None:

@@ -19,8 +19,8 @@ from resnet_train.optim import schedules
 from resnet_train.report import plots, tracking
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
 from resnet_train.report.step_log import StepLog
+from resnet_train.runtime import device_pool, onednn, threads, tuning
 from resnet_train.runtime import devices as runtime
-from resnet_train.runtime import onednn, threads, tuning
 from resnet_train.training import distill, early_stop, finetune, inputs, pretrained, prune, resolved, run_dir, selection
 from resnet_train.training.checkpoint import Checkpointer
 from resnet_train.training.inputs import Input
@@ -169,7 +169,8 @@ def _runtime(cfg, workdir: Path, stop: StopRequests):
     levers; the checks that need the replica count. Returns (runtime.Runtime, levers)."""
     r = cfg.runtime
     precision, precision_kept = resolved.resumed_precision(workdir, r.precision)
-    rt = runtime.configure(cfg.seed, r.deterministic, r.strategy, precision, r.devices, r.cpu_replicas)
+    devices = device_pool.take(r, str(workdir)) if r.devices == device_pool.POOL else r.devices
+    rt = runtime.configure(cfg.seed, r.deterministic, r.strategy, precision, devices, r.cpu_replicas)
     if precision_kept:
         log.info(precision_kept)
     levers = tuning.resolve(r)
