@@ -129,12 +129,28 @@ def test_a_sweep_takes_the_free_device_and_names_it(tmp_path):
 
 
 def test_a_run_lets_its_device_go_when_it_ends(tmp_path, monkeypatch, capsys):
-    """The process lives on (a joblib worker waiting for its next member): the device is free."""
-    pool = tmp_path / "pool"
-    args = (*TINY, "epochs=1", "runtime.devices=pool", "runtime.cpu_replicas=2", f"runtime.device_pool_dir={pool}")
-    code, _, err = cli_in_process(monkeypatch, capsys, "resnet-train", *args, f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == 0, err
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["device_pool"]["device"] == "CPU:0"
+    """However it ends (here: its data refused after it took the device) and though its process
+    lives on (a joblib worker waiting for its next member), the device is free again."""
+    pool, empty = tmp_path / "pool", tmp_path / "empty"
+    empty.mkdir()
+    taken, acquire = [], device_pool.acquire
+
+    def recorded(*args, **kwargs):
+        taken.append(acquire(*args, **kwargs))
+        return taken[-1]
+
+    monkeypatch.setattr(device_pool, "acquire", recorded)
+    args = (*TINY, "data=folder", f"data.path={empty}", "runtime.devices=pool", "runtime.cpu_replicas=2")
+    code, _, err = cli_in_process(
+        monkeypatch,
+        capsys,
+        "resnet-train",
+        *args,
+        f"runtime.device_pool_dir={pool}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert code == 2 and "no images in" in err, err
+    assert [held.device for held in taken] == ["CPU:0"]  # it held the device when its data was refused
     assert device_pool.held() is None
     fd = os.open(device_pool.lock_path(pool, "CPU:0"), os.O_RDWR)
     try:
