@@ -27,7 +27,7 @@ class OptunaSweeperConf:
     max_failure_rate: float = 0.0
     params: Optional[Dict[str, str]] = None
     pruner: str = "none"  # one of PRUNERS
-    pruner_kwargs: Dict[str, Any] = field(default_factory=dict)  # the pruner class's own arguments
+    pruner_kwargs: Any = None  # the pruner class's own arguments, a dict (Any: a dict given replaces it whole)
 
 
 SAMPLERS = {

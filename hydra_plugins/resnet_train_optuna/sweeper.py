@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from hydra_plugins.resnet_train_optuna.config import PRUNERS
 
 log = logging.getLogger(__name__)
-STUDY_FILE = "optuna_study.yaml"  # where the study is, for resnet-sweep-report
 
 
 class OptunaSweeper(Sweeper):
@@ -82,9 +81,11 @@ class OptunaSweeper(Sweeper):
         log.info(
             f"Study {study.study_name} in {self.storage_spec}: {held} trials held, sampler {type(sampler).__name__}"
         )
-        if self.storage_spec:
+        if self.storage_spec:  # where the study is, for resnet-sweep-report
+            from resnet_train.tools.sweep_study import STUDY_FILE, where_saved
+
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
-            where = {"storage": str(self.storage_spec), "study_name": study.study_name}
+            where = {"storage": where_saved(self.sweep_dir, self.storage_spec), "study_name": study.study_name}
             OmegaConf.save(OmegaConf.create(where), self.sweep_dir / STUDY_FILE)
         return study, storage, distributions, fixed
 

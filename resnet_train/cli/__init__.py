@@ -89,7 +89,7 @@ def _train(cfg) -> float | None:
     _check_search_has_validation(cfg)
     try:
         results = train_and_evaluate(
-            cfg, workdir, started=PROCESS_START, overrides=list(HydraConfig.get().overrides.task)
+            cfg, workdir, started=PROCESS_START, overrides=list(HydraConfig.get().overrides.task), trial=_trial(cfg)
         )
     except UserError as error:
         fail(error, cfg.runtime.retry_exit_code)
@@ -129,6 +129,16 @@ def _writable_before_tensorflow(workdir) -> None:
 
     if cluster.is_chief() and not (Path(workdir) / run_dir.RESULTS).exists():
         run_dir.ensure_writable(Path(workdir))
+
+
+def _trial(cfg):
+    """A search member's Optuna trial, when its search prunes (tools/trial_pruning.py); not under
+    runtime=multi_worker, whose workers would have to agree on the pruner's answer."""
+    if cfg.runtime.strategy == "multi_worker" or not OmegaConf.select(HydraConfig.get(), "sweeper.pruner"):
+        return None
+    from resnet_train.tools import trial_pruning
+
+    return trial_pruning.from_hydra(HydraConfig.get())
 
 
 def _check_search_has_validation(cfg) -> None:

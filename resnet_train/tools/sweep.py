@@ -144,11 +144,11 @@ def member_row(member: Path) -> dict:
     elif results.exists():
         r = json.loads(results.read_text())
         row.update(
-            status="finished",
+            status="pruned" if r.get("pruned_at_epoch") else "finished",  # hydra.sweeper.pruner stopped it
             best_val=selection.objective(cfg, r),
             final_val=r["eval"][metric] if r["eval_split"] == "val" else None,
             final_test=r["test"][metric],
-            epochs=r.get("stopped_early_at_epoch") or r["epochs"],  # early_stop: the epochs it ran
+            epochs=r.get("stopped_early_at_epoch") or r["epochs"],  # early_stop, pruned: the epochs it ran
             wall_time_s=r.get("wall_time_s"),
         )
     return row
@@ -183,9 +183,10 @@ def _member_config(member: Path):
 
 
 def _rank(row: dict) -> tuple:
-    """Failed members last; then by best_val (members with a validation split), else final_test."""
+    """Failed members last, pruned ones before them; then by best_val (members with a validation
+    split), else final_test."""
     score = row["best_val"] if row["best_val"] is not None else row["final_test"]
-    return (row["status"] == "failed", score is None, -(score or 0.0))
+    return (row["status"] == "failed", row["status"] == "pruned", score is None, -(score or 0.0))
 
 
 def members(sweep_dir) -> list[Path]:
@@ -213,5 +214,8 @@ def write_summary(sweep_dir) -> list[dict]:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    from resnet_train.tools.sweep_study import study_lines
+
+    lines += study_lines(sweep_dir)  # an Optuna search's: its trials by state, pruned ones, importances
     write_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows

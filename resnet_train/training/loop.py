@@ -26,6 +26,7 @@ from resnet_train.training import results as results_lib
 from resnet_train.training.interrupts import StopRequests
 from resnet_train.training.run_lock import RunLock
 from resnet_train.training.setup import Run, State, set_up
+from resnet_train.training.trial_stop import TrialStop
 
 log = logging.getLogger(__name__)
 # tf.data's note about reading options in graph mode, raised by distribute_datasets_from_function.
@@ -33,10 +34,10 @@ warnings.filterwarnings("ignore", message="To make it possible to preserve tf.da
 
 
 @environ_restored()  # what the run set in os.environ (MLflow's file store switch) is undone
-def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=None) -> dict:
+def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=None, trial=None) -> dict:
     """Trains per `cfg` in `workdir` (resuming what is there) and returns the final metrics.
     `started`: when the process began (for the start-up time in the log); `overrides`: the
-    command line's, saved beside the config.
+    command line's, saved beside the config; `trial`: a search member's Optuna trial (trial_stop.py).
 
     Before anything is written: the config is validated, the directory locked (one run at a time)
     and, if it holds checkpoints, checked to hold a run of this config."""
@@ -69,7 +70,7 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
                 log.warning("Continuing %s with changed settings: %s", workdir, "; ".join(changed))
             for line in kept:
                 log.info(line)
-            results = _train(cfg, workdir, started, overrides, stop, held_log, lock)
+            results = _train(cfg, workdir, started, overrides, stop, held_log, lock, trial)
             failed = False
             return results
     except failures.LOST_PEER_ERRORS as e:
@@ -85,15 +86,16 @@ def train_and_evaluate(cfg, workdir, started: float | None = None, overrides=Non
         held_log.close(failed)
 
 
-def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log, lock=None) -> dict:
+def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, held_log, lock=None, trial=None) -> dict:
     """Set up, the epochs (each: run_epoch, then end_epoch), the final evaluation, the results."""
     run, state = set_up(cfg, workdir, overrides, stop, held_log)
+    state.trial_stop = TrialStop(trial, state.step // run.steps_per_epoch)
     stop.training_started()
     status = "FAILED"  # for the experiment trackers
     try:
         # Stopped early and killed before its results (a run whose patience ran out in its last
         # epoch did not stop early: it ended).
-        if 0 < state.step < run.total_steps and state.patience.exhausted():
+        if 0 < state.step < run.total_steps and (state.patience.exhausted() or state.trial_stop.pruned_at_epoch):
             state.stopped_early_at_epoch = state.step // run.steps_per_epoch
         last = run.epochs if state.step < run.total_steps and not state.stopped_early_at_epoch else 0
         for epoch in range(state.step // run.steps_per_epoch, last):
@@ -237,6 +239,8 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
         log.info("Stopping early after epoch %d: %s on %s%s has not improved by more than %g for %d epochs",
                  epoch + 1, run.cfg.checkpoint.best_metric, run.eval_split, " (EMA weights)" * trainer.has_ema,
                  run.cfg.early_stop.min_delta, run.cfg.early_stop.patience)  # fmt: skip
+    if run.eval_split == "val" and state.trial_stop.update(epoch + 1, chosen_by, last=epoch + 1 >= run.epochs):
+        state.stopped_early_at_epoch = epoch + 1  # pruned: the search's pruner stops it (trial_stop.py)
     timed = time.perf_counter()  # after the last epoch, _pictures draws them
     if run.rt.is_chief and state.curves.epoch_ended(last=timing["stopping"] and epoch + 1 < run.epochs):
         overhead["curves"] = time.perf_counter() - timed
@@ -290,11 +294,6 @@ def _log_overhead(epoch: int, epochs: int, in_steps: float, overhead: dict) -> N
     building its input pipeline and the loop's own work (both inside the epoch's img/s), then
     evaluation, checkpoint and curves (after it). Tracing the step falls inside the first call."""
     if sum(overhead.values()) > 1.0:
-        log.info(
-            "epoch %d/%d  %.1f s outside the %.1f s of training steps: %s",
-            epoch,
-            epochs,
-            sum(overhead.values()),
-            in_steps,
-            ", ".join(f"{k} {v:.1f} s" for k, v in overhead.items()),
-        )
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in overhead.items())
+        log.info("epoch %d/%d  %.1f s outside the %.1f s of training steps: %s", epoch, epochs,
+                 sum(overhead.values()), in_steps, parts)  # fmt: skip

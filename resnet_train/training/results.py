@@ -43,6 +43,8 @@ def results(run, state, final: dict, started: float) -> dict:
     }
     if device_pool.held():  # runtime.devices=pool: the device this run held, and how long it waited
         results["device_pool"] = device_pool.held()
+    if state.trial_stop is not None and state.trial_stop.pruned_at_epoch:  # hydra.sweeper.pruner stopped it
+        results["pruned_at_epoch"] = state.trial_stop.pruned_at_epoch
     if run.trainer.pruner is not None:  # the masks' share of zeros in the pruned kernels
         results["sparsity"] = run.trainer.pruner.sparsity()
     if final["test_ema"] is not None:

@@ -72,6 +72,7 @@ class State:
     stopped_early_at_epoch: int | None = None
     eval_confusion: object = None  # the last epoch's evaluation confusion matrix (numpy)
     curves: plots.CurvesEvery | None = None  # curves.png, redrawn as epochs end
+    trial_stop: object = None  # trial_stop.TrialStop: a search member's reports to its Optuna trial
 
 
 def set_up(cfg, workdir: Path, overrides, stop: StopRequests, held_log) -> tuple[Run, State]:
