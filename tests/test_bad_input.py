@@ -160,6 +160,14 @@ CASES = [
     ),
     ("negative seed", "resnet-train", ["seed=-1"], T + "seed must be a non-negative integer (got -1)", "existing", {}),
     (
+        "drop path of 1",
+        "resnet-train",
+        ["model.drop_path=1"],
+        T + "model.drop_path must be in [0, 1), the last block's drop rate (got 1)",
+        "existing",
+        {},
+    ),
+    (
         "unknown precision",
         "resnet-train",
         ["runtime.precision=fp8"],

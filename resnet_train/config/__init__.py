@@ -79,6 +79,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"model.shortcut must be auto, A or B (got {model.shortcut!r})")
     if model.padding not in models.PADDINGS:
         raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.padding!r})")
+    models.check_tricks(model.drop_path, model.style)
 
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number (got {cfg.optimizer.lr:g})")

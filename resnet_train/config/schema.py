@@ -43,6 +43,9 @@ class ModelConfig:
     # Bottlenecks: the stride on the first 1x1 conv (ResNet v1, keras.applications' ResNet50)
     # rather than on the 3x3 (v1.5: torchvision, Model Garden, keras-hub; ours by default).
     stride_in_1x1: bool = False
+    # Stochastic depth: the last block's per-example drop rate, rising linearly from 0 (timm's rule).
+    drop_path: float = 0.0
+    style: str = "standard"  # standard | resnet_d (He et al. 2019: deep stem, average-pool shortcut)
 
 
 # --- optimizer -------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ def build(
     zero_init_residual: bool = False,
     padding: str = "symmetric",
     stride_in_1x1: bool = False,
+    drop_path: float = 0.0,
+    style: str = "standard",
 ):
     """A Keras model mapping images (0..255) to float32 logits. Needs no data.
 
@@ -54,10 +56,15 @@ def build(
     padding: "symmetric" pads every strided conv and pool k // 2 on each side, as the papers' nets
     and torchvision (proven equal in tests/test_reference_models.py); "same" is TF's, one pixel off
     on even-sized maps, kept only so that runs made before it load and resume as they were trained.
+
+    drop_path: stochastic depth, the last block's per-example drop rate (rising linearly from 0 at
+    the first block). style: "standard" or "resnet_d" (He et al. 2019: deep stem, average-pool
+    shortcut).
     """
     lay = resolve_layout(depth, image_shape, variant, block)
-    shortcut = _shortcut(lay, depth, shortcut)
+    shortcut = _shortcut(lay, depth, shortcut, style)
     _check(lay, num_classes, image_shape, mean, std, init_mode, padding, zero_init_residual)
+    check_tricks(drop_path, style)
     builder = Builder(
         init_mode=init_mode,
         bn_momentum=bn_momentum,
@@ -67,18 +74,24 @@ def build(
         zero_init_residual=zero_init_residual,
         padding=padding,
         stride_in_1x1=stride_in_1x1,
+        drop_path=drop_path,
+        resnet_d=style == "resnet_d",
     )
-    name = f"{lay.variant}_resnet{depth}"
+    name = f"{lay.variant}_resnet{depth}{'d' if style == 'resnet_d' else ''}"
     # Keras walks the functional graph recursively, a few frames per layer: ResNet-1202 has
     # ~3,600 layers. Python 3.11+ keeps these frames off the C stack, so a higher limit is safe.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * depth + 1000))
     return FAMILIES[lay.variant](lay, num_classes, image_shape, mean, std, shortcut, builder, name)
 
 
-def _shortcut(lay, depth: int, shortcut: str) -> str:
+def _shortcut(lay, depth: int, shortcut: str, style: str = "standard") -> str:
     """model.shortcut, with auto resolved per family."""
     if shortcut == "auto":
         shortcut = _DEFAULT_SHORTCUT[lay.variant]
+    if style == "resnet_d" and shortcut == "A":
+        raise ConfigError(
+            "model.style=resnet_d average-pools the projection shortcut; option A has none: use model.shortcut=B"
+        )
     if shortcut not in ("A", "B"):
         raise ConfigError(f"model.shortcut must be auto, A or B (got {shortcut!r})")
     if shortcut == "A" and lay.variant == "preact" and lay.block == "bottleneck":
@@ -89,6 +102,17 @@ def _shortcut(lay, depth: int, shortcut: str) -> str:
             f"shortcuts; use model.shortcut=B (or auto)"
         )
     return shortcut
+
+
+STYLES = ("standard", "resnet_d")
+
+
+def check_tricks(drop_path: float, style: str) -> None:
+    """model.drop_path and model.style, checked by config.validate too (before any data)."""
+    if not 0.0 <= drop_path < 1.0:
+        raise ConfigError(f"model.drop_path must be in [0, 1), the last block's drop rate (got {drop_path:g})")
+    if style not in STYLES:
+        raise ConfigError(f"model.style must be {' or '.join(STYLES)} (got {style!r})")
 
 
 def _check(lay, num_classes: int, image_shape, mean, std, init_mode: str, padding: str, zero_init_residual: bool):
@@ -129,6 +153,8 @@ def from_config(m, info, **override):
         zero_init_residual=m.zero_init_residual,
         padding=m.padding,
         stride_in_1x1=m.stride_in_1x1,
+        drop_path=m.drop_path,
+        style=m.style,
     )
     return build(**{**args, **override})
 

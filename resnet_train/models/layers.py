@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from resnet_train.models.drop_path import DropPath
+
 
 @keras.saving.register_keras_serializable(package="resnet_train")
 class ZeroPadShortcut(layers.Layer):
@@ -115,7 +117,14 @@ class Builder:
         zero_init_residual: bool = False,
         padding: str = "symmetric",
         stride_in_1x1: bool = False,
+        resnet_d: bool = False,
+        drop_path: float = 0.0,
     ):
+        # He et al. 2019 (Bag of Tricks), ResNet-D: a strided projection shortcut averages 2x2 first
+        # and projects at stride 1, so it sees every input pixel (the deep stem is resnet.py's).
+        self.resnet_d = resnet_d
+        self.drop_path = drop_path  # stochastic depth: the last block's rate (drop_path.block_rates)
+        self.drop_rates: dict[str, float] = {}  # each block's rate, by block name, in block order
         self.stride_in_1x1 = stride_in_1x1  # bottlenecks: ResNet v1's place of the stride
         # He et al. 2015 initialisation: N(0, 2/fan). fan_out is what torchvision and the
         # fb.resnet.torch code behind the papers use; fan_in is the other documented choice.
@@ -188,8 +197,21 @@ class Builder:
             return x
         if option == "A":
             return ZeroPadShortcut(filters, stride, name=f"{name}_pad")(x)
+        if self.resnet_d and stride > 1:
+            # ceil: an odd map keeps its last row and column, averaged over the real pixels only
+            # (timm's ceil_mode=True, count_include_pad=False; keras-hub's "same" pool).
+            x = layers.AveragePooling2D(2, stride, padding="same", name=f"{name}_proj_pool")(x)
+            stride = 1
         y = self.conv(x, filters, 1, stride, name=f"{name}_proj")
         return self.bn(y, name=f"{name}_proj_bn") if with_bn else y
+
+    def drop(self, y, name):
+        """The end of block `name`'s residual branch under stochastic depth (model.drop_path)."""
+        rate = self.drop_rates.get(name, 0.0)
+        if not rate:
+            return y
+        seed = list(self.drop_rates).index(name)  # the block's index: blocks draw apart
+        return DropPath(rate, seed=seed, name=f"{name}_drop")(y)
 
     # Post-activation blocks (He et al. 2016a) --------------------------------------------
     def basic(self, x, filters, stride, shortcut, name):
@@ -198,7 +220,7 @@ class Builder:
         y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
         y = self.bn(y, name=f"{name}_bn2", last_in_branch=True)
         s = self.shortcut(x, filters, stride, shortcut, name)
-        return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
+        return self.relu(layers.Add(name=f"{name}_add")([self.drop(y, name), s]), name=f"{name}_out")
 
     def bottleneck(self, x, width, stride, shortcut, name, expansion=4):
         # ResNet v1.5: the stride sits on the 3x3 conv, as in torchvision and TF Model Garden
@@ -211,7 +233,7 @@ class Builder:
         y = self.conv(y, width * expansion, 1, 1, name=f"{name}_conv3")
         y = self.bn(y, name=f"{name}_bn3", last_in_branch=True)
         s = self.shortcut(x, width * expansion, stride, shortcut, name)
-        return self.relu(layers.Add(name=f"{name}_add")([y, s]), name=f"{name}_out")
+        return self.relu(layers.Add(name=f"{name}_add")([self.drop(y, name), s]), name=f"{name}_out")
 
     # Pre-activation blocks (He et al. 2016b) ---------------------------------------------
     def preact_basic(self, x, filters, stride, shortcut, name):
@@ -222,7 +244,7 @@ class Builder:
         y = self.conv(pre, filters, 3, stride, name=f"{name}_conv1")
         y = self.relu(self.bn(y, name=f"{name}_bn2"), name=f"{name}_relu2")
         y = self.conv(y, filters, 3, 1, name=f"{name}_conv2")
-        return layers.Add(name=f"{name}_add")([y, s])
+        return layers.Add(name=f"{name}_add")([self.drop(y, name), s])
 
     def preact_bottleneck(self, x, width, stride, shortcut, name, expansion=4):
         pre = self.relu(self.bn(x, name=f"{name}_bn1"), name=f"{name}_relu1")
@@ -234,4 +256,4 @@ class Builder:
         y = self.conv(y, width, 3, stride, name=f"{name}_conv2")
         y = self.relu(self.bn(y, name=f"{name}_bn3"), name=f"{name}_relu3")
         y = self.conv(y, out, 1, 1, name=f"{name}_conv3")
-        return layers.Add(name=f"{name}_add")([y, s])
+        return layers.Add(name=f"{name}_add")([self.drop(y, name), s])

@@ -12,6 +12,7 @@ from keras import layers
 
 from resnet_train.models import names
 from resnet_train.models.depths import Layout
+from resnet_train.models.drop_path import block_rates
 from resnet_train.models.layers import Builder, Standardize
 
 
@@ -24,8 +25,10 @@ def _inputs_and_stem_input(image_shape, mean, std):
     return inputs, x
 
 
-def _stages(x, widths, lay: Layout, block):
+def _stages(x, widths, lay: Layout, block, b: Builder):
     """Stacks the stages: block(x, width, stride, name); the first block of stages 2+ strides by 2."""
+    every = [names.block(stage + 1, i + 1) for stage, blocks in enumerate(lay.stages) for i in range(blocks)]
+    b.drop_rates = dict(zip(every, block_rates(b.drop_path, len(every))))
     for stage, (width, blocks) in enumerate(zip(widths, lay.stages)):
         for i in range(blocks):
             x = block(x, width, 2 if stage > 0 and i == 0 else 1, names.block(stage + 1, i + 1))
@@ -42,7 +45,7 @@ def cifar_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: 
     """He et al. 2016a, section 4.2: 3x3 conv 16 -> 3 stages of n basic blocks (16/32/64)."""
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
     x = b.relu(b.bn(b.conv(x, 16, 3, name="stem_conv"), name="stem_bn"), name="stem_relu")
-    x = _stages(x, (16, 32, 64), lay, lambda x, w, s, n: b.basic(x, w, s, shortcut, n))
+    x = _stages(x, (16, 32, 64), lay, lambda x, w, s, n: b.basic(x, w, s, shortcut, n), b)
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
 
@@ -51,7 +54,7 @@ def preact_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b:
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
     x = b.conv(x, 16, 3, name="stem_conv")
     block = b.preact_bottleneck if lay.block == "bottleneck" else b.preact_basic
-    x = _stages(x, (16, 32, 64), lay, lambda x, w, s, n: block(x, w, s, shortcut, n))
+    x = _stages(x, (16, 32, 64), lay, lambda x, w, s, n: block(x, w, s, shortcut, n), b)
     x = b.relu(b.bn(x, name="final_bn"), name="final_relu")
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
@@ -59,10 +62,16 @@ def preact_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b:
 def imagenet_resnet(lay: Layout, num_classes, image_shape, mean, std, shortcut, b: Builder, name):
     """He et al. 2016a, Table 1: 7x7/2 conv 64, 3x3/2 max-pool, 4 stages (64/128/256/512)."""
     inputs, x = _inputs_and_stem_input(image_shape, mean, std)
-    x = b.relu(b.bn(b.conv(x, 64, 7, 2, name="stem_conv"), name="stem_bn"), name="stem_relu")
+    if b.resnet_d:  # He et al. 2019's deep stem: three 3x3 convs (32, 32, 64), the first at stride 2
+        for i, (width, stride) in enumerate(((32, 2), (32, 1), (64, 1)), start=1):
+            x = b.relu(
+                b.bn(b.conv(x, width, 3, stride, name=f"stem_conv{i}"), name=f"stem_bn{i}"), name=f"stem_relu{i}"
+            )
+    else:
+        x = b.relu(b.bn(b.conv(x, 64, 7, 2, name="stem_conv"), name="stem_bn"), name="stem_relu")
     x = b.max_pool(x, name="stem_pool")  # padded 1 on each side, as torchvision and the papers' nets
     block = b.bottleneck if lay.block == "bottleneck" else b.basic
-    x = _stages(x, (64, 128, 256, 512), lay, lambda x, w, s, n: block(x, w, s, shortcut, n))
+    x = _stages(x, (64, 128, 256, 512), lay, lambda x, w, s, n: block(x, w, s, shortcut, n), b)
     return keras.Model(inputs, _head(x, num_classes), name=name)
 
 
