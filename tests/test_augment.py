@@ -366,7 +366,7 @@ def test_label_smoothing_in_the_loss():
         model, keras.optimizers.SGD(0.1), tf.distribute.get_strategy(), 2, num_classes=4, label_smoothing=0.1
     )
     logits = tf.constant([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    got = trainer._train_loss(tf.constant([0, 1], tf.int64), logits).numpy()
+    got = trainer.loss(tf.constant([0, 1], tf.int64), logits).numpy()
     target = np.full((2, 4), 0.025) + 0.9 * np.eye(4)[[0, 1]]
     expected = -(target * tf.nn.log_softmax(logits).numpy()).sum(-1)
     np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -159,6 +159,15 @@ CASES = [
         {},
     ),
     ("negative seed", "resnet-train", ["seed=-1"], T + "seed must be a non-negative integer (got -1)", "existing", {}),
+    ("unknown loss", "resnet-train", ["loss=focal"], T + "unknown loss 'focal': choose one of bce, ce", "existing", {}),
+    (
+        "bce threshold of 1",
+        "resnet-train",
+        ["loss=bce", "loss.target_threshold=1"],
+        T + "loss.target_threshold is for loss=bce, in [0, 1) (got 1 with loss=bce)",
+        "existing",
+        {},
+    ),
     (
         "drop path of 1",
         "resnet-train",

@@ -50,6 +50,14 @@ def _known_image_shape(d):
     return None
 
 
+def _loss(loss) -> None:
+    if loss.name not in ("ce", "bce"):
+        raise ConfigError(f"loss.name must be ce or bce (got {loss.name!r}); choose one with loss=ce or loss=bce")
+    threshold = loss.target_threshold
+    if threshold is not None and (loss.name != "bce" or not 0.0 <= threshold < 1.0):
+        raise ConfigError(f"loss.target_threshold is for loss=bce, in [0, 1) (got {threshold:g} with loss={loss.name})")
+
+
 def validate(cfg) -> None:
     """Raises ConfigError for a config that cannot train."""
     from resnet_train import models
@@ -80,6 +88,7 @@ def validate(cfg) -> None:
     if model.padding not in models.PADDINGS:
         raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.padding!r})")
     models.check_tricks(model.drop_path, model.style)
+    _loss(cfg.loss)
 
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number (got {cfg.optimizer.lr:g})")

@@ -24,28 +24,8 @@ from resnet_train.config.data_schema import (
     TfrecordDataConfig,
 )
 from resnet_train.config.hints import with_hint
+from resnet_train.config.model_schema import LossConfig, ModelConfig
 from resnet_train.config.prune_schema import PruneConfig
-
-
-# --- model -----------------------------------------------------------------------------------
-@dataclass
-class ModelConfig:
-    variant: str = "auto"
-    depth: int = II("depth")
-    block: str = "auto"
-    shortcut: str = "auto"
-    init_mode: str = "fan_out"
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1.0e-5
-    sync_bn: bool = False
-    zero_init_residual: bool = False
-    padding: str = "symmetric"
-    # Bottlenecks: the stride on the first 1x1 conv (ResNet v1, keras.applications' ResNet50)
-    # rather than on the 3x3 (v1.5: torchvision, Model Garden, keras-hub; ours by default).
-    stride_in_1x1: bool = False
-    # Stochastic depth: the last block's per-example drop rate, rising linearly from 0 (timm's rule).
-    drop_path: float = 0.0
-    style: str = "standard"  # standard | resnet_d (He et al. 2019: deep stem, average-pool shortcut)
 
 
 # --- optimizer -------------------------------------------------------------------------------
@@ -256,6 +236,7 @@ class TrainConfig:
     optimizer: Any = MISSING
     schedule: Any = MISSING
     augment: Any = MISSING
+    loss: Any = MISSING
     runtime: Any = MISSING
     data: Any = MISSING
     depth: int = 20
@@ -288,6 +269,7 @@ GROUPS = {
         "constant": ConstantScheduleConfig,
     },
     "augment": {"augment": AugmentConfig},
+    "loss": {"loss": LossConfig},
     "runtime": {"runtime": RuntimeConfig},
     "data": {
         "embedded": EmbeddedDataConfig,

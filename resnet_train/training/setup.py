@@ -222,6 +222,8 @@ def _model_and_trainer(cfg, workdir: Path, rt, data: Input, xla: bool):
         decay_bn=cfg.optimizer.decay_bn,
         num_classes=info.num_classes,
         label_smoothing=cfg.augment.label_smoothing,
+        loss=cfg.loss.name,
+        target_threshold=cfg.loss.target_threshold,
         xla=xla,
         max_nonfinite_steps=(r.max_nonfinite_steps if rt.precision == "mixed_float16" else 0),
         accumulate_steps=cfg.optimizer.accumulate_steps,

@@ -15,6 +15,7 @@ import tensorflow as tf
 from resnet_train.optim import clip_by_global_norm, decayed
 from resnet_train.report import class_metrics
 from resnet_train.training.finetune import head_gradient_scales
+from resnet_train.training.losses import Loss
 from resnet_train.training.replicas import (
     per_replica_bn_statistics,
     poisoned_everywhere_if_any_replica_overflowed,
@@ -48,6 +49,8 @@ class Trainer:
         decay_bn: bool = False,
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        loss: str = "ce",
+        target_threshold: float | None = None,
         xla: bool = False,
         head_lr_mult: float = 1.0,
         max_nonfinite_steps: int = 0,
@@ -72,7 +75,7 @@ class Trainer:
         self.grad_scale = head_gradient_scales(model, head_lr_mult)
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes
-        self.label_smoothing = float(label_smoothing)
+        self.loss = Loss(num_classes, label_smoothing, loss, target_threshold)  # losses.py: ce or bce
         with strategy.scope():
             # Running sums of the epoch, read only at log points (no host sync per step).
             self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}") for k in ("loss", "correct", "count")}
@@ -94,17 +97,6 @@ class Trainer:
         self._eval_all = tf.function(self._eval_all_fn)
 
     # ---- training -------------------------------------------------------------------------
-    def _train_loss(self, labels, logits):
-        """Per-example cross-entropy. Integer labels take the sparse path; soft labels (mixup,
-        cutmix) and label smoothing (Szegedy et al. 2016: (1 - e) y + e / K) the dense one."""
-        if labels.dtype.is_integer and not self.label_smoothing:
-            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        if labels.dtype.is_integer:
-            labels = tf.one_hot(labels, self.num_classes, dtype=logits.dtype)
-        if self.label_smoothing:
-            labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
-
     def _class_weight(self, labels):
         """Each example's class weight; with soft labels (mixup, cutmix) the labels' mix of them."""
         if labels.dtype.is_integer:
@@ -116,7 +108,7 @@ class Trainer:
         teacher = self.distill.teacher_logits(images) if self.distill is not None else None  # outside the tape
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            per_example = self._train_loss(labels, logits)
+            per_example = self.loss(labels, logits)
             if teacher is not None:
                 per_example = self.distill.loss(per_example, logits, teacher)
             weighted = per_example if self.class_weights is None else per_example * self._class_weight(labels)
