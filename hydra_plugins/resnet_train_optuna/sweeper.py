@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.resnet_train_optuna.config import PRUNERS
 
 log = logging.getLogger(__name__)
+RESEEDED = ("TPESampler", "RandomSampler")
 
 
 class OptunaSweeper(Sweeper):
@@ -48,12 +49,17 @@ class OptunaSweeper(Sweeper):
         except UserError as e:  # every member would fail alike: one line for the search
             print(f"resnet-train: error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
+        from hydra_plugins.resnet_train_optuna.claims import Claims, lock_path
         from hydra_plugins.resnet_train_optuna.study import Study
 
         n_trials = self.n_trials
         if self.sampler_settings.get("_target_") == "optuna.samplers.GridSampler":
             n_trials = min(n_trials, _grid_size(distributions))
-        Study(study, storage, self.launcher, self.n_jobs, self.max_failure_rate).run(n_trials, distributions, fixed)
+        claims = Claims(storage, lock_path(self.storage_spec, self.sweep_dir))
+        reseed = (lambda held: self._sampler(distributions, held)) if self._reseeded() else None
+        Study(study, storage, self.launcher, self.n_jobs, self.max_failure_rate, claims, reseed).run(
+            n_trials, distributions, fixed
+        )
         self._save_results(study)
 
     def _open(self, arguments):
@@ -89,6 +95,12 @@ class OptunaSweeper(Sweeper):
             OmegaConf.save(OmegaConf.create(where), self.sweep_dir / STUDY_FILE)
         return study, storage, distributions, fixed
 
+    def _reseeded(self) -> bool:
+        """Whether the sampler is built again for each batch, seeded with seed + the trials held then:
+        a seeded TPE or random sampler, whose state is its random stream (the others keep theirs)."""
+        target = str(self.sampler_settings.get("_target_", "optuna.samplers.TPESampler"))
+        return self.sampler_settings.get("seed") is not None and target.rpartition(".")[2] in RESEEDED
+
     def _sampler(self, distributions: dict, held: int):
         """The configured optuna.samplers class; a seeded one seeded with seed + trials held."""
         import optuna
@@ -109,7 +121,7 @@ class OptunaSweeper(Sweeper):
                 raise UserError(f"hydra.sweeper.sampler: {e}") from None
         if settings.get("seed") is not None and held:
             settings["seed"] = int(settings["seed"]) + held
-            log.info(f"Sampler seeded with {settings['seed']} (its seed + the trials the study holds)")
+            log.debug(f"Sampler seeded with {settings['seed']} (its seed + the trials the study holds)")
         return cls(**settings)
 
     def _save_results(self, study) -> None:
