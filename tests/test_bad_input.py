@@ -599,6 +599,22 @@ CASES = [
         {},
     ),
     (
+        "embeddings file of another type",
+        "resnet-predict",
+        ["run={existing}", "images=[{root}/broken.png]", "output=embeddings", "out={root}/e.csv"],
+        "resnet-predict: error: out={root}/e.csv must end in .npz (NumPy) or .parquet (Parquet) for output=embeddings",
+        None,
+        {},
+    ),
+    (
+        "out without output=embeddings",
+        "resnet-predict",
+        ["run={existing}", "images=[{root}/broken.png]", "out={root}/e.npz"],
+        "resnet-predict: error: out={root}/e.npz applies to output=embeddings only",
+        None,
+        {},
+    ),
+    (
         "unknown tool setting",
         "resnet-eval",
         ["run={existing}", "ttaa=flip"],

@@ -371,7 +371,8 @@ def test_exported_models_predict_what_the_original_does(trained, tmp_path, cli_e
 
 def test_onnx_export_takes_uint8_images_alone_in_the_opset_asked_for(trained, tmp_path, cli_exports, cli):
     """One input (uint8 images, the normalisation inside: no statistics left as extra inputs, which
-    keras' Normalization layer gave), two outputs, and each opset tf2onnx offers at its ends."""
+    keras' Normalization layer gave), three outputs (the embeddings too), and each opset tf2onnx
+    offers at its ends."""
     import onnx
     import onnxruntime
 
@@ -382,7 +383,7 @@ def test_onnx_export_takes_uint8_images_alone_in_the_opset_asked_for(trained, tm
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     ((images,),) = [session.get_inputs()]
     assert (images.name, images.type, images.shape[1:]) == ("images", "tensor(uint8)", [32, 32, 3])
-    assert sorted(o.name for o in session.get_outputs()) == ["classes", "probabilities"]
+    assert sorted(o.name for o in session.get_outputs()) == ["classes", "embeddings", "probabilities"]
     x, _ = digits_test(8)
     probabilities, classes = session.run(["probabilities", "classes"], {"images": x})
     np.testing.assert_array_equal(classes, probabilities.argmax(1))

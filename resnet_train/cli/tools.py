@@ -71,8 +71,12 @@ def _predict(cfg) -> None:
         from resnet_train.training.runs import load_run
 
         _require_images(cfg)
-        if cfg.output not in ("text", "json"):
-            raise UserError(f"output must be text or json (got {cfg.output!r})")
+        if cfg.output not in ("text", "json", "embeddings"):
+            raise UserError(f"output must be text, json or embeddings (got {cfg.output!r})")
+        if cfg.out is not None and cfg.output != "embeddings":
+            raise UserError(f"out={cfg.out} applies to output=embeddings only")
+        if cfg.output == "embeddings":
+            return _write_embeddings(cfg)
         run = load_run(cfg.run, cfg.checkpoint)
         results, failed = predict_files(run, list(cfg.images), cfg.top_k)
         if cfg.output == "json":
@@ -90,6 +94,25 @@ def _predict(cfg) -> None:
             sys.exit(EXIT_USER_ERROR)  # bad input, though the readable images were predicted above
 
     run_tool(task)
+
+
+def _write_embeddings(cfg) -> None:
+    """output=embeddings: the pooled features of every readable image, with its file name."""
+    from resnet_train.tools import embeddings
+    from resnet_train.training.runs import load_run, read_run
+
+    out = embeddings.check_out(cfg.out or read_run(cfg.run)[0] / "embeddings.npz")
+    run = load_run(cfg.run, cfg.checkpoint)
+    vectors, files, failed = embeddings.embed_files(run, list(cfg.images))
+    if len(files):
+        embeddings.write(out, vectors, files)
+        print(
+            f"Wrote {len(files)} embeddings of {vectors.shape[1]} features ({run.model.name}'s pooled layer) to {out}"
+        )
+    for path, why in failed:
+        print(f"resnet-predict: could not embed {path}: {why}", file=sys.stderr)
+    if failed:
+        sys.exit(EXIT_USER_ERROR)
 
 
 def predict() -> None:

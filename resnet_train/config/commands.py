@@ -59,7 +59,8 @@ class EvalConfig(RunToolConfig):
 class PredictConfig(RunToolConfig):
     images: List[str] = field(default_factory=list)
     top_k: int = 5
-    output: str = "text"
+    output: str = "text"  # text | json | embeddings
+    out: Optional[str] = None  # output=embeddings: an .npz or .parquet file (default <run>/embeddings.npz)
 
 
 @dataclass

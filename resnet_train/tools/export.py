@@ -3,10 +3,10 @@ to integer-only: quantize_tflite.py), ONNX (optionally int8: quantize_onnx.py), 
 one table (compare.py).
 
 Every exported model takes raw images (the normalisation is inside the model) and returns
-probabilities. After exporting, the artefact is loaded back and evaluated beside the original
-(artifacts.py). Each file (or SavedModel folder) and its class names are written under temporary
-names beside their targets and renamed into place (staged.py): a failed export leaves the previous
-one as it was.
+probabilities; the SavedModel and ONNX files also the embeddings (the pooled features). After
+exporting, the artefact is loaded back and evaluated beside the original (artifacts.py). Each file
+(or SavedModel folder) and its class names are written under temporary names beside their targets
+and renamed into place (staged.py): a failed export leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from resnet_train.tools.artifacts import (
     size,
     write_class_names,
 )
+from resnet_train.tools.embeddings import features_and_logits
 from resnet_train.tools.export_job import Job, prepare
 from resnet_train.tools.staged import staged
 
@@ -44,13 +45,24 @@ QUANTIZE = {
 CALIBRATION_IMAGES = 200  # training images an int8 export calibrates on (fewer if the split is smaller)
 
 
-def serving_functions(model, image_shape):
-    """(images_fn, encoded_fn, their input signatures): what the SavedModel serves."""
+def serving_functions(model, image_shape, embeddings: bool = True):
+    """(images_fn, encoded_fn, their input signatures): what the SavedModel serves. With
+    `embeddings`, beside the probabilities and classes: the pooled features (embeddings.py), from
+    the same pass. TFLite's export leaves them out (one output: its readers take the first)."""
     h, w, c = (int(v) for v in image_shape)
+    both = features_and_logits(model) if embeddings else None
 
     def outputs(images):
-        probs = tf.nn.softmax(model(images, training=False))
-        return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
+        if both is None:
+            probs = tf.nn.softmax(model(images, training=False))
+            return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
+        features, logits = both(images, training=False)
+        probs = tf.nn.softmax(logits)
+        return {
+            "probabilities": probs,
+            "classes": tf.argmax(probs, axis=-1),
+            "embeddings": tf.cast(features, tf.float32),
+        }
 
     def images_fn(images):
         """uint8 images of the training size -> probabilities and class indices."""
@@ -79,9 +91,9 @@ def export_saved_model(model, info, path: Path) -> Path:
     return path
 
 
-def _write_saved_model(model, info, path: Path) -> None:
+def _write_saved_model(model, info, path: Path, embeddings: bool = True) -> None:
     """Keras' ExportArchive (it tracks Keras 3 variables so that converters can freeze them)."""
-    images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(model, info.image_shape)
+    images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(model, info.image_shape, embeddings)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", images_fn, input_signature=images_spec)
@@ -103,7 +115,7 @@ def export_tflite(model, info, path: Path, quantize: str = "none", representativ
     # Through a SavedModel written by Keras' ExportArchive: the converter then freezes the Keras 3
     # variables; from a plain concrete function they stay resource reads TFLite cannot resolve.
     with tempfile.TemporaryDirectory() as tmp:
-        _write_saved_model(model, info, Path(tmp) / "saved_model")
+        _write_saved_model(model, info, Path(tmp) / "saved_model", embeddings=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             str(Path(tmp) / "saved_model"), signature_keys=["serving_default"]
         )
