@@ -169,6 +169,14 @@ CASES = [
         {},
     ),
     (
+        "unknown model style",
+        "resnet-train",
+        ["model.style=resnet_e"],
+        T + "model.style must be standard or resnet_d (got 'resnet_e')",
+        "existing",
+        {},
+    ),
+    (
         "drop path of 1",
         "resnet-train",
         ["model.drop_path=1"],

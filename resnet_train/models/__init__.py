@@ -86,8 +86,8 @@ def build(
 
 def _shortcut(lay, depth: int, shortcut: str, style: str = "standard") -> str:
     """model.shortcut, with auto resolved per family."""
-    if shortcut == "auto":
-        shortcut = _DEFAULT_SHORTCUT[lay.variant]
+    if shortcut == "auto":  # ResNet-D's average pool belongs to a projection shortcut
+        shortcut = "B" if style == "resnet_d" else _DEFAULT_SHORTCUT[lay.variant]
     if style == "resnet_d" and shortcut == "A":
         raise ConfigError(
             "model.style=resnet_d average-pools the projection shortcut; option A has none: use model.shortcut=B"

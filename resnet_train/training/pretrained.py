@@ -69,18 +69,25 @@ def _hub_backbone(spec: str):
         ) from None
     config = backbone.get_config()
     differs = []
+    vd = config.get("block_type") == "bottleneck_block_vd"  # ResNet-D: ours under model.style=resnet_d
     if type(backbone).__name__ != "ResNetBackbone":
         differs.append(f"it is a {type(backbone).__name__}")
-    elif config["use_pre_activation"] or config["block_type"] not in ("basic_block", "bottleneck_block"):
+    elif config["block_type"] == "basic_block_vd":
+        # keras-hub's (PaddleClas') basic vd blocks project 64 -> 64 in the first block; ours do not.
+        differs.append("its basic ResNet-vd blocks have a projection in the first stage, which ResNet-D lacks")
+    elif config["use_pre_activation"] or config["block_type"] not in ("basic_block", "bottleneck_block") and not vd:
         differs.append(
             f"its blocks are {config['block_type']}{' pre-activation' if config['use_pre_activation'] else ''}"
         )
-    elif list(config["input_conv_kernel_sizes"]) != [7]:
-        differs.append(f"its stem is {config['input_conv_kernel_sizes']} convolutions (ResNet-vd)")
+    elif (list(config["input_conv_kernel_sizes"]), list(config["input_conv_filters"])) != (
+        ([3, 3, 3], [32, 32, 64]) if vd else ([7], [64])
+    ):
+        differs.append(f"its stem is {config['input_conv_kernel_sizes']} convolutions")
     if differs:
         raise UserError(
             f"init_from={HUB}{spec}: {differs[0]}; only keras-hub's post-activation ResNets (v1.5, a 7x7 stem: "
-            f"resnet_18/34/50/101/152_imagenet) map onto our models"
+            f"resnet_18/34/50/101/152_imagenet) and bottleneck ResNet-vd (resnet_vd_50/101/152/200_imagenet, "
+            f"with model.style=resnet_d) map onto our models"
         )
     return backbone
 
@@ -89,6 +96,9 @@ def _hub_name(ours: str) -> str | None:
     """keras-hub's name for our layer: stem -> conv1, stageS_blockB_convK -> stack{S-1}_block{B-1}_K."""
     if ours in ("stem_conv", "stem_bn"):
         return "conv1_" + ours[5:]
+    deep_stem = re.fullmatch(r"stem_(conv|bn)(\d)", ours)  # ResNet-D's three stem convs
+    if deep_stem:
+        return f"conv{deep_stem[2]}_{deep_stem[1]}"
     found = re.fullmatch(r"stage(\d+)_block(\d+)_(conv|bn|proj_bn|proj)(\d*)", ours)
     if not found:
         return None
@@ -135,10 +145,20 @@ def _application_model(path: str, depth: int, stride_in_1x1: bool):
     )
 
 
+def _same_style(init_from: str, vd: bool, model) -> None:
+    """A ResNet-vd source needs our ResNet-D (model.style=resnet_d), a standard one our standard."""
+    ours_d = any(layer.name == "stem_conv1" for layer in model.layers)
+    if vd != ours_d:
+        fix = "add model.style=resnet_d" if vd else "drop model.style=resnet_d"
+        kind = "a ResNet-vd (deep stem, average-pool shortcuts)" if vd else "a standard ResNet (7x7 stem)"
+        raise UserError(f"init_from={init_from}: the source is {kind}, this model is not: {fix}")
+
+
 def initialise(model, init_from: str, model_cfg) -> dict:
     """Copies the pretrained source into `model`; returns what was loaded and what is new."""
     if init_from.startswith(HUB):
         source, rename, bgr = _hub_backbone(init_from[len(HUB) :]), _hub_name, False
+        _same_style(init_from, source.get_config()["block_type"].endswith("_vd"), model)
         if model_cfg.stride_in_1x1 and source.get_config()["block_type"] == "bottleneck_block":
             raise UserError(
                 f"init_from={init_from}: keras-hub's ResNets are v1.5, the stride on the 3x3 conv of a block; "
@@ -146,6 +166,7 @@ def initialise(model, init_from: str, model_cfg) -> dict:
                 f"drop model.stride_in_1x1=true"
             )
     else:
+        _same_style(init_from, False, model)
         source = _application_model(init_from[len(APPLICATIONS) :], model_cfg.depth, model_cfg.stride_in_1x1)
         rename, bgr = _application_name, True
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
