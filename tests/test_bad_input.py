@@ -802,6 +802,15 @@ CASES = [
         {},
     ),
     (
+        "push_to not a Hub repository",
+        "resnet-export",
+        ["run={existing}", "push_to=s3://bucket/model"],
+        "resnet-export: error: push_to must be hf://USER/REPO, a Hugging Face Hub model repository (got "
+        "'s3://bucket/model')",
+        None,
+        {},
+    ),
+    (
         "distillation temperature 0",
         "resnet-train",
         ["distill.temperature=0"],

@@ -185,8 +185,13 @@ def plot() -> None:
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="export")
 def _export(cfg) -> None:
     def task():
+        from pathlib import Path
+
+        from resnet_train.tools import hub
         from resnet_train.tools.export import export_run
 
+        if cfg.push_to is not None:
+            hub.repo_id(cfg.push_to)  # a bad target or a missing package: refused before any work
         r = export_run(
             cfg.run,
             cfg.checkpoint,
@@ -200,19 +205,27 @@ def _export(cfg) -> None:
         )
         if r["format"] == "all":  # the comparison table
             print(r["markdown"], end="")
-            print("Wrote " + " and ".join(r["files"]))
-            return
-        quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
-        quant += f" (opset {r['opset']})" if r["opset"] else ""
-        weights = " with the EMA weights" if r.get("weights") == "ema" else ""
-        print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
-        print(
-            f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
-            f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
-            f"difference {r['max_probability_difference']:.2e}"
-        )
+            print("Wrote " + " and ".join([*r["files"], r["card"]]))
+        else:
+            _print_export(r)
+        if cfg.push_to is not None:
+            print(f"Pushed {Path(r['card']).parent} to {hub.push(Path(r['card']).parent, cfg.push_to)}")
 
     run_tool(task)
+
+
+def _print_export(r) -> None:
+    """One export's file, size and figures beside the original's, and its model card."""
+    quant = "" if r["quantize"] == "none" else f" ({r['quantize']})"
+    quant += f" (opset {r['opset']})" if r["opset"] else ""
+    weights = " with the EMA weights" if r.get("weights") == "ema" else ""
+    print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
+    print(
+        f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
+        f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
+        f"difference {r['max_probability_difference']:.2e}"
+    )
+    print(f"Wrote the model card {r['card']}")
 
 
 def export() -> None:

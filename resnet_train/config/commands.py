@@ -79,6 +79,7 @@ class ExportConfig(RunToolConfig):
     split: str = "test"
     calibration_images: int = 200  # int8 exports' training images (export.CALIBRATION_IMAGES)
     latency_runs: int = 20  # format=all: timed calls per batch size (compare.LATENCY_RUNS)
+    push_to: Optional[str] = None  # hf://USER/REPO: the export folder uploaded to the Hugging Face Hub
 
 
 @dataclass

@@ -235,14 +235,21 @@ def export_run(
 ) -> dict:
     """Exports, reloads, evaluates the exported model beside the original; returns a summary.
     A run trained with ema.decay exports its EMA weights (ema=False: the raw ones). format=all
-    exports every format and quantisation and returns compare.py's table of them."""
+    exports every format and quantisation and returns compare.py's table of them. Either way the
+    folder's README.md, its model card (model_card.py), is written again."""
+    from resnet_train.tools import model_card
+
     check_options(fmt, quantize, opset, calibration_images, latency_runs)
     job = prepare(run_dir, checkpoint, split, batch_size, ema, out, calibration_images)
     if fmt == "all":
         from resnet_train.tools import compare
 
-        return compare.compare(job, export_artifact, opset, latency_runs)
-    return summary(job, fmt, quantize, export_artifact(job, fmt, quantize, opset))
+        result = compare.compare(job, export_artifact, opset, latency_runs)
+    else:
+        result = summary(job, fmt, quantize, export_artifact(job, fmt, quantize, opset))
+    # The model card names every export in the folder, so it is rewritten after each one.
+    result["card"] = str(model_card.write_card(job.run, job.out_dir, None if fmt == "all" else result))
+    return result
 
 
 def summary(job: Job, fmt: str, quantize: str, path: Path) -> dict:

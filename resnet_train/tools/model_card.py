@@ -1,0 +1,184 @@
+"""README.md beside every export: a Hugging Face Hub model card (YAML metadata, then sections)
+written from the run's results.json, dataset.json and saved config, naming every exported file in
+the folder and how to load it.
+
+Figures keep their split: results.json's `test` block is the test split (the final weights),
+`eval` is the validation split only when the run had one (eval_split: val; otherwise it repeats
+the test figures and is left out), and a best-over-epochs test figure is called optimistic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from resnet_train.training.run_dir import RESULTS
+
+CARD = "README.md"
+# (glob in the export folder, format, how to load it)
+LOADERS = [
+    ("saved_model", "SavedModel", 'm = tf.saved_model.load("saved_model")\n'
+     'out = m.signatures["serving_default"](images=uint8_images)  # probabilities, classes, embeddings\n'
+     'out = m.signatures["serving_encoded"](encoded=tf.constant([open("cat.jpg", "rb").read()]))'),
+    ("*.keras", "Keras", 'model = keras.saving.load_model("{name}", safe_mode=True)\n'
+     "probabilities = keras.ops.softmax(model(uint8_images))  # the model returns logits"),
+    ("*.tflite", "TFLite", 'from ai_edge_litert.interpreter import Interpreter\n'
+     'interpreter = Interpreter(model_path="{name}")  # outputs: probabilities, classes'),
+    ("*.onnx", "ONNX", 'session = onnxruntime.InferenceSession("{name}")\n'
+     'probabilities, classes, embeddings = session.run(["probabilities", "classes", "embeddings"], '
+     '{{"images": uint8_images}})'),
+]  # fmt: skip
+SPLIT_NAMES = {"test": "test", "val": "validation", "train": "train"}
+
+
+def exported_files(folder: Path) -> list[tuple[str, str, str]]:
+    """(file name, format, how to load it) for each export in the folder."""
+    found = []
+    for pattern, fmt, code in LOADERS:
+        for path in sorted(folder.glob(pattern)):
+            if not path.name.startswith(".") and (path.is_file() or (path / "saved_model.pb").exists()):
+                found.append((path.name, fmt, code.format(name=path.name)))
+    return found
+
+
+def read_results(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RESULTS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def result_blocks(results: dict | None) -> list[tuple[str, str, dict]]:
+    """(split, what it measured, figures) from results.json, each under the split it comes from."""
+    if not results:
+        return []
+    blocks = [("test", "the final weights", results["test"])]
+    if results.get("test_ema"):
+        blocks.append(("test", "the EMA weights", results["test_ema"]))
+    if results.get("eval_split") == "val" and results.get("eval"):
+        blocks.append(("val", "the final weights, last epoch", results["eval"]))
+    return blocks
+
+
+def _metrics(figures: dict) -> dict:
+    return {k: v for k, v in figures.items() if k != "examples" and isinstance(v, (int, float))}
+
+
+def front_matter(run, results, files) -> dict:
+    """The Hub's metadata: library, tags, datasets, metrics and their values (model-index)."""
+    formats = {fmt for _, fmt, _ in files}
+    name = results["dataset"] if results else run.info.name
+    tags = ["image-classification", "resnet", "tensorflow", "resnet-train"]
+    tags += [t for t, fmt in (("onnx", "ONNX"), ("tflite", "TFLite")) if fmt in formats]
+    index = [
+        {
+            "task": {"type": "image-classification", "name": "Image Classification"},
+            "dataset": {"name": name, "type": name, "split": SPLIT_NAMES[split]},
+            "metrics": [
+                {"type": k, "value": float(v), "name": f"{SPLIT_NAMES[split]} {k} ({what})"}
+                for k, v in _metrics(figures).items()
+            ],
+        }
+        for split, what, figures in result_blocks(results)
+    ]
+    meta = {
+        "library_name": "keras" if "Keras" in formats else "tensorflow",
+        "pipeline_tag": "image-classification",
+        "tags": tags,
+        "datasets": [name],
+        "metrics": sorted({k for _, _, f in result_blocks(results) for k in _metrics(f)}),
+    }
+    if index:
+        meta["model-index"] = [{"name": run.model.name, "results": index}]
+    return meta
+
+
+def _recipe(cfg, results) -> list[str]:
+    get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
+    aug = {k: v for k, v in OmegaConf.to_container(cfg.augment).items() if v not in (None, 0, 0.0, False)}
+    return [
+        f"- optimizer: {get('optimizer.name')}, lr {get('optimizer.lr')}, momentum {get('optimizer.momentum')}, "
+        f"weight decay {get('optimizer.weight_decay')} ({get('optimizer.weight_decay_mode')})",
+        f"- schedule: {get('schedule.name')}, warm-up {get('schedule.warmup_epochs')} epochs",
+        f"- epochs: {results['epochs'] if results else get('epochs')}, steps: {results['steps'] if results else '?'}, "
+        f"batch size {get('batch_size')}, seed {get('seed')}",
+        f"- augmentation: {', '.join(f'{k}={v}' for k, v in aug.items()) or 'none'}",
+        f"- precision: {results['precision'] if results else get('runtime.precision')}, "
+        f"replicas: {results['replicas'] if results else '?'}",
+        f"- loss: {get('loss.name') or 'ce'}; drop_path {get('model.drop_path') or 0}; EMA decay {get('ema.decay')}; "
+        f"init_from {get('init_from')}; distilled from {get('distill.teacher')}",
+    ]
+
+
+def _results_section(run, results, export) -> list[str]:
+    lines = ["## Results", ""]
+    if not results:
+        return [*lines, f"No {RESULTS} in the run: it did not finish, so no figures are given.", ""]
+    lines += ["| split | weights | examples | metric | value |", "|---|---|---|---|---|"]
+    for split, what, figures in result_blocks(results):
+        for k, v in _metrics(figures).items():
+            lines.append(f"| {SPLIT_NAMES[split]} | {what} | {figures.get('examples')} | {k} | {v:.4f} |")
+    best = [k for k in ("best_val_accuracy", "best_test_accuracy_optimistic") if k in results]
+    for k in best:
+        what = "validation, the best epoch" if k.startswith("best_val") else "test, best over epochs (optimistic)"
+        lines.append(f"| {what} | the epoch's weights | | accuracy | {results[k]:.4f} |")
+    lines += ["", f"Exported weights: `{Path(run.checkpoint).name}` ({run.weights}); results.json's test figures "
+              f"are the final checkpoint's (`{Path(results.get('checkpoint') or '?').name}`)."]  # fmt: skip
+    if export and "accuracy" in export:
+        lines.append(
+            f"Measured by resnet-export on {export['examples']} {SPLIT_NAMES.get(export['split'], export['split'])} "
+            f"images: the exported {export['format']} file {export['accuracy']:.4f}, the original "
+            f"{export['original_accuracy']:.4f}."
+        )
+    return [*lines, ""]
+
+
+def _architecture_and_data(run, results) -> list[str]:
+    info, model, m = run.info, run.model, run.cfg.model
+    h, w, c = info.image_shape
+    classes = ", ".join(info.class_names[:30]) + (f", ... ({info.num_classes})" if info.num_classes > 30 else "")
+    width = model.get_layer("pool").output.shape[-1]
+    params = results["parameters"] if results else sum(int(v.numpy().size) for v in model.trainable_weights)
+    return [
+        "## Architecture",
+        "",
+        f"- {model.name}: depth {run.cfg.depth}, {params:,} trained parameters, variant {m.variant}, "
+        f"block {m.block}, shortcut {m.shortcut}",
+        f"- input: uint8 images {h}x{w}x{c}, normalised inside the model",
+        f"- outputs: probabilities over {info.num_classes} classes; embeddings: the {width} pooled features",
+        "",
+        "## Data",
+        "",
+        f"- dataset: {info.name} (source {run.cfg.data.source}); train {info.train_size}, "
+        f"validation {info.val_size or 0}, test {info.test_size} images",
+        f"- classes: {classes}",
+        "",
+    ]
+
+
+def card(run, out_dir: Path, export: dict | None = None) -> str:
+    results, files, info = read_results(run.run_dir), exported_files(out_dir), run.info
+    h, w, _ = info.image_shape
+    lines = ["---", yaml.safe_dump(front_matter(run, results, files), sort_keys=False).rstrip(), "---", ""]
+    lines += [f"# {run.model.name} on {info.name}", "", "Trained and exported with resnet-train.", ""]
+    lines += _architecture_and_data(run, results)
+    lines += ["## Training recipe", "", *_recipe(run.cfg, results), ""]
+    lines += _results_section(run, results, export)
+    lines += ["## Intended use and limitations", "",
+              f"Classifies {h}x{w} images into the {info.num_classes} classes above, as the training data showed "
+              "them. Images of other classes still get one of these; probabilities are not calibrated; accuracy "
+              "holds only for images like the test split's. The figures come from the splits named, on the "
+              "number of images given: small splits give wide error bars.", ""]  # fmt: skip
+    lines += ["## How to load", ""]
+    for name, fmt, code in files:
+        lines += [f"### {fmt}: `{name}`", "", "```python", code, "```", ""]
+    return "\n".join(lines)
+
+
+def write_card(run, out_dir: Path, export: dict | None = None) -> Path:
+    from resnet_train.tools.staged import staged
+
+    path = Path(out_dir) / CARD
+    with staged(path) as (temp,):
+        temp.write_text(card(run, Path(out_dir), export))
+    return path
