@@ -22,8 +22,8 @@ class OptunaSweeperConf:
     direction: Any = "minimize"  # or maximize; a list of them for several objectives
     storage: Optional[str] = None  # a journal file path or a database URL (resnet_train/tools/optuna_storage.py)
     study_name: Optional[str] = None
-    n_trials: int = 20  # trials the study should hold that ran to their end (complete or pruned)
-    n_jobs: int = 1  # trials launched together (at the same time under a parallel launcher)
+    n_trials: int = 20  # trials the study should hold, complete, pruned or running (all invocations together)
+    n_jobs: int = 1  # trials launched together (at the same time under joblib or submitit)
     max_failure_rate: float = 0.0
     params: Optional[Dict[str, str]] = None
     pruner: str = "none"  # one of PRUNERS

@@ -58,12 +58,9 @@ class Study:
         with self.claims.beating():
             while True:
                 self.resume_interrupted()
-                trials = self.ask(n_trials, distributions)
+                trials = self.ask(n_trials, distributions, fixed)
                 if not trials:
                     return
-                for trial in trials:
-                    for key, value in fixed.items():
-                        trial.set_user_attr(key, value)
                 returns = []
                 for run in _consecutive(trials):  # one launch per run of numbers (one, under the lock)
                     overrides = [_overrides(trial.params, fixed) for trial in run]
@@ -72,8 +69,9 @@ class Study:
                 failures = [ret for number, ret in zip(numbers, returns) if not self.tell(number, ret)]
                 self.check_failures(failures, len(returns))
 
-    def ask(self, n_trials: int, distributions: dict) -> list:
-        """Up to n_jobs new trials, claimed, or none when the study holds n_trials."""
+    def ask(self, n_trials: int, distributions: dict, fixed: dict) -> list:
+        """Up to n_jobs new trials, claimed, or none when the study holds n_trials. The command's
+        fixed settings are recorded with each before the lock is let go: whoever resumes it needs them."""
         with self.claims.locked():
             held = self.study.get_trials(deepcopy=False)
             missing = n_trials - sum(t.state.name in DONE + ("RUNNING", "WAITING") for t in held)
@@ -83,6 +81,8 @@ class Study:
                 self.study.sampler = self.reseed(len(held))
             trials = [self.study.ask(distributions) for _ in range(min(self.n_jobs, missing))]
             for trial in trials:
+                for key, value in fixed.items():
+                    trial.set_user_attr(key, value)
                 self.claims.claim(trial)
         if self.storage is None:
             return trials
