@@ -121,7 +121,7 @@ CASES = [
         "resnet-train",
         ["experiment=cifar10_papr"],
         T + "unknown experiment 'cifar10_papr' (did you mean cifar10_paper?): choose one of cifar10_fast, "
-        "cifar10_paper, cifar10_paper_deep, cifar10_preact, imagenet_90ep",
+        "cifar10_paper, cifar10_paper_deep, cifar10_preact, imagenet_90ep, imagenet_rsb_a3",
         "existing",
         {},
     ),

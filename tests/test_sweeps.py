@@ -357,6 +357,7 @@ def test_a_preempted_sweep_stops_and_its_rerun_resumes_only_the_unfinished_membe
         ("cifar10_preact", 164, 182, 0.1, "step"),  # sized in steps (64k): epochs not used
         ("cifar10_fast", 20, 30, 0.1, "cosine"),
         ("imagenet_90ep", 50, 90, 0.1, "step"),
+        ("imagenet_rsb_a3", 50, 100, 8e-3, "cosine"),
     ],
 )
 def test_recipes_compose_and_state_their_reference(name, depth, epochs, lr, schedule):
