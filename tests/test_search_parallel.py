@@ -75,3 +75,42 @@ def test_two_invocations_of_one_search_share_its_trials_without_a_gap_or_a_clash
         assert [r["epoch"] for r in records if r["split"] == "eval"] == [1], member  # one run, one epoch
         assert "already finished" not in (member / "train.log").read_text()
         assert t.value == json.loads((member / "results.json").read_text())["eval"]["accuracy"]
+
+
+def test_a_running_trial_is_taken_over_only_when_its_search_is_gone(tmp_path):
+    """claims.Claims.orphaned, as run_lock.py judges a lock's owner: a live search on this machine
+    keeps its trial however old its heartbeat, a dead one's (or a reused PID's) is free; on another
+    machine, a heartbeat older than STALE_AFTER_S frees it; a trial with no owner is free."""
+    import time
+
+    import optuna
+
+    from hydra_plugins.resnet_train_optuna.claims import BEAT, OWNER, Claims
+    from resnet_train.training import run_lock
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    study = optuna.create_study(study_name="s", storage=storage)
+    me, other = Claims(storage, tmp_path / "lock"), Claims(storage, tmp_path / "lock")
+    dead = launches.popen(["true"])
+    dead.wait()
+
+    def judged(**owner_changes):
+        trial = study.ask()
+        other.claim(trial)
+        owner = {**other.me, **owner_changes}
+        storage.set_trial_system_attr(trial._trial_id, OWNER, owner)
+        if "beat" in owner:
+            storage.set_trial_system_attr(trial._trial_id, BEAT, owner["beat"])
+        return me.orphaned(storage.get_trial(trial._trial_id))
+
+    old = time.time() - run_lock.STALE_AFTER_S - 10
+    assert not judged()  # another search in this very process: alive
+    assert not judged(beat=old)  # alive here, however old its heartbeat
+    assert judged(pid=dead.pid)  # gone
+    assert judged(start_time=other.me["start_time"] + 1)  # its PID is another process now
+    assert not judged(host="elsewhere", boot_id="b", beat=time.time())  # another machine, beating
+    assert judged(host="elsewhere", boot_id="b", beat=old)  # its heartbeat stopped
+    assert me.orphaned(storage.get_trial(study.ask()._trial_id))  # no owner: an earlier version's, or asked by hand
+    own = study.ask()
+    me.claim(own)
+    assert not me.orphaned(storage.get_trial(own._trial_id))  # this search's own
