@@ -70,7 +70,7 @@ def test_a_rate_outside_0_1_is_refused_in_one_line(rate):
         validate(compose(*TINY, f"model.drop_path={rate}"))
 
 
-def test_a_run_with_drop_path_trains(tmp_path):
+def test_a_run_with_drop_path_trains(tmp_path, monkeypatch):
     from resnet_train.training.loop import train_and_evaluate
 
     run = tmp_path / "run"
@@ -81,6 +81,27 @@ def test_a_run_with_drop_path_trains(tmp_path):
         if r.get("split") == "train" and "loss" in r
     ]
     assert len(losses) >= 2 and losses[-1] < 0.9 * losses[0], losses
+
+    # The tools load it, and init_from takes its learned weights (not DropPath's draw counts) into
+    # a model without stochastic depth, and back.
+    from resnet_train.training.finetune import initialise_from
+    from resnet_train.training.runs import load_run
+
+    loaded = load_run(run)
+    plain = models.build(
+        8, loaded.info.num_classes, loaded.info.image_shape, mean=loaded.info.mean, std=loaded.info.std
+    )
+    done = initialise_from(plain, str(run))
+    assert done["new"] == [] and not any(name.endswith("_drop") for name in done["loaded"])
+    images = np.random.default_rng(3).uniform(0, 255, (4, *loaded.info.image_shape)).astype(np.float32)
+    np.testing.assert_allclose(plain(images).numpy(), loaded.model(images).numpy(), rtol=1e-5, atol=1e-5)
+    from resnet_train.training import finetune
+
+    info = loaded.info
+    dropping = models.build(8, info.num_classes, info.image_shape, mean=info.mean, std=info.std, drop_path=0.3)
+    monkeypatch.setattr(finetune, "load_source", lambda spec: (plain, spec, None))  # a run without DropPath
+    assert initialise_from(dropping, "plain")["new"] == []
+    np.testing.assert_allclose(dropping(images).numpy(), loaded.model(images).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_a_checkpoint_holds_the_draws_so_a_restored_model_draws_the_same_masks(tmp_path):

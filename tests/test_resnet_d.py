@@ -77,6 +77,15 @@ def test_a_keras_hub_vd_preset_loads_into_resnet_d_and_gives_its_features(vd_pre
     _close(_features(ours, names.POOL, images), theirs)
 
 
+def test_the_strikes_back_combination_loads_too(vd_preset, depth):
+    """ResNet-D with stochastic depth: the DropPath layers' draw counts are not weights to load."""
+    path, backbone = vd_preset
+    init_from = f"keras_hub:{path}"
+    ours = models.build(depth, 10, (112, 112, 3), variant="imagenet", style="resnet_d", drop_path=0.05)
+    done = pretrained.initialise(ours, init_from, SimpleNamespace(depth=depth, stride_in_1x1=False))
+    assert len(done["loaded"]) == _with_weights(backbone)
+
+
 def test_a_vd_preset_needs_resnet_d_and_a_standard_one_refuses_it(vd_preset, depth):
     path, _ = vd_preset
     standard = models.build(depth, 10, (112, 112, 3), variant="imagenet")

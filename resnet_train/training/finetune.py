@@ -104,6 +104,8 @@ def initialise_from(model, init_from, class_names=None) -> dict:
     """Copies every matching layer of the source run into `model`; returns what was loaded/new."""
     import keras
 
+    from resnet_train.models.drop_path import DropPath
+
     policy = keras.mixed_precision.global_policy()
     try:
         source, checkpoint, source_classes = load_source(init_from)
@@ -112,8 +114,8 @@ def initialise_from(model, init_from, class_names=None) -> dict:
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
     loaded, new = [], []
     for layer in model.layers:
-        if not layer.weights or layer.name in OWN_STATISTICS:
-            continue
+        if not layer.weights or layer.name in OWN_STATISTICS or isinstance(layer, DropPath):
+            continue  # (DropPath's weight counts its random draws: nothing learned)
         other = theirs.get(layer.name)
         shapes = [tuple(w.shape) for w in layer.weights]
         other_shapes = [tuple(w.shape) for w in other.weights] if other is not None else None

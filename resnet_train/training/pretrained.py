@@ -156,6 +156,8 @@ def _same_style(init_from: str, vd: bool, model) -> None:
 
 def initialise(model, init_from: str, model_cfg) -> dict:
     """Copies the pretrained source into `model`; returns what was loaded and what is new."""
+    from resnet_train.models.drop_path import DropPath
+
     if init_from.startswith(HUB):
         source, rename, bgr = _hub_backbone(init_from[len(HUB) :]), _hub_name, False
         _same_style(init_from, source.get_config()["block_type"].endswith("_vd"), model)
@@ -172,8 +174,8 @@ def initialise(model, init_from: str, model_cfg) -> dict:
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
     loaded, new, biases = [], [], {}
     for layer in model.layers:  # in graph order: a conv comes before its batch norm
-        if not layer.weights or layer.name == names.NORMALIZE:
-            continue
+        if not layer.weights or layer.name == names.NORMALIZE or isinstance(layer, DropPath):
+            continue  # (DropPath's weight counts its random draws: nothing learned)
         other = theirs.get(rename(layer.name) or "")
         weights = other.get_weights() if other is not None else None
         if weights and layer.name != names.HEAD and len(weights) == 2 and weights[0].ndim == 4:  # a conv's bias
