@@ -177,6 +177,14 @@ CASES = [
         {},
     ),
     (
+        "no copies of an image",
+        "resnet-train",
+        ["data.repeated_aug=0"],
+        T + "data.repeated_aug must be a positive integer (got 0)",
+        "existing",
+        {},
+    ),
+    (
         "drop path of 1",
         "resnet-train",
         ["model.drop_path=1"],

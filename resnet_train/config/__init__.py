@@ -50,6 +50,15 @@ def _known_image_shape(d):
     return None
 
 
+def _strikes_back(cfg) -> None:
+    """The training pieces of "ResNet strikes back": stochastic depth, ResNet-D, BCE, repeated aug."""
+    from resnet_train import models
+
+    models.check_tricks(cfg.model.drop_path, cfg.model.style)
+    _loss(cfg.loss)
+    _at_least("data.repeated_aug", cfg.data.repeated_aug, 1)
+
+
 def _loss(loss) -> None:
     if loss.name not in ("ce", "bce"):
         raise ConfigError(f"loss.name must be ce or bce (got {loss.name!r}); choose one with loss=ce or loss=bce")
@@ -87,8 +96,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"model.shortcut must be auto, A or B (got {model.shortcut!r})")
     if model.padding not in models.PADDINGS:
         raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.padding!r})")
-    models.check_tricks(model.drop_path, model.style)
-    _loss(cfg.loss)
+    _strikes_back(cfg)
 
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number (got {cfg.optimizer.lr:g})")

@@ -32,6 +32,9 @@ class DataConfig:
     class_weights: Any = with_hint("null, auto or a list of one weight per class", None)
     sampling: str = with_hint("natural | balanced (each class equally often, seeded per epoch)", "natural")
     shuffle_buffer: Optional[int] = None  # null: the whole training set in memory, 10,000 streamed images
+    # Repeated augmentation (Hoffer et al. 2020): each image N times in a row under augmentations of
+    # its own, the epoch's length kept (1/N of the images an epoch).
+    repeated_aug: int = with_hint("1 (off) or N copies of each image in a batch", 1)
 
 
 @dataclass

@@ -57,15 +57,15 @@ def training_stream(
     load=None,
     sharded: bool = False,
     balanced_classes=None,
+    repeats: int = 1,
 ) -> tf.data.Dataset:
     """Epochs `first_epoch`..`epochs - 1` in one pipeline: each epoch's batches as train_batches
     makes them for that epoch alone (the first one starting `skip_batches` in), one after another.
 
-    Why one pipeline and not one per epoch: building and tracing an epoch's pipeline (shuffle,
-    augmentation functions) cost 0.05-0.8 s of every epoch on a 2-core machine, and its first
-    batches were made while the step waited; one pipeline is traced once, and its prefetch makes
-    the next epoch's first batches while the last epoch is being evaluated. The epoch is a tensor
-    inside it (tests/test_data.py: the same batches as a pipeline per epoch).
+    Why one pipeline and not one per epoch: building and tracing an epoch's pipeline (shuffle, augmentation functions)
+    cost 0.05-0.8 s of every epoch on a 2-core machine, and its first batches were made while the step waited; one
+    pipeline is traced once, and its prefetch makes the next epoch's first batches while the last epoch is being
+    evaluated. The epoch is a tensor inside it (tests/test_data.py: the same batches as a pipeline per epoch).
 
     `load` (file_loader) turns a stored element into the image, after the skip and the worker's
     filter, so a file is read only by the worker that trains on it and never for skipped batches.
@@ -80,7 +80,7 @@ def training_stream(
 
     def one_epoch(epoch):
         skip = tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
-        d = _epoch_order(ds, buffer, seed * 7919 + epoch, balanced_classes)
+        d = repeated(_epoch_order(ds, buffer, seed * 7919 + epoch, balanced_classes), size, repeats)
         d = _this_pipelines_examples(d, size, batch_size, skip, pipelines, pipeline_id, sharded)
         if load is not None:
             d = d.map(lambda i, xy: (i, (load(xy[0]), xy[1])), num_parallel_calls=AUTOTUNE)
@@ -122,6 +122,16 @@ def balanced(ds, classes, buffer: int, seed) -> tf.data.Dataset:
         for c in classes
     ]
     return tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
+
+
+def repeated(d, size: int, repeats: int) -> tf.data.Dataset:
+    """Repeated augmentation (Hoffer et al. 2020; DeiT's and timm's RASampler): the epoch's first
+    ceil(size / N) examples, each N times in a row, so the copies share a batch (or sit side by side
+    across replicas) and, their positions differing, get augmentations of their own. The epoch keeps
+    its length; the skip of a resume counts copies, so it stays exact. N=1: `d` itself."""
+    if repeats == 1:
+        return d
+    return d.take(-(-size // repeats)).flat_map(lambda *xy: tf.data.Dataset.from_tensors(xy).repeat(repeats))
 
 
 def _this_pipelines_examples(d, size, batch_size, skip, pipelines, pipeline_id, sharded):

@@ -163,6 +163,7 @@ def _training_batches(cfg, splits, strategy, epochs: int, shuffle_buffer: int, b
                 load=pipeline.file_loader(info),
                 sharded=sharded,
                 balanced_classes=balanced_classes,
+                repeats=cfg.data.repeated_aug,
             )
             # Whole optimizer steps (accumulated micro-batches) per epoch; batches of micro-batches.
             args = (info.train_size, config_lib.step_batch(cfg), cfg.seed, epoch)
