@@ -71,3 +71,25 @@ def test_a_run_with_repeated_augmentation_trains(tmp_path):
         if r.get("split") == "train"
     ]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
+
+
+def test_a_run_with_every_strikes_back_piece_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
+    """Repeated augmentation's copies, DropPath's masks (its draw counts are checkpointed) and BCE:
+    a run stopped at step 6 of 8 and resumed ends with the uninterrupted run's weights, bit for bit."""
+    from helpers import StepStop
+    from test_faults import assert_same_run
+
+    from resnet_train.errors import Preempted
+    from resnet_train.training.loop import train_and_evaluate
+
+    pieces = (*TINY, "epochs=2", "data.repeated_aug=2", "model.drop_path=0.3", "loss=bce", "data.limit_test=32")
+    straight = tmp_path / "straight"
+    train_and_evaluate(compose(*pieces), straight)
+    stop = StepStop(monkeypatch, at=5)
+    run = tmp_path / "run"
+    with pytest.raises(Preempted, match="at step 6 of 8"):  # mid-epoch 2
+        train_and_evaluate(compose(*pieces), run)
+    stop.steps = 0
+    train_and_evaluate(compose(*pieces), run)
+    assert stop.steps == 8 - 6
+    assert_same_run(run, straight, steps=8)
