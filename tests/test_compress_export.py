@@ -85,7 +85,8 @@ def test_format_all_writes_and_prints_one_row_per_export_with_sane_values(small_
         assert 0 <= float(r["max_probability_difference"]) < 1, name
         for b in (1, 32):
             assert 0 < float(r[f"b{b}_median_ms"]) <= float(r[f"b{b}_p90_ms"]), name
-        assert float(r["b32_median_ms"]) > float(r["b1_median_ms"]), name  # 32 images cost more than one
+        # (No order between b1 and b32: with oneDNN on, a SavedModel's batch-1 call can cost as much as
+        # 32 images (32.9 vs 30.6 ms once on 2 busy Zen 3 cores; issue 35), so that order was noise.)
         if r["quantize"] == "none":  # the float exports compute what the original does
             assert float(r["max_probability_difference"]) <= FLOAT32_EXPORT_BOUND, name
             assert r["accuracy"] == r["original_accuracy"] and float(r["top1_agreement"]) == 1.0, name
