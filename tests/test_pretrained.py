@@ -62,14 +62,20 @@ def _features(model, layer, images):
     return keras.Model(model.inputs, model.get_layer(layer).output)(images).numpy()
 
 
-@pytest.fixture(scope="module")
-def hub_preset(tmp_path_factory):
-    keras.utils.set_random_seed(1)
-    backbone = keras_hub.models.ResNetBackbone(**HUB_RESNET18)
-    _randomise_statistics(backbone)
-    path = tmp_path_factory.mktemp("hub") / "resnet18"
+def _random_preset(tmp_path_factory, name, config, seed, statistics_seed=0):
+    """A keras-hub ResNet backbone with random weights and batch-norm statistics, saved as a local
+    preset (no download): (its folder, the backbone)."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ResNetBackbone(**config)
+    _randomise_statistics(backbone, seed=statistics_seed)
+    path = tmp_path_factory.mktemp("hub") / name
     backbone.save_to_preset(str(path))
     return path, backbone
+
+
+@pytest.fixture(scope="module")
+def hub_preset(tmp_path_factory):
+    return _random_preset(tmp_path_factory, "resnet18", HUB_RESNET18, seed=1)
 
 
 def test_a_keras_hub_preset_gives_the_backbones_own_features(hub_preset):
@@ -89,12 +95,7 @@ def test_a_keras_hub_preset_gives_the_backbones_own_features(hub_preset):
 
 @pytest.fixture(scope="module")
 def hub_bottleneck_preset(tmp_path_factory):
-    keras.utils.set_random_seed(6)
-    backbone = keras_hub.models.ResNetBackbone(**HUB_BOTTLENECK)
-    _randomise_statistics(backbone, seed=7)
-    path = tmp_path_factory.mktemp("hub") / "bottleneck"
-    backbone.save_to_preset(str(path))
-    return path, backbone
+    return _random_preset(tmp_path_factory, "bottleneck", HUB_BOTTLENECK, seed=6, statistics_seed=7)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import keras_hub  # noqa: E402 (the [pretrained] extra, in the test extras)
 import numpy as np
 import pytest
 from helpers import TINY, compose
-from test_pretrained import _close, _features, _randomise_statistics, _with_weights
+from test_pretrained import _close, _features, _random_preset, _with_weights
 
 from resnet_train import models
 from resnet_train.config import validate
@@ -40,12 +40,7 @@ def depth(monkeypatch):
 
 @pytest.fixture(scope="module")
 def vd_preset(tmp_path_factory):
-    keras.utils.set_random_seed(11)
-    backbone = keras_hub.models.ResNetBackbone(**VD)
-    _randomise_statistics(backbone, seed=12)
-    path = tmp_path_factory.mktemp("hub") / "resnet_vd"
-    backbone.save_to_preset(str(path))
-    return path, backbone
+    return _random_preset(tmp_path_factory, "resnet_vd", VD, seed=11, statistics_seed=12)
 
 
 def test_resnet50_d_has_keras_hubs_resnet_vd_50_parameter_count():
