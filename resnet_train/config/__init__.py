@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_train.config import store
+from resnet_train.config import store, task_checks
 from resnet_train.errors import RETRY_EXIT_CODES, ConfigError
 from resnet_train.runtime import device_pool, onednn, threads
 
@@ -97,6 +97,7 @@ def validate(cfg) -> None:
     if model.padding not in models.PADDINGS:
         raise ConfigError(f"model.padding must be {' or '.join(models.PADDINGS)} (got {model.padding!r})")
     _strikes_back(cfg)
+    task_checks.check_task(cfg)
 
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number (got {cfg.optimizer.lr:g})")

@@ -35,6 +35,11 @@ class DataConfig:
     # Repeated augmentation (Hoffer et al. 2020): each image N times in a row under augmentations of
     # its own, the epoch's length kept (1/N of the images an epoch).
     repeated_aug: int = with_hint("1 (off) or N copies of each image in a batch", 1)
+    # multilabel: several labels per image (a folder's labels file, TFRecords' several label
+    # values), a sigmoid per class and binary cross-entropy; mAP and per-class F1 (report/label_metrics.py).
+    task: str = with_hint("multiclass (one label per image) | multilabel (several labels per image)", "multiclass")
+    # multilabel: a label is predicted when its probability is at least this (F1, exact-match accuracy, predict).
+    threshold: float = 0.5
 
 
 @dataclass
@@ -70,6 +75,10 @@ class FolderDataConfig(DataConfig):
     # auto: decoded into memory when that fits cache_budget_mb, else streamed from the files
     cache: Any = with_hint("auto | true (decode into memory) | false (stream from the files)", "auto")
     cache_budget_mb: int = 2048
+    # data.task=multilabel: the image list with each image's labels, a CSV (file,labels: labels
+    # separated by spaces) or JSON ({"file": [labels]}) file, relative to each split's folder
+    # (null: its labels.csv or labels.json). data/multilabel_folder.py.
+    labels_file: Optional[str] = None
 
 
 @dataclass

@@ -171,7 +171,8 @@ class RuntimeConfig:
 class CheckpointConfig:
     keep: int = 3
     every_steps: Optional[int] = None
-    best_metric: str = with_hint("accuracy | balanced_accuracy | macro_f1", "accuracy")  # chooses best/
+    # chooses best/ (selection.py)
+    best_metric: str = with_hint("accuracy | balanced_accuracy | macro_f1 | map (data.task=multilabel)", "accuracy")
 
 
 @dataclass

@@ -32,6 +32,8 @@ class DatasetInfo:
     # Training examples per class where the source knows them without reading the data again
     # (TFRecords' label pass); data.class_counts(splits) counts the others.
     class_counts: list[int] | None = None
+    # multiclass: int64 labels; multilabel: float32 multi-hot vectors of num_classes (data.task).
+    task: str = "multiclass"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-BEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # what checkpoint.best_metric may name
+BEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "map")  # what checkpoint.best_metric may name
+# data.task=multilabel's: accuracy there is exact-match (every label right), map the macro average precision.
+MULTILABEL_METRICS = ("accuracy", "macro_f1", "map")
 
 
 def balanced_accuracy(confusion) -> float:
