@@ -106,9 +106,13 @@ def _train(cfg) -> float | None:
     finally:  # runtime.devices=pool: free for the others while this process waits for its next member
         device_pool.release()
     test, k = results["test"], results["top_k"]
+    figure = (
+        f"Test mAP {test['map']:.4f} (macro-F1 {test['macro_f1']:.4f}, exact match {test['accuracy']:.4f}, "
+        if "map" in test  # data.task=multilabel
+        else f"Test accuracy {test['accuracy']:.4f} (top-{k} {test[f'top{k}']:.4f}, "
+    )
     print(
-        f"Test accuracy {test['accuracy']:.4f} (top-{k} {test[f'top{k}']:.4f}, "
-        f"loss {test['loss']:.4f}) on {test['examples']} images after {results['epochs']} epochs, "
+        f"{figure}loss {test['loss']:.4f}) on {test['examples']} images after {results['epochs']} epochs, "
         f"{results['wall_time_s']:.0f} s\nRun directory: {workdir}"
     )
     # What sweepers optimise: the figure behind best/ (best_val_<checkpoint.best_metric>), None

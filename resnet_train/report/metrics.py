@@ -16,6 +16,16 @@ from resnet_train.errors import first_line
 METRICS = Path("metrics.jsonl")  # every logged record (Reporter), in the run directory; TensorBoard has the same
 
 
+def scalar_figures(metrics: dict) -> dict:
+    """The figures TensorBoard and the trackers plot: the floats, and a per-class mapping's as
+    "per_class_f1/<class>" (multi-label evaluation's; a class without a figure is left out)."""
+    figures = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    for key, values in metrics.items():
+        if isinstance(values, dict):
+            figures.update({f"{key}/{name}": v for name, v in values.items() if isinstance(v, float)})
+    return figures
+
+
 class Reporter:
     """Writes each logged point to TensorBoard (tensorboard/<split>), to metrics.jsonl and, once
     committed (its step checkpointed), to the experiment trackers (report/tracking.py)."""
@@ -47,7 +57,7 @@ class Reporter:
         return self._writers[split]
 
     def log(self, split: str, step: int, epoch: int, metrics: dict) -> None:
-        self.scalars(split, step, {k: v for k, v in metrics.items() if isinstance(v, float)})
+        self.scalars(split, step, scalar_figures(metrics))
         record = {"split": split, "step": int(step), "epoch": int(epoch), "time": time.time(), **metrics}
         self._append(split, step, record)
 

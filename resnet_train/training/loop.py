@@ -21,7 +21,7 @@ from resnet_train.report import plots, step_log, tracking
 from resnet_train.report.held_log import HeldLog
 from resnet_train.report.metrics import progress, write_json
 from resnet_train.runtime import cluster, environ_restored
-from resnet_train.training import failures, run_dir, selection
+from resnet_train.training import epoch_log, failures, run_dir, selection
 from resnet_train.training import results as results_lib
 from resnet_train.training.interrupts import StopRequests
 from resnet_train.training.run_lock import RunLock
@@ -125,6 +125,8 @@ def _train(cfg, workdir: Path, started: float, overrides, stop: StopRequests, he
 def _pictures(run: Run, confusion, title: str) -> list[Path]:
     """curves.png, and the test split's confusion matrix drawn beside it."""
     plots.training_curves(run.workdir / run_dir.METRICS, run.workdir / run_dir.CURVES)
+    if confusion is None:  # data.task=multilabel: no confusion matrix of several labels per image
+        return [run.workdir / run_dir.CURVES]
     path = run.workdir / run_dir.CONFUSION
     plots.confusion_matrix(confusion, run.info.class_names, path, title)
     return [run.workdir / run_dir.CURVES, path]
@@ -250,7 +252,7 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
             f"{epoch + 1} (step {step} of {run.total_steps}); checkpoint {checkpointer.latest} "
             f"written: run the same command again to continue"
         )
-    _log_epoch(run, epoch, train_metrics, eval_metrics)
+    epoch_log.log_epoch(run, epoch, train_metrics, eval_metrics)
     _log_overhead(epoch + 1, run.epochs, timing["in_steps"], overhead)
 
 
@@ -260,13 +262,6 @@ def _evaluate_ema(run: Run, step: int, epoch: int) -> dict:
     log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, run.epochs, run.eval_split,
              ema_metrics["loss"], ema_metrics["accuracy"])  # fmt: skip
     return ema_metrics
-
-
-def _log_epoch(run: Run, epoch: int, train: dict, evaluation: dict) -> None:
-    log.info("epoch %d/%d  loss %.4f  acc %.4f | %s loss %.4f  acc %.4f  bal.acc %.4f  macro-F1 %.4f | lr %.4g  "
-             "%.0f img/s  MFU %.1f%%", epoch + 1, run.epochs, train["loss"], train["accuracy"], run.eval_split,
-             evaluation["loss"], evaluation["accuracy"], evaluation["balanced_accuracy"], evaluation["macro_f1"],
-             train["lr"], train["images_per_sec"], 100 * train["mfu"])  # fmt: skip
 
 
 def _final_evaluation(run: Run, state: State) -> dict:

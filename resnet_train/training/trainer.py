@@ -9,6 +9,8 @@ whose gradients are not finite is skipped (weights untouched) while the scale is
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -16,6 +18,7 @@ from resnet_train.optim import clip_by_global_norm, decayed
 from resnet_train.report import class_metrics
 from resnet_train.training.finetune import head_gradient_scales
 from resnet_train.training.losses import Loss
+from resnet_train.training.multilabel_eval import MultilabelEvaluation, exact_matches
 from resnet_train.training.replicas import (
     per_replica_bn_statistics,
     poisoned_everywhere_if_any_replica_overflowed,
@@ -25,8 +28,7 @@ SUM = tf.distribute.ReduceOp.SUM
 
 
 def top_k(num_classes: int) -> int:
-    """The k of the top-k accuracy every report gives (metric f"top{k}"): 5, or every class when
-    there are fewer (top-5 of 4 classes would always be 1)."""
+    """The k of every report's top-k accuracy (f"top{k}"): 5, or fewer classes (top-5 of 4 is always 1)."""
     return min(5, num_classes)
 
 
@@ -59,6 +61,9 @@ class Trainer:
         class_weights=None,
         distill=None,
         pruner=None,
+        task: str = "multiclass",
+        threshold: float = 0.5,
+        class_names=(),
     ):
         self.model = model
         self.optimizer = optimizer
@@ -75,7 +80,11 @@ class Trainer:
         self.grad_scale = head_gradient_scales(model, head_lr_mult)
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes
-        self.loss = Loss(num_classes, label_smoothing, loss, target_threshold)  # losses.py: ce or bce
+        multilabel = task == "multilabel"  # a sigmoid per class and binary cross-entropy, whatever loss.name says
+        self.loss = Loss(num_classes, label_smoothing, "bce" if multilabel else loss, target_threshold)
+        self._correct = functools.partial(exact_matches, threshold=threshold) if multilabel else _correct
+        names = class_names or range(num_classes)
+        self._multilabel_eval = MultilabelEvaluation(model, strategy, threshold, names) if multilabel else None
         with strategy.scope():
             # Running sums of the epoch, read only at log points (no host sync per step).
             self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}") for k in ("loss", "correct", "count")}
@@ -84,8 +93,7 @@ class Trainer:
             # scale, and we stop only when it persists for more than runtime.max_nonfinite_steps.
             self._nonfinite = tf.Variable(0, trainable=False, dtype=tf.int32, name="nonfinite_steps")
         self.max_nonfinite_steps = int(max_nonfinite_steps)
-        # Only loss scaling skips steps, and only several replicas can disagree about one. (Every
-        # Keras 3 optimizer has scale_loss, an identity but in LossScaleOptimizer.)
+        # Only loss scaling skips steps, and only several replicas can disagree about one.
         self._agree_on_skips = (
             isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and strategy.num_replicas_in_sync > 1
         )
@@ -131,7 +139,7 @@ class Trainer:
             labels = tf.convert_to_tensor(labels)
             with tf.control_dependencies([g for g in total or [] if g is not None]):
                 grads, logits, per_example = self._gradients(images, labels)
-            sums = (tf.reduce_sum(per_example), _correct(labels, logits), tf.cast(tf.shape(labels)[0], tf.float32))
+            sums = (tf.reduce_sum(per_example), self._correct(labels, logits), tf.cast(tf.shape(labels)[0], tf.float32))
             if total is None:
                 total, (loss_sum, correct, count) = grads, sums
             else:
@@ -252,7 +260,10 @@ class Trainer:
 
     def evaluate(self, dist_dataset) -> dict:
         """Loss, top-1 and top-5 accuracy, balanced accuracy and macro-F1 over every example of the
-        dataset, in one compiled call."""
+        dataset, in one compiled call. Under multilabel: multilabel_eval.py's figures."""
+        if self._multilabel_eval is not None:
+            self.last_confusion = None  # (no confusion matrix of several labels per image)
+            return self._multilabel_eval(dist_dataset)
         *sums, confusion = (t.numpy() for t in self._eval_all(dist_dataset))
         self.last_confusion = confusion  # rows: true class, columns: predicted
         loss, top1, topk, count = (float(s) for s in sums)

@@ -1,0 +1,104 @@
+"""data.task=multilabel's training side: the figures equal scikit-learn's (report/label_metrics.py
+on every gathered score, over two replicas with padding), the trainer learns with sigmoid BCE, and
+a run through resnet-train reports mAP and per-class F1 in the epoch line, metrics.jsonl,
+TensorBoard and results.json, and chooses best/ by map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+from resnet_train.report import label_metrics
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_average_precision_and_f1_equal_scikit_learns_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(5, 120)), int(rng.integers(2, 7))
+    labels = (rng.random((n, k)) < 0.3).astype(np.float32)
+    labels[0] = 1  # every class has a positive
+    scores = np.round(rng.random((n, k)), int(rng.integers(1, 3)))  # one or two decimals: many ties
+    figures = label_metrics.report(labels, scores, 0.5, list("abcdefg")[:k])
+    expected_ap = [average_precision_score(labels[:, c], scores[:, c]) for c in range(k)]
+    assert list(figures["per_class_ap"].values()) == pytest.approx(expected_ap, abs=1e-12)
+    assert figures["map"] == pytest.approx(average_precision_score(labels, scores, average="macro"), abs=1e-12)
+    predicted = (scores >= 0.5).astype(np.float32)
+    present = [c for c in range(k) if labels[:, c].any() or predicted[:, c].any()]
+    expected_f1 = f1_score(labels, predicted, average=None, labels=present, zero_division=0)
+    got_f1 = [figures["per_class_f1"][n] for n in np.array(list("abcdefg"))[present]]
+    assert got_f1 == pytest.approx(list(expected_f1), abs=1e-12)
+    assert figures["macro_f1"] == pytest.approx(np.mean(expected_f1), abs=1e-12)
+    assert figures["accuracy"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-12)
+
+
+def test_a_class_without_positives_is_left_out_of_map_and_has_no_f1_when_never_predicted():
+    labels = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
+    scores = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.2], [0.7, 0.6, 0.3]])
+    figures = label_metrics.report(labels, scores, 0.5, ["a", "b", "c"])
+    assert figures["per_class_ap"]["c"] is None and figures["per_class_f1"]["c"] is None
+    assert figures["map"] == pytest.approx(average_precision_score(labels[:, :2], scores[:, :2], average="macro"))
+
+
+def _tiny_model(num_classes):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x))
+
+
+def _colour_task(n, seed):
+    """Images whose label c is 'channel c is bright': learnable by the tiny model in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, 3)) < 0.5).astype(np.float32)
+    images = (rng.random((n, 8, 8, 3)) * 0.3 + labels[:, None, None, :] * 0.7).astype(np.float32)
+    return images, labels
+
+
+def test_the_trainer_learns_with_sigmoid_bce_and_its_evaluation_equals_scikit_learn_over_two_replicas():
+    import keras
+    import tensorflow as tf
+
+    from resnet_train.training.trainer import Trainer
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = _tiny_model(3)
+        trainer = Trainer(model, keras.optimizers.SGD(0.5), strategy, 16, num_classes=3, loss="ce",
+                          task="multilabel", threshold=0.5, class_names=["red", "green", "blue"])  # fmt: skip
+    images, labels = _colour_task(256, 0)
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(16)
+    iterator = iter(strategy.experimental_distribute_dataset(train))
+    first = _epoch_loss(trainer, iterator)
+    for _ in range(3):
+        last = _epoch_loss(trainer, iterator)
+    assert last < 0.5 * first  # (loss=ce is ignored: sigmoid BCE; softmax CE of these targets would not fall so)
+
+    # 21 examples in batches of 8: the last padded with 3 weight-0 examples whose labels are garbage.
+    test_images, test_labels = _colour_task(21, 1)
+    pad_images = np.concatenate([test_images, np.ones((3, 8, 8, 3), np.float32)])
+    pad_labels = np.concatenate([test_labels, np.ones((3, 3), np.float32)])
+    weights = np.r_[np.ones(21), np.zeros(3)].astype(np.float32)
+    batches = tf.data.Dataset.from_tensor_slices((pad_images, pad_labels, weights)).batch(8)
+    figures = trainer.evaluate(strategy.experimental_distribute_dataset(batches))
+
+    logits = model(test_images, training=False).numpy()
+    probabilities = 1 / (1 + np.exp(-logits))
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)(test_labels, logits).numpy()
+    assert figures["examples"] == 21 and trainer.last_confusion is None
+    assert figures["loss"] == pytest.approx(float(bce), rel=1e-5)
+    assert figures["map"] == pytest.approx(average_precision_score(test_labels, probabilities), abs=1e-6)
+    assert figures["accuracy"] == pytest.approx(accuracy_score(test_labels, probabilities >= 0.5), abs=1e-9)
+    f1 = f1_score(test_labels, probabilities >= 0.5, average=None, zero_division=0)
+    assert list(figures["per_class_f1"].values()) == pytest.approx(list(f1), abs=1e-6)
+    assert figures["map"] > 0.9  # learnt: chance is the share of positives (~0.5)
+
+
+def _epoch_loss(trainer, iterator):
+    trainer.reset_train_metrics()
+    trainer.train_steps(iterator, 16)
+    metrics = trainer.train_metrics()
+    return metrics["loss"]
