@@ -20,6 +20,10 @@ def load(cfg) -> Splits:
 
     cfg = data_config(cfg)
     splits = _load_source(cfg)
+    if cfg.task == "multilabel" and splits.info.task != "multilabel":
+        raise ConfigError(
+            f"data.task=multilabel: data={cfg.source} has one label per image (use data=folder or tfrecord)"
+        )
     splits = select_classes(splits, cfg.classes)
     splits = _limited(splits, cfg.limit_train, cfg.limit_test)
     return carve_validation(splits, cfg.val_split, cfg.split_seed, cfg.split_method)
@@ -27,7 +31,8 @@ def load(cfg) -> Splits:
 
 def class_counts(splits: Splits) -> list[int]:
     """Training examples per class: the source's count, or the labels counted (in-memory data and
-    a folder's file list in a moment; streamed data reads its files once, with a log line)."""
+    a folder's file list in a moment; streamed data reads its files once, with a log line).
+    Multi-label data: the examples that have each class (the multi-hot vectors summed)."""
     import numpy as np
 
     info = splits.info
@@ -37,7 +42,10 @@ def class_counts(splits: Splits) -> list[int]:
         log.info("Counting the classes of %d streamed training examples (a pass over the files)", info.train_size)
     counts = np.zeros(info.num_classes, np.int64)
     for labels in splits.train.map(lambda x, y: y).batch(65536):
-        counts += np.bincount(labels.numpy(), minlength=info.num_classes)
+        if info.task == "multilabel":
+            counts += np.rint(labels.numpy().sum(0)).astype(np.int64)
+        else:
+            counts += np.bincount(labels.numpy(), minlength=info.num_classes)
     info.class_counts = [int(c) for c in counts]
     return info.class_counts
 
@@ -135,7 +143,8 @@ def _class_shares(sizes, count: int):
 def carve_validation(splits: Splits, val_split, split_seed: int = 0, method: str = "stratified") -> Splits:
     """Holds out `val_split` training examples (a fraction in (0, 1) or a count) for validation:
     each class its share (`stratified_held_out`), or drawn uniformly (`method`="uniform": runs made
-    before stratification, run_dir.RUN_OWNED).
+    before stratification, run_dir.RUN_OWNED; multi-label data always, since stratifying needs one
+    label per example).
 
     The same examples in every run, epoch and seed, and in resnet-eval / resnet-export; the rest
     keep their order. Both parts are cached.
@@ -185,9 +194,10 @@ def carve_validation(splits: Splits, val_split, split_seed: int = 0, method: str
 
 def _held_out(splits: Splits, count: int, split_seed: int, method: str):
     info = splits.info
-    if method == "uniform":
-        log.info("data.val_split: %d of %d training examples held out for validation, drawn uniformly "
-                 "(data.split_method=uniform)", count, info.train_size)  # fmt: skip
+    if method == "uniform" or info.task == "multilabel":
+        why = "data.split_method=uniform" if method == "uniform" else "multi-label: stratifying needs one label"
+        log.info("data.val_split: %d of %d training examples held out for validation, drawn uniformly (%s)",
+                 count, info.train_size, why)  # fmt: skip
         return held_out_indices(info.train_size, count, split_seed)
     import numpy as np
 
@@ -239,16 +249,18 @@ def _load_source(cfg) -> Splits:
             image_size=cfg.image_size,
         )
     if cfg.source == "folder":
-        from resnet_train.data import folder
+        from resnet_train.data import folder, multilabel_folder
 
-        return folder.load(
-            cfg.path,
+        kwargs = dict(
             image_size=cfg.image_size,
             val_fraction=cfg.val_fraction,
             split_seed=cfg.split_seed,
             cache=cfg.cache,
             cache_budget_mb=cfg.cache_budget_mb,
         )
+        if cfg.task == "multilabel":  # an image list with several labels per image
+            return multilabel_folder.load(cfg.path, labels_file=cfg.labels_file, **kwargs)
+        return folder.load(cfg.path, **kwargs)
     if cfg.source == "tfrecord":
         from resnet_train.data import tfrecord_source
 

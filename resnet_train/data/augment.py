@@ -239,7 +239,8 @@ def make_augment(cfg, image_shape=(32, 32, 3), mean=(127.5, 127.5, 127.5), encod
 
 def make_batch_augment(cfg, num_classes: int):
     """fn(images, labels, seed) -> (images, soft labels) per batch, or None. With both mixup and
-    cutmix set, each batch gets one of the two (chosen with equal odds), as in timm."""
+    cutmix set, each batch gets one of the two (chosen with equal odds), as in timm. Labels are
+    class indices (made one-hot) or float multi-hot vectors (mixed as they are)."""
     cfg = store.augment_config(cfg)
     mix, cut = cfg.mixup_alpha, cfg.cutmix_alpha
     if mix < 0 or cut < 0:
@@ -249,7 +250,8 @@ def make_batch_augment(cfg, num_classes: int):
 
     def batch_augment(images, labels, seed):
         choose_seed, seed = _split(seed, 2)
-        soft = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        # Multi-hot labels (data.task=multilabel) are mixed as they are.
+        soft = tf.cast(labels, tf.float32) if labels.dtype.is_floating else tf.one_hot(labels, num_classes)
         if mix and cut:
             use_mixup = tf.random.stateless_uniform([], choose_seed) < 0.5
             return tf.cond(use_mixup, lambda: mixup(images, soft, mix, seed), lambda: cutmix(images, soft, cut, seed))

@@ -44,7 +44,7 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(directory: Path) -> list[Path]:
+def images_in(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
@@ -52,13 +52,13 @@ def list_files(root: Path, class_names=None):
     """(paths, labels, class_names) of one tree; classes are the sorted sub-folder names, as
     displayable text (info.displayable: a folder name that is not UTF-8 shows its bytes escaped)."""
     dirs = _class_dirs(root)
-    names = class_names or [displayable(d.name) for d in dirs if _images_in(d)]
+    names = class_names or [displayable(d.name) for d in dirs if images_in(d)]
     if len(set(names)) < len(names):
         raise DataError(f"{root}: two class folders have the same displayed name ({', '.join(names)}): rename one")
     index = {name: i for i, name in enumerate(names)}
     paths, labels = [], []
     for d in dirs:
-        files = _images_in(d)
+        files = images_in(d)
         if not files:
             continue
         name = displayable(d.name)
@@ -103,8 +103,8 @@ def load(
     pipeline.file_loader), so a run's figures do not depend on which was chosen. Either way every
     file is decoded once here: unreadable ones are named and skipped before training starts (never
     a failure mid-epoch), and the channel statistics are measured."""
-    _check_cache(cache, cache_budget_mb)
-    root, train_root, held_root = _layout(path, image_size, val_fraction)
+    check_cache(cache, cache_budget_mb)
+    root, train_root, held_root = layout(path, image_size, val_fraction)
     paths, labels, names = list_files(train_root)
     if not paths:
         raise DataError(
@@ -115,15 +115,20 @@ def load(
     held = list_files(held_root, names) if held_root is not None else None
     in_memory, why = cache_mode(cache, len(paths) + (len(held[0]) if held else 0), image_size, cache_budget_mb)
 
-    train = _read(paths, labels, image_size, str(train_root), in_memory)
+    train = read_part(paths, labels, image_size, str(train_root), in_memory)
     if held is not None:
-        test = _read(held[0], held[1], image_size, str(held_root), in_memory)
+        test = read_part(held[0], held[1], image_size, str(held_root), in_memory)
     else:
         train_idx, held_idx = _stratified_split(train.y, val_fraction, split_seed)
         train, test = train.subset(train_idx, train.bad), train.subset(held_idx)
+    return make_splits(root, names, train, test, image_size, in_memory, why)
+
+
+def make_splits(root, names, train: Part, test: Part, image_size: int, in_memory: bool, why: str, task="multiclass"):
+    """The Splits of a folder's two parts (also data/multilabel_folder.py's): channel statistics
+    of the training images, the log line, DatasetInfo, and for streamed files Splits.locate."""
     if len(train.y) == 0 or len(test.y) == 0:
         raise DataError(f"{root}: after skipping unreadable files there is no training or held-out image left")
-
     mean, std = channel_stats_of_sums(train.sums, train.squares, image_size * image_size)
     skipped = train.bad + test.bad
     log.info(
@@ -149,6 +154,7 @@ def load(
         std=std,
         skipped_files=skipped,
         files=not in_memory,
+        task=task,
     )
     splits = Splits(train.dataset(), test.dataset(), info)
     if not in_memory:  # the files are read again while training: name the one that fails then
@@ -157,7 +163,7 @@ def load(
     return splits
 
 
-def _check_cache(cache, budget_mb) -> None:
+def check_cache(cache, budget_mb) -> None:
     if cache not in (True, False, "auto"):
         raise ConfigError(
             f"data.cache must be auto, true (decode into memory) or false (stream from the files) (got {cache!r})"
@@ -166,10 +172,12 @@ def _check_cache(cache, budget_mb) -> None:
         raise ConfigError(f"data.cache_budget_mb must be a non-negative integer, in MB (got {budget_mb!r})")
 
 
-def _layout(path, image_size, val_fraction) -> tuple[Path, Path, Path | None]:
+def layout(
+    path, image_size, val_fraction, holding="one sub-folder of images per class"
+) -> tuple[Path, Path, Path | None]:
     """(root, the training tree, the held-out tree or None) of data.path, checked."""
     if not path:
-        raise DataError("data=folder needs data.path=DIR (one sub-folder of images per class)")
+        raise DataError(f"data=folder needs data.path=DIR ({holding})")
     root = Path(str(path)).expanduser()
     if not root.is_dir():
         raise DataError(f"data.path={root} does not exist or is not a folder")
@@ -185,7 +193,7 @@ def _layout(path, image_size, val_fraction) -> tuple[Path, Path, Path | None]:
 
 
 @dataclass
-class _Part:
+class Part:
     """One split's readable examples: images (in memory) or paths (streamed), labels, pixel sums."""
 
     x: np.ndarray
@@ -194,16 +202,16 @@ class _Part:
     squares: np.ndarray
     bad: int = 0
 
-    def subset(self, index, bad: int = 0) -> _Part:
-        return _Part(self.x[index], self.y[index], self.sums[index], self.squares[index], bad)
+    def subset(self, index, bad: int = 0) -> Part:
+        return Part(self.x[index], self.y[index], self.sums[index], self.squares[index], bad)
 
     def dataset(self):
         return tf.data.Dataset.from_tensor_slices((self.x, self.y))
 
 
-def _read(paths, labels, size: int, what: str, keep: bool) -> _Part:
+def read_part(paths, labels, size: int, what: str, keep: bool) -> Part:
     decoded = decode_files(paths, (size, size, 3), what, keep=keep)
     ok = decoded.ok
     # Paths as bytes (TF's strings are bytes): a file name that is not UTF-8 reads like any other.
     x = decoded.images if keep else np.array([os.fsencode(p) for p in paths], dtype=object)[ok]
-    return _Part(x, labels[ok], decoded.sums[ok], decoded.squares[ok], int((~ok).sum()))
+    return Part(x, labels[ok], decoded.sums[ok], decoded.squares[ok], int((~ok).sum()))

@@ -178,7 +178,9 @@ def eval_batches(
     pad = (-size) % batch_size if size else 0
     if pad:
         blank = tf.zeros(tuple(image_shape), tf.uint8)
-        filler = tf.data.Dataset.from_tensors((blank, tf.constant(0, tf.int64), tf.constant(0.0))).repeat(pad)
+        label = ds.element_spec[1]  # an int64 class, or a multi-label task's float32 multi-hot vector
+        filler = tf.data.Dataset.from_tensors((blank, tf.zeros(label.shape, label.dtype), tf.constant(0.0)))
+        filler = filler.repeat(pad)
         ds = ds.concatenate(filler)
     return ds.batch(batch_size, drop_remainder=bool(size)).prefetch(AUTOTUNE)
 
