@@ -33,19 +33,12 @@ def make_multilabel_folder(root, n=48, size=32, seed=0, fmt="csv"):
 
     root = Path(root)
     rng = np.random.default_rng(seed)
-    labels = (rng.random((n, len(CLASSES))) < 0.5).astype(np.float32)
-    labels[0], labels[1] = 1.0, 0.0  # every label present somewhere and absent somewhere
-    half = size // 2
+    labels = _label_matrix(rng, n)
     entries = {}
     for i, row in enumerate(labels):
-        pixels = np.full((size, size, 3), 50.0) + rng.normal(0, 8, (size, size, 3))
-        for name, present in zip(CLASSES, row):
-            if present:
-                r, c = QUADRANTS[name]
-                pixels[r * half : (r + 1) * half, c * half : (c + 1) * half] = COLOURS[name]
         rel = f"{'odd' if i % 2 else 'even'}/img{i:03d}.png"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / rel)
+        Image.fromarray(_scene(row, size, rng)).save(root / rel)
         entries[rel] = [name for name, present in zip(CLASSES, row) if present]
     if fmt == "json":
         (root / "labels.json").write_text(json.dumps(entries, indent=1))
@@ -53,6 +46,23 @@ def make_multilabel_folder(root, n=48, size=32, seed=0, fmt="csv"):
         lines = ["file,labels", *(f"{rel},{' '.join(names)}" for rel, names in entries.items())]
         (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return labels
+
+
+def _label_matrix(rng, n):
+    labels = (rng.random((n, len(CLASSES))) < 0.5).astype(np.float32)
+    labels[0], labels[1] = 1.0, 0.0  # every label present somewhere and absent somewhere
+    return labels
+
+
+def _scene(row, size, rng) -> np.ndarray:
+    """A uint8 picture of one label vector: each present label's colour in its quadrant."""
+    half = size // 2
+    pixels = np.full((size, size, 3), 50.0) + rng.normal(0, 8, (size, size, 3))
+    for name, present in zip(CLASSES, row):
+        if present:
+            r, c = QUADRANTS[name]
+            pixels[r * half : (r + 1) * half, c * half : (c + 1) * half] = COLOURS[name]
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def _labels(ds) -> np.ndarray:
@@ -272,3 +282,84 @@ def test_a_single_label_source_under_multilabel_is_refused_by_data_load():
     cfg.data.task = "multilabel"
     with pytest.raises(ConfigError, match="data.task=multilabel: data=synthetic has one label per image"):
         data.load(cfg.data)
+
+
+# --- TFRecords with several image/class/label values per record --------------------------------
+def write_multilabel_records(path, n=24, seed=0, offset=0, shards=2):
+    """n JPEG records of make_multilabel_folder's scenes, labels (+ offset) and their texts, in
+    `shards` files path-0000i-of-0000n; row 0's first label is written twice (counted once).
+    Returns the label matrix, rows in record order (round-robin over the shards)."""
+    rng = np.random.default_rng(seed)
+    labels = _label_matrix(rng, n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(f"{path}-{i:05d}-of-{shards:05d}") for i in range(shards)]
+    for i, row in enumerate(labels):
+        values = [int(k) for k in np.flatnonzero(row)] + ([int(np.flatnonzero(row)[0])] if i == 0 else [])
+        feature = {
+            "image/encoded": _bytes(tf.io.encode_jpeg(_scene(row, 32, rng), quality=95).numpy()),
+            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[v + offset for v in values])),
+            "image/class/text": _bytes(*(CLASSES[v].encode() for v in values)),
+        }
+        writers[i % shards].write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    for writer in writers:
+        writer.close()
+    return labels
+
+
+def _bytes(*values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+@pytest.fixture
+def records(tmp_path):
+    train = write_multilabel_records(tmp_path / "rec" / "train", 24, offset=1)
+    held = write_multilabel_records(tmp_path / "rec" / "validation", 10, seed=1, offset=1)
+    return tmp_path / "rec", train, held
+
+
+def _load_records(root, *more):
+    from helpers import compose
+
+    from resnet_train import data
+
+    args = [f"data.train_files={root}/train-*", f"data.eval_files={root}/validation-*", "data.image_size=16"]
+    return data.load(compose("data=tfrecord", "data.task=multilabel", *args, *more).data)
+
+
+def _in_record_order(matrix, shards=2):
+    return np.concatenate([matrix[i::shards] for i in range(shards)])  # file by file
+
+
+def test_records_with_several_labels_give_multi_hot_vectors(records):
+    from resnet_train import data
+    from resnet_train.data import pipeline
+
+    root, train, held = records
+    splits = _load_records(root, "data.label_offset=1")
+    info = splits.info
+    assert info.task == "multilabel" and info.encoded and info.class_names == list(CLASSES)
+    assert (info.num_classes, info.train_size, info.test_size) == (4, 24, 10)
+    assert data.class_counts(splits) == [int(c) for c in train.sum(0)]  # row 0's repeated label once
+    assert splits.train.element_spec[1] == tf.TensorSpec([4], tf.float32)
+    np.testing.assert_array_equal(_labels(splits.train), _in_record_order(train))
+    epoch = _labels(splits.train_for_epoch(7, 0))
+    assert sorted(map(tuple, epoch)) == sorted(map(tuple, train))
+    batches = list(pipeline.eval_batches(splits.test, 4, pipeline.eval_preprocess(info), 10, info.image_shape))
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    np.testing.assert_array_equal(labels[:10], _in_record_order(held))
+    np.testing.assert_array_equal(labels[10:], 0.0)
+    image = batches[0][0].numpy()[0]  # the first record's scene (all four labels) survives the JPEG
+    assert np.abs(image[:8, :8].reshape(-1, 3).mean(0) - COLOURS["blue"]).max() < 40
+
+
+@pytest.mark.parametrize(
+    "more,message",
+    [
+        (["data.label_offset=1", "data.num_classes=3"], r"is 4, out of range for 3 classes after data.label_offset=1"),
+        (["data.label_offset=2"], r"start at 1, below data.label_offset=2: set data.label_offset=1"),
+    ],
+    ids=["out-of-range", "offset"],
+)
+def test_bad_multilabel_records_fail_with_one_clear_line(records, more, message):
+    with pytest.raises(DataError, match=message):
+        _load_records(records[0], *more)

@@ -10,6 +10,10 @@ and names the classes from the records' texts when no labels file or class_names
 decodes no image (data/faults.py measured why): a record whose image fails to decode while training
 is looked for then (Splits.locate) and named. TF's ImageNet scripts number the classes 1..1000:
 data.label_offset=1 makes them 0..999.
+
+data.task=multilabel: a record holds several `image/class/label` values (none: no label), and its
+label is a float32 multi-hot vector of the class count; the label pass checks every value and
+counts each class's images (a value repeated in one record counts once).
 """
 
 from __future__ import annotations
@@ -42,23 +46,37 @@ def match_files(pattern, key: str) -> list[str]:
     return files
 
 
+def _multilabel(cfg) -> bool:
+    return getattr(cfg, "task", "multiclass") == "multilabel"
+
+
 def _features(cfg, with_image: bool) -> dict:
-    features = {cfg.label_key: tf.io.FixedLenFeature([], tf.int64)}
+    if _multilabel(cfg):  # several values per record
+        features = {cfg.label_key: tf.io.VarLenFeature(tf.int64)}
+        text = tf.io.VarLenFeature(tf.string)
+    else:
+        features = {cfg.label_key: tf.io.FixedLenFeature([], tf.int64)}
+        text = tf.io.FixedLenFeature([], tf.string, default_value="")
     if with_image:
         features[cfg.image_key] = tf.io.FixedLenFeature([], tf.string)
     elif cfg.text_key:
-        features[cfg.text_key] = tf.io.FixedLenFeature([], tf.string, default_value="")
+        features[cfg.text_key] = text
     return features
 
 
-def read(files, cfg, interleave: bool = False) -> tf.data.Dataset:
+def read(files, cfg, interleave: bool = False, num_classes: int | None = None) -> tf.data.Dataset:
     """(encoded image, label - label_offset) of the files, in the files' order (interleaved
-    CYCLE files at a time, deterministically, when `interleave`)."""
+    CYCLE files at a time, deterministically, when `interleave`). data.task=multilabel: the label
+    is the multi-hot float32 vector of `num_classes`."""
     features = _features(cfg, with_image=True)
     offset = int(cfg.label_offset)
+    multilabel = _multilabel(cfg)
 
     def parse(record):
         example = tf.io.parse_single_example(record, features)
+        if multilabel:
+            hot = tf.one_hot(example[cfg.label_key].values - offset, num_classes)
+            return example[cfg.image_key], tf.minimum(tf.reduce_sum(hot, 0), 1.0)
         return example[cfg.image_key], example[cfg.label_key] - offset
 
     names = tf.data.Dataset.from_tensor_slices(list(files))
@@ -75,27 +93,42 @@ def read(files, cfg, interleave: bool = False) -> tf.data.Dataset:
 
 
 def scan_labels(files, cfg, key: str):
-    """(labels after the offset, {label: text}) of every record; a record the parser rejects is
-    named by its file."""
+    """(labels after the offset, {label: text}, records) of every record; a record the parser
+    rejects is named by its file. data.task=multilabel: every record's distinct values, flat."""
     features = _features(cfg, with_image=False)
-    labels, texts = [], {}
+    labels, texts, records = [], {}, 0
     for path in files:
         ds = tf.data.TFRecordDataset(path).map(lambda r: tf.io.parse_single_example(r, features))
         ds = ds.batch(4096, num_parallel_calls=tf.data.AUTOTUNE)
         try:
             for batch in ds:
-                found = batch[cfg.label_key].numpy() - int(cfg.label_offset)
-                labels.append(found)
-                if cfg.text_key:
-                    for label, text in zip(found, batch[cfg.text_key].numpy()):
-                        texts.setdefault(int(label), text.decode("utf-8", "replace"))
+                found, names, count = _batch_labels(batch, cfg)
+                labels.append(found - int(cfg.label_offset))
+                records += count
+                for label, text in zip(labels[-1], names):
+                    texts.setdefault(int(label), text.decode("utf-8", "replace"))
         except tf.errors.OpError as error:
             reason = str(error).splitlines()[0][:200]
             raise DataError(
                 f"{path} (data.{key}) is not a TFRecord file of tf.train.Example with an int64 "
                 f"{cfg.label_key!r} feature: {reason}"
             ) from None
-    return (np.concatenate(labels) if labels else np.zeros(0, np.int64)), texts
+    return (np.concatenate(labels) if labels else np.zeros(0, np.int64)), texts, records
+
+
+def _batch_labels(batch, cfg):
+    """(label values, their texts or [], records) of one parsed batch."""
+    label = batch[cfg.label_key]
+    text = batch[cfg.text_key] if cfg.text_key else None
+    if not _multilabel(cfg):
+        return label.numpy(), (text.numpy() if text is not None else []), len(label)
+    rows, values = label.indices.numpy()[:, 0], label.values.numpy()
+    names = []
+    if text is not None and np.array_equal(text.indices.numpy(), label.indices.numpy()):
+        names = text.values.numpy()  # one text per value: name the classes
+    distinct = np.unique(np.stack([rows, values], 1), axis=0, return_index=True)[1]
+    keep = np.sort(distinct)
+    return values[keep], (names[keep] if len(names) else []), int(label.dense_shape[0])
 
 
 def given_names(cfg) -> list[str] | None:
@@ -110,9 +143,11 @@ def given_names(cfg) -> list[str] | None:
     return [str(n) for n in cfg.class_names] if cfg.class_names else None
 
 
-def _checked_labels(labels, num_classes: int, files, key: str, offset: int) -> None:
-    if len(labels) == 0:
+def _checked_labels(labels, records: int, num_classes: int, files, key: str, offset: int) -> None:
+    if records == 0:
         raise DataError(f"data.{key} ({files[0]}, ...) holds no example")
+    if len(labels) == 0:  # multi-label records that have no label at all
+        return
     low, high = int(labels.min()), int(labels.max())
     if low < 0:
         raise DataError(
@@ -127,13 +162,16 @@ def _checked_labels(labels, num_classes: int, files, key: str, offset: int) -> N
         )
 
 
-def _classes(cfg, train_labels, eval_labels, texts, train_files, eval_files) -> tuple[int, list[str]]:
-    """(the class count, the class names), every label checked against the count."""
+def _classes(cfg, train, evaluation, texts, train_files, eval_files) -> tuple[int, list[str]]:
+    """(the class count, the class names), every label checked against the count. `train` and
+    `evaluation`: (labels, records) of each split."""
+    (train_labels, train_records), (eval_labels, eval_records) = train, evaluation
     given = given_names(cfg)
     top = int(max(train_labels.max(initial=0), eval_labels.max(initial=0)))
     num_classes = cfg.num_classes or (len(given) if given else top + 1)
-    _checked_labels(train_labels, num_classes, train_files, "train_files", int(cfg.label_offset))
-    _checked_labels(eval_labels, num_classes, eval_files, "eval_files", int(cfg.label_offset))
+    offset = int(cfg.label_offset)
+    _checked_labels(train_labels, train_records, num_classes, train_files, "train_files", offset)
+    _checked_labels(eval_labels, eval_records, num_classes, eval_files, "eval_files", offset)
     if given and len(given) != num_classes:
         where = "data.labels_file" if cfg.labels_file else "data.class_names"
         raise DataError(f"{where} names {len(given)} classes, data.num_classes is {num_classes}")
@@ -150,9 +188,10 @@ def load(cfg) -> Splits:
     """`cfg`: the data group typed by TfrecordDataConfig."""
     train_files = match_files(cfg.train_files, "train_files")
     eval_files = match_files(cfg.eval_files, "eval_files")
-    train_labels, texts = scan_labels(train_files, cfg, "train_files")
-    eval_labels, _ = scan_labels(eval_files, cfg, "eval_files")
-    num_classes, names = _classes(cfg, train_labels, eval_labels, texts, train_files, eval_files)
+    train_labels, texts, train_size = scan_labels(train_files, cfg, "train_files")
+    eval_labels, _, test_size = scan_labels(eval_files, cfg, "eval_files")
+    train, evaluation = (train_labels, train_size), (eval_labels, test_size)
+    num_classes, names = _classes(cfg, train, evaluation, texts, train_files, eval_files)
     if cfg.mean is None or cfg.std is None:
         log.warning("No data.mean / data.std for these TFRecords: using 127.5 / 64 (set them for better training)")
     mean = tuple(float(m) for m in cfg.mean) if cfg.mean is not None else (127.5,) * 3
@@ -160,9 +199,9 @@ def load(cfg) -> Splits:
     log.info(
         "TFRecords: %d classes, %d train examples in %d files, %d eval in %d files, decoded to %dx%d",
         num_classes,
-        len(train_labels),
+        train_size,
         len(train_files),
-        len(eval_labels),
+        test_size,
         len(eval_files),
         cfg.image_size,
         cfg.image_size,
@@ -171,13 +210,14 @@ def load(cfg) -> Splits:
         name=cfg.name or Path(train_files[0]).parent.name or "tfrecord",
         num_classes=num_classes,
         image_shape=(cfg.image_size, cfg.image_size, 3),
-        train_size=len(train_labels),
-        test_size=len(eval_labels),
+        train_size=train_size,
+        test_size=test_size,
         class_names=names,
         mean=mean,
         std=std,
         encoded=True,
         class_counts=[int(c) for c in np.bincount(train_labels, minlength=num_classes)],
+        task="multilabel" if _multilabel(cfg) else "multiclass",
     )
 
     def train_for_epoch(seed: int, epoch: int, shard=(1, 0)):
@@ -202,7 +242,8 @@ def load(cfg) -> Splits:
                 epoch + 1,
                 ", ".join(Path(f).name for f in files[:8]) + (", ..." if len(files) > 8 else ""),
             )
-        return read(files, cfg, interleave=True)
+        return read(files, cfg, interleave=True, num_classes=num_classes)
 
     locate = functools.partial(faults.first_bad_record, [*train_files, *eval_files], cfg.image_key)
-    return Splits(read(train_files, cfg), read(eval_files, cfg), info, train_for_epoch=train_for_epoch, locate=locate)
+    train, test = read(train_files, cfg, num_classes=num_classes), read(eval_files, cfg, num_classes=num_classes)
+    return Splits(train, test, info, train_for_epoch=train_for_epoch, locate=locate)
