@@ -41,7 +41,8 @@ class DatasetInfo:
 
 @dataclass
 class Splits:
-    """uint8 images (H, W, C) and int64 labels, one element per example."""
+    """uint8 images (H, W, C) and int64 labels, one element per example (data.task=multilabel:
+    float32 multi-hot label vectors of num_classes)."""
 
     train: tf.data.Dataset
     test: tf.data.Dataset
