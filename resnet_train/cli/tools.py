@@ -25,18 +25,14 @@ def _eval(cfg) -> float:
             OmegaConf.to_container(cfg.data),
             None if cfg.tta == "none" else cfg.tta,
             cfg.batch_size,
+            cfg.threshold,
         )
-        k = next(key for key in result if key.startswith("top") and key != "top1")
-        print(
-            f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
-            f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})"
-        )
-        per_class = sorted(result["per_class_accuracy"].items(), key=lambda kv: (kv[1] is None, kv[1]))
-        shown = per_class if len(per_class) <= 20 else per_class[:10]
-        print(
-            ("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
-            ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None),
-        )
+        if result["task"] == "multilabel":
+            from resnet_train.tools.multilabel import print_eval
+
+            print_eval(result)
+        else:
+            _print_multiclass(result)
         sparsity = result["sparsity"]
         print(
             f"sparsity: {sparsity['overall']:.1%} of the {sparsity['weights']:,} conv and dense kernel weights are zero"
@@ -44,9 +40,23 @@ def _eval(cfg) -> float:
         if sparsity["overall"]:
             print("per-layer sparsity:", ", ".join(f"{name} {s:.1%}" for name, s in sparsity["layers"].items()))
         print("Wrote " + " and ".join(result["files"]))
-        return result["accuracy"]
+        return result["map" if result["task"] == "multilabel" else "accuracy"]
 
     return run_tool(task)
+
+
+def _print_multiclass(result) -> None:
+    k = next(key for key in result if key.startswith("top") and key != "top1")
+    print(
+        f"{result['dataset']} {result['split']}: {result['examples']} images, loss {result['loss']:.4f}, "
+        f"top-1 {result['accuracy']:.4f}, {k} {result[k]:.4f} (tta {result['tta']})"
+    )
+    per_class = sorted(result["per_class_accuracy"].items(), key=lambda kv: (kv[1] is None, kv[1]))
+    shown = per_class if len(per_class) <= 20 else per_class[:10]
+    print(
+        ("per-class accuracy:" if len(per_class) <= 20 else "lowest per-class accuracy:"),
+        ", ".join(f"{name} {acc:.3f}" for name, acc in shown if acc is not None),
+    )
 
 
 def evaluate() -> None:
@@ -67,10 +77,12 @@ def _predict(cfg) -> None:
         import json
 
         from resnet_train.errors import UserError
+        from resnet_train.tools.multilabel import check_threshold
         from resnet_train.tools.predict import predict_files
         from resnet_train.training.runs import load_run
 
         _require_images(cfg)
+        check_threshold(cfg.threshold)
         if cfg.output not in ("text", "json", "embeddings"):
             raise UserError(f"output must be text, json or embeddings (got {cfg.output!r})")
         if cfg.out is not None and cfg.output != "embeddings":
@@ -78,7 +90,7 @@ def _predict(cfg) -> None:
         if cfg.output == "embeddings":
             return _write_embeddings(cfg)
         run = load_run(cfg.run, cfg.checkpoint)
-        results, failed = predict_files(run, list(cfg.images), cfg.top_k)
+        results, failed = predict_files(run, list(cfg.images), cfg.top_k, threshold=cfg.threshold)
         if cfg.output == "json":
             print(
                 json.dumps(
@@ -87,13 +99,23 @@ def _predict(cfg) -> None:
             )
         else:
             for r in results:
-                print(f"{r['path']}: " + ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
+                print(f"{r['path']}: {_predicted(r)}")
         for path, why in failed:
             print(f"resnet-predict: could not predict {path}: {why}", file=sys.stderr)
         if failed:
             sys.exit(EXIT_USER_ERROR)  # bad input, though the readable images were predicted above
 
     run_tool(task)
+
+
+def _predicted(r) -> str:
+    """One image's text line: its top-k classes, or a multi-label run's labels at the threshold."""
+    if "labels" not in r:
+        return ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+    if r["labels"]:
+        return ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["labels"]) + f" (>= {r['threshold']:g})"
+    top = r["predictions"][0]
+    return f"no label >= {r['threshold']:g} (most probable: {top['class']} {top['probability']:.3f})"
 
 
 def _write_embeddings(cfg) -> None:
@@ -126,6 +148,7 @@ def _explain(cfg) -> None:
         from pathlib import Path
 
         from resnet_train.errors import UserError
+        from resnet_train.models.probabilities import task_of
         from resnet_train.report.plots import grad_cam_figure
         from resnet_train.tools.explain import grad_cam, output_names
         from resnet_train.training.runs import load_images, load_run
@@ -137,7 +160,7 @@ def _explain(cfg) -> None:
             raise UserError(f"class_index must be in 0..{run.info.num_classes - 1} (got {cfg.class_index})")
         out = Path(cfg.out) if cfg.out else run.run_dir / "explain"
         if len(ok):
-            heat, classes, probs = grad_cam(run.model, images, cfg.class_index)
+            heat, classes, probs = grad_cam(run.model, images, cfg.class_index, task_of(run.info))
             for path, name, image, h, c, p in zip(ok, output_names(ok), images, heat, classes, probs):
                 title = f"Grad-CAM: {run.info.class_names[c]} ({p:.2f})"
                 print(f"{path}: {grad_cam_figure(image, h, title, out / name)}")
@@ -220,11 +243,17 @@ def _print_export(r) -> None:
     quant += f" (opset {r['opset']})" if r["opset"] else ""
     weights = " with the EMA weights" if r.get("weights") == "ema" else ""
     print(f"Exported {r['format']}{quant}{weights}: {r['path']} ({r['bytes'] / 1e6:.2f} MB)")
+    what = f"Exact-match accuracy at threshold {r['threshold']:g}" if "map" in r else "Accuracy"
     print(
-        f"Accuracy on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
+        f"{what} on {r['examples']} {r['split']} images: exported {r['accuracy']:.4f}, original "
         f"{r['original_accuracy']:.4f}; top-1 agreement {r['top1_agreement']:.4f}, largest probability "
         f"difference {r['max_probability_difference']:.2e}"
     )
+    if "map" in r:
+        print(
+            f"mAP: exported {r['map']:.4f}, original {r['original_map']:.4f}; "
+            f"the same label set on {r['label_agreement']:.4f} of the images"
+        )
     print(f"Wrote the model card {r['card']}")
 
 

@@ -52,6 +52,7 @@ class EvalDataConfig:
 class EvalConfig(RunToolConfig):
     tta: str = "none"
     batch_size: int = 256
+    threshold: Optional[float] = None  # data.task=multilabel: a label is predicted at >= this (null: the run's)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
 
@@ -61,6 +62,7 @@ class PredictConfig(RunToolConfig):
     top_k: int = 5
     output: str = "text"  # text | json | embeddings
     out: Optional[str] = None  # output=embeddings: an .npz or .parquet file (default <run>/embeddings.npz)
+    threshold: Optional[float] = None  # data.task=multilabel: every label at >= this (null: the run's)
 
 
 @dataclass

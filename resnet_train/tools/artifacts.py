@@ -25,8 +25,10 @@ def write_class_names(path: Path, info) -> None:
     path.write_text("\n".join(info.class_names) + "\n")
 
 
-def load_predictor(path: Path, fmt: str):
-    """images (uint8, N x H x W x C) -> probabilities (float32, N x classes)."""
+def load_predictor(path: Path, fmt: str, task: str = "multiclass"):
+    """images (uint8, N x H x W x C) -> probabilities (float32, N x classes). Every format but
+    .keras holds its own activation; a .keras file returns logits, mapped here as the run's `task`
+    says (models/probabilities.py: softmax, or a sigmoid per class under multilabel)."""
     import tensorflow as tf
 
     if fmt == "saved_model":
@@ -36,7 +38,9 @@ def load_predictor(path: Path, fmt: str):
         import keras
 
         model = keras.saving.load_model(str(path), safe_mode=True)
-        return lambda images: tf.nn.softmax(model(images, training=False)).numpy()
+        from resnet_train.models.probabilities import probabilities
+
+        return lambda images: probabilities(model(images, training=False), task).numpy()
     if fmt == "onnx":
         import onnxruntime
 
@@ -115,8 +119,13 @@ def as_arrays(batches):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def figures(exported, original, labels) -> dict:
-    """An export's probabilities beside the original model's on the same labelled images."""
+def figures(exported, original, labels, threshold=None) -> dict:
+    """An export's probabilities beside the original model's on the same labelled images
+    (multi-hot labels: multilabel.export_figures at the run's threshold)."""
+    if np.ndim(labels) == 2:
+        from resnet_train.tools.multilabel import export_figures
+
+        return export_figures(exported, original, labels, 0.5 if threshold is None else threshold)
     return {
         "examples": int(len(labels)),
         "accuracy": float(np.mean(exported.argmax(1) == labels)),

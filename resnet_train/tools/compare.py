@@ -93,10 +93,14 @@ def compare(job, export_artifact, opset, latency_runs: int = LATENCY_RUNS) -> di
     rows = []
     for fmt, quantize in ARTIFACTS:
         path = export_artifact(job, fmt, quantize, opset)
-        predict = load_predictor(path, fmt)
+        predict = load_predictor(path, fmt, job.task)
         exported = in_batches(predict, job.images, job.batch_size)
         row = {"format": fmt, "quantize": quantize, "runtime": RUNTIMES[fmt], "sparsity": sparsity}
-        row |= {"bytes": size(path), "gzip_bytes": gzip_size(path), **figures(exported, job.original, job.labels)}
+        row |= {
+            "bytes": size(path),
+            "gzip_bytes": gzip_size(path),
+            **figures(exported, job.original, job.labels, job.threshold),
+        }
         row |= {**latency(predict, job.images, latency_runs), "path": path.name}
         rows.append(row)
         log.info("%s %s: accuracy %.4f, b1 median %.3f ms", fmt, quantize, row["accuracy"], row["b1_median_ms"])

@@ -1,4 +1,5 @@
-"""Evaluation of a trained model on any split: loss, top-1/top-5, per-class accuracy, confusion."""
+"""Evaluation of a trained model on any split: loss, top-1/top-5, per-class accuracy, confusion;
+under data.task=multilabel mAP, macro-F1 and per-class AP / F1 at a threshold (multilabel.py)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,24 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_train.errors import DataError
+from resnet_train.models.probabilities import probabilities, task_of
 from resnet_train.report import class_metrics
 from resnet_train.training.prune import kernel_sparsity
 from resnet_train.training.trainer import top_k
 
 
-def predict_probabilities(model, batches, tta: str | None = None):
+def predict_probabilities(model, batches, tta: str | None = None, task: str = "multiclass"):
     """(probabilities, labels) over `batches` of (images, labels, weights); padding dropped.
-    tta="flip" averages the predictions for the image and its mirror image."""
+    tta="flip" averages the predictions for the image and its mirror image. Under multilabel the
+    probabilities are per-class sigmoids (models/probabilities.py)."""
     if tta not in (None, "none", "flip"):
         raise DataError(f"tta must be none or flip (got {tta!r})")
 
     @tf.function(reduce_retracing=True)
     def probs(images):
-        p = tf.nn.softmax(model(images, training=False))
+        p = probabilities(model(images, training=False), task)
         if tta == "flip":
-            p = (p + tf.nn.softmax(model(tf.reverse(images, axis=[2]), training=False))) / 2.0
+            p = (p + probabilities(model(tf.reverse(images, axis=[2]), training=False), task)) / 2.0
         return p
 
     all_probs, all_labels = [], []
@@ -93,33 +96,42 @@ def eval_split(run_cfg, info, data_overrides, split: str):
     return ds, size, new
 
 
-def evaluate_run(run_dir, checkpoint="auto", split="test", data_overrides=None, tta=None, batch_size=256) -> dict:
-    """Evaluates a run's checkpoint; writes eval/<split>.json and eval/<split>_confusion.png."""
+def evaluate_run(
+    run_dir, checkpoint="auto", split="test", data_overrides=None, tta=None, batch_size=256, threshold=None
+) -> dict:
+    """Evaluates a run's checkpoint; writes eval/<split>.json and (multiclass) eval/<split>_confusion.png.
+    threshold: a multi-label run's own (default its data.threshold); refused for a multiclass run."""
     from resnet_train.data import pipeline
-    from resnet_train.report import plots
     from resnet_train.report.metrics import write_json
+    from resnet_train.tools import multilabel
     from resnet_train.training.runs import load_run
 
+    multilabel.check_threshold(threshold)
     run = load_run(run_dir, checkpoint)
+    task, threshold = task_of(run.info), multilabel.threshold_for(run.cfg, run.info, threshold)
     ds, size, info = eval_split(run.cfg, run.info, data_overrides, split)
     batches = pipeline.eval_batches(ds, batch_size, pipeline.eval_preprocess(info), size, info.image_shape)
-    probs, labels = predict_probabilities(run.model, batches, tta)
-    summary, confusion = metrics(probs, labels, run.info.class_names)
+    probs, labels = predict_probabilities(run.model, batches, tta, task)
     name = split + ("_flip" if tta == "flip" else "")
     out = run.run_dir / "eval"
-    summary.update(
-        {
-            "split": split,
-            "dataset": info.name,
-            "checkpoint": run.checkpoint,
-            "weights": run.weights,
-            "tta": tta or "none",
-            "confusion_matrix": confusion.tolist(),
-            "class_names": run.info.class_names,
-            "sparsity": kernel_sparsity(run.model),  # the zeros pruning left in the weights evaluated
-        }
-    )
+    about = {
+        "split": split,
+        "dataset": info.name,
+        "checkpoint": run.checkpoint,
+        "weights": run.weights,
+        "tta": tta or "none",
+        "class_names": run.info.class_names,
+        "sparsity": kernel_sparsity(run.model),  # the zeros pruning left in the weights evaluated
+    }
+    if task == "multilabel":  # no confusion matrix, top-k or balanced accuracy: several labels an image
+        summary = {**multilabel.eval_metrics(probs, labels, run.info.class_names, threshold), **about}
+        write_json(out / f"{name}.json", summary)
+        return {**summary, "files": [str(out / f"{name}.json")]}
+    summary, confusion = metrics(probs, labels, run.info.class_names)
+    summary.update({"task": "multiclass", **about, "confusion_matrix": confusion.tolist()})
     write_json(out / f"{name}.json", summary)
+    from resnet_train.report import plots
+
     plots.confusion_matrix(
         confusion,
         run.info.class_names,

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from resnet_train.models import names
+from resnet_train.models.probabilities import probabilities
 
 
 def last_conv_features(model):
@@ -15,8 +16,9 @@ def last_conv_features(model):
     return model.get_layer(names.POOL).input
 
 
-def grad_cam(model, images, class_index=None):
-    """(heatmaps in [0, 1] at the image size, predicted classes, their probabilities)."""
+def grad_cam(model, images, class_index=None, task: str = "multiclass"):
+    """(heatmaps in [0, 1] at the image size, predicted classes, their probabilities). The class
+    is the highest logit (under multilabel the most probable label; its probability a sigmoid)."""
     probe = keras.Model(model.inputs, [last_conv_features(model), model.output])
     images = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
@@ -29,7 +31,7 @@ def grad_cam(model, images, class_index=None):
     cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
     cam = cam / (tf.reduce_max(cam, axis=[1, 2], keepdims=True) + 1e-8)
     heat = tf.image.resize(cam[..., None], tf.shape(images)[1:3], method="bilinear")[..., 0]
-    probs = tf.nn.softmax(logits)
+    probs = probabilities(logits, task)
     picked = tf.gather(probs, chosen, batch_dims=1)
     return heat.numpy(), chosen.numpy(), picked.numpy()
 

@@ -3,7 +3,8 @@ to integer-only: quantize_tflite.py), ONNX (optionally int8: quantize_onnx.py), 
 one table (compare.py).
 
 Every exported model takes raw images (the normalisation is inside the model) and returns
-probabilities; the SavedModel and ONNX files also the embeddings (the pooled features). After
+probabilities (a softmax over the classes; under data.task=multilabel a sigmoid per class,
+models/probabilities.py); the SavedModel and ONNX files also the embeddings (the pooled features). After
 exporting, the artefact is loaded back and evaluated beside the original (artifacts.py). Each file
 (or SavedModel folder) and its class names are written under temporary names beside their targets
 and renamed into place (staged.py): a failed export leaves the previous one as it was.
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from resnet_train.data.preprocess import preprocess
 from resnet_train.errors import UserError
+from resnet_train.models.probabilities import probabilities, task_of
 from resnet_train.tools.artifacts import (
     figures,
     in_batches,
@@ -45,19 +47,21 @@ QUANTIZE = {
 CALIBRATION_IMAGES = 200  # training images an int8 export calibrates on (fewer if the split is smaller)
 
 
-def serving_functions(model, image_shape, embeddings: bool = True):
+def serving_functions(model, image_shape, embeddings: bool = True, task: str = "multiclass"):
     """(images_fn, encoded_fn, their input signatures): what the SavedModel serves. With
     `embeddings`, beside the probabilities and classes: the pooled features (embeddings.py), from
-    the same pass. TFLite's export leaves them out (one output: its readers take the first)."""
+    the same pass. TFLite's export leaves them out (one output: its readers take the first).
+    `classes` is the most probable class (under multilabel the most probable label: a label is
+    predicted where its probability reaches the threshold the model card gives)."""
     h, w, c = (int(v) for v in image_shape)
     both = features_and_logits(model) if embeddings else None
 
     def outputs(images):
         if both is None:
-            probs = tf.nn.softmax(model(images, training=False))
+            probs = probabilities(model(images, training=False), task)
             return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
         features, logits = both(images, training=False)
-        probs = tf.nn.softmax(logits)
+        probs = probabilities(logits, task)
         return {
             "probabilities": probs,
             "classes": tf.argmax(probs, axis=-1),
@@ -93,7 +97,9 @@ def export_saved_model(model, info, path: Path) -> Path:
 
 def _write_saved_model(model, info, path: Path, embeddings: bool = True) -> None:
     """Keras' ExportArchive (it tracks Keras 3 variables so that converters can freeze them)."""
-    images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(model, info.image_shape, embeddings)
+    images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(
+        model, info.image_shape, embeddings, task_of(info)
+    )
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", images_fn, input_signature=images_spec)
@@ -163,7 +169,7 @@ def export_onnx(model, info, path: Path, opset: int | None = None) -> Path:
 def _write_onnx(model, info, path: Path, opset: int | None) -> None:
     import tf2onnx
 
-    images_fn, _, images_spec, _ = serving_functions(model, info.image_shape)
+    images_fn, _, images_spec, _ = serving_functions(model, info.image_shape, task=task_of(info))
     traced = tf.function(images_fn, input_signature=images_spec)
     tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(path))
 
@@ -254,7 +260,7 @@ def export_run(
 
 def summary(job: Job, fmt: str, quantize: str, path: Path) -> dict:
     """An export loaded back and evaluated on the job's images beside the original."""
-    exported = in_batches(load_predictor(path, fmt), job.images, job.batch_size)
+    exported = in_batches(load_predictor(path, fmt, job.task), job.images, job.batch_size)
     return {
         "format": fmt,
         "quantize": quantize,
@@ -263,5 +269,5 @@ def summary(job: Job, fmt: str, quantize: str, path: Path) -> dict:
         "path": str(path),
         "bytes": size(path),
         "split": job.split,
-        **figures(exported, job.original, job.labels),
+        **figures(exported, job.original, job.labels, job.threshold),
     }

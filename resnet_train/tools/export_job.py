@@ -10,9 +10,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from resnet_train.errors import UserError
+from resnet_train.models.probabilities import probabilities, task_of
 from resnet_train.tools.artifacts import as_arrays, in_batches
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,22 @@ class Job:
     labels: np.ndarray
     calibration_images: int
 
+    @property
+    def task(self) -> str:
+        return task_of(self.run.info)
+
+    @cached_property
+    def threshold(self) -> float | None:
+        """A multi-label run's data.threshold (exact-match accuracy's); None for multiclass."""
+        from resnet_train.tools.multilabel import threshold_for
+
+        return threshold_for(self.run.cfg, self.run.info)
+
     @cached_property
     def original(self) -> np.ndarray:
         """The run's own model's probabilities on `images`: what every export is compared with."""
-        model = self.run.model
-        return in_batches(lambda x: tf.nn.softmax(model(x, training=False)).numpy(), self.images, self.batch_size)
+        model, task = self.run.model, self.task
+        return in_batches(lambda x: probabilities(model(x, training=False), task).numpy(), self.images, self.batch_size)
 
     @cached_property
     def representative(self) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from resnet_train.models.probabilities import task_of
 from resnet_train.training.run_dir import RESULTS
 
 CARD = "README.md"
@@ -31,12 +32,29 @@ LOADERS = [
      '{{"images": uint8_images}})'),
 ]  # fmt: skip
 SPLIT_NAMES = {"test": "test", "val": "validation", "train": "train"}
+# data.task=multilabel: the .keras file returns logits, one sigmoid per label, then the threshold.
+MULTILABEL_KERAS = (
+    'model = keras.saving.load_model("{name}", safe_mode=True)\n'
+    "probabilities = keras.ops.sigmoid(model(uint8_images))  # logits -> one sigmoid per label\n"
+    "labels = probabilities >= {threshold}  # multi-label: every label at the threshold"
+)
+NOT_FIGURES = ("examples", "threshold")  # numbers in a results block that are not metrics
 
 
-def exported_files(folder: Path) -> list[tuple[str, str, str]]:
-    """(file name, format, how to load it) for each export in the folder."""
+def multilabel_threshold(run) -> float | None:
+    """A multi-label run's data.threshold (what its card tells users to apply); None for multiclass."""
+    if task_of(run.info) != "multilabel":
+        return None
+    return float(OmegaConf.select(run.cfg, "data.threshold", default=0.5))
+
+
+def exported_files(folder: Path, threshold: float | None = None) -> list[tuple[str, str, str]]:
+    """(file name, format, how to load it) for each export in the folder; with a multi-label run's
+    threshold, the .keras snippet applies a sigmoid per label and the threshold."""
     found = []
     for pattern, fmt, code in LOADERS:
+        if fmt == "Keras" and threshold is not None:
+            code = MULTILABEL_KERAS.replace("{threshold}", f"{threshold:g}")
         for path in sorted(folder.glob(pattern)):
             if not path.name.startswith(".") and (path.is_file() or (path / "saved_model.pb").exists()):
                 found.append((path.name, fmt, code.format(name=path.name)))
@@ -61,7 +79,7 @@ def result_blocks(results: dict | None) -> list[tuple[str, str, dict]]:
 
 
 def _metrics(figures: dict) -> dict:
-    return {k: v for k, v in figures.items() if k != "examples" and isinstance(v, (int, float))}
+    return {k: v for k, v in figures.items() if k not in NOT_FIGURES and isinstance(v, (int, float))}
 
 
 def front_matter(run, results, files) -> dict:
@@ -70,6 +88,7 @@ def front_matter(run, results, files) -> dict:
     name = results["dataset"] if results else run.info.name
     tags = ["image-classification", "resnet", "tensorflow", "resnet-train"]
     tags += [t for t, fmt in (("onnx", "ONNX"), ("tflite", "TFLite")) if fmt in formats]
+    tags += ["multi-label-classification"] if task_of(run.info) == "multilabel" else []
     index = [
         {
             "task": {"type": "image-classification", "name": "Image Classification"},
@@ -118,19 +137,47 @@ def _results_section(run, results, export) -> list[str]:
     for split, what, figures in result_blocks(results):
         for k, v in _metrics(figures).items():
             lines.append(f"| {SPLIT_NAMES[split]} | {what} | {figures.get('examples')} | {k} | {v:.4f} |")
-    best = [k for k in ("best_val_accuracy", "best_test_accuracy_optimistic") if k in results]
-    for k in best:
-        what = "validation, the best epoch" if k.startswith("best_val") else "test, best over epochs (optimistic)"
-        lines.append(f"| {what} | the epoch's weights | | accuracy | {results[k]:.4f} |")
+    for k, metric, what in _best_figures(results):
+        lines.append(f"| {what} | the epoch's weights | | {metric} | {results[k]:.4f} |")
     lines += ["", f"Exported weights: `{Path(run.checkpoint).name}` ({run.weights}); results.json's test figures "
               f"are the final checkpoint's (`{Path(results.get('checkpoint') or '?').name}`)."]  # fmt: skip
     if export and "accuracy" in export:
         lines.append(
             f"Measured by resnet-export on {export['examples']} {SPLIT_NAMES.get(export['split'], export['split'])} "
             f"images: the exported {export['format']} file {export['accuracy']:.4f}, the original "
-            f"{export['original_accuracy']:.4f}."
+            f"{export['original_accuracy']:.4f}"
+            + (
+                f" (exact match at {export['threshold']:g}); mAP {export['map']:.4f}, the original "
+                f"{export['original_map']:.4f}."
+                if "map" in export
+                else "."
+            )
         )
     return [*lines, ""]
+
+
+def _best_figures(results) -> list[tuple[str, str, str]]:
+    """(key, metric, what) of results.json's best-over-epochs figures: best_val_<metric> (the best
+    validation epoch) and best_test_<metric>_optimistic (the test set chose the epoch)."""
+    found = []
+    for k, v in results.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if k.startswith("best_val_"):
+            found.append((k, k[len("best_val_") :], "validation, the best epoch"))
+        elif k.startswith("best_test_") and k.endswith("_optimistic"):
+            found.append((k, k[len("best_test_") : -len("_optimistic")], "test, best over epochs (optimistic)"))
+    return found
+
+
+def _outputs(run) -> str:
+    info, threshold = run.info, multilabel_threshold(run)
+    if threshold is None:
+        return f"probabilities over {info.num_classes} classes"
+    return (
+        f"multi-label: a probability per label (a sigmoid each, {info.num_classes} labels; a row need not sum "
+        f"to 1), a label predicted where its probability is at least {threshold:g} (the run's data.threshold)"
+    )
 
 
 def _architecture_and_data(run, results) -> list[str]:
@@ -145,7 +192,7 @@ def _architecture_and_data(run, results) -> list[str]:
         f"- {model.name}: depth {run.cfg.depth}, {params:,} trained parameters, variant {m.variant}, "
         f"block {m.block}, shortcut {m.shortcut}",
         f"- input: uint8 images {h}x{w}x{c}, normalised inside the model",
-        f"- outputs: probabilities over {info.num_classes} classes; embeddings: the {width} pooled features",
+        f"- outputs: {_outputs(run)}; embeddings: the {width} pooled features",
         "",
         "## Data",
         "",
@@ -157,22 +204,41 @@ def _architecture_and_data(run, results) -> list[str]:
 
 
 def card(run, out_dir: Path, export: dict | None = None) -> str:
-    results, files, info = read_results(run.run_dir), exported_files(out_dir), run.info
-    h, w, _ = info.image_shape
+    threshold = multilabel_threshold(run)
+    results, files, info = read_results(run.run_dir), exported_files(out_dir, threshold), run.info
     lines = ["---", yaml.safe_dump(front_matter(run, results, files), sort_keys=False).rstrip(), "---", ""]
     lines += [f"# {run.model.name} on {info.name}", "", "Trained and exported with resnet-train.", ""]
     lines += _architecture_and_data(run, results)
     lines += ["## Training recipe", "", *_recipe(run.cfg, results), ""]
     lines += _results_section(run, results, export)
-    lines += ["## Intended use and limitations", "",
-              f"Classifies {h}x{w} images into the {info.num_classes} classes above, as the training data showed "
-              "them. Images of other classes still get one of these; probabilities are not calibrated; accuracy "
-              "holds only for images like the test split's. The figures come from the splits named, on the "
-              "number of images given: small splits give wide error bars.", ""]  # fmt: skip
+    lines += ["## Intended use and limitations", "", _intended_use(info, threshold), ""]
     lines += ["## How to load", ""]
+    if threshold is not None:
+        lines += [
+            f"Multi-label: every format's `probabilities` are per-label sigmoids (not a softmax); "
+            f"`probabilities >= {threshold:g}` gives the labels. `classes` is the most probable label only.",
+            "",
+        ]
     for name, fmt, code in files:
         lines += [f"### {fmt}: `{name}`", "", "```python", code, "```", ""]
     return "\n".join(lines)
+
+
+def _intended_use(info, threshold) -> str:
+    h, w, _ = info.image_shape
+    if threshold is None:
+        return (
+            f"Classifies {h}x{w} images into the {info.num_classes} classes above, as the training data showed "
+            "them. Images of other classes still get one of these; probabilities are not calibrated; accuracy "
+            "holds only for images like the test split's. The figures come from the splits named, on the "
+            "number of images given: small splits give wide error bars."
+        )
+    return (
+        f"Tags {h}x{w} images with any of the {info.num_classes} labels above (multi-label), as the training "
+        f"data showed them: each label whose probability reaches {threshold:g}. Other content gets no label of "
+        "its own; probabilities are not calibrated; the figures hold only for images like the test split's. "
+        "They come from the splits named, on the number of images given: small splits give wide error bars."
+    )
 
 
 def write_card(run, out_dir: Path, export: dict | None = None) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_train.errors import UserError, first_line
+from resnet_train.models.probabilities import probabilities, task_of
 from resnet_train.tools.artifacts import names_file, write_class_names
 from resnet_train.tools.staged import staged
 
@@ -63,7 +64,7 @@ def _float_input_saved_model(model, info, path: Path) -> str:
     import tensorflow as tf
 
     def serve(images):
-        probs = tf.nn.softmax(model(images, training=False))
+        probs = probabilities(model(images, training=False), task_of(info))
         return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
 
     archive = keras.export.ExportArchive()
