@@ -53,6 +53,11 @@ TFDS_FIX = (
 )
 
 T = "resnet-train: error: "
+# data.task=multilabel's labels file formats, as its errors name them (braces doubled: .format below).
+LABELS_FORMATS = (
+    'a CSV with the header "file,labels" (labels separated by spaces) or a JSON object '
+    '{{"relative/path.jpg": ["label", ...]}}'
+)
 # (id, tool, arguments, the whole expected stderr line, where, environment): {root} and {existing}
 # are filled in.
 CASES = [
@@ -454,6 +459,26 @@ CASES = [
         "resnet-train",
         ["data=folder", "data.path={root}/empty"],
         T + "no images in {root}/empty: expected one sub-folder per class holding .jpg, .jpeg, .png, .bmp, .gif files",
+        "fresh",
+        {},
+    ),
+    (
+        "multi-label folder without a labels file",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.task=multilabel"],
+        T
+        + "no labels file in {root}/one_class: data.task=multilabel looks for labels.csv or labels.json "
+        + LABELS_FORMATS.join("()")
+        + ", or the file named by data.labels_file",
+        "fresh",
+        {},
+    ),
+    (
+        "multi-label folder, data.labels_file not there",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.task=multilabel", "data.labels_file=tags.csv"],
+        T + "data.labels_file=tags.csv: no such file in {root}/one_class (data.task=multilabel lists each "
+        "split's images with their labels: " + LABELS_FORMATS + ")",
         "fresh",
         {},
     ),
