@@ -150,6 +150,25 @@ def test_in_memory_and_streamed_give_the_same_batches(tree):
         assert ya.shape == (8, 4) and ya.min() >= 0 and ya.max() <= 1  # mixed multi-hot vectors
 
 
+def test_repeated_augmentation_and_sharded_pipelines_carry_multi_hot_labels(tree):
+    from resnet_train.data import pipeline
+
+    root, matrix = tree
+    splits = multilabel_folder.load(root, image_size=16, cache=False)  # streamed: file paths + labels
+    info, load = splits.info, pipeline.file_loader(splits.info)
+    rows = {tuple(r) for r in matrix}
+    twice = pipeline.training_stream(splits.train, info.train_size, 8, 3, 0, 1, load=load, repeats=2)
+    for _, labels in twice:
+        assert np.array_equal(labels[0::2], labels[1::2]) and {tuple(r) for r in labels.numpy()} <= rows
+    halves = [
+        pipeline.training_stream(splits.train_shard(3, 0, 2, i), info.train_size, 8, 3, 0, 1, load=load, pipelines=2,
+                                 pipeline_id=i, sharded=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for a, b in zip(*halves):
+        assert a[1].shape == b[1].shape == (4, 4) and a[1].dtype == tf.float32
+
+
 def test_train_and_val_trees_each_with_its_labels_file(tmp_path):
     train = make_multilabel_folder(tmp_path / "train", n=20, size=16)
     val = make_multilabel_folder(tmp_path / "val", n=10, size=16, seed=1, fmt="json")
