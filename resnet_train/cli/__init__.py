@@ -69,10 +69,12 @@ def fail(error, retry_exit_code: int | None = None) -> None:
 
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="train")
 def _train(cfg) -> float | None:
+    from resnet_train.config import validate
     from resnet_train.errors import UserError
     from resnet_train.runtime import device_pool, onednn, threads, tuning
 
-    try:  # before TensorFlow's import: oneDNN is fixed by it
+    try:  # before TensorFlow's import: oneDNN is fixed by it, and a bad value is refused in about a second
+        validate(cfg)  # (again, on the run's own settings, once its directory is read: training/loop.py)
         setting = onednn.normalise(cfg.runtime.onednn)
         wanted = tuning.wanted(cfg.runtime)
         measured = tuning.tune(log=logging.getLogger("resnet_train.runtime.tuning").info) if wanted else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_train.config import store, task_checks
+from resnet_train.config import store, task_checks, warmup
 from resnet_train.errors import RETRY_EXIT_CODES, ConfigError
 from resnet_train.runtime import device_pool, onednn, threads
 
@@ -69,8 +69,7 @@ def _loss(loss) -> None:
 
 def validate(cfg) -> None:
     """Raises ConfigError for a config that cannot train."""
-    from resnet_train import models
-    from resnet_train.optim import schedules  # TensorFlow's modules: imported when checking
+    from resnet_train import models  # (its layers, which import TensorFlow, load when a model is built)
 
     _at_least("epochs", cfg.epochs, 1)
     if cfg.steps is not None and cfg.steps < 1:
@@ -126,7 +125,7 @@ def validate(cfg) -> None:
     _tracking(cfg)
     _prune(cfg.prune, cfg.ema.decay)
     # A warm-up longer than the run, where comparable before the data is read (same units).
-    schedules.check_warmup_fits(cfg)
+    warmup.check_warmup_fits(cfg)
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")

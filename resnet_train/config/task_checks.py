@@ -37,7 +37,7 @@ def _multilabel_refusal(cfg) -> str | None:
     data = cfg.data
     if data.source not in MULTILABEL_SOURCES:
         return (
-            f"data={data.source} has one label per image; several come from data=folder (with a labels file) "
+            f"data.source={data.source} has one label per image; several come from data=folder (with a labels file) "
             f"or data=tfrecord (several image/class/label values per record)"
         )
     if data.sampling != "natural":

@@ -11,8 +11,19 @@ from resnet_train.errors import ConfigError
 from resnet_train.models import names
 from resnet_train.models.depths import Layout, layout, resolve_variant
 from resnet_train.models.freeze import freeze
-from resnet_train.models.layers import Builder, ZeroPadShortcut
-from resnet_train.models.resnet import FAMILIES
+
+# The layers import Keras (TensorFlow, seconds): loaded when a model is built, so that config.validate
+# checks depths and settings before TensorFlow starts (the CLI refuses a bad value in about a second).
+_LAZY = {"Builder": "layers", "ZeroPadShortcut": "layers", "FAMILIES": "resnet"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"resnet_train.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Layout", "ZeroPadShortcut", "build", "freeze", "from_config", "layout", "names", "resolve_layout"]
 
@@ -61,6 +72,9 @@ def build(
     the first block). style: "standard" or "resnet_d" (He et al. 2019: deep stem, average-pool
     shortcut).
     """
+    from resnet_train.models.layers import Builder
+    from resnet_train.models.resnet import FAMILIES
+
     lay = resolve_layout(depth, image_shape, variant, block)
     shortcut = _shortcut(lay, depth, shortcut, style)
     _check(lay, num_classes, image_shape, mean, std, init_mode, padding, zero_init_residual)
