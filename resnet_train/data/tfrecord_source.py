@@ -196,16 +196,9 @@ def load(cfg) -> Splits:
         log.warning("No data.mean / data.std for these TFRecords: using 127.5 / 64 (set them for better training)")
     mean = tuple(float(m) for m in cfg.mean) if cfg.mean is not None else (127.5,) * 3
     std = tuple(float(s) for s in cfg.std) if cfg.std is not None else (64.0,) * 3
-    log.info(
-        "TFRecords: %d classes, %d train examples in %d files, %d eval in %d files, decoded to %dx%d",
-        num_classes,
-        train_size,
-        len(train_files),
-        test_size,
-        len(eval_files),
-        cfg.image_size,
-        cfg.image_size,
-    )
+    size = cfg.image_size
+    log.info("TFRecords: %d classes, %d train examples in %d files, %d eval in %d files, decoded to %dx%d",
+             num_classes, train_size, len(train_files), test_size, len(eval_files), size, size)  # fmt: skip
     info = DatasetInfo(
         name=cfg.name or Path(train_files[0]).parent.name or "tfrecord",
         num_classes=num_classes,
