@@ -70,6 +70,8 @@ def training_curves(metrics_path, out_path) -> Path:
         epochs = [r["epoch"] for r in points]
         ax_loss.plot(epochs, [r["loss"] for r in points], style, marker=".", label=f"{split} loss")
         ax_acc.plot(epochs, [r["accuracy"] for r in points], style, marker=".", label=f"{split} accuracy")
+        if any("map" in r for r in points):  # data.task=multilabel: accuracy is exact match; mAP beside it
+            ax_acc.plot(epochs, [r.get("map", float("nan")) for r in points], "-.", marker=".", label=f"{split} mAP")
     train = _last_per_epoch(records, "train")
     lr_axis = ax_loss.twinx()
     lr_axis.plot([r["epoch"] for r in train], [r.get("lr", float("nan")) for r in train], ":", color="grey", label="lr")

@@ -230,9 +230,7 @@ def _model_and_trainer(cfg, workdir: Path, rt, data: Input, xla: bool):
         class_weights=data.class_weights,
         distill=distill.load(cfg, data, rt.strategy, workdir),  # checked against the run's own teacher
         pruner=prune.from_config(cfg, model, rt.strategy, data.total_steps, data.steps_per_epoch),
-        task=info.task,
-        threshold=cfg.data.threshold,
-        class_names=info.class_names,
+        multilabel=(cfg.data.threshold, info.class_names) if info.task == "multilabel" else None,
     )
     return model, optimizer, trainer
 

@@ -61,9 +61,7 @@ class Trainer:
         class_weights=None,
         distill=None,
         pruner=None,
-        task: str = "multiclass",
-        threshold: float = 0.5,
-        class_names=(),
+        multilabel=None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -80,11 +78,10 @@ class Trainer:
         self.grad_scale = head_gradient_scales(model, head_lr_mult)
         self.top_k = top_k(num_classes)
         self.num_classes = num_classes
-        multilabel = task == "multilabel"  # a sigmoid per class and binary cross-entropy, whatever loss.name says
+        # multilabel=(threshold, class names) under data.task=multilabel: sigmoid BCE, whatever loss.name says.
         self.loss = Loss(num_classes, label_smoothing, "bce" if multilabel else loss, target_threshold)
-        self._correct = functools.partial(exact_matches, threshold=threshold) if multilabel else _correct
-        names = class_names or range(num_classes)
-        self._multilabel_eval = MultilabelEvaluation(model, strategy, threshold, names) if multilabel else None
+        self._correct = functools.partial(exact_matches, threshold=multilabel[0]) if multilabel else _correct
+        self._multilabel_eval = MultilabelEvaluation(model, strategy, *multilabel) if multilabel else None
         with strategy.scope():
             # Running sums of the epoch, read only at log points (no host sync per step).
             self._sums = {k: tf.Variable(0.0, trainable=False, name=f"train_{k}") for k in ("loss", "correct", "count")}
