@@ -656,6 +656,24 @@ CASES = [
         {},
     ),
     (
+        "threshold outside (0, 1)",
+        "resnet-eval",
+        ["run={existing}", "threshold=1.5"],
+        "resnet-eval: error: threshold must be in (0, 1): a label is predicted when its probability is at least "
+        "this (got 1.5)",
+        "existing",
+        {},
+    ),
+    (
+        "threshold on a single-label run",
+        "resnet-predict",
+        ["run={existing}", "images=[{root}/broken.png]", "threshold=0.3"],
+        "resnet-predict: error: threshold=0.3 applies to multi-label runs (data.task=multilabel); this run "
+        "predicts one class per image: use top_k",
+        None,
+        {},
+    ),
+    (
         "unknown tool setting",
         "resnet-eval",
         ["run={existing}", "ttaa=flip"],
