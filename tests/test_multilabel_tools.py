@@ -190,3 +190,17 @@ def test_exports_return_per_class_sigmoids_and_the_card_says_multi_label(run, te
     assert figures["map"] == results["test"]["map"] and figures["macro_f1"] == results["test"]["macro_f1"]
     assert "keras.ops.sigmoid" in body and "softmax" not in body.replace("not a softmax", "")
     assert "probabilities >= 0.5" in body and "multi-label" in body
+
+
+def test_grad_cam_reports_the_most_probable_labels_sigmoid(run, test_split, cli, tmp_path):
+    from resnet_train.tools.explain import grad_cam
+    from resnet_train.training.runs import load_run
+
+    images, _, logits, _ = test_split
+    _, classes, probs = grad_cam(load_run(run).model, images[:4], task="multilabel")
+    np.testing.assert_array_equal(classes, logits[:4].argmax(1))
+    expected = numpy_probabilities(logits[:4], "multilabel")[np.arange(4), classes]
+    np.testing.assert_allclose(probs, expected, atol=ATOL)  # a softmax would give less here
+    image = run.parent / "images" / "even" / "img000.png"
+    done = cli(f"run={run}", f"images=[{image}]", f"out={tmp_path}", entry="resnet-explain")
+    assert done.returncode == 0 and (tmp_path / "img000_gradcam.png").exists(), done.stderr[-2000:]
