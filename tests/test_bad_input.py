@@ -483,6 +483,58 @@ CASES = [
         {},
     ),
     (
+        "data.task unknown",
+        "resnet-train",
+        ["data.task=multiclas"],
+        T + "data.task must be multiclass (one label per image) or multilabel (several labels per image) "
+        "(got 'multiclas')",
+        "fresh",
+        {},
+    ),
+    (
+        "data.threshold outside (0, 1)",
+        "resnet-train",
+        ["data.threshold=1.5"],
+        T + "data.threshold must be in (0, 1): a label is predicted when its probability is at least this (got 1.5)",
+        "fresh",
+        {},
+    ),
+    (
+        "checkpoint.best_metric=map on a single-label run",
+        "resnet-train",
+        ["checkpoint.best_metric=map"],
+        T + "checkpoint.best_metric=map (mean average precision) is for data.task=multilabel: choose accuracy, "
+        "balanced_accuracy or macro_f1",
+        "fresh",
+        {},
+    ),
+    (
+        "multilabel on a single-label source",
+        "resnet-train",
+        ["data.task=multilabel"],
+        T + "data.task=multilabel: data.source=embedded has one label per image; several come from data=folder "
+        "(with a labels file) or data=tfrecord (several image/class/label values per record)",
+        "fresh",
+        {},
+    ),
+    (
+        "multilabel with balanced sampling",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.task=multilabel", "data.sampling=balanced"],
+        T + "data.task=multilabel: data.sampling=balanced draws each class equally often, which images with "
+        "several labels cannot be: use data.sampling=natural",
+        "fresh",
+        {},
+    ),
+    (
+        "multilabel with class weights",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.task=multilabel", "data.class_weights=auto"],
+        T + "data.task=multilabel: data.class_weights weighs an example by its one class: leave it null",
+        "fresh",
+        {},
+    ),
+    (
         "image folder with one class",
         "resnet-train",
         ["data=folder", "data.path={root}/one_class"],
