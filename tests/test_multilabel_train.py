@@ -161,3 +161,83 @@ def test_a_multilabel_folder_run_reports_map_and_per_class_f1_and_chooses_best_b
     assert test["map"] > MAP_LEARNT, test  # chance: each label's share of positives, ~0.5
     assert json.loads((run / "dataset.json").read_text())["task"] == "multilabel"
     assert (run / "curves.png").exists() and not (run / "confusion_test.png").exists()
+
+
+# One worker of a two-worker MultiWorkerMirroredStrategy (TF_CONFIG set by the test): the same
+# tiny model (seeded) evaluated over 21 examples + 3 padding, each worker reading its share of every
+# batch; prints the gathered figures and, for the test's scikit-learn check, the model's own sigmoids.
+WORKER = r"""
+import json, sys
+import numpy as np, keras, tensorflow as tf
+sys.path.insert(0, "tests")
+from test_multilabel_train import _colour_task, _tiny_model
+from resnet_train.training.multilabel_eval import MultilabelEvaluation
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = _tiny_model(3)
+images, labels = _colour_task(21, 1)
+weights = np.r_[np.ones(21), np.zeros(3)].astype(np.float32)
+padded = (np.concatenate([images, np.ones((3, 8, 8, 3), np.float32)]), np.concatenate([labels, np.ones((3, 3))]))
+batches = tf.data.Dataset.from_tensor_slices((*padded, weights)).batch(8)
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+evaluate = MultilabelEvaluation(model, strategy, 0.5, ["r", "g", "b"])
+figures = evaluate(strategy.experimental_distribute_dataset(batches.with_options(options)))
+sigmoids = tf.sigmoid(model(images, training=False)).numpy().tolist()
+print(json.dumps({"figures": figures, "sigmoids": sigmoids, "labels": labels.tolist()}))
+"""
+
+
+def test_two_workers_gather_every_example_once_and_report_scikit_learns_figures(tmp_path):
+    """MultiWorkerMirroredStrategy over two processes on 127.0.0.1: each worker evaluates its share
+    of every batch, and the gathered figures (both workers the same) cover the 21 examples once,
+    padding left out, equal to scikit-learn's on the model's own sigmoids."""
+    import json
+    import os
+    import sys
+
+    from helpers import ROOT, run_on_free_ports
+
+    def launches(ports):
+        hosts = [f"127.0.0.1:{port}" for port in ports]
+        for index in range(2):
+            config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+            env = {**os.environ, "TF_CONFIG": json.dumps(config)}
+            yield {"args": [sys.executable, "-c", WORKER], "env": env, "cwd": ROOT, "file_size_limit": None}
+
+    outputs = run_on_free_ports(2, launches, tmp_path, timeout=180)
+    reports = []
+    for code, out, err in outputs:
+        assert code == 0, err[-3000:]
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    assert reports[0]["figures"] == reports[1]["figures"]
+    figures, sigmoids, labels = (reports[0][k] for k in ("figures", "sigmoids", "labels"))
+    sigmoids, labels = np.array(sigmoids), np.array(labels)
+    assert figures["examples"] == 21
+    assert figures["map"] == pytest.approx(average_precision_score(labels, sigmoids), abs=1e-6)
+    f1 = f1_score(labels, sigmoids >= 0.5, average=None, zero_division=0)
+    assert [figures["per_class_f1"][c] or 0.0 for c in "rgb"] == pytest.approx(list(f1), abs=1e-6)
+
+
+def test_a_multilabel_tfrecord_run_trains_and_reports_map(tmp_path, monkeypatch, capsys):
+    """data=tfrecord with several image/class/label values per record: the run's figures are the
+    multi-label ones, its classes the records' texts."""
+    import json
+
+    from helpers import cli_in_process
+    from test_multilabel_data import CLASSES, write_multilabel_records
+
+    write_multilabel_records(tmp_path / "rec" / "train", 48)
+    write_multilabel_records(tmp_path / "rec" / "validation", 16, seed=1)
+    run = tmp_path / "run"
+    code, out, err = cli_in_process(
+        monkeypatch, capsys, "resnet-train", "data=tfrecord", f"data.train_files={tmp_path}/rec/train-*",
+        f"data.eval_files={tmp_path}/rec/validation-*", "data.image_size=32", "data.task=multilabel",
+        "augment=none", "depth=8", "epochs=2", "batch_size=16", "runtime=one_device", "runtime.precision=float32",
+        f"hydra.run.dir={run}",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["examples"] == 16 and set(results["test"]["per_class_f1"]) == set(CLASSES)
+    assert 0.0 < results["test"]["map"] <= 1.0 and "Test mAP" in out
