@@ -3,6 +3,7 @@
 
     python scripts/bench.py                      # table on stdout (about 8 minutes on 2 cores)
     python scripts/bench.py --json bench.json --quick
+    python scripts/bench.py --only rounds --rounds 3    # command vs peers alone (minutes)
 
 Sections:
 - hardware: the measured matmul rate at float32 and bfloat16 (the yardstick of MFU);
@@ -12,6 +13,9 @@ Sections:
 - the command itself: `resnet-train data=synthetic depth=20 batch_size=128` in a fresh process, the
   real input pipeline, augmentation and loop, epochs of 60 steps (30 with --quick), its log's img/s
   after the first epoch, the first call's cost and each epoch's time outside its steps;
+- command vs peers, N rounds alternated (`--rounds`, 3; `--only rounds` runs this section alone):
+  the command as typed and each peer at its best in turn, round after round; each ratio is the
+  median of the per-round ratios with its min and max (scripts/bench_rounds.py);
 - peers on the same model and batch: Keras compile + fit (its fastest jit_compile /
   steps_per_execution, and for ResNet-20 oneDNN's other setting in a process of its own), and
   PyTorch eager (channels_last) when torch is installed;
@@ -41,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows (noisier)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the command vs peers section (0: none)")
+    parser.add_argument("--only", choices=["rounds"], help="run only this section")
     args = parser.parse_args()
 
     from resnet_train.runtime import onednn
@@ -96,6 +102,14 @@ def main() -> None:
     )
     print(f"oneDNN {'on' if onednn.enabled() else 'off'} ({onednn_why}); auto precision: {auto} ({why})")
     print(f"matmul rate: float32 {peak['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s")
+
+    if args.rounds:  # the headline ratios first: command vs peers, alternated (scripts/bench_rounds.py)
+        from bench_rounds import run_rounds
+
+        out["rounds"] = run_rounds(args.rounds, args.quick, auto)
+    if args.only == "rounds":
+        write(out, args.json)
+        return
 
     def mfu(depth, shape, classes, rate, precision):
         flops = 3 * models.forward_flops(models.build(depth, classes, shape))  # forward + backward
@@ -310,9 +324,13 @@ def main() -> None:
     out["startup_s"] = startup_seconds()
     print(f"start-up: {out['startup_s']:.1f} s from command to the first training step (resnet-train, ResNet-20)")
     out["rows"] = rows
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"Wrote {args.json}")
+    write(out, args.json)
+
+
+def write(out: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(out, indent=2))
+        print(f"Wrote {path}")
 
 
 def startup_seconds() -> float:

@@ -315,8 +315,9 @@ def cli_throughput(
 
 
 def with_onednn(enabled: bool, name: str, **kwargs) -> dict:
-    """One of this module's measurements in a fresh process with oneDNN on or off (TensorFlow fixes
-    it at import): how scripts/bench.py times a peer at the oneDNN setting this process lacks."""
+    """One of this module's measurements (or "module.function" of a script beside it) in a fresh
+    process with oneDNN on or off (TensorFlow fixes it at import): how scripts/bench.py times a peer
+    at the oneDNN setting this process lacks."""
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if enabled else "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, __file__, json.dumps({"name": name, **kwargs})],
@@ -337,7 +338,11 @@ def with_onednn(enabled: bool, name: str, **kwargs) -> dict:
 
 
 if __name__ == "__main__":  # with_onednn's child: python scripts/benchmarks.py '{"name": ..., kwargs}'
+    import importlib
+
     from resnet_train.runtime import onednn
 
     asked = json.loads(sys.argv[1])
-    print(json.dumps({**globals()[asked.pop("name")](**asked), "onednn": onednn.enabled()}))
+    module, _, name = asked.pop("name").rpartition(".")  # "bench_rounds.keras_settings": a module beside this one
+    measure = getattr(importlib.import_module(module), name) if module else globals()[name]
+    print(json.dumps({**measure(**asked), "onednn": onednn.enabled()}))

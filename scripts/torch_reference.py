@@ -1,12 +1,18 @@
 """The outside reference for scripts/bench.py: the same CIFAR ResNet (option A shortcuts) in
-PyTorch eager mode, channels_last, SGD with momentum and weight decay. Timing only; not product code.
+PyTorch eager mode, channels_last (or NCHW), SGD with momentum and weight decay. Timing only; not
+product code.
 """
 
 from __future__ import annotations
 
 
 def throughput(
-    depth: int = 20, batch_size: int = 128, dtype: str = "float32", windows: int = 5, steps_per_window: int = 10
+    depth: int = 20,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    windows: int = 5,
+    steps_per_window: int = 10,
+    channels_last: bool = True,
 ) -> dict:
     import torch
     import torch.nn.functional as F
@@ -45,7 +51,8 @@ def throughput(
             return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
     torch.manual_seed(0)
-    model = ResNet((depth - 2) // 6).to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = ResNet((depth - 2) // 6).to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (batch_size,))
@@ -53,7 +60,7 @@ def throughput(
 
     def step():
         x = (images.float() - 127.5) / 64.0
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=layout)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(model(x), labels)
         optimizer.zero_grad(set_to_none=True)

@@ -73,3 +73,25 @@ def test_the_cpu_is_named_with_the_flags_that_decide_the_kernels():
         "amx_tile",
         "amx_int8",
     }
+
+
+def test_a_rounds_ratio_is_the_median_of_per_round_ratios_against_the_peers_best_of_each_round():
+    """scripts/bench.py's command vs peers rounds, on made-up figures (no TensorFlow run)."""
+    import bench_rounds
+
+    rounds = [
+        {"command": {"typed": 100.0}, "keras fit": {"float32 a": 100.0, "mixed_bfloat16 b": 50.0}},
+        {"command": {"typed": 100.0}, "keras fit": {"float32 a": 150.0, "mixed_bfloat16 b": 200.0}},
+        {"command": {"typed": 300.0}, "keras fit": {"float32 a": 150.0, "mixed_bfloat16 b": 10.0}},
+    ]
+    summary = bench_rounds.summarize(rounds, "typed", "keras fit")
+    # The peer's best is taken per round (b wins round 2 only), and the ratios are 1.0, 0.5, 2.0:
+    # their median is 1.0, where the ratio of medians would be 100 / 150 = 0.67.
+    assert [r["setting"] for r in summary["rounds"]] == ["float32 a", "mixed_bfloat16 b", "float32 a"]
+    assert [r["ratio"] for r in summary["rounds"]] == [1.0, 0.5, 2.0]
+    assert (summary["median"], summary["min"], summary["max"]) == (1.0, 0.5, 2.0)
+    # Against the peer's float32 settings only (the command at float32 where auto picks bfloat16).
+    float32 = bench_rounds.summarize(rounds, "typed", "keras fit", "float32")
+    assert [r["ratio"] for r in float32["rounds"]] == [1.0, 100 / 150, 2.0] and float32["min"] == 100 / 150
+    # Settings under half of round 1's best are not timed again.
+    assert bench_rounds.kept({"a": 100.0, "b": 50.0, "c": 49.0}) == ["a", "b"]
