@@ -535,6 +535,38 @@ CASES = [
         {},
     ),
     (
+        "multilabel with data.classes",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.task=multilabel", "data.classes=[0,1]"],
+        T + "data.task=multilabel: data.classes keeps some classes' images, which multi-label images do not split "
+        "into: leave it null",
+        "fresh",
+        {},
+    ),
+    (
+        "multilabel choosing best/ by balanced accuracy",
+        "resnet-train",
+        [
+            "data=folder",
+            "data.path={root}/one_class",
+            "data.task=multilabel",
+            "checkpoint.best_metric=balanced_accuracy",
+        ],
+        T + "data.task=multilabel: checkpoint.best_metric=balanced_accuracy needs one label per image: choose map, "
+        "macro_f1 or accuracy (exact match)",
+        "fresh",
+        {},
+    ),
+    (
+        "multilabel with a distillation teacher",
+        "resnet-train",
+        ["data=folder", "data.path={root}/one_class", "data.task=multilabel", "distill.teacher={root}"],
+        T + "data.task=multilabel: distill.teacher's soft targets are one softmax over the classes: leave "
+        "distill.teacher unset",
+        "fresh",
+        {},
+    ),
+    (
         "image folder with one class",
         "resnet-train",
         ["data=folder", "data.path={root}/one_class"],

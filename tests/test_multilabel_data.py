@@ -382,3 +382,13 @@ def test_records_with_several_labels_give_multi_hot_vectors(records):
 def test_bad_multilabel_records_fail_with_one_clear_line(records, more, message):
     with pytest.raises(DataError, match=message):
         _load_records(records[0], *more)
+
+
+def test_a_labels_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a BOM, which would otherwise spoil the header."""
+    labels = make_multilabel_folder(tmp_path, n=12)
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes())
+    splits = multilabel_folder.load(tmp_path, val_fraction=0.25)
+    assert splits.info.class_names == list(CLASSES)
+    assert splits.info.train_size + splits.info.test_size == len(labels)

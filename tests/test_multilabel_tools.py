@@ -75,7 +75,8 @@ def test_eval_equals_scikit_learn_on_the_models_sigmoid_outputs(run, test_split,
     result = json.loads((run / "eval" / "test.json").read_text())
     t = 0.5 if threshold is None else threshold
     assert result["task"] == "multilabel" and result["threshold"] == t and result["examples"] == len(labels)
-    assert "confusion_matrix" not in result and "top2" not in result and "balanced_accuracy" not in result
+    assert "confusion_matrix" not in result and "balanced_accuracy" not in result
+    assert not any(key.startswith("top") for key in result), sorted(result)
     assert not (run / "eval" / "test_confusion.png").exists()
 
     probs = numpy_probabilities(logits, "multilabel").astype(np.float64)
@@ -125,7 +126,7 @@ def test_predict_returns_every_label_at_the_threshold(run, test_split, cli, tmp_
     assert sum(found[0.2]) > sum(found[0.8]), found  # a lower threshold gives more labels
 
     done = cli(f"run={run}", f"images=[{folder / 'even' / 'img000.png'}]", entry="resnet-predict")
-    assert done.returncode == 0 and "(>= 0.5)" in done.stdout or "no label >= 0.5" in done.stdout, done.stdout
+    assert done.returncode == 0 and ("(>= 0.5)" in done.stdout or "no label >= 0.5" in done.stdout), done.stdout
     done = cli(
         f"run={run}", f"images=[{folder}]", f"out={tmp_path / 'e.npz'}", "output=embeddings", entry="resnet-predict"
     )
@@ -188,6 +189,8 @@ def test_exports_return_per_class_sigmoids_and_the_card_says_multi_label(run, te
     results = json.loads((run / "results.json").read_text())
     figures = {m["type"]: m["value"] for m in test["metrics"]}
     assert figures["map"] == results["test"]["map"] and figures["macro_f1"] == results["test"]["macro_f1"]
+    assert figures["exact_match"] == results["test"]["accuracy"] and "accuracy" not in figures  # named what it is
+    assert "- loss: bce (a sigmoid per label" in body  # what trained it, not loss.name's default ce
     assert "keras.ops.sigmoid" in body and "softmax" not in body.replace("not a softmax", "")
     assert "probabilities >= 0.5" in body and "multi-label" in body
 
@@ -204,3 +207,27 @@ def test_grad_cam_reports_the_most_probable_labels_sigmoid(run, test_split, cli,
     image = run.parent / "images" / "even" / "img000.png"
     done = cli(f"run={run}", f"images=[{image}]", f"out={tmp_path}", entry="resnet-explain")
     assert done.returncode == 0 and (tmp_path / "img000_gradcam.png").exists(), done.stderr[-2000:]
+
+
+def test_a_multi_label_run_cannot_teach_a_single_label_student(run, tmp_path):
+    """Its logits are one sigmoid per label, not one distribution over the classes."""
+    from helpers import TINY
+
+    from resnet_train.errors import UserError
+    from resnet_train.training.loop import train_and_evaluate
+
+    cfg = compose(*TINY, "epochs=1", f"distill.teacher={run}")
+    with pytest.raises(UserError, match=r"is a multi-label run \(a sigmoid per label\)"):
+        train_and_evaluate(cfg, tmp_path / "student")
+
+
+def test_the_format_all_table_shows_map_and_names_accuracy_exact_match():
+    from resnet_train.tools.compare import csv_text, markdown_table
+
+    row = {"format": "onnx", "quantize": "none", "runtime": "onnxruntime", "sparsity": 0.0, "bytes": 1, "gzip_bytes": 1,
+           "accuracy": 0.5, "map": 0.75, "label_agreement": 0.9, "top1_agreement": 1.0,
+           "max_probability_difference": 1e-6, "path": "model.onnx", "examples": 8, "original_accuracy": 0.5,
+           "original_map": 0.8, **{f"b{b}_{s}_ms": 1.0 for b in (1, 32) for s in ("median", "p90")}}  # fmt: skip
+    header = markdown_table([row], "caption").splitlines()[2]
+    assert "| exact match | mAP | label-set agreement |" in header and "| accuracy |" not in header
+    assert "map" in csv_text([row]).splitlines()[0].split(",") and "original_map" in csv_text([row])

@@ -55,15 +55,15 @@ def _strikes_back(cfg) -> None:
     from resnet_train import models
 
     models.check_tricks(cfg.model.drop_path, cfg.model.style)
-    _loss(cfg.loss)
+    _loss(cfg.loss, cfg.data.task == "multilabel")
     _at_least("data.repeated_aug", cfg.data.repeated_aug, 1)
 
 
-def _loss(loss) -> None:
+def _loss(loss, multilabel: bool) -> None:
     if loss.name not in ("ce", "bce"):
         raise ConfigError(f"loss.name must be ce or bce (got {loss.name!r}); choose one with loss=ce or loss=bce")
-    threshold = loss.target_threshold
-    if threshold is not None and (loss.name != "bce" or not 0.0 <= threshold < 1.0):
+    threshold = loss.target_threshold  # (a multi-label run trains with bce whatever loss.name says)
+    if threshold is not None and ((loss.name != "bce" and not multilabel) or not 0.0 <= threshold < 1.0):
         raise ConfigError(f"loss.target_threshold is for loss=bce, in [0, 1) (got {threshold:g} with loss={loss.name})")
 
 

@@ -125,7 +125,9 @@ def listed_images(split_root: Path, labels_file=None) -> tuple[list[Path], list[
     exist; the images under the folder that the file does not list are counted in the log."""
     source = labels_path(split_root, labels_file)
     try:
-        text = source.read_bytes().decode("utf-8", "backslashreplace")
+        text = source.read_bytes().decode(
+            "utf-8-sig", "backslashreplace"
+        )  # -sig: Excel's "CSV UTF-8" starts with a BOM
     except OSError as error:
         raise DataError(f"{displayable(str(source))} cannot be read ({error.strerror})") from None
     read = _read_json if source.suffix.lower() == ".json" else _read_csv

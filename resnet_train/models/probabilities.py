@@ -26,11 +26,11 @@ def activation(task: str) -> str:
 
 
 def probabilities(logits, task: str = "multiclass"):
-    """A tensor of logits (N x classes) -> probabilities, in float32 (TensorFlow ops: this runs
-    inside tf.functions and the exports' traced graphs)."""
+    """A tensor of logits (N x classes) -> probabilities, in float32, or float64 for float64 logits
+    (TensorFlow ops: this runs inside tf.functions and the exports' traced graphs)."""
     import tensorflow as tf
 
-    logits = tf.cast(logits, tf.float32)
+    logits = tf.cast(logits, tf.float64 if logits.dtype == tf.float64 else tf.float32)  # float64: evaluation's mAP
     return tf.nn.sigmoid(logits) if task == "multilabel" else tf.nn.softmax(logits)
 
 

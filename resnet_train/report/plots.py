@@ -133,19 +133,21 @@ def _save(fig, out_path) -> Path:
 
 
 def compare_runs(run_dirs, out_path, names=None) -> Path:
-    """Overlays several runs (a sweep): eval accuracy and train loss against epochs."""
+    """Overlays several runs (a sweep): eval accuracy (mAP for multi-label runs) and train loss against epochs."""
     from resnet_train.report.metrics import read_metrics
 
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, run in enumerate(run_dirs):
-        records = read_metrics(run)
+    runs = [_last_per_epoch(read_metrics(run), split) for run in run_dirs for split in ("train", "eval")]
+    # Multi-label runs (their records have a map): mAP, their accuracy being exact match.
+    key = "map" if all("map" in r for evals in runs[1::2] for r in evals) and any(runs[1::2]) else "accuracy"
+    for i, (run, train, evals) in enumerate(zip(run_dirs, runs[::2], runs[1::2])):
         label = names[i] if names else Path(run).name
-        train, evals = _last_per_epoch(records, "train"), _last_per_epoch(records, "eval")
         ax_loss.plot([r["epoch"] for r in train], [r["loss"] for r in train], marker=".", label=label)
-        ax_acc.plot([r["epoch"] for r in evals], [r["accuracy"] for r in evals], marker=".", label=label)
+        ax_acc.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker=".", label=label)
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss")
-    ax_acc.set(xlabel="epoch", ylabel="eval accuracy", title="eval accuracy", ylim=(0, 1))
+    what = "eval mAP" if key == "map" else "eval accuracy"
+    ax_acc.set(xlabel="epoch", ylabel=what, title=what, ylim=(0, 1))
     ax_acc.legend(fontsize=7)
     return _save(fig, out_path)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -262,8 +263,12 @@ def _is_number(value) -> bool:
 def _flat_numbers(results: dict, prefix: str = "results/") -> dict:
     flat = {}
     for key, value in results.items():
+        key = _UNNAMEABLE.sub("_", str(key))  # a multi-label run's per-class figures are keyed by class name
         if isinstance(value, dict):
             flat.update(_flat_numbers(value, f"{prefix}{key}/"))
         elif _is_number(value):
             flat[f"{prefix}{key}"] = float(value)
     return flat
+
+
+_UNNAMEABLE = re.compile(r"[^\w./\- :]")  # what MLflow refuses in a metric's name

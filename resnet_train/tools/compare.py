@@ -123,9 +123,24 @@ def compare(job, export_artifact, opset, latency_runs: int = LATENCY_RUNS) -> di
     }
 
 
+def columns(rows) -> list:
+    """COLUMNS, for a multi-label run's rows (which have a map) with mAP and label-set agreement
+    beside accuracy, named exact match there."""
+    if not rows or "map" not in rows[0]:
+        return COLUMNS
+    at = [c for c, _, _ in COLUMNS].index("accuracy")
+    multilabel = [
+        ("accuracy", "exact match", "{:.4f}"),
+        ("map", "mAP", "{:.4f}"),
+        ("label_agreement", "label-set agreement", "{:.4f}"),
+    ]
+    return COLUMNS[:at] + multilabel + COLUMNS[at + 1 :]
+
+
 def csv_text(rows) -> str:
     out = io.StringIO()
-    fields = [c for c, _, _ in COLUMNS] + ["examples", "original_accuracy"]
+    original = ["original_map"] if rows and "map" in rows[0] else []
+    fields = [c for c, _, _ in columns(rows)] + ["examples", "original_accuracy", *original]
     writer = csv.DictWriter(out, fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -133,17 +148,24 @@ def csv_text(rows) -> str:
 
 
 def markdown_table(rows, caption: str) -> str:
-    lines = [caption, "", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
-    lines += ["| " + " | ".join(f.format(row[c]) for c, _, f in COLUMNS) + " |" for row in rows]
+    shown = columns(rows)
+    lines = [caption, "", "| " + " | ".join(h for _, h, _ in shown) + " |"]
+    lines.append("|" + "|".join("---" for _ in shown) + "|")
+    lines += ["| " + " | ".join(f.format(row[c]) for c, _, f in shown) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def _caption(job, rows, runs: int) -> str:
     from resnet_train.runtime import onednn
 
+    first = rows[0]
+    original = (
+        f"original mAP {first['original_map']:.4f}, exact match {first['original_accuracy']:.4f}"
+        if "original_map" in first
+        else f"original accuracy {first['original_accuracy']:.4f}"
+    )
     return (
-        f"{job.run.run_dir}: {rows[0]['examples']} {job.split} images, original accuracy "
-        f"{rows[0]['original_accuracy']:.4f}; latency over {runs} calls on {cores()} cores of "
+        f"{job.run.run_dir}: {first['examples']} {job.split} images, {original}; "
+        f"latency over {runs} calls on {cores()} cores of "
         f"{onednn.cpu_identity()['model']} (TensorFlow's oneDNN {'on' if onednn.enabled() else 'off'})"
     )

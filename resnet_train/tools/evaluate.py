@@ -20,11 +20,14 @@ def predict_probabilities(model, batches, tta: str | None = None, task: str = "m
     if tta not in (None, "none", "flip"):
         raise DataError(f"tta must be none or flip (got {tta!r})")
 
+    # Multi-label: sigmoids in float64, whose mAP a float32 sigmoid's ties (1.0 from a logit of ~17) would change.
+    dtype = tf.float64 if task == "multilabel" else tf.float32
+
     @tf.function(reduce_retracing=True)
     def probs(images):
-        p = probabilities(model(images, training=False), task)
+        p = probabilities(tf.cast(model(images, training=False), dtype), task)
         if tta == "flip":
-            p = (p + probabilities(model(tf.reverse(images, axis=[2]), training=False), task)) / 2.0
+            p = (p + probabilities(tf.cast(model(tf.reverse(images, axis=[2]), training=False), dtype), task)) / 2.0
         return p
 
     all_probs, all_labels = [], []

@@ -78,8 +78,10 @@ def result_blocks(results: dict | None) -> list[tuple[str, str, dict]]:
     return blocks
 
 
-def _metrics(figures: dict) -> dict:
-    return {k: v for k, v in figures.items() if k not in NOT_FIGURES and isinstance(v, (int, float))}
+def _metrics(figures: dict, multilabel: bool = False) -> dict:
+    """The figures the metadata lists; a multi-label run's accuracy is named what it is: exact match."""
+    named = lambda k: "exact_match" if multilabel and k == "accuracy" else k  # noqa: E731
+    return {named(k): v for k, v in figures.items() if k not in NOT_FIGURES and isinstance(v, (int, float))}
 
 
 def front_matter(run, results, files) -> dict:
@@ -88,14 +90,15 @@ def front_matter(run, results, files) -> dict:
     name = results["dataset"] if results else run.info.name
     tags = ["image-classification", "resnet", "tensorflow", "resnet-train"]
     tags += [t for t, fmt in (("onnx", "ONNX"), ("tflite", "TFLite")) if fmt in formats]
-    tags += ["multi-label-classification"] if task_of(run.info) == "multilabel" else []
+    multilabel = task_of(run.info) == "multilabel"
+    tags += ["multi-label-classification"] if multilabel else []
     index = [
         {
             "task": {"type": "image-classification", "name": "Image Classification"},
             "dataset": {"name": name, "type": name, "split": SPLIT_NAMES[split]},
             "metrics": [
                 {"type": k, "value": float(v), "name": f"{SPLIT_NAMES[split]} {k} ({what})"}
-                for k, v in _metrics(figures).items()
+                for k, v in _metrics(figures, multilabel).items()
             ],
         }
         for split, what, figures in result_blocks(results)
@@ -105,15 +108,16 @@ def front_matter(run, results, files) -> dict:
         "pipeline_tag": "image-classification",
         "tags": tags,
         "datasets": [name],
-        "metrics": sorted({k for _, _, f in result_blocks(results) for k in _metrics(f)}),
+        "metrics": sorted({k for _, _, f in result_blocks(results) for k in _metrics(f, multilabel)}),
     }
     if index:
         meta["model-index"] = [{"name": run.model.name, "results": index}]
     return meta
 
 
-def _recipe(cfg, results) -> list[str]:
+def _recipe(cfg, results, multilabel: bool) -> list[str]:
     get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
+    loss = "bce (a sigmoid per label: data.task=multilabel)" if multilabel else get("loss.name") or "ce"
     aug = {k: v for k, v in OmegaConf.to_container(cfg.augment).items() if v not in (None, 0, 0.0, False)}
     return [
         f"- optimizer: {get('optimizer.name')}, lr {get('optimizer.lr')}, momentum {get('optimizer.momentum')}, "
@@ -124,7 +128,7 @@ def _recipe(cfg, results) -> list[str]:
         f"- augmentation: {', '.join(f'{k}={v}' for k, v in aug.items()) or 'none'}",
         f"- precision: {results['precision'] if results else get('runtime.precision')}, "
         f"replicas: {results['replicas'] if results else '?'}",
-        f"- loss: {get('loss.name') or 'ce'}; drop_path {get('model.drop_path') or 0}; EMA decay {get('ema.decay')}; "
+        f"- loss: {loss}; drop_path {get('model.drop_path') or 0}; EMA decay {get('ema.decay')}; "
         f"init_from {get('init_from')}; distilled from {get('distill.teacher')}",
     ]
 
@@ -135,7 +139,7 @@ def _results_section(run, results, export) -> list[str]:
         return [*lines, f"No {RESULTS} in the run: it did not finish, so no figures are given.", ""]
     lines += ["| split | weights | examples | metric | value |", "|---|---|---|---|---|"]
     for split, what, figures in result_blocks(results):
-        for k, v in _metrics(figures).items():
+        for k, v in _metrics(figures, task_of(run.info) == "multilabel").items():
             lines.append(f"| {SPLIT_NAMES[split]} | {what} | {figures.get('examples')} | {k} | {v:.4f} |")
     for k, metric, what in _best_figures(results):
         lines.append(f"| {what} | the epoch's weights | | {metric} | {results[k]:.4f} |")
@@ -209,7 +213,7 @@ def card(run, out_dir: Path, export: dict | None = None) -> str:
     lines = ["---", yaml.safe_dump(front_matter(run, results, files), sort_keys=False).rstrip(), "---", ""]
     lines += [f"# {run.model.name} on {info.name}", "", "Trained and exported with resnet-train.", ""]
     lines += _architecture_and_data(run, results)
-    lines += ["## Training recipe", "", *_recipe(run.cfg, results), ""]
+    lines += ["## Training recipe", "", *_recipe(run.cfg, results, task_of(run.info) == "multilabel"), ""]
     lines += _results_section(run, results, export)
     lines += ["## Intended use and limitations", "", _intended_use(info, threshold), ""]
     lines += ["## How to load", ""]

@@ -106,6 +106,11 @@ def _run_teacher(spec: str):
 
     source, teacher_dir, _, _ = finetune.source_run(spec, "distill.teacher")
     loaded = load_run(teacher_dir, "auto" if source == teacher_dir else str(source))
+    if getattr(loaded.info, "task", "multiclass") == "multilabel":  # its logits are sigmoids' (per label)
+        raise UserError(
+            f"distill.teacher={spec} is a multi-label run (a sigmoid per label); its logits are not one "
+            f"distribution over the classes to distill a single-label student from: choose a single-label run"
+        )
     record = {"source": spec, "checkpoint": loaded.checkpoint, "weights": loaded.weights}
     return (
         loaded.model,

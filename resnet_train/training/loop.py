@@ -259,8 +259,8 @@ def _end_epoch(run: Run, state: State, epoch: int, stop: StopRequests, timing: d
 def _evaluate_ema(run: Run, step: int, epoch: int) -> dict:
     ema_metrics = run.trainer.evaluate_ema(run.eval_ds)
     run.reporter.log("eval_ema", step, epoch + 1, ema_metrics)
-    log.info("epoch %d/%d  EMA weights: %s loss %.4f  acc %.4f", epoch + 1, run.epochs, run.eval_split,
-             ema_metrics["loss"], ema_metrics["accuracy"])  # fmt: skip
+    log.info("epoch %d/%d  EMA weights: %s", epoch + 1, run.epochs,
+             epoch_log.evaluation_figures(run.eval_split, ema_metrics))  # fmt: skip
     return ema_metrics
 
 

@@ -1,7 +1,8 @@
 """data.task=multilabel's evaluation and training figure. Exact average precision needs every
 score of the split (report/label_metrics.py), so evaluation gathers each batch's sigmoid outputs,
 labels and padding weights from every replica (and worker: each computes the same figures) to
-the host, instead of the running sums the single-label evaluation reduces."""
+the host, instead of the running sums the single-label evaluation reduces; the logits, so that the
+sigmoid is taken in float64 there and confident scores keep their order."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class MultilabelEvaluation:
         logits = tf.cast(self.model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.float32)
         loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), -1)
-        return tf.sigmoid(logits), labels, weights, loss
+        return logits, labels, weights, loss
 
     def _batch_fn(self, images, labels, weights):
         results = self.strategy.run(self._replica, args=(images, labels, weights))
@@ -42,9 +43,11 @@ class MultilabelEvaluation:
         for images, labels, weights in dist_dataset:
             for part, value in zip(parts, self._batch(images, labels, weights)):
                 part.append(value.numpy())
-        probabilities, labels, weights, losses = (
+        logits, labels, weights, losses = (
             np.concatenate(p) if p else np.zeros((0, len(self.class_names))) for p in parts
         )
         keep = weights.reshape(-1) > 0
+        # float64: a float32 sigmoid is exactly 1 from a logit of ~17 on, and confident scores would tie.
+        probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         figures = label_metrics.report(labels[keep], probabilities[keep], self.threshold, self.class_names)
         return {"loss": float(np.mean(losses[keep])) if keep.any() else 0.0, **figures, "examples": int(keep.sum())}
