@@ -12,16 +12,18 @@ from resnet_train.models import names
 from resnet_train.models.depths import Layout, layout, resolve_variant
 from resnet_train.models.freeze import freeze
 
+
 # The layers import Keras (TensorFlow, seconds): loaded when a model is built, so that config.validate
 # checks depths and settings before TensorFlow starts (the CLI refuses a bad value in about a second).
-_LAZY = {"Builder": "layers", "ZeroPadShortcut": "layers", "FAMILIES": "resnet"}
-
-
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    if name in ("Builder", "ZeroPadShortcut"):
+        from resnet_train.models import layers
 
-        return getattr(importlib.import_module(f"resnet_train.models.{_LAZY[name]}"), name)
+        return getattr(layers, name)
+    if name == "FAMILIES":
+        from resnet_train.models.resnet import FAMILIES
+
+        return FAMILIES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
