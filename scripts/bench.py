@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Throughput on this machine, everything measured in one run so that the ratios compare.
 
-    python scripts/bench.py                      # table on stdout (about 8 minutes on 2 cores)
+    python scripts/bench.py                      # table on stdout (about 8 minutes on 2 cores + the rounds)
     python scripts/bench.py --json bench.json --quick
-    python scripts/bench.py --only rounds --rounds 3    # command vs peers alone (minutes)
+    python scripts/bench.py --only rounds --rounds 3    # command vs peers alone (~10 min a round on 2 cores)
 
 Sections:
 - hardware: the measured matmul rate at float32 and bfloat16 (the yardstick of MFU);
