@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from resnet_train.config.task_checks import TASKS
 from resnet_train.errors import DataError
-
-TASKS = ("multiclass", "multilabel")
 
 
 def task_of(info) -> str:
