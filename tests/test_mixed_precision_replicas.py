@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from helpers import ROOT, run_on_free_ports
 from replica_overflow import one_step
+
+from resnet_train.runtime.devices import mirrored
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,18 +30,18 @@ def assert_skipped_everywhere(result):
 
 
 def test_overflow_on_the_second_of_two_replicas_skips_the_step_on_both():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored(["/cpu:0", "/cpu:1"])
     result = one_step(strategy, bad_replica=1)
     assert_skipped_everywhere(result)
 
 
 def test_overflow_on_the_first_replica_is_skipped_too():
-    result = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), bad_replica=0)
+    result = one_step(mirrored(["/cpu:0", "/cpu:1"]), bad_replica=0)
     assert_skipped_everywhere(result)
 
 
 def test_a_finite_step_on_two_replicas_is_applied():
-    result = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), bad_replica=-1)
+    result = one_step(mirrored(["/cpu:0", "/cpu:1"]), bad_replica=-1)
     assert result["nonfinite_steps"] == 0 and result["iterations"] == 1
     assert result["scale_after"] == result["scale_before"]
     conv = next(name for name in result["weights_after"] if "conv" in name and "kernel" in name)

@@ -67,9 +67,10 @@ def test_the_trainer_learns_with_sigmoid_bce_and_its_evaluation_equals_scikit_le
     import keras
     import tensorflow as tf
 
+    from resnet_train.runtime.devices import mirrored
     from resnet_train.training.trainer import Trainer
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored(["/cpu:0", "/cpu:1"])
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = _tiny_model(3)

@@ -293,3 +293,29 @@ def test_runtime_deterministic_is_tensorflows_op_determinism(deterministic):
 
     runtime.configure(seed=SEED, deterministic=deterministic)
     assert tf_config.is_op_determinism_enabled() is deterministic
+
+
+_TWO_STRATEGIES = """
+import tensorflow as tf
+from resnet_train.runtime.devices import mirrored, split_cpu
+split_cpu(2)
+for shape in ([1], [251]):  # two strategies, one after the other, each with its own collectives
+    strategy = mirrored(["/cpu:0", "/cpu:1"])  # MirroredStrategy's default on CPUs: RING collectives
+    reduce = lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.ones(shape))
+    step = tf.function(lambda: strategy.run(reduce))
+    print("SUM", strategy.experimental_local_results(step())[0].numpy().sum(), flush=True)
+"""
+
+
+def test_a_second_mirrored_strategy_in_one_process_has_collectives_of_its_own():
+    """The next job of an in-process `-m` sweep on several GPUs: TensorFlow would give the second
+    strategy the first's collective keys ("Shape mismatch in the collective instance 100", then
+    every collective of the process aborted). Run in a process of its own: that abort would
+    otherwise break every later test of this worker."""
+    import sys
+
+    import launches
+
+    done = launches.run([sys.executable, "-c", _TWO_STRATEGIES], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SUM 2.0" in done.stdout and "SUM 502.0" in done.stdout

@@ -131,6 +131,20 @@ class TFConfigResolver(tf.distribute.cluster_resolver.TFConfigClusterResolver):
         return tf.train.ClusterSpec(self._jobs)
 
 
+def mirrored(devices: list[str], cross_device_ops=None) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy whose collectives are its own. TensorFlow numbers every MirroredStrategy's
+    collective groups from the same key, so a second strategy over the same devices in one process
+    (the next job of a `-m` sweep under Hydra's in-process launcher, on several GPUs) reuses the
+    first's collective instances: "Shape mismatch in the collective instance 100", and every later
+    collective of the process aborted. TensorFlow's own tests move the key base on per strategy
+    (strategy_combinations); so do we, by a step far above one strategy's group count."""
+    tf.distribute.MirroredStrategy._collective_key_base += _KEY_BASE_STEP
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
+
+
+_KEY_BASE_STEP = 100_000
+
+
 def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     """`name`, `devices`, `cpu_replicas`: runtime.strategy, .devices, .cpu_replicas, checked by config.validate."""
     if name == "multi_worker":
@@ -156,9 +170,9 @@ def make_strategy(name: str, devices=None, cpu_replicas: int = 1):
     if name == "auto" and not gpus and cpu_replicas <= 1:
         return one_device(devices[0])
     if gpus and len(devices) > 1:
-        return tf.distribute.MirroredStrategy(devices)
+        return mirrored(devices)
     # CPU replicas: NCCL is for GPUs; reduce on the host.
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return mirrored(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 # ---- precision --------------------------------------------------------------------------------
