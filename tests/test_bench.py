@@ -95,3 +95,24 @@ def test_a_rounds_ratio_is_the_median_of_per_round_ratios_against_the_peers_best
     assert [r["ratio"] for r in float32["rounds"]] == [1.0, 100 / 150, 2.0] and float32["min"] == 100 / 150
     # Settings under half of round 1's best are not timed again.
     assert bench_rounds.kept({"a": 100.0, "b": 50.0, "c": 49.0}) == ["a", "b"]
+
+
+def test_mfus_yardstick_is_the_matmul_rate_of_the_runs_own_precision(tmp_path, monkeypatch):
+    """Issue 35 item 4: a bfloat16 run's MFU is measured against the bfloat16 matmul rate, a float32
+    run's against float32's (a bf16 run against the float32 rate would read up to 2x too high on
+    bf16 CPUs); each rate measured once per machine and dtype, then read from the cache."""
+    measured = []
+
+    def fake_matmul(dtype, n=2048, repeats=20):
+        measured.append(dtype)
+        return {"float32": 1e11, "bfloat16": 4e11, "float16": 8e11}[dtype]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(runtime, "matmul_flops", fake_matmul)
+    assert runtime.peak_flops("float32") == 1e11
+    assert runtime.peak_flops("mixed_bfloat16") == 4e11
+    assert runtime.peak_flops("mixed_float16") == 8e11
+    assert runtime.peak_flops("mixed_bfloat16") == 4e11  # cached: not measured again
+    assert measured == ["float32", "bfloat16", "float16"]
+    cached = json.loads((tmp_path / "resnet_train" / "peak_flops.json").read_text())
+    assert sorted(key.split("|")[-1] for key in cached) == ["bfloat16", "float16", "float32"]
