@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import slurm_cluster
 import tensorflow as tf
-from helpers import CLI, ROOT, compose
+from helpers import CLI, ROOT, TINY, compose
 
 from resnet_train.runtime import cluster
 from resnet_train.training.loop import train_and_evaluate
@@ -215,3 +215,33 @@ def test_the_submitit_launcher_runs_a_sweep_and_a_preempted_member_is_requeued_b
     results = [json.loads((member / "results.json").read_text()) for member in (first, second)]
     assert results[0]["steps"] == results[1]["steps"] == 64
     assert_same_weights(results[0]["checkpoint"], results[1]["checkpoint"])
+
+
+TWO_EPOCHS = (*TINY, "epochs=2", "data.limit_train=64", "data.limit_test=32")
+
+
+def test_an_optuna_search_runs_n_jobs_trials_at_once_as_submitit_jobs_that_report_to_their_trials(slurm, tmp_path):
+    """Issue 33 item 3 under a real SLURM: hydra.sweeper.n_jobs=2 hands Hydra's submitit launcher
+    two trials at once. They run as SLURM jobs at the same time (each run's window, from its own
+    log and metrics, overlaps the other's), each member finds its own trial in the journal from
+    its job and reports its validation figure every epoch (a median pruner that cannot prune yet),
+    and the study records both trials complete."""
+    from test_search_parallel import run_window, study_of
+
+    sweep = tmp_path / "sweep"
+    args = [str(CLI), "hparams_search=optuna", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=30"]
+    args += ["hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=median"]
+    args += ["hydra.sweeper.pruner_kwargs={n_startup_trials: 10}", *TWO_EPOCHS, f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "SLURM_CONF": str(slurm.conf)}
+    done = launches.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    jobs = "\n".join(f.read_text(errors="replace")[-2000:] for f in sorted(sweep.glob(".submitit/*/*.err")))
+    assert done.returncode == 0, done.stderr[-3000:] + jobs + slurm.logs()
+    assert len({p.parent.name.split("_")[0] for p in sweep.glob(".submitit/*/*.out")}) == 1  # one array job
+    (start0, end0), (start1, end1) = windows = [run_window(sweep / m) for m in ("0", "1")]
+    assert start0 < end1 and start1 < end0, windows
+    trials = study_of(sweep).get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    for trial in trials:  # each member's epochs, reported to its own trial from its SLURM job
+        assert len(trial.intermediate_values) == 2, trial.intermediate_values
+        results = json.loads((sweep / str(trial.number) / "results.json").read_text())
+        assert trial.value == pytest.approx(results["best_val_accuracy"])
