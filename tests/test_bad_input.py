@@ -873,8 +873,8 @@ CASES = [
     (
         "prune excludes no such layer",
         "resnet-train",
-        [*TINY, "epochs=1", "prune.sparsity=0.5", "prune.exclude=[stem,logits]"],
-        T + "prune.exclude names no conv or dense layer of cifar_resnet8: stem (its 8: stem_conv, "
+        [*TINY, "epochs=1", "prune.sparsity=0.5", "prune.exclude=[stage9,logits]"],
+        T + "prune.exclude names no conv or dense layer of cifar_resnet8: stage9 (its 8: stem_conv, "
         "stage1_block1_conv1, ..., logits; `resnet-eval` lists them all)",
         "fresh",
         {},

@@ -289,3 +289,21 @@ def test_resnet_eval_reports_the_sparsity_per_layer_and_overall(runs, monkeypatc
     assert "stem_conv 0.0%" in out and "logits 0.0%" in out and "stage2_block1_conv1 75.0%" in out
     report = json.loads((run / "eval" / "test.json").read_text())["sparsity"]
     assert report["overall"] == zeros / total and report["layers"]["stage3_block1_conv2"] == 0.75
+
+
+@pytest.mark.parametrize(
+    "style, stem", [("standard", ["stem_conv"]), ("resnet_d", ["stem_conv1", "stem_conv2", "stem_conv3"])]
+)
+def test_the_default_exclusions_keep_every_stem_conv_and_the_head_unpruned(style, stem):
+    """prune.exclude's default [stem, logits] names the stem's convs by their prefix: the one of a
+    standard ImageNet ResNet and the three of ResNet-D's deep stem (a whole-name match refused
+    ResNet-D's default run: no layer is called stem_conv there)."""
+    from resnet_train import models
+
+    model = models.build(18, 10, (32, 32, 3), variant="imagenet", style=style)
+    cfg = compose(*TINY, "prune.sparsity=0.5")
+    pruner = prune.from_config(cfg, model, tf.distribute.get_strategy(), total_steps=10, steps_per_epoch=5)
+    convs = [layer.name for layer in prune.prunable(model)]
+    assert [name for name in convs if name not in pruner.names] == [*stem, "logits"]
+    assert pruner.names and all(name.startswith("stage") for name in pruner.names)
+    assert prune.excluded("stage1_block1_conv1", ["stage1"]) and not prune.excluded("stage10_block1_conv1", ["stage1"])

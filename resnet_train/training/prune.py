@@ -68,11 +68,17 @@ def kernel_sparsity(model) -> dict:
     return {"overall": zeros / max(total, 1), "layers": layers, "weights": total}
 
 
+def excluded(name: str, exclude) -> bool:
+    """An entry of prune.exclude names a layer, or a group of layers by the prefix before "_":
+    `stem` is every conv of the stem (stem_conv, or ResNet-D's deep stem_conv1..3), `stage1` a stage."""
+    return any(name == entry or name.startswith(entry + "_") for entry in exclude)
+
+
 class Pruner:
     """The masks of one run and their schedule; `state` is what the checkpoint holds."""
 
     def __init__(self, model, strategy, final: float, start: int, end: int, frequency: int, scope: str, exclude=()):
-        layers = [layer for layer in prunable(model) if layer.name not in exclude and layer.kernel.trainable]
+        layers = [layer for layer in prunable(model) if not excluded(layer.name, exclude) and layer.kernel.trainable]
         if not layers:
             raise ConfigError(
                 "prune.sparsity is set but no conv or dense kernel is left to prune: prune.exclude names them all, "
@@ -148,7 +154,7 @@ def from_config(cfg, model, strategy, total_steps: int, steps_per_epoch: int) ->
     if not p.sparsity:
         return None
     names = [layer.name for layer in prunable(model)]
-    unknown = [name for name in p.exclude if name not in names]
+    unknown = [entry for entry in p.exclude if not any(excluded(name, [entry]) for name in names)]
     if unknown:
         raise ConfigError(
             f"prune.exclude names no conv or dense layer of {model.name}: {', '.join(unknown)} (its {len(names)}: "
