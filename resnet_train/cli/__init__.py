@@ -84,12 +84,13 @@ def _train(cfg) -> float | None:
         _writable_before_tensorflow(workdir)
     except UserError as error:
         fail(error)
-    _quiet_tensorflow()
     from resnet_train.errors import Preempted, StoppedDuringSetUp
-    from resnet_train.training.loop import train_and_evaluate
 
-    _check_search_has_validation(cfg)
     try:
+        _quiet_tensorflow()
+        from resnet_train.training.loop import train_and_evaluate
+
+        _check_search_has_validation(cfg)
         results = train_and_evaluate(
             cfg, workdir, started=PROCESS_START, overrides=list(HydraConfig.get().overrides.task), trial=_trial(cfg)
         )
@@ -161,7 +162,17 @@ def _check_search_has_validation(cfg) -> None:
 
 def train() -> None:
     """Console script `resnet-train`."""
-    run_app(_train, "train")
+    from resnet_train.errors import StoppedDuringSetUp
+    from resnet_train.training import interrupts
+
+    interrupts.catch_from_the_start()  # a scheduler's SIGTERM / SIGUSR2 from here on is a stop a rerun continues
+    try:
+        run_app(_train, "train")
+    except StoppedDuringSetUp as stop:  # during Hydra's composition: no config to read retry_exit_code from
+        print(f"resnet-train: {stop}", file=sys.stderr)
+        sys.exit(exit_code(stop))
+    finally:
+        interrupts.release_start_catch()
 
 
 @hydra.main(version_base=None, config_path="pkg://resnet_train.configs", config_name="show_augment")

@@ -30,6 +30,40 @@ from resnet_train.errors import first_line
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+# What a scheduler sends to stop or warn a job; their default action would kill the process.
+SCHEDULER_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+def stop_while_starting(signum, frame):
+    """SIGTERM / SIGUSR2 before the run's own handlers exist (Python's and TensorFlow's imports, the
+    config's checks: seconds). Their default action would end the process with 143 / 140, which
+    a retry rule (docs/slurm/train.sbatch requeues on 75) reads as a failure: the job would be lost."""
+    from resnet_train.errors import StoppedDuringSetUp
+
+    raise StoppedDuringSetUp(
+        f"stopped by {signal.Signals(signum).name} while starting, before anything was written; "
+        f"run the same command again to continue"
+    )
+
+
+def catch_from_the_start() -> None:
+    """The console script's first act: a scheduler's signal that still has its default action
+    stops the process as a stopped run (EXIT_PREEMPTED) instead of killing it. One ignored or
+    handled by what started us (SIG_IGN, a launcher's handler) is left as it is."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in SCHEDULER_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, stop_while_starting)
+
+
+def release_start_catch() -> None:
+    """The defaults back where the start-up catch is still installed (the command returned or
+    failed before a run took the signals over): a process that goes on, e.g. a notebook or a test
+    calling the entry point, keeps no handler of ours."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in SCHEDULER_SIGNALS:
+            if signal.getsignal(sig) is stop_while_starting:
+                signal.signal(sig, signal.SIG_DFL)
 
 
 class StopRequests:
@@ -77,7 +111,8 @@ class StopRequests:
                     self._previous[sig] = signal.SIG_IGN  # ignored by what started this run: it stays so
                     continue
                 previous = signal.signal(sig, self._handle)
-                self._previous.setdefault(sig, previous)
+                # The start-up catch is no handler to restore or pass SIGUSR2 on to: the default.
+                self._previous.setdefault(sig, signal.SIG_DFL if previous is stop_while_starting else previous)
 
     def __enter__(self):
         self.install()
