@@ -69,7 +69,7 @@ def holder(run, sync, name, *waits, heartbeat=30.0):
 
 
 def me(**changes) -> dict:
-    return {**run_lock._me(), **changes}
+    return {**run_lock.owner_record(), **changes}
 
 
 def dead_pid() -> int:

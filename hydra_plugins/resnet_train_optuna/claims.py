@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from resnet_train.training.run_lock import HEARTBEAT_S, _me, _stale
+from resnet_train.training.run_lock import HEARTBEAT_S, owner_record, stale_reason
 
 log = logging.getLogger(__name__)
 OWNER = "resnet_train:owner"
@@ -52,7 +52,7 @@ def lock_path(storage_spec, sweep_dir) -> Path | None:
 class Claims:
     def __init__(self, storage, lock: Path | None):
         self.storage, self.lock = storage, lock
-        self.me = _me()
+        self.me = owner_record()
         self.owned: dict[int, int] = {}  # trial number -> trial id, while this invocation runs it
         self._guard = threading.Lock()
 
@@ -89,7 +89,7 @@ class Claims:
         if owner.get("token") == self.me["token"]:
             return False
         silent = time.time() - float(trial.system_attrs.get(BEAT) or owner.get("since") or 0)
-        why = _stale(owner, self.me, silent)
+        why = stale_reason(owner, self.me, silent)
         if why:
             log.info(f"Trial {trial.number}'s search is gone ({why}): taking it over")
         return why is not None

@@ -63,7 +63,9 @@ def _process(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def _me() -> dict:
+def owner_record() -> dict:
+    """This process as a lock's owner: host, PID, boot id, PID namespace, start time (what
+    stale_reason judges by; the Optuna sweeper's trial claims record the same)."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -89,7 +91,7 @@ def _who(owner: dict) -> str:
     return f"process {pid} on {host}" if pid else "another process"
 
 
-def _stale(owner: dict, me: dict, silent: float) -> str | None:
+def stale_reason(owner: dict, me: dict, silent: float) -> str | None:
     """Why the lock `owner` (heartbeat `silent` seconds ago) is stale, or None while it may be held."""
     if not owner:  # this version never shows a lock before its record is in it (RunLock._create)
         return "it is empty or cut short: the process creating it was killed before it wrote its record"
@@ -199,7 +201,7 @@ class RunLock:
                 os.utime(self.path, ns=(moved[1].st_atime_ns, moved[1].st_mtime_ns))
 
     def acquire(self) -> RunLock:
-        me = _me()
+        me = owner_record()
         moved_aside = []  # kept until this has its own lock, so that its lock cannot reuse their inodes
         try:
             for attempt in range(3):  # a lock that changed during a takeover is judged again
@@ -208,7 +210,7 @@ class RunLock:
                 judged = _read(self.path)
                 if judged is None:
                     continue
-                why = _stale(judged[0], me, time.time() - judged[1].st_mtime)
+                why = stale_reason(judged[0], me, time.time() - judged[1].st_mtime)
                 if why is None:
                     raise RunDirError(
                         f"{self.path.parent} is in use by {_who(judged[0])} (lock file {self.path}): wait for it "
