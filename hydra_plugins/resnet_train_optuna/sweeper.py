@@ -135,7 +135,10 @@ class OptunaSweeper(Sweeper):
                                                            for t in study.best_trials]}  # fmt: skip
         except ValueError:  # no complete trial
             return
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        from resnet_train.report.metrics import write_atomic
+
+        # Whole or not at all: two invocations of one search may end at the same time.
+        write_atomic(self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
 
 def _held(storage, study_name) -> int:
