@@ -99,7 +99,7 @@ def test_a_run_with_drop_path_trains(tmp_path, monkeypatch):
 
     info = loaded.info
     dropping = models.build(8, info.num_classes, info.image_shape, mean=info.mean, std=info.std, drop_path=0.3)
-    monkeypatch.setattr(finetune, "load_source", lambda spec: (plain, spec, None))  # a run without DropPath
+    monkeypatch.setattr(finetune, "load_source", lambda spec: (plain, spec, None, "multiclass"))  # no DropPath there
     assert initialise_from(dropping, "plain")["new"] == []
     np.testing.assert_allclose(dropping(images).numpy(), loaded.model(images).numpy(), rtol=1e-5, atol=1e-5)
 

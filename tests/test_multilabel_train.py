@@ -306,3 +306,22 @@ def test_per_class_figures_go_to_mlflow_under_names_it_takes():
 
     flat = _flat_numbers({"test": {"map": 0.5, "per_class_f1": {"dog's (big)": 0.25, "cat": None}}})
     assert flat == {"results/test/map": 0.5, "results/test/per_class_f1/dog_s _big_": 0.25}
+
+
+@pytest.mark.parametrize("source_task, head_is_new", [("multiclass", True), ("multilabel", False)])
+def test_init_from_a_run_of_another_task_gets_a_new_head_whatever_the_class_names(
+    monkeypatch, source_task, head_is_new
+):
+    """A multi-label run fine-tuned from a single-label one with the same class names: its softmax
+    logits are no sigmoid's (a softmax is shift-invariant), so the head starts fresh; the body loads."""
+    import numpy as np
+
+    from resnet_train import models
+    from resnet_train.training import finetune
+
+    source, target = models.build(8, 3), models.build(8, 3)
+    monkeypatch.setattr(finetune, "load_source", lambda spec: (source, spec, ["a", "b", "c"], source_task))
+    done = finetune.initialise_from(target, "run", ["a", "b", "c"], task="multilabel")
+    assert (done["new"] == ["logits"]) is head_is_new and "stem_conv" in done["loaded"]
+    same_head = np.array_equal(target.get_layer("logits").get_weights()[0], source.get_layer("logits").get_weights()[0])
+    assert same_head is not head_is_new

@@ -49,14 +49,16 @@ def source_run(init_from, key: str = "init_from"):
 
 
 def load_source(init_from):
-    """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given)."""
+    """The source run's model with its weights (checkpoint=auto of the run, or the checkpoint given),
+    its class names and its task (multiclass or multilabel)."""
+    from resnet_train.models.probabilities import task_of
     from resnet_train.training.runs import build_model, resolve, restore_model
 
     source, run_dir, cfg, info = source_run(init_from)
     checkpoint = resolve(run_dir, "auto" if source == run_dir else str(source), has_validation=bool(info.val_size))
     model = build_model(cfg, info)
     restore_model(model, checkpoint)
-    return model, checkpoint, list(info.class_names)
+    return model, checkpoint, list(info.class_names), task_of(info)
 
 
 def source_statistics(init_from) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -100,15 +102,17 @@ def input_normalisation(cfg, info, workdir: Path) -> None:
              *map(_rounded, other[1]))  # fmt: skip
 
 
-def initialise_from(model, init_from, class_names=None) -> dict:
-    """Copies every matching layer of the source run into `model`; returns what was loaded/new."""
+def initialise_from(model, init_from, class_names=None, task: str = "multiclass") -> dict:
+    """Copies every matching layer of the source run into `model`; returns what was loaded/new. The
+    head is new for other classes, and for another task: softmax logits (shift-invariant) are no
+    sigmoid's, whatever the class names."""
     import keras
 
     from resnet_train.models.drop_path import DropPath
 
     policy = keras.mixed_precision.global_policy()
     try:
-        source, checkpoint, source_classes = load_source(init_from)
+        source, checkpoint, source_classes, source_task = load_source(init_from)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # load_source builds in float32
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
@@ -119,7 +123,7 @@ def initialise_from(model, init_from, class_names=None) -> dict:
         other = theirs.get(layer.name)
         shapes = [tuple(w.shape) for w in layer.weights]
         other_shapes = [tuple(w.shape) for w in other.weights] if other is not None else None
-        same_classes = class_names is None or list(class_names) == source_classes
+        same_classes = (class_names is None or list(class_names) == source_classes) and task == source_task
         if layer.name == HEAD and not (same_classes and other_shapes == shapes):
             new.append(layer.name)  # other classes: a fresh head
         elif other_shapes == shapes:
@@ -131,6 +135,8 @@ def initialise_from(model, init_from, class_names=None) -> dict:
                 f"init_from={init_from} ({source.name}) does not fit {model.name}: layer {layer.name} needs "
                 f"{shapes}, the checkpoint has {found}; fine-tune from the same architecture (depth, variant)"
             )
+    if task != source_task:
+        log.info("The source run is %s, this one %s: a new head", source_task, task)
     log.info("Initialised from %s: %d layers loaded; new: %s", checkpoint, len(loaded), ", ".join(new) or "none")
     return {"checkpoint": checkpoint, "loaded": loaded, "new": new}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from resnet_train import config as config_lib
 from resnet_train import models, optim
 from resnet_train.errors import RunDirError
+from resnet_train.models.probabilities import task_of
 from resnet_train.optim import schedules
 from resnet_train.report import plots, tracking
 from resnet_train.report.metrics import NullReporter, Reporter, best_logged, best_logged_step, hparams_of, write_json
@@ -255,7 +256,7 @@ def _restore(cfg, workdir: Path, own_dir: Path, rt, model, optimizer, trainer, i
             if pretrained.is_pretrained(cfg.init_from):  # keras-hub / keras.applications weights
                 initialised = pretrained.initialise(model, cfg.init_from, cfg.model)
             else:
-                initialised = finetune.initialise_from(model, cfg.init_from, info.class_names)
+                initialised = finetune.initialise_from(model, cfg.init_from, info.class_names, task_of(info))
         if rt.is_chief:
             write_json(workdir / "init_from.json", initialised)
     if rt.is_chief:  # the data, model and checkpoint fit: from here on the directory is this run's
