@@ -178,6 +178,16 @@ def test_exports_return_per_class_sigmoids_and_the_card_says_multi_label(run, te
         assert r["map"] == pytest.approx(r["original_map"], abs=1e-3) and r["threshold"] == 0.5
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=ATOL)
+    # `labels`: every label at the run's threshold (0.5), from the served probabilities themselves
+    served_labels = served["labels"].numpy()
+    assert served_labels.dtype == np.int32 and 0 < served_labels.sum() < served_labels.size
+    np.testing.assert_array_equal(served_labels, (served["probabilities"].numpy() >= 0.5).astype(np.int32))
+    if "onnx" in formats:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+        probabilities, onnx_labels = session.run(["probabilities", "labels"], {"images": images})
+        np.testing.assert_array_equal(onnx_labels, (probabilities >= 0.5).astype(np.int32))
 
     text = (out / "README.md").read_text()
     meta, body = text[4:].split("\n---\n", 1)
@@ -193,6 +203,7 @@ def test_exports_return_per_class_sigmoids_and_the_card_says_multi_label(run, te
     assert "- loss: bce (a sigmoid per label" in body  # what trained it, not loss.name's default ce
     assert "keras.ops.sigmoid" in body and "softmax" not in body.replace("not a softmax", "")
     assert "probabilities >= 0.5" in body and "multi-label" in body
+    assert 'session.run(["probabilities", "classes", "embeddings", "labels"]' in body
 
 
 def test_grad_cam_reports_the_most_probable_labels_sigmoid(run, test_split, cli, tmp_path):

@@ -47,26 +47,25 @@ QUANTIZE = {
 CALIBRATION_IMAGES = 200  # training images an int8 export calibrates on (fewer if the split is smaller)
 
 
-def serving_functions(model, image_shape, embeddings: bool = True, task: str = "multiclass"):
+def serving_functions(model, image_shape, embeddings: bool = True, task: str = "multiclass", threshold=None):
     """(images_fn, encoded_fn, their input signatures): what the SavedModel serves. With
     `embeddings`, beside the probabilities and classes: the pooled features (embeddings.py), from
     the same pass. TFLite's export leaves them out (one output: its readers take the first).
-    `classes` is the most probable class (under multilabel the most probable label: a label is
-    predicted where its probability reaches the threshold the model card gives)."""
+    `classes` is the most probable class (under multilabel the most probable label). A multi-label
+    run's `threshold` (its data.threshold) adds `labels`: 1 for every label whose probability
+    reaches it, else 0 (int32, one column per class), what resnet-predict returns."""
     h, w, c = (int(v) for v in image_shape)
     both = features_and_logits(model) if embeddings else None
 
     def outputs(images):
         if both is None:
-            probs = probabilities(model(images, training=False), task)
-            return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
-        features, logits = both(images, training=False)
-        probs = probabilities(logits, task)
-        return {
-            "probabilities": probs,
-            "classes": tf.argmax(probs, axis=-1),
-            "embeddings": tf.cast(features, tf.float32),
-        }
+            probs, extra = probabilities(model(images, training=False), task), {}
+        else:
+            features, logits = both(images, training=False)
+            probs, extra = probabilities(logits, task), {"embeddings": tf.cast(features, tf.float32)}
+        if task == "multilabel" and threshold is not None:
+            extra["labels"] = tf.cast(probs >= threshold, tf.int32)
+        return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1), **extra}
 
     def images_fn(images):
         """uint8 images of the training size -> probabilities and class indices."""
@@ -89,16 +88,16 @@ def serving_functions(model, image_shape, embeddings: bool = True, task: str = "
     )
 
 
-def export_saved_model(model, info, path: Path) -> Path:
+def export_saved_model(model, info, path: Path, threshold=None) -> Path:
     with staged(path) as (temp,):
-        _write_saved_model(model, info, temp)
+        _write_saved_model(model, info, temp, threshold=threshold)
     return path
 
 
-def _write_saved_model(model, info, path: Path, embeddings: bool = True) -> None:
+def _write_saved_model(model, info, path: Path, embeddings: bool = True, threshold=None) -> None:
     """Keras' ExportArchive (it tracks Keras 3 variables so that converters can freeze them)."""
     images_fn, encoded_fn, images_spec, encoded_spec = serving_functions(
-        model, info.image_shape, embeddings, task_of(info)
+        model, info.image_shape, embeddings, task_of(info), threshold
     )
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -154,22 +153,22 @@ def onnx_opsets() -> range:
     return range(13, max(OPSET_TO_IR_VERSION) + 1)
 
 
-def export_onnx(model, info, path: Path, opset: int | None = None) -> Path:
+def export_onnx(model, info, path: Path, opset: int | None = None, threshold=None) -> Path:
     """uint8 images -> probabilities and classes, as the SavedModel's serving_default.
 
     tf2onnx on a traced function rather than Keras' model.export(format="onnx"): Keras' export
     (tf2onnx underneath) traces the model's float32 keras.Input, not the uint8 images every other
     format takes, and offers no opset choice."""
     with staged(path, names_file(path)) as (temp, names):
-        _write_onnx(model, info, temp, opset)
+        _write_onnx(model, info, temp, opset, threshold)
         write_class_names(names, info)
     return path
 
 
-def _write_onnx(model, info, path: Path, opset: int | None) -> None:
+def _write_onnx(model, info, path: Path, opset: int | None, threshold=None) -> None:
     import tf2onnx
 
-    images_fn, _, images_spec, _ = serving_functions(model, info.image_shape, task=task_of(info))
+    images_fn, _, images_spec, _ = serving_functions(model, info.image_shape, task=task_of(info), threshold=threshold)
     traced = tf.function(images_fn, input_signature=images_spec)
     tf2onnx.convert.from_function(traced, input_signature=images_spec, opset=opset, output_path=str(path))
 
@@ -208,16 +207,16 @@ def export_artifact(job: Job, fmt: str, quantize: str = "none", opset: int | Non
     """Writes one export of the job's run into its folder; returns its path."""
     model, info, out = job.run.model, job.run.info, job.out_dir
     if fmt == "saved_model":
-        return export_saved_model(model, info, out / "saved_model")
+        return export_saved_model(model, info, out / "saved_model", job.threshold)
     if fmt == "keras":
         return export_keras(model, info, out / "model.keras")
     if fmt == "onnx" and quantize == "int8":
         from resnet_train.tools import quantize_onnx
 
-        write = lambda path: _write_onnx(model, info, path, opset)  # noqa: E731
+        write = lambda path: _write_onnx(model, info, path, opset, job.threshold)  # noqa: E731
         return quantize_onnx.export_int8(write, info, out / "model_int8.onnx", job.representative)
     if fmt == "onnx":
-        return export_onnx(model, info, out / "model.onnx", opset)
+        return export_onnx(model, info, out / "model.onnx", opset, job.threshold)
     path = out / ("model.tflite" if quantize == "none" else f"model_{quantize}.tflite")
     if quantize == "int8_full":
         from resnet_train.tools.quantize_tflite import export_int8_full

@@ -50,11 +50,17 @@ def multilabel_threshold(run) -> float | None:
 
 def exported_files(folder: Path, threshold: float | None = None) -> list[tuple[str, str, str]]:
     """(file name, format, how to load it) for each export in the folder; with a multi-label run's
-    threshold, the .keras snippet applies a sigmoid per label and the threshold."""
+    threshold, the .keras snippet applies a sigmoid per label and the threshold, the SavedModel's
+    and ONNX's read their `labels` output too."""
     found = []
     for pattern, fmt, code in LOADERS:
         if fmt == "Keras" and threshold is not None:
             code = MULTILABEL_KERAS.replace("{threshold}", f"{threshold:g}")
+        elif fmt in ("SavedModel", "ONNX") and threshold is not None:  # their `labels` output (export.py)
+            code = code.replace("classes, embeddings", "classes, embeddings, labels")
+            code = (
+                code.replace('"embeddings"]', '"embeddings", "labels"]') + f"  # labels: probabilities >= {threshold:g}"
+            )
         for path in sorted(folder.glob(pattern)):
             if not path.name.startswith(".") and (path.is_file() or (path / "saved_model.pb").exists()):
                 found.append((path.name, fmt, code.format(name=path.name)))
