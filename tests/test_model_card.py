@@ -103,3 +103,13 @@ def test_a_push_that_cannot_start_is_refused_before_exporting(
     errors = [line for line in done.stderr.splitlines() if line.startswith("resnet-export:")]
     assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
     assert not out.exists()
+
+
+def test_an_integer_only_tflite_files_snippet_says_how_to_read_its_uint8_outputs(tmp_path):
+    from resnet_train.tools.model_card import exported_files
+
+    for name in ("model.tflite", "model_int8.tflite", "model_int8_full.tflite"):
+        (tmp_path / name).write_bytes(b"")
+    snippets = {name: code for name, fmt, code in exported_files(tmp_path)}
+    assert "scale * (q - zero_point)" in snippets["model_int8_full.tflite"]
+    assert "zero_point" not in snippets["model.tflite"] and "zero_point" not in snippets["model_int8.tflite"]

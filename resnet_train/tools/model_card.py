@@ -63,8 +63,18 @@ def exported_files(folder: Path, threshold: float | None = None) -> list[tuple[s
             )
         for path in sorted(folder.glob(pattern)):
             if not path.name.startswith(".") and (path.is_file() or (path / "saved_model.pb").exists()):
-                found.append((path.name, fmt, code.format(name=path.name)))
+                found.append((path.name, fmt, code.format(name=path.name) + _integer_note(path.name)))
     return found
+
+
+def _integer_note(name: str) -> str:
+    """An integer-only TFLite file (quantize=int8_full) takes and returns uint8: say how to read it."""
+    if not name.endswith("int8_full.tflite"):
+        return ""
+    return (
+        "\n# uint8 in and out: probabilities = scale * (q - zero_point), (scale, zero_point) being the "
+        '"quantization" of the probabilities output in interpreter.get_output_details()'
+    )
 
 
 def read_results(run_dir: Path) -> dict | None:
