@@ -10,6 +10,7 @@ As a test of one seed it took 207 s of CPU alone and 375 s late in a full suite 
 an AMD EPYC Zen 3, a fifth of the suite's 10-minute budget."""
 
 import json
+import logging
 import shutil
 from types import SimpleNamespace
 
@@ -136,20 +137,61 @@ def teacher(tmp_path_factory):
 
 
 STUDENT = (*TINY, "runtime=mirrored", "runtime.cpu_replicas=2", "batch_size=16", "optimizer.accumulate_steps=2",
-           "augment.mixup_alpha=0.4", "logger=[]")  # fmt: skip
+           "augment.mixup_alpha=0.4", "logger=[]", "epochs=2")  # fmt: skip
 
 
-def test_a_distilled_run_reports_its_teacher_resumes_with_it_and_refuses_another(teacher, tmp_path, caplog):
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, tmp_path_factory):
+    """The STUDENT (8 steps) trained once per module for both tests below (each run traces its
+    steps anew: the runs, not the steps, cost): straight through (its log kept), and stopped after
+    step 5, then resumed with its teacher moved to another folder meanwhile (the same weights)."""
+    from helpers import StepStop
+
+    from resnet_train.errors import Preempted
+
+    source, _ = teacher
+    root, lines, logger = tmp_path_factory.mktemp("student"), _Lines(), logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    try:
+        straight = train_and_evaluate(compose(*STUDENT, f"distill.teacher={source}"), root / "straight")
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    moved = root / "moved_teacher"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        stop = StepStop(monkeypatch, at=5)
+        with pytest.raises(Preempted, match="at step 6 of 8"):
+            train_and_evaluate(compose(*STUDENT, f"distill.teacher={source}"), root / "run")
+        stop.steps = 0
+        shutil.move(source, moved)  # not a copy: nothing at its old path while the run resumes
+        try:
+            resumed = train_and_evaluate(compose(*STUDENT, f"distill.teacher={moved}"), root / "run")
+        finally:
+            shutil.move(moved, source)
+    return SimpleNamespace(straight=root / "straight", straight_results=straight, log="\n".join(lines.lines),
+                           run=root / "run", resumed=resumed, resumed_steps=stop.steps, moved=moved)  # fmt: skip
+
+
+def test_a_distilled_run_reports_its_teacher_resumes_with_it_and_refuses_another(teacher, distilled, tmp_path):
     source, teacher_results = teacher
-    run = tmp_path / "student"
-    caplog.set_level("INFO")
-    first = train_and_evaluate(compose(*STUDENT, "epochs=1", f"distill.teacher={source}"), run)
-    record = json.loads((run / distill.RECORD).read_text())
-    test = record["test"]  # train.log: the teacher's figures when the run starts, beside the student's at its end
+    first = distilled.straight_results
+    record = json.loads((distilled.straight / distill.RECORD).read_text())
+    test = record["test"]  # the log (train.log): the teacher's figures at the start, beside the student's at the end
     assert (
-        f"Teacher {source}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} on 64 images" in caplog.text
+        f"Teacher {source}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} on 64 images" in distilled.log
     )
-    assert f"Test accuracy: student {first['test']['accuracy']:.4f}, teacher {test['accuracy']:.4f}" in caplog.text
+    assert f"Test accuracy: student {first['test']['accuracy']:.4f}, teacher {test['accuracy']:.4f}" in distilled.log
     assert first["teacher"] == record and record["checkpoint"].endswith("ckpt-4") and record["weights"] == "raw"
     # The teacher's test figures: what its own run measured on the same split, with the same weights.
     assert record["test"]["accuracy"] == teacher_results["test"]["accuracy"]
@@ -158,11 +200,15 @@ def test_a_distilled_run_reports_its_teacher_resumes_with_it_and_refuses_another
     keys = {k for k, _ in tf.train.list_variables(first["checkpoint"])}
     assert keys == {k for k, _ in tf.train.list_variables(teacher_results["checkpoint"])}
 
-    moved = tmp_path / "moved_teacher"  # the same teacher elsewhere: the same weights, continued
-    shutil.copytree(source, moved)
-    resumed = train_and_evaluate(compose(*STUDENT, "epochs=2", f"distill.teacher={moved}"), run)
-    assert resumed["steps"] == 2 * 128 // 32 and resumed["teacher"]["test"] == record["test"]
+    # The stopped run resumed with the same teacher in another folder: loaded from there, the same
+    # weights, its test figures read back (distilled.run: the first start's teacher.json).
+    resumed = distilled.resumed
+    assert resumed["steps"] == 2 * 128 // 32 and resumed["teacher"]["source"] == str(distilled.moved)
+    assert resumed["teacher"]["weights_sha256"] == record["weights_sha256"]
+    assert resumed["teacher"]["test"] == record["test"]
 
+    run = tmp_path / "student"  # a copy: the refusal must leave it as it was
+    shutil.copytree(distilled.run, run)
     before = file_digests(run)
     other = source / "checkpoints" / "ckpt-2"  # after its second step: other weights
     other_weights = distill.fingerprint(load_run(source, str(other)).model)
@@ -222,22 +268,11 @@ def test_a_keras_hub_classifier_teaches_in_float32_on_our_uint8_images(hub_class
     )
 
 
-def test_a_distilled_run_stopped_mid_epoch_resumes_exactly(teacher, tmp_path, monkeypatch):
-    """Stopped after step 5 of 8 (2 replicas, 2 micro-batches, mixup), resumed with its teacher:
-    the weights, optimizer, records and results of the same run trained straight through."""
-    from helpers import StepStop
+def test_a_distilled_run_stopped_mid_epoch_resumes_exactly(distilled):
+    """Stopped after step 5 of 8 (2 replicas, 2 micro-batches, mixup), resumed with its teacher
+    (moved to another folder: the same weights): the weights, optimizer, records and results of the
+    same run trained straight through (both runs: the distilled fixture)."""
     from test_faults import assert_same_run
 
-    from resnet_train.errors import Preempted
-
-    source, _ = teacher
-    overrides = (*STUDENT, "epochs=2", f"distill.teacher={source}")
-    straight = tmp_path / "straight"
-    train_and_evaluate(compose(*overrides), straight)
-    stop = StepStop(monkeypatch, at=5)
-    with pytest.raises(Preempted, match="at step 6 of 8"):
-        train_and_evaluate(compose(*overrides), tmp_path / "run")
-    stop.steps = 0
-    train_and_evaluate(compose(*overrides), tmp_path / "run")
-    assert stop.steps == 8 - 6
-    assert_same_run(tmp_path / "run", straight, steps=8)
+    assert distilled.resumed_steps == 8 - 6
+    assert_same_run(distilled.run, distilled.straight, steps=8)
