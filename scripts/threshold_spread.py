@@ -63,8 +63,14 @@ def bfloat16(seed: int, root: Path) -> dict:
     """tests/test_runtime.py's bfloat16 run: the last epoch's training loss over the first's."""
     tiny = ("depth=8", "batch_size=32", "data.limit_test=64", "runtime=one_device", f"seed={seed}")
     _, records = _run(
-        (*tiny, "epochs=3", "data.limit_train=512", "data.image_size=16", "runtime.precision=mixed_bfloat16",
-         "runtime.deterministic=true"),  # fmt: skip
+        (
+            *tiny,
+            "epochs=3",
+            "data.limit_train=512",
+            "data.image_size=16",
+            "runtime.precision=mixed_bfloat16",
+            "runtime.deterministic=true",
+        ),  # fmt: skip
         root / "bf16",
     )
     losses = [r["loss"] for r in records if r["split"] == "train"]
