@@ -272,3 +272,26 @@ def test_the_benchmarks_latency_rows_time_exports_as_the_table_does():
     for r in results.values():
         assert set(r) == {"b1_median_ms", "b1_p90_ms", "b32_median_ms", "b32_p90_ms"}
         assert 0 < r["b1_median_ms"] <= r["b1_p90_ms"] and 0 < r["b32_median_ms"] <= r["b32_p90_ms"]
+
+
+def test_every_tflite_file_of_one_export_converts_from_one_savedmodel_removed_at_the_end(tmp_path, monkeypatch):
+    """format=all's four TFLite files (none, float16, dynamic, int8) convert from one float
+    SavedModel, written once into the job's scratch folder, which close() removes."""
+    from types import SimpleNamespace
+
+    from resnet_train.tools import export
+    from resnet_train.tools.export_job import Job
+
+    written = []
+
+    def write(model, info, path, embeddings=True, threshold=None):
+        written.append((path, embeddings))
+        path.mkdir(parents=True)
+
+    monkeypatch.setattr(export, "_write_saved_model", write)
+    job = Job(SimpleNamespace(model=None, info=None), tmp_path, "test", 8, None, None, 1)
+    sources = {export.tflite_source(job) for _ in range(4)}
+    assert len(sources) == 1 and written == [(sources.pop(), False)]  # once, without the embeddings output
+    scratch = job.scratch
+    job.close()
+    assert not scratch.exists()

@@ -30,6 +30,20 @@ class Job:
     labels: np.ndarray
     calibration_images: int
 
+    @cached_property
+    def scratch(self) -> Path:
+        """A temporary folder for what several exports of this job share (the float SavedModel
+        format=all's four TFLite files convert from); removed by close()."""
+        import tempfile
+
+        self._scratch = tempfile.TemporaryDirectory(prefix="resnet-export-")
+        return Path(self._scratch.name)
+
+    def close(self) -> None:
+        if "scratch" in self.__dict__:
+            self._scratch.cleanup()
+            del self.__dict__["scratch"]
+
     @property
     def task(self) -> str:
         return task_of(self.run.info)
