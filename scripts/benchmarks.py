@@ -244,7 +244,10 @@ def export_latency(depth: int, image_shape, num_classes: int = 10, runs: int = 2
     images[0, 0, 0], images[0, 0, 1] = 0, 255  # the calibrated input range: raw pixels
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        job = SimpleNamespace(run=SimpleNamespace(model=model, info=info), out_dir=Path(tmp), representative=images)
+        # What export_artifact reads of an export job (export_job.Job): a multiclass model (no
+        # threshold), a scratch folder for the SavedModel the TFLite files share.
+        run = SimpleNamespace(model=model, info=info)
+        job = SimpleNamespace(run=run, out_dir=Path(tmp), representative=images, threshold=None, scratch=Path(tmp))
         for fmt, quantize in exports:
             predict = export.load_predictor(export.export_artifact(job, fmt, quantize), fmt)
             results[fmt, quantize] = compare.latency(predict, images, runs)
