@@ -2,7 +2,7 @@
 """Profiles a few training steps with tf.profiler and prints where the time goes (by op type).
 
     pip install xprof            # the profiler's converter (not a project dependency)
-    python scripts/profile_step.py --depth 20 --batch 128 --steps 10
+    python scripts/profile_step.py --depth 20 --batch 128 --steps 10 [--precision mixed_bfloat16]
 Also writes the trace to --logdir for TensorBoard's profile tab.
 """
 
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--logdir", default=tempfile.mkdtemp(prefix="resnet_profile_"))
     args = parser.parse_args()
 
@@ -32,6 +33,7 @@ def main() -> None:
     from resnet_train import models
     from resnet_train.training.trainer import Trainer
 
+    keras.mixed_precision.set_global_policy(args.precision)  # the model's compute dtype, as the command's
     strategy = tf.distribute.get_strategy()
     model = models.build(args.depth, 10, (32, 32, 3))
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
@@ -65,7 +67,9 @@ def main() -> None:
             continue
         by_type[cells["type"]] = by_type.get(cells["type"], 0.0) + float(cells["total_self_time"] or 0)
     total = sum(by_type.values()) or 1.0
-    print(f"ResNet-{args.depth}, batch {args.batch}, {args.steps} steps: self time by op type (trace in {args.logdir})")
+    print(
+        f"ResNet-{args.depth} {args.precision}, batch {args.batch}, {args.steps} steps: self time by op type (trace in {args.logdir})"
+    )
     for kind, us in sorted(by_type.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {kind:<40} {us / 1e3 / args.steps:8.1f} ms/step  {us / total:6.1%}")
 

@@ -317,6 +317,28 @@ def test_strided_conv_is_centred_on_the_pixels_the_shortcut_keeps(side):
     np.testing.assert_array_equal(shortcut[..., 8:24], block_in[:, ::2, ::2, :])  # channels 8..23: A's zero-padding
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("side, stride", [(32, 2), (33, 2), (7, 3)])
+def test_shortcut_a_keeps_every_strided_pixel_and_its_gradient_to_the_bit(side, stride, dtype):
+    # Option A subsamples with a 1x1 pool (oneDNN's kernel, faster than a strided slice): its
+    # values and gradient must be those of x[:, ::s, ::s, :] with the new channels zero, exactly.
+    import tensorflow as tf
+
+    x = tf.cast(np.random.default_rng(0).normal(0, 3, (2, side, side, 6)), dtype)
+    weights = tf.cast(np.random.default_rng(1).normal(0, 1, (2, -(-side // stride), -(-side // stride), 10)), dtype)
+    shortcut = models.ZeroPadShortcut(10, stride, dtype=dtype)  # compute in the dtype given
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = shortcut(x)
+        sliced = tf.pad(x[:, ::stride, ::stride, :], [[0, 0], [0, 0], [0, 0], [2, 2]])
+        losses = [tf.reduce_sum(y * weights) for y in (ours, sliced)]
+    assert ours.dtype == x.dtype and ours.shape == sliced.shape
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(sliced, np.float32))
+    grads = [np.asarray(tape.gradient(loss, x), np.float32) for loss in losses]
+    np.testing.assert_array_equal(*grads)
+    assert np.count_nonzero(grads[0]) == 2 * 6 * (-(-side // stride)) ** 2  # the kept pixels only
+
+
 @pytest.mark.parametrize("side", [64, 65])
 def test_imagenet_stem_and_projection_are_centred_like_the_papers(side):
     # torchvision / fb.resnet.torch: 7x7/2 conv padded 3, 3x3/2 max-pool padded 1, 1x1/2 projection.
