@@ -67,9 +67,8 @@ def main() -> None:
             continue
         by_type[cells["type"]] = by_type.get(cells["type"], 0.0) + float(cells["total_self_time"] or 0)
     total = sum(by_type.values()) or 1.0
-    print(
-        f"ResNet-{args.depth} {args.precision}, batch {args.batch}, {args.steps} steps: self time by op type (trace in {args.logdir})"
-    )
+    where = f"(trace in {args.logdir})"
+    print(f"ResNet-{args.depth} {args.precision}, batch {args.batch}, {args.steps} steps: self time by op type {where}")
     for kind, us in sorted(by_type.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {kind:<40} {us / 1e3 / args.steps:8.1f} ms/step  {us / total:6.1%}")
 
