@@ -18,11 +18,14 @@ FLOAT32_EXPORT_BOUND = 1e-5  # an unquantised export's largest probability diffe
 
 # The test accuracy an int8 export may lose (or gain) against the float model on the run's 100 test
 # images, and its least top-1 agreement with it. Measured by scripts/threshold_spread.py --only int8
-# (this module's run, seeds 0-3, TF_ENABLE_ONEDNN_OPTS=0 and 1: 8 runs) on 2 cores of an AMD EPYC
-# Zen 3 (AVX2): float accuracy 0.89-0.96; accuracy lost 0.00-0.01 and agreement 0.99-1.00, for both
-# the integer-only TFLite file and the ONNX int8 one. The bounds allow three images of the 100.
-INT8_ACCURACY_MARGIN = 0.03
-INT8_AGREEMENT = 0.97
+# (this module's run, TF_ENABLE_ONEDNN_OPTS=0 and 1) on 2 cores of an AMD EPYC Zen 3 (AVX2; seeds
+# 0-3): float accuracy 0.89-0.96, accuracy lost 0.00-0.01, agreement 0.99-1.00; and of an AMD EPYC
+# Zen 4 (AVX512-BF16; seeds 0-4, 2026-12-08): float accuracy 0.88-0.93, accuracy lost -0.01..0.02,
+# agreement 0.97-1.00 (TFLite) and 0.98-1.00 (ONNX). The same checkpoint exported twice gives the
+# same figures: the spread is the training's (its oneDNN reductions are not deterministic). The
+# bounds allow two images of the 100 beyond the worst seen.
+INT8_ACCURACY_MARGIN = 0.04
+INT8_AGREEMENT = 0.95
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,9 @@ def linked_images(directory, n, distinct, color, fmt, size, seed):
 
 def test_a_streamed_folder_trains_in_bounded_memory_to_the_in_memory_figures(tmp_path):
     """2,000 JPEG/PNG files that decode to 140 MB at 156 px (measured on AMD EPYC Zen 4: peak RSS
-    1.0 GB streamed, 1.5 GB in memory with 3,000 of them): streamed, the process never holds
+    1.0 GB streamed, 1.5 GB in memory with 3,000 of them; on 2026-12-08 with these 2,000, the
+    in-memory peak exceeded the streamed one by 1.67-1.69x the decoded size with oneDNN on and
+    1.95-2.20x off, two runs each, against the bound's 0.75x): streamed, the process never holds
     them (its peak RSS stays far below the in-memory run's), and the run's figures are the
     in-memory run's on the same seed (the same pixels in the same order). 64 of the files are
     distinct pictures, the rest hard links to them: memory holds what is decoded, not what differs,
