@@ -292,7 +292,8 @@ def test_every_tflite_file_of_one_export_converts_from_one_savedmodel_removed_at
         path.mkdir(parents=True)
 
     monkeypatch.setattr(export, "_write_saved_model", write)
-    job = Job(SimpleNamespace(model=None, info=None), tmp_path, "test", 8, None, None, 1)
+    run = SimpleNamespace(model=None, info=SimpleNamespace(task="multiclass"), cfg=None)  # (no labels output)
+    job = Job(run, tmp_path, "test", 8, None, None, 1)
     sources = {export.tflite_source(job) for _ in range(4)}
     assert len(sources) == 1 and written == [(sources.pop(), False)]  # once, without the embeddings output
     scratch = job.scratch

@@ -188,6 +188,12 @@ def test_exports_return_per_class_sigmoids_and_the_card_says_multi_label(run, te
         session = onnxruntime.InferenceSession(str(out / "model.onnx"))
         probabilities, onnx_labels = session.run(["probabilities", "labels"], {"images": images})
         np.testing.assert_array_equal(onnx_labels, (probabilities >= 0.5).astype(np.int32))
+    from ai_edge_litert.interpreter import Interpreter  # the TFLite file's `labels`, by its signature
+
+    lite = Interpreter(model_path=str(out / "model.tflite")).get_signature_runner("serving_default")(images=images)
+    assert lite["labels"].dtype == np.int32 and 0 < lite["labels"].sum() < lite["labels"].size
+    np.testing.assert_array_equal(lite["labels"], (lite["probabilities"] >= 0.5).astype(np.int32))
+    np.testing.assert_allclose(lite["probabilities"], expected, atol=ATOL)
 
     text = (out / "README.md").read_text()
     meta, body = text[4:].split("\n---\n", 1)
@@ -204,6 +210,7 @@ def test_exports_return_per_class_sigmoids_and_the_card_says_multi_label(run, te
     assert "keras.ops.sigmoid" in body and "softmax" not in body.replace("not a softmax", "")
     assert "probabilities >= 0.5" in body and "multi-label" in body
     assert 'session.run(["probabilities", "classes", "embeddings", "labels"]' in body
+    assert '"model.tflite")  # outputs: probabilities, classes, labels (>= 0.5)' in body
 
 
 def test_grad_cam_reports_the_most_probable_labels_sigmoid(run, test_split, cli, tmp_path):

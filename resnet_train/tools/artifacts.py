@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The TFLite outputs that are never the probabilities: classes (int64), a multi-label run's labels (int32).
+INDICES = (np.int64, np.int32)
+
 
 def cores() -> int:
     """The CPU cores this process may use: what every runtime here is given."""
@@ -58,7 +61,9 @@ def _tflite_predictor(path: Path):
 
     interpreter = Interpreter(model_path=str(path), num_threads=cores())
     (images_in,) = interpreter.get_input_details()
-    probs = next(o for o in interpreter.get_output_details() if len(o["shape"]) == 2 and o["dtype"] != np.int64)
+    # probabilities: the 2-D output that is not an index (classes: int64) nor a multi-label run's
+    # `labels` (int32); float, or uint8 in an integer-only file.
+    probs = next(o for o in interpreter.get_output_details() if len(o["shape"]) == 2 and o["dtype"] not in INDICES)
     allocated = [None]
 
     def run(images):

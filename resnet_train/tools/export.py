@@ -114,8 +114,11 @@ def export_keras(model, info, path: Path) -> Path:
     return path
 
 
-def export_tflite(model, info, path: Path, quantize: str = "none", representative=None, source=None) -> Path:
-    """`source`: the float SavedModel (tflite_source) to convert from, when one is already written."""
+def export_tflite(
+    model, info, path: Path, quantize: str = "none", representative=None, source=None, threshold=None
+) -> Path:
+    """`source`: the float SavedModel (tflite_source) to convert from, when one is already written.
+    A multi-label run's `threshold` adds the `labels` output, as in the SavedModel."""
     import tempfile
 
     # Through a SavedModel written by Keras' ExportArchive: the converter then freezes the Keras 3
@@ -123,7 +126,7 @@ def export_tflite(model, info, path: Path, quantize: str = "none", representativ
     with tempfile.TemporaryDirectory() as tmp:
         if source is None:
             source = Path(tmp) / "saved_model"
-            _write_saved_model(model, info, source, embeddings=False)
+            _write_saved_model(model, info, source, embeddings=False, threshold=threshold)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source), signature_keys=["serving_default"])
         return _convert(converter, info, path, quantize, representative)
 
@@ -133,7 +136,7 @@ def tflite_source(job: Job) -> Path:
     converts four (none, float16, dynamic, int8), and each write cost ~3 s on 2 cores."""
     path = job.scratch / "tflite_source"
     if not path.exists():
-        _write_saved_model(job.run.model, job.run.info, path, embeddings=False)
+        _write_saved_model(job.run.model, job.run.info, path, embeddings=False, threshold=job.threshold)
     return path
 
 

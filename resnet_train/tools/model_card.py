@@ -50,8 +50,8 @@ def multilabel_threshold(run) -> float | None:
 
 def exported_files(folder: Path, threshold: float | None = None) -> list[tuple[str, str, str]]:
     """(file name, format, how to load it) for each export in the folder; with a multi-label run's
-    threshold, the .keras snippet applies a sigmoid per label and the threshold, the SavedModel's
-    and ONNX's read their `labels` output too."""
+    threshold, the .keras snippet applies a sigmoid per label and the threshold, the SavedModel's,
+    ONNX's and the float TFLite files' read their `labels` output too."""
     found = []
     for pattern, fmt, code in LOADERS:
         if fmt == "Keras" and threshold is not None:
@@ -63,7 +63,11 @@ def exported_files(folder: Path, threshold: float | None = None) -> list[tuple[s
             )
         for path in sorted(folder.glob(pattern)):
             if not path.name.startswith(".") and (path.is_file() or (path / "saved_model.pb").exists()):
-                found.append((path.name, fmt, code.format(name=path.name) + _integer_note(path.name)))
+                text = code.format(name=path.name)
+                if fmt == "TFLite" and threshold is not None and not path.name.endswith("int8_full.tflite"):
+                    # the float-output files carry `labels` (export.py); the integer-only one does not
+                    text = text.replace("probabilities, classes", f"probabilities, classes, labels (>= {threshold:g})")
+                found.append((path.name, fmt, text + _integer_note(path.name)))
     return found
 
 
