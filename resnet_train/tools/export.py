@@ -114,11 +114,9 @@ def export_keras(model, info, path: Path) -> Path:
     return path
 
 
-def export_tflite(
-    model, info, path: Path, quantize: str = "none", representative=None, source=None, threshold=None
-) -> Path:
-    """`source`: the float SavedModel (tflite_source) to convert from, when one is already written.
-    A multi-label run's `threshold` adds the `labels` output, as in the SavedModel."""
+def export_tflite(model, info, path: Path, quantize: str = "none", representative=None, source=None) -> Path:
+    """`source`: the float SavedModel (tflite_source) to convert from, when one is already written
+    (resnet-export's: with a multi-label run's `labels` output)."""
     import tempfile
 
     # Through a SavedModel written by Keras' ExportArchive: the converter then freezes the Keras 3
@@ -126,7 +124,7 @@ def export_tflite(
     with tempfile.TemporaryDirectory() as tmp:
         if source is None:
             source = Path(tmp) / "saved_model"
-            _write_saved_model(model, info, source, embeddings=False, threshold=threshold)
+            _write_saved_model(model, info, source, embeddings=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source), signature_keys=["serving_default"])
         return _convert(converter, info, path, quantize, representative)
 
