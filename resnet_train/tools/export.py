@@ -50,7 +50,8 @@ CALIBRATION_IMAGES = 200  # training images an int8 export calibrates on (fewer 
 def serving_functions(model, image_shape, embeddings: bool = True, task: str = "multiclass", threshold=None):
     """(images_fn, encoded_fn, their input signatures): what the SavedModel serves. With
     `embeddings`, beside the probabilities and classes: the pooled features (embeddings.py), from
-    the same pass. TFLite's export leaves them out (one output: its readers take the first).
+    the same pass. TFLite's export leaves them out (its reader, artifacts._tflite_predictor, picks
+    the probabilities as the 2-D output that is neither classes nor labels).
     `classes` is the most probable class (under multilabel the most probable label). A multi-label
     run's `threshold` (its data.threshold) adds `labels`: 1 for every label whose probability
     reaches it, else 0 (int32, one column per class), what resnet-predict returns."""
